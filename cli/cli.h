@@ -1,0 +1,31 @@
+/* cli.h: what the moejit command's subcommands share: layer options and their parsing. */
+#ifndef MJ_CLI_H
+#define MJ_CLI_H
+#include <stdint.h>
+
+#include "moejit.h"
+
+typedef struct cli_layer {
+  moejit_layer_desc desc;
+  const char *arch; /* --arch, or NULL */
+  int64_t tokens;   /* --tokens */
+  int repeat, check, verbose;
+  uint64_t seed;
+  const char *kernel, *config;
+} cli_layer;
+
+/* The options every subcommand accepts, for --help. */
+extern const char *const cli_layer_help;
+
+/* Parses argv (after the subcommand). Returns 0, 1 when --help was printed, or 2 after printing an
+ * error naming the option. */
+int cli_parse(int argc, char **argv, cli_layer *L, const char *usage);
+/* Log callback printing to stderr (warnings always, info with --verbose). */
+void cli_log(void *user, moejit_log_level level, const char *msg);
+double cli_now(void);
+
+int cmd_gen(int argc, char **argv);
+int cmd_compile(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+
+#endif

@@ -1,0 +1,148 @@
+/* cmd_gen.c: `moejit gen` (print one kernel's generated source) and `moejit compile` (compile a
+ * layer's kernels offline and report their resources). Neither needs a GPU. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "runtime/internal.h"
+
+static const char gen_usage[] =
+    "usage: moejit gen [--kernel route|combine|gemm1|gemm2] [--config NAME] [layer options]\n"
+    "\n"
+    "Prints the CUDA source the templates generate for one kernel of the layer (default gemm1 of\n"
+    "the first tile configuration). --config names a configuration, as `moejit compile` lists.\n";
+
+static const char compile_usage[] =
+    "usage: moejit compile [--arch sm_80|sm_90a|...] [layer options]\n"
+    "\n"
+    "Renders and compiles every kernel of the layer with NVRTC for the arch (default sm_90a) and\n"
+    "prints, per module: cubin bytes, registers, spill stores/loads, static shared memory and the\n"
+    "dynamic shared memory the plan gives it, and the compile time. No GPU is needed.\n";
+
+static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  o.offline_arch = L->arch ? L->arch : "sm_90a";
+  o.log = cli_log;
+  o.log_user = (void *)&L->verbose;
+  return moejit_create(ctx, &o);
+}
+
+int cmd_gen(int argc, char **argv) {
+  cli_layer L;
+  int rc = cli_parse(argc, argv, &L, gen_usage);
+  if (rc)
+    return rc == 1 ? 0 : rc;
+  moejit_ctx *ctx = NULL;
+  mj_module_src *mods = NULL;
+  int n = 0;
+  mj_err err;
+  moejit_status st = offline_ctx(&L, &ctx);
+  if (st != MOEJIT_OK)
+    return 1;
+  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
+      (st = mj_rt_render_modules(ctx, &L.desc, &mods, &n, &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit gen: %s: %s\n", moejit_status_name(st), err.msg);
+    moejit_destroy(ctx);
+    return 1;
+  }
+  const char *kernel = L.kernel ? L.kernel : "gemm1";
+  const mj_module_src *pick = NULL;
+  for (int i = 0; i < n && !pick; i++) {
+    const char *name = mods[i].name;
+    size_t kl = strlen(kernel);
+    if (strncmp(name, kernel, kl) == 0 && (name[kl] == '\0' || name[kl] == '_') &&
+        (!L.config || strcmp(name + kl + (name[kl] == '_'), L.config) == 0))
+      pick = &mods[i];
+  }
+  if (!pick) {
+    fprintf(stderr, "moejit gen: no kernel '%s'%s%s; this layer has:", kernel,
+            L.config ? " with config " : "", L.config ? L.config : "");
+    for (int i = 0; i < n; i++)
+      fprintf(stderr, " %s", mods[i].name);
+    fprintf(stderr, "\n");
+    rc = 2;
+  } else {
+    fputs(pick->source, stdout);
+  }
+  mj_rt_modules_free(mods, n);
+  moejit_destroy(ctx);
+  return rc;
+}
+
+/* Pulls "N registers", spills and "smem" out of the ptxas report in an NVRTC log. */
+static void ptxas_summary(const char *log, int *regs, int *spill_st, int *spill_ld, int *smem) {
+  *regs = *spill_st = *spill_ld = *smem = -1;
+  for (const char *p = log; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+    const char *u = strstr(p, "Used ");
+    const char *eol = strchr(p, '\n');
+    if (u && (!eol || u < eol)) {
+      sscanf(u, "Used %d registers", regs);
+      const char *s = strstr(u, "bytes smem");
+      if (s && (!eol || s < eol)) {
+        const char *b = s;
+        while (b > u && b[-1] != ' ')
+          b--;
+        while (b > u && b[-1] == ' ')
+          b--;
+        while (b > u && b[-1] >= '0' && b[-1] <= '9')
+          b--;
+        sscanf(b, "%d", smem);
+      }
+    }
+    const char *sp = strstr(p, "bytes spill stores");
+    if (sp && (!eol || sp < eol)) {
+      const char *b = p;
+      int st = 0, ld = 0;
+      if (sscanf(strstr(b, "bytes stack frame") ? strstr(b, "frame,") + 6 : b, " %d bytes spill stores, %d bytes spill loads", &st, &ld) == 2) {
+        *spill_st = st;
+        *spill_ld = ld;
+      }
+    }
+  }
+}
+
+int cmd_compile(int argc, char **argv) {
+  cli_layer L;
+  int rc = cli_parse(argc, argv, &L, compile_usage);
+  if (rc)
+    return rc == 1 ? 0 : rc;
+  moejit_ctx *ctx = NULL;
+  mj_module_src *mods = NULL;
+  int n = 0;
+  mj_err err;
+  moejit_status st = offline_ctx(&L, &ctx);
+  if (st != MOEJIT_OK)
+    return 1;
+  double t0 = cli_now();
+  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
+      (st = mj_rt_build_modules(ctx, &L.desc, ctx->arch, MJ_COMPILE_PTXAS_VERBOSE, &mods, &n,
+                                &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit compile: %s: %s\n", moejit_status_name(st), err.msg);
+    moejit_destroy(ctx);
+    return 1;
+  }
+  double secs = cli_now() - t0;
+  int ncfg = 0;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
+  printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
+         (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
+         mj_rt_dtype_name(L.desc.dtype), ctx->arch, ctx->nv.major, ctx->nv.minor);
+  printf("%-28s %10s %6s %12s %11s %11s\n", "module", "cubin B", "regs", "spill st/ld",
+         "static smem", "dyn smem");
+  for (int i = 0; i < n; i++) {
+    int regs, sst, sld, smem;
+    ptxas_summary(mods[i].cubin.log, &regs, &sst, &sld, &smem);
+    size_t dyn = i >= 2 ? mj_tune_gemm_smem(&cfg[(i - 2) / 2], L.desc.dtype) : 0;
+    char spill[32];
+    snprintf(spill, sizeof spill, "%d/%d", sst, sld);
+    printf("%-28s %10zu %6d %12s %11d %11zu\n", mods[i].name, mods[i].cubin.size, regs, spill, smem,
+           dyn);
+    if (L.verbose)
+      printf("%s\n", mods[i].cubin.log);
+  }
+  printf("%d modules compiled in %.2f s\n", n, secs);
+  mj_rt_modules_free(mods, n);
+  moejit_destroy(ctx);
+  return 0;
+}

@@ -1,0 +1,153 @@
+/* nvrtc.c: dlopen of NVRTC and compilation of generated sources to cubins (see nvrtc.h). */
+#include "gen/nvrtc.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
+  static const char *const names[] = {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", NULL};
+  memset(nv, 0, sizeof *nv);
+  for (const char *const *n = names; *n && !nv->lib; n++)
+    nv->lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL);
+  if (!nv->lib)
+    return mj_errf(err, MOEJIT_ERR_NO_COMPILER,
+                   "NVRTC not found (dlopen libnvrtc.so.13/.12: %s); install the CUDA toolkit's "
+                   "NVRTC or add its lib64 folder to LD_LIBRARY_PATH",
+                   dlerror());
+  struct {
+    void **slot;
+    const char *symbol;
+  } syms[] = {
+      {(void **)&nv->Version, "nvrtcVersion"},
+      {(void **)&nv->CreateProgram, "nvrtcCreateProgram"},
+      {(void **)&nv->CompileProgram, "nvrtcCompileProgram"},
+      {(void **)&nv->GetProgramLogSize, "nvrtcGetProgramLogSize"},
+      {(void **)&nv->GetProgramLog, "nvrtcGetProgramLog"},
+      {(void **)&nv->GetCUBINSize, "nvrtcGetCUBINSize"},
+      {(void **)&nv->GetCUBIN, "nvrtcGetCUBIN"},
+      {(void **)&nv->DestroyProgram, "nvrtcDestroyProgram"},
+      {(void **)&nv->GetErrorString, "nvrtcGetErrorString"},
+  };
+  for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
+    *syms[i].slot = dlsym(nv->lib, syms[i].symbol);
+    if (!*syms[i].slot) {
+      mj_gen_nvrtc_unload(nv);
+      return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC lacks %s", syms[i].symbol);
+    }
+  }
+  nv->Version(&nv->major, &nv->minor);
+  return MOEJIT_OK;
+}
+
+void mj_gen_nvrtc_unload(mj_nvrtc *nv) {
+  if (nv->lib)
+    dlclose(nv->lib);
+  memset(nv, 0, sizeof *nv);
+}
+
+void mj_cubin_free(mj_cubin *c) {
+  if (!c)
+    return;
+  free(c->data);
+  free(c->log);
+  memset(c, 0, sizeof *c);
+}
+
+#define MJ_MAX_OPTIONS 8
+
+static int build_options(const char *arch, int flags, char *arch_opt, size_t arch_len,
+                         const char **opts) {
+  int n = 0;
+  snprintf(arch_opt, arch_len, "--gpu-architecture=%s", arch);
+  opts[n++] = arch_opt;
+  opts[n++] = "--std=c++17";
+  opts[n++] = "--device-as-default-execution-space";
+  if (flags & MJ_COMPILE_LINEINFO)
+    opts[n++] = "--generate-line-info";
+  if (flags & MJ_COMPILE_PTXAS_VERBOSE)
+    opts[n++] = "--ptxas-options=-v";
+  return n;
+}
+
+void mj_gen_compile_options(const char *arch, int flags, char *buf, size_t len) {
+  char arch_opt[64];
+  const char *opts[MJ_MAX_OPTIONS];
+  int n = build_options(arch, flags, arch_opt, sizeof arch_opt, opts);
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < n && used < len; i++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? " " : "", opts[i]);
+}
+
+moejit_status mj_gen_compile(const mj_nvrtc *nv, const mj_gen *gen, const char *source,
+                             const char *name, const char *arch, int flags, mj_cubin *out,
+                             mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  void *prog = NULL;
+  const char **hdr_text = NULL, **hdr_name = NULL;
+  memset(out, 0, sizeof *out);
+  int nh = 0;
+  const mj_gen_file *headers = mj_gen_headers(gen, &nh);
+  hdr_text = calloc((size_t)nh + 1, sizeof *hdr_text);
+  hdr_name = calloc((size_t)nh + 1, sizeof *hdr_name);
+  if (!hdr_text || !hdr_name) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory compiling %s", name);
+    goto fail;
+  }
+  for (int i = 0; i < nh; i++) {
+    hdr_text[i] = headers[i].text;
+    hdr_name[i] = headers[i].name;
+  }
+  char unit[160];
+  snprintf(unit, sizeof unit, "%s.cu", name);
+  int r = nv->CreateProgram(&prog, source, unit, nh, hdr_text, hdr_name);
+  if (r != 0) {
+    st = mj_errf(err, MOEJIT_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", unit, nv->GetErrorString(r));
+    goto fail;
+  }
+  char arch_opt[64];
+  const char *opts[MJ_MAX_OPTIONS];
+  int nopt = build_options(arch, flags, arch_opt, sizeof arch_opt, opts);
+  int cr = nv->CompileProgram(prog, nopt, opts);
+  size_t log_size = 0;
+  nv->GetProgramLogSize(prog, &log_size);
+  out->log = malloc(log_size + 1);
+  if (!out->log) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory reading the NVRTC log");
+    goto fail;
+  }
+  out->log[0] = '\0';
+  if (log_size > 0)
+    nv->GetProgramLog(prog, out->log);
+  out->log[log_size] = '\0';
+  if (cr != 0) {
+    st = mj_errf(err, MOEJIT_ERR_COMPILE, "NVRTC %d.%d failed to compile %s for %s (%s):\n%s",
+                 nv->major, nv->minor, unit, arch, nv->GetErrorString(cr), out->log);
+    goto fail;
+  }
+  r = nv->GetCUBINSize(prog, &out->size);
+  if (r == 0 && out->size > 0) {
+    out->data = malloc(out->size);
+    if (!out->data) {
+      st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory for the cubin of %s", unit);
+      goto fail;
+    }
+    r = nv->GetCUBIN(prog, out->data);
+  }
+  if (r != 0 || out->size == 0) {
+    st = mj_errf(err, MOEJIT_ERR_COMPILE, "NVRTC produced no cubin for %s (arch %s)", unit, arch);
+    goto fail;
+  }
+  goto done;
+fail:
+  free(out->data);
+  out->data = NULL;
+  out->size = 0;
+done:
+  if (prog)
+    nv->DestroyProgram(&prog);
+  free(hdr_text);
+  free(hdr_name);
+  return st;
+}

@@ -1,0 +1,185 @@
+/* moejit.h: the one public header of moejit, a run-time kernel generator for Mixture-of-Experts
+ * layers (GPT-OSS form).
+ *
+ * The library generates CUDA C++ from embedded Lua templates for the exact layer shape, compiles it
+ * with NVRTC and launches it through the CUDA Driver API on the caller's stream. The driver and NVRTC
+ * are loaded with dlopen, so this header needs no CUDA toolkit and the library starts on a machine
+ * without a GPU (moejit_create then reports MOEJIT_ERR_NO_DEVICE, unless the options name an
+ * offline target architecture).
+ *
+ * Ownership: every handle is created and destroyed by the library; every device buffer (weights,
+ * activations, workspace) is allocated and freed by the caller. Destroy functions accept NULL.
+ *
+ * ABI rule: structs passed in carry `struct_size`, set by the matching *_init function; new fields
+ * are only ever appended, status codes are only ever appended, and functions are never changed,
+ * only added.
+ */
+#ifndef MOEJIT_H
+#define MOEJIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MOEJIT_VERSION_MAJOR 0
+#define MOEJIT_VERSION_MINOR 1
+#define MOEJIT_VERSION_PATCH 0
+
+#if defined(MOEJIT_BUILDING) && defined(__GNUC__)
+#define MOEJIT_API __attribute__((visibility("default")))
+#else
+#define MOEJIT_API
+#endif
+
+/* The driver's stream handle; the same typedef as cuda.h, so both headers may be included. */
+typedef struct CUstream_st *CUstream;
+
+/* X(name, value, message). Codes are appended, never renumbered. */
+#define MOEJIT_STATUS_LIST(X)                                                                     \
+  X(MOEJIT_OK, 0, "success")                                                                      \
+  X(MOEJIT_ERR_INVALID_ARG, 1, "invalid argument")                                                \
+  X(MOEJIT_ERR_UNSUPPORTED, 2, "option not supported by this version")                            \
+  X(MOEJIT_ERR_NO_DEVICE, 3, "no CUDA driver or GPU found")                                       \
+  X(MOEJIT_ERR_NO_COMPILER, 4, "NVRTC could not be loaded")                                       \
+  X(MOEJIT_ERR_COMPILE, 5, "NVRTC failed to compile a generated kernel")                          \
+  X(MOEJIT_ERR_TEMPLATE, 6, "a kernel template failed to render")                                 \
+  X(MOEJIT_ERR_CUDA, 7, "a CUDA driver call failed")                                              \
+  X(MOEJIT_ERR_OUT_OF_MEMORY, 8, "out of host memory")                                            \
+  X(MOEJIT_ERR_BAD_EXPERT_ID, 9, "an expert id was outside [0, experts)")                         \
+  X(MOEJIT_ERR_IO, 10, "a file could not be read or written")                                     \
+  X(MOEJIT_ERR_INTERNAL, 11, "internal error")
+
+typedef enum moejit_status {
+#define MOEJIT_STATUS_ENUM_(name, value, message) name = value,
+  MOEJIT_STATUS_LIST(MOEJIT_STATUS_ENUM_)
+#undef MOEJIT_STATUS_ENUM_
+} moejit_status;
+
+typedef enum moejit_dtype {
+  MOEJIT_F32 = 0,
+  MOEJIT_F16 = 1,
+  MOEJIT_BF16 = 2,
+  MOEJIT_I32 = 3,
+  MOEJIT_I64 = 4
+} moejit_dtype;
+
+/* How the routing reaches moejit_forward. */
+typedef enum moejit_routing {
+  MOEJIT_ROUTING_TOPK = 0,   /* topk_ids [T, K] + routing_weights [T, K] */
+  MOEJIT_ROUTING_DENSE = 1,  /* topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]] */
+  MOEJIT_ROUTING_LOGITS = 2  /* router_logits [T, E]: top-K, softmax over the K (not yet supported) */
+} moejit_routing;
+
+typedef enum moejit_log_level { MOEJIT_LOG_DEBUG = 0, MOEJIT_LOG_INFO, MOEJIT_LOG_WARN } moejit_log_level;
+
+typedef void (*moejit_log_fn)(void *user, moejit_log_level level, const char *message);
+
+typedef struct moejit_ctx_options {
+  size_t struct_size;
+  int device;                 /* CUDA device ordinal; default 0 */
+  /* Offline target ("sm_80", "sm_90a", ...): plans compile for it and load nothing, so no GPU or
+   * driver is needed; moejit_forward then returns MOEJIT_ERR_NO_DEVICE. NULL: the device's own. */
+  const char *offline_arch;
+  /* A folder of template sources used instead of the embedded ones (template development).
+   * NULL: $MOEJIT_TEMPLATE_DIR, read once here, else the embedded templates. */
+  const char *template_dir;
+  moejit_log_fn log;          /* optional; the library never prints */
+  void *log_user;
+} moejit_ctx_options;
+
+/* The layer a plan serves. Shapes: T tokens, H hidden, I intermediate, E experts, K top-k. */
+typedef struct moejit_layer_desc {
+  size_t struct_size;
+  int64_t hidden;             /* H, a multiple of 8 */
+  int64_t intermediate;       /* I, a multiple of 8 */
+  int64_t experts;            /* E, 1..1024 */
+  int64_t top_k;              /* K, 1..min(E_global, 32); ids may repeat */
+  int64_t max_tokens;         /* the largest T a forward may pass (workspace is sized by T) */
+  moejit_dtype dtype;         /* x, weights, biases, y: MOEJIT_F32, MOEJIT_F16 or MOEJIT_BF16 */
+  moejit_dtype ids_dtype;     /* MOEJIT_I32 or MOEJIT_I64 */
+  moejit_dtype weights_dtype; /* routing weights: MOEJIT_F32, MOEJIT_F16 or MOEJIT_BF16 */
+  moejit_routing routing;
+  float alpha;                /* SwiGLU alpha, default 1.702 */
+  float limit;                /* SwiGLU clamp, default 7.0 */
+  /* Options of the layer not implemented yet; a non-default value gets MOEJIT_ERR_UNSUPPORTED. */
+  int64_t expert_capacity;    /* 0: dropless */
+  int64_t global_experts;     /* 0: no expert_map (expert parallelism) */
+  int apply_router_weight_on_input;
+} moejit_layer_desc;
+
+/* Arguments of one forward. Every pointer is a device address. */
+typedef struct moejit_forward_args {
+  size_t struct_size;
+  int64_t tokens;                /* T, 0..max_tokens */
+  const void *x;                 /* [T, H] dtype */
+  const void *topk_ids;          /* [T, K] ids_dtype */
+  const void *routing_weights;   /* [T, K] or [T, E] weights_dtype */
+  const void *router_logits;     /* [T, E], MOEJIT_ROUTING_LOGITS only */
+  const int32_t *expert_map;     /* [global_experts], only with global_experts > 0 */
+  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns */
+  const void *gate_up_proj_bias; /* [E, 2I] dtype */
+  const void *down_proj;         /* [E, I, H] dtype */
+  const void *down_proj_bias;    /* [E, H] dtype */
+  void *y;                       /* [T, H] dtype, written (not accumulated into) */
+} moejit_forward_args;
+
+typedef struct moejit_ctx moejit_ctx;
+typedef struct moejit_plan moejit_plan;
+
+MOEJIT_API void moejit_ctx_options_init(moejit_ctx_options *opts);
+/* Defaults: bf16, int32 ids, f32 topk weights, alpha 1.702, limit 7.0, dropless. */
+MOEJIT_API void moejit_layer_desc_init(moejit_layer_desc *desc);
+MOEJIT_API void moejit_forward_args_init(moejit_forward_args *args);
+
+/* Creates a context: loads the driver (unless offline), retains the device's primary context, builds
+ * the template sandbox. Does not compile. *ctx is NULL on failure, except that with
+ * MOEJIT_ERR_NO_DEVICE a context is not returned either; the message goes to the log callback.
+ * Returns MOEJIT_OK, MOEJIT_ERR_INVALID_ARG, MOEJIT_ERR_NO_DEVICE, MOEJIT_ERR_CUDA,
+ * MOEJIT_ERR_OUT_OF_MEMORY, MOEJIT_ERR_TEMPLATE. */
+MOEJIT_API moejit_status moejit_create(moejit_ctx **ctx, const moejit_ctx_options *opts);
+MOEJIT_API void moejit_destroy(moejit_ctx *ctx);
+
+/* Does every expensive step: renders the kernels for the layer, compiles them with NVRTC (may take
+ * seconds), loads the modules. The plan is immutable afterwards: one plan may launch from many threads
+ * and streams at once. The context must outlive the plan. Not thread-safe on one context.
+ * Returns MOEJIT_OK, MOEJIT_ERR_INVALID_ARG, MOEJIT_ERR_UNSUPPORTED, MOEJIT_ERR_NO_COMPILER,
+ * MOEJIT_ERR_COMPILE, MOEJIT_ERR_TEMPLATE, MOEJIT_ERR_CUDA, MOEJIT_ERR_OUT_OF_MEMORY. */
+MOEJIT_API moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                            moejit_plan **plan);
+MOEJIT_API void moejit_plan_destroy(moejit_plan *plan);
+
+/* Bytes of device workspace a forward of up to max_tokens tokens needs (256-byte aligned). */
+MOEJIT_API moejit_status moejit_workspace_size(const moejit_plan *plan, int64_t max_tokens,
+                                               size_t *bytes);
+
+/* Launches the layer on `stream`: no allocation, no synchronisation, no host round trip, no
+ * compilation, so it may be captured in a CUDA graph. The workspace (256-byte aligned, at least
+ * moejit_workspace_size(plan, args->tokens)) must not be used by another forward at the same time.
+ * Slots whose expert id is outside [0, E) contribute nothing and are counted in the workspace for
+ * moejit_forward_check. Returns MOEJIT_OK, MOEJIT_ERR_INVALID_ARG, MOEJIT_ERR_NO_DEVICE,
+ * MOEJIT_ERR_CUDA. Thread-safe on one plan; the error text then goes to the log callback. */
+MOEJIT_API moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args,
+                                        void *workspace, size_t workspace_bytes, CUstream stream);
+
+/* Reads the flags the last forward on this workspace left (blocks on `stream`). Returns MOEJIT_OK, or
+ * MOEJIT_ERR_BAD_EXPERT_ID with the count of such slots in *bad_slots (may be NULL), or
+ * MOEJIT_ERR_CUDA. */
+MOEJIT_API moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace,
+                                              CUstream stream, int64_t *bad_slots);
+
+MOEJIT_API const char *moejit_status_name(moejit_status s);   /* "MOEJIT_ERR_INVALID_ARG" */
+MOEJIT_API const char *moejit_status_string(moejit_status s); /* "invalid argument" */
+/* Detail of the last failure on this context: the argument and its value, the NVRTC log, the failing
+ * driver call. Valid until the next call on the context. Never NULL. */
+MOEJIT_API const char *moejit_last_error(const moejit_ctx *ctx);
+/* MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH of the library actually loaded. */
+MOEJIT_API int moejit_version(void);
+MOEJIT_API const char *moejit_version_string(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MOEJIT_H */

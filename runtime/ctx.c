@@ -1,0 +1,172 @@
+/* ctx.c: contexts (driver, device, template sandbox), the error and log plumbing, option defaults.
+ * Uses runtime/driver for the device, gen/ for the sandbox. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/internal.h"
+
+void moejit_ctx_options_init(moejit_ctx_options *opts) {
+  memset(opts, 0, sizeof *opts);
+  opts->struct_size = sizeof *opts;
+}
+
+void moejit_layer_desc_init(moejit_layer_desc *desc) {
+  memset(desc, 0, sizeof *desc);
+  desc->struct_size = sizeof *desc;
+  desc->dtype = MOEJIT_BF16;
+  desc->ids_dtype = MOEJIT_I32;
+  desc->weights_dtype = MOEJIT_F32;
+  desc->routing = MOEJIT_ROUTING_TOPK;
+  desc->alpha = 1.702f;
+  desc->limit = 7.0f;
+}
+
+void moejit_forward_args_init(moejit_forward_args *args) {
+  memset(args, 0, sizeof *args);
+  args->struct_size = sizeof *args;
+}
+
+const char *mj_rt_dtype_name(moejit_dtype dt) {
+  static const char *const names[] = {"f32", "f16", "bf16", "i32", "i64"};
+  return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "?";
+}
+
+void mj_rt_log(const moejit_ctx *ctx, moejit_log_level level, const char *fmt, ...) {
+  if (!ctx || !ctx->log)
+    return;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  ctx->log(ctx->log_user, level, msg);
+}
+
+moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err) {
+  if (!ctx)
+    return s;
+  pthread_mutex_lock(&ctx->err_lock);
+  if (&ctx->err != err)
+    memcpy(ctx->err.msg, err->msg, sizeof ctx->err.msg);
+  pthread_mutex_unlock(&ctx->err_lock);
+  if (ctx->log)
+    ctx->log(ctx->log_user, MOEJIT_LOG_WARN, err->msg);
+  return s;
+}
+
+const char *moejit_last_error(const moejit_ctx *ctx) { return ctx ? ctx->err.msg : "ctx is NULL"; }
+
+/* "sm_90a" for Hopper (wgmma, setmaxnreg need the arch-specific target), else "sm_<major><minor>". */
+static void arch_of(int major, int minor, char *buf, size_t len) {
+  snprintf(buf, len, "sm_%d%d%s", major, minor, major == 9 && minor == 0 ? "a" : "");
+}
+
+static int arch_is_valid(const char *arch) {
+  size_t n = strlen(arch);
+  if (n < 5 || n > 8 || strncmp(arch, "sm_", 3) != 0)
+    return 0;
+  for (size_t i = 3; i < n; i++)
+    if (!(arch[i] >= '0' && arch[i] <= '9') && !(i == n - 1 && arch[i] == 'a' && i > 4))
+      return 0;
+  return atoi(arch + 3) >= 80;
+}
+
+static moejit_status open_device(moejit_ctx *ctx, int ordinal, mj_err *err) {
+  moejit_status st = mj_rt_driver_load(&ctx->cu, err);
+  if (st != MOEJIT_OK)
+    return st;
+  mj_cu *cu = &ctx->cu;
+  int count = 0;
+  MJ_CU(cu, DeviceGetCount(&count), err);
+  if (ordinal < 0 || ordinal >= count) {
+    st = mj_errf(err, MOEJIT_ERR_INVALID_ARG, "opts->device=%d, but %d GPU%s found", ordinal, count,
+                 count == 1 ? " was" : "s were");
+    goto fail;
+  }
+  MJ_CU(cu, DeviceGet(&ctx->dev, ordinal), err);
+  MJ_CU(cu, DeviceGetName(ctx->device_name, (int)sizeof ctx->device_name, ctx->dev), err);
+  MJ_CU(cu, DeviceGetAttribute(&ctx->cc_major, MJ_CU_ATTR_CC_MAJOR, ctx->dev), err);
+  MJ_CU(cu, DeviceGetAttribute(&ctx->cc_minor, MJ_CU_ATTR_CC_MINOR, ctx->dev), err);
+  MJ_CU(cu, DeviceGetAttribute(&ctx->sm_count, MJ_CU_ATTR_SM_COUNT, ctx->dev), err);
+  MJ_CU(cu, DeviceGetAttribute(&ctx->smem_optin, MJ_CU_ATTR_SMEM_OPTIN, ctx->dev), err);
+  if (ctx->cc_major < 8) {
+    st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "%s has compute capability %d.%d; moejit needs 8.0+",
+                 ctx->device_name, ctx->cc_major, ctx->cc_minor);
+    goto fail;
+  }
+  MJ_CU(cu, DevicePrimaryCtxRetain(&ctx->cuctx, ctx->dev), err);
+  arch_of(ctx->cc_major, ctx->cc_minor, ctx->arch, sizeof ctx->arch);
+  return MOEJIT_OK;
+fail:
+  mj_rt_driver_unload(cu);
+  return st;
+}
+
+moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
+  moejit_status st;
+  mj_err err;
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  if (!out)
+    return MOEJIT_ERR_INVALID_ARG;
+  *out = NULL;
+  if (opts) {
+    if (opts->struct_size < sizeof(size_t) || opts->struct_size > sizeof o)
+      return MOEJIT_ERR_INVALID_ARG;
+    memcpy(&o, opts, opts->struct_size);
+  }
+  moejit_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx)
+    return MOEJIT_ERR_OUT_OF_MEMORY;
+  pthread_mutex_init(&ctx->err_lock, NULL);
+  ctx->log = o.log;
+  ctx->log_user = o.log_user;
+  const char *tdir = o.template_dir ? o.template_dir : getenv("MOEJIT_TEMPLATE_DIR");
+  if (tdir && *tdir && !(ctx->template_dir = strdup(tdir))) {
+    st = mj_errf(&err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  if (o.offline_arch) {
+    if (!arch_is_valid(o.offline_arch)) {
+      st = mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
+                   "opts->offline_arch=\"%s\" is not an arch such as \"sm_80\" or \"sm_90a\" (8.0+)",
+                   o.offline_arch);
+      goto fail;
+    }
+    ctx->offline = 1;
+    snprintf(ctx->arch, sizeof ctx->arch, "%s", o.offline_arch);
+  } else if ((st = open_device(ctx, o.device, &err)) != MOEJIT_OK) {
+    goto fail;
+  }
+  if ((st = mj_gen_open(&ctx->gen, ctx->template_dir, &err)) != MOEJIT_OK)
+    goto fail;
+  if (ctx->offline)
+    mj_rt_log(ctx, MOEJIT_LOG_INFO, "moejit %s: offline, compiling for %s", moejit_version_string(),
+              ctx->arch);
+  else
+    mj_rt_log(ctx, MOEJIT_LOG_INFO, "moejit %s: %s (%s, %d SMs)", moejit_version_string(),
+              ctx->device_name, ctx->arch, ctx->sm_count);
+  *out = ctx;
+  return MOEJIT_OK;
+fail:
+  if (ctx->log)
+    ctx->log(ctx->log_user, MOEJIT_LOG_WARN, err.msg);
+  moejit_destroy(ctx);
+  return st;
+}
+
+void moejit_destroy(moejit_ctx *ctx) {
+  if (!ctx)
+    return;
+  mj_gen_close(ctx->gen);
+  mj_gen_nvrtc_unload(&ctx->nv);
+  if (ctx->cu.lib) {
+    if (ctx->cuctx)
+      ctx->cu.DevicePrimaryCtxRelease(ctx->dev);
+    mj_rt_driver_unload(&ctx->cu);
+  }
+  pthread_mutex_destroy(&ctx->err_lock);
+  free(ctx->template_dir);
+  free(ctx);
+}

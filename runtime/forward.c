@@ -1,0 +1,211 @@
+/* forward.c: moejit_forward and moejit_forward_check. Validates the arguments, picks the GEMM
+ * configuration for the token count and launches route -> GEMM1 -> GEMM2 -> combine on the caller's
+ * stream. No allocation, synchronisation, host round trip or compilation happens here. */
+#include <stdint.h>
+#include <string.h>
+
+#include "runtime/half.h"
+#include "runtime/internal.h"
+
+typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */
+  CUdeviceptr a, w, bias, sorted_slot, slot_weight, tiles, num_tiles, out;
+} gemm_params;
+
+
+static moejit_status check_ptr(const char *name, const void *p, size_t align, mj_err *err) {
+  if (!p)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->%s is NULL", name);
+  if ((uintptr_t)p % align != 0)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->%s=%p is not %zu-byte aligned", name, p,
+                   align);
+  return MOEJIT_OK;
+}
+
+static moejit_status check_args(const moejit_plan *plan, const moejit_forward_args *a,
+                                const void *workspace, size_t workspace_bytes, mj_err *err) {
+  const moejit_layer_desc *d = &plan->desc;
+  moejit_status st;
+  if (!a)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args is NULL");
+  if (a->struct_size != sizeof *a)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "args->struct_size=%zu, expected %zu (call moejit_forward_args_init)",
+                   a->struct_size, sizeof *a);
+  if (a->tokens < 0 || a->tokens > d->max_tokens)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->tokens=%lld is outside [0, max_tokens=%lld]",
+                   (long long)a->tokens, (long long)d->max_tokens);
+  if (a->router_logits)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "args->router_logits is set but desc->routing is not MOEJIT_ROUTING_LOGITS");
+  if (a->expert_map)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "args->expert_map is set but desc->global_experts=0");
+  if (a->tokens == 0)
+    return MOEJIT_OK;
+  size_t act = mj_dtype_size(d->dtype);
+  /* The GEMMs copy 16-byte vectors of x and of the weights. */
+  if ((st = check_ptr("x", a->x, 16, err)) || (st = check_ptr("gate_up_proj", a->gate_up_proj, 16, err)) ||
+      (st = check_ptr("down_proj", a->down_proj, 16, err)) ||
+      (st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, act, err)) ||
+      (st = check_ptr("down_proj_bias", a->down_proj_bias, act, err)) ||
+      (st = check_ptr("y", a->y, act, err)) ||
+      (st = check_ptr("topk_ids", a->topk_ids, mj_dtype_size(d->ids_dtype), err)) ||
+      (st = check_ptr("routing_weights", a->routing_weights, mj_dtype_size(d->weights_dtype), err)))
+    return st;
+  if (!workspace)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace is NULL");
+  if ((uintptr_t)workspace % 256 != 0)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace=%p is not 256-byte aligned", workspace);
+  mj_layout l;
+  mj_rt_layout(plan, a->tokens, &l);
+  if (workspace_bytes < l.total)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "workspace_bytes=%zu is below the %zu bytes %lld tokens need "
+                   "(moejit_workspace_size)",
+                   workspace_bytes, l.total, (long long)a->tokens);
+  return MOEJIT_OK;
+}
+
+#define DPTR(p) ((CUdeviceptr)(uintptr_t)(p))
+
+static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUdeviceptr ws,
+                            CUstream stream, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  const moejit_layer_desc *d = &plan->desc;
+  mj_cu *cu = &plan->ctx->cu;
+  mj_layout l;
+  mj_rt_layout(plan, a->tokens, &l);
+  int cfg = mj_tune_pick(plan->configs, plan->ngemm, a->tokens, d->top_k, d->experts);
+  const mj_gemm_config *c = &plan->configs[cfg];
+  int nslots = (int)l.nslots, nchunks = (int)l.nchunks, block_m = c->bm;
+  unsigned max_tiles = (unsigned)l.max_tiles;
+  CUdeviceptr ids = DPTR(a->topk_ids), weights = DPTR(a->routing_weights);
+  CUdeviceptr flags = ws + l.flags, num_tiles = ws + l.num_tiles, expert_off = ws + l.expert_off,
+              chunk_counts = ws + l.chunk_counts, chunk_base = ws + l.chunk_base,
+              tiles = ws + l.tiles, sorted_slot = ws + l.sorted_slot, slot_pos = ws + l.slot_pos,
+              slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
+
+  void *count_args[] = {&ids, &nslots, &chunk_counts};
+  MJ_CU(cu,
+        LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1, 0,
+                     stream, count_args, NULL),
+        err);
+  void *scan_args[] = {&chunk_counts, &nchunks, &block_m, &chunk_base,
+                       &expert_off,   &tiles,   &num_tiles, &flags};
+  MJ_CU(cu,
+        LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream, scan_args,
+                     NULL),
+        err);
+  void *scatter_args[] = {&ids, &weights, &nslots, &chunk_base, &sorted_slot, &slot_pos,
+                          &slot_weight};
+  MJ_CU(cu,
+        LaunchKernel(plan->scatter.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->scatter.threads, 1,
+                     1, 0, stream, scatter_args, NULL),
+        err);
+
+  gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
+                    slot_weight, tiles, num_tiles, h};
+  void *g1_args[] = {&g1};
+  const mj_kernel *k1 = &plan->gemm1[cfg];
+  MJ_CU(cu,
+        LaunchKernel(k1->fn, max_tiles, (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1,
+                     (unsigned)k1->threads, 1, 1, (unsigned)k1->smem, stream, g1_args, NULL),
+        err);
+  gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
+                    slot_weight, tiles, num_tiles, y_slot};
+  void *g2_args[] = {&g2};
+  const mj_kernel *k2 = &plan->gemm2[cfg];
+  MJ_CU(cu,
+        LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), 1,
+                     (unsigned)k2->threads, 1, 1, (unsigned)k2->smem, stream, g2_args, NULL),
+        err);
+
+  CUdeviceptr y = DPTR(a->y);
+  void *combine_args[] = {&y_slot, &slot_pos, &y};
+  MJ_CU(cu,
+        LaunchKernel(plan->combine.fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
+                     (unsigned)plan->combine.threads, 1, 1, 0, stream, combine_args, NULL),
+        err);
+fail:
+  return st;
+}
+
+/* Makes the plan's context current for the calls in between, if it is not already. */
+static moejit_status enter(moejit_ctx *ctx, int *pushed, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  CUcontext cur = NULL;
+  *pushed = 0;
+  MJ_CU(&ctx->cu, CtxGetCurrent(&cur), err);
+  if (cur != ctx->cuctx) {
+    MJ_CU(&ctx->cu, CtxPushCurrent(ctx->cuctx), err);
+    *pushed = 1;
+  }
+fail:
+  return st;
+}
+
+static void leave(moejit_ctx *ctx, int pushed) {
+  CUcontext popped;
+  if (pushed)
+    ctx->cu.CtxPopCurrent(&popped);
+}
+
+moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
+                             size_t workspace_bytes, CUstream stream) {
+  mj_err err;
+  moejit_status st;
+  int pushed = 0;
+  if (!plan)
+    return MOEJIT_ERR_INVALID_ARG;
+  moejit_ctx *ctx = plan->ctx;
+  if (ctx->offline)
+    return mj_rt_fail(ctx,
+                      mj_errf(&err, MOEJIT_ERR_NO_DEVICE,
+                              "the plan was compiled offline for %s; there is no device to run on",
+                              ctx->arch),
+                      &err);
+  if ((st = check_args(plan, args, workspace, workspace_bytes, &err)) != MOEJIT_OK)
+    return mj_rt_fail(ctx, st, &err);
+  if (args->tokens == 0)
+    return MOEJIT_OK;
+  if ((st = enter(ctx, &pushed, &err)) != MOEJIT_OK)
+    return mj_rt_fail(ctx, st, &err);
+  st = launch(plan, args, DPTR(workspace), stream, &err);
+  leave(ctx, pushed);
+  return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);
+}
+
+moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace, CUstream stream,
+                                   int64_t *bad_slots) {
+  mj_err err;
+  moejit_status st;
+  int pushed = 0;
+  int flags[4] = {0, 0, 0, 0};
+  if (!plan)
+    return MOEJIT_ERR_INVALID_ARG;
+  moejit_ctx *ctx = plan->ctx;
+  if (bad_slots)
+    *bad_slots = 0;
+  if (ctx->offline)
+    return mj_rt_fail(ctx, mj_errf(&err, MOEJIT_ERR_NO_DEVICE, "offline plan: no device"), &err);
+  if (!workspace)
+    return mj_rt_fail(ctx, mj_errf(&err, MOEJIT_ERR_INVALID_ARG, "workspace is NULL"), &err);
+  if ((st = enter(ctx, &pushed, &err)) != MOEJIT_OK)
+    return mj_rt_fail(ctx, st, &err);
+  MJ_CU(&ctx->cu, MemcpyDtoHAsync(flags, DPTR(workspace), sizeof flags, stream), &err);
+  MJ_CU(&ctx->cu, StreamSynchronize(stream), &err);
+  leave(ctx, pushed);
+  pushed = 0;
+  if (bad_slots)
+    *bad_slots = flags[0];
+  if (flags[0] != 0)
+    return mj_rt_fail(ctx,
+                      mj_errf(&err, MOEJIT_ERR_BAD_EXPERT_ID,
+                              "%d slot(s) named an expert outside [0, %lld); they contributed nothing",
+                              flags[0], (long long)plan->desc.experts),
+                      &err);
+  return MOEJIT_OK;
+fail:
+  leave(ctx, pushed);
+  return mj_rt_fail(ctx, st, &err);
+}

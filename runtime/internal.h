@@ -1,0 +1,96 @@
+/* internal.h: the context and plan structs shared by the runtime files (and read by tests and the CLI).
+ * Uses gen/ for rendering and compiling, tune/ for the configuration tables. */
+#ifndef MJ_RUNTIME_INTERNAL_H
+#define MJ_RUNTIME_INTERNAL_H
+#include <pthread.h>
+
+#include "gen/gen.h"
+#include "gen/nvrtc.h"
+#include "moejit.h"
+#include "runtime/driver.h"
+#include "tune/heuristic.h"
+
+#define MJ_MAX_GEMM_CONFIGS 8
+#define MJ_ROUTE_CHUNK 256 /* slots per routing block (route.cuh's kChunk) */
+
+struct moejit_ctx {
+  moejit_log_fn log;
+  void *log_user;
+  char *template_dir;   /* NULL: embedded */
+  int offline;          /* compile for `arch`, load nothing */
+  char arch[16];        /* "sm_90a", "sm_80" */
+  mj_cu cu;             /* loaded unless offline */
+  CUdevice dev;
+  CUcontext cuctx;      /* the device's primary context, retained */
+  int cc_major, cc_minor, sm_count, smem_optin;
+  char device_name[128];
+  mj_gen *gen;
+  mj_nvrtc nv;          /* loaded on first plan */
+  pthread_mutex_t err_lock;
+  mj_err err;           /* the last failure, for moejit_last_error */
+};
+
+/* One compiled kernel of a plan. */
+typedef struct mj_kernel {
+  const char *entry;    /* extern "C" name */
+  CUmodule module;      /* NULL when offline (and for all but a module's first kernel) */
+  CUfunction fn;
+  int threads;
+  int smem;             /* dynamic shared memory, bytes */
+} mj_kernel;
+
+/* A rendered and compiled module, before loading: what `moejit compile` reports on. */
+typedef struct mj_module_src {
+  const char *template_name;
+  mj_spec spec;
+  char name[64];        /* "gemm1_mma_m64n128k32s4" */
+  char *source;
+  mj_cubin cubin;
+} mj_module_src;
+
+struct moejit_plan {
+  moejit_ctx *ctx;
+  moejit_layer_desc desc;
+  mj_kernel count, scan, scatter, combine;
+  int ngemm;
+  const mj_gemm_config *configs;
+  mj_kernel gemm1[MJ_MAX_GEMM_CONFIGS], gemm2[MJ_MAX_GEMM_CONFIGS];
+  int min_bm;
+  CUmodule modules[2 + 2 * MJ_MAX_GEMM_CONFIGS];
+  int nmodules;
+};
+
+/* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
+typedef struct mj_layout {
+  size_t flags, num_tiles, expert_off, chunk_counts, chunk_base, tiles, sorted_slot, slot_pos,
+      slot_weight, h, y_slot, total;
+  int64_t nslots, nchunks, max_tiles;
+} mj_layout;
+
+void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
+
+/* Copies err into the context's last error (under its lock) and logs it at WARN. Returns s. */
+moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
+void mj_rt_log(const moejit_ctx *ctx, moejit_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Validates a layer descriptor: MOEJIT_ERR_INVALID_ARG / MOEJIT_ERR_UNSUPPORTED naming the field. */
+moejit_status mj_rt_check_desc(const moejit_layer_desc *desc, mj_err *err);
+
+/* Renders every module of a layer (route, combine, then gemm1/gemm2 per configuration) without
+ * compiling. On success *mods (count *n) is owned by the caller, freed with mj_rt_modules_free. */
+moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                   mj_module_src **mods, int *n, mj_err *err);
+/* Renders and compiles every module of a layer for arch (no loading): the plan's first half, also
+ * used by `moejit compile`. flags: MJ_COMPILE_*. On success *mods (count *n) is owned by the caller,
+ * freed with mj_rt_modules_free. */
+moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *desc, const char *arch,
+                                  int flags, mj_module_src **mods, int *n, mj_err *err);
+void mj_rt_modules_free(mj_module_src *mods, int n);
+
+const char *mj_rt_dtype_name(moejit_dtype dt); /* "bf16", "i32", ... */
+
+#endif

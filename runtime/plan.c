@@ -1,0 +1,382 @@
+/* plan.c: plans. Validates the layer, renders every kernel from its template, compiles them with
+ * NVRTC in parallel threads, loads the modules and sizes the workspace. Everything expensive happens
+ * here, so moejit_forward only launches. Uses gen/ and tune/heuristic. */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/internal.h"
+
+#define ALIGN256(x) (((x) + 255) & ~(size_t)255)
+
+moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
+  if (!d)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
+  if (d->struct_size != sizeof *d)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->struct_size=%zu, expected %zu (call moejit_layer_desc_init)",
+                   d->struct_size, sizeof *d);
+  const struct {
+    const char *name;
+    int64_t v, lo, hi, multiple;
+  } ints[] = {
+      {"hidden", d->hidden, 8, 1 << 20, 8},
+      {"intermediate", d->intermediate, 8, 1 << 20, 8},
+      {"experts", d->experts, 1, 1024, 1},
+      {"top_k", d->top_k, 1, 32, 1},
+      {"max_tokens", d->max_tokens, 1, INT32_MAX / 32, 1},
+  };
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+    if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->%s=%lld is outside [%lld, %lld]",
+                     ints[i].name, (long long)ints[i].v, (long long)ints[i].lo,
+                     (long long)ints[i].hi);
+    if (ints[i].v % ints[i].multiple != 0)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->%s=%lld is not a multiple of %lld",
+                     ints[i].name, (long long)ints[i].v, (long long)ints[i].multiple);
+  }
+  if (d->dtype != MOEJIT_F32 && d->dtype != MOEJIT_F16 && d->dtype != MOEJIT_BF16)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->dtype=%d is not MOEJIT_F32, F16 or BF16",
+                   (int)d->dtype);
+  if (d->ids_dtype != MOEJIT_I32 && d->ids_dtype != MOEJIT_I64)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->ids_dtype=%d is not MOEJIT_I32 or I64",
+                   (int)d->ids_dtype);
+  if (d->weights_dtype != MOEJIT_F32 && d->weights_dtype != MOEJIT_F16 &&
+      d->weights_dtype != MOEJIT_BF16)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->weights_dtype=%d is not MOEJIT_F32, F16 or BF16", (int)d->weights_dtype);
+  if (d->routing == MOEJIT_ROUTING_LOGITS)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "desc->routing=MOEJIT_ROUTING_LOGITS is not implemented yet; pass topk ids");
+  if (d->routing != MOEJIT_ROUTING_TOPK && d->routing != MOEJIT_ROUTING_DENSE)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->routing=%d is not a moejit_routing",
+                   (int)d->routing);
+  if (!isfinite(d->alpha) || !isfinite(d->limit) || d->limit <= 0.0f)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->alpha=%g and desc->limit=%g must be finite, limit > 0", d->alpha,
+                   d->limit);
+  if (d->expert_capacity != 0)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "desc->expert_capacity=%lld: capacity mode is not implemented yet (0 = dropless)",
+                   (long long)d->expert_capacity);
+  if (d->global_experts != 0)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "desc->global_experts=%lld: expert_map is not implemented yet (0 = none)",
+                   (long long)d->global_experts);
+  if (d->apply_router_weight_on_input)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "desc->apply_router_weight_on_input=1 is not implemented yet");
+  return MOEJIT_OK;
+}
+
+/* The spec of each module of a layer; see the template headers for the keys. */
+static void route_spec(const moejit_layer_desc *d, mj_spec *s) {
+  memset(s, 0, sizeof *s);
+  mj_spec_int(s, "experts", d->experts);
+  mj_spec_int(s, "top_k", d->top_k);
+  mj_spec_int(s, "chunk", MJ_ROUTE_CHUNK);
+  mj_spec_str(s, "ids", mj_rt_dtype_name(d->ids_dtype));
+  mj_spec_str(s, "weights", mj_rt_dtype_name(d->weights_dtype));
+  mj_spec_str(s, "routing", d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk");
+}
+
+static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
+  memset(s, 0, sizeof *s);
+  mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
+  mj_spec_int(s, "hidden", d->hidden);
+  mj_spec_int(s, "top_k", d->top_k);
+}
+
+static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int mode, mj_spec *s) {
+  int mma = mj_tune_uses_mma(d->dtype);
+  memset(s, 0, sizeof *s);
+  mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
+  mj_spec_str(s, "mode", mode == 1 ? "gate_up" : "down");
+  mj_spec_int(s, "n", mode == 1 ? 2 * d->intermediate : d->hidden);
+  mj_spec_int(s, "k", mode == 1 ? d->hidden : d->intermediate);
+  mj_spec_int(s, "top_k", d->top_k);
+  mj_spec_num(s, "alpha", d->alpha);
+  mj_spec_num(s, "limit", d->limit);
+  mj_spec_int(s, "bm", c->bm);
+  mj_spec_int(s, "bn", c->bn);
+  mj_spec_int(s, "bk", c->bk);
+  mj_spec_int(s, "stages", c->stages);
+  mj_spec_int(s, mma ? "wm" : "tm", mma ? c->wm : c->tm);
+  mj_spec_int(s, mma ? "wn" : "tn", mma ? c->wn : c->tn);
+}
+
+void mj_rt_modules_free(mj_module_src *mods, int n) {
+  if (!mods)
+    return;
+  for (int i = 0; i < n; i++) {
+    free(mods[i].source);
+    mj_cubin_free(&mods[i].cubin);
+  }
+  free(mods);
+}
+
+typedef struct compile_job {
+  moejit_ctx *ctx;
+  mj_module_src *mods;
+  int n, next, flags;
+  const char *arch;
+  pthread_mutex_t lock;
+  moejit_status st;
+  mj_err *err;
+} compile_job;
+
+static void *compile_worker(void *arg) {
+  compile_job *job = arg;
+  mj_err *local = malloc(sizeof *local);
+  for (;;) {
+    pthread_mutex_lock(&job->lock);
+    int i = job->st == MOEJIT_OK && local ? job->next++ : job->n;
+    pthread_mutex_unlock(&job->lock);
+    if (i >= job->n)
+      break;
+    mj_module_src *m = &job->mods[i];
+    moejit_status st = mj_gen_compile(&job->ctx->nv, job->ctx->gen, m->source, m->name, job->arch,
+                                      job->flags, &m->cubin, local);
+    if (st != MOEJIT_OK) {
+      pthread_mutex_lock(&job->lock);
+      if (job->st == MOEJIT_OK) {
+        job->st = st;
+        memcpy(job->err->msg, local->msg, sizeof local->msg);
+      }
+      pthread_mutex_unlock(&job->lock);
+    }
+  }
+  if (!local) {
+    pthread_mutex_lock(&job->lock);
+    if (job->st == MOEJIT_OK)
+      job->st = mj_errf(job->err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory in a compile thread");
+    pthread_mutex_unlock(&job->lock);
+  }
+  free(local);
+  return NULL;
+}
+
+/* Compiles every module, in as many threads as there are processors (NVRTC is thread-safe across
+ * programs). */
+static moejit_status compile_all(moejit_ctx *ctx, mj_module_src *mods, int n, const char *arch,
+                                 int flags, mj_err *err) {
+  compile_job job = {ctx, mods, n, 0, flags, arch, PTHREAD_MUTEX_INITIALIZER, MOEJIT_OK, err};
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int nthreads = (int)(ncpu < 1 ? 1 : ncpu > n ? n : ncpu);
+  pthread_t threads[2 + 2 * MJ_MAX_GEMM_CONFIGS];
+  int started = 0;
+  for (int i = 1; i < nthreads; i++)
+    if (pthread_create(&threads[started], NULL, compile_worker, &job) == 0)
+      started++;
+  compile_worker(&job);
+  for (int i = 0; i < started; i++)
+    pthread_join(threads[i], NULL);
+  pthread_mutex_destroy(&job.lock);
+  return job.st;
+}
+
+moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
+                                   mj_module_src **out, int *nout, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  int ncfg = 0;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(d->dtype, &ncfg);
+  int n = 2 + 2 * ncfg;
+  *out = NULL;
+  *nout = 0;
+  mj_module_src *mods = calloc((size_t)n, sizeof *mods);
+  if (!mods)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  mods[0].template_name = "route";
+  snprintf(mods[0].name, sizeof mods[0].name, "route");
+  route_spec(d, &mods[0].spec);
+  mods[1].template_name = "combine";
+  snprintf(mods[1].name, sizeof mods[1].name, "combine");
+  combine_spec(d, &mods[1].spec);
+  for (int i = 0; i < ncfg; i++)
+    for (int mode = 1; mode <= 2; mode++) {
+      mj_module_src *m = &mods[2 + 2 * i + (mode - 1)];
+      m->template_name = "gemm";
+      snprintf(m->name, sizeof m->name, "gemm%d_%s", mode, cfg[i].name);
+      gemm_spec(d, &cfg[i], mode, &m->spec);
+    }
+  for (int i = 0; i < n && st == MOEJIT_OK; i++)
+    st = mj_gen_render(ctx->gen, mods[i].template_name, &mods[i].spec, &mods[i].source, err);
+  if (st != MOEJIT_OK) {
+    mj_rt_modules_free(mods, n);
+    return st;
+  }
+  *out = mods;
+  *nout = n;
+  return MOEJIT_OK;
+}
+
+moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *d, const char *arch,
+                                  int flags, mj_module_src **out, int *nout, mj_err *err) {
+  moejit_status st;
+  if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
+    return st;
+  if ((st = mj_rt_render_modules(ctx, d, out, nout, err)) != MOEJIT_OK)
+    return st;
+  if ((st = compile_all(ctx, *out, *nout, arch, flags, err)) != MOEJIT_OK) {
+    mj_rt_modules_free(*out, *nout);
+    *out = NULL;
+    *nout = 0;
+  }
+  return st;
+}
+
+void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
+  const moejit_layer_desc *d = &plan->desc;
+  size_t act = d->dtype == MOEJIT_F32 ? 4 : 2;
+  memset(l, 0, sizeof *l);
+  l->nslots = tokens * d->top_k;
+  l->nchunks = (l->nslots + MJ_ROUTE_CHUNK - 1) / MJ_ROUTE_CHUNK;
+  l->max_tiles = (l->nslots + plan->min_bm - 1) / plan->min_bm +
+                 (l->nslots < d->experts ? l->nslots : d->experts);
+  size_t at = 0;
+#define MJ_PLACE_(field, bytes)                                                                    \
+  l->field = at;                                                                                  \
+  at = ALIGN256(at + (size_t)(bytes))
+  MJ_PLACE_(flags, 4 * sizeof(int));
+  MJ_PLACE_(num_tiles, sizeof(int));
+  MJ_PLACE_(expert_off, (size_t)(d->experts + 1) * sizeof(int));
+  MJ_PLACE_(chunk_counts, (size_t)l->nchunks * (size_t)(d->experts + 1) * sizeof(int));
+  MJ_PLACE_(chunk_base, (size_t)l->nchunks * (size_t)d->experts * sizeof(int));
+  MJ_PLACE_(tiles, (size_t)l->max_tiles * 4 * sizeof(int));
+  MJ_PLACE_(sorted_slot, (size_t)l->nslots * sizeof(int));
+  MJ_PLACE_(slot_pos, (size_t)l->nslots * sizeof(int));
+  MJ_PLACE_(slot_weight, (size_t)l->nslots * sizeof(float));
+  MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
+  MJ_PLACE_(y_slot, (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
+#undef MJ_PLACE_
+  l->total = at;
+}
+
+moejit_status moejit_workspace_size(const moejit_plan *plan, int64_t max_tokens, size_t *bytes) {
+  if (!plan || !bytes)
+    return MOEJIT_ERR_INVALID_ARG;
+  if (max_tokens < 0 || max_tokens > plan->desc.max_tokens) {
+    mj_err err;
+    mj_errf(&err, MOEJIT_ERR_INVALID_ARG, "max_tokens=%lld is outside [0, desc->max_tokens=%lld]",
+            (long long)max_tokens, (long long)plan->desc.max_tokens);
+    return mj_rt_fail(plan->ctx, MOEJIT_ERR_INVALID_ARG, &err);
+  }
+  mj_layout l;
+  mj_rt_layout(plan, max_tokens, &l);
+  *bytes = l.total;
+  return MOEJIT_OK;
+}
+
+/* Loads a module and looks up its kernels (the context must be current). */
+static moejit_status load_module(moejit_plan *plan, const mj_module_src *m, mj_kernel *const *kernels,
+                                 int nk, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  moejit_ctx *ctx = plan->ctx;
+  mj_cu *cu = &ctx->cu;
+  CUmodule mod = NULL;
+  MJ_CU(cu, ModuleLoadData(&mod, m->cubin.data), err);
+  plan->modules[plan->nmodules++] = mod;
+  for (int i = 0; i < nk; i++) {
+    mj_kernel *k = kernels[i];
+    MJ_CU(cu, ModuleGetFunction(&k->fn, mod, k->entry), err);
+    if (k->smem > ctx->smem_optin) {
+      st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "kernel %s needs %d bytes of shared memory; %s allows %d", m->name, k->smem,
+                   ctx->device_name, ctx->smem_optin);
+      goto fail;
+    }
+    if (k->smem > 48 * 1024)
+      MJ_CU(cu, FuncSetAttribute(k->fn, MJ_CU_FUNC_MAX_DYNAMIC_SHARED, k->smem), err);
+  }
+fail:
+  return st;
+}
+
+moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                 moejit_plan **out) {
+  moejit_status st;
+  mj_err *err = NULL;
+  mj_module_src *mods = NULL;
+  int nmods = 0, pushed = 0;
+  moejit_plan *plan = NULL;
+  if (!ctx)
+    return MOEJIT_ERR_INVALID_ARG;
+  err = &ctx->err;
+  if (!out)
+    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_INVALID_ARG, "plan is NULL"), err);
+  *out = NULL;
+  if ((st = mj_rt_check_desc(desc, err)) != MOEJIT_OK)
+    return mj_rt_fail(ctx, st, err);
+  plan = calloc(1, sizeof *plan);
+  if (!plan)
+    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory"), err);
+  plan->ctx = ctx;
+  plan->desc = *desc;
+  plan->configs = mj_tune_gemm_configs(desc->dtype, &plan->ngemm);
+  plan->min_bm = INT_MAX;
+  for (int i = 0; i < plan->ngemm; i++)
+    if (plan->configs[i].bm < plan->min_bm)
+      plan->min_bm = plan->configs[i].bm;
+  if ((st = mj_rt_build_modules(ctx, desc, ctx->arch, 0, &mods, &nmods, err)) != MOEJIT_OK)
+    goto fail;
+  plan->count = (mj_kernel){"moejit_route_count", NULL, NULL, MJ_ROUTE_CHUNK, 0};
+  plan->scan = (mj_kernel){"moejit_route_scan", NULL, NULL, 256, 0};
+  plan->scatter = (mj_kernel){"moejit_route_scatter", NULL, NULL, 32, 0};
+  plan->combine = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
+  for (int i = 0; i < plan->ngemm; i++) {
+    int threads = mj_tune_gemm_threads(&plan->configs[i], desc->dtype);
+    int smem = (int)mj_tune_gemm_smem(&plan->configs[i], desc->dtype);
+    plan->gemm1[i] = (mj_kernel){"moejit_gemm", NULL, NULL, threads, smem};
+    plan->gemm2[i] = plan->gemm1[i];
+  }
+  if (!ctx->offline) {
+    mj_cu *cu = &ctx->cu;
+    MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
+    pushed = 1;
+    mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter};
+    mj_kernel *combine[] = {&plan->combine};
+    if ((st = load_module(plan, &mods[0], route, 3, err)) != MOEJIT_OK ||
+        (st = load_module(plan, &mods[1], combine, 1, err)) != MOEJIT_OK)
+      goto fail;
+    for (int i = 0; i < plan->ngemm; i++) {
+      mj_kernel *g1[] = {&plan->gemm1[i]}, *g2[] = {&plan->gemm2[i]};
+      if ((st = load_module(plan, &mods[2 + 2 * i], g1, 1, err)) != MOEJIT_OK ||
+          (st = load_module(plan, &mods[3 + 2 * i], g2, 1, err)) != MOEJIT_OK)
+        goto fail;
+    }
+    CUcontext popped;
+    ctx->cu.CtxPopCurrent(&popped);
+    pushed = 0;
+  }
+  mj_rt_modules_free(mods, nmods);
+  mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d modules for %s",
+            (long long)desc->hidden, (long long)desc->intermediate, (long long)desc->experts,
+            (long long)desc->top_k, mj_rt_dtype_name(desc->dtype), nmods, ctx->arch);
+  *out = plan;
+  return MOEJIT_OK;
+fail:
+  if (pushed) {
+    CUcontext popped;
+    ctx->cu.CtxPopCurrent(&popped);
+  }
+  mj_rt_modules_free(mods, nmods);
+  moejit_plan_destroy(plan);
+  return mj_rt_fail(ctx, st, err);
+}
+
+void moejit_plan_destroy(moejit_plan *plan) {
+  if (!plan)
+    return;
+  moejit_ctx *ctx = plan->ctx;
+  if (plan->nmodules && ctx->cu.lib) {
+    CUcontext popped;
+    int pushed = ctx->cu.CtxPushCurrent(ctx->cuctx) == MJ_CU_SUCCESS;
+    for (int i = 0; i < plan->nmodules; i++)
+      ctx->cu.ModuleUnload(plan->modules[i]);
+    if (pushed)
+      ctx->cu.CtxPopCurrent(&popped);
+  }
+  free(plan);
+}

@@ -1,0 +1,30 @@
+// combine.cuh: y[t] = sum over k = 0..kTopK-1, in that order, of y_slot[t * kTopK + k], in fp32,
+// cast to T. Slots with no row (expert id out of range) are skipped. Fixed order: reproducible.
+// Needs: T, kHidden, kTopK. grid = (tokens, ceil(kHidden / (4 * 256))), block = 256.
+#pragma once
+static_assert(kHidden % 4 == 0, "hidden must be a multiple of 4");
+
+struct alignas(16) mj_float4 { float x, y, z, w; };
+
+extern "C" __global__ void __launch_bounds__(256) moejit_combine(
+    const float *__restrict__ y_slot, const int *__restrict__ slot_pos, T *__restrict__ y) {
+  const int t = blockIdx.x;
+  const int c = (blockIdx.y * 256 + threadIdx.x) * 4;
+  if (c >= kHidden) return;
+  mj_float4 acc = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+  for (int k = 0; k < kTopK; ++k) {
+    mj_i64 s = (mj_i64)t * kTopK + k;
+    if (slot_pos[s] < 0) continue;
+    mj_float4 v = *(const mj_float4 *)(y_slot + s * kHidden + c);
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+  }
+  T *out = y + (mj_i64)t * kHidden + c;
+  out[0] = mj_from_f32<T>(acc.x);
+  out[1] = mj_from_f32<T>(acc.y);
+  out[2] = mj_from_f32<T>(acc.z);
+  out[3] = mj_from_f32<T>(acc.w);
+}

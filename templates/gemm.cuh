@@ -1,0 +1,183 @@
+// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list, tensor cores through
+// mma.sync (sm_80+) for f16/bf16 and exact fp32 FFMA for f32.
+// Needs from the including template: T, kMode, kN, kK, kTopK, kAlpha, kLimit, kBM, kBN, kBK,
+// kStages, kThreads, kMma and, for kMma, kWM, kWN, else kTM, kTN.
+//
+// kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
+//   gathered from x by token = sorted_slot[row] / kTopK.
+// kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
+//   with A = h in row order and slot = sorted_slot[row].
+// Tile i of the list covers rows [row_begin, row_end) of one expert; blockIdx.y picks the kBN columns.
+// A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
+#pragma once
+
+// The kernel's one parameter; the host fills the same eight pointers in this order.
+struct GemmParams {
+  const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
+  const T *w;               // [experts, kK, kN]
+  const T *bias;            // [experts, kN]
+  const int *sorted_slot;   // [rows]
+  const float *slot_weight; // [rows]
+  const mj_int4 *tiles;     // [max_tiles]
+  const int *num_tiles;     // [1]
+  void *out;
+};
+
+static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
+static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
+static constexpr int kLdB = kBN + kVec;
+static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
+static_assert(kBK % kVec == 0 && kBN % kVec == 0, "tile edges must hold whole 16-byte copies");
+
+struct alignas(8) mj_float2 { float x, y; };
+struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
+
+__device__ __forceinline__ void load_stage(T *As, T *Bs, const T *__restrict__ a,
+                                           const int *a_row, const T *__restrict__ w, int k0, int n0) {
+  constexpr int kAChunks = kBM * kBK / kVec;
+  for (int c = threadIdx.x; c < kAChunks; c += kThreads) {
+    int r = c / (kBK / kVec), col = (c % (kBK / kVec)) * kVec;
+    int src = a_row[r];
+    bool ok = src >= 0 && k0 + col < kK;
+    mj_cp_async16(As + r * kLdA + col, ok ? a + (mj_i64)src * kK + k0 + col : a, ok ? 16 : 0);
+  }
+  constexpr int kBChunks = kBK * kBN / kVec;
+  for (int c = threadIdx.x; c < kBChunks; c += kThreads) {
+    int r = c / (kBN / kVec), col = (c % (kBN / kVec)) * kVec;
+    bool ok = k0 + r < kK && n0 + col < kN;
+    mj_cp_async16(Bs + r * kLdB + col, ok ? w + (mj_i64)(k0 + r) * kN + n0 + col : w, ok ? 16 : 0);
+  }
+}
+
+// One output pair (columns col, col + 1 of the tile, col even) of tile row `row`.
+__device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1, int n0, int row,
+                                     int col, float v0, float v1) {
+  int r = r0 + row, c = n0 + col;
+  if (r >= r1 || c >= kN) return;
+  const T *b = p.bias + (mj_i64)e * kN;
+  v0 += mj_to_f32(b[c]);
+  v1 += mj_to_f32(b[c + 1]);
+  if (kMode == 1) {
+    ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] = mj_from_f32<T>(mj_swiglu(v0, v1, kAlpha, kLimit));
+  } else {
+    float wt = p.slot_weight[r];
+    *(mj_float2 *)((float *)p.out + (mj_i64)p.sorted_slot[r] * kN + c) = mj_float2{v0 * wt, v1 * wt};
+  }
+}
+
+#if MJ_GEMM_MMA
+static constexpr int kWTM = kBM / kWM, kWTN = kBN / kWN;  // one warp's tile
+static constexpr int kMT = kWTM / 16, kNT = kWTN / 8;
+static_assert(kWTM % 16 == 0 && kWTN % 16 == 0 && kBK % 16 == 0, "mma tiles are 16 x 16 x 16");
+static_assert(kWM * kWN * 32 == kThreads, "one warp per warp tile");
+
+struct Acc { float v[kMT][kNT][4]; };
+
+__device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp / kWN, wn = warp % kWN;
+#pragma unroll
+  for (int ks = 0; ks < kBK; ks += 16) {
+    mj_u32 af[kMT][4], bf[kNT][2];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+      mj_ldmatrix_x4(af[mt], As + (wm * kWTM + mt * 16 + (lane & 15)) * kLdA + ks + (lane >> 4) * 8);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      mj_u32 r[4];
+      mj_ldmatrix_x4_trans(r, Bs + (ks + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdB + wn * kWTN +
+                                  np * 16 + (lane >> 4) * 8);
+      bf[2 * np][0] = r[0];
+      bf[2 * np][1] = r[1];
+      bf[2 * np + 1][0] = r[2];
+      bf[2 * np + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
+  }
+}
+
+__device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, int e, int r0, int r1,
+                                         int n0) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp / kWN, wn = warp % kWN;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        emit(p, e, r0, r1, n0, wm * kWTM + mt * 16 + (lane >> 2) + half * 8,
+             wn * kWTN + nt * 8 + (lane & 3) * 2, acc.v[mt][nt][2 * half], acc.v[mt][nt][2 * half + 1]);
+}
+#else
+static constexpr int kTX = kBN / kTN, kTY = kBM / kTM;  // thread grid over the tile
+static_assert(kTX * kTY == kThreads && kTN % 2 == 0, "each thread owns kTM x kTN outputs");
+
+struct Acc { float v[kTM][kTN]; };
+
+__device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
+  const int tx = threadIdx.x % kTX, ty = threadIdx.x / kTX;
+#pragma unroll
+  for (int k = 0; k < kBK; ++k) {
+    float a[kTM], b[kTN];
+#pragma unroll
+    for (int i = 0; i < kTM; ++i) a[i] = mj_to_f32(As[(ty * kTM + i) * kLdA + k]);
+#pragma unroll
+    for (int j = 0; j < kTN; ++j) b[j] = mj_to_f32(Bs[k * kLdB + tx * kTN + j]);
+#pragma unroll
+    for (int i = 0; i < kTM; ++i)
+#pragma unroll
+      for (int j = 0; j < kTN; ++j) acc.v[i][j] = fmaf(a[i], b[j], acc.v[i][j]);
+  }
+}
+
+__device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, int e, int r0, int r1,
+                                         int n0) {
+  const int tx = threadIdx.x % kTX, ty = threadIdx.x / kTX;
+#pragma unroll
+  for (int i = 0; i < kTM; ++i)
+#pragma unroll
+    for (int j = 0; j < kTN; j += 2)
+      emit(p, e, r0, r1, n0, ty * kTM + i, tx * kTN + j, acc.v[i][j], acc.v[i][j + 1]);
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
+  if ((int)blockIdx.x >= *p.num_tiles) return;
+  const mj_int4 tile = p.tiles[blockIdx.x];
+  const int e = tile.x, r0 = tile.y, r1 = tile.z, n0 = blockIdx.y * kBN;
+  if (n0 >= kN) return;
+  extern __shared__ mj_smem16 smem[];
+  T *As = (T *)smem;
+  T *Bs = As + kStages * kBM * kLdA;
+  __shared__ int a_row[kBM];
+  for (int i = threadIdx.x; i < kBM; i += kThreads) {
+    int r = r0 + i;
+    a_row[i] = r < r1 ? (kMode == 1 ? p.sorted_slot[r] / kTopK : r) : -1;
+  }
+  __syncthreads();
+  const T *w = p.w + (mj_i64)e * kK * kN;
+  constexpr int kTiles = (kK + kBK - 1) / kBK;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < kTiles) load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, s * kBK, n0);
+    mj_cp_async_commit();
+  }
+  Acc acc = {};
+  for (int kt = 0; kt < kTiles; ++kt) {
+    mj_cp_async_wait<kStages - 2>();
+    __syncthreads();
+    int pf = kt + kStages - 1;
+    if (pf < kTiles) {
+      int s = pf % kStages;
+      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, pf * kBK, n0);
+    }
+    mj_cp_async_commit();
+    int s = kt % kStages;
+    compute_stage(acc, As + s * kBM * kLdA, Bs + s * kBK * kLdB);
+  }
+  epilogue(acc, p, e, r0, r1, n0);
+}

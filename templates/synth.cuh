@@ -1,0 +1,11 @@
+// synth.cuh: a counter-based generator (splitmix64 of seed and index): the same value for the same
+// (seed, index) on every run and GPU, so synthetic layers are reproducible.
+#pragma once
+
+__device__ __forceinline__ float mj_uniform(mj_u64 seed, mj_u64 i) {
+  mj_u64 z = seed * 0x9E3779B97F4A7C15ull + i + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+}

@@ -1,0 +1,21 @@
+-- synth.lua: kernels that fill device buffers with reproducible random values, for synthetic
+-- layers (tests, `moejit run`, the tuner). Spec: none.
+local prelude = require("prelude")
+
+local fill = [[
+extern "C" __global__ void moejit_fill_%s(%s *__restrict__ out, mj_i64 n, float lo, float hi,
+                                          mj_u64 seed) {
+  for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < n;
+       i += (mj_i64)gridDim.x * blockDim.x)
+    out[i] = mj_from_f32<%s>(lo + (hi - lo) * mj_uniform(seed, (mj_u64)i));
+}
+]]
+
+return function(spec)
+  local out = { prelude.header("synth", spec), '#include "synth.cuh"' }
+  for _, name in ipairs({ "f32", "f16", "bf16" }) do
+    local ctype = prelude.dtype(name).ctype
+    out[#out + 1] = string.format(fill, name, ctype, ctype)
+  end
+  return table.concat(out, "\n")
+end

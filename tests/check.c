@@ -1,0 +1,54 @@
+/* check.c: synthetic layer vs CPU reference on sampled tokens (see check.h). */
+#include "check.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "ref.h"
+
+moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64_t samples,
+                               mj_check_result *r, mj_err *err) {
+  moejit_status st;
+  const moejit_layer_desc *d = &L->desc;
+  int64_t T = L->tokens, H = d->hidden, n = samples < T ? samples : T;
+  mj_synth_host h = {0};
+  float *got = NULL, *want = NULL;
+  int64_t *tokens = malloc((size_t)(n > 0 ? n : 1) * sizeof *tokens);
+  r->sampled = n;
+  r->rel_error = 0.0;
+  r->tolerance = mj_tolerance(d->dtype);
+  r->nonfinite = 0;
+  if (!tokens)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  if (n == 0) {
+    free(tokens);
+    return MOEJIT_OK;
+  }
+  for (int64_t i = 0; i < n; i++)
+    tokens[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
+  if ((st = mj_synth_download(s, L, tokens, n, &h, err)) != MOEJIT_OK)
+    goto done;
+  got = malloc((size_t)(n * H) * sizeof(float));
+  want = malloc((size_t)(n * H) * sizeof(float));
+  if (!got || !want) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto done;
+  }
+  mj_ref_layer ref = {n, H, d->intermediate, d->experts, d->top_k, d->dtype, d->alpha, d->limit,
+                      h.x, h.gate_up, h.gate_up_bias, h.down, h.down_bias, h.ids, h.weights};
+  if (mj_ref_forward(&ref, NULL, n, want) != 0) {
+    st = mj_errf(err, MOEJIT_ERR_INTERNAL, "the CPU reference rejected the layer");
+    goto done;
+  }
+  for (int64_t i = 0; i < n * H; i++) {
+    got[i] = mj_load_f32(d->dtype, h.y, i);
+    r->nonfinite += !isfinite(got[i]);
+  }
+  r->rel_error = mj_rel_error(got, want, n * H);
+done:
+  mj_synth_host_free(&h);
+  free(got);
+  free(want);
+  free(tokens);
+  return st;
+}

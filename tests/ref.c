@@ -1,0 +1,123 @@
+/* ref.c: the CPU reference of the MoE layer and host dtype conversions (see ref.h); uses libc, libm. */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int is_activation(moejit_dtype dt) {
+  return dt == MOEJIT_F32 || dt == MOEJIT_F16 || dt == MOEJIT_BF16;
+}
+
+/* dst[0..n) = elements off..off+n of base; the dtype switch stays outside the loop. */
+static void load_row(moejit_dtype dt, const void *base, int64_t off, int64_t n, float *dst) {
+  const uint16_t *h = (const uint16_t *)base + off;
+  switch (dt) {
+  case MOEJIT_F32: memcpy(dst, (const float *)base + off, (size_t)n * sizeof *dst); break;
+  case MOEJIT_F16: for (int64_t j = 0; j < n; j++) dst[j] = mj_f16_to_f32(h[j]); break;
+  case MOEJIT_BF16:
+    for (int64_t j = 0; j < n; j++) { /* mj_bf16_to_f32, inline: this loop is the hot one */
+      const uint32_t u = (uint32_t)h[j] << 16;
+      memcpy(dst + j, &u, sizeof u);
+    }
+    break;
+  default: break;
+  }
+}
+
+/* v rounded to dt and back, as the GPU stores the intermediate h. */
+static float round_to(moejit_dtype dt, double v) {
+  uint16_t bits;
+  switch (dt) {
+  case MOEJIT_F16: bits = mj_f32_to_f16((float)v); return mj_f16_to_f32(bits);
+  case MOEJIT_BF16: bits = mj_f32_to_bf16((float)v); return mj_bf16_to_f32(bits);
+  default: return (float)v;
+  }
+}
+
+static int layer_ok(const mj_ref_layer *L) {
+  return L->tokens >= 0 && L->hidden > 0 && L->intermediate > 0 && L->experts > 0 && L->top_k > 0 &&
+         is_activation(L->dtype) && L->x && L->gate_up_proj && L->gate_up_proj_bias &&
+         L->down_proj && L->down_proj_bias && L->topk_ids && L->topk_weights;
+}
+
+int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out) {
+  if (!L || !out || ntokens < 0 || !layer_ok(L)) return -1;
+  if (!tokens && ntokens != L->tokens) return -1;
+  const int64_t H = L->hidden, I = L->intermediate, I2 = 2 * L->intermediate, E = L->experts,
+                K = L->top_k;
+  for (int64_t r = 0; tokens && r < ntokens; r++)
+    if (tokens[r] < 0 || tokens[r] >= L->tokens) return -1;
+
+  const int64_t row_n = I2 > H ? I2 : H;
+  double *xd = malloc((size_t)(H + I2 + H) * sizeof *xd); /* xd: [H], gu: [2I], y: [H] */
+  float *fbuf = malloc((size_t)(row_n + I) * sizeof *fbuf); /* row: [max(2I, H)], h: [I] */
+  int rc = -1;
+  if (!xd || !fbuf) goto done;
+  double *gu = xd + H, *y = gu + I2;
+  float *row = fbuf, *h = fbuf + row_n;
+
+  for (int64_t r = 0; r < ntokens; r++) {
+    const int64_t t = tokens ? tokens[r] : r;
+    float *o = out + r * H; /* [H] */
+    for (int64_t j = 0; j < H; j++) o[j] = 0.0f;
+    load_row(L->dtype, L->x, t * H, H, row);
+    for (int64_t j = 0; j < H; j++) xd[j] = row[j];
+
+    for (int64_t k = 0; k < K; k++) {
+      const int64_t e = L->topk_ids[t * K + k];
+      if (e < 0 || e >= E) continue;
+
+      /* gu = x[t] @ gate_up_proj[e] + bias, one contiguous weight row of 2I at a time */
+      load_row(L->dtype, L->gate_up_proj_bias, e * I2, I2, row);
+      for (int64_t j = 0; j < I2; j++) gu[j] = row[j];
+      for (int64_t i = 0; i < H; i++) {
+        const double xi = xd[i];
+        load_row(L->dtype, L->gate_up_proj, (e * H + i) * I2, I2, row);
+        for (int64_t j = 0; j < I2; j++) gu[j] += xi * row[j];
+      }
+
+      for (int64_t i = 0; i < I; i++) {
+        const double gate = fmin(gu[2 * i], L->limit);
+        const double up = fmin(fmax(gu[2 * i + 1], -(double)L->limit), L->limit);
+        h[i] = round_to(L->dtype, (up + 1.0) * gate / (1.0 + exp(-(double)L->alpha * gate)));
+      }
+
+      /* y = h @ down_proj[e] + bias, one contiguous weight row of H at a time */
+      load_row(L->dtype, L->down_proj_bias, e * H, H, row);
+      for (int64_t j = 0; j < H; j++) y[j] = row[j];
+      for (int64_t i = 0; i < I; i++) {
+        const double hi = h[i];
+        load_row(L->dtype, L->down_proj, (e * I + i) * H, H, row);
+        for (int64_t j = 0; j < H; j++) y[j] += hi * row[j];
+      }
+
+      const double w = L->topk_weights[t * K + k];
+      for (int64_t j = 0; j < H; j++) o[j] += (float)(y[j] * w);
+    }
+  }
+  rc = 0;
+done:
+  free(xd);
+  free(fbuf);
+  return rc;
+}
+
+double mj_rel_error(const float *got, const float *want, int64_t n) {
+  double max_diff = 0.0, max_want = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(got[i])) return INFINITY;
+    max_diff = fmax(max_diff, fabs((double)got[i] - (double)want[i]));
+    max_want = fmax(max_want, fabs((double)want[i]));
+  }
+  return max_want > 0.0 ? max_diff / max_want : max_diff;
+}
+
+double mj_tolerance(moejit_dtype dt) {
+  switch (dt) {
+  case MOEJIT_F32: return 1e-5;
+  case MOEJIT_F16:
+  case MOEJIT_BF16: return 2e-2;
+  default: return 0.0;
+  }
+}

@@ -1,0 +1,44 @@
+/* ref.h: the CPU reference of the MoE layer, the oracle for every GPU kernel, plus host dtype
+ * conversions and the error metric tests compare with. Uses only moejit.h for moejit_dtype. */
+#ifndef MJ_REF_H
+#define MJ_REF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moejit.h"
+#include "runtime/half.h"
+
+/* One layer in host memory; nothing is owned. */
+typedef struct mj_ref_layer {
+  int64_t tokens, hidden, intermediate, experts, top_k; /* T H I E K */
+  moejit_dtype dtype;              /* storage of x, the weights, the biases: F32, F16 or BF16 */
+  float alpha, limit;              /* SwiGLU: 1.702, 7.0 in GPT-OSS */
+  const void *x;                   /* [T, H] dtype */
+  const void *gate_up_proj;        /* [E, H, 2I] dtype: gate = even columns, up = odd */
+  const void *gate_up_proj_bias;   /* [E, 2I] dtype */
+  const void *down_proj;           /* [E, I, H] dtype */
+  const void *down_proj_bias;      /* [E, H] dtype */
+  const int32_t *topk_ids;         /* [T, K] */
+  const float *topk_weights;       /* [T, K] */
+} mj_ref_layer;
+
+/* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not accumulated
+ * into). tokens == NULL means all T tokens in order, and then ntokens must equal T.
+ * Per slot (t, k) with e = topk_ids[t, k]: gu = x[t] @ gate_up_proj[e] + bias, accumulated in double
+ * from the stored inputs; gate = min(gu_even, limit), up = clamp(gu_odd, -limit, limit);
+ * h = (up + 1) * gate * sigmoid(alpha * gate), rounded to dtype as the GPU stores it (F32: to float);
+ * y = h @ down_proj[e] + bias, accumulated in double; out[t] = sum over k = 0..K-1, in that order, in
+ * float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E) contributes nothing.
+ * Allocates O(H + I) scratch. Returns 0, or -1 on a bad argument or out of memory. */
+int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
+
+/* max |got - want| / max |want| over n elements (max |got - want| when max |want| == 0);
+ * INFINITY when got holds a NaN. */
+double mj_rel_error(const float *got, const float *want, int64_t n);
+
+/* The tolerance for mj_rel_error (the golden README's): 1e-5 for F32, 2e-2 for F16 and BF16,
+ * 0 for a dtype that is not an activation type. */
+double mj_tolerance(moejit_dtype dt);
+
+#endif /* MJ_REF_H */

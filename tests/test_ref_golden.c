@@ -1,0 +1,235 @@
+/* test_ref_golden.c: checks the CPU reference (ref.c) against every golden case, plus its dtype
+ * conversions and the out-of-range-id rule; uses golden.c and cmocka. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "golden.h"
+#include "ref.h"
+
+enum { MAX_CASES = 64 };
+
+/* The state of one golden test. */
+typedef struct golden_case {
+  const char *root;
+  char name[64];
+} golden_case;
+
+static float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static mj_ref_layer golden_layer(const mj_golden *g) {
+  return (mj_ref_layer){.tokens = g->tokens, .hidden = g->hidden, .intermediate = g->intermediate,
+                        .experts = g->experts, .top_k = g->top_k, .dtype = g->dtype,
+                        .alpha = g->alpha, .limit = g->limit, .x = g->x,
+                        .gate_up_proj = g->gate_up_proj, .gate_up_proj_bias = g->gate_up_proj_bias,
+                        .down_proj = g->down_proj, .down_proj_bias = g->down_proj_bias,
+                        .topk_ids = g->topk_ids, .topk_weights = g->topk_weights};
+}
+
+static void test_golden_case(void **state) {
+  const golden_case *c = *state;
+  mj_golden g;
+  char err[512];
+  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0) fail_msg("%s", err);
+
+  /* the dense routing form names the same weights */
+  for (int64_t t = 0; t < g.tokens; t++)
+    for (int64_t k = 0; k < g.top_k; k++) {
+      const int32_t e = g.topk_ids[t * g.top_k + k];
+      assert_true(e >= 0 && e < g.experts);
+      assert_true(g.dense_weights[t * g.experts + e] == g.topk_weights[t * g.top_k + k]);
+    }
+
+  float *out = malloc((size_t)(g.tokens * g.hidden) * sizeof *out); /* [T, H] */
+  assert_non_null(out);
+  const mj_ref_layer L = golden_layer(&g);
+  assert_int_equal(mj_ref_forward(&L, NULL, g.tokens, out), 0);
+  const double error = mj_rel_error(out, g.expected, g.tokens * g.hidden);
+  const double tol = mj_tolerance(g.dtype);
+  print_message("%-10s T=%-4lld H=%-4lld I=%-4lld E=%-3lld K=%lld  rel error %.3e (tolerance %.0e)\n",
+                g.name, (long long)g.tokens, (long long)g.hidden, (long long)g.intermediate,
+                (long long)g.experts, (long long)g.top_k, error, tol);
+  free(out);
+  mj_golden_free(&g);
+  assert_true(error <= tol);
+}
+
+static void test_golden_root_missing(void **state) {
+  const char *root = *state;
+  fail_msg("golden vectors not found at %s (required: set MOEJIT_GOLDEN_DIR or check out "
+           "shared/golden beside the repository)",
+           root);
+}
+
+static void test_conversions(void **state) {
+  (void)state;
+  /* bf16: exact values, ties to even, carries, specials */
+  assert_int_equal(mj_f32_to_bf16(1.0f), 0x3F80);
+  assert_true(mj_bf16_to_f32(0x3F80) == 1.0f);
+  assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F808000u)), 0x3F80); /* tie, even below */
+  assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F818000u)), 0x3F82); /* tie, odd below: up */
+  assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F808001u)), 0x3F81); /* above the tie */
+  assert_int_equal(mj_f32_to_bf16(bits_f32(0x7F7FFFFFu)), 0x7F80);  /* FLT_MAX rounds to inf */
+  assert_int_equal(mj_f32_to_bf16(-0.0f), 0x8000);
+  assert_int_equal(mj_f32_to_bf16(INFINITY), 0x7F80);
+  assert_true(isnan(mj_bf16_to_f32(mj_f32_to_bf16(NAN))));
+  assert_true(isnan(mj_bf16_to_f32(mj_f32_to_bf16(bits_f32(0x7F800001u))))); /* low-bit NaN */
+
+  /* f16: range ends, subnormals, ties to even, specials */
+  assert_int_equal(mj_f32_to_f16(1.0f), 0x3C00);
+  assert_true(mj_f16_to_f32(0x3C00) == 1.0f);
+  assert_int_equal(mj_f32_to_f16(65504.0f), 0x7BFF);
+  assert_true(mj_f16_to_f32(0x7BFF) == 65504.0f);
+  assert_int_equal(mj_f32_to_f16(65519.0f), 0x7BFF);
+  assert_int_equal(mj_f32_to_f16(65520.0f), 0x7C00); /* tie with odd 65504: to infinity */
+  assert_int_equal(mj_f32_to_f16(0x1p-24f), 0x0001);
+  assert_true(mj_f16_to_f32(0x0001) == 0x1p-24f);
+  assert_true(mj_f16_to_f32(0x8001) == -0x1p-24f);
+  assert_int_equal(mj_f32_to_f16(0x1p-25f), 0x0000);       /* tie with 0: even */
+  assert_int_equal(mj_f32_to_f16(0x1.8p-25f), 0x0001);     /* above the tie */
+  assert_int_equal(mj_f32_to_f16(0x1.8p-24f), 0x0002);     /* tie between 1 and 2 units */
+  assert_int_equal(mj_f32_to_f16(0x1.ff8p-15f), 0x03FF);   /* largest subnormal */
+  assert_int_equal(mj_f32_to_f16(0x1.ffcp-15f), 0x0400);   /* its tie with 2^-14: up */
+  assert_int_equal(mj_f32_to_f16(0x1p-14f), 0x0400);
+  assert_int_equal(mj_f32_to_f16(1.0f + 0x1p-11f), 0x3C00); /* tie, even below */
+  assert_int_equal(mj_f32_to_f16(1.0f + 0x3p-11f), 0x3C02); /* tie, odd below: up */
+  assert_int_equal(mj_f32_to_f16(-2.0f), 0xC000);
+  assert_int_equal(mj_f32_to_f16(INFINITY), 0x7C00);
+  assert_true(isinf(mj_f16_to_f32(0xFC00)) && mj_f16_to_f32(0xFC00) < 0);
+  assert_true(isnan(mj_f16_to_f32(mj_f32_to_f16(NAN))));
+  assert_true(isnan(mj_f16_to_f32(mj_f32_to_f16(bits_f32(0x7F800001u)))));
+
+  /* every finite 16-bit value survives the round trip through f32 */
+  for (uint32_t h = 0; h < 0x10000u; h++) {
+    const float bf = mj_bf16_to_f32((uint16_t)h), hf = mj_f16_to_f32((uint16_t)h);
+    if (!isnan(bf)) assert_int_equal(mj_f32_to_bf16(bf), h);
+    if (!isnan(hf)) assert_int_equal(mj_f32_to_f16(hf), h);
+  }
+
+  /* typed access */
+  uint16_t half[2];
+  mj_store_f32(MOEJIT_BF16, half, 1, 1.5f);
+  assert_true(mj_load_f32(MOEJIT_BF16, half, 1) == 1.5f);
+  mj_store_f32(MOEJIT_F16, half, 0, -0.25f);
+  assert_true(mj_load_f32(MOEJIT_F16, half, 0) == -0.25f);
+  assert_int_equal(mj_dtype_size(MOEJIT_F32), 4);
+  assert_int_equal(mj_dtype_size(MOEJIT_F16), 2);
+  assert_int_equal(mj_dtype_size(MOEJIT_BF16), 2);
+  assert_int_equal(mj_dtype_size(MOEJIT_I32), 4);
+  assert_int_equal(mj_dtype_size(MOEJIT_I64), 8);
+
+  /* the metric */
+  const float want[2] = {2.0f, -4.0f}, got[2] = {2.5f, -4.0f}, zero[2] = {0.0f, 0.0f};
+  const float nan_got[2] = {2.0f, NAN};
+  assert_true(mj_rel_error(got, want, 2) == 0.125);
+  assert_true(mj_rel_error(got, zero, 2) == 4.0);
+  assert_true(isinf(mj_rel_error(nan_got, want, 2)));
+}
+
+/* A tiny layer with deterministic values: T=2, H=8, I=8, E=3, K=2, f32. */
+enum { T_ = 2, H_ = 8, I_ = 8, E_ = 3, K_ = 2 };
+typedef struct tiny_layer {
+  float x[T_ * H_];                  /* [T, H] */
+  float gate_up[E_ * H_ * 2 * I_];   /* [E, H, 2I] */
+  float gate_up_bias[E_ * 2 * I_];   /* [E, 2I] */
+  float down[E_ * I_ * H_];          /* [E, I, H] */
+  float down_bias[E_ * H_];          /* [E, H] */
+  int32_t ids[T_ * K_];              /* [T, K] */
+  float weights[T_ * K_];            /* [T, K] */
+} tiny_layer;
+
+static void fill(float *a, int n, uint32_t *seed) {
+  for (int i = 0; i < n; i++) {
+    *seed = *seed * 1664525u + 1013904223u;
+    a[i] = (float)((*seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+  }
+}
+
+static void tiny_init(tiny_layer *t) {
+  uint32_t seed = 12345;
+  fill(t->x, T_ * H_, &seed);
+  fill(t->gate_up, E_ * H_ * 2 * I_, &seed);
+  fill(t->gate_up_bias, E_ * 2 * I_, &seed);
+  fill(t->down, E_ * I_ * H_, &seed);
+  fill(t->down_bias, E_ * H_, &seed);
+  const int32_t ids[T_ * K_] = {2, 0, 1, 1};
+  const float weights[T_ * K_] = {0.6f, 0.4f, 0.7f, 0.3f};
+  memcpy(t->ids, ids, sizeof ids);
+  memcpy(t->weights, weights, sizeof weights);
+}
+
+static mj_ref_layer tiny_layer_of(const tiny_layer *t) {
+  return (mj_ref_layer){.tokens = T_, .hidden = H_, .intermediate = I_, .experts = E_, .top_k = K_,
+                        .dtype = MOEJIT_F32, .alpha = 1.702f, .limit = 7.0f, .x = t->x,
+                        .gate_up_proj = t->gate_up, .gate_up_proj_bias = t->gate_up_bias,
+                        .down_proj = t->down, .down_proj_bias = t->down_bias,
+                        .topk_ids = t->ids, .topk_weights = t->weights};
+}
+
+static void test_bad_id_contributes_nothing(void **state) {
+  (void)state;
+  static const int32_t bad_ids[] = {E_, -1, INT32_MAX};
+  tiny_layer zeroed, bad;
+  tiny_init(&zeroed);
+  zeroed.weights[1] = 0.0f; /* slot (0, 1) keeps a valid id but weighs nothing */
+  mj_ref_layer Lz = tiny_layer_of(&zeroed);
+  float want[T_ * H_], got[T_ * H_];
+  assert_int_equal(mj_ref_forward(&Lz, NULL, T_, want), 0);
+  for (size_t b = 0; b < sizeof bad_ids / sizeof bad_ids[0]; b++) {
+    tiny_init(&bad);
+    bad.ids[1] = bad_ids[b];
+    mj_ref_layer Lb = tiny_layer_of(&bad);
+    assert_int_equal(mj_ref_forward(&Lb, NULL, T_, got), 0);
+    for (int i = 0; i < T_ * H_; i++) assert_true(got[i] == want[i]);
+  }
+}
+
+static void test_token_subset_and_bad_args(void **state) {
+  (void)state;
+  tiny_layer t;
+  tiny_init(&t);
+  mj_ref_layer L = tiny_layer_of(&t);
+  float all[T_ * H_], one[H_];
+  const int64_t second = 1, outside = T_;
+  assert_int_equal(mj_ref_forward(&L, NULL, T_, all), 0);
+  assert_int_equal(mj_ref_forward(&L, &second, 1, one), 0);
+  assert_memory_equal(one, all + H_, sizeof one);
+
+  assert_int_equal(mj_ref_forward(NULL, NULL, T_, all), -1);
+  assert_int_equal(mj_ref_forward(&L, NULL, T_ - 1, all), -1);
+  assert_int_equal(mj_ref_forward(&L, &outside, 1, one), -1);
+  L.dtype = MOEJIT_I32;
+  assert_int_equal(mj_ref_forward(&L, NULL, T_, all), -1);
+}
+
+int main(void) {
+  static char names[MAX_CASES][64];
+  static golden_case cases[MAX_CASES];
+  struct CMUnitTest tests[MAX_CASES + 3] = {
+      cmocka_unit_test(test_conversions),
+      cmocka_unit_test(test_bad_id_contributes_nothing),
+      cmocka_unit_test(test_token_subset_and_bad_args),
+  };
+  size_t ntests = 3;
+  const char *root = mj_golden_root();
+  const int n = mj_golden_list(root, names, MAX_CASES);
+  for (int i = 0; i < n; i++) {
+    cases[i].root = root;
+    memcpy(cases[i].name, names[i], sizeof cases[i].name);
+    tests[ntests++] = (struct CMUnitTest){names[i], test_golden_case, NULL, NULL, &cases[i]};
+  }
+  if (n <= 0)
+    tests[ntests++] = (struct CMUnitTest){"golden_root", test_golden_root_missing, NULL, NULL,
+                                          (void *)root};
+  return _cmocka_run_group_tests("ref_golden", tests, ntests, NULL, NULL);
+}

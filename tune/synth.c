@@ -1,0 +1,303 @@
+/* synth.c: synthetic layers (see synth.h). */
+#include "tune/synth.h"
+
+#include "runtime/half.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+moejit_status mj_synth_open(moejit_ctx *ctx, mj_synth *s, mj_err *err) {
+  moejit_status st;
+  mj_spec spec;
+  char *source = NULL;
+  mj_cubin cubin = {0};
+  int pushed = 0;
+  memset(s, 0, sizeof *s);
+  memset(&spec, 0, sizeof spec);
+  s->ctx = ctx;
+  if (ctx->offline)
+    return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "synthetic layers need a GPU");
+  if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
+    return st;
+  if ((st = mj_gen_render(ctx->gen, "synth", &spec, &source, err)) != MOEJIT_OK)
+    goto fail;
+  if ((st = mj_gen_compile(&ctx->nv, ctx->gen, source, "synth", ctx->arch, 0, &cubin, err)) !=
+      MOEJIT_OK)
+    goto fail;
+  MJ_CU(&ctx->cu, CtxPushCurrent(ctx->cuctx), err);
+  pushed = 1;
+  MJ_CU(&ctx->cu, ModuleLoadData(&s->module, cubin.data), err);
+  static const char *const names[] = {"moejit_fill_f32", "moejit_fill_f16", "moejit_fill_bf16"};
+  for (int i = 0; i < 3; i++)
+    MJ_CU(&ctx->cu, ModuleGetFunction(&s->fill[i], s->module, names[i]), err);
+fail:
+  if (pushed) {
+    CUcontext popped;
+    ctx->cu.CtxPopCurrent(&popped);
+  }
+  free(source);
+  mj_cubin_free(&cubin);
+  if (st != MOEJIT_OK)
+    mj_synth_close(s);
+  return st;
+}
+
+void mj_synth_close(mj_synth *s) {
+  if (s->module && s->ctx) {
+    CUcontext popped;
+    s->ctx->cu.CtxPushCurrent(s->ctx->cuctx);
+    s->ctx->cu.ModuleUnload(s->module);
+    s->ctx->cu.CtxPopCurrent(&popped);
+  }
+  memset(s, 0, sizeof *s);
+}
+
+moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moejit_dtype dtype,
+                            float lo, float hi, uint64_t seed, CUstream stream, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  if ((unsigned)dtype > MOEJIT_BF16)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "dtype=%d cannot be filled", (int)dtype);
+  long long nn = n;
+  unsigned long long sd = seed;
+  void *args[] = {&out, &nn, &lo, &hi, &sd};
+  int64_t blocks = (n + 255) / 256;
+  if (blocks > 65536)
+    blocks = 65536;
+  if (blocks < 1)
+    return MOEJIT_OK;
+  MJ_CU(&s->ctx->cu,
+        LaunchKernel(s->fill[dtype], (unsigned)blocks, 1, 1, 256, 1, 1, 0, stream, args, NULL), err);
+fail:
+  return st;
+}
+
+static uint64_t splitmix(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void mj_synth_routing(int64_t tokens, int64_t top_k, int64_t experts, uint64_t seed, int32_t *ids,
+                      float *weights) {
+  uint64_t state = seed;
+  for (int64_t t = 0; t < tokens; t++) {
+    int32_t *row = ids + t * top_k;
+    float *w = weights + t * top_k, sum = 0.0f, logit[32];
+    for (int64_t k = 0; k < top_k; k++) {
+      int fresh;
+      do { /* distinct experts in a token (K <= E) */
+        row[k] = (int32_t)(splitmix(&state) % (uint64_t)experts);
+        fresh = 1;
+        for (int64_t j = 0; j < k && top_k <= experts; j++)
+          fresh &= row[j] != row[k];
+      } while (!fresh);
+      logit[k] = (float)(splitmix(&state) >> 40) * (4.0f / 16777216.0f);
+    }
+    for (int64_t k = 0; k < top_k; k++)
+      sum += (w[k] = expf(logit[k]));
+    for (int64_t k = 0; k < top_k; k++)
+      w[k] /= sum;
+  }
+}
+
+static size_t esize(moejit_dtype dt) { return mj_dtype_size(dt); }
+
+moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
+                                    uint64_t seed, mj_synth_layer *L, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  moejit_ctx *ctx = s->ctx;
+  mj_cu *cu = &ctx->cu;
+  const moejit_layer_desc *d = &plan->desc;
+  int64_t T = tokens, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
+  size_t act = esize(d->dtype);
+  void *hids = NULL, *hw = NULL;
+  float *dense = NULL;
+  int pushed = 0;
+  memset(L, 0, sizeof *L);
+  L->desc = *d;
+  L->tokens = T;
+  int64_t TT = T > 0 ? T : 1;
+  L->host_ids = malloc((size_t)(TT * K) * sizeof(int32_t));
+  L->host_weights = malloc((size_t)(TT * K) * sizeof(float));
+  if (!L->host_ids || !L->host_weights) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  mj_synth_routing(T, K, E, seed, L->host_ids, L->host_weights);
+  MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
+  pushed = 1;
+  if ((st = moejit_workspace_size(plan, T, &L->workspace_bytes)) != MOEJIT_OK) {
+    mj_errf(err, st, "workspace size: %s", moejit_last_error(ctx));
+    goto fail;
+  }
+  MJ_CU(cu, MemAlloc(&L->x, (size_t)(TT * H) * act), err);
+  MJ_CU(cu, MemAlloc(&L->y, (size_t)(TT * H) * act), err);
+  MJ_CU(cu, MemAlloc(&L->gate_up, (size_t)(E * H * 2 * I) * act), err);
+  MJ_CU(cu, MemAlloc(&L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
+  MJ_CU(cu, MemAlloc(&L->down, (size_t)(E * I * H) * act), err);
+  MJ_CU(cu, MemAlloc(&L->down_bias, (size_t)(E * H) * act), err);
+  MJ_CU(cu, MemAlloc(&L->workspace, L->workspace_bytes > 0 ? L->workspace_bytes : 256), err);
+  struct {
+    CUdeviceptr p;
+    int64_t n;
+    float scale;
+  } fills[] = {
+      {L->x, TT * H, 1.0f},
+      {L->gate_up, E * H * 2 * I, 1.0f / sqrtf((float)H)},
+      {L->gate_up_bias, E * 2 * I, 0.1f},
+      {L->down, E * I * H, 1.0f / sqrtf((float)I)},
+      {L->down_bias, E * H, 0.1f},
+  };
+  for (size_t i = 0; i < sizeof fills / sizeof fills[0]; i++)
+    if ((st = mj_synth_fill(s, fills[i].p, fills[i].n, d->dtype, -fills[i].scale, fills[i].scale,
+                            seed * 16 + i, NULL, err)) != MOEJIT_OK)
+      goto fail;
+  MJ_CU(cu, MemsetD8(L->y, 0xFF, (size_t)(TT * H) * act), err); /* poison: NaN in every dtype */
+  /* ids in the plan's id type */
+  hids = malloc((size_t)(TT * K) * esize(d->ids_dtype));
+  if (!hids) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  for (int64_t i = 0; i < T * K; i++) {
+    if (d->ids_dtype == MOEJIT_I64)
+      ((int64_t *)hids)[i] = L->host_ids[i];
+    else
+      ((int32_t *)hids)[i] = L->host_ids[i];
+  }
+  MJ_CU(cu, MemAlloc(&L->ids, (size_t)(TT * K) * esize(d->ids_dtype)), err);
+  MJ_CU(cu, MemcpyHtoD(L->ids, hids, (size_t)(T * K) * esize(d->ids_dtype)), err);
+  /* routing weights: [T, K], or [T, E] with zeros off the chosen experts */
+  int64_t wn = d->routing == MOEJIT_ROUTING_DENSE ? TT * E : TT * K;
+  dense = calloc((size_t)wn, sizeof(float));
+  if (!dense) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t k = 0; k < K; k++) {
+      if (d->routing == MOEJIT_ROUTING_DENSE)
+        dense[t * E + L->host_ids[t * K + k]] = L->host_weights[t * K + k];
+      else
+        dense[t * K + k] = L->host_weights[t * K + k];
+    }
+  hw = malloc((size_t)wn * esize(d->weights_dtype));
+  if (!hw) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  for (int64_t i = 0; i < wn; i++)
+    mj_store_f32(d->weights_dtype, hw, i, dense[i]);
+  /* the reference must see the weights as the GPU reads them */
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t k = 0; k < K; k++) {
+      int64_t j = d->routing == MOEJIT_ROUTING_DENSE ? t * E + L->host_ids[t * K + k] : t * K + k;
+      L->host_weights[t * K + k] = mj_load_f32(d->weights_dtype, hw, j);
+    }
+  MJ_CU(cu, MemAlloc(&L->weights, (size_t)wn * esize(d->weights_dtype)), err);
+  MJ_CU(cu, MemcpyHtoD(L->weights, hw, (size_t)wn * esize(d->weights_dtype)), err);
+  MJ_CU(cu, CtxSynchronize(), err);
+fail:
+  if (pushed) {
+    CUcontext popped;
+    cu->CtxPopCurrent(&popped);
+  }
+  free(hids);
+  free(hw);
+  free(dense);
+  if (st != MOEJIT_OK)
+    mj_synth_layer_destroy(s, L);
+  return st;
+}
+
+void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
+  mj_cu *cu = &s->ctx->cu;
+  CUcontext popped;
+  if (cu->CtxPushCurrent(s->ctx->cuctx) == MJ_CU_SUCCESS) {
+    CUdeviceptr bufs[] = {L->x,    L->ids,       L->weights, L->gate_up, L->gate_up_bias,
+                          L->down, L->down_bias, L->y,       L->workspace};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+      if (bufs[i])
+        cu->MemFree(bufs[i]);
+    cu->CtxPopCurrent(&popped);
+  }
+  free(L->host_ids);
+  free(L->host_weights);
+  memset(L, 0, sizeof *L);
+}
+
+void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *a) {
+  moejit_forward_args_init(a);
+  a->tokens = L->tokens;
+  a->x = (const void *)(uintptr_t)L->x;
+  a->topk_ids = (const void *)(uintptr_t)L->ids;
+  a->routing_weights = (const void *)(uintptr_t)L->weights;
+  a->gate_up_proj = (const void *)(uintptr_t)L->gate_up;
+  a->gate_up_proj_bias = (const void *)(uintptr_t)L->gate_up_bias;
+  a->down_proj = (const void *)(uintptr_t)L->down;
+  a->down_proj_bias = (const void *)(uintptr_t)L->down_bias;
+  a->y = (void *)(uintptr_t)L->y;
+}
+
+void mj_synth_host_free(mj_synth_host *h) {
+  free(h->x);
+  free(h->gate_up);
+  free(h->gate_up_bias);
+  free(h->down);
+  free(h->down_bias);
+  free(h->y);
+  free(h->ids);
+  free(h->weights);
+  memset(h, 0, sizeof *h);
+}
+
+moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, const int64_t *tokens,
+                                int64_t n, mj_synth_host *h, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = &s->ctx->cu;
+  const moejit_layer_desc *d = &L->desc;
+  int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
+  size_t act = esize(d->dtype);
+  int pushed = 0;
+  memset(h, 0, sizeof *h);
+  h->n = n;
+  h->x = malloc((size_t)(n * H) * act + 1);
+  h->y = malloc((size_t)(n * H) * act + 1);
+  h->gate_up = malloc((size_t)(E * H * 2 * I) * act);
+  h->gate_up_bias = malloc((size_t)(E * 2 * I) * act);
+  h->down = malloc((size_t)(E * I * H) * act);
+  h->down_bias = malloc((size_t)(E * H) * act);
+  h->ids = malloc((size_t)(n * K) * sizeof(int32_t) + 1);
+  h->weights = malloc((size_t)(n * K) * sizeof(float) + 1);
+  if (!h->x || !h->y || !h->gate_up || !h->gate_up_bias || !h->down || !h->down_bias || !h->ids ||
+      !h->weights) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of host memory downloading the layer");
+    goto fail;
+  }
+  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
+  pushed = 1;
+  MJ_CU(cu, CtxSynchronize(), err);
+  MJ_CU(cu, MemcpyDtoH(h->gate_up, L->gate_up, (size_t)(E * H * 2 * I) * act), err);
+  MJ_CU(cu, MemcpyDtoH(h->gate_up_bias, L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
+  MJ_CU(cu, MemcpyDtoH(h->down, L->down, (size_t)(E * I * H) * act), err);
+  MJ_CU(cu, MemcpyDtoH(h->down_bias, L->down_bias, (size_t)(E * H) * act), err);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t t = tokens[i];
+    MJ_CU(cu, MemcpyDtoH((char *)h->x + (size_t)(i * H) * act, L->x + (size_t)(t * H) * act,
+                         (size_t)H * act), err);
+    MJ_CU(cu, MemcpyDtoH((char *)h->y + (size_t)(i * H) * act, L->y + (size_t)(t * H) * act,
+                         (size_t)H * act), err);
+    memcpy(h->ids + i * K, L->host_ids + t * K, (size_t)K * sizeof(int32_t));
+    memcpy(h->weights + i * K, L->host_weights + t * K, (size_t)K * sizeof(float));
+  }
+fail:
+  if (pushed) {
+    CUcontext popped;
+    cu->CtxPopCurrent(&popped);
+  }
+  if (st != MOEJIT_OK)
+    mj_synth_host_free(h);
+  return st;
+}
