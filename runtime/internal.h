@@ -26,6 +26,7 @@ struct moejit_ctx {
   char device_name[128];
   mj_gen *gen;
   mj_nvrtc nv;          /* loaded on first plan */
+  int64_t compiles;     /* NVRTC compiles so far (tests prove forwards add none) */
   pthread_mutex_t err_lock;
   mj_err err;           /* the last failure, for moejit_last_error */
 };

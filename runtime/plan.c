@@ -219,6 +219,7 @@ moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *d, c
     return st;
   if ((st = mj_rt_render_modules(ctx, d, out, nout, err)) != MOEJIT_OK)
     return st;
+  ctx->compiles += *nout;
   if ((st = compile_all(ctx, *out, *nout, arch, flags, err)) != MOEJIT_OK) {
     mj_rt_modules_free(*out, *nout);
     *out = NULL;

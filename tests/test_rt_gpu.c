@@ -1,10 +1,529 @@
+/* test_rt_gpu.c: the GPU suite: golden cases and GPT-OSS shapes through moejit_forward against the
+ * CPU reference, out-of-range ids, reproducibility, CUDA graphs, two plans on two streams, argument
+ * checks on a device plan, and no compilation on the launch path. Every test skips without a GPU. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
-static void placeholder(void **state) { (void)state; skip(); }
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "golden.h"
+#include "ref.h"
+#include "runtime/internal.h"
+
+static moejit_ctx *g_ctx;
+static mj_synth g_syn;
+
+#define NEED_GPU()                                                                                \
+  do {                                                                                            \
+    if (!g_ctx)                                                                                   \
+      skip();                                                                                     \
+  } while (0)
+
+#define CU_OK(call) assert_int_equal(g_ctx->cu.call, MJ_CU_SUCCESS)
+
+static int setup(void **state) {
+  (void)state;
+  moejit_status st = moejit_create(&g_ctx, NULL);
+  if (st == MOEJIT_ERR_NO_DEVICE) {
+    print_message("no GPU: the GPU suite skips\n");
+    g_ctx = NULL;
+    return 0;
+  }
+  if (st != MOEJIT_OK)
+    return -1;
+  mj_err err;
+  if (mj_synth_open(g_ctx, &g_syn, &err) != MOEJIT_OK) {
+    print_message("synth: %s\n", err.msg);
+    return -1;
+  }
+  CUcontext cur;
+  g_ctx->cu.CtxPushCurrent(g_ctx->cuctx);
+  (void)cur;
+  print_message("device: %s (%s)\n", g_ctx->device_name, g_ctx->arch);
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  if (g_ctx) {
+    CUcontext popped;
+    mj_synth_close(&g_syn);
+    g_ctx->cu.CtxPopCurrent(&popped);
+  }
+  moejit_destroy(g_ctx);
+  g_ctx = NULL;
+  return 0;
+}
+
+static CUdeviceptr upload(const void *host, size_t bytes) {
+  CUdeviceptr p = 0;
+  CU_OK(MemAlloc(&p, bytes ? bytes : 16));
+  if (bytes)
+    CU_OK(MemcpyHtoD(p, host, bytes));
+  return p;
+}
+
+static void *download(CUdeviceptr p, size_t bytes) {
+  void *h = malloc(bytes ? bytes : 1);
+  assert_non_null(h);
+  CU_OK(CtxSynchronize());
+  if (bytes)
+    CU_OK(MemcpyDtoH(h, p, bytes));
+  return h;
+}
+
+static void *ptr(CUdeviceptr p) { return (void *)(uintptr_t)p; }
+
+static moejit_plan *make_plan(const moejit_layer_desc *d) {
+  moejit_plan *plan = NULL;
+  moejit_status st = moejit_plan_create(g_ctx, d, &plan);
+  if (st != MOEJIT_OK)
+    print_message("plan: %s: %s\n", moejit_status_name(st), moejit_last_error(g_ctx));
+  assert_int_equal(st, MOEJIT_OK);
+  return plan;
+}
+
+/* ---- golden cases -------------------------------------------------------------------------- */
+
+/* Runs one golden case through the GPU in one routing form and id type; returns the error. */
+static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
+  int64_t T = g->tokens, H = g->hidden, I = g->intermediate, E = g->experts, K = g->top_k;
+  size_t act = mj_dtype_size(g->dtype);
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = H;
+  d.intermediate = I;
+  d.experts = E;
+  d.top_k = K;
+  d.max_tokens = T;
+  d.dtype = g->dtype;
+  d.ids_dtype = ids_dtype;
+  d.routing = routing;
+  d.alpha = g->alpha;
+  d.limit = g->limit;
+  moejit_plan *plan = make_plan(&d);
+
+  int64_t *ids64 = malloc((size_t)(T * K) * sizeof *ids64);
+  assert_non_null(ids64);
+  for (int64_t i = 0; i < T * K; i++)
+    ids64[i] = g->topk_ids[i];
+  CUdeviceptr x = upload(g->x, (size_t)(T * H) * act);
+  CUdeviceptr ids = ids_dtype == MOEJIT_I64 ? upload(ids64, (size_t)(T * K) * 8)
+                                            : upload(g->topk_ids, (size_t)(T * K) * 4);
+  CUdeviceptr w = routing == MOEJIT_ROUTING_DENSE
+                      ? upload(g->dense_weights, (size_t)(T * E) * sizeof(float))
+                      : upload(g->topk_weights, (size_t)(T * K) * sizeof(float));
+  CUdeviceptr gu = upload(g->gate_up_proj, (size_t)(E * H * 2 * I) * act);
+  CUdeviceptr gub = upload(g->gate_up_proj_bias, (size_t)(E * 2 * I) * act);
+  CUdeviceptr dn = upload(g->down_proj, (size_t)(E * I * H) * act);
+  CUdeviceptr dnb = upload(g->down_proj_bias, (size_t)(E * H) * act);
+  CUdeviceptr y = 0, ws = 0;
+  size_t ws_bytes = 0;
+  assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
+  CU_OK(MemAlloc(&y, (size_t)(T * H) * act));
+  CU_OK(MemsetD8(y, 0xFF, (size_t)(T * H) * act));
+  CU_OK(MemAlloc(&ws, ws_bytes));
+  moejit_forward_args a;
+  moejit_forward_args_init(&a);
+  a.tokens = T;
+  a.x = ptr(x);
+  a.topk_ids = ptr(ids);
+  a.routing_weights = ptr(w);
+  a.gate_up_proj = ptr(gu);
+  a.gate_up_proj_bias = ptr(gub);
+  a.down_proj = ptr(dn);
+  a.down_proj_bias = ptr(dnb);
+  a.y = ptr(y);
+  assert_int_equal(moejit_forward(plan, &a, ptr(ws), ws_bytes, NULL), MOEJIT_OK);
+  int64_t bad = -1;
+  assert_int_equal(moejit_forward_check(plan, ptr(ws), NULL, &bad), MOEJIT_OK);
+  assert_int_equal(bad, 0);
+  void *hy = download(y, (size_t)(T * H) * act);
+  float *got = malloc((size_t)(T * H) * sizeof *got);
+  assert_non_null(got);
+  for (int64_t i = 0; i < T * H; i++)
+    got[i] = mj_load_f32(g->dtype, hy, i);
+  double rel = mj_rel_error(got, g->expected, T * H);
+  CUdeviceptr bufs[] = {x, ids, w, gu, gub, dn, dnb, y, ws};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    CU_OK(MemFree(bufs[i]));
+  free(ids64);
+  free(hy);
+  free(got);
+  moejit_plan_destroy(plan);
+  return rel;
+}
+
+static void test_golden_cases(void **state) {
+  (void)state;
+  NEED_GPU();
+  const char *root = mj_golden_root();
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= 7);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    double tol = mj_tolerance(g.dtype);
+    double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
+    double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
+    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1, e2,
+                  tol);
+    assert_true(e1 <= tol);
+    assert_true(e2 <= tol);
+    mj_golden_free(&g);
+  }
+}
+
+/* ---- GPT-OSS shapes ------------------------------------------------------------------------ */
+
+static moejit_layer_desc gpt_oss(int64_t experts, int64_t max_tokens) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = d.intermediate = 2880;
+  d.experts = experts;
+  d.top_k = 4;
+  d.max_tokens = max_tokens;
+  return d;
+}
+
+static void run_and_check(moejit_plan *plan, mj_synth_layer *L, int64_t samples, const char *what) {
+  moejit_forward_args a;
+  mj_err err;
+  mj_synth_layer_args(L, &a);
+  assert_int_equal(moejit_forward(plan, &a, ptr(L->workspace), L->workspace_bytes, NULL), MOEJIT_OK);
+  CU_OK(CtxSynchronize());
+  mj_check_result r;
+  assert_int_equal(mj_check_sampled(&g_syn, L, samples, &r, &err), MOEJIT_OK);
+  print_message("%-34s T=%-5lld %lld tokens checked: rel error %.3g (tolerance %.0e)\n", what,
+                (long long)L->tokens, (long long)r.sampled, r.rel_error, r.tolerance);
+  assert_int_equal(r.nonfinite, 0);
+  assert_true(r.rel_error <= r.tolerance);
+}
+
+static void gpt_oss_tokens(int64_t experts) {
+  static const int64_t tokens[] = {0, 1, 7, 256, 4096};
+  moejit_layer_desc d = gpt_oss(experts, 4096);
+  moejit_plan *plan = make_plan(&d);
+  for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+    mj_synth_layer L;
+    mj_err err;
+    assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens[i], 100 + i, &L, &err), MOEJIT_OK);
+    char what[64];
+    snprintf(what, sizeof what, "gpt-oss E=%lld", (long long)experts);
+    run_and_check(plan, &L, 12, what);
+    mj_synth_layer_destroy(&g_syn, &L);
+  }
+  moejit_plan_destroy(plan);
+}
+
+static void test_gpt_oss_e32(void **state) {
+  (void)state;
+  NEED_GPU();
+  gpt_oss_tokens(32);
+}
+
+static void test_gpt_oss_e128(void **state) {
+  (void)state;
+  NEED_GPU();
+  gpt_oss_tokens(128);
+}
+
+/* All tokens on one expert (the others get none), and duplicate ids inside a token. */
+static void test_skew_and_duplicates(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d = gpt_oss(32, 512);
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 512, 7, &L, &err), MOEJIT_OK);
+  int64_t n = L.tokens * d.top_k;
+  int32_t *ids = malloc((size_t)n * sizeof *ids);
+  assert_non_null(ids);
+  for (int64_t i = 0; i < n; i++)
+    ids[i] = 5;
+  assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+  run_and_check(plan, &L, 8, "all slots on expert 5");
+  for (int64_t i = 0; i < n; i++)
+    ids[i] = (int32_t)((i / d.top_k) % 3 == 0 ? 9 : (i * 7) % 32); /* some tokens: 4 x expert 9 */
+  assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+  run_and_check(plan, &L, 8, "duplicate ids within tokens");
+  free(ids);
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+/* Out-of-range ids never fault: they contribute nothing and moejit_forward_check counts them. */
+static void test_bad_expert_ids(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.max_tokens = 300;
+  for (int ids64 = 0; ids64 <= 1; ids64++) {
+    d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
+    moejit_plan *plan = make_plan(&d);
+    mj_synth_layer L;
+    mj_err err;
+    assert_int_equal(mj_synth_layer_create(&g_syn, plan, 300, 3, &L, &err), MOEJIT_OK);
+    int64_t n = L.tokens * d.top_k, expect_bad = 0;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    assert_non_null(ids);
+    memcpy(ids, L.host_ids, (size_t)n * sizeof *ids);
+    static const int32_t bad[] = {16, -1, INT32_MAX, INT32_MIN, 1000};
+    for (int64_t i = 0; i < n; i += 7, expect_bad++)
+      ids[i] = bad[expect_bad % 5];
+    assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+    moejit_forward_args a;
+    mj_synth_layer_args(&L, &a);
+    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL), MOEJIT_OK);
+    int64_t count = 0;
+    assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &count),
+                     MOEJIT_ERR_BAD_EXPERT_ID);
+    assert_int_equal(count, expect_bad);
+    assert_non_null(strstr(moejit_last_error(g_ctx), "outside [0, 16)"));
+    mj_check_result r;
+    assert_int_equal(mj_check_sampled(&g_syn, &L, 300, &r, &err), MOEJIT_OK);
+    print_message("bad ids (%s): %lld flagged, rel error %.3g\n", ids64 ? "i64" : "i32",
+                  (long long)count, r.rel_error);
+    assert_int_equal(r.nonfinite, 0);
+    assert_true(r.rel_error <= r.tolerance);
+    free(ids);
+    mj_synth_layer_destroy(&g_syn, &L);
+    moejit_plan_destroy(plan);
+  }
+}
+
+/* ---- reproducibility, graphs, streams ------------------------------------------------------ */
+
+static void *forward_output(moejit_plan *plan, mj_synth_layer *L, CUstream stream) {
+  moejit_forward_args a;
+  mj_synth_layer_args(L, &a);
+  size_t bytes = (size_t)(L->tokens * L->desc.hidden) * mj_dtype_size(L->desc.dtype);
+  CU_OK(MemsetD8(L->y, 0xFF, bytes));
+  assert_int_equal(moejit_forward(plan, &a, ptr(L->workspace), L->workspace_bytes, stream),
+                   MOEJIT_OK);
+  CU_OK(StreamSynchronize(stream));
+  return download(L->y, bytes);
+}
+
+static void test_bitwise_reproducible(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d = gpt_oss(32, 1024);
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 1024, 11, &L, &err), MOEJIT_OK);
+  size_t bytes = (size_t)(L.tokens * d.hidden) * 2;
+  void *first = forward_output(plan, &L, NULL);
+  for (int run = 0; run < 2; run++) {
+    void *again = forward_output(plan, &L, NULL);
+    assert_memory_equal(first, again, bytes);
+    free(again);
+  }
+  free(first);
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+static void test_cuda_graph(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d = gpt_oss(32, 64);
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 64, 12, &L, &err), MOEJIT_OK);
+  CUstream s;
+  CU_OK(StreamCreate(&s, MJ_CU_STREAM_NON_BLOCKING));
+  void *eager = forward_output(plan, &L, s);
+  size_t bytes = (size_t)(L.tokens * d.hidden) * 2;
+  CU_OK(MemsetD8(L.y, 0xFF, bytes));
+  int64_t compiles = g_ctx->compiles;
+  moejit_forward_args a;
+  mj_synth_layer_args(&L, &a);
+  CUgraph graph;
+  CUgraphExec exec;
+  CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
+  assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, s), MOEJIT_OK);
+  CU_OK(StreamEndCapture(s, &graph));
+  CU_OK(GraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; i++) {
+    CU_OK(MemsetD8(L.y, 0xFF, bytes));
+    CU_OK(GraphLaunch(exec, s));
+    CU_OK(StreamSynchronize(s));
+    void *replayed = download(L.y, bytes);
+    assert_memory_equal(eager, replayed, bytes);
+    free(replayed);
+  }
+  assert_int_equal(g_ctx->compiles, compiles); /* nothing compiles on the launch path */
+  CU_OK(GraphExecDestroy(exec));
+  CU_OK(GraphDestroy(graph));
+  CU_OK(StreamDestroy(s));
+  free(eager);
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+static void test_two_plans_two_streams(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc da = gpt_oss(32, 256), db;
+  moejit_layer_desc_init(&db);
+  db.hidden = 256;
+  db.intermediate = 192;
+  db.experts = 16;
+  db.top_k = 2;
+  db.dtype = MOEJIT_F16;
+  db.max_tokens = 4096;
+  moejit_plan *pa = make_plan(&da), *pb = make_plan(&db);
+  mj_synth_layer la, lb;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, pa, 256, 21, &la, &err), MOEJIT_OK);
+  assert_int_equal(mj_synth_layer_create(&g_syn, pb, 4096, 22, &lb, &err), MOEJIT_OK);
+  CUstream sa, sb;
+  CU_OK(StreamCreate(&sa, MJ_CU_STREAM_NON_BLOCKING));
+  CU_OK(StreamCreate(&sb, MJ_CU_STREAM_NON_BLOCKING));
+  void *alone_a = forward_output(pa, &la, sa), *alone_b = forward_output(pb, &lb, sb);
+  moejit_forward_args aa, ab;
+  mj_synth_layer_args(&la, &aa);
+  mj_synth_layer_args(&lb, &ab);
+  int64_t compiles = g_ctx->compiles;
+  for (int i = 0; i < 10; i++) {
+    assert_int_equal(moejit_forward(pa, &aa, ptr(la.workspace), la.workspace_bytes, sa), MOEJIT_OK);
+    assert_int_equal(moejit_forward(pb, &ab, ptr(lb.workspace), lb.workspace_bytes, sb), MOEJIT_OK);
+  }
+  CU_OK(StreamSynchronize(sa));
+  CU_OK(StreamSynchronize(sb));
+  assert_int_equal(g_ctx->compiles, compiles);
+  void *ya = download(la.y, (size_t)(la.tokens * da.hidden) * 2);
+  void *yb = download(lb.y, (size_t)(lb.tokens * db.hidden) * 2);
+  assert_memory_equal(alone_a, ya, (size_t)(la.tokens * da.hidden) * 2);
+  assert_memory_equal(alone_b, yb, (size_t)(lb.tokens * db.hidden) * 2);
+  run_and_check(pb, &lb, 16, "second plan after concurrent runs");
+  free(alone_a);
+  free(alone_b);
+  free(ya);
+  free(yb);
+  CU_OK(StreamDestroy(sa));
+  CU_OK(StreamDestroy(sb));
+  mj_synth_layer_destroy(&g_syn, &la);
+  mj_synth_layer_destroy(&g_syn, &lb);
+  moejit_plan_destroy(pa);
+  moejit_plan_destroy(pb);
+}
+
+/* ---- argument checks on a device plan ------------------------------------------------------ */
+
+static void expect_invalid(moejit_plan *plan, const moejit_forward_args *a, void *ws, size_t bytes,
+                           const char *needle) {
+  assert_int_equal(moejit_forward(plan, a, ws, bytes, NULL), MOEJIT_ERR_INVALID_ARG);
+  const char *msg = moejit_last_error(g_ctx);
+  if (!strstr(msg, needle))
+    print_message("message \"%s\" lacks \"%s\"\n", msg, needle);
+  assert_non_null(strstr(msg, needle));
+}
+
+static void test_forward_validation(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 64;
+  d.intermediate = 96;
+  d.experts = 5;
+  d.top_k = 2;
+  d.max_tokens = 16;
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 16, 5, &L, &err), MOEJIT_OK);
+  moejit_forward_args a, b;
+  mj_synth_layer_args(&L, &a);
+  void *ws = ptr(L.workspace);
+  size_t wb = L.workspace_bytes;
+  assert_int_equal(moejit_forward(plan, &a, ws, wb, NULL), MOEJIT_OK);
+  assert_int_equal(moejit_forward(NULL, &a, ws, wb, NULL), MOEJIT_ERR_INVALID_ARG);
+  expect_invalid(plan, NULL, ws, wb, "args is NULL");
+  b = a, b.struct_size = 8, expect_invalid(plan, &b, ws, wb, "struct_size");
+  b = a, b.tokens = 17, expect_invalid(plan, &b, ws, wb, "tokens=17");
+  b = a, b.tokens = -1, expect_invalid(plan, &b, ws, wb, "tokens=-1");
+  b = a, b.x = NULL, expect_invalid(plan, &b, ws, wb, "args->x is NULL");
+  b = a, b.y = NULL, expect_invalid(plan, &b, ws, wb, "args->y is NULL");
+  b = a, b.topk_ids = NULL, expect_invalid(plan, &b, ws, wb, "topk_ids");
+  b = a, b.down_proj_bias = NULL, expect_invalid(plan, &b, ws, wb, "down_proj_bias");
+  b = a, b.x = (const char *)a.x + 2, expect_invalid(plan, &b, ws, wb, "16-byte aligned");
+  b = a, b.gate_up_proj = (const char *)a.gate_up_proj + 8, expect_invalid(plan, &b, ws, wb, "gate_up_proj");
+  b = a, b.router_logits = a.x, expect_invalid(plan, &b, ws, wb, "router_logits");
+  b = a, b.expert_map = (const int32_t *)a.topk_ids, expect_invalid(plan, &b, ws, wb, "expert_map");
+  expect_invalid(plan, &a, NULL, wb, "workspace is NULL");
+  expect_invalid(plan, &a, (char *)ws + 16, wb - 256, "256-byte aligned");
+  expect_invalid(plan, &a, ws, wb - 1, "workspace_bytes");
+  b = a, b.tokens = 0;
+  assert_int_equal(moejit_forward(plan, &b, NULL, 0, NULL), MOEJIT_OK); /* nothing to do */
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+/* f32 runs the exact FFMA path at a GPT-OSS shape too. */
+static void test_f32_gpt_oss(void **state) {
+  (void)state;
+  NEED_GPU();
+  moejit_layer_desc d = gpt_oss(32, 128);
+  d.dtype = MOEJIT_F32;
+  moejit_plan *plan = make_plan(&d);
+  static const int64_t tokens[] = {3, 128};
+  for (int i = 0; i < 2; i++) {
+    mj_synth_layer L;
+    mj_err err;
+    assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens[i], 40 + i, &L, &err), MOEJIT_OK);
+    run_and_check(plan, &L, 6, "gpt-oss f32 E=32");
+    mj_synth_layer_destroy(&g_syn, &L);
+  }
+  moejit_plan_destroy(plan);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(placeholder)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_golden_cases),
+      cmocka_unit_test(test_forward_validation),
+      cmocka_unit_test(test_bad_expert_ids),
+      cmocka_unit_test(test_skew_and_duplicates),
+      cmocka_unit_test(test_bitwise_reproducible),
+      cmocka_unit_test(test_cuda_graph),
+      cmocka_unit_test(test_two_plans_two_streams),
+      cmocka_unit_test(test_f32_gpt_oss),
+      cmocka_unit_test(test_gpt_oss_e32),
+      cmocka_unit_test(test_gpt_oss_e128),
+  };
+  /* MOEJIT_TEST_FILTER="golden,graph": run only the tests whose names contain one of the words
+   * (the sanitizer runs pick the small ones). */
+  struct CMUnitTest chosen[sizeof tests / sizeof tests[0]];
+  size_t n = 0;
+  const char *filter = getenv("MOEJIT_TEST_FILTER");
+  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+    int keep = !filter || !*filter;
+    for (const char *w = filter; !keep && w && *w; w = strchr(w, ',') ? strchr(w, ',') + 1 : NULL) {
+      size_t len = strchr(w, ',') ? (size_t)(strchr(w, ',') - w) : strlen(w);
+      char word[64];
+      snprintf(word, sizeof word, "%.*s", (int)len, w);
+      keep = len > 0 && strstr(tests[i].name, word) != NULL;
+    }
+    if (keep)
+      chosen[n++] = tests[i];
+  }
+  return _cmocka_run_group_tests("test_rt_gpu", chosen, n, setup, teardown);
 }

@@ -228,6 +228,39 @@ void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
   memset(L, 0, sizeof *L);
 }
 
+moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
+                                     mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = &s->ctx->cu;
+  int64_t n = L->tokens * L->desc.top_k;
+  size_t es = mj_dtype_size(L->desc.ids_dtype);
+  void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
+  int pushed = 0;
+  if (L->desc.routing != MOEJIT_ROUTING_TOPK)
+    st = mj_errf(err, MOEJIT_ERR_INVALID_ARG, "set_ids needs top-k routing");
+  else if (!buf)
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  if (st != MOEJIT_OK)
+    goto fail;
+  for (int64_t i = 0; i < n; i++) {
+    L->host_ids[i] = ids[i];
+    if (L->desc.ids_dtype == MOEJIT_I64)
+      ((int64_t *)buf)[i] = ids[i];
+    else
+      ((int32_t *)buf)[i] = ids[i];
+  }
+  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
+  pushed = 1;
+  MJ_CU(cu, MemcpyHtoD(L->ids, buf, (size_t)n * es), err);
+fail:
+  if (pushed) {
+    CUcontext popped;
+    cu->CtxPopCurrent(&popped);
+  }
+  free(buf);
+  return st;
+}
+
 void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *a) {
   moejit_forward_args_init(a);
   a->tokens = L->tokens;

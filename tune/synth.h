@@ -41,6 +41,9 @@ typedef struct mj_synth_layer {
 moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
                                     uint64_t seed, mj_synth_layer *L, mj_err *err);
 void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L);
+/* Replaces the routing ids (top-k form only; any values, out-of-range ones included). */
+moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
+                                     mj_err *err);
 void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *args);
 
 /* The layer's inputs for the listed tokens, in host memory, for the CPU reference: x rows of those
