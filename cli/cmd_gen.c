@@ -70,35 +70,44 @@ int cmd_gen(int argc, char **argv) {
   return rc;
 }
 
-/* Pulls "N registers", spills and "smem" out of the ptxas report in an NVRTC log. */
-static void ptxas_summary(const char *log, int *regs, int *spill_st, int *spill_ld, int *smem) {
-  *regs = *spill_st = *spill_ld = *smem = -1;
-  for (const char *p = log; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    const char *u = strstr(p, "Used ");
+/* Prints a row per kernel from the ptxas report in an NVRTC log: entry, registers, spills, static
+ * shared memory. The report gives, per entry: "Compiling entry function 'X'", then
+ * "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers, ...". */
+static void print_kernels(const char *module, size_t cubin, size_t dyn, const char *log) {
+  char entry[96] = "?";
+  int stack = 0, sst = 0, sld = 0;
+  for (const char *p = log; p && *p;) {
     const char *eol = strchr(p, '\n');
-    if (u && (!eol || u < eol)) {
-      sscanf(u, "Used %d registers", regs);
-      const char *s = strstr(u, "bytes smem");
-      if (s && (!eol || s < eol)) {
-        const char *b = s;
-        while (b > u && b[-1] != ' ')
+    size_t len = eol ? (size_t)(eol - p) : strlen(p);
+    char line[512];
+    snprintf(line, sizeof line, "%.*s", (int)(len < sizeof line ? len : sizeof line - 1), p);
+    const char *q;
+    if ((q = strstr(line, "Compiling entry function '")) != NULL) {
+      sscanf(q + strlen("Compiling entry function '"), "%95[^']", entry);
+    } else if ((q = strstr(line, "bytes stack frame")) != NULL) {
+      const char *b = q;
+      while (b > line && b[-1] == ' ')
+        b--;
+      while (b > line && b[-1] >= '0' && b[-1] <= '9')
+        b--;
+      sscanf(b, "%d bytes stack frame, %d bytes spill stores, %d bytes spill loads", &stack, &sst,
+             &sld);
+    } else if ((q = strstr(line, "Used ")) != NULL) {
+      int regs = 0, smem = 0;
+      sscanf(q, "Used %d registers", &regs);
+      const char *sm = strstr(q, "bytes smem");
+      if (sm) {
+        const char *b = sm;
+        while (b > q && b[-1] == ' ')
           b--;
-        while (b > u && b[-1] == ' ')
+        while (b > q && b[-1] >= '0' && b[-1] <= '9')
           b--;
-        while (b > u && b[-1] >= '0' && b[-1] <= '9')
-          b--;
-        sscanf(b, "%d", smem);
+        sscanf(b, "%d", &smem);
       }
+      printf("%-26s %-22s %9zu %5d %6d %5d/%-5d %7d %9zu\n", module, entry, cubin, regs, stack, sst,
+             sld, smem, dyn);
     }
-    const char *sp = strstr(p, "bytes spill stores");
-    if (sp && (!eol || sp < eol)) {
-      const char *b = p;
-      int st = 0, ld = 0;
-      if (sscanf(strstr(b, "bytes stack frame") ? strstr(b, "frame,") + 6 : b, " %d bytes spill stores, %d bytes spill loads", &st, &ld) == 2) {
-        *spill_st = st;
-        *spill_ld = ld;
-      }
-    }
+    p = eol ? eol + 1 : NULL;
   }
 }
 
@@ -128,16 +137,11 @@ int cmd_compile(int argc, char **argv) {
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
          mj_rt_dtype_name(L.desc.dtype), ctx->arch, ctx->nv.major, ctx->nv.minor);
-  printf("%-28s %10s %6s %12s %11s %11s\n", "module", "cubin B", "regs", "spill st/ld",
-         "static smem", "dyn smem");
+  printf("%-26s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
+         "spill st/ld", "smem", "dyn smem");
   for (int i = 0; i < n; i++) {
-    int regs, sst, sld, smem;
-    ptxas_summary(mods[i].cubin.log, &regs, &sst, &sld, &smem);
     size_t dyn = i >= 2 ? mj_tune_gemm_smem(&cfg[(i - 2) / 2], L.desc.dtype) : 0;
-    char spill[32];
-    snprintf(spill, sizeof spill, "%d/%d", sst, sld);
-    printf("%-28s %10zu %6d %12s %11d %11zu\n", mods[i].name, mods[i].cubin.size, regs, spill, smem,
-           dyn);
+    print_kernels(mods[i].name, mods[i].cubin.size, dyn, mods[i].cubin.log);
     if (L.verbose)
       printf("%s\n", mods[i].cubin.log);
   }

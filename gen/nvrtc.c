@@ -6,7 +6,13 @@
 #include <string.h>
 
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
-  static const char *const names[] = {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", NULL};
+  /* The loader's path first, then the toolkit's usual home. */
+  static const char *const names[] = {"libnvrtc.so.13",
+                                      "libnvrtc.so.12",
+                                      "/usr/local/cuda/lib64/libnvrtc.so.13",
+                                      "/usr/local/cuda/lib64/libnvrtc.so.12",
+                                      "libnvrtc.so",
+                                      NULL};
   memset(nv, 0, sizeof *nv);
   for (const char *const *n = names; *n && !nv->lib; n++)
     nv->lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL);

@@ -21,7 +21,7 @@ typedef struct mj_nvrtc {
   const char *(*GetErrorString)(int result);
 } mj_nvrtc;
 
-/* Loads libnvrtc.so.13 (else .12, else libnvrtc.so). MOEJIT_ERR_NO_COMPILER with the reason. */
+/* Loads libnvrtc.so.13 (else .12) from the loader's path, else from /usr/local/cuda/lib64. MOEJIT_ERR_NO_COMPILER with the reason. */
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err);
 void mj_gen_nvrtc_unload(mj_nvrtc *nv);
 

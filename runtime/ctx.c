@@ -50,8 +50,8 @@ moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err) {
   if (&ctx->err != err)
     memcpy(ctx->err.msg, err->msg, sizeof ctx->err.msg);
   pthread_mutex_unlock(&ctx->err_lock);
-  if (ctx->log)
-    ctx->log(ctx->log_user, MOEJIT_LOG_WARN, err->msg);
+  if (ctx->log) /* the caller gets the status and moejit_last_error; the log keeps a trace */
+    ctx->log(ctx->log_user, MOEJIT_LOG_DEBUG, err->msg);
   return s;
 }
 
@@ -150,6 +150,7 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
   *out = ctx;
   return MOEJIT_OK;
 fail:
+  /* No context is returned, so the reason goes to the log callback. */
   if (ctx->log)
     ctx->log(ctx->log_user, MOEJIT_LOG_WARN, err.msg);
   moejit_destroy(ctx);

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# deps.sh: installs what building moejit needs on Debian (compiler, CMake, Ninja, Lua 5.4, cmocka)
+# when it is missing. The CUDA toolkit (12 or newer, for NVRTC) is expected under /usr/local/cuda.
+set -euo pipefail
+pkgs="build-essential cmake ninja-build pkg-config liblua5.4-dev libcmocka-dev"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+fi
+if ! ls /usr/local/cuda/lib64/libnvrtc.so.1[23] >/dev/null 2>&1 && ! ldconfig -p | grep -q libnvrtc.so.1[23]; then
+  echo "deps.sh: NVRTC (CUDA toolkit 12+) not found under /usr/local/cuda/lib64 or on the loader path" >&2
+  exit 1
+fi
