@@ -8,7 +8,11 @@
 typedef struct cli_layer {
   moejit_layer_desc desc;
   const char *arch; /* --arch, or NULL */
-  int64_t tokens;   /* --tokens */
+  int64_t tokens;   /* --tokens: the largest of the list */
+  int64_t token_list[32]; /* --tokens 1,8,64 */
+  int ntokens;
+  double budget;    /* --budget seconds (tune) */
+  const char *dir;  /* --dir (cache) */
   int repeat, check, verbose;
   uint64_t seed;
   const char *kernel, *config;
@@ -27,5 +31,7 @@ double cli_now(void);
 int cmd_gen(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 
 #endif

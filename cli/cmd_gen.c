@@ -35,13 +35,14 @@ int cmd_gen(int argc, char **argv) {
     return rc == 1 ? 0 : rc;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
-  int n = 0;
+  int n = 0, ncfg = 0;
   mj_err err;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
   moejit_status st = offline_ctx(&L, &ctx);
   if (st != MOEJIT_OK)
     return 1;
   if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
-      (st = mj_rt_render_modules(ctx, &L.desc, &mods, &n, &err)) != MOEJIT_OK) {
+      (st = mj_rt_render_modules(ctx, &L.desc, cfg, ncfg, &mods, &n, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit gen: %s: %s\n", moejit_status_name(st), err.msg);
     moejit_destroy(ctx);
     return 1;
@@ -118,22 +119,21 @@ int cmd_compile(int argc, char **argv) {
     return rc == 1 ? 0 : rc;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
-  int n = 0;
+  int n = 0, ncfg = 0;
   mj_err err;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
   moejit_status st = offline_ctx(&L, &ctx);
   if (st != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
   if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
-      (st = mj_rt_build_modules(ctx, &L.desc, ctx->arch, MJ_COMPILE_PTXAS_VERBOSE, &mods, &n,
-                                &err)) != MOEJIT_OK) {
+      (st = mj_rt_build_modules(ctx, &L.desc, cfg, ncfg, ctx->arch, MJ_COMPILE_PTXAS_VERBOSE,
+                                &mods, &n, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit compile: %s: %s\n", moejit_status_name(st), err.msg);
     moejit_destroy(ctx);
     return 1;
   }
   double secs = cli_now() - t0;
-  int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
          mj_rt_dtype_name(L.desc.dtype), ctx->arch, ctx->nv.major, ctx->nv.minor);

@@ -19,7 +19,7 @@ const char *const cli_layer_help =
     "  --routing R          topk (weights [T,K]) or dense (weights [T,E])\n"
     "  --alpha X, --limit X SwiGLU parameters (1.702, 7.0)\n"
     "  --arch A             target such as sm_80 or sm_90a (default: the GPU's, else sm_90a)\n"
-    "  --tokens N           tokens of the forward (run: 4096)\n"
+    "  --tokens N[,N...]    tokens of the forward (run: 4096; tune: a list)\n"
     "  --verbose            print the library's log\n";
 
 static int parse_int(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out) {
@@ -60,6 +60,8 @@ int cli_parse(int argc, char **argv, cli_layer *L, const char *usage) {
   d->experts = 32;
   d->top_k = 4;
   L->tokens = 4096;
+  L->token_list[0] = 4096;
+  L->ntokens = 1;
   L->repeat = 20;
   L->check = 32;
   L->seed = 1;
@@ -89,8 +91,27 @@ int cli_parse(int argc, char **argv, cli_layer *L, const char *usage) {
       if (!(rc = parse_int(a, v, 1, 1 << 20, &x)))
         d->top_k = x;
     } else if (!strcmp(a, "--tokens")) {
-      if (!(rc = parse_int(a, v, 0, INT32_MAX, &x)))
-        L->tokens = x;
+      L->ntokens = 0;
+      L->tokens = 0;
+      for (const char *p = v; p && !rc;) {
+        char item[32];
+        const char *comma = strchr(p, ',');
+        snprintf(item, sizeof item, "%.*s", (int)(comma ? comma - p : (long)strlen(p)), p);
+        if (L->ntokens == 32) {
+          fprintf(stderr, "moejit: --tokens: at most 32 counts\n");
+          rc = 2;
+        } else if (!(rc = parse_int(a, item, 0, INT32_MAX, &x))) {
+          L->token_list[L->ntokens++] = x;
+          if (x > L->tokens)
+            L->tokens = x;
+        }
+        p = comma ? comma + 1 : NULL;
+      }
+    } else if (!strcmp(a, "--budget")) {
+      if (!(rc = parse_int(a, v, 1, 1 << 30, &x)))
+        L->budget = (double)x;
+    } else if (!strcmp(a, "--dir")) {
+      L->dir = v;
     } else if (!strcmp(a, "--repeat")) {
       if (!(rc = parse_int(a, v, 1, 100000, &x)))
         L->repeat = (int)x;
@@ -166,6 +187,9 @@ static const char usage[] =
     "            shared memory and spills per kernel (no GPU needed)\n"
     "  run       run a random layer on the GPU through the JIT, time it and check sampled tokens\n"
     "            against the CPU reference (without a GPU: compile and say so)\n"
+    "  tune      time the tile configurations for token counts on this GPU and record the\n"
+    "            winners in the tuning records (plans use them from then on)\n"
+    "  cache     ls | verify | clear | export FILE | import FILE: the cubin cache and records\n"
     "  version   print the library version\n"
     "\n"
     "`moejit <command> --help` lists the command's options.\n";
@@ -183,6 +207,10 @@ int main(int argc, char **argv) {
     return cmd_compile(argc - 2, argv + 2);
   if (!strcmp(cmd, "run"))
     return cmd_run(argc - 2, argv + 2);
+  if (!strcmp(cmd, "tune"))
+    return cmd_tune(argc - 2, argv + 2);
+  if (!strcmp(cmd, "cache"))
+    return cmd_cache(argc - 2, argv + 2);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
     printf("moejit %s\n", moejit_version_string());
     return 0;

@@ -52,8 +52,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   lua_getallocf(L, &ud);
   mj_gen *g = ud;
   g->steps += MJ_LUA_HOOK_STEP;
-  if (g->steps > g->budget)
-    luaL_error(L, "template exceeded its instruction budget (%ld)", g->budget);
+  if (g->steps > g->budget) {
+    /* From now on every instruction fails, so a pcall inside the template cannot swallow it. */
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "template exceeded its instruction budget (%I)", (lua_Integer)g->budget);
+  }
 }
 
 static void free_files(mj_gen_file *f, int n) {
@@ -181,8 +184,10 @@ moejit_status mj_gen_open(mj_gen **out, const char *template_dir, mj_err *err) {
   }
   if (st != MOEJIT_OK)
     goto fail;
-  qsort(g->lua_files, (size_t)g->n_lua, sizeof *g->lua_files, by_name);
-  qsort(g->headers, (size_t)g->n_headers, sizeof *g->headers, by_name);
+  if (g->n_lua > 1)
+    qsort(g->lua_files, (size_t)g->n_lua, sizeof *g->lua_files, by_name);
+  if (g->n_headers > 1)
+    qsort(g->headers, (size_t)g->n_headers, sizeof *g->headers, by_name);
   g->L = lua_newstate(capped_alloc, g);
   if (!g->L) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory creating the Lua state");
@@ -246,7 +251,7 @@ static int sandbox_require(lua_State *L) {
   char chunkname[160];
   snprintf(chunkname, sizeof chunkname, "@templates/%s.lua", module);
   if (luaL_loadbufferx(L, f->text, f->len, chunkname, "t") != LUA_OK)
-    return lua_error(L);
+    return luaL_error(L, "templates/%s.lua: %s", module, lua_tostring(L, -1));
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setupvalue(L, -2, 1); /* _ENV of the chunk */
   lua_pushstring(L, module);

@@ -88,6 +88,9 @@ typedef struct moejit_ctx_options {
   const char *template_dir;
   moejit_log_fn log;          /* optional; the library never prints */
   void *log_user;
+  /* The cubin cache and tuning records folder. NULL: $MOEJIT_CACHE_DIR, else
+   * $XDG_CACHE_HOME/moejit, else ~/.cache/moejit, read once here. "" : no disk cache. */
+  const char *cache_dir;
 } moejit_ctx_options;
 
 /* The layer a plan serves. Shapes: T tokens, H hidden, I intermediate, E experts, K top-k. */
@@ -96,7 +99,7 @@ typedef struct moejit_layer_desc {
   int64_t hidden;             /* H, a multiple of 8 */
   int64_t intermediate;       /* I, a multiple of 8 */
   int64_t experts;            /* E, 1..1024 */
-  int64_t top_k;              /* K, 1..min(E_global, 32); ids may repeat */
+  int64_t top_k;              /* K, 1..32; a token's ids may repeat */
   int64_t max_tokens;         /* the largest T a forward may pass (workspace is sized by T) */
   moejit_dtype dtype;         /* x, weights, biases, y: MOEJIT_F32, MOEJIT_F16 or MOEJIT_BF16 */
   moejit_dtype ids_dtype;     /* MOEJIT_I32 or MOEJIT_I64 */

@@ -141,6 +141,16 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
   }
   if ((st = mj_gen_open(&ctx->gen, ctx->template_dir, &err)) != MOEJIT_OK)
     goto fail;
+  char cache_dir[4096] = "";
+  if (o.cache_dir)
+    snprintf(cache_dir, sizeof cache_dir, "%s", o.cache_dir);
+  else if (mj_tune_cache_default_dir(cache_dir, sizeof cache_dir) != 0)
+    cache_dir[0] = '\0';
+  if ((st = mj_tune_cache_open(&ctx->cache, cache_dir, ctx->log, ctx->log_user, &err)) != MOEJIT_OK)
+    goto fail;
+  if (mj_tune_cache_dir(ctx->cache))
+    snprintf(ctx->records_path, sizeof ctx->records_path, "%s/%s", mj_tune_cache_dir(ctx->cache),
+             MJ_RECORDS_FILE);
   if (ctx->offline)
     mj_rt_log(ctx, MOEJIT_LOG_INFO, "moejit %s: offline, compiling for %s", moejit_version_string(),
               ctx->arch);
@@ -161,6 +171,7 @@ void moejit_destroy(moejit_ctx *ctx) {
   if (!ctx)
     return;
   mj_gen_close(ctx->gen);
+  mj_tune_cache_close(ctx->cache);
   mj_gen_nvrtc_unload(&ctx->nv);
   if (ctx->cu.lib) {
     if (ctx->cuctx)

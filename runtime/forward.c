@@ -68,14 +68,21 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
 
 #define DPTR(p) ((CUdeviceptr)(uintptr_t)(p))
 
+/* The configuration for a forward of `tokens`: a tuned exact count, else the bucket's. */
+static int pick(const moejit_plan *plan, int64_t tokens) {
+  for (int i = 0; i < plan->nexact; i++)
+    if (plan->exact_tokens[i] == tokens)
+      return plan->exact_pick[i];
+  return plan->pick[mj_rt_bucket(tokens)];
+}
+
 static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUdeviceptr ws,
-                            CUstream stream, mj_err *err) {
+                            CUstream stream, int cfg, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &plan->desc;
   mj_cu *cu = &plan->ctx->cu;
   mj_layout l;
   mj_rt_layout(plan, a->tokens, &l);
-  int cfg = mj_tune_pick(plan->configs, plan->ngemm, a->tokens, d->top_k, d->experts);
   const mj_gemm_config *c = &plan->configs[cfg];
   int nslots = (int)l.nslots, nchunks = (int)l.nchunks, block_m = c->bm;
   unsigned max_tiles = (unsigned)l.max_tiles;
@@ -150,8 +157,8 @@ static void leave(moejit_ctx *ctx, int pushed) {
     ctx->cu.CtxPopCurrent(&popped);
 }
 
-moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
-                             size_t workspace_bytes, CUstream stream) {
+static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
+                             size_t workspace_bytes, CUstream stream, int cfg) {
   mj_err err;
   moejit_status st;
   int pushed = 0;
@@ -170,9 +177,21 @@ moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args,
     return MOEJIT_OK;
   if ((st = enter(ctx, &pushed, &err)) != MOEJIT_OK)
     return mj_rt_fail(ctx, st, &err);
-  st = launch(plan, args, DPTR(workspace), stream, &err);
+  st = launch(plan, args, DPTR(workspace), stream, cfg >= 0 ? cfg : pick(plan, args->tokens), &err);
   leave(ctx, pushed);
   return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);
+}
+
+moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
+                             size_t workspace_bytes, CUstream stream) {
+  return forward(plan, args, workspace, workspace_bytes, stream, -1);
+}
+
+moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
+                                 size_t workspace_bytes, CUstream stream, int config) {
+  if (plan && (config < 0 || config >= plan->ngemm))
+    return MOEJIT_ERR_INVALID_ARG;
+  return forward(plan, args, workspace, workspace_bytes, stream, config);
 }
 
 moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace, CUstream stream,

@@ -8,9 +8,13 @@
 #include "gen/nvrtc.h"
 #include "moejit.h"
 #include "runtime/driver.h"
+#include "tune/cache.h"
 #include "tune/heuristic.h"
+#include "tune/records.h"
 
-#define MJ_MAX_GEMM_CONFIGS 8
+#define MJ_MAX_GEMM_CONFIGS 64
+#define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
+#define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256 /* slots per routing block (route.cuh's kChunk) */
 
 struct moejit_ctx {
@@ -27,6 +31,8 @@ struct moejit_ctx {
   mj_gen *gen;
   mj_nvrtc nv;          /* loaded on first plan */
   int64_t compiles;     /* NVRTC compiles so far (tests prove forwards add none) */
+  mj_cache *cache;      /* cubins: memory, and disk when a folder is usable */
+  char records_path[4096]; /* "" when there is no cache folder */
   pthread_mutex_t err_lock;
   mj_err err;           /* the last failure, for moejit_last_error */
 };
@@ -54,9 +60,14 @@ struct moejit_plan {
   moejit_layer_desc desc;
   mj_kernel count, scan, scatter, combine;
   int ngemm;
-  const mj_gemm_config *configs;
+  mj_gemm_config configs[MJ_MAX_GEMM_CONFIGS];
   mj_kernel gemm1[MJ_MAX_GEMM_CONFIGS], gemm2[MJ_MAX_GEMM_CONFIGS];
   int min_bm;
+  int pick[MJ_BUCKETS];              /* configuration per token bucket */
+  int tuned[MJ_BUCKETS];             /* 1 where a tuning record chose it */
+  int nexact;                        /* tuned exact token counts, checked before the buckets */
+  int64_t exact_tokens[MJ_MAX_EXACT];
+  int exact_pick[MJ_MAX_EXACT];
   CUmodule modules[2 + 2 * MJ_MAX_GEMM_CONFIGS];
   int nmodules;
 };
@@ -70,7 +81,7 @@ typedef struct mj_layout {
 
 void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
 
-/* Copies err into the context's last error (under its lock) and logs it at WARN. Returns s. */
+/* Copies err into the context's last error (under its lock) and logs it at DEBUG. Returns s. */
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
 void mj_rt_log(const moejit_ctx *ctx, moejit_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -84,12 +95,28 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *desc, mj_err *err);
 /* Renders every module of a layer (route, combine, then gemm1/gemm2 per configuration) without
  * compiling. On success *mods (count *n) is owned by the caller, freed with mj_rt_modules_free. */
 moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *desc,
-                                   mj_module_src **mods, int *n, mj_err *err);
+                                   const mj_gemm_config *configs, int nconfigs, mj_module_src **mods,
+                                   int *n, mj_err *err);
 /* Renders and compiles every module of a layer for arch (no loading): the plan's first half, also
  * used by `moejit compile`. flags: MJ_COMPILE_*. On success *mods (count *n) is owned by the caller,
  * freed with mj_rt_modules_free. */
-moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *desc, const char *arch,
+moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                  const mj_gemm_config *configs, int nconfigs, const char *arch,
                                   int flags, mj_module_src **mods, int *n, mj_err *err);
+
+/* A plan over an explicit list of GEMM configurations (the tuner's candidates), picking
+ * configuration 0 for every bucket until told otherwise; no records are read. */
+moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                     const mj_gemm_config *configs, int nconfigs,
+                                     moejit_plan **plan);
+/* moejit_forward with the GEMM configuration forced (index into plan->configs). */
+moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
+                                 size_t workspace_bytes, CUstream stream, int config);
+/* The bucket of a token count: ceil(log2(tokens)), clamped to [0, MJ_BUCKETS). */
+int mj_rt_bucket(int64_t tokens);
+/* The record a plan of this context would look for (kernel "gemm", bucket given). */
+void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *desc, int64_t bucket,
+                      mj_record *r);
 void mj_rt_modules_free(mj_module_src *mods, int n);
 
 const char *mj_rt_dtype_name(moejit_dtype dt); /* "bf16", "i32", ... */

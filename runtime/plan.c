@@ -127,6 +127,37 @@ typedef struct compile_job {
   mj_err *err;
 } compile_job;
 
+/* One module: from the cache when its key is there (the ptxas report asks for a real compile),
+ * else NVRTC, then published to the cache. */
+static moejit_status compile_one(compile_job *job, mj_module_src *m, mj_err *err) {
+  moejit_ctx *ctx = job->ctx;
+  int use_cache = !(job->flags & MJ_COMPILE_PTXAS_VERBOSE);
+  uint8_t key[16];
+  if (use_cache) {
+    char options[256];
+    int nh = 0;
+    const mj_gen_file *headers = mj_gen_headers(ctx->gen, &nh);
+    mj_gen_compile_options(job->arch, job->flags, options, sizeof options);
+    mj_tune_cache_key(m->source, headers, nh, options, ctx->nv.major, ctx->nv.minor, job->arch, key);
+    if (mj_tune_cache_acquire(ctx->cache, key, &m->cubin.data, &m->cubin.size)) {
+      m->cubin.log = calloc(1, 1);
+      return m->cubin.log ? MOEJIT_OK : mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+  }
+  moejit_status st = mj_gen_compile(&ctx->nv, ctx->gen, m->source, m->name, job->arch, job->flags,
+                                    &m->cubin, err);
+  pthread_mutex_lock(&job->lock);
+  ctx->compiles++;
+  pthread_mutex_unlock(&job->lock);
+  if (use_cache) {
+    if (st == MOEJIT_OK)
+      mj_tune_cache_put(ctx->cache, key, m->cubin.data, m->cubin.size);
+    else
+      mj_tune_cache_abandon(ctx->cache, key);
+  }
+  return st;
+}
+
 static void *compile_worker(void *arg) {
   compile_job *job = arg;
   mj_err *local = malloc(sizeof *local);
@@ -136,9 +167,7 @@ static void *compile_worker(void *arg) {
     pthread_mutex_unlock(&job->lock);
     if (i >= job->n)
       break;
-    mj_module_src *m = &job->mods[i];
-    moejit_status st = mj_gen_compile(&job->ctx->nv, job->ctx->gen, m->source, m->name, job->arch,
-                                      job->flags, &m->cubin, local);
+    moejit_status st = compile_one(job, &job->mods[i], local);
     if (st != MOEJIT_OK) {
       pthread_mutex_lock(&job->lock);
       if (job->st == MOEJIT_OK) {
@@ -178,10 +207,9 @@ static moejit_status compile_all(moejit_ctx *ctx, mj_module_src *mods, int n, co
 }
 
 moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
-                                   mj_module_src **out, int *nout, mj_err *err) {
+                                   const mj_gemm_config *cfg, int ncfg, mj_module_src **out,
+                                   int *nout, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(d->dtype, &ncfg);
   int n = 2 + 2 * ncfg;
   *out = NULL;
   *nout = 0;
@@ -212,14 +240,14 @@ moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
   return MOEJIT_OK;
 }
 
-moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *d, const char *arch,
+moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
+                                  const mj_gemm_config *configs, int nconfigs, const char *arch,
                                   int flags, mj_module_src **out, int *nout, mj_err *err) {
   moejit_status st;
   if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
     return st;
-  if ((st = mj_rt_render_modules(ctx, d, out, nout, err)) != MOEJIT_OK)
+  if ((st = mj_rt_render_modules(ctx, d, configs, nconfigs, out, nout, err)) != MOEJIT_OK)
     return st;
-  ctx->compiles += *nout;
   if ((st = compile_all(ctx, *out, *nout, arch, flags, err)) != MOEJIT_OK) {
     mj_rt_modules_free(*out, *nout);
     *out = NULL;
@@ -295,32 +323,41 @@ fail:
   return st;
 }
 
-moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
-                                 moejit_plan **out) {
+int mj_rt_bucket(int64_t tokens) {
+  int b = 0;
+  while (b < MJ_BUCKETS - 1 && ((int64_t)1 << b) < tokens)
+    b++;
+  return b;
+}
+
+void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *d, int64_t bucket,
+                      mj_record *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->arch, sizeof r->arch, "%s", ctx->arch);
+  r->sms = ctx->sm_count;
+  r->hidden = d->hidden;
+  r->intermediate = d->intermediate;
+  r->experts = d->experts;
+  r->top_k = d->top_k;
+  snprintf(r->dtype, sizeof r->dtype, "%s", mj_rt_dtype_name(d->dtype));
+  snprintf(r->kernel, sizeof r->kernel, "gemm");
+  r->bucket = bucket;
+  snprintf(r->version, sizeof r->version, "%s", moejit_version_string());
+}
+
+/* Compiles (through the cache) and loads the plan's modules for plan->configs. */
+static moejit_status build(moejit_plan *plan, mj_err *err) {
   moejit_status st;
-  mj_err *err = NULL;
+  moejit_ctx *ctx = plan->ctx;
+  const moejit_layer_desc *desc = &plan->desc;
   mj_module_src *mods = NULL;
   int nmods = 0, pushed = 0;
-  moejit_plan *plan = NULL;
-  if (!ctx)
-    return MOEJIT_ERR_INVALID_ARG;
-  err = &ctx->err;
-  if (!out)
-    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_INVALID_ARG, "plan is NULL"), err);
-  *out = NULL;
-  if ((st = mj_rt_check_desc(desc, err)) != MOEJIT_OK)
-    return mj_rt_fail(ctx, st, err);
-  plan = calloc(1, sizeof *plan);
-  if (!plan)
-    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory"), err);
-  plan->ctx = ctx;
-  plan->desc = *desc;
-  plan->configs = mj_tune_gemm_configs(desc->dtype, &plan->ngemm);
   plan->min_bm = INT_MAX;
   for (int i = 0; i < plan->ngemm; i++)
     if (plan->configs[i].bm < plan->min_bm)
       plan->min_bm = plan->configs[i].bm;
-  if ((st = mj_rt_build_modules(ctx, desc, ctx->arch, 0, &mods, &nmods, err)) != MOEJIT_OK)
+  if ((st = mj_rt_build_modules(ctx, desc, plan->configs, plan->ngemm, ctx->arch, 0, &mods, &nmods,
+                                err)) != MOEJIT_OK)
     goto fail;
   plan->count = (mj_kernel){"moejit_route_count", NULL, NULL, MJ_ROUTE_CHUNK, 0};
   plan->scan = (mj_kernel){"moejit_route_scan", NULL, NULL, 256, 0};
@@ -347,24 +384,120 @@ moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
           (st = load_module(plan, &mods[3 + 2 * i], g2, 1, err)) != MOEJIT_OK)
         goto fail;
     }
-    CUcontext popped;
-    ctx->cu.CtxPopCurrent(&popped);
-    pushed = 0;
   }
-  mj_rt_modules_free(mods, nmods);
-  mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d modules for %s",
-            (long long)desc->hidden, (long long)desc->intermediate, (long long)desc->experts,
-            (long long)desc->top_k, mj_rt_dtype_name(desc->dtype), nmods, ctx->arch);
-  *out = plan;
-  return MOEJIT_OK;
 fail:
   if (pushed) {
     CUcontext popped;
     ctx->cu.CtxPopCurrent(&popped);
   }
   mj_rt_modules_free(mods, nmods);
+  return st;
+}
+
+static int add_config(moejit_plan *plan, const mj_gemm_config *c) {
+  for (int i = 0; i < plan->ngemm; i++)
+    if (!strcmp(plan->configs[i].name, c->name))
+      return i;
+  if (plan->ngemm == MJ_MAX_GEMM_CONFIGS)
+    return -1;
+  plan->configs[plan->ngemm] = *c;
+  return plan->ngemm++;
+}
+
+/* Reads the tuning records that match this plan and points buckets (and exact counts) at their
+ * configurations; the others take the heuristic's pick. */
+static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
+  moejit_ctx *ctx = plan->ctx;
+  const moejit_layer_desc *d = &plan->desc;
+  int nheur = 0;
+  const mj_gemm_config *heur = mj_tune_gemm_configs(d->dtype, &nheur);
+  for (int i = 0; i < nheur; i++)
+    add_config(plan, &heur[i]);
+  for (int b = 0; b < MJ_BUCKETS; b++)
+    plan->pick[b] = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
+  if (!ctx->records_path[0])
+    return MOEJIT_OK;
+  mj_record *recs = NULL, want;
+  int n = 0;
+  moejit_status st = mj_tune_records_load(ctx->records_path, &recs, &n, ctx->log, ctx->log_user, err);
+  if (st != MOEJIT_OK)
+    return st;
+  for (int i = 0; i < n; i++) {
+    mj_rt_record_key(ctx, d, recs[i].bucket, &want);
+    if (ctx->offline)
+      want.sms = recs[i].sms; /* an offline plan takes records for any SM count of its arch */
+    mj_gemm_config c;
+    if (!mj_tune_record_same_key(&recs[i], &want))
+      continue;
+    if (mj_tune_config_parse(recs[i].config, &c) != 0 ||
+        mj_tune_uses_mma(d->dtype) != (c.wm > 0)) {
+      mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s: record for bucket %lld names config '%s', not one of "
+                "this dtype's; ignored", ctx->records_path, (long long)recs[i].bucket, recs[i].config);
+      continue;
+    }
+    int idx = add_config(plan, &c);
+    if (idx < 0)
+      break;
+    int64_t t = recs[i].bucket;
+    if ((t & (t - 1)) == 0) {
+      plan->pick[mj_rt_bucket(t)] = idx;
+      plan->tuned[mj_rt_bucket(t)] = 1;
+    } else if (plan->nexact < MJ_MAX_EXACT) {
+      plan->exact_tokens[plan->nexact] = t;
+      plan->exact_pick[plan->nexact++] = idx;
+    }
+  }
+  free(recs);
+  return MOEJIT_OK;
+}
+
+static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                 const mj_gemm_config *configs, int nconfigs, moejit_plan **out) {
+  moejit_status st;
+  mj_err *err;
+  moejit_plan *plan = NULL;
+  if (!ctx)
+    return MOEJIT_ERR_INVALID_ARG;
+  err = &ctx->err;
+  if (!out)
+    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_INVALID_ARG, "plan is NULL"), err);
+  *out = NULL;
+  if ((st = mj_rt_check_desc(desc, err)) != MOEJIT_OK)
+    return mj_rt_fail(ctx, st, err);
+  plan = calloc(1, sizeof *plan);
+  if (!plan)
+    return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory"), err);
+  plan->ctx = ctx;
+  plan->desc = *desc;
+  if (configs) {
+    for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++)
+      add_config(plan, &configs[i]);
+  } else if ((st = apply_records(plan, err)) != MOEJIT_OK) {
+    goto fail;
+  }
+  if ((st = build(plan, err)) != MOEJIT_OK)
+    goto fail;
+  mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d GEMM configurations for %s",
+            (long long)desc->hidden, (long long)desc->intermediate, (long long)desc->experts,
+            (long long)desc->top_k, mj_rt_dtype_name(desc->dtype), plan->ngemm, ctx->arch);
+  *out = plan;
+  return MOEJIT_OK;
+fail:
   moejit_plan_destroy(plan);
   return mj_rt_fail(ctx, st, err);
+}
+
+moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                 moejit_plan **out) {
+  return plan_create(ctx, desc, NULL, 0, out);
+}
+
+moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                                     const mj_gemm_config *configs, int nconfigs,
+                                     moejit_plan **out) {
+  if (nconfigs < 1 || nconfigs > MJ_MAX_GEMM_CONFIGS)
+    return MOEJIT_ERR_INVALID_ARG;
+  return plan_create(ctx, desc, configs, nconfigs, out);
 }
 
 void moejit_plan_destroy(moejit_plan *plan) {

@@ -1,10 +1,524 @@
+/* test_gen_templates.c: every kernel template renders and compiles with NVRTC for sm_80 and sm_90a
+ * over a grid of layer shapes, and bad shapes, bad tiles and bad sources fail with the right status
+ * and detail. Offline contexts, so no GPU is needed; NVRTC is (the compile tests fail without it).
+ * Uses runtime/internal.h (mj_rt_build_modules), gen/ and cmocka. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
-static void placeholder(void **state) { (void)state; skip(); }
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/internal.h"
+
+enum { NARCH = 2, EM_CUDA = 190 };
+static const char *const arches[NARCH] = {"sm_80", "sm_90a"};
+
+/* The group's state: one offline context per arch, and a handle on NVRTC of the test's own for
+ * the PTX checks (the contexts load theirs on their first build). */
+typedef struct fixture {
+  moejit_ctx *ctx[NARCH];
+  mj_nvrtc nv;
+  moejit_status nv_status;
+  mj_err nv_err;
+  int (*GetPTXSize)(void *prog, size_t *size);
+  int (*GetPTX)(void *prog, char *ptx);
+} fixture;
+
+static int group_setup(void **state) {
+  fixture *fx = calloc(1, sizeof *fx);
+  if (!fx)
+    return -1;
+  for (int a = 0; a < NARCH; a++) {
+    moejit_ctx_options opts;
+    moejit_ctx_options_init(&opts);
+    opts.offline_arch = arches[a];
+    opts.cache_dir = ""; /* memory only: every module is compiled here, none read from disk */
+    moejit_status st = moejit_create(&fx->ctx[a], &opts);
+    if (st != MOEJIT_OK) {
+      print_error("moejit_create(offline_arch=%s): %s\n", arches[a], moejit_status_name(st));
+      return -1;
+    }
+  }
+  /* A missing NVRTC is reported by every test that compiles, not here, so the others still run. */
+  fx->nv_status = mj_gen_nvrtc_load(&fx->nv, &fx->nv_err);
+  if (fx->nv_status == MOEJIT_OK) {
+    *(void **)&fx->GetPTXSize = dlsym(fx->nv.lib, "nvrtcGetPTXSize");
+    *(void **)&fx->GetPTX = dlsym(fx->nv.lib, "nvrtcGetPTX");
+  }
+  *state = fx;
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  fixture *fx = *state;
+  if (!fx)
+    return 0;
+  for (int a = 0; a < NARCH; a++)
+    moejit_destroy(fx->ctx[a]);
+  mj_gen_nvrtc_unload(&fx->nv);
+  free(fx);
+  return 0;
+}
+
+static void require_nvrtc(const fixture *fx) {
+  if (fx->nv_status != MOEJIT_OK)
+    fail_msg("NVRTC is required for this test (%s): %s", moejit_status_name(fx->nv_status),
+             fx->nv_err.msg);
+}
+
+static void assert_contains(const char *haystack, const char *needle) {
+  if (!haystack || !strstr(haystack, needle))
+    fail_msg("\"%s\" not found in:\n%s", needle, haystack ? haystack : "(null)");
+}
+
+static void assert_containsf(const char *haystack, const char *fmt, ...) {
+  char needle[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(needle, sizeof needle, fmt, ap);
+  va_end(ap);
+  assert_contains(haystack, needle);
+}
+
+static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+/* A cubin is a 64-bit little-endian ELF for the CUDA machine. */
+static void check_cubin(const mj_cubin *c, const char *what) {
+  const unsigned char *b = c->data;
+  if (!b || c->size < 64)
+    fail_msg("%s: cubin of %zu bytes", what, c->size);
+  if (memcmp(b, "\x7f" "ELF", 4) != 0)
+    fail_msg("%s: cubin does not start with the ELF magic", what);
+  assert_int_equal(b[4], 2); /* ELFCLASS64 */
+  assert_int_equal(b[5], 1); /* little endian */
+  if (le16(b + 18) != EM_CUDA)
+    fail_msg("%s: ELF e_machine %u, expected EM_CUDA (190)", what, le16(b + 18));
+}
+
+static int cubin_has(const mj_cubin *c, const char *name) {
+  return memmem(c->data, c->size, name, strlen(name) + 1) != NULL; /* with its NUL: a whole name */
+}
+
+/* ---- the grid --------------------------------------------------------------------------------- */
+
+typedef struct layer_case {
+  const char *name;
+  int64_t hidden, intermediate, experts, top_k;
+  moejit_dtype dtype, ids, weights;
+  moejit_routing routing;
+} layer_case;
+
+static const layer_case grid[] = {
+    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK},
+    {"gpt-oss-120b f16", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_F16,
+     MOEJIT_ROUTING_TOPK},
+    {"small f32", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_BF16, MOEJIT_ROUTING_DENSE},
+    {"tiny f32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE},
+    {"odd bf16", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE},
+    {"wide f16", 4096, 1024, 8, 2, MOEJIT_F16, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_TOPK},
+};
+
+static moejit_layer_desc desc_of(const layer_case *c) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = c->hidden;
+  d.intermediate = c->intermediate;
+  d.experts = c->experts;
+  d.top_k = c->top_k;
+  d.max_tokens = 4096;
+  d.dtype = c->dtype;
+  d.ids_dtype = c->ids;
+  d.weights_dtype = c->weights;
+  d.routing = c->routing;
+  return d;
+}
+
+static const char *ctype_of(moejit_dtype dt) {
+  return dt == MOEJIT_F32 ? "float" : dt == MOEJIT_F16 ? "mj_f16" : "mj_bf16";
+}
+
+/* What a module's source must say for the layer: the constants the kernels are built on. */
+static void check_source(const mj_module_src *m, const layer_case *c) {
+  const char *s = m->source;
+  char first[128];
+  snprintf(first, sizeof first, "// moejit: generated by templates/%s.lua\n// spec: ",
+           m->template_name);
+  if (!s || strncmp(s, first, strlen(first)) != 0)
+    fail_msg("%s: source starts \"%.120s\"", m->name, s ? s : "(null)");
+  assert_null(strstr(s, "#include <"));
+  int mma = c->dtype != MOEJIT_F32;
+  if (strcmp(m->template_name, "route") == 0) {
+    assert_containsf(s, "static constexpr int kExperts = %lld;", (long long)c->experts);
+    assert_containsf(s, "static constexpr int kTopK = %lld;", (long long)c->top_k);
+    assert_containsf(s, "typedef %s IdT;", c->ids == MOEJIT_I64 ? "mj_i64" : "int");
+    assert_containsf(s, "typedef %s WeightT;", ctype_of(c->weights));
+    assert_containsf(s, "static constexpr bool kDense = %s;",
+                     c->routing == MOEJIT_ROUTING_DENSE ? "true" : "false");
+  } else if (strcmp(m->template_name, "combine") == 0) {
+    assert_containsf(s, "static constexpr int kHidden = %lld;", (long long)c->hidden);
+    assert_containsf(s, "static constexpr int kTopK = %lld;", (long long)c->top_k);
+    assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
+  } else {
+    assert_string_equal(m->template_name, "gemm");
+    int mode = strncmp(m->name, "gemm1_", 6) == 0 ? 1 : 2;
+    assert_true(mode == 1 || strncmp(m->name, "gemm2_", 6) == 0);
+    int64_t n = mode == 1 ? 2 * c->intermediate : c->hidden;
+    int64_t k = mode == 1 ? c->hidden : c->intermediate;
+    assert_containsf(s, "static constexpr int kMode = %d;", mode);
+    assert_containsf(s, "static constexpr int kN = %lld;", (long long)n);
+    assert_containsf(s, "static constexpr int kK = %lld;", (long long)k);
+    assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
+    assert_containsf(s, "#define MJ_GEMM_MMA %d", mma);
+    assert_true(strstr(s, mma ? "kWM" : "kTM") != NULL);
+    assert_null(strstr(s, mma ? "kTM" : "kWM"));
+  }
+}
+
+/* Renders and compiles every module of the layer for both arches and checks them. */
+static void build_and_check(fixture *fx, const layer_case *c) {
+  require_nvrtc(fx);
+  moejit_layer_desc d = desc_of(c);
+  mj_err err;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+  int ncfg = 0;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+  mj_module_src *mods[NARCH] = {NULL, NULL};
+  int n[NARCH] = {0, 0};
+  for (int a = 0; a < NARCH; a++) {
+    const int64_t before = fx->ctx[a]->compiles;
+    moejit_status st = mj_rt_build_modules(fx->ctx[a], &d, cfg, ncfg, fx->ctx[a]->arch, 0, &mods[a],
+                                           &n[a], &err);
+    if (st != MOEJIT_OK)
+      fail_msg("%s for %s: %s: %s", c->name, arches[a], moejit_status_name(st), err.msg);
+    assert_int_equal(n[a], 2 + 2 * ncfg);
+    assert_true(fx->ctx[a]->compiles > before && fx->ctx[a]->compiles <= before + n[a]);
+    assert_string_equal(mods[a][0].template_name, "route");
+    assert_string_equal(mods[a][1].template_name, "combine");
+    for (int i = 0; i < n[a]; i++) {
+      const mj_module_src *m = &mods[a][i];
+      char what[128];
+      snprintf(what, sizeof what, "%s %s %s", c->name, arches[a], m->name);
+      check_source(m, c);
+      check_cubin(&m->cubin, what);
+      /* The entry points the plan looks up by name are in every cubin. */
+      if (i == 0) {
+        assert_true(cubin_has(&m->cubin, "moejit_route_count"));
+        assert_true(cubin_has(&m->cubin, "moejit_route_scan"));
+        assert_true(cubin_has(&m->cubin, "moejit_route_scatter"));
+      } else if (i == 1) {
+        assert_true(cubin_has(&m->cubin, "moejit_combine"));
+      } else {
+        assert_true(cubin_has(&m->cubin, "moejit_gemm"));
+      }
+    }
+  }
+  /* A second build on the same context comes from its memory cache: no compile, the same bytes. */
+  const int64_t compiles = fx->ctx[0]->compiles;
+  mj_module_src *again = NULL;
+  int n_again = 0;
+  assert_int_equal(mj_rt_build_modules(fx->ctx[0], &d, cfg, ncfg, arches[0], 0, &again, &n_again,
+                                       &err),
+                   MOEJIT_OK);
+  assert_int_equal(fx->ctx[0]->compiles, compiles);
+  assert_int_equal(n_again, n[0]);
+  for (int i = 0; i < n_again; i++) {
+    assert_int_equal(again[i].cubin.size, mods[0][i].cubin.size);
+    assert_memory_equal(again[i].cubin.data, mods[0][i].cubin.data, again[i].cubin.size);
+  }
+  mj_rt_modules_free(again, n_again);
+  /* The source is a function of the spec only; the machine code depends on the arch. */
+  for (int i = 0; i < n[0]; i++) {
+    assert_string_equal(mods[0][i].name, mods[1][i].name);
+    assert_string_equal(mods[0][i].source, mods[1][i].source);
+    if (mods[0][i].cubin.size == mods[1][i].cubin.size &&
+        memcmp(mods[0][i].cubin.data, mods[1][i].cubin.data, mods[0][i].cubin.size) == 0)
+      fail_msg("%s %s: the sm_80 and sm_90a cubins are identical", c->name, mods[0][i].name);
+  }
+  print_message("%-17s H=%-5lld I=%-5lld E=%-4lld K=%lld %-4s ids=%s %s: %d modules x %d arches\n",
+                c->name, (long long)c->hidden, (long long)c->intermediate, (long long)c->experts,
+                (long long)c->top_k, mj_rt_dtype_name(c->dtype), mj_rt_dtype_name(c->ids),
+                c->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", n[0], NARCH);
+  for (int a = 0; a < NARCH; a++)
+    mj_rt_modules_free(mods[a], n[a]);
+}
+
+static void test_layer_gpt_oss_20b_bf16(void **state) { build_and_check(*state, &grid[0]); }
+static void test_layer_gpt_oss_120b_f16(void **state) { build_and_check(*state, &grid[1]); }
+static void test_layer_small_f32_dense(void **state) { build_and_check(*state, &grid[2]); }
+static void test_layer_tiny_f32_i64_dense(void **state) { build_and_check(*state, &grid[3]); }
+static void test_layer_odd_bf16_dense(void **state) { build_and_check(*state, &grid[4]); }
+static void test_layer_wide_f16_i64(void **state) { build_and_check(*state, &grid[5]); }
+
+/* ---- the math path of the GEMMs, as NVRTC sees it --------------------------------------------- */
+
+/* Compiles source to PTX for compute_80 with the templates' headers and the library's options;
+ * returns the PTX (malloc'd). The rendered GEMM source only selects the path (MJ_GEMM_MMA); the
+ * mma.sync instructions come from prelude.cuh, so the PTX is where their use shows. */
+static char *compile_ptx(const fixture *fx, const mj_gen *gen, const char *source) {
+  if (!fx->GetPTXSize || !fx->GetPTX)
+    fail_msg("NVRTC lacks nvrtcGetPTX");
+  int nh = 0;
+  const mj_gen_file *h = mj_gen_headers(gen, &nh);
+  const char *texts[16], *names[16];
+  assert_true(nh <= 16);
+  for (int i = 0; i < nh; i++) {
+    texts[i] = h[i].text;
+    names[i] = h[i].name;
+  }
+  char options[512];
+  mj_gen_compile_options("compute_80", 0, options, sizeof options);
+  const char *opts[16];
+  int nopt = 0;
+  for (char *tok = strtok(options, " "); tok && nopt < 16; tok = strtok(NULL, " "))
+    opts[nopt++] = tok;
+  void *prog = NULL;
+  assert_int_equal(fx->nv.CreateProgram(&prog, source, "ptx_check.cu", nh, texts, names), 0);
+  int r = fx->nv.CompileProgram(prog, nopt, opts);
+  if (r != 0) {
+    size_t n = 0;
+    fx->nv.GetProgramLogSize(prog, &n);
+    char *log = calloc(n + 1, 1);
+    fx->nv.GetProgramLog(prog, log);
+    fail_msg("PTX compile failed: %s", log);
+  }
+  size_t size = 0;
+  assert_int_equal(fx->GetPTXSize(prog, &size), 0);
+  char *ptx = calloc(size + 1, 1);
+  assert_non_null(ptx);
+  assert_int_equal(fx->GetPTX(prog, ptx), 0);
+  fx->nv.DestroyProgram(&prog);
+  return ptx;
+}
+
+static void test_gemm_math_path(void **state) {
+  fixture *fx = *state;
+  require_nvrtc(fx);
+  static const struct {
+    moejit_dtype dtype;
+    const char *mma; /* the instruction expected, or NULL for none */
+  } paths[] = {
+      {MOEJIT_BF16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"},
+      {MOEJIT_F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"},
+      {MOEJIT_F32, NULL},
+  };
+  for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
+    layer_case c = grid[2];
+    c.dtype = paths[p].dtype;
+    moejit_layer_desc d = desc_of(&c);
+    int ncfg = 0;
+    const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+    mj_module_src *mods = NULL;
+    int n = 0;
+    mj_err err;
+    int64_t compiles = fx->ctx[0]->compiles;
+    moejit_status st = mj_rt_render_modules(fx->ctx[0], &d, cfg, ncfg, &mods, &n, &err);
+    if (st != MOEJIT_OK)
+      fail_msg("render %s: %s", mj_rt_dtype_name(c.dtype), err.msg);
+    /* Rendering alone compiles nothing. */
+    for (int i = 0; i < n; i++)
+      assert_null(mods[i].cubin.data);
+    assert_int_equal(fx->ctx[0]->compiles, compiles);
+    char *ptx = compile_ptx(fx, fx->ctx[0]->gen, mods[2].source); /* gemm1, first config */
+    if (paths[p].mma) {
+      assert_contains(ptx, paths[p].mma);
+    } else {
+      if (strstr(ptx, "mma.sync"))
+        fail_msg("the f32 GEMM uses mma.sync");
+      assert_contains(ptx, "fma.rn.f32");
+    }
+    free(ptx);
+    mj_rt_modules_free(mods, n);
+  }
+}
+
+/* ---- the synth template ----------------------------------------------------------------------- */
+
+static void test_synth_compiles(void **state) {
+  fixture *fx = *state;
+  require_nvrtc(fx);
+  mj_spec spec;
+  memset(&spec, 0, sizeof spec);
+  char *src = NULL;
+  mj_err err;
+  moejit_status st = mj_gen_render(fx->ctx[0]->gen, "synth", &spec, &src, &err);
+  if (st != MOEJIT_OK)
+    fail_msg("render synth: %s", err.msg);
+  assert_true(strncmp(src, "// moejit: generated by templates/synth.lua\n// spec:", 52) == 0);
+  assert_null(strstr(src, "#include <"));
+  for (int a = 0; a < NARCH; a++) {
+    mj_cubin cubin;
+    st = mj_gen_compile(&fx->nv, fx->ctx[a]->gen, src, "synth", arches[a], 0, &cubin, &err);
+    if (st != MOEJIT_OK)
+      fail_msg("synth for %s: %s", arches[a], err.msg);
+    check_cubin(&cubin, "synth");
+    assert_true(cubin_has(&cubin, "moejit_fill_f32"));
+    assert_true(cubin_has(&cubin, "moejit_fill_f16"));
+    assert_true(cubin_has(&cubin, "moejit_fill_bf16"));
+    mj_cubin_free(&cubin);
+    assert_null(cubin.data);
+  }
+  free(src);
+}
+
+/* ---- failures, each at its layer -------------------------------------------------------------- */
+
+/* A bad shape is refused by the descriptor check, before anything renders or compiles. */
+static void test_bad_shape_rejected_before_rendering(void **state) {
+  (void)state;
+  moejit_layer_desc d = desc_of(&grid[0]);
+  mj_err err;
+  d.hidden = 4100;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(err.msg, "hidden=4100");
+  assert_contains(err.msg, "multiple of 8");
+
+  /* Through the public API, on a fresh context: the plan fails with the detail, and NVRTC was not
+   * even loaded. */
+  moejit_ctx_options opts;
+  moejit_ctx_options_init(&opts);
+  opts.offline_arch = "sm_80";
+  opts.cache_dir = "";
+  moejit_ctx *ctx = NULL;
+  assert_int_equal(moejit_create(&ctx, &opts), MOEJIT_OK);
+  moejit_plan *plan = (moejit_plan *)&err;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_ERR_INVALID_ARG);
+  assert_null(plan);
+  assert_contains(moejit_last_error(ctx), "hidden=4100");
+  assert_null(ctx->nv.lib);
+
+  /* The templates check again if the descriptor check is bypassed. */
+  assert_int_equal(ctx->compiles, 0);
+  int ncfg = 0;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+  mj_module_src *mods = (mj_module_src *)&err;
+  int n = -1;
+  assert_int_equal(mj_rt_render_modules(ctx, &d, cfg, ncfg, &mods, &n, &err), MOEJIT_ERR_TEMPLATE);
+  assert_null(mods);
+  assert_int_equal(n, 0);
+  assert_contains(err.msg, "4100");
+  assert_contains(err.msg, "templates/gemm.lua:");
+  moejit_destroy(ctx);
+}
+
+/* The gemm spec of a tensor-core tile. */
+static void mma_tile_spec(mj_spec *s, int bm, int bn, int bk, int wm, int wn) {
+  memset(s, 0, sizeof *s);
+  mj_spec_str(s, "dtype", "bf16");
+  mj_spec_str(s, "mode", "gate_up");
+  mj_spec_int(s, "n", 5760);
+  mj_spec_int(s, "k", 2880);
+  mj_spec_int(s, "top_k", 4);
+  mj_spec_num(s, "alpha", 1.702);
+  mj_spec_num(s, "limit", 7.0);
+  mj_spec_int(s, "bm", bm);
+  mj_spec_int(s, "bn", bn);
+  mj_spec_int(s, "bk", bk);
+  mj_spec_int(s, "stages", 3);
+  mj_spec_int(s, "wm", wm);
+  mj_spec_int(s, "wn", wn);
+}
+
+static void test_bad_tile_is_a_template_error(void **state) {
+  fixture *fx = *state;
+  mj_gen *gen = fx->ctx[0]->gen;
+  mj_spec spec;
+  mj_err err;
+  char *src = (char *)"sentinel";
+
+  /* The control: a tile that splits renders. */
+  mma_tile_spec(&spec, 64, 128, 32, 2, 2);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_OK);
+  free(src);
+
+  mma_tile_spec(&spec, 48, 128, 32, 2, 2); /* 48 rows do not split into 2 warps of 16 */
+  src = (char *)"sentinel";
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_null(src);
+  assert_contains(err.msg, "templates/gemm.lua:");
+  assert_contains(err.msg, "48x128x32");
+  assert_contains(err.msg, "2x2");
+
+  mma_tile_spec(&spec, 256, 256, 32, 8, 8); /* 64 warps: 2048 threads */
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_contains(err.msg, "2048 threads");
+
+  /* The FFMA path: 5 outputs per thread do not divide 64 rows. */
+  memset(&spec, 0, sizeof spec);
+  mj_spec_str(&spec, "dtype", "f32");
+  mj_spec_str(&spec, "mode", "down");
+  mj_spec_int(&spec, "n", 64);
+  mj_spec_int(&spec, "k", 96);
+  mj_spec_int(&spec, "top_k", 2);
+  mj_spec_num(&spec, "alpha", 1.702);
+  mj_spec_num(&spec, "limit", 7.0);
+  mj_spec_int(&spec, "bm", 64);
+  mj_spec_int(&spec, "bn", 64);
+  mj_spec_int(&spec, "bk", 16);
+  mj_spec_int(&spec, "stages", 3);
+  mj_spec_int(&spec, "tm", 5);
+  mj_spec_int(&spec, "tn", 4);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_contains(err.msg, "64x64");
+  assert_contains(err.msg, "5x4");
+}
+
+static void test_broken_source_is_a_compile_error(void **state) {
+  fixture *fx = *state;
+  require_nvrtc(fx);
+  const mj_gen *gen = fx->ctx[0]->gen;
+  mj_cubin cubin;
+  mj_err err;
+
+  /* The control: a minimal kernel compiles. */
+  static const char good[] = "#include \"prelude.cuh\"\n"
+                             "extern \"C\" __global__ void moejit_ok(float *p) { p[0] = 1.0f; }\n";
+  assert_int_equal(mj_gen_compile(&fx->nv, gen, good, "good", "sm_80", 0, &cubin, &err), MOEJIT_OK);
+  check_cubin(&cubin, "good");
+  assert_true(cubin_has(&cubin, "moejit_ok"));
+  mj_cubin_free(&cubin);
+
+  static const char broken[] = "extern \"C\" __global__ void moejit_broken(float *p) {\n"
+                               "  p[0] = undeclared_value;\n"
+                               "}\n";
+  err.msg[0] = '\0';
+  assert_int_equal(mj_gen_compile(&fx->nv, gen, broken, "broken", "sm_90a", 0, &cubin, &err),
+                   MOEJIT_ERR_COMPILE);
+  assert_contains(err.msg, "error");
+  assert_contains(err.msg, "undeclared_value");
+  assert_contains(err.msg, "broken.cu");
+  assert_contains(err.msg, "sm_90a");
+  assert_null(cubin.data);
+  assert_int_equal(cubin.size, 0);
+  assert_non_null(cubin.log);
+  assert_contains(cubin.log, "error");
+  mj_cubin_free(&cubin);
+
+  /* A header that is not among the templates' is not found. */
+  static const char outside[] = "#include \"mj_no_such_header.cuh\"\n__global__ void k() {}\n";
+  assert_int_equal(mj_gen_compile(&fx->nv, gen, outside, "outside", "sm_80", 0, &cubin, &err),
+                   MOEJIT_ERR_COMPILE);
+  assert_contains(err.msg, "mj_no_such_header.cuh");
+  mj_cubin_free(&cubin);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(placeholder)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_bad_shape_rejected_before_rendering),
+      cmocka_unit_test(test_bad_tile_is_a_template_error),
+      cmocka_unit_test(test_broken_source_is_a_compile_error),
+      cmocka_unit_test(test_synth_compiles),
+      cmocka_unit_test(test_gemm_math_path),
+      cmocka_unit_test(test_layer_gpt_oss_20b_bf16),
+      cmocka_unit_test(test_layer_gpt_oss_120b_f16),
+      cmocka_unit_test(test_layer_small_f32_dense),
+      cmocka_unit_test(test_layer_tiny_f32_i64_dense),
+      cmocka_unit_test(test_layer_odd_bf16_dense),
+      cmocka_unit_test(test_layer_wide_f16_i64),
+  };
+  return cmocka_run_group_tests_name("gen_templates", tests, group_setup, group_teardown);
 }

@@ -1,10 +1,1020 @@
+/* test_rt_api.c: the public API's validation without a GPU: context options, layer descriptors,
+ * workspace sizes, forward on an offline plan, status names, version and defaults; and the forward
+ * path itself (argument checks, launch order, grids, workspace bounds) against a fake driver table.
+ * Uses moejit.h, runtime/internal.h (the context and plan structs, for the fake) and cmocka. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
-static void placeholder(void **state) { (void)state; skip(); }
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moejit.h"
+#include "runtime/internal.h"
+
+/* The plan every test shares: H=64 I=96 E=5 K=2 f32, up to 100 tokens, compiled for sm_90a. */
+enum { H = 64, I = 96, E = 5, K = 2, MAX_T = 100 };
+
+typedef struct log_capture {
+  int count;
+  moejit_log_level level;
+  char last[1024];
+} log_capture;
+
+static void capture_log(void *user, moejit_log_level level, const char *message) {
+  log_capture *c = user;
+  c->count++;
+  c->level = level;
+  snprintf(c->last, sizeof c->last, "%s", message);
+}
+
+typedef struct fixture {
+  log_capture log;
+  moejit_ctx *ctx;
+  moejit_plan *plan;
+  moejit_status plan_status;
+  char plan_error[1024];
+  log_capture plan_log; /* the log as plan creation left it */
+  moejit_layer_desc desc;
+} fixture;
+
+static moejit_layer_desc small_desc(void) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = H;
+  d.intermediate = I;
+  d.experts = E;
+  d.top_k = K;
+  d.max_tokens = MAX_T;
+  d.dtype = MOEJIT_F32;
+  return d;
+}
+
+static int group_setup(void **state) {
+  fixture *fx = calloc(1, sizeof *fx);
+  if (!fx)
+    return -1;
+  moejit_ctx_options opts;
+  moejit_ctx_options_init(&opts);
+  opts.offline_arch = "sm_90a";
+  opts.cache_dir = ""; /* memory only: no cubins or tuning records from the user's cache */
+  opts.log = capture_log;
+  opts.log_user = &fx->log;
+  moejit_status st = moejit_create(&fx->ctx, &opts);
+  if (st != MOEJIT_OK) {
+    print_error("moejit_create(offline sm_90a): %s: %s\n", moejit_status_name(st), fx->log.last);
+    free(fx);
+    return -1;
+  }
+  /* A plan needs NVRTC; without it the tests that use the plan fail with the reason. */
+  fx->desc = small_desc();
+  fx->plan_status = moejit_plan_create(fx->ctx, &fx->desc, &fx->plan);
+  snprintf(fx->plan_error, sizeof fx->plan_error, "%s", moejit_last_error(fx->ctx));
+  fx->plan_log = fx->log;
+  *state = fx;
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  fixture *fx = *state;
+  if (fx) {
+    moejit_plan_destroy(fx->plan);
+    moejit_destroy(fx->ctx);
+    free(fx);
+  }
+  return 0;
+}
+
+static const moejit_plan *need_plan(const fixture *fx) {
+  if (fx->plan_status != MOEJIT_OK || !fx->plan)
+    fail_msg("the shared offline plan could not be created (%s): %s",
+             moejit_status_name(fx->plan_status), fx->plan_error);
+  return fx->plan;
+}
+
+static void assert_contains(const char *haystack, const char *needle) {
+  if (!haystack || !strstr(haystack, needle))
+    fail_msg("\"%s\" not found in \"%s\"", needle, haystack ? haystack : "(null)");
+}
+
+/* ---- contexts --------------------------------------------------------------------------------- */
+
+static void test_create_bad_args(void **state) {
+  (void)state;
+  moejit_ctx_options opts;
+  moejit_ctx_options_init(&opts);
+  opts.offline_arch = "sm_90a";
+  assert_int_equal(moejit_create(NULL, &opts), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_create(NULL, NULL), MOEJIT_ERR_INVALID_ARG);
+
+  moejit_ctx *ctx = (moejit_ctx *)&opts; /* not NULL: create must clear it */
+  opts.struct_size = 0;
+  assert_int_equal(moejit_create(&ctx, &opts), MOEJIT_ERR_INVALID_ARG);
+  assert_null(ctx);
+  opts.struct_size = sizeof opts + 8;
+  ctx = (moejit_ctx *)&opts;
+  assert_int_equal(moejit_create(&ctx, &opts), MOEJIT_ERR_INVALID_ARG);
+  assert_null(ctx);
+
+  static const char *const bad[] = {"sm_70", "foo", "sm_9x", "", "sm_", "sm_75", "SM_90",
+                                    "sm_90aa", "sm_a0", "compute_90", "sm_123456"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    log_capture log = {0};
+    moejit_ctx_options_init(&opts);
+    opts.offline_arch = bad[i];
+    opts.cache_dir = "";
+    opts.log = capture_log;
+    opts.log_user = &log;
+    ctx = (moejit_ctx *)&opts;
+    moejit_status st = moejit_create(&ctx, &opts);
+    if (st != MOEJIT_ERR_INVALID_ARG)
+      fail_msg("offline_arch=\"%s\" gave %s", bad[i], moejit_status_name(st));
+    assert_null(ctx);
+    /* No context comes back, so the detail goes to the log. */
+    char needle[64];
+    snprintf(needle, sizeof needle, "offline_arch=\"%s\"", bad[i]);
+    assert_true(log.count >= 1);
+    assert_contains(log.last, needle);
+  }
+  static const char *const good[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100a",
+                                     "sm_120"};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    moejit_ctx_options_init(&opts);
+    opts.offline_arch = good[i];
+    opts.cache_dir = "";
+    ctx = NULL;
+    moejit_status st = moejit_create(&ctx, &opts);
+    if (st != MOEJIT_OK)
+      fail_msg("offline_arch=\"%s\" gave %s", good[i], moejit_status_name(st));
+    assert_non_null(ctx);
+    assert_string_equal(moejit_last_error(ctx), "");
+    moejit_destroy(ctx);
+  }
+}
+
+static void test_create_without_device(void **state) {
+  (void)state;
+  log_capture log = {0};
+  moejit_ctx_options opts;
+  moejit_ctx_options_init(&opts);
+  opts.cache_dir = "";
+  opts.log = capture_log;
+  opts.log_user = &log;
+  moejit_ctx *ctx = (moejit_ctx *)&opts;
+  moejit_status st = moejit_create(&ctx, &opts);
+  if (st == MOEJIT_OK) {
+    moejit_destroy(ctx);
+    skip(); /* a GPU is present: nothing to test here */
+  }
+  assert_int_equal(st, MOEJIT_ERR_NO_DEVICE);
+  assert_null(ctx);
+  assert_true(log.count >= 1);
+  assert_contains(log.last, "CUDA");
+  /* Options are optional, and give the same answer. */
+  ctx = (moejit_ctx *)&opts;
+  assert_int_equal(moejit_create(&ctx, NULL), MOEJIT_ERR_NO_DEVICE);
+  assert_null(ctx);
+}
+
+static void test_destroy_null(void **state) {
+  (void)state;
+  moejit_destroy(NULL);
+  moejit_plan_destroy(NULL);
+  assert_non_null(moejit_last_error(NULL));
+  assert_true(moejit_last_error(NULL)[0] != '\0');
+}
+
+/* ---- layer descriptors ------------------------------------------------------------------------ */
+
+/* Data, not branches: the fields a case may change, by offset and kind. */
+typedef enum { F_I64, F_ENUM, F_INT, F_FLOAT, F_SIZE } field_kind;
+static const struct {
+  const char *name;
+  size_t offset;
+  field_kind kind;
+} fields[] = {
+    {"struct_size", offsetof(moejit_layer_desc, struct_size), F_SIZE},
+    {"hidden", offsetof(moejit_layer_desc, hidden), F_I64},
+    {"intermediate", offsetof(moejit_layer_desc, intermediate), F_I64},
+    {"experts", offsetof(moejit_layer_desc, experts), F_I64},
+    {"top_k", offsetof(moejit_layer_desc, top_k), F_I64},
+    {"max_tokens", offsetof(moejit_layer_desc, max_tokens), F_I64},
+    {"dtype", offsetof(moejit_layer_desc, dtype), F_ENUM},
+    {"ids_dtype", offsetof(moejit_layer_desc, ids_dtype), F_ENUM},
+    {"weights_dtype", offsetof(moejit_layer_desc, weights_dtype), F_ENUM},
+    {"routing", offsetof(moejit_layer_desc, routing), F_ENUM},
+    {"alpha", offsetof(moejit_layer_desc, alpha), F_FLOAT},
+    {"limit", offsetof(moejit_layer_desc, limit), F_FLOAT},
+    {"expert_capacity", offsetof(moejit_layer_desc, expert_capacity), F_I64},
+    {"global_experts", offsetof(moejit_layer_desc, global_experts), F_I64},
+    {"apply_router_weight_on_input", offsetof(moejit_layer_desc, apply_router_weight_on_input),
+     F_INT},
+};
+
+static void set_field(moejit_layer_desc *d, const char *name, double v) {
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    if (strcmp(fields[i].name, name) != 0)
+      continue;
+    char *p = (char *)d + fields[i].offset;
+    int64_t i64 = (int64_t)v;
+    int iv = (int)v;
+    float f = (float)v;
+    size_t z = (size_t)v;
+    switch (fields[i].kind) {
+    case F_I64: memcpy(p, &i64, sizeof i64); break;
+    case F_ENUM:
+    case F_INT: memcpy(p, &iv, sizeof iv); break;
+    case F_FLOAT: memcpy(p, &f, sizeof f); break;
+    case F_SIZE: memcpy(p, &z, sizeof z); break;
+    }
+    return;
+  }
+  fail_msg("no field %s", name);
+}
+
+typedef struct desc_case {
+  const char *field;
+  double value;
+  moejit_status want;
+  const char *needle; /* what the detail must say, after "desc->" */
+} desc_case;
+
+static const desc_case desc_cases[] = {
+    {"struct_size", 8, MOEJIT_ERR_INVALID_ARG, "struct_size=8"},
+    {"hidden", 0, MOEJIT_ERR_INVALID_ARG, "hidden=0"},
+    {"hidden", -64, MOEJIT_ERR_INVALID_ARG, "hidden=-64"},
+    {"hidden", 4100, MOEJIT_ERR_INVALID_ARG, "hidden=4100 is not a multiple of 8"},
+    {"hidden", 1 << 21, MOEJIT_ERR_INVALID_ARG, "hidden=2097152"},
+    {"intermediate", 12, MOEJIT_ERR_INVALID_ARG, "intermediate=12"},
+    {"intermediate", 0, MOEJIT_ERR_INVALID_ARG, "intermediate=0"},
+    {"experts", 0, MOEJIT_ERR_INVALID_ARG, "experts=0"},
+    {"experts", 2000, MOEJIT_ERR_INVALID_ARG, "experts=2000"},
+    {"top_k", 0, MOEJIT_ERR_INVALID_ARG, "top_k=0"},
+    {"top_k", 33, MOEJIT_ERR_INVALID_ARG, "top_k=33"},
+    {"max_tokens", 0, MOEJIT_ERR_INVALID_ARG, "max_tokens=0"},
+    {"max_tokens", -5, MOEJIT_ERR_INVALID_ARG, "max_tokens=-5"},
+    {"dtype", MOEJIT_I32, MOEJIT_ERR_INVALID_ARG, "dtype=3"},
+    {"dtype", 99, MOEJIT_ERR_INVALID_ARG, "dtype=99"},
+    {"ids_dtype", MOEJIT_F32, MOEJIT_ERR_INVALID_ARG, "ids_dtype=0"},
+    {"weights_dtype", MOEJIT_I64, MOEJIT_ERR_INVALID_ARG, "weights_dtype=4"},
+    {"routing", 7, MOEJIT_ERR_INVALID_ARG, "routing=7"},
+    {"routing", -1, MOEJIT_ERR_INVALID_ARG, "routing=-1"},
+    {"routing", MOEJIT_ROUTING_LOGITS, MOEJIT_ERR_UNSUPPORTED, "routing=MOEJIT_ROUTING_LOGITS"},
+    {"expert_capacity", 8, MOEJIT_ERR_UNSUPPORTED, "expert_capacity=8"},
+    {"global_experts", 64, MOEJIT_ERR_UNSUPPORTED, "global_experts=64"},
+    {"apply_router_weight_on_input", 1, MOEJIT_ERR_UNSUPPORTED, "apply_router_weight_on_input=1"},
+    {"limit", 0, MOEJIT_ERR_INVALID_ARG, "limit=0"},
+    {"limit", -1, MOEJIT_ERR_INVALID_ARG, "limit=-1"},
+    {"limit", INFINITY, MOEJIT_ERR_INVALID_ARG, "limit=inf"},
+    {"alpha", NAN, MOEJIT_ERR_INVALID_ARG, "alpha=nan"},
+    {"alpha", -INFINITY, MOEJIT_ERR_INVALID_ARG, "alpha=-inf"},
+};
+
+static void test_desc_validation(void **state) {
+  fixture *fx = *state;
+  mj_err err;
+  const moejit_layer_desc base = small_desc();
+  assert_int_equal(mj_rt_check_desc(&base, &err), MOEJIT_OK);
+
+  moejit_plan *plan = (moejit_plan *)fx; /* not NULL: a failed create must clear it */
+  assert_int_equal(moejit_plan_create(fx->ctx, NULL, &plan), MOEJIT_ERR_INVALID_ARG);
+  assert_null(plan);
+  assert_contains(moejit_last_error(fx->ctx), "desc is NULL");
+  assert_int_equal(moejit_plan_create(NULL, &base, &plan), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_plan_create(fx->ctx, &base, NULL), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(fx->ctx), "plan is NULL");
+
+  for (size_t i = 0; i < sizeof desc_cases / sizeof desc_cases[0]; i++) {
+    const desc_case *c = &desc_cases[i];
+    moejit_layer_desc d = base;
+    set_field(&d, c->field, c->value);
+    int logged = fx->log.count;
+    plan = (moejit_plan *)fx;
+    moejit_status st = moejit_plan_create(fx->ctx, &d, &plan);
+    if (st != c->want)
+      fail_msg("desc->%s=%g gave %s, expected %s (%s)", c->field, c->value,
+               moejit_status_name(st), moejit_status_name(c->want), moejit_last_error(fx->ctx));
+    assert_null(plan);
+    char needle[128];
+    snprintf(needle, sizeof needle, "desc->%s", c->needle);
+    assert_contains(moejit_last_error(fx->ctx), needle);
+    /* The same detail went to the log. */
+    assert_int_equal(fx->log.count, logged + 1);
+    assert_string_equal(fx->log.last, moejit_last_error(fx->ctx));
+    /* The internal check agrees with the public one. */
+    assert_int_equal(mj_rt_check_desc(&d, &err), c->want);
+  }
+
+  /* The edges of each range are accepted (checked without compiling). */
+  static const struct {
+    const char *field;
+    double value;
+  } edges[] = {{"hidden", 8},      {"hidden", 1 << 20},   {"intermediate", 8}, {"experts", 1},
+               {"experts", 1024},  {"top_k", 1},          {"top_k", E},       {"max_tokens", 1},
+               {"ids_dtype", MOEJIT_I64}, {"weights_dtype", MOEJIT_BF16},
+               {"routing", MOEJIT_ROUTING_DENSE}, {"alpha", -3.5}, {"limit", 1e-3}};
+  for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+    moejit_layer_desc d = base;
+    set_field(&d, edges[i].field, edges[i].value);
+    if (mj_rt_check_desc(&d, &err) != MOEJIT_OK)
+      fail_msg("desc->%s=%g was refused: %s", edges[i].field, edges[i].value, err.msg);
+  }
+}
+
+/* ---- workspace -------------------------------------------------------------------------------- */
+
+static void test_workspace_size(void **state) {
+  fixture *fx = *state;
+  const moejit_plan *plan = need_plan(fx);
+  size_t bytes = 0, prev = 0;
+  assert_int_equal(moejit_workspace_size(NULL, 1, &bytes), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_workspace_size(plan, 1, NULL), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_workspace_size(plan, MAX_T + 1, &bytes), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(fx->ctx), "max_tokens=101");
+  assert_int_equal(moejit_workspace_size(plan, -1, &bytes), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(fx->ctx), "max_tokens=-1");
+
+  assert_int_equal(moejit_workspace_size(plan, 0, &bytes), MOEJIT_OK);
+  assert_true(bytes > 0);
+  const size_t base = bytes;
+  for (int64_t t = 0; t <= MAX_T; t++) {
+    assert_int_equal(moejit_workspace_size(plan, t, &bytes), MOEJIT_OK);
+    assert_int_equal(bytes % 256, 0);
+    assert_true(bytes >= prev);
+    /* Lower bound: h [T*K, I] and y_slot [T*K, H] in f32, plus three ints per slot. Upper bound:
+     * the same with slack for the tile list and the per-chunk counts. */
+    const size_t slots = (size_t)(t * K);
+    assert_true(bytes >= slots * (4 * I + 4 * H + 12));
+    assert_true(bytes <= base + slots * (4 * I + 4 * H + 64) + 4096);
+    prev = bytes;
+  }
+  assert_int_equal(moejit_workspace_size(plan, 1, &bytes), MOEJIT_OK);
+  assert_true(prev > bytes); /* 100 tokens need more than one */
+
+  /* The plan keeps its own copy of the descriptor. */
+  fx->desc.max_tokens = 1;
+  assert_int_equal(moejit_workspace_size(plan, MAX_T, &bytes), MOEJIT_OK);
+  fx->desc.max_tokens = MAX_T;
+}
+
+/* Without tuning records (memory-only cache), every bucket takes the heuristic's pick for the
+ * bucket's token count, and the plan holds exactly the heuristic's configurations. */
+static void test_plan_configurations(void **state) {
+  fixture *fx = *state;
+  const moejit_plan *plan = need_plan(fx);
+  int nheur = 0;
+  const mj_gemm_config *heur = mj_tune_gemm_configs(MOEJIT_F32, &nheur);
+  assert_int_equal(plan->ngemm, nheur);
+  for (int i = 0; i < nheur; i++) {
+    assert_string_equal(plan->configs[i].name, heur[i].name);
+    assert_true(plan->configs[i].bm >= plan->min_bm);
+  }
+  assert_int_equal(plan->nexact, 0);
+  for (int b = 0; b < MJ_BUCKETS; b++) {
+    assert_int_equal(plan->tuned[b], 0);
+    assert_int_equal(plan->pick[b], mj_tune_pick(heur, nheur, (int64_t)1 << b, K, E));
+  }
+  /* Buckets are powers of two: T goes to the smallest 2^b >= T. */
+  assert_int_equal(mj_rt_bucket(1), 0);
+  assert_int_equal(mj_rt_bucket(2), 1);
+  assert_int_equal(mj_rt_bucket(3), 2);
+  assert_int_equal(mj_rt_bucket(64), 6);
+  assert_int_equal(mj_rt_bucket(65), 7);
+  assert_int_equal(mj_rt_bucket(INT64_MAX), MJ_BUCKETS - 1);
+}
+
+/* ---- forward on an offline plan --------------------------------------------------------------- */
+
+static void test_forward_offline(void **state) {
+  fixture *fx = *state;
+  moejit_plan *plan = (moejit_plan *)need_plan(fx);
+  const int64_t compiles = fx->ctx->compiles;
+  assert_true(compiles > 0); /* the plan compiled its modules */
+  moejit_forward_args args;
+  moejit_forward_args_init(&args);
+  args.tokens = 1;
+  assert_int_equal(moejit_forward(NULL, &args, NULL, 0, NULL), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_forward(plan, &args, NULL, 0, NULL), MOEJIT_ERR_NO_DEVICE);
+  assert_contains(moejit_last_error(fx->ctx), "offline");
+  assert_contains(moejit_last_error(fx->ctx), "sm_90a");
+  assert_int_equal(moejit_forward(plan, NULL, NULL, 0, NULL), MOEJIT_ERR_NO_DEVICE);
+
+  int64_t bad = -7;
+  assert_int_equal(moejit_forward_check(NULL, NULL, NULL, &bad), MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_forward_check(plan, (void *)0x1000, NULL, &bad), MOEJIT_ERR_NO_DEVICE);
+  assert_int_equal(bad, 0);
+  assert_int_equal(moejit_forward_check(plan, NULL, NULL, NULL), MOEJIT_ERR_NO_DEVICE);
+  assert_int_equal(fx->ctx->compiles, compiles);
+}
+
+/* ---- forward against a fake driver ------------------------------------------------------------ *
+ * A copy of the offline plan is bound to a context that claims to be on a device, and whose driver
+ * table holds only the entry points the launch path may use; every other entry is NULL, so a call
+ * to anything else (module load, allocation, compile) would crash the test. */
+
+enum { MAX_LAUNCHES = 16 };
+
+typedef struct launch_record {
+  CUfunction fn;
+  unsigned grid[3], block[3], smem;
+  CUstream stream;
+  uint64_t ptr[8]; /* the kernel's device-pointer parameters, in order */
+  int ints[2];     /* its int parameters, in order */
+} launch_record;
+
+typedef struct fake_device {
+  moejit_ctx ctx;
+  moejit_plan plan;
+  CUcontext current;  /* what CtxGetCurrent reports */
+  int pushes, pops, gets, syncs;
+  int fail_launch_at; /* 1-based; 0: never */
+  int nlaunch;
+  launch_record launch[MAX_LAUNCHES];
+  int flags0;         /* what the workspace's flags[0] holds, for forward_check */
+  uint64_t copied_from;
+  size_t copied_bytes;
+} fake_device;
+
+/* The driver has no user pointer, so the fakes find their device here; set by each test. */
+static fake_device *the_fake;
+
+#define FAKE_FN_COUNT ((CUfunction)(uintptr_t)0x11)
+#define FAKE_FN_SCAN ((CUfunction)(uintptr_t)0x12)
+#define FAKE_FN_SCATTER ((CUfunction)(uintptr_t)0x13)
+#define FAKE_FN_COMBINE ((CUfunction)(uintptr_t)0x14)
+#define FAKE_FN_GEMM1(i) ((CUfunction)(uintptr_t)(0x20 + (i)))
+#define FAKE_FN_GEMM2(i) ((CUfunction)(uintptr_t)(0x30 + (i)))
+#define FAKE_CUCTX ((CUcontext)(uintptr_t)0xC0)
+#define FAKE_STREAM ((CUstream)(uintptr_t)0x5E)
+
+static CUresult fake_get_current(CUcontext *c) {
+  the_fake->gets++;
+  *c = the_fake->current;
+  return 0;
+}
+static CUresult fake_push(CUcontext c) {
+  assert_ptr_equal(c, FAKE_CUCTX);
+  the_fake->pushes++;
+  return 0;
+}
+static CUresult fake_pop(CUcontext *c) {
+  the_fake->pops++;
+  *c = FAKE_CUCTX;
+  return 0;
+}
+static CUresult fake_error_name(CUresult r, const char **s) {
+  *s = r == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS" : "CUDA_ERROR_UNKNOWN";
+  return 0;
+}
+static CUresult fake_error_string(CUresult r, const char **s) {
+  *s = r == 700 ? "an illegal memory access was encountered" : "unknown error";
+  return 0;
+}
+
+static uint64_t u64_at(void *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static int int_at(void *p) {
+  int v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                            unsigned by, unsigned bz, unsigned smem, CUstream s, void **params,
+                            void **extra) {
+  fake_device *fk = the_fake;
+  assert_true(fk->nlaunch < MAX_LAUNCHES);
+  assert_null(extra);
+  launch_record *r = &fk->launch[fk->nlaunch++];
+  memset(r, 0, sizeof *r);
+  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0}};
+  /* Parameter lists by kernel (see forward.c and the .cuh signatures). */
+  if (f == FAKE_FN_COUNT) { /* ids, nslots, chunk_counts */
+    r->ptr[0] = u64_at(params[0]);
+    r->ints[0] = int_at(params[1]);
+    r->ptr[1] = u64_at(params[2]);
+  } else if (f == FAKE_FN_SCAN) { /* chunk_counts, nchunks, block_m, chunk_base, expert_off,
+                                     tiles, num_tiles, flags */
+    r->ptr[0] = u64_at(params[0]);
+    r->ints[0] = int_at(params[1]);
+    r->ints[1] = int_at(params[2]);
+    for (int i = 0; i < 5; i++)
+      r->ptr[1 + i] = u64_at(params[3 + i]);
+  } else if (f == FAKE_FN_SCATTER) { /* ids, weights, nslots, chunk_base, sorted_slot, slot_pos,
+                                        slot_weight */
+    r->ptr[0] = u64_at(params[0]);
+    r->ptr[1] = u64_at(params[1]);
+    r->ints[0] = int_at(params[2]);
+    for (int i = 0; i < 4; i++)
+      r->ptr[2 + i] = u64_at(params[3 + i]);
+  } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_pos, y */
+    for (int i = 0; i < 3; i++)
+      r->ptr[i] = u64_at(params[i]);
+  } else { /* a GEMM: one struct of eight pointers a, w, bias, sorted_slot, slot_weight, tiles,
+              num_tiles, out */
+    memcpy(r->ptr, params[0], 8 * sizeof(uint64_t));
+  }
+  return fk->fail_launch_at == fk->nlaunch ? 700 : 0;
+}
+
+static CUresult fake_copy(void *dst, CUdeviceptr src, size_t n, CUstream s) {
+  assert_ptr_equal(s, FAKE_STREAM);
+  the_fake->copied_from = src;
+  the_fake->copied_bytes = n;
+  memset(dst, 0, n);
+  memcpy(dst, &the_fake->flags0, sizeof(int));
+  return 0;
+}
+static CUresult fake_sync(CUstream s) {
+  assert_ptr_equal(s, FAKE_STREAM);
+  assert_true(the_fake->copied_bytes > 0); /* after the copy */
+  the_fake->syncs++;
+  return 0;
+}
+
+static fake_device *fake_open(const moejit_plan *offline) {
+  fake_device *fk = calloc(1, sizeof *fk);
+  assert_non_null(fk);
+  pthread_mutex_init(&fk->ctx.err_lock, NULL);
+  fk->ctx.offline = 0;
+  snprintf(fk->ctx.arch, sizeof fk->ctx.arch, "sm_90a");
+  fk->ctx.cuctx = FAKE_CUCTX;
+  fk->ctx.cu.CtxGetCurrent = fake_get_current;
+  fk->ctx.cu.CtxPushCurrent = fake_push;
+  fk->ctx.cu.CtxPopCurrent = fake_pop;
+  fk->ctx.cu.LaunchKernel = fake_launch;
+  fk->ctx.cu.MemcpyDtoHAsync = fake_copy;
+  fk->ctx.cu.StreamSynchronize = fake_sync;
+  fk->ctx.cu.GetErrorName = fake_error_name;
+  fk->ctx.cu.GetErrorString = fake_error_string;
+  fk->plan = *offline;
+  fk->plan.ctx = &fk->ctx;
+  fk->plan.count.fn = FAKE_FN_COUNT;
+  fk->plan.scan.fn = FAKE_FN_SCAN;
+  fk->plan.scatter.fn = FAKE_FN_SCATTER;
+  fk->plan.combine.fn = FAKE_FN_COMBINE;
+  for (int i = 0; i < fk->plan.ngemm; i++) {
+    fk->plan.gemm1[i].fn = FAKE_FN_GEMM1(i);
+    fk->plan.gemm2[i].fn = FAKE_FN_GEMM2(i);
+  }
+  fk->current = (CUcontext)(uintptr_t)0xDEAD; /* another context is current */
+  the_fake = fk;
+  return fk;
+}
+
+static void fake_close(fake_device *fk) {
+  pthread_mutex_destroy(&fk->ctx.err_lock);
+  the_fake = NULL;
+  free(fk);
+}
+
+/* Device addresses that are never dereferenced. */
+#define WS_ADDR ((uintptr_t)0x90000000u)
+
+static void valid_args(moejit_forward_args *a, int64_t tokens) {
+  moejit_forward_args_init(a);
+  a->tokens = tokens;
+  a->x = (const void *)(uintptr_t)0x10000000u;
+  a->topk_ids = (const void *)(uintptr_t)0x20000000u;
+  a->routing_weights = (const void *)(uintptr_t)0x30000000u;
+  a->gate_up_proj = (const void *)(uintptr_t)0x40000000u;
+  a->gate_up_proj_bias = (const void *)(uintptr_t)0x50000000u;
+  a->down_proj = (const void *)(uintptr_t)0x60000000u;
+  a->down_proj_bias = (const void *)(uintptr_t)0x70000000u;
+  a->y = (void *)(uintptr_t)0x80000000u;
+}
+
+static uint64_t addr(const void *p) { return (uint64_t)(uintptr_t)p; }
+
+typedef struct arg_case {
+  const char *label;
+  void (*mutate)(moejit_forward_args *a, void **ws, size_t *bytes);
+  const char *needle;
+} arg_case;
+
+static void m_struct_size(moejit_forward_args *a, void **w, size_t *b) { a->struct_size = 4; }
+static void m_tokens_neg(moejit_forward_args *a, void **w, size_t *b) { a->tokens = -1; }
+static void m_tokens_big(moejit_forward_args *a, void **w, size_t *b) { a->tokens = MAX_T + 1; }
+static void m_logits(moejit_forward_args *a, void **w, size_t *b) { a->router_logits = a->x; }
+static void m_map(moejit_forward_args *a, void **w, size_t *b) {
+  a->expert_map = (const int32_t *)a->x;
+}
+static void m_x_null(moejit_forward_args *a, void **w, size_t *b) { a->x = NULL; }
+static void m_x_align(moejit_forward_args *a, void **w, size_t *b) {
+  a->x = (const char *)a->x + 8;
+}
+static void m_gate_null(moejit_forward_args *a, void **w, size_t *b) { a->gate_up_proj = NULL; }
+static void m_down_align(moejit_forward_args *a, void **w, size_t *b) {
+  a->down_proj = (const char *)a->down_proj + 4;
+}
+static void m_gate_bias_align(moejit_forward_args *a, void **w, size_t *b) {
+  a->gate_up_proj_bias = (const char *)a->gate_up_proj_bias + 2;
+}
+static void m_down_bias_null(moejit_forward_args *a, void **w, size_t *b) {
+  a->down_proj_bias = NULL;
+}
+static void m_y_null(moejit_forward_args *a, void **w, size_t *b) { a->y = NULL; }
+static void m_y_align(moejit_forward_args *a, void **w, size_t *b) { a->y = (char *)a->y + 2; }
+static void m_ids_null(moejit_forward_args *a, void **w, size_t *b) { a->topk_ids = NULL; }
+static void m_ids_align(moejit_forward_args *a, void **w, size_t *b) {
+  a->topk_ids = (const char *)a->topk_ids + 2;
+}
+static void m_weights_null(moejit_forward_args *a, void **w, size_t *b) {
+  a->routing_weights = NULL;
+}
+static void m_ws_null(moejit_forward_args *a, void **w, size_t *b) { *w = NULL; }
+static void m_ws_align(moejit_forward_args *a, void **w, size_t *b) { *w = (char *)*w + 128; }
+static void m_ws_small(moejit_forward_args *a, void **w, size_t *b) { *b -= 1; }
+
+static const arg_case arg_cases[] = {
+    {"struct_size", m_struct_size, "args->struct_size=4"},
+    {"tokens -1", m_tokens_neg, "args->tokens=-1"},
+    {"tokens max+1", m_tokens_big, "args->tokens=101"},
+    {"router_logits", m_logits, "args->router_logits"},
+    {"expert_map", m_map, "args->expert_map"},
+    {"x NULL", m_x_null, "args->x is NULL"},
+    {"x misaligned", m_x_align, "16-byte aligned"},
+    {"gate_up_proj NULL", m_gate_null, "args->gate_up_proj is NULL"},
+    {"down_proj misaligned", m_down_align, "args->down_proj="},
+    {"gate_up_proj_bias misaligned", m_gate_bias_align, "args->gate_up_proj_bias="},
+    {"down_proj_bias NULL", m_down_bias_null, "args->down_proj_bias is NULL"},
+    {"y NULL", m_y_null, "args->y is NULL"},
+    {"y misaligned", m_y_align, "args->y="},
+    {"topk_ids NULL", m_ids_null, "args->topk_ids is NULL"},
+    {"topk_ids misaligned", m_ids_align, "args->topk_ids="},
+    {"routing_weights NULL", m_weights_null, "args->routing_weights is NULL"},
+    {"workspace NULL", m_ws_null, "workspace is NULL"},
+    {"workspace misaligned", m_ws_align, "256-byte aligned"},
+    {"workspace small", m_ws_small, "workspace_bytes="},
+};
+
+static void test_forward_argument_checks(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  const int64_t T = 37;
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+
+  assert_int_equal(moejit_forward(&fk->plan, NULL, (void *)WS_ADDR, need, FAKE_STREAM),
+                   MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(&fk->ctx), "args is NULL");
+  for (size_t i = 0; i < sizeof arg_cases / sizeof arg_cases[0]; i++) {
+    moejit_forward_args a;
+    valid_args(&a, T);
+    void *ws = (void *)WS_ADDR;
+    size_t bytes = need;
+    arg_cases[i].mutate(&a, &ws, &bytes);
+    moejit_status st = moejit_forward(&fk->plan, &a, ws, bytes, FAKE_STREAM);
+    if (st != MOEJIT_ERR_INVALID_ARG)
+      fail_msg("%s: %s (%s)", arg_cases[i].label, moejit_status_name(st),
+               moejit_last_error(&fk->ctx));
+    assert_contains(moejit_last_error(&fk->ctx), arg_cases[i].needle);
+  }
+  /* Nothing reached the driver. */
+  assert_int_equal(fk->nlaunch, 0);
+  assert_int_equal(fk->gets + fk->pushes + fk->pops, 0);
+
+  /* Zero tokens: nothing to check, nothing to launch. */
+  moejit_forward_args a;
+  moejit_forward_args_init(&a);
+  assert_int_equal(moejit_forward(&fk->plan, &a, NULL, 0, FAKE_STREAM), MOEJIT_OK);
+  assert_int_equal(fk->nlaunch + fk->gets, 0);
+
+  /* Exactly the workspace moejit_workspace_size names is enough. */
+  valid_args(&a, T);
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 6);
+  fake_close(fk);
+}
+
+/* Checks one forward of T tokens: order, grids, parameters, and that every workspace region lies
+ * inside the workspace and the big ones do not overlap. */
+static void check_forward(fake_device *fk, int64_t T) {
+  const moejit_plan *p = &fk->plan;
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(p, T, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, T);
+  fk->nlaunch = fk->pushes = fk->pops = 0;
+  moejit_status st = moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM);
+  if (st != MOEJIT_OK)
+    fail_msg("T=%lld: %s", (long long)T, moejit_last_error(&fk->ctx));
+  assert_int_equal(fk->nlaunch, 6);
+  assert_int_equal(fk->pushes, fk->pops);
+
+  assert_int_equal(p->nexact, 0);
+  const int cfg = p->pick[mj_rt_bucket(T)];
+  assert_true(cfg >= 0 && cfg < p->ngemm);
+  const mj_gemm_config *c = &p->configs[cfg];
+  const launch_record *count = &fk->launch[0], *scan = &fk->launch[1], *scatter = &fk->launch[2],
+                      *g1 = &fk->launch[3], *g2 = &fk->launch[4], *comb = &fk->launch[5];
+  assert_ptr_equal(count->fn, FAKE_FN_COUNT);
+  assert_ptr_equal(scan->fn, FAKE_FN_SCAN);
+  assert_ptr_equal(scatter->fn, FAKE_FN_SCATTER);
+  assert_ptr_equal(g1->fn, FAKE_FN_GEMM1(cfg));
+  assert_ptr_equal(g2->fn, FAKE_FN_GEMM2(cfg));
+  assert_ptr_equal(comb->fn, FAKE_FN_COMBINE);
+  for (int i = 0; i < 6; i++) {
+    assert_ptr_equal(fk->launch[i].stream, FAKE_STREAM);
+    assert_int_equal(fk->launch[i].grid[2], 1);
+    assert_int_equal(fk->launch[i].block[1] * fk->launch[i].block[2], 1);
+  }
+
+  const int64_t slots = T * K, chunks = (slots + MJ_ROUTE_CHUNK - 1) / MJ_ROUTE_CHUNK;
+  /* routing */
+  assert_int_equal(count->ptr[0], addr(a.topk_ids));
+  assert_int_equal(count->ints[0], slots);
+  assert_int_equal(count->grid[0], chunks);
+  assert_int_equal(count->block[0], p->count.threads);
+  assert_int_equal(scan->ints[0], chunks);
+  assert_int_equal(scan->ints[1], c->bm);
+  assert_int_equal(scan->grid[0], 1);
+  assert_int_equal(scan->ptr[5], WS_ADDR); /* flags at offset 0, where forward_check reads */
+  assert_int_equal(scatter->ptr[0], addr(a.topk_ids));
+  assert_int_equal(scatter->ptr[1], addr(a.routing_weights));
+  assert_int_equal(scatter->ints[0], slots);
+  assert_int_equal(scatter->grid[0], chunks);
+  assert_int_equal(scan->ptr[0], count->ptr[1]);   /* chunk_counts */
+  assert_int_equal(scatter->ptr[2], scan->ptr[1]); /* chunk_base */
+
+  /* GEMMs: the configuration the heuristic picks, enough tiles for every slot */
+  const unsigned threads = (unsigned)mj_tune_gemm_threads(c, MOEJIT_F32);
+  const unsigned smem = (unsigned)mj_tune_gemm_smem(c, MOEJIT_F32);
+  assert_true(g1->grid[0] >= (slots + c->bm - 1) / c->bm);
+  assert_int_equal(g1->grid[1], (2 * I + c->bn - 1) / c->bn);
+  assert_int_equal(g2->grid[1], (H + c->bn - 1) / c->bn);
+  assert_int_equal(g2->grid[0], g1->grid[0]);
+  assert_int_equal(g1->block[0], threads);
+  assert_int_equal(g2->block[0], threads);
+  assert_int_equal(g1->smem, smem);
+  assert_int_equal(g2->smem, smem);
+  assert_int_equal(g1->ptr[0], addr(a.x));
+  assert_int_equal(g1->ptr[1], addr(a.gate_up_proj));
+  assert_int_equal(g1->ptr[2], addr(a.gate_up_proj_bias));
+  assert_int_equal(g2->ptr[0], g1->ptr[7]); /* h */
+  assert_int_equal(g2->ptr[1], addr(a.down_proj));
+  assert_int_equal(g2->ptr[2], addr(a.down_proj_bias));
+  assert_int_equal(g1->ptr[3], scatter->ptr[3]); /* sorted_slot */
+  assert_int_equal(g2->ptr[3], scatter->ptr[3]);
+  assert_int_equal(g1->ptr[4], scatter->ptr[5]); /* slot_weight */
+  assert_int_equal(g1->ptr[5], scan->ptr[3]);    /* tiles */
+  assert_int_equal(g1->ptr[6], scan->ptr[4]);    /* num_tiles */
+
+  /* combine */
+  assert_int_equal(comb->grid[0], T);
+  assert_int_equal(comb->ptr[0], g2->ptr[7]);      /* y_slot */
+  assert_int_equal(comb->ptr[1], scatter->ptr[4]); /* slot_pos */
+  assert_int_equal(comb->ptr[2], addr(a.y));
+
+  /* workspace regions: 256-byte aligned, inside [ws, ws + need) */
+  const uint64_t ws_regions[] = {count->ptr[1], scan->ptr[1], scan->ptr[2], scan->ptr[3],
+                                 scan->ptr[4],  scan->ptr[5], scatter->ptr[3], scatter->ptr[4],
+                                 scatter->ptr[5], g1->ptr[7], g2->ptr[7]};
+  for (size_t i = 0; i < sizeof ws_regions / sizeof ws_regions[0]; i++) {
+    assert_int_equal((ws_regions[i] - WS_ADDR) % 256, 0);
+    assert_true(ws_regions[i] >= WS_ADDR && ws_regions[i] < WS_ADDR + need);
+    for (size_t j = 0; j < i; j++)
+      assert_true(ws_regions[i] != ws_regions[j]);
+  }
+  /* h [slots, I] and y_slot [slots, H] in f32 fit and do not overlap; nor do the per-slot arrays. */
+  const uint64_t h = g1->ptr[7], y_slot = g2->ptr[7];
+  const uint64_t h_end = h + (uint64_t)slots * I * 4, y_end = y_slot + (uint64_t)slots * H * 4;
+  assert_true(h_end <= WS_ADDR + need);
+  assert_true(y_end <= WS_ADDR + need);
+  assert_true(h_end <= y_slot || y_end <= h);
+  const uint64_t per_slot[] = {scatter->ptr[3], scatter->ptr[4], scatter->ptr[5]};
+  for (size_t i = 0; i < 3; i++) {
+    const uint64_t end = per_slot[i] + (uint64_t)slots * 4;
+    assert_true(end <= WS_ADDR + need);
+    assert_true(end <= h || per_slot[i] >= h_end);
+    assert_true(end <= y_slot || per_slot[i] >= y_end);
+  }
+}
+
+static void test_forward_launches(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  static const int64_t tokens[] = {1, 2, 12, 13, 37, 60, 61, 100};
+  int picked[MJ_MAX_GEMM_CONFIGS] = {0};
+  for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+    check_forward(fk, tokens[i]);
+    picked[fk->plan.pick[mj_rt_bucket(tokens[i])]]++;
+  }
+  /* The token counts above reach every configuration of the plan. */
+  for (int i = 0; i < fk->plan.ngemm; i++)
+    assert_true(picked[i] > 0);
+
+  /* When the plan's context is already current, nothing is pushed or popped. */
+  fk->current = FAKE_CUCTX;
+  fk->gets = 0;
+  check_forward(fk, 5);
+  assert_int_equal(fk->pushes + fk->pops, 0);
+  assert_int_equal(fk->gets, 1);
+  /* Nothing was compiled on the launch path. */
+  assert_int_equal(fk->ctx.compiles, 0);
+  fake_close(fk);
+}
+
+static void test_forward_launch_failure(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, 9, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, 9);
+  fk->fail_launch_at = 4; /* the first GEMM */
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
+                   MOEJIT_ERR_CUDA);
+  assert_int_equal(fk->nlaunch, 4); /* stopped there */
+  assert_int_equal(fk->pushes, 1);
+  assert_int_equal(fk->pops, 1); /* the context was popped on the way out */
+  const char *msg = moejit_last_error(&fk->ctx);
+  assert_contains(msg, "LaunchKernel");
+  assert_contains(msg, "CUDA_ERROR_ILLEGAL_ADDRESS");
+  assert_contains(msg, "forward.c:");
+  fake_close(fk);
+}
+
+static void test_forward_check_fake(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  int64_t bad = -1;
+  assert_int_equal(moejit_forward_check(&fk->plan, NULL, FAKE_STREAM, &bad),
+                   MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(&fk->ctx), "workspace is NULL");
+
+  fk->flags0 = 0;
+  assert_int_equal(moejit_forward_check(&fk->plan, (void *)WS_ADDR, FAKE_STREAM, &bad), MOEJIT_OK);
+  assert_int_equal(bad, 0);
+  assert_int_equal(fk->copied_from, WS_ADDR);
+  assert_int_equal(fk->syncs, 1);
+  assert_int_equal(fk->pushes, fk->pops);
+
+  fk->flags0 = 3;
+  bad = -1;
+  assert_int_equal(moejit_forward_check(&fk->plan, (void *)WS_ADDR, FAKE_STREAM, &bad),
+                   MOEJIT_ERR_BAD_EXPERT_ID);
+  assert_int_equal(bad, 3);
+  assert_contains(moejit_last_error(&fk->ctx), "3 slot");
+  assert_int_equal(moejit_forward_check(&fk->plan, (void *)WS_ADDR, FAKE_STREAM, NULL),
+                   MOEJIT_ERR_BAD_EXPERT_ID);
+  assert_int_equal(fk->pushes, fk->pops);
+  fake_close(fk);
+}
+
+/* ---- statuses, version, defaults -------------------------------------------------------------- */
+
+static void test_status_names(void **state) {
+  (void)state;
+  static const struct {
+    moejit_status value;
+    const char *name, *message;
+  } table[] = {
+#define ROW_(name, value, message) {name, #name, message},
+      MOEJIT_STATUS_LIST(ROW_)
+#undef ROW_
+  };
+  const size_t n = sizeof table / sizeof table[0];
+  assert_true(n >= 12);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(table[i].value, (int)i); /* appended, never renumbered: no gaps */
+    const char *name = moejit_status_name(table[i].value);
+    const char *text = moejit_status_string(table[i].value);
+    assert_non_null(name);
+    assert_non_null(text);
+    assert_true(name[0] != '\0' && text[0] != '\0');
+    assert_string_equal(name, table[i].name);
+    assert_string_equal(text, table[i].message);
+    for (size_t j = 0; j < i; j++) {
+      assert_string_not_equal(name, moejit_status_name(table[j].value));
+      assert_string_not_equal(text, moejit_status_string(table[j].value));
+    }
+  }
+  static const int unknown[] = {-1, 12, 999, INT32_MAX};
+  for (size_t u = 0; u < sizeof unknown / sizeof unknown[0]; u++) {
+    if ((size_t)unknown[u] < n)
+      continue;
+    const char *name = moejit_status_name((moejit_status)unknown[u]);
+    const char *text = moejit_status_string((moejit_status)unknown[u]);
+    assert_non_null(name);
+    assert_non_null(text);
+    for (size_t j = 0; j < n; j++) {
+      assert_string_not_equal(name, table[j].name);
+      assert_string_not_equal(text, table[j].message);
+    }
+  }
+}
+
+static void test_version(void **state) {
+  (void)state;
+  assert_int_equal(moejit_version(), MOEJIT_VERSION_MAJOR * 10000 + MOEJIT_VERSION_MINOR * 100 +
+                                         MOEJIT_VERSION_PATCH);
+  char want[32];
+  snprintf(want, sizeof want, "%d.%d.%d", MOEJIT_VERSION_MAJOR, MOEJIT_VERSION_MINOR,
+           MOEJIT_VERSION_PATCH);
+  assert_non_null(moejit_version_string());
+  assert_string_equal(moejit_version_string(), want);
+}
+
+static void test_defaults(void **state) {
+  (void)state;
+  moejit_layer_desc d;
+  memset(&d, 0xA5, sizeof d); /* init must set every field */
+  moejit_layer_desc_init(&d);
+  assert_int_equal(d.struct_size, sizeof d);
+  assert_true(d.alpha == 1.702f);
+  assert_true(d.limit == 7.0f);
+  assert_int_equal(d.dtype, MOEJIT_BF16);
+  assert_int_equal(d.ids_dtype, MOEJIT_I32);
+  assert_int_equal(d.weights_dtype, MOEJIT_F32);
+  assert_int_equal(d.routing, MOEJIT_ROUTING_TOPK);
+  assert_int_equal(d.expert_capacity, 0); /* dropless */
+  assert_int_equal(d.global_experts, 0);
+  assert_int_equal(d.apply_router_weight_on_input, 0);
+  assert_int_equal(d.hidden, 0); /* the shape is the caller's to give */
+  assert_int_equal(d.max_tokens, 0);
+  /* The defaults plus a shape make a valid descriptor. */
+  d.hidden = 2880;
+  d.intermediate = 2880;
+  d.experts = 32;
+  d.top_k = 4;
+  d.max_tokens = 8192;
+  mj_err err;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+
+  moejit_ctx_options o;
+  memset(&o, 0xA5, sizeof o);
+  moejit_ctx_options_init(&o);
+  assert_int_equal(o.struct_size, sizeof o);
+  assert_int_equal(o.device, 0);
+  assert_null(o.offline_arch);
+  assert_null(o.template_dir);
+  assert_null(o.log);
+  assert_null(o.log_user);
+  assert_null(o.cache_dir);
+
+  moejit_forward_args a;
+  memset(&a, 0xA5, sizeof a);
+  moejit_forward_args_init(&a);
+  assert_int_equal(a.struct_size, sizeof a);
+  assert_int_equal(a.tokens, 0);
+  assert_null(a.x);
+  assert_null(a.topk_ids);
+  assert_null(a.routing_weights);
+  assert_null(a.router_logits);
+  assert_null(a.expert_map);
+  assert_null(a.y);
+}
+
+/* Creating a context and a plan is logged at INFO; a fresh context's last error is empty. */
+static void test_logged(void **state) {
+  fixture *fx = *state;
+  need_plan(fx);
+  assert_int_equal(fx->plan_log.count, 2); /* the context, then the plan */
+  assert_int_equal(fx->plan_log.level, MOEJIT_LOG_INFO);
+  assert_contains(fx->plan_log.last, "H=64 I=96 E=5 K=2 f32");
+  assert_contains(fx->plan_log.last, "sm_90a");
+  moejit_ctx_options opts;
+  moejit_ctx_options_init(&opts);
+  opts.offline_arch = "sm_80";
+  opts.cache_dir = "";
+  log_capture log = {0};
+  opts.log = capture_log;
+  opts.log_user = &log;
+  moejit_ctx *ctx = NULL;
+  assert_int_equal(moejit_create(&ctx, &opts), MOEJIT_OK);
+  assert_int_equal(log.level, MOEJIT_LOG_INFO);
+  assert_contains(log.last, "offline");
+  assert_contains(log.last, "sm_80");
+  assert_non_null(moejit_last_error(ctx));
+  assert_string_equal(moejit_last_error(ctx), "");
+  moejit_destroy(ctx);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(placeholder)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_create_bad_args),
+      cmocka_unit_test(test_create_without_device),
+      cmocka_unit_test(test_destroy_null),
+      cmocka_unit_test(test_desc_validation),
+      cmocka_unit_test(test_workspace_size),
+      cmocka_unit_test(test_plan_configurations),
+      cmocka_unit_test(test_forward_offline),
+      cmocka_unit_test(test_forward_argument_checks),
+      cmocka_unit_test(test_forward_launches),
+      cmocka_unit_test(test_forward_launch_failure),
+      cmocka_unit_test(test_forward_check_fake),
+      cmocka_unit_test(test_status_names),
+      cmocka_unit_test(test_version),
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_logged),
+  };
+  return cmocka_run_group_tests_name("rt_api", tests, group_setup, group_teardown);
 }

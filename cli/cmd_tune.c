@@ -1,0 +1,129 @@
+/* cmd_tune.c: `moejit tune`: the autotuner for a layer shape on this GPU, with a progress bar on a
+ * terminal (plain lines otherwise) and a summary table; the winners go to the tuning records. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "runtime/internal.h"
+#include "tests/check.h"
+#include "tune/tuner.h"
+
+static const char tune_usage[] =
+    "usage: moejit tune [--tokens 1,8,64,512,4096,65536] [--budget SECONDS] [--repeat N]\n"
+    "                   [layer options]\n"
+    "\n"
+    "For each token count, times every tile configuration of the search space that fits the\n"
+    "rows per expert (whole forward, CUDA events, L2 flushed, median of --repeat runs, default 5),\n"
+    "checks the winner against the CPU reference on sampled tokens, and merges the winners into\n"
+    "the tuning records of the cache folder ($MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
+    "~/.cache/moejit). Plans made afterwards use them. --budget bounds the timing phase; when it\n"
+    "runs out the best so far wins. Needs a GPU.\n";
+
+typedef struct tune_ui {
+  int tty;
+  double start;
+  const char *stage;
+} tune_ui;
+
+static void progress(void *user, const char *stage, int done, int total, const char *what) {
+  tune_ui *ui = user;
+  double secs = cli_now() - ui->start;
+  if (ui->tty) {
+    int width = 30, fill = total > 0 ? done * width / total : width;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+      bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    fprintf(stderr, "\r%-7s [%s] %3d/%-3d %6.1fs %-26s", stage, bar, done, total, secs, what);
+    if (done == total)
+      fputc('\n', stderr);
+  } else {
+    fprintf(stderr, "%s %d/%d %.1fs %s\n", stage, done, total, secs, what);
+  }
+  fflush(stderr);
+}
+
+static int check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
+  (void)user;
+  mj_check_result r;
+  mj_err err;
+  if (mj_check_sampled(s, L, 8, &r, &err) != MOEJIT_OK) {
+    fprintf(stderr, "moejit tune: check: %s\n", err.msg);
+    return -1;
+  }
+  *rel = r.rel_error;
+  return r.nonfinite == 0 && r.rel_error <= r.tolerance ? 0 : -1;
+}
+
+int cmd_tune(int argc, char **argv) {
+  cli_layer L;
+  int rc = cli_parse(argc, argv, &L, tune_usage);
+  if (rc)
+    return rc == 1 ? 0 : rc;
+  int given = 0;
+  for (int i = 0; i < argc; i++)
+    given |= !strcmp(argv[i], "--tokens");
+  if (!given) {
+    static const int64_t defaults[] = {1, 8, 64, 512, 4096, 65536};
+    L.ntokens = 6;
+    memcpy(L.token_list, defaults, sizeof defaults);
+    L.tokens = 65536;
+  }
+  for (int i = 0; i < L.ntokens; i++)
+    if (L.token_list[i] < 1) {
+      fprintf(stderr, "moejit tune: --tokens: every count must be at least 1\n");
+      return 2;
+    }
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  o.log = cli_log;
+  o.log_user = &L.verbose;
+  moejit_ctx *ctx = NULL;
+  moejit_status st = moejit_create(&ctx, &o);
+  if (st != MOEJIT_OK) {
+    fprintf(stderr, "moejit tune: %s: tuning needs a GPU (run with --verbose for the reason)\n",
+            moejit_status_name(st));
+    return 1;
+  }
+  mj_err err;
+  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit tune: %s: %s\n", moejit_status_name(st), err.msg);
+    moejit_destroy(ctx);
+    return 2;
+  }
+  const moejit_layer_desc *d = &L.desc;
+  printf("tuning   H=%lld I=%lld E=%lld K=%lld %s on %s (%s, %d SMs)\n", (long long)d->hidden,
+         (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
+         mj_rt_dtype_name(d->dtype), ctx->device_name, ctx->arch, ctx->sm_count);
+  printf("records  %s\n", ctx->records_path[0] ? ctx->records_path : "(no cache folder: not saved)");
+  tune_ui ui = {isatty(2), cli_now(), ""};
+  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat == 20 ? 5 : L.repeat, L.seed,
+                         1, progress, check, &ui};
+  mj_tune_result res[32];
+  double t0 = cli_now();
+  st = mj_tune_run(ctx, d, &opt, res, &err);
+  if (st != MOEJIT_OK) {
+    fprintf(stderr, "moejit tune: %s: %s\n", moejit_status_name(st), err.msg);
+    moejit_destroy(ctx);
+    return 1;
+  }
+  printf("\n%8s  %-24s %9s  %-24s %9s  %7s  %5s  %s\n", "tokens", "winner", "ms", "heuristic", "ms",
+         "speedup", "cands", "check");
+  rc = 0;
+  for (int i = 0; i < L.ntokens; i++) {
+    const mj_tune_result *r = &res[i];
+    char chk[48];
+    if (r->checked == 1)
+      snprintf(chk, sizeof chk, "ok (%.2g)", r->rel_error);
+    else
+      snprintf(chk, sizeof chk, "FAILED (%.2g): not recorded", r->rel_error);
+    rc |= r->checked != 1;
+    printf("%8lld  %-24s %9.4f  %-24s %9.4f  %6.2fx  %5d  %s\n", (long long)r->tokens, r->config,
+           r->ms, r->heuristic, r->heuristic_ms, r->ms > 0 ? r->heuristic_ms / r->ms : 0.0,
+           r->candidates, chk);
+  }
+  printf("tuned %d token counts in %.1f s\n", L.ntokens, cli_now() - t0);
+  moejit_destroy(ctx);
+  return rc;
+}

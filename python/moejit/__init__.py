@@ -1,0 +1,86 @@
+"""moejit: the PyTorch binding of libmoejit, a run-time kernel generator for GPT-OSS-style
+Mixture-of-Experts layers.
+
+    import moejit
+    y = moejit.experts(hidden_states, router_indices, routing_weights,
+                       gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias)
+    layer = moejit.GptOssExperts(config)          # drop-in for transformers' GptOssExperts
+
+ctypes over the shared library, no compiled extension. The library is found through
+$MOEJIT_LIBRARY, else libmoejit.so* next to this package, else ctypes.util.find_library("moejit"),
+else a build of the source tree this package sits in (build-dev/, build/), else the soname
+"libmoejit.so.0". torch is imported on first use of experts / GptOssExperts, so `import moejit`
+works without it.
+
+State: the loaded library, one moejit context per CUDA device and a cache of compiled plans keyed
+by layer shape, dtypes, routing form and a power-of-two token bucket, all created lazily and kept
+until clear_cache() or exit (see _runtime.py).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Tuple
+
+from ._capi import ABI_VERSION, DType, MoejitError, Routing, Status, load_library
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._module import GptOssExperts
+    from ._ops import experts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABI_VERSION",
+    "DType",
+    "GptOssExperts",
+    "MoejitError",
+    "Routing",
+    "Status",
+    "cache_info",
+    "clear_cache",
+    "experts",
+    "library_path",
+    "library_version",
+]
+
+_LAZY = {"experts": ("._ops", "experts"), "GptOssExperts": ("._module", "GptOssExperts")}
+
+
+def __getattr__(name: str) -> Any:
+    """experts and GptOssExperts import torch: they are loaded on first access."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module, __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'moejit' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def library_path() -> str:
+    """The path of the libmoejit loaded (loads it). Raises MoejitError when none loads."""
+    return load_library().path
+
+
+def library_version() -> str:
+    """moejit_version_string() of the library loaded ("0.1.0")."""
+    return load_library().version_string
+
+
+def cache_info() -> List[Tuple[Any, int]]:
+    """(PlanKey, max_tokens) of every cached plan."""
+    from . import _runtime
+
+    return _runtime.cached_plans()
+
+
+def clear_cache() -> None:
+    """Destroys the cached plans and contexts (synchronising their devices first). CUDA graphs that
+    captured a moejit forward must not be replayed afterwards."""
+    from . import _runtime
+
+    _runtime.clear()

@@ -1,0 +1,466 @@
+"""_capi.py: the C API of libmoejit through ctypes, without torch.
+
+Provides the ctypes mirrors of the structs and enums of include/moejit.h, the loading of the shared
+library (MOEJIT_LIBRARY, next to the package, the system, a source-tree build), MoejitError, and
+three small owners of the C handles: Library, Context (moejit_ctx) and Plan (moejit_plan). Device
+pointers and streams are plain integers here; the torch side lives in _runtime.py and _ops.py.
+
+Module state: the loaded Library, created once on first use (load_library) and kept for the life
+of the process, since the contexts and plans made from it must not outlive it.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import glob
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+__all__ = [
+    "ABI_VERSION",
+    "Context",
+    "CtxOptions",
+    "DType",
+    "ForwardArgs",
+    "LayerDesc",
+    "Library",
+    "LogLevel",
+    "MoejitError",
+    "Plan",
+    "Routing",
+    "Status",
+    "load_library",
+    "library_candidates",
+]
+
+# The header this binding mirrors: MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH.
+ABI_VERSION = 100
+
+_log = logging.getLogger("moejit")
+
+
+# ---- enums (C ints) -------------------------------------------------------------------------------
+
+
+class Status(enum.IntEnum):
+    """moejit_status: the X-macro table of moejit.h. Codes are appended, never renumbered."""
+
+    OK = 0
+    ERR_INVALID_ARG = 1
+    ERR_UNSUPPORTED = 2
+    ERR_NO_DEVICE = 3
+    ERR_NO_COMPILER = 4
+    ERR_COMPILE = 5
+    ERR_TEMPLATE = 6
+    ERR_CUDA = 7
+    ERR_OUT_OF_MEMORY = 8
+    ERR_BAD_EXPERT_ID = 9
+    ERR_IO = 10
+    ERR_INTERNAL = 11
+
+
+class DType(enum.IntEnum):
+    """moejit_dtype."""
+
+    F32 = 0
+    F16 = 1
+    BF16 = 2
+    I32 = 3
+    I64 = 4
+
+
+class Routing(enum.IntEnum):
+    """moejit_routing: how the routing reaches moejit_forward."""
+
+    TOPK = 0  # topk_ids [T, K] + routing_weights [T, K]
+    DENSE = 1  # topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]]
+    LOGITS = 2  # router_logits [T, E] (not yet supported by the library)
+
+
+class LogLevel(enum.IntEnum):
+    """moejit_log_level."""
+
+    DEBUG = 0
+    INFO = 1
+    WARN = 2
+
+
+# ---- struct mirrors --------------------------------------------------------------------------------
+
+# typedef void (*moejit_log_fn)(void *user, moejit_log_level level, const char *message);
+LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+
+
+class CtxOptions(ctypes.Structure):
+    """moejit_ctx_options, field for field."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("device", ctypes.c_int),
+        ("offline_arch", ctypes.c_char_p),
+        ("template_dir", ctypes.c_char_p),
+        ("log", LOG_FN),
+        ("log_user", ctypes.c_void_p),
+        ("cache_dir", ctypes.c_char_p),
+    ]
+
+
+class LayerDesc(ctypes.Structure):
+    """moejit_layer_desc, field for field (enums are C ints)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("hidden", ctypes.c_int64),
+        ("intermediate", ctypes.c_int64),
+        ("experts", ctypes.c_int64),
+        ("top_k", ctypes.c_int64),
+        ("max_tokens", ctypes.c_int64),
+        ("dtype", ctypes.c_int),
+        ("ids_dtype", ctypes.c_int),
+        ("weights_dtype", ctypes.c_int),
+        ("routing", ctypes.c_int),
+        ("alpha", ctypes.c_float),
+        ("limit", ctypes.c_float),
+        ("expert_capacity", ctypes.c_int64),
+        ("global_experts", ctypes.c_int64),
+        ("apply_router_weight_on_input", ctypes.c_int),
+    ]
+
+
+class ForwardArgs(ctypes.Structure):
+    """moejit_forward_args, field for field. Every pointer is a device address."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("tokens", ctypes.c_int64),
+        ("x", ctypes.c_void_p),  # [T, H] dtype
+        ("topk_ids", ctypes.c_void_p),  # [T, K] ids_dtype
+        ("routing_weights", ctypes.c_void_p),  # [T, K] or [T, E] weights_dtype
+        ("router_logits", ctypes.c_void_p),  # [T, E], MOEJIT_ROUTING_LOGITS only
+        ("expert_map", ctypes.c_void_p),  # const int32_t * [global_experts]
+        ("gate_up_proj", ctypes.c_void_p),  # [E, H, 2I]
+        ("gate_up_proj_bias", ctypes.c_void_p),  # [E, 2I]
+        ("down_proj", ctypes.c_void_p),  # [E, I, H]
+        ("down_proj_bias", ctypes.c_void_p),  # [E, H]
+        ("y", ctypes.c_void_p),  # [T, H] dtype, written
+    ]
+
+
+STRUCTS = {
+    "moejit_ctx_options": CtxOptions,
+    "moejit_layer_desc": LayerDesc,
+    "moejit_forward_args": ForwardArgs,
+}
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+
+
+class MoejitError(RuntimeError):
+    """A moejit call failed.
+
+    status: the Status (None when the library itself could not be loaded); status_name: the C
+    name ("MOEJIT_ERR_INVALID_ARG"); detail: moejit_last_error's text (the argument and its value,
+    the NVRTC log, the failing driver call) or, for a context that could not be created, what the
+    library logged.
+    """
+
+    def __init__(self, status: Optional[int], status_name: str, detail: str, call: str = ""):
+        self.status = Status(status) if status is not None and status in Status._value2member_map_ else status
+        self.status_name = status_name
+        self.detail = detail
+        self.call = call
+        where = f"{call}: " if call else ""
+        super().__init__(f"{where}{status_name}: {detail}" if detail else f"{where}{status_name}")
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+_PKG_DIR = Path(__file__).resolve().parent
+# python/moejit -> the repository root, when the package is imported from a source checkout.
+_SOURCE_ROOT = _PKG_DIR.parent.parent
+
+
+def library_candidates() -> List[str]:
+    """The paths tried, in order: $MOEJIT_LIBRARY; libmoejit.so* next to this package;
+    ctypes.util.find_library("moejit"); the source tree's build-dev/ and build/ (when imported
+    from a checkout); the soname "libmoejit.so.0" (the loader's search path)."""
+    out: List[str] = []
+    env = os.environ.get("MOEJIT_LIBRARY")
+    if env:
+        out.append(env)
+    # libmoejit.so first, then the soname, then the fully versioned file.
+    for name in sorted(glob.glob(str(_PKG_DIR / "libmoejit.so*")), key=len):
+        out.append(name)
+    found = ctypes.util.find_library("moejit")
+    if found:
+        out.append(found)
+    if (_SOURCE_ROOT / "include" / "moejit.h").is_file():
+        for build in ("build-dev", "build"):
+            lib = _SOURCE_ROOT / build / "libmoejit.so"
+            if lib.exists():
+                out.append(str(lib))
+    out.append("libmoejit.so.0")
+    return out
+
+
+class _Fn:
+    """A prototype: name, result type, argument types."""
+
+    def __init__(self, name: str, restype: object, argtypes: Sequence[object]):
+        self.name, self.restype, self.argtypes = name, restype, list(argtypes)
+
+
+_VP = ctypes.c_void_p
+_PROTOTYPES = [
+    _Fn("moejit_ctx_options_init", None, [ctypes.POINTER(CtxOptions)]),
+    _Fn("moejit_layer_desc_init", None, [ctypes.POINTER(LayerDesc)]),
+    _Fn("moejit_forward_args_init", None, [ctypes.POINTER(ForwardArgs)]),
+    _Fn("moejit_create", ctypes.c_int, [ctypes.POINTER(_VP), ctypes.POINTER(CtxOptions)]),
+    _Fn("moejit_destroy", None, [_VP]),
+    _Fn("moejit_plan_create", ctypes.c_int, [_VP, ctypes.POINTER(LayerDesc), ctypes.POINTER(_VP)]),
+    _Fn("moejit_plan_destroy", None, [_VP]),
+    _Fn("moejit_workspace_size", ctypes.c_int, [_VP, ctypes.c_int64, ctypes.POINTER(ctypes.c_size_t)]),
+    _Fn("moejit_forward", ctypes.c_int, [_VP, ctypes.POINTER(ForwardArgs), _VP, ctypes.c_size_t, _VP]),
+    _Fn("moejit_forward_check", ctypes.c_int, [_VP, _VP, _VP, ctypes.POINTER(ctypes.c_int64)]),
+    _Fn("moejit_status_name", ctypes.c_char_p, [ctypes.c_int]),
+    _Fn("moejit_status_string", ctypes.c_char_p, [ctypes.c_int]),
+    _Fn("moejit_last_error", ctypes.c_char_p, [_VP]),
+    _Fn("moejit_version", ctypes.c_int, []),
+    _Fn("moejit_version_string", ctypes.c_char_p, []),
+]
+
+_INIT_FNS = {
+    "moejit_ctx_options": "moejit_ctx_options_init",
+    "moejit_layer_desc": "moejit_layer_desc_init",
+    "moejit_forward_args": "moejit_forward_args_init",
+}
+
+
+def _text(b: Optional[bytes]) -> str:
+    return b.decode("utf-8", "replace") if b else ""
+
+
+class Library:
+    """The loaded libmoejit: prototypes set, struct sizes and version checked against this binding."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.dll = ctypes.CDLL(path)
+        for p in _PROTOTYPES:
+            fn = getattr(self.dll, p.name)  # AttributeError: an older library, reported by the caller
+            fn.restype = p.restype
+            fn.argtypes = p.argtypes
+        self.version = int(self.dll.moejit_version())
+        self.version_string = _text(self.dll.moejit_version_string())
+        self._check_struct_sizes()
+
+    def _check_struct_sizes(self) -> None:
+        """Reads the struct_size each *_init writes (into an oversized scratch buffer, so that a
+        newer, larger struct cannot overrun a mirror). moejit_create accepts any prefix of its
+        options (the ABI rule), so the options may differ in size; moejit_plan_create and
+        moejit_forward demand their struct's exact size."""
+        self.sizes = {}
+        for cname, mirror in STRUCTS.items():
+            size = ctypes.c_size_t.from_buffer(self._init_scratch(cname)).value
+            self.sizes[cname] = size
+            if size != ctypes.sizeof(mirror) and cname != "moejit_ctx_options":
+                raise MoejitError(
+                    None,
+                    "ABI mismatch",
+                    f"{self.path} ({self.version_string}) has {cname} of {size} bytes; this binding "
+                    f"mirrors {ctypes.sizeof(mirror)} bytes (moejit.h {ABI_VERSION // 10000}."
+                    f"{ABI_VERSION // 100 % 100}.{ABI_VERSION % 100}): use a matching binding",
+                    "load_library",
+                )
+
+    def _init_scratch(self, cname: str) -> ctypes.Array:
+        scratch = (ctypes.c_uint8 * 4096)()
+        getattr(self.dll, _INIT_FNS[cname])(ctypes.cast(scratch, ctypes.POINTER(STRUCTS[cname])))
+        return scratch
+
+    def _init(self, cname: str) -> ctypes.Structure:
+        """A mirror initialised by the library's *_init, struct_size = the common prefix."""
+        mirror = STRUCTS[cname]
+        out = mirror()
+        common = min(ctypes.sizeof(mirror), self.sizes[cname])
+        ctypes.memmove(ctypes.addressof(out), self._init_scratch(cname), common)
+        out.struct_size = common
+        return out
+
+    def status_name(self, status: int) -> str:
+        """"MOEJIT_ERR_INVALID_ARG" for 1."""
+        return _text(self.dll.moejit_status_name(int(status)))
+
+    def status_string(self, status: int) -> str:
+        """"invalid argument" for 1."""
+        return _text(self.dll.moejit_status_string(int(status)))
+
+    def error(self, status: int, detail: str, call: str) -> MoejitError:
+        """A MoejitError for a non-OK status."""
+        return MoejitError(status, self.status_name(status), detail or self.status_string(status), call)
+
+    def ctx_options(self) -> CtxOptions:
+        """moejit_ctx_options with the library's defaults; struct_size is the prefix both know
+        (fields past it, such as cache_dir with an older library, must stay NULL)."""
+        return self._init("moejit_ctx_options")
+
+    def layer_desc(self) -> LayerDesc:
+        """A moejit_layer_desc with the library's defaults (moejit_layer_desc_init)."""
+        return self._init("moejit_layer_desc")
+
+    def forward_args(self) -> ForwardArgs:
+        """A zeroed moejit_forward_args with struct_size set (moejit_forward_args_init)."""
+        return self._init("moejit_forward_args")
+
+    def create_context(self, device: int = 0, offline_arch: Optional[str] = None) -> "Context":
+        """A moejit_ctx on CUDA device `device` (the driver's ordinal, as torch's index), or,
+        with offline_arch ("sm_90a"), one that compiles for that target and loads nothing.
+        Raises MoejitError (MOEJIT_ERR_NO_DEVICE without a GPU) with what the library logged."""
+        return Context(self, device, offline_arch)
+
+
+_lib: Optional[Library] = None
+_lib_lock = threading.Lock()
+
+
+def load_library() -> Library:
+    """The process's Library, loaded on first call from the first of library_candidates() that
+    loads. Raises MoejitError (status None) listing every path tried and why it failed."""
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        tried: List[Tuple[str, str]] = []
+        for path in library_candidates():
+            try:
+                _lib = Library(path)
+                _log.debug("moejit: loaded %s (%s)", path, _lib.version_string)
+                return _lib
+            except MoejitError:
+                raise
+            except (OSError, AttributeError) as e:
+                tried.append((path, str(e)))
+        lines = "; ".join(f"{p}: {why}" for p, why in tried)
+        hint = ""
+        if any("liblua" in why for _, why in tried):
+            hint = " (libmoejit needs liblua5.4.so.0: install liblua5.4-0 or add its folder to " \
+                   "LD_LIBRARY_PATH, as tests/device.sh does)"
+        raise MoejitError(
+            None,
+            "library not found",
+            f"could not load libmoejit; set MOEJIT_LIBRARY to the path of libmoejit.so{hint}. "
+            f"Tried: {lines}",
+            "load_library",
+        )
+
+
+# ---- handles ------------------------------------------------------------------------------------------
+
+_LOG_LEVELS = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO, LogLevel.WARN: logging.WARNING}
+
+
+class Context:
+    """Owns a moejit_ctx. The library's log callback goes to the "moejit" logger (the library's
+    DEBUG lines at DEBUG) and keeps the last message, which is the only detail there is when
+    moejit_create itself fails. Not thread-safe: the caller serialises plan creation."""
+
+    def __init__(self, lib: Library, device: int, offline_arch: Optional[str]):
+        self.lib = lib
+        self.device = device
+        self.offline_arch = offline_arch
+        self.last_log = ""
+        # The callback object must live as long as the C context that holds its address.
+        self._log_fn = LOG_FN(self._on_log)
+        self._arch = offline_arch.encode() if offline_arch else None
+        opts = lib.ctx_options()
+        opts.device = int(device)
+        opts.offline_arch = self._arch
+        opts.log = self._log_fn
+        handle = ctypes.c_void_p()
+        st = lib.dll.moejit_create(ctypes.byref(handle), ctypes.byref(opts))
+        if st != Status.OK:
+            raise lib.error(st, self.last_log, f"moejit_create(device={device}"
+                            + (f", offline_arch={offline_arch!r})" if offline_arch else ")"))
+        self.handle: Optional[int] = handle.value
+
+    def _on_log(self, _user: Optional[int], level: int, message: Optional[bytes]) -> None:
+        text = _text(message)
+        self.last_log = text
+        _log.log(_LOG_LEVELS.get(level, logging.WARNING), "moejit: %s", text)
+
+    def last_error(self) -> str:
+        """moejit_last_error: the detail of the last failure on this context."""
+        return _text(self.lib.dll.moejit_last_error(self.handle))
+
+    def fail(self, status: int, call: str) -> MoejitError:
+        """The MoejitError for a failed call on this context."""
+        return self.lib.error(status, self.last_error(), call)
+
+    def create_plan(self, desc: LayerDesc) -> "Plan":
+        """moejit_plan_create: renders, compiles (NVRTC, may take seconds) and loads the layer's
+        kernels. Raises MoejitError naming the bad field of desc."""
+        handle = ctypes.c_void_p()
+        st = self.lib.dll.moejit_plan_create(self.handle, ctypes.byref(desc), ctypes.byref(handle))
+        if st != Status.OK:
+            raise self.fail(st, "moejit_plan_create")
+        return Plan(self, handle.value, desc)
+
+    def close(self) -> None:
+        """moejit_destroy. Every plan of the context must be closed first."""
+        if self.handle:
+            self.lib.dll.moejit_destroy(self.handle)
+            self.handle = None
+
+
+class Plan:
+    """Owns a moejit_plan (immutable: forwards may run from many threads and streams)."""
+
+    def __init__(self, ctx: Context, handle: Optional[int], desc: LayerDesc):
+        self.ctx = ctx
+        self.handle = handle
+        self.desc = LayerDesc.from_buffer_copy(desc)
+        self.max_tokens = int(desc.max_tokens)
+
+    def workspace_size(self, tokens: int) -> int:
+        """Bytes of workspace (256-byte aligned) a forward of `tokens` tokens needs."""
+        n = ctypes.c_size_t()
+        st = self.ctx.lib.dll.moejit_workspace_size(self.handle, int(tokens), ctypes.byref(n))
+        if st != Status.OK:
+            raise self.ctx.fail(st, "moejit_workspace_size")
+        return int(n.value)
+
+    def forward(self, args: ForwardArgs, workspace: int, workspace_bytes: int, stream: int) -> None:
+        """moejit_forward: launches only (graph-capturable). Raises MoejitError."""
+        st = self.ctx.lib.dll.moejit_forward(self.handle, ctypes.byref(args), workspace,
+                                             workspace_bytes, stream)
+        if st != Status.OK:
+            raise self.ctx.fail(st, "moejit_forward")
+
+    def check(self, workspace: int, stream: int) -> int:
+        """moejit_forward_check: blocks on `stream`; raises MoejitError (MOEJIT_ERR_BAD_EXPERT_ID)
+        when the last forward on this workspace saw expert ids outside [0, E). Returns 0."""
+        bad = ctypes.c_int64(0)
+        st = self.ctx.lib.dll.moejit_forward_check(self.handle, workspace, stream, ctypes.byref(bad))
+        if st != Status.OK:
+            raise self.ctx.fail(st, "moejit_forward_check")
+        return int(bad.value)
+
+    def close(self) -> None:
+        """moejit_plan_destroy. No kernel of the plan may still be queued or captured in a graph."""
+        if self.handle:
+            self.ctx.lib.dll.moejit_plan_destroy(self.handle)
+            self.handle = None
+
+
+def describe(desc: LayerDesc) -> str:
+    """A one-line summary of a desc, for messages and logs."""
+    return (f"H={desc.hidden} I={desc.intermediate} E={desc.experts} K={desc.top_k} "
+            f"{DType(desc.dtype).name.lower()} ids={DType(desc.ids_dtype).name.lower()} "
+            f"weights={DType(desc.weights_dtype).name.lower()} {Routing(desc.routing).name.lower()} "
+            f"max_tokens={desc.max_tokens}")
+

@@ -1,0 +1,214 @@
+"""_ops.py: moejit.experts, the GPT-OSS expert layer on torch tensors.
+
+Checks the tensors (device, dtype, shape, contiguity, alignment: a ValueError names the argument),
+picks the routing form from the shape of routing_weights, finds or creates the plan (_runtime),
+allocates the output and the workspace from torch's caching allocator and launches moejit_forward
+on torch's current stream. Uses torch (imported with this module, which moejit imports lazily).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from . import _runtime
+from ._capi import DType, Routing, load_library
+
+__all__ = ["experts"]
+
+_ACTIVATION_DTYPES: Dict[torch.dtype, DType] = {
+    torch.float32: DType.F32,
+    torch.float16: DType.F16,
+    torch.bfloat16: DType.BF16,
+}
+_IDS_DTYPES: Dict[torch.dtype, DType] = {torch.int32: DType.I32, torch.int64: DType.I64}
+_WEIGHTS_DTYPES = _ACTIVATION_DTYPES
+
+# The GEMMs load 16-byte vectors of x and of both weight tensors (moejit_forward checks it too).
+_VECTOR_ALIGN = 16
+_WORKSPACE_ALIGN = 256
+
+
+def _fail(name: str, what: str) -> ValueError:
+    return ValueError(f"{name}: {what}")
+
+
+def _check_tensor(name: str, t: object, device: torch.device) -> torch.Tensor:
+    """t is a contiguous tensor on `device`."""
+    if not isinstance(t, torch.Tensor):
+        raise _fail(name, f"expected a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise _fail(name, f"is on {t.device}, but hidden_states is on {device}; all tensors must be "
+                          "on the same CUDA device")
+    if not t.is_contiguous():
+        raise _fail(name, f"must be contiguous (shape {list(t.shape)}, strides {list(t.stride())}); "
+                          f"pass {name}.contiguous()")
+    return t
+
+
+def _check_dtype(name: str, t: torch.Tensor, allowed: Sequence[torch.dtype], why: str = "") -> None:
+    if t.dtype not in allowed:
+        names = ", ".join(str(d) for d in allowed)
+        raise _fail(name, f"has dtype {t.dtype}; expected {names}{why}")
+
+
+def _check_shape(name: str, t: torch.Tensor, want: Tuple[int, ...], spelled: str) -> None:
+    if tuple(t.shape) != want:
+        raise _fail(name, f"has shape {list(t.shape)}; expected {spelled} = {list(want)}")
+
+
+def _check_aligned(name: str, t: torch.Tensor, align: int) -> None:
+    if t.data_ptr() % align != 0:
+        raise _fail(name, f"data pointer {t.data_ptr():#x} is not {align}-byte aligned (a view with a "
+                          f"storage offset?); pass {name}.clone()")
+
+
+def _leading(name: str, t: torch.Tensor, tokens: int, expected: str) -> int:
+    """The last dimension of t [..., N], whose leading dimensions must hold `tokens` rows."""
+    if t.dim() < 2 or math.prod(t.shape[:-1]) != tokens:
+        raise _fail(name, f"has shape {list(t.shape)}; expected {expected} with T = {tokens} (the "
+                          "rows of hidden_states; leading dimensions may be split like them)")
+    return int(t.shape[-1])
+
+
+def _workspace(nbytes: int, device: torch.device) -> Tuple[torch.Tensor, int]:
+    """A workspace of nbytes from torch's caching allocator and its 256-byte aligned address.
+    Fresh blocks are 512-byte aligned; should one not be, a larger block is aligned by hand."""
+    ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    ptr = ws.data_ptr()
+    if ptr % _WORKSPACE_ALIGN != 0:
+        ws = torch.empty(nbytes + _WORKSPACE_ALIGN, dtype=torch.uint8, device=device)
+        ptr = (ws.data_ptr() + _WORKSPACE_ALIGN - 1) // _WORKSPACE_ALIGN * _WORKSPACE_ALIGN
+    return ws, ptr
+
+
+def _c_float(v: float) -> float:
+    """v as a C float holds it (the plan key must not split 1.702 and float32(1.702))."""
+    return float(ctypes.c_float(float(v)).value)
+
+
+def experts(
+    hidden_states: torch.Tensor,
+    router_indices: torch.Tensor,
+    routing_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    gate_up_proj_bias: torch.Tensor,
+    down_proj: torch.Tensor,
+    down_proj_bias: torch.Tensor,
+    *,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+    check: bool = False,
+) -> torch.Tensor:
+    """The GPT-OSS expert layer (yamoe / GptOssExperts argument order), dropless.
+
+    Shapes (T tokens, H hidden, I intermediate, E experts, K top-k):
+      hidden_states      [T, H] or [B, S, H] (any [..., H]; T = the product of the leading dims)
+                         bf16, f16 or f32: the activation dtype
+      router_indices     [T, K] (or [..., K]) int32 or int64 expert ids; may repeat within a token
+                         (each slot counts); ids outside [0, E) contribute nothing
+      routing_weights    [T, K] (top-k form: weight of slot k) or [T, E] (dense form, as
+                         GptOssExperts takes it: weight(t, k) = routing_weights[t, ids[t, k]]);
+                         told apart by the last dimension; when K == E the top-k form is assumed.
+                         f32, bf16 or f16
+      gate_up_proj       [E, H, 2I]: gate = even columns, up = odd columns (the checkpoint layout)
+      gate_up_proj_bias  [E, 2I]
+      down_proj          [E, I, H]
+      down_proj_bias     [E, H]            (all four in the activation dtype)
+    Returns a new tensor [..., H] with the leading shape of hidden_states, in the activation dtype:
+      y[t] = sum_k weight(t,k) * (h @ down_proj[e] + down_proj_bias[e]),  e = ids[t, k],
+      h = (up + 1) * gate * sigmoid(alpha * gate), gate = min(gu[0::2], limit),
+      up = clamp(gu[1::2], -limit, limit), gu = x[t] @ gate_up_proj[e] + gate_up_proj_bias[e].
+
+    Every tensor must be a contiguous CUDA tensor on one device (ValueError naming the argument
+    otherwise). Runs on torch.cuda.current_stream(); may be captured in a CUDA graph once a call
+    of the same layer has run outside capture (the first call compiles the kernels: seconds).
+    No autograd: the result has no grad_fn. check=True additionally waits for the forward and
+    raises MoejitError (MOEJIT_ERR_BAD_EXPERT_ID) if an id was outside [0, E).
+    Raises MoejitError when the library rejects the layer (e.g. H not a multiple of 8).
+    """
+    x = hidden_states
+    if not isinstance(x, torch.Tensor):
+        raise _fail("hidden_states", f"expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_cuda:
+        raise _fail("hidden_states", f"must be a CUDA tensor, got one on {x.device}")
+    device = x.device
+    _check_tensor("hidden_states", x, device)
+    _check_dtype("hidden_states", x, tuple(_ACTIVATION_DTYPES))
+    if x.dim() < 2:
+        raise _fail("hidden_states", f"has shape {list(x.shape)}; expected [T, H] or [B, S, H]")
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError("moejit.experts has no backward: call it under torch.no_grad() or "
+                           "torch.inference_mode(), or detach hidden_states")
+    lead, hidden = tuple(x.shape[:-1]), int(x.shape[-1])
+    tokens = math.prod(lead)
+    same = (x.dtype,)
+    why = " (the dtype of hidden_states)"
+
+    w1 = _check_tensor("gate_up_proj", gate_up_proj, device)
+    _check_dtype("gate_up_proj", w1, same, why)
+    if w1.dim() != 3 or w1.shape[1] != hidden or w1.shape[2] % 2 != 0:
+        raise _fail("gate_up_proj", f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
+    n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
+    b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
+    _check_dtype("gate_up_proj_bias", b1, same, why)
+    _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
+    w2 = _check_tensor("down_proj", down_proj, device)
+    _check_dtype("down_proj", w2, same, why)
+    _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
+    b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
+    _check_dtype("down_proj_bias", b2, same, why)
+    _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
+
+    ids = _check_tensor("router_indices", router_indices, device)
+    _check_dtype("router_indices", ids, tuple(_IDS_DTYPES))
+    top_k = _leading("router_indices", ids, tokens, "[T, K]")
+    weights = _check_tensor("routing_weights", routing_weights, device)
+    _check_dtype("routing_weights", weights, tuple(_WEIGHTS_DTYPES))
+    width = _leading("routing_weights", weights, tokens, "[T, K] or [T, E]")
+    if width == top_k:
+        routing = Routing.TOPK
+    elif width == n_experts:
+        routing = Routing.DENSE
+    else:
+        raise _fail("routing_weights", f"has shape {list(weights.shape)}; its last dimension must be "
+                                       f"K = {top_k} (top-k form) or E = {n_experts} (dense form)")
+    for name, t in (("hidden_states", x), ("gate_up_proj", w1), ("down_proj", w2)):
+        _check_aligned(name, t, _VECTOR_ALIGN)
+
+    y = torch.empty(lead + (hidden,), dtype=x.dtype, device=device)
+    if tokens == 0:
+        return y
+    key = _runtime.PlanKey(
+        device=device.index if device.index is not None else torch.cuda.current_device(),
+        hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
+        dtype=_ACTIVATION_DTYPES[x.dtype], ids_dtype=_IDS_DTYPES[ids.dtype],
+        weights_dtype=_WEIGHTS_DTYPES[weights.dtype], routing=routing,
+        alpha=_c_float(alpha), limit=_c_float(limit))
+    if torch.cuda.is_current_stream_capturing() and _runtime.lookup(key, tokens) is None:
+        raise RuntimeError(
+            f"moejit.experts: no plan yet for this layer ({tokens} tokens, H={hidden} I={inter} "
+            f"E={n_experts} K={top_k} {x.dtype}) and plans cannot be compiled during CUDA graph "
+            "capture: run one call of the same layer (with at least as many tokens) before capturing")
+    plan = _runtime.plan_for(key, tokens)
+
+    stream = torch.cuda.current_stream(device).cuda_stream
+    nbytes = plan.workspace_size(tokens)
+    ws, ws_ptr = _workspace(nbytes, device)
+    args = load_library().forward_args()
+    args.tokens = tokens
+    args.x = x.data_ptr()
+    args.topk_ids = ids.data_ptr()
+    args.routing_weights = weights.data_ptr()
+    args.gate_up_proj = w1.data_ptr()
+    args.gate_up_proj_bias = b1.data_ptr()
+    args.down_proj = w2.data_ptr()
+    args.down_proj_bias = b2.data_ptr()
+    args.y = y.data_ptr()
+    plan.forward(args, ws_ptr, nbytes, stream)
+    if check:
+        plan.check(ws_ptr, stream)
+    del ws  # back to the caching allocator, ordered after the forward on this stream
+    return y

@@ -1,0 +1,544 @@
+/* test_tune_cache.c: the cubin cache and the tuning records, without a GPU: key sensitivity,
+ * round trips, every kind of damaged file recompiled, several processes filling one folder, an
+ * unwritable folder, one compile per key across threads, records merging and damaged lines, plans
+ * following the records. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "gen/hash.h"
+#include "runtime/internal.h"
+#include "tune/cache.h"
+#include "tune/records.h"
+
+static char g_root[256];
+static int g_case;
+
+static int setup(void **state) {
+  (void)state;
+  snprintf(g_root, sizeof g_root, "/tmp/moejit-test-cache-XXXXXX");
+  return mkdtemp(g_root) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* A fresh folder for one test. */
+static void fresh_dir(char *buf, size_t len) {
+  snprintf(buf, len, "%s/case%d", g_root, ++g_case);
+  mkdir(buf, 0755);
+}
+
+typedef struct logbook {
+  int warnings;
+  char last[1024];
+} logbook;
+
+static void log_cb(void *user, moejit_log_level level, const char *msg) {
+  logbook *b = user;
+  if (level == MOEJIT_LOG_WARN) {
+    b->warnings++;
+    snprintf(b->last, sizeof b->last, "%s", msg);
+  }
+}
+
+static moejit_ctx *offline_ctx(const char *dir, logbook *book) {
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  o.offline_arch = "sm_90a";
+  o.cache_dir = dir;
+  o.log = log_cb;
+  o.log_user = book;
+  moejit_ctx *ctx = NULL;
+  assert_int_equal(moejit_create(&ctx, &o), MOEJIT_OK);
+  return ctx;
+}
+
+static moejit_layer_desc small_layer(void) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 64;
+  d.intermediate = 96;
+  d.experts = 5;
+  d.top_k = 2;
+  d.max_tokens = 64;
+  d.dtype = MOEJIT_F32;
+  return d;
+}
+
+/* Compiles the small layer on a fresh context over dir; returns how many NVRTC compiles it took. */
+static int64_t compiles_for_plan(const char *dir, logbook *book) {
+  moejit_ctx *ctx = offline_ctx(dir, book);
+  moejit_layer_desc d = small_layer();
+  moejit_plan *plan = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  int64_t n = ctx->compiles;
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+  return n;
+}
+
+static int list_cubins(const char *dir, char names[][64], int max) {
+  char sub[512];
+  snprintf(sub, sizeof sub, "%s/cubin", dir);
+  DIR *d = opendir(sub);
+  int n = 0;
+  struct dirent *de;
+  while (d && (de = readdir(d)) != NULL)
+    if (de->d_name[0] != '.' && n < max)
+      snprintf(names[n++], 64, "%.63s", de->d_name);
+  if (d)
+    closedir(d);
+  return n;
+}
+
+/* ---- keys ---- */
+
+static void test_key_sensitivity(void **state) {
+  (void)state;
+  mj_gen_file hdr[2] = {{"a.cuh", "int a;", 6}, {"b.cuh", "int b;", 6}};
+  mj_gen_file hdr2[2] = {{"a.cuh", "int a;", 6}, {"b.cuh", "int c;", 6}};
+  uint8_t base[16], k[16];
+  mj_tune_cache_key("source", hdr, 2, "-arch", 13, 0, "sm_90a", base);
+  mj_tune_cache_key("source", hdr, 2, "-arch", 13, 0, "sm_90a", k);
+  assert_memory_equal(base, k, 16); /* a pure function */
+  mj_tune_cache_key("sourcf", hdr, 2, "-arch", 13, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr2, 2, "-arch", 13, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr, 1, "-arch", 13, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr, 2, "-arch -G", 13, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr, 2, "-arch", 12, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr, 2, "-arch", 13, 1, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+  mj_tune_cache_key("source", hdr, 2, "-arch", 13, 0, "sm_80", k);
+  assert_memory_not_equal(base, k, 16);
+  /* boundaries between fields matter */
+  mj_tune_cache_key("sourc", hdr, 2, "e-arch", 13, 0, "sm_90a", k);
+  assert_memory_not_equal(base, k, 16);
+}
+
+/* ---- files ---- */
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, n, f), n);
+  fclose(f);
+}
+
+static size_t read_bytes(const char *path, unsigned char *buf, size_t cap) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  size_t n = fread(buf, 1, cap, f);
+  fclose(f);
+  return n;
+}
+
+static void test_file_round_trip_and_damage(void **state) {
+  (void)state;
+  char dir[300], path[600];
+  fresh_dir(dir, sizeof dir);
+  char sub[320];
+  snprintf(sub, sizeof sub, "%s/cubin", dir);
+  mkdir(sub, 0755);
+  uint8_t key[16], other[16], got_key[16];
+  unsigned char payload[3000];
+  for (size_t i = 0; i < sizeof payload; i++)
+    payload[i] = (unsigned char)(i * 131 + 7);
+  mj_hash h;
+  mj_hash_init(&h, 1);
+  mj_hash_str(&h, "k");
+  mj_hash_final(&h, key);
+  memcpy(other, key, 16);
+  other[3] ^= 1;
+  assert_int_equal(mj_tune_cache_write_file(dir, key, payload, sizeof payload), 0);
+  mj_tune_cache_path(dir, key, path, sizeof path);
+  void *data;
+  size_t size;
+  assert_int_equal(mj_tune_cache_read_file(path, key, &data, &size, got_key), MJ_CACHE_FILE_OK);
+  assert_int_equal(size, sizeof payload);
+  assert_memory_equal(data, payload, size);
+  assert_memory_equal(got_key, key, 16);
+  free(data);
+  assert_int_equal(mj_tune_cache_read_file(path, other, &data, &size, NULL), MJ_CACHE_FILE_BAD_KEY);
+
+  unsigned char good[4096], bad[4200];
+  size_t n = read_bytes(path, good, sizeof good);
+  assert_true(n > sizeof payload);
+  struct {
+    const char *what;
+    size_t cut;    /* length kept, or 0 for all */
+    long flip;     /* byte to flip, -1 none */
+    int append;    /* trailing bytes */
+    mj_cache_file_status want;
+  } cases[] = {
+      {"zero length", 1, -1, 0, MJ_CACHE_FILE_SHORT},
+      {"half a header", 20, -1, 0, MJ_CACHE_FILE_SHORT},
+      {"header only", n - sizeof payload, -1, 0, MJ_CACHE_FILE_SHORT},
+      {"truncated payload", n - 1, -1, 0, MJ_CACHE_FILE_SHORT},
+      {"wrong magic", 0, 0, 0, MJ_CACHE_FILE_BAD_MAGIC},
+      {"wrong version", 0, 8, 0, MJ_CACHE_FILE_BAD_VERSION},
+      {"key bit flipped", 0, 16 + 5, 0, MJ_CACHE_FILE_BAD_KEY},
+      {"payload bit flipped", 0, (long)n - 100, 0, MJ_CACHE_FILE_BAD_CHECKSUM},
+      {"checksum bit flipped", 0, 40 + 3, 0, MJ_CACHE_FILE_BAD_CHECKSUM},
+      {"trailing bytes", 0, -1, 1, MJ_CACHE_FILE_LONG},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t len = cases[i].cut == 1 ? 0 : cases[i].cut ? cases[i].cut : n;
+    memcpy(bad, good, n);
+    if (cases[i].flip >= 0)
+      bad[cases[i].flip] ^= 0x10;
+    if (cases[i].append) {
+      bad[n] = 0;
+      len = n + 1;
+    }
+    write_bytes(path, bad, len);
+    mj_cache_file_status fs = mj_tune_cache_read_file(path, key, &data, &size, NULL);
+    if (fs != cases[i].want)
+      print_message("%s: got %s\n", cases[i].what, mj_tune_cache_file_error(fs));
+    assert_int_equal(fs, cases[i].want);
+    assert_null(data);
+  }
+}
+
+/* A plan over a damaged file recompiles that one module, replaces the file and warns. */
+static void test_damaged_files_recompiled(void **state) {
+  (void)state;
+  char dir[300];
+  fresh_dir(dir, sizeof dir);
+  logbook book = {0};
+  int64_t cold = compiles_for_plan(dir, &book);
+  assert_true(cold >= 4);
+  assert_int_equal(book.warnings, 0);
+  assert_int_equal(compiles_for_plan(dir, &book), 0); /* warm: all from disk */
+  char names[64][64];
+  int n = list_cubins(dir, names, 64);
+  assert_int_equal(n, cold);
+  static const char *const damage[] = {"truncate", "zero", "flip", "magic", "version"};
+  for (size_t i = 0; i < sizeof damage / sizeof damage[0]; i++) {
+    char path[800];
+    snprintf(path, sizeof path, "%.300s/cubin/%.63s", dir, names[i % n]);
+    unsigned char buf[1 << 17];
+    size_t len = read_bytes(path, buf, sizeof buf);
+    if (!strcmp(damage[i], "truncate"))
+      len /= 2;
+    else if (!strcmp(damage[i], "zero"))
+      len = 0;
+    else if (!strcmp(damage[i], "flip"))
+      buf[len - 10] ^= 1;
+    else if (!strcmp(damage[i], "magic"))
+      buf[1] = 'X';
+    else
+      buf[8] = 99;
+    write_bytes(path, buf, len);
+    book.warnings = 0;
+    assert_int_equal(compiles_for_plan(dir, &book), 1);
+    assert_int_equal(book.warnings, 1);
+    assert_non_null(strstr(book.last, "damaged"));
+    void *data;
+    size_t size;
+    assert_int_equal(mj_tune_cache_read_file(path, NULL, &data, &size, NULL), MJ_CACHE_FILE_OK);
+    free(data);
+    assert_int_equal(compiles_for_plan(dir, &book), 0);
+  }
+}
+
+/* Several processes fill one empty folder at once: every file left is whole. */
+static void test_concurrent_processes(void **state) {
+  (void)state;
+  char dir[300];
+  fresh_dir(dir, sizeof dir);
+  enum { NPROC = 4 };
+  pid_t pids[NPROC];
+  for (int i = 0; i < NPROC; i++) {
+    pids[i] = fork();
+    assert_true(pids[i] >= 0);
+    if (pids[i] == 0) {
+      moejit_ctx_options o;
+      moejit_ctx_options_init(&o);
+      o.offline_arch = "sm_90a";
+      o.cache_dir = dir;
+      moejit_ctx *ctx = NULL;
+      moejit_plan *plan = NULL;
+      moejit_layer_desc d = small_layer();
+      int ok = moejit_create(&ctx, &o) == MOEJIT_OK && moejit_plan_create(ctx, &d, &plan) == MOEJIT_OK;
+      moejit_plan_destroy(plan);
+      moejit_destroy(ctx);
+      _exit(ok ? 0 : 1);
+    }
+  }
+  for (int i = 0; i < NPROC; i++) {
+    int status = 0;
+    assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  char names[64][64];
+  int n = list_cubins(dir, names, 64);
+  logbook book = {0};
+  int64_t expect = compiles_for_plan(dir, &book); /* 0 if every module is cached and valid */
+  assert_int_equal(expect, 0);
+  for (int i = 0; i < n; i++) {
+    assert_null(strstr(names[i], ".tmp")); /* no temporary file left behind */
+    char path[800];
+    snprintf(path, sizeof path, "%.300s/cubin/%.63s", dir, names[i]);
+    void *data;
+    size_t size;
+    assert_int_equal(mj_tune_cache_read_file(path, NULL, &data, &size, NULL), MJ_CACHE_FILE_OK);
+    free(data);
+  }
+}
+
+/* A folder that cannot be created: one warning, compiles in memory, plans still work. */
+static void test_unwritable_dir(void **state) {
+  (void)state;
+  char dir[300], file[320], below[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(file, sizeof file, "%s/a-file", dir);
+  write_bytes(file, "x", 1);
+  snprintf(below, sizeof below, "%s/cache", file); /* a folder under a regular file */
+  logbook book = {0};
+  moejit_ctx *ctx = offline_ctx(below, &book);
+  assert_int_equal(book.warnings, 1);
+  assert_non_null(strstr(book.last, "memory only"));
+  assert_null(mj_tune_cache_dir(ctx->cache));
+  moejit_layer_desc d = small_layer();
+  moejit_plan *plan = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  int64_t first = ctx->compiles;
+  moejit_plan *again = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &again), MOEJIT_OK);
+  assert_int_equal(ctx->compiles, first); /* the in-memory table serves the second plan */
+  assert_int_equal(book.warnings, 1);
+  moejit_plan_destroy(plan);
+  moejit_plan_destroy(again);
+  moejit_destroy(ctx);
+}
+
+/* Two threads asking for one key: one compiles, the other waits and gets its cubin. */
+typedef struct racer {
+  mj_cache *cache;
+  uint8_t key[16];
+  int compiled;
+  size_t got;
+} racer;
+
+static void *race(void *arg) {
+  racer *r = arg;
+  void *data;
+  size_t size;
+  if (mj_tune_cache_acquire(r->cache, r->key, &data, &size)) {
+    r->got = size;
+    free(data);
+  } else {
+    usleep(100000); /* a slow compile */
+    static const char cubin[] = "pretend cubin";
+    mj_tune_cache_put(r->cache, r->key, cubin, sizeof cubin);
+    r->compiled = 1;
+    r->got = sizeof cubin;
+  }
+  return NULL;
+}
+
+static void test_one_compile_per_key(void **state) {
+  (void)state;
+  char dir[300];
+  fresh_dir(dir, sizeof dir);
+  mj_cache *c;
+  mj_err err;
+  assert_int_equal(mj_tune_cache_open(&c, dir, NULL, NULL, &err), MOEJIT_OK);
+  racer r[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    memset(&r[i], 0, sizeof r[i]);
+    r[i].cache = c;
+    memset(r[i].key, 0xAB, 16);
+    assert_int_equal(pthread_create(&th[i], NULL, race, &r[i]), 0);
+  }
+  int compiled = 0;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    compiled += r[i].compiled;
+    assert_int_equal(r[i].got, sizeof "pretend cubin");
+  }
+  assert_int_equal(compiled, 1);
+  mj_cache_stats s = mj_tune_cache_stats(c);
+  assert_int_equal(s.misses, 1);
+  assert_int_equal(s.memory_hits, 3);
+  mj_tune_cache_close(c);
+}
+
+/* ---- records ---- */
+
+static mj_record record(const char *arch, int64_t bucket, const char *config, double ms) {
+  mj_record r;
+  memset(&r, 0, sizeof r);
+  snprintf(r.arch, sizeof r.arch, "%s", arch);
+  r.sms = 132;
+  r.hidden = r.intermediate = 2880;
+  r.experts = 32;
+  r.top_k = 4;
+  snprintf(r.dtype, sizeof r.dtype, "bf16");
+  snprintf(r.kernel, sizeof r.kernel, "gemm");
+  r.bucket = bucket;
+  snprintf(r.version, sizeof r.version, "%s", moejit_version_string());
+  snprintf(r.config, sizeof r.config, "%s", config);
+  r.ms = ms;
+  r.heuristic_ms = 2 * ms;
+  return r;
+}
+
+static void test_records_format_and_merge(void **state) {
+  (void)state;
+  char dir[300], path[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/records.txt", dir);
+  mj_record a = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5), back;
+  char line[512];
+  mj_tune_record_format(&a, line, sizeof line);
+  assert_int_equal(mj_tune_record_parse(line, &back), 0);
+  assert_true(mj_tune_record_same_key(&a, &back));
+  assert_string_equal(back.config, a.config);
+  assert_int_equal(mj_tune_record_parse("sm_90a 132 2880", &back), -1);
+  strcat(line, " extra");
+  assert_int_equal(mj_tune_record_parse(line, &back), -1);
+
+  mj_record first[] = {record("sm_90a", 1, "mma_m16n128k64s4w1x4", 0.1),
+                       record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5)};
+  mj_record second[] = {record("sm_90a", 64, "mma_m64n128k32s4w2x2", 0.4),
+                        record("sm_80", 64, "mma_m64n128k32s4w2x2", 0.9)};
+  mj_err err;
+  assert_int_equal(mj_tune_records_merge(path, first, 2, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(mj_tune_records_merge(path, second, 2, NULL, NULL, &err), MOEJIT_OK);
+  mj_record *all = NULL;
+  int n = 0;
+  assert_int_equal(mj_tune_records_load(path, &all, &n, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(n, 3); /* one key replaced, the rest kept */
+  int replaced = 0;
+  for (int i = 0; i < n; i++)
+    if (all[i].bucket == 64 && !strcmp(all[i].arch, "sm_90a")) {
+      assert_string_equal(all[i].config, "mma_m64n128k32s4w2x2");
+      replaced++;
+    }
+  assert_int_equal(replaced, 1);
+  free(all);
+
+  /* damaged lines are skipped with a warning naming the line */
+  FILE *f = fopen(path, "a");
+  fputs("garbage line\nsm_90a 132 2880 2880 32 4 bf16 gemm\n\n# a comment\n", f);
+  fclose(f);
+  logbook book = {0};
+  assert_int_equal(mj_tune_records_load(path, &all, &n, log_cb, &book, &err), MOEJIT_OK);
+  assert_int_equal(n, 3);
+  assert_int_equal(book.warnings, 2);
+  assert_non_null(strstr(book.last, "records.txt:"));
+  free(all);
+}
+
+static void test_records_concurrent_writers(void **state) {
+  (void)state;
+  char dir[300], path[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/records.txt", dir);
+  enum { NPROC = 4, EACH = 8 };
+  pid_t pids[NPROC];
+  for (int p = 0; p < NPROC; p++) {
+    pids[p] = fork();
+    assert_true(pids[p] >= 0);
+    if (pids[p] == 0) {
+      int ok = 1;
+      for (int i = 0; i < EACH; i++) {
+        mj_record r = record("sm_90a", 1 + p * EACH + i, "mma_m64n128k32s4w2x2", 1.0);
+        mj_err err;
+        ok &= mj_tune_records_merge(path, &r, 1, NULL, NULL, &err) == MOEJIT_OK;
+      }
+      _exit(ok ? 0 : 1);
+    }
+  }
+  for (int p = 0; p < NPROC; p++) {
+    int status = 0;
+    waitpid(pids[p], &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  mj_record *all = NULL;
+  int n = 0;
+  mj_err err;
+  assert_int_equal(mj_tune_records_load(path, &all, &n, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(n, NPROC * EACH); /* nobody's lines were lost */
+  free(all);
+}
+
+/* A plan follows the records of its arch and shape; a record naming no valid config is ignored. */
+static void test_plan_follows_records(void **state) {
+  (void)state;
+  char dir[300], path[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/records.txt", dir);
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.max_tokens = 1024;
+  mj_record recs[3];
+  recs[0] = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5);
+  recs[1] = record("sm_90a", 300, "mma_m64n64k32s3w2x2", 0.7); /* an exact count */
+  recs[2] = record("sm_90a", 8, "ffma_m64n64k16s3t4x4", 0.2);  /* not a bf16 config */
+  for (int i = 0; i < 3; i++) {
+    recs[i].hidden = 256;
+    recs[i].intermediate = 192;
+    recs[i].experts = 16;
+  }
+  mj_err err;
+  assert_int_equal(mj_tune_records_merge(path, recs, 3, NULL, NULL, &err), MOEJIT_OK);
+  logbook book = {0};
+  moejit_ctx *ctx = offline_ctx(dir, &book);
+  moejit_plan *plan = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  int b64 = mj_rt_bucket(64);
+  assert_int_equal(b64, 6);
+  assert_true(plan->tuned[b64]);
+  assert_string_equal(plan->configs[plan->pick[b64]].name, "mma_m32n128k32s3w2x2");
+  assert_false(plan->tuned[mj_rt_bucket(8)]);
+  assert_int_equal(plan->nexact, 1);
+  assert_int_equal(plan->exact_tokens[0], 300);
+  assert_string_equal(plan->configs[plan->exact_pick[0]].name, "mma_m64n64k32s3w2x2");
+  assert_int_equal(book.warnings, 1); /* the f32 config named for a bf16 layer */
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_key_sensitivity),
+      cmocka_unit_test(test_file_round_trip_and_damage),
+      cmocka_unit_test(test_damaged_files_recompiled),
+      cmocka_unit_test(test_concurrent_processes),
+      cmocka_unit_test(test_unwritable_dir),
+      cmocka_unit_test(test_one_compile_per_key),
+      cmocka_unit_test(test_records_format_and_merge),
+      cmocka_unit_test(test_records_concurrent_writers),
+      cmocka_unit_test(test_plan_follows_records),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
