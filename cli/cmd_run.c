@@ -91,7 +91,7 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "moejit run: plan: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
     goto done;
   }
-  printf("plan     %d modules compiled and loaded in %.2f s\n", plan->nmodules, cli_now() - t0);
+  printf("plan     %d modules built and loaded in %.3f s\n", plan->nmodules, cli_now() - t0);
   if ((st = mj_synth_open(ctx, &syn, &err)) != MOEJIT_OK ||
       (st = mj_synth_layer_create(&syn, plan, L.tokens, L.seed, &layer, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit run: synthetic layer: %s: %s\n", moejit_status_name(st), err.msg);
