@@ -15,6 +15,7 @@
 #include "golden.h"
 #include "ref.h"
 #include "runtime/internal.h"
+#include "tune/tuner.h"
 
 static moejit_ctx *g_ctx;
 static mj_synth g_syn;
@@ -496,6 +497,77 @@ static void test_f32_gpt_oss(void **state) {
   moejit_plan_destroy(plan);
 }
 
+/* The tuner on a small layer: winners checked, recorded, and followed by a new plan. */
+static int tune_check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
+  (void)user;
+  mj_check_result r;
+  mj_err err;
+  if (mj_check_sampled(s, L, 16, &r, &err) != MOEJIT_OK)
+    return -1;
+  *rel = r.rel_error;
+  return r.nonfinite == 0 && r.rel_error <= r.tolerance ? 0 : -1;
+}
+
+static void test_tuner(void **state) {
+  (void)state;
+  NEED_GPU();
+  char dir[] = "/tmp/moejit-tune-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  o.cache_dir = dir;
+  moejit_ctx *ctx = NULL;
+  assert_int_equal(moejit_create(&ctx, &o), MOEJIT_OK);
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.max_tokens = 512;
+  static const int64_t tokens[] = {8, 300};
+  mj_tune_options opt = {tokens, 2, 0.0, 3, 5, 1, NULL, tune_check, NULL};
+  mj_tune_result res[2];
+  mj_err err;
+  moejit_status st = mj_tune_run(ctx, &d, &opt, res, &err);
+  if (st != MOEJIT_OK)
+    print_message("tune: %s\n", err.msg);
+  assert_int_equal(st, MOEJIT_OK);
+  for (int i = 0; i < 2; i++) {
+    print_message("tuned T=%lld: %s %.4f ms (heuristic %s %.4f ms), %d candidates, check %.3g\n",
+                  (long long)res[i].tokens, res[i].config, res[i].ms, res[i].heuristic,
+                  res[i].heuristic_ms, res[i].candidates, res[i].rel_error);
+    assert_int_equal(res[i].checked, 1);
+    assert_true(res[i].candidates >= 2);
+    assert_true(res[i].ms > 0 && res[i].ms <= res[i].heuristic_ms);
+  }
+  moejit_plan *plan = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  assert_true(plan->tuned[mj_rt_bucket(8)]);
+  assert_string_equal(plan->configs[plan->pick[mj_rt_bucket(8)]].name, res[0].config);
+  assert_int_equal(plan->nexact, 1);
+  assert_string_equal(plan->configs[plan->exact_pick[0]].name, res[1].config);
+  mj_synth syn;
+  assert_int_equal(mj_synth_open(ctx, &syn, &err), MOEJIT_OK);
+  for (int i = 0; i < 2; i++) {
+    mj_synth_layer L;
+    assert_int_equal(mj_synth_layer_create(&syn, plan, tokens[i], 60 + i, &L, &err), MOEJIT_OK);
+    moejit_forward_args a;
+    mj_synth_layer_args(&L, &a);
+    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL), MOEJIT_OK);
+    mj_check_result r;
+    assert_int_equal(mj_check_sampled(&syn, &L, 32, &r, &err), MOEJIT_OK);
+    assert_true(r.nonfinite == 0 && r.rel_error <= r.tolerance);
+    mj_synth_layer_destroy(&syn, &L);
+  }
+  mj_synth_close(&syn);
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases),
@@ -506,6 +578,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_graph),
       cmocka_unit_test(test_two_plans_two_streams),
       cmocka_unit_test(test_f32_gpt_oss),
+      cmocka_unit_test(test_tuner),
       cmocka_unit_test(test_gpt_oss_e32),
       cmocka_unit_test(test_gpt_oss_e128),
   };
