@@ -37,7 +37,7 @@ int cmd_gen(int argc, char **argv) {
   mj_module_src *mods = NULL;
   int n = 0, ncfg = 0;
   mj_err err;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
   moejit_status st = offline_ctx(&L, &ctx);
   if (st != MOEJIT_OK)
     return 1;
@@ -121,7 +121,7 @@ int cmd_compile(int argc, char **argv) {
   mj_module_src *mods = NULL;
   int n = 0, ncfg = 0;
   mj_err err;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(L.desc.dtype, &ncfg);
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
   moejit_status st = offline_ctx(&L, &ctx);
   if (st != MOEJIT_OK)
     return 1;

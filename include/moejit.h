@@ -70,7 +70,7 @@ typedef enum moejit_dtype {
 typedef enum moejit_routing {
   MOEJIT_ROUTING_TOPK = 0,   /* topk_ids [T, K] + routing_weights [T, K] */
   MOEJIT_ROUTING_DENSE = 1,  /* topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]] */
-  MOEJIT_ROUTING_LOGITS = 2  /* router_logits [T, E]: top-K, softmax over the K (not yet supported) */
+  MOEJIT_ROUTING_LOGITS = 2  /* router_logits [T, E]: top-K (ties: lower id), softmax over the K */
 } moejit_routing;
 
 typedef enum moejit_log_level { MOEJIT_LOG_DEBUG = 0, MOEJIT_LOG_INFO, MOEJIT_LOG_WARN } moejit_log_level;
@@ -107,10 +107,15 @@ typedef struct moejit_layer_desc {
   moejit_routing routing;
   float alpha;                /* SwiGLU alpha, default 1.702 */
   float limit;                /* SwiGLU clamp, default 7.0 */
-  /* Options of the layer not implemented yet; a non-default value gets MOEJIT_ERR_UNSUPPORTED. */
-  int64_t expert_capacity;    /* 0: dropless */
-  int64_t global_experts;     /* 0: no expert_map (expert parallelism) */
-  int apply_router_weight_on_input;
+  int64_t expert_capacity;    /* 0: dropless; C > 0: each expert takes its first C slots in the
+                                 order of t * K + k and the others contribute nothing */
+  int64_t global_experts;     /* 0: ids are local experts. G > 0: ids are global in [0, G) and
+                                 args->expert_map [G] maps them to a local expert or -1 (another
+                                 rank's: contributes nothing, costs nothing) */
+  int apply_router_weight_on_input; /* scale x by the routing weight before GEMM1, not the output */
+  moejit_dtype logits_dtype;  /* router_logits with MOEJIT_ROUTING_LOGITS: F32 (default), F16, BF16 */
+  int bias_f32;               /* 1: both biases are f32 while x and the weights are f16 or bf16 */
+  int exact_f32;              /* f32 layers: exact FFMA GEMMs; 0 (default): TF32 tensor cores */
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */
@@ -118,10 +123,12 @@ typedef struct moejit_forward_args {
   size_t struct_size;
   int64_t tokens;                /* T, 0..max_tokens */
   const void *x;                 /* [T, H] dtype */
+  /* TOPK / DENSE routing: inputs. LOGITS routing: optional outputs (NULL: not written), the
+   * chosen ids and their softmax weights, [T, K], in ids_dtype and weights_dtype. */
   const void *topk_ids;          /* [T, K] ids_dtype */
-  const void *routing_weights;   /* [T, K] or [T, E] weights_dtype */
-  const void *router_logits;     /* [T, E], MOEJIT_ROUTING_LOGITS only */
-  const int32_t *expert_map;     /* [global_experts], only with global_experts > 0 */
+  const void *routing_weights;   /* [T, K], or [T, E] (DENSE; E = global_experts when set) */
+  const void *router_logits;     /* [T, E] logits_dtype, MOEJIT_ROUTING_LOGITS only (E global) */
+  const int32_t *expert_map;     /* [global_experts] local id or -1, only with global_experts > 0 */
   const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns */
   const void *gate_up_proj_bias; /* [E, 2I] dtype */
   const void *down_proj;         /* [E, I, H] dtype */
@@ -133,7 +140,8 @@ typedef struct moejit_ctx moejit_ctx;
 typedef struct moejit_plan moejit_plan;
 
 MOEJIT_API void moejit_ctx_options_init(moejit_ctx_options *opts);
-/* Defaults: bf16, int32 ids, f32 topk weights, alpha 1.702, limit 7.0, dropless. */
+/* Defaults: bf16, int32 ids, f32 topk weights, alpha 1.702, limit 7.0, dropless, no expert map,
+ * weight on the output, biases in the activation dtype, TF32 for f32 layers. */
 MOEJIT_API void moejit_layer_desc_init(moejit_layer_desc *desc);
 MOEJIT_API void moejit_forward_args_init(moejit_forward_args *args);
 

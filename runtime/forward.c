@@ -34,23 +34,38 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
   if (a->tokens < 0 || a->tokens > d->max_tokens)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->tokens=%lld is outside [0, max_tokens=%lld]",
                    (long long)a->tokens, (long long)d->max_tokens);
-  if (a->router_logits)
+  int logits = d->routing == MOEJIT_ROUTING_LOGITS;
+  if (!logits && a->router_logits)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "args->router_logits is set but desc->routing is not MOEJIT_ROUTING_LOGITS");
-  if (a->expert_map)
+  if (d->global_experts == 0 && a->expert_map)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "args->expert_map is set but desc->global_experts=0");
   if (a->tokens == 0)
     return MOEJIT_OK;
-  size_t act = mj_dtype_size(d->dtype);
+  size_t act = mj_dtype_size(d->dtype), bias = d->bias_f32 ? 4 : act;
   /* The GEMMs copy 16-byte vectors of x and of the weights. */
   if ((st = check_ptr("x", a->x, 16, err)) || (st = check_ptr("gate_up_proj", a->gate_up_proj, 16, err)) ||
       (st = check_ptr("down_proj", a->down_proj, 16, err)) ||
-      (st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, act, err)) ||
-      (st = check_ptr("down_proj_bias", a->down_proj_bias, act, err)) ||
-      (st = check_ptr("y", a->y, act, err)) ||
-      (st = check_ptr("topk_ids", a->topk_ids, mj_dtype_size(d->ids_dtype), err)) ||
-      (st = check_ptr("routing_weights", a->routing_weights, mj_dtype_size(d->weights_dtype), err)))
+      (st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, bias, err)) ||
+      (st = check_ptr("down_proj_bias", a->down_proj_bias, bias, err)) ||
+      (st = check_ptr("y", a->y, act, err)))
+    return st;
+  if (logits) {
+    if ((st = check_ptr("router_logits", a->router_logits, mj_dtype_size(d->logits_dtype), err)))
+      return st;
+    /* optional outputs */
+    if (a->topk_ids && (st = check_ptr("topk_ids", a->topk_ids, mj_dtype_size(d->ids_dtype), err)))
+      return st;
+    if (a->routing_weights &&
+        (st = check_ptr("routing_weights", a->routing_weights, mj_dtype_size(d->weights_dtype), err)))
+      return st;
+  } else if ((st = check_ptr("topk_ids", a->topk_ids, mj_dtype_size(d->ids_dtype), err)) ||
+             (st = check_ptr("routing_weights", a->routing_weights, mj_dtype_size(d->weights_dtype),
+                             err))) {
+    return st;
+  }
+  if (d->global_experts > 0 && (st = check_ptr("expert_map", a->expert_map, 4, err)))
     return st;
   if (!workspace)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace is NULL");
@@ -86,25 +101,39 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   const mj_gemm_config *c = &plan->configs[cfg];
   int nslots = (int)l.nslots, nchunks = (int)l.nchunks, block_m = c->bm;
   unsigned max_tiles = (unsigned)l.max_tiles;
-  CUdeviceptr ids = DPTR(a->topk_ids), weights = DPTR(a->routing_weights);
+  CUdeviceptr ids = DPTR(a->topk_ids), weights = DPTR(a->routing_weights),
+              map = DPTR(a->expert_map);
   CUdeviceptr flags = ws + l.flags, num_tiles = ws + l.num_tiles, expert_off = ws + l.expert_off,
               chunk_counts = ws + l.chunk_counts, chunk_base = ws + l.chunk_base,
               tiles = ws + l.tiles, sorted_slot = ws + l.sorted_slot, slot_pos = ws + l.slot_pos,
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
+  int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
 
-  void *count_args[] = {&ids, &nslots, &chunk_counts};
+  if (d->routing == MOEJIT_ROUTING_LOGITS) {
+    /* top-k and softmax of the logits into the workspace; the caller's copies when asked for */
+    CUdeviceptr logits = DPTR(a->router_logits), ws_ids = ws + l.route_ids, ws_w = ws + l.route_w;
+    int tokens = (int)a->tokens;
+    void *topk_args[] = {&logits, &tokens, &ws_ids, &ws_w, &ids, &weights};
+    MJ_CU(cu,
+          LaunchKernel(plan->topk.fn, (unsigned)((tokens + 3) / 4), 1, 1,
+                       (unsigned)plan->topk.threads, 1, 1, 0, stream, topk_args, NULL),
+          err);
+    ids = ws_ids;
+    weights = ws_w;
+  }
+  void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
   MJ_CU(cu,
         LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1, 0,
                      stream, count_args, NULL),
         err);
-  void *scan_args[] = {&chunk_counts, &nchunks, &block_m, &chunk_base,
-                       &expert_off,   &tiles,   &num_tiles, &flags};
+  void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
+                       &expert_off,   &tiles,     &num_tiles, &flags};
   MJ_CU(cu,
         LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream, scan_args,
                      NULL),
         err);
-  void *scatter_args[] = {&ids, &weights, &nslots, &chunk_base, &sorted_slot, &slot_pos,
-                          &slot_weight};
+  void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
+                          &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight};
   MJ_CU(cu,
         LaunchKernel(plan->scatter.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->scatter.threads, 1,
                      1, 0, stream, scatter_args, NULL),

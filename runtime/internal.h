@@ -3,6 +3,7 @@
 #ifndef MJ_RUNTIME_INTERNAL_H
 #define MJ_RUNTIME_INTERNAL_H
 #include <pthread.h>
+#include <stddef.h>
 
 #include "gen/gen.h"
 #include "gen/nvrtc.h"
@@ -15,7 +16,10 @@
 #define MJ_MAX_GEMM_CONFIGS 64
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
-#define MJ_ROUTE_CHUNK 256 /* slots per routing block (route.cuh's kChunk) */
+#define MJ_ROUTE_CHUNK 256
+/* The first moejit_layer_desc layout ended after apply_router_weight_on_input; later fields are
+ * appended and take their defaults when a caller's struct_size stops short of them. */
+#define MJ_DESC_MIN_SIZE (offsetof(moejit_layer_desc, apply_router_weight_on_input) + sizeof(int)) /* slots per routing block (route.cuh's kChunk) */
 
 struct moejit_ctx {
   moejit_log_fn log;
@@ -58,7 +62,8 @@ typedef struct mj_module_src {
 struct moejit_plan {
   moejit_ctx *ctx;
   moejit_layer_desc desc;
-  mj_kernel count, scan, scatter, combine;
+  mj_kernel topk, count, scan, scatter, combine; /* topk: logits routing only */
+  mj_math math;
   int ngemm;
   mj_gemm_config configs[MJ_MAX_GEMM_CONFIGS];
   mj_kernel gemm1[MJ_MAX_GEMM_CONFIGS], gemm2[MJ_MAX_GEMM_CONFIGS];
@@ -75,7 +80,7 @@ struct moejit_plan {
 /* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
 typedef struct mj_layout {
   size_t flags, num_tiles, expert_off, chunk_counts, chunk_base, tiles, sorted_slot, slot_pos,
-      slot_weight, h, y_slot, total;
+      slot_weight, route_ids, route_w, h, y_slot, total;
   int64_t nslots, nchunks, max_tiles;
 } mj_layout;
 
@@ -120,5 +125,7 @@ void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *desc, int6
 void mj_rt_modules_free(mj_module_src *mods, int n);
 
 const char *mj_rt_dtype_name(moejit_dtype dt); /* "bf16", "i32", ... */
+/* The GEMM math path of a layer (dtype, exact_f32). */
+mj_math mj_rt_math(const moejit_layer_desc *desc);
 
 #endif

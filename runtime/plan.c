@@ -14,10 +14,14 @@
 moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
   if (!d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
-  if (d->struct_size != sizeof *d)
+  if (d->struct_size < MJ_DESC_MIN_SIZE || d->struct_size > sizeof *d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
-                   "desc->struct_size=%zu, expected %zu (call moejit_layer_desc_init)",
-                   d->struct_size, sizeof *d);
+                   "desc->struct_size=%zu, expected %zu..%zu (call moejit_layer_desc_init)",
+                   d->struct_size, (size_t)MJ_DESC_MIN_SIZE, sizeof *d);
+  moejit_layer_desc full; /* the fields a shorter struct lacks, at their defaults */
+  moejit_layer_desc_init(&full);
+  memcpy(&full, d, d->struct_size);
+  d = &full;
   const struct {
     const char *name;
     int64_t v, lo, hi, multiple;
@@ -47,39 +51,58 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
       d->weights_dtype != MOEJIT_BF16)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->weights_dtype=%d is not MOEJIT_F32, F16 or BF16", (int)d->weights_dtype);
-  if (d->routing == MOEJIT_ROUTING_LOGITS)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
-                   "desc->routing=MOEJIT_ROUTING_LOGITS is not implemented yet; pass topk ids");
-  if (d->routing != MOEJIT_ROUTING_TOPK && d->routing != MOEJIT_ROUTING_DENSE)
+  if (d->routing != MOEJIT_ROUTING_TOPK && d->routing != MOEJIT_ROUTING_DENSE &&
+      d->routing != MOEJIT_ROUTING_LOGITS)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->routing=%d is not a moejit_routing",
                    (int)d->routing);
   if (!isfinite(d->alpha) || !isfinite(d->limit) || d->limit <= 0.0f)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->alpha=%g and desc->limit=%g must be finite, limit > 0", d->alpha,
                    d->limit);
-  if (d->expert_capacity != 0)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
-                   "desc->expert_capacity=%lld: capacity mode is not implemented yet (0 = dropless)",
-                   (long long)d->expert_capacity);
-  if (d->global_experts != 0)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
-                   "desc->global_experts=%lld: expert_map is not implemented yet (0 = none)",
-                   (long long)d->global_experts);
-  if (d->apply_router_weight_on_input)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
-                   "desc->apply_router_weight_on_input=1 is not implemented yet");
+  if (d->expert_capacity < 0 || d->expert_capacity > INT32_MAX)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->expert_capacity=%lld is outside [0, %d] (0 = dropless)",
+                   (long long)d->expert_capacity, INT32_MAX);
+  if (d->global_experts != 0 && (d->global_experts < d->experts || d->global_experts > 1024))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->global_experts=%lld is outside [experts=%lld, 1024] (0 = no expert map)",
+                   (long long)d->global_experts, (long long)d->experts);
+  int64_t scored = d->global_experts ? d->global_experts : d->experts;
+  if (d->routing == MOEJIT_ROUTING_LOGITS) {
+    if (d->logits_dtype != MOEJIT_F32 && d->logits_dtype != MOEJIT_F16 &&
+        d->logits_dtype != MOEJIT_BF16)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                     "desc->logits_dtype=%d is not MOEJIT_F32, F16 or BF16", (int)d->logits_dtype);
+    if (d->top_k > scored)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                     "desc->top_k=%lld exceeds the %lld experts the router logits score",
+                     (long long)d->top_k, (long long)scored);
+  }
+  if (d->bias_f32 != 0 && d->bias_f32 != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->bias_f32=%d is not 0 or 1", d->bias_f32);
+  if (d->exact_f32 != 0 && d->exact_f32 != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->exact_f32=%d is not 0 or 1", d->exact_f32);
+  if (d->apply_router_weight_on_input != 0 && d->apply_router_weight_on_input != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->apply_router_weight_on_input=%d is not 0 or 1",
+                   d->apply_router_weight_on_input);
   return MOEJIT_OK;
 }
 
 /* The spec of each module of a layer; see the template headers for the keys. */
 static void route_spec(const moejit_layer_desc *d, mj_spec *s) {
+  static const char *const forms[] = {"topk", "dense", "logits"};
   memset(s, 0, sizeof *s);
   mj_spec_int(s, "experts", d->experts);
+  mj_spec_int(s, "global_experts", d->global_experts ? d->global_experts : d->experts);
+  mj_spec_int(s, "mapped", d->global_experts > 0);
+  mj_spec_int(s, "capped", d->expert_capacity > 0);
   mj_spec_int(s, "top_k", d->top_k);
   mj_spec_int(s, "chunk", MJ_ROUTE_CHUNK);
   mj_spec_str(s, "ids", mj_rt_dtype_name(d->ids_dtype));
   mj_spec_str(s, "weights", mj_rt_dtype_name(d->weights_dtype));
-  mj_spec_str(s, "routing", d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk");
+  mj_spec_str(s, "routing", forms[d->routing]);
+  if (d->routing == MOEJIT_ROUTING_LOGITS)
+    mj_spec_str(s, "logits", mj_rt_dtype_name(d->logits_dtype));
 }
 
 static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
@@ -89,22 +112,28 @@ static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
   mj_spec_int(s, "top_k", d->top_k);
 }
 
+mj_math mj_rt_math(const moejit_layer_desc *d) { return mj_tune_math(d->dtype, d->exact_f32); }
+
 static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int mode, mj_spec *s) {
-  int mma = mj_tune_uses_mma(d->dtype);
+  mj_math math = mj_rt_math(d);
+  int tc = math != MJ_MATH_FFMA;
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
+  mj_spec_str(s, "bias", mj_rt_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
+  mj_spec_str(s, "math", mj_tune_math_name(math));
   mj_spec_str(s, "mode", mode == 1 ? "gate_up" : "down");
   mj_spec_int(s, "n", mode == 1 ? 2 * d->intermediate : d->hidden);
   mj_spec_int(s, "k", mode == 1 ? d->hidden : d->intermediate);
   mj_spec_int(s, "top_k", d->top_k);
   mj_spec_num(s, "alpha", d->alpha);
   mj_spec_num(s, "limit", d->limit);
+  mj_spec_int(s, "weight_on_input", d->apply_router_weight_on_input);
   mj_spec_int(s, "bm", c->bm);
   mj_spec_int(s, "bn", c->bn);
   mj_spec_int(s, "bk", c->bk);
   mj_spec_int(s, "stages", c->stages);
-  mj_spec_int(s, mma ? "wm" : "tm", mma ? c->wm : c->tm);
-  mj_spec_int(s, mma ? "wn" : "tn", mma ? c->wn : c->tn);
+  mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
+  mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
 }
 
 void mj_rt_modules_free(mj_module_src *mods, int n) {
@@ -277,6 +306,8 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(sorted_slot, (size_t)l->nslots * sizeof(int));
   MJ_PLACE_(slot_pos, (size_t)l->nslots * sizeof(int));
   MJ_PLACE_(slot_weight, (size_t)l->nslots * sizeof(float));
+  MJ_PLACE_(route_ids, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(int) : 0);
+  MJ_PLACE_(route_w, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(float) : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
   MJ_PLACE_(y_slot, (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
 #undef MJ_PLACE_
@@ -359,12 +390,13 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   if ((st = mj_rt_build_modules(ctx, desc, plan->configs, plan->ngemm, ctx->arch, 0, &mods, &nmods,
                                 err)) != MOEJIT_OK)
     goto fail;
+  plan->topk = (mj_kernel){"moejit_route_topk", NULL, NULL, 128, 0};
   plan->count = (mj_kernel){"moejit_route_count", NULL, NULL, MJ_ROUTE_CHUNK, 0};
   plan->scan = (mj_kernel){"moejit_route_scan", NULL, NULL, 256, 0};
   plan->scatter = (mj_kernel){"moejit_route_scatter", NULL, NULL, 32, 0};
   plan->combine = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
   for (int i = 0; i < plan->ngemm; i++) {
-    int threads = mj_tune_gemm_threads(&plan->configs[i], desc->dtype);
+    int threads = mj_tune_gemm_threads(&plan->configs[i], plan->math);
     int smem = (int)mj_tune_gemm_smem(&plan->configs[i], desc->dtype);
     plan->gemm1[i] = (mj_kernel){"moejit_gemm", NULL, NULL, threads, smem};
     plan->gemm2[i] = plan->gemm1[i];
@@ -373,9 +405,10 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
     mj_cu *cu = &ctx->cu;
     MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
     pushed = 1;
-    mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter};
+    mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter, &plan->topk};
     mj_kernel *combine[] = {&plan->combine};
-    if ((st = load_module(plan, &mods[0], route, 3, err)) != MOEJIT_OK ||
+    int nroute = desc->routing == MOEJIT_ROUTING_LOGITS ? 4 : 3;
+    if ((st = load_module(plan, &mods[0], route, nroute, err)) != MOEJIT_OK ||
         (st = load_module(plan, &mods[1], combine, 1, err)) != MOEJIT_OK)
       goto fail;
     for (int i = 0; i < plan->ngemm; i++) {
@@ -410,7 +443,7 @@ static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
   moejit_ctx *ctx = plan->ctx;
   const moejit_layer_desc *d = &plan->desc;
   int nheur = 0;
-  const mj_gemm_config *heur = mj_tune_gemm_configs(d->dtype, &nheur);
+  const mj_gemm_config *heur = mj_tune_gemm_configs(plan->math, &nheur);
   for (int i = 0; i < nheur; i++)
     add_config(plan, &heur[i]);
   for (int b = 0; b < MJ_BUCKETS; b++)
@@ -427,12 +460,13 @@ static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
     if (ctx->offline)
       want.sms = recs[i].sms; /* an offline plan takes records for any SM count of its arch */
     mj_gemm_config c;
+    mj_math math;
     if (!mj_tune_record_same_key(&recs[i], &want))
       continue;
-    if (mj_tune_config_parse(recs[i].config, &c) != 0 ||
-        mj_tune_uses_mma(d->dtype) != (c.wm > 0)) {
+    if (mj_tune_config_parse(recs[i].config, &c, &math) != 0 || math != plan->math) {
       mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s: record for bucket %lld names config '%s', not one of "
-                "this dtype's; ignored", ctx->records_path, (long long)recs[i].bucket, recs[i].config);
+                "the %s path's; ignored", ctx->records_path, (long long)recs[i].bucket,
+                recs[i].config, mj_tune_math_name(plan->math));
       continue;
     }
     int idx = add_config(plan, &c);
@@ -468,7 +502,13 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   if (!plan)
     return mj_rt_fail(ctx, mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory"), err);
   plan->ctx = ctx;
-  plan->desc = *desc;
+  /* A caller built against an older header passes a shorter struct: the fields it lacks take
+   * their defaults. */
+  moejit_layer_desc_init(&plan->desc);
+  memcpy(&plan->desc, desc, desc->struct_size);
+  plan->desc.struct_size = sizeof plan->desc;
+  desc = &plan->desc;
+  plan->math = mj_rt_math(desc);
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++)
       add_config(plan, &configs[i]);

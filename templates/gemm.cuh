@@ -1,12 +1,14 @@
-// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list, tensor cores through
-// mma.sync (sm_80+) for f16/bf16 and exact fp32 FFMA for f32.
-// Needs from the including template: T, kMode, kN, kK, kTopK, kAlpha, kLimit, kBM, kBN, kBK,
-// kStages, kThreads, kMma and, for kMma, kWM, kWN, else kTM, kTN.
+// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list. Three math paths, all
+// sm_80+: MJ_GEMM_PATH 1, mma.sync m16n8k16 for f16/bf16; 2, mma.sync m16n8k8 on TF32 for f32;
+// 0, exact fp32 FFMA for f32.
+// Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
+// kBM, kBN, kBK, kStages, kThreads and kWM, kWN (tensor-core paths) or kTM, kTN (FFMA).
 //
 // kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
-//   gathered from x by token = sorted_slot[row] / kTopK.
+//   gathered from x by token = sorted_slot[row] / kTopK; with kWeightOnInput the product is scaled by
+//   weight[row] first (the same as scaling x[token], as the GEMM is linear in it).
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
-//   with A = h in row order and slot = sorted_slot[row].
+//   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert; blockIdx.y picks the kBN columns.
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 #pragma once
@@ -15,7 +17,7 @@
 struct GemmParams {
   const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
   const T *w;               // [experts, kK, kN]
-  const T *bias;            // [experts, kN]
+  const BiasT *bias;        // [experts, kN]
   const int *sorted_slot;   // [rows]
   const float *slot_weight; // [rows]
   const mj_int4 *tiles;     // [max_tiles]
@@ -54,24 +56,33 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
                                      int col, float v0, float v1) {
   int r = r0 + row, c = n0 + col;
   if (r >= r1 || c >= kN) return;
-  const T *b = p.bias + (mj_i64)e * kN;
+  const BiasT *b = p.bias + (mj_i64)e * kN;
+  if (kMode == 1 && kWeightOnInput) {
+    float wt = p.slot_weight[r];
+    v0 *= wt;
+    v1 *= wt;
+  }
   v0 += mj_to_f32(b[c]);
   v1 += mj_to_f32(b[c + 1]);
   if (kMode == 1) {
     ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] = mj_from_f32<T>(mj_swiglu(v0, v1, kAlpha, kLimit));
   } else {
-    float wt = p.slot_weight[r];
+    float wt = kWeightOnInput ? 1.0f : p.slot_weight[r];
     *(mj_float2 *)((float *)p.out + (mj_i64)p.sorted_slot[r] * kN + c) = mj_float2{v0 * wt, v1 * wt};
   }
 }
 
-#if MJ_GEMM_MMA
+#if MJ_GEMM_PATH != 0
 static constexpr int kWTM = kBM / kWM, kWTN = kBN / kWN;  // one warp's tile
 static constexpr int kMT = kWTM / 16, kNT = kWTN / 8;
-static_assert(kWTM % 16 == 0 && kWTN % 16 == 0 && kBK % 16 == 0, "mma tiles are 16 x 16 x 16");
+static_assert(kWTM % 16 == 0 && kWTN % 16 == 0, "warp tiles are multiples of 16 x 16");
 static_assert(kWM * kWN * 32 == kThreads, "one warp per warp tile");
 
 struct Acc { float v[kMT][kNT][4]; };
+#endif
+
+#if MJ_GEMM_PATH == 1
+static_assert(kBK % 16 == 0, "m16n8k16 steps");
 
 __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -98,7 +109,41 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
       for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
   }
 }
+#elif MJ_GEMM_PATH == 2
+static_assert(kBK % 8 == 0, "m16n8k8 steps");
 
+// TF32 fragments read straight from shared memory (ldmatrix moves 16-bit elements only):
+// A: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4); B: b0 (k = t, n = g), b1 (t + 4, g);
+// g = lane / 4, t = lane % 4.
+__device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp / kWN, wn = warp % kWN, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int ks = 0; ks < kBK; ks += 8) {
+    mj_u32 af[kMT][4], bf[kNT][2];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const float *a = As + (wm * kWTM + mt * 16 + g) * kLdA + ks + t;
+      af[mt][0] = mj_tf32(a[0]);
+      af[mt][1] = mj_tf32(a[8 * kLdA]);
+      af[mt][2] = mj_tf32(a[4]);
+      af[mt][3] = mj_tf32(a[8 * kLdA + 4]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const float *b = Bs + (ks + t) * kLdB + wn * kWTN + nt * 8 + g;
+      bf[nt][0] = mj_tf32(b[0]);
+      bf[nt][1] = mj_tf32(b[4 * kLdB]);
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mj_mma_1688_tf32(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+  }
+}
+#endif
+
+#if MJ_GEMM_PATH != 0
 __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, int e, int r0, int r1,
                                          int n0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -1,13 +1,28 @@
 -- gemm.lua: one grouped GEMM of the layer for one tile configuration.
--- Spec: dtype ("f32"|"f16"|"bf16"), mode ("gate_up"|"down"), n, k (the GEMM's N and K), top_k,
--- alpha, limit, bm, bn, bk, stages, and wm, wn (warps along M and N, tensor-core path) or
--- tm, tn (outputs per thread, FFMA path). f16 and bf16 take the tensor-core path, f32 the FFMA path.
+-- Spec: dtype ("f32"|"f16"|"bf16"), bias ("f32" or the dtype), math ("mma": f16/bf16 tensor
+-- cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32), mode ("gate_up"|"down"), n, k (the
+-- GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1), bm, bn, bk, stages, and wm, wn (warps
+-- along M and N, tensor-core paths) or tm, tn (outputs per thread, FFMA). bias, math and
+-- weight_on_input are optional: the dtype, its exact path (mma or ffma), 0.
 local prelude = require("prelude")
 
 local modes = { gate_up = 1, down = 2 }
+-- Which dtypes each math path takes, and its PATH number in gemm.cuh.
+local maths = {
+  mma = { path = 1, dtypes = { f16 = true, bf16 = true }, kstep = 16 },
+  tf32 = { path = 2, dtypes = { f32 = true }, kstep = 8 },
+  ffma = { path = 0, dtypes = { f32 = true }, kstep = 1 },
+}
 
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
+  local bias = prelude.dtype(spec.bias or spec.dtype)
+  -- math defaults to the dtype's exact path: tensor cores for f16/bf16, FFMA for f32
+  local math_ = maths[spec.math or (dt.mma and "mma" or "ffma")]
+  if not math_ then error("spec.math must be mma, tf32 or ffma, got " .. tostring(spec.math)) end
+  if not math_.dtypes[spec.dtype] then
+    error(string.format("math %s does not take dtype %s", tostring(spec.math), spec.dtype))
+  end
   local mode = modes[spec.mode]
   if not mode then error("spec.mode must be gate_up or down, got " .. tostring(spec.mode)) end
   local n = prelude.need_int(spec, "n", 8)
@@ -24,16 +39,18 @@ return function(spec)
     { "kTopK", "int", prelude.need_int(spec, "top_k", 1, 32) },
     { "kAlpha", "float", spec.alpha },
     { "kLimit", "float", spec.limit },
+    { "kWeightOnInput", "bool", (spec.weight_on_input or 0) == 1 },
     { "kBM", "int", bm },
     { "kBN", "int", bn },
     { "kBK", "int", bk },
     { "kStages", "int", stages },
   }
   local threads
-  if dt.mma then
+  if math_.path ~= 0 then
     local wm, wn = prelude.need_int(spec, "wm", 1, 8), prelude.need_int(spec, "wn", 1, 8)
-    if bm % (16 * wm) ~= 0 or bn % (16 * wn) ~= 0 or bk % 16 ~= 0 then
-      error(string.format("tile %dx%dx%d does not split into %dx%d warps of 16x16x16", bm, bn, bk, wm, wn))
+    if bm % (16 * wm) ~= 0 or bn % (16 * wn) ~= 0 or bk % math_.kstep ~= 0 then
+      error(string.format("tile %dx%dx%d does not split into %dx%d warps of 16x16x%d", bm, bn, bk,
+        wm, wn, math_.kstep))
     end
     threads = 32 * wm * wn
     consts[#consts + 1] = { "kWM", "int", wm }
@@ -54,7 +71,8 @@ return function(spec)
   return table.concat({
     prelude.header("gemm", spec),
     "typedef " .. dt.ctype .. " T;",
-    "#define MJ_GEMM_MMA " .. (dt.mma and "1" or "0"),
+    "typedef " .. bias.ctype .. " BiasT;",
+    "#define MJ_GEMM_PATH " .. math_.path,
     prelude.constants(consts),
     '#include "gemm.cuh"',
     "",

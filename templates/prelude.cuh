@@ -75,6 +75,22 @@ __device__ __forceinline__ void mj_mma_16816(float (&d)[4], const mj_u32 (&a)[4]
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// f32 -> tf32 (round to nearest, ties away), as the m16n8k8 tf32 mma reads it.
+__device__ __forceinline__ mj_u32 mj_tf32(float f) {
+  mj_u32 r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+  return r;
+}
+
+// D += A * B, m16n8k8 on TF32, fp32 accumulators.
+__device__ __forceinline__ void mj_mma_1688_tf32(float (&d)[4], const mj_u32 (&a)[4], mj_u32 b0,
+                                                 mj_u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // The GPT-OSS gated activation: gate clamped above, up clamped both ways, (up + 1) * gate * sigmoid.
 __device__ __forceinline__ float mj_swiglu(float gate, float up, float alpha, float limit) {
   gate = fminf(gate, limit);

@@ -1,51 +1,135 @@
 // route.cuh: routing as a deterministic counting sort, all on the GPU, no host round trip.
-// Needs from the including template: kExperts, kTopK, kChunk, kDense, IdT, WeightT.
+// Needs from the including template: kExperts (local experts), kGlobalExperts (ids' range),
+// kMapped (ids go through expert_map), kCapped (capacity mode), kTopK, kChunk, kDense, IdT,
+// WeightT, and for kLogits: LogitT.
 //
-// Slots are the flattened positions s = t * kTopK + k. The slots of one expert end up contiguous, in
-// increasing s, at rows [expert_off[e], expert_off[e + 1]) of the sorted order; the tile list cuts
-// each expert's rows into tiles of block_m rows. A slot whose id is outside [0, kExperts) gets
-// slot_pos = -1, takes no row, and is counted in flags[0].
+// Slots are the flattened positions s = t * kTopK + k. A slot's id g must lie in [0, kGlobalExperts)
+// (else it is counted in flags[0] and contributes nothing); its local expert is e = expert_map[g]
+// when kMapped (e < 0: another rank's expert, no row, no flag), else g. The slots of one expert end
+// up contiguous, in increasing s, at rows [expert_off[e], expert_off[e + 1]) of the sorted order;
+// with kCapped an expert keeps its first `capacity` slots (in s order) and drops the rest. The tile
+// list cuts each expert's rows into tiles of block_m rows. A slot without a row gets slot_pos = -1.
 #pragma once
 
-// Per chunk of kChunk slots: how many go to each expert, and (last entry) how many are out of range.
+// Where slot s goes: its local expert, or kExperts for a bad id, or -1 for no row without a flag.
+__device__ __forceinline__ int mj_route_expert(const IdT *__restrict__ ids,
+                                               const int *__restrict__ expert_map, int s) {
+  mj_i64 g = mj_load_id(ids, s);
+  if (g < 0 || g >= kGlobalExperts) return kExperts;
+  if (!kMapped) return (int)g;
+  int e = expert_map[g];
+  return e < 0 ? -1 : (e < kExperts ? e : kExperts);
+}
+
+#if MJ_ROUTE_LOGITS
+// Top-kTopK of each token's logits (ties: the lower id), then softmax over those K.
+// One warp per token; lane l owns ids l, l + 32, ... . grid = ceil(tokens / 4), block = 128.
+// ids_out, w_out: [tokens, kTopK] (int32, f32) in the workspace; user_ids / user_w: the same, in the
+// caller's types, when not NULL.
+template <typename UserId, typename UserW>
+__device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logits, int tokens,
+                                                int *__restrict__ ids_out, float *__restrict__ w_out,
+                                                UserId *user_ids, UserW *user_w) {
+  const int lane = threadIdx.x & 31;
+  const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
+  if (t >= tokens) return;
+  const LogitT *row = logits + (mj_i64)t * kGlobalExperts;
+  unsigned taken = 0;  // bit j: id lane + 32 j already chosen
+  float vals[kTopK];
+  int picks[kTopK];
+#pragma unroll
+  for (int k = 0; k < kTopK; ++k) {
+    float best = -3.402823466e38f;
+    int best_id = 0x7fffffff;
+    for (int j = 0; lane + 32 * j < kGlobalExperts; ++j) {
+      float v = mj_to_f32(row[lane + 32 * j]);
+      if (v != v) v = -3.402823466e38f;  // NaN ranks last
+      if (!((taken >> j) & 1u) && (v > best || (v == best && lane + 32 * j < best_id))) {
+        best = v;
+        best_id = lane + 32 * j;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      float ov = __shfl_xor_sync(0xffffffffu, best, off);
+      int oi = __shfl_xor_sync(0xffffffffu, best_id, off);
+      if (ov > best || (ov == best && oi < best_id)) {
+        best = ov;
+        best_id = oi;
+      }
+    }
+    if ((best_id & 31) == lane) taken |= 1u << (best_id >> 5);
+    vals[k] = best;
+    picks[k] = best_id;
+  }
+  if (lane == 0) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kTopK; ++k) sum += (vals[k] = expf(vals[k] - vals[0]));
+#pragma unroll
+    for (int k = 0; k < kTopK; ++k) {
+      mj_i64 s = (mj_i64)t * kTopK + k;
+      float w = vals[k] / sum;
+      ids_out[s] = picks[k];
+      w_out[s] = w;
+      if (user_ids) user_ids[s] = (UserId)picks[k];
+      if (user_w) user_w[s] = mj_from_f32<UserW>(w);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
+    const LogitT *__restrict__ logits, int tokens, int *__restrict__ ids_out,
+    float *__restrict__ w_out, UserIdT *user_ids, UserWeightT *user_w) {
+  mj_topk_softmax(logits, tokens, ids_out, w_out, user_ids, user_w);
+}
+#endif
+
+// Per chunk of kChunk slots: how many go to each expert, and (last entry) how many have a bad id.
 // grid = nchunks, block = kChunk threads. chunk_counts: [nchunks, kExperts + 1]
 extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
-    const IdT *__restrict__ ids, int nslots, int *__restrict__ chunk_counts) {
+    const IdT *__restrict__ ids, const int *__restrict__ expert_map, int nslots,
+    int *__restrict__ chunk_counts) {
   __shared__ int count[kExperts + 1];
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) count[e] = 0;
   __syncthreads();
   int s = blockIdx.x * kChunk + threadIdx.x;
   if (s < nslots) {
-    mj_i64 e = mj_load_id(ids, s);
-    atomicAdd(&count[(e >= 0 && e < kExperts) ? (int)e : kExperts], 1);
+    int e = mj_route_expert(ids, expert_map, s);
+    if (e >= 0) atomicAdd(&count[e], 1);
   }
   __syncthreads();
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x)
     chunk_counts[(mj_i64)blockIdx.x * (kExperts + 1) + e] = count[e];
 }
 
-// One block: expert totals and offsets, each chunk's first row per expert, the tile list.
-// chunk_base: [nchunks, kExperts]; expert_off: [kExperts + 1]; tiles: {expert, row_begin, row_end, 0}
+// One block: expert totals (capped), offsets, each chunk's rank base per expert, the tile list.
+// chunk_base: [nchunks, kExperts] (slots of that expert in earlier chunks); expert_off:
+// [kExperts + 1]; tiles: {expert, row_begin, row_end, 0}.
 extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
-    const int *__restrict__ chunk_counts, int nchunks, int block_m, int *__restrict__ chunk_base,
-    int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
-    int *__restrict__ flags) {
+    const int *__restrict__ chunk_counts, int nchunks, int block_m, int capacity,
+    int *__restrict__ chunk_base, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
+    int *__restrict__ num_tiles, int *__restrict__ flags) {
   __shared__ int total[kExperts + 1];
   __shared__ int off[kExperts + 1];
   __shared__ int tile0[kExperts + 1];
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) {
     int run = 0;
-    for (int c = 0; c < nchunks; ++c) run += chunk_counts[(mj_i64)c * (kExperts + 1) + e];
+    for (int c = 0; c < nchunks; ++c) {
+      if (e < kExperts) chunk_base[(mj_i64)c * kExperts + e] = run;
+      run += chunk_counts[(mj_i64)c * (kExperts + 1) + e];
+    }
     total[e] = run;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
     int rows = 0, ntiles = 0;
     for (int e = 0; e < kExperts; ++e) {
+      int kept = kCapped ? min(total[e], capacity) : total[e];
       off[e] = rows;
       tile0[e] = ntiles;
-      rows += total[e];
-      ntiles += (total[e] + block_m - 1) / block_m;
+      rows += kept;
+      ntiles += (kept + block_m - 1) / block_m;
     }
     off[kExperts] = rows;
     tile0[kExperts] = ntiles;
@@ -55,11 +139,6 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
   __syncthreads();
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) expert_off[e] = off[e];
   for (int e = threadIdx.x; e < kExperts; e += blockDim.x) {
-    int run = off[e];
-    for (int c = 0; c < nchunks; ++c) {
-      chunk_base[(mj_i64)c * kExperts + e] = run;
-      run += chunk_counts[(mj_i64)c * (kExperts + 1) + e];
-    }
     for (int t = tile0[e]; t < tile0[e + 1]; ++t) {
       int begin = off[e] + (t - tile0[e]) * block_m;
       int end = min(begin + block_m, off[e + 1]);
@@ -69,11 +148,12 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
 }
 
 // One warp per chunk walks its slots in order, 32 at a time; lanes naming the same expert take
-// consecutive rows by their lane order, so the sort is stable and the result reproducible.
-// grid = nchunks, block = 32. sorted_slot, slot_weight: [nslots] by row; slot_pos: [nslots] by slot.
+// consecutive ranks by their lane order, so the sort is stable and the result reproducible.
+// grid = nchunks, block = 32. sorted_slot, slot_weight: [rows] by row; slot_pos: [nslots] by slot.
 extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
-    const IdT *__restrict__ ids, const WeightT *__restrict__ weights, int nslots,
-    const int *__restrict__ chunk_base, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
+    const IdT *__restrict__ ids, const int *__restrict__ expert_map,
+    const WeightT *__restrict__ weights, int nslots, int capacity, const int *__restrict__ chunk_base,
+    const int *__restrict__ expert_off, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight) {
   __shared__ int next[kExperts];
   const int lane = threadIdx.x;
@@ -83,22 +163,23 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
   for (int step = 0; step < kChunk; step += 32) {
     int s = first + step + lane;
     bool active = s < nslots;
-    mj_i64 id = active ? mj_load_id(ids, s) : -1;
-    bool valid = active && id >= 0 && id < kExperts;
-    int e = valid ? (int)id : -1;
-    unsigned peers = __match_any_sync(0xffffffffu, e);
-    int rank = __popc(peers & ((1u << lane) - 1u));
-    if (valid) {
-      int row = next[e] + rank;
+    int e = active ? mj_route_expert(ids, expert_map, s) : -1;
+    bool local = e >= 0 && e < kExperts;
+    int key = local ? e : -1;
+    unsigned peers = __match_any_sync(0xffffffffu, key);
+    int rank = local ? next[e] + __popc(peers & ((1u << lane) - 1u)) : 0;
+    bool kept = local && (!kCapped || rank < capacity);
+    if (kept) {
+      int row = expert_off[e] + rank;
       sorted_slot[row] = s;
       slot_pos[s] = row;
-      mj_i64 widx = kDense ? (mj_i64)(s / kTopK) * kExperts + e : (mj_i64)s;
+      mj_i64 widx = kDense ? (mj_i64)(s / kTopK) * kGlobalExperts + mj_load_id(ids, s) : (mj_i64)s;
       slot_weight[row] = mj_to_f32(weights[widx]);
     } else if (active) {
       slot_pos[s] = -1;
     }
     __syncwarp();
-    if (valid && lane == __ffs(peers) - 1) next[e] += __popc(peers);
+    if (local && lane == __ffs(peers) - 1) next[e] += __popc(peers);
     __syncwarp();
   }
 }

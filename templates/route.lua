@@ -1,24 +1,49 @@
--- route.lua: the routing kernels (count, scan, scatter) for one layer's expert count, top-k,
--- id type and routing-weight form. Spec: experts, top_k, ids ("i32"|"i64"),
--- weights ("f32"|"f16"|"bf16"), routing ("topk"|"dense"), chunk (slots per routing block).
+-- route.lua: the routing kernels (top-k of logits, count, scan, scatter) for one layer.
+-- Spec: experts (local), global_experts (the ids' range), mapped (0/1: ids go through expert_map),
+-- capped (0/1: capacity mode), top_k, chunk (slots per routing block), ids ("i32"|"i64"),
+-- weights ("f32"|"f16"|"bf16"), routing ("topk"|"dense"|"logits"), logits (dtype, logits routing).
+-- global_experts, mapped and capped are optional (experts, 0, 0). With logits routing the count/scan/scatter kernels read the int32 ids and f32 weights the top-k
+-- kernel leaves in the workspace; `ids` and `weights` then name the caller's optional copies.
 local prelude = require("prelude")
+
+local forms = { topk = false, dense = true, logits = false }
 
 return function(spec)
   local experts = prelude.need_int(spec, "experts", 1, 1024)
+  local global = spec.global_experts or experts
+  if math.type(global) ~= "integer" or global < experts or global > 1024 then
+    error("spec.global_experts must be an integer in [experts, 1024]")
+  end
   local top_k = prelude.need_int(spec, "top_k", 1, 32)
   local chunk = prelude.need_int(spec, "chunk", 32, 1024)
   if chunk % 32 ~= 0 then error("spec.chunk must be a multiple of 32") end
   local id_type = prelude.id_types[spec.ids]
   if not id_type then error("spec.ids must be i32 or i64, got " .. tostring(spec.ids)) end
   local weight = prelude.dtype(spec.weights)
-  local dense = ({ topk = false, dense = true })[spec.routing]
-  if dense == nil then error("spec.routing must be topk or dense, got " .. tostring(spec.routing)) end
+  local dense = forms[spec.routing]
+  if dense == nil then
+    error("spec.routing must be topk, dense or logits, got " .. tostring(spec.routing))
+  end
+  local logits = spec.routing == "logits"
+  local types = {
+    "typedef " .. (logits and "int" or id_type) .. " IdT;",
+    "typedef " .. (logits and "float" or weight.ctype) .. " WeightT;",
+  }
+  if logits then
+    if top_k > global then error("top_k exceeds the experts the logits score") end
+    types[#types + 1] = "typedef " .. prelude.dtype(spec.logits).ctype .. " LogitT;"
+    types[#types + 1] = "typedef " .. id_type .. " UserIdT;"
+    types[#types + 1] = "typedef " .. weight.ctype .. " UserWeightT;"
+  end
   return table.concat({
     prelude.header("route", spec),
-    "typedef " .. id_type .. " IdT;",
-    "typedef " .. weight.ctype .. " WeightT;",
+    table.concat(types, "\n"),
+    "#define MJ_ROUTE_LOGITS " .. (logits and "1" or "0"),
     prelude.constants({
       { "kExperts", "int", experts },
+      { "kGlobalExperts", "int", global },
+      { "kMapped", "bool", (spec.mapped or 0) == 1 },
+      { "kCapped", "bool", (spec.capped or 0) == 1 },
       { "kTopK", "int", top_k },
       { "kChunk", "int", chunk },
       { "kDense", "bool", dense },

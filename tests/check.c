@@ -16,7 +16,8 @@ moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64
   int64_t *tokens = malloc((size_t)(n > 0 ? n : 1) * sizeof *tokens);
   r->sampled = n;
   r->rel_error = 0.0;
-  r->tolerance = mj_tolerance(d->dtype);
+  /* TF32 keeps 10 mantissa bits, as f16 does: an f32 layer on TF32 is held to the f16 tolerance */
+  r->tolerance = mj_tolerance(d->dtype == MOEJIT_F32 && !d->exact_f32 ? MOEJIT_F16 : d->dtype);
   r->nonfinite = 0;
   if (!tokens)
     return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
@@ -35,7 +36,8 @@ moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64
     goto done;
   }
   mj_ref_layer ref = {n, H, d->intermediate, d->experts, d->top_k, d->dtype, d->alpha, d->limit,
-                      h.x, h.gate_up, h.gate_up_bias, h.down, h.down_bias, h.ids, h.weights};
+                      h.x, h.gate_up, h.gate_up_bias, h.down, h.down_bias, h.ids, h.weights,
+                      NULL, 0, 0, d->apply_router_weight_on_input, d->bias_f32};
   if (mj_ref_forward(&ref, NULL, n, want) != 0) {
     st = mj_errf(err, MOEJIT_ERR_INTERNAL, "the CPU reference rejected the layer");
     goto done;

@@ -53,9 +53,25 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
   double *xd = malloc((size_t)(H + I2 + H) * sizeof *xd); /* xd: [H], gu: [2I], y: [H] */
   float *fbuf = malloc((size_t)(row_n + I) * sizeof *fbuf); /* row: [max(2I, H)], h: [I] */
   int rc = -1;
+  uint8_t *kept = NULL; /* [T * K]: the slot keeps a row */
+  int64_t *taken = NULL; /* [E]: slots each expert has taken so far */
   if (!xd || !fbuf) goto done;
   double *gu = xd + H, *y = gu + I2;
   float *row = fbuf, *h = fbuf + row_n;
+
+  /* Which slots keep a row: an id in range, a local expert, within the expert's capacity (slots
+   * taken in order of t * K + k). */
+  const int64_t G = L->global_experts > 0 ? L->global_experts : E;
+  const moejit_dtype bias_dt = L->bias_f32 ? MOEJIT_F32 : L->dtype;
+  kept = malloc((size_t)(L->tokens * K) + 1);
+  taken = calloc((size_t)E, sizeof *taken);
+  if (!kept || !taken) goto done;
+  for (int64_t s = 0; s < L->tokens * K; s++) {
+    const int64_t g = L->topk_ids[s];
+    int64_t e = g < 0 || g >= G ? -1 : L->expert_map ? L->expert_map[g] : g;
+    kept[s] = e >= 0 && e < E && (L->capacity <= 0 || taken[e] < L->capacity);
+    if (e >= 0 && e < E) taken[e]++;
+  }
 
   for (int64_t r = 0; r < ntokens; r++) {
     const int64_t t = tokens ? tokens[r] : r;
@@ -65,14 +81,17 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
     for (int64_t j = 0; j < H; j++) xd[j] = row[j];
 
     for (int64_t k = 0; k < K; k++) {
-      const int64_t e = L->topk_ids[t * K + k];
-      if (e < 0 || e >= E) continue;
+      if (!kept[t * K + k]) continue;
+      const int64_t g = L->topk_ids[t * K + k], e = L->expert_map ? L->expert_map[g] : g;
+      const double w = L->topk_weights[t * K + k];
+      /* router weight on input: x scaled by w before GEMM1, the output unweighted */
+      const double w_in = L->weight_on_input ? w : 1.0, w_out = L->weight_on_input ? 1.0 : w;
 
       /* gu = x[t] @ gate_up_proj[e] + bias, one contiguous weight row of 2I at a time */
-      load_row(L->dtype, L->gate_up_proj_bias, e * I2, I2, row);
+      load_row(bias_dt, L->gate_up_proj_bias, e * I2, I2, row);
       for (int64_t j = 0; j < I2; j++) gu[j] = row[j];
       for (int64_t i = 0; i < H; i++) {
-        const double xi = xd[i];
+        const double xi = xd[i] * w_in;
         load_row(L->dtype, L->gate_up_proj, (e * H + i) * I2, I2, row);
         for (int64_t j = 0; j < I2; j++) gu[j] += xi * row[j];
       }
@@ -84,7 +103,7 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
       }
 
       /* y = h @ down_proj[e] + bias, one contiguous weight row of H at a time */
-      load_row(L->dtype, L->down_proj_bias, e * H, H, row);
+      load_row(bias_dt, L->down_proj_bias, e * H, H, row);
       for (int64_t j = 0; j < H; j++) y[j] = row[j];
       for (int64_t i = 0; i < I; i++) {
         const double hi = h[i];
@@ -92,15 +111,42 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
         for (int64_t j = 0; j < H; j++) y[j] += hi * row[j];
       }
 
-      const double w = L->topk_weights[t * K + k];
-      for (int64_t j = 0; j < H; j++) o[j] += (float)(y[j] * w);
+      for (int64_t j = 0; j < H; j++) o[j] += (float)(y[j] * w_out);
     }
   }
   rc = 0;
 done:
   free(xd);
   free(fbuf);
+  free(kept);
+  free(taken);
   return rc;
+}
+
+void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const float *logits,
+                         int32_t *ids, float *weights) {
+  for (int64_t t = 0; t < tokens; t++) {
+    const float *row = logits + t * experts; /* [E] */
+    int32_t *id = ids + t * top_k;
+    float *w = weights + t * top_k;
+    for (int64_t k = 0; k < top_k; k++) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < experts; e++) {
+        int taken = 0;
+        for (int64_t j = 0; j < k; j++)
+          taken |= id[j] == e;
+        /* the first maximum wins: ties go to the lower id */
+        if (!taken && (best < 0 || row[e] > row[best]))
+          best = e;
+      }
+      id[k] = (int32_t)best;
+    }
+    double sum = 0.0;
+    for (int64_t k = 0; k < top_k; k++)
+      sum += exp((double)row[id[k]] - (double)row[id[0]]);
+    for (int64_t k = 0; k < top_k; k++)
+      w[k] = (float)(exp((double)row[id[k]] - (double)row[id[0]]) / sum);
+  }
 }
 
 double mj_rel_error(const float *got, const float *want, int64_t n) {

@@ -21,6 +21,12 @@ typedef struct mj_ref_layer {
   const void *down_proj_bias;      /* [E, H] dtype */
   const int32_t *topk_ids;         /* [T, K] */
   const float *topk_weights;       /* [T, K] */
+  /* Options (zero: off). */
+  const int32_t *expert_map;       /* [global_experts]: ids are global, mapped to local or -1 */
+  int64_t global_experts;
+  int64_t capacity;                /* > 0: an expert keeps its first `capacity` slots (t*K+k order) */
+  int weight_on_input;             /* x scaled by the weight before GEMM1; the output unweighted */
+  int bias_f32;                    /* the biases are f32 arrays */
 } mj_ref_layer;
 
 /* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not accumulated
@@ -32,6 +38,11 @@ typedef struct mj_ref_layer {
  * float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E) contributes nothing.
  * Allocates O(H + I) scratch. Returns 0, or -1 on a bad argument or out of memory. */
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
+
+/* GPT-OSS router: per token the top_k largest logits (ties: the lower id) and the softmax over
+ * those K, into ids [T, K] and weights [T, K]. logits: [T, E]. */
+void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const float *logits,
+                         int32_t *ids, float *weights);
 
 /* max |got - want| / max |want| over n elements (max |got - want| when max |want| == 0);
  * INFINITY when got holds a NaN. */

@@ -512,8 +512,8 @@ static void test_render_is_pure(void **state) {
     free(elsewhere);
   }
   /* The two dtypes take different paths; a changed value changes the text. */
-  assert_contains(first[2], "#define MJ_GEMM_MMA 1");
-  assert_contains(first[3], "#define MJ_GEMM_MMA 0");
+  assert_contains(first[2], "#define MJ_GEMM_PATH 1"); /* bf16: tensor cores */
+  assert_contains(first[3], "#define MJ_GEMM_PATH 0"); /* f32 without a math key: exact FFMA */
   mj_spec changed = specs[2].spec;
   mj_spec_int(&changed, "n", 5776);
   char *diff = render_ok(g, "gemm", &changed);

@@ -106,21 +106,28 @@ static int cubin_has(const mj_cubin *c, const char *name) {
 
 /* ---- the grid --------------------------------------------------------------------------------- */
 
+/* Layer options a case turns on, so that every template variant is rendered and compiled. */
+enum { EXACT = 1, MAP = 2, CAPPED = 4, WEIGHT_IN = 8, BIAS_F32 = 16 };
+
 typedef struct layer_case {
   const char *name;
   int64_t hidden, intermediate, experts, top_k;
   moejit_dtype dtype, ids, weights;
   moejit_routing routing;
+  int options;
 } layer_case;
 
 static const layer_case grid[] = {
-    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK},
-    {"gpt-oss-120b f16", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_F16,
-     MOEJIT_ROUTING_TOPK},
-    {"small f32", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_BF16, MOEJIT_ROUTING_DENSE},
-    {"tiny f32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE},
-    {"odd bf16", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE},
-    {"wide f16", 4096, 1024, 8, 2, MOEJIT_F16, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_TOPK},
+    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK, 0},
+    {"gpt-oss-120b f16 logits", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_F16,
+     MOEJIT_ROUTING_LOGITS, MAP | BIAS_F32},
+    {"small f32 exact", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_BF16, MOEJIT_ROUTING_DENSE,
+     EXACT},
+    {"tiny f32 tf32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE, CAPPED},
+    {"odd bf16", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
+     MAP | WEIGHT_IN},
+    {"wide f16 logits", 4096, 1024, 8, 2, MOEJIT_F16, MOEJIT_I64, MOEJIT_F32,
+     MOEJIT_ROUTING_LOGITS, CAPPED},
 };
 
 static moejit_layer_desc desc_of(const layer_case *c) {
@@ -135,6 +142,12 @@ static moejit_layer_desc desc_of(const layer_case *c) {
   d.ids_dtype = c->ids;
   d.weights_dtype = c->weights;
   d.routing = c->routing;
+  d.logits_dtype = c->dtype == MOEJIT_F16 ? MOEJIT_BF16 : MOEJIT_F32;
+  d.exact_f32 = (c->options & EXACT) != 0;
+  d.global_experts = c->options & MAP ? 2 * c->experts : 0;
+  d.expert_capacity = c->options & CAPPED ? 7 : 0;
+  d.apply_router_weight_on_input = (c->options & WEIGHT_IN) != 0;
+  d.bias_f32 = (c->options & BIAS_F32) != 0;
   return d;
 }
 
@@ -151,12 +164,23 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
   if (!s || strncmp(s, first, strlen(first)) != 0)
     fail_msg("%s: source starts \"%.120s\"", m->name, s ? s : "(null)");
   assert_null(strstr(s, "#include <"));
-  int mma = c->dtype != MOEJIT_F32;
+  /* gemm.cuh's MJ_GEMM_PATH: 1 f16/bf16 tensor cores, 2 TF32, 0 exact FFMA */
+  int path = c->dtype != MOEJIT_F32 ? 1 : (c->options & EXACT) ? 0 : 2;
+  int logits = c->routing == MOEJIT_ROUTING_LOGITS;
   if (strcmp(m->template_name, "route") == 0) {
     assert_containsf(s, "static constexpr int kExperts = %lld;", (long long)c->experts);
+    assert_containsf(s, "static constexpr int kGlobalExperts = %lld;",
+                     (long long)(c->options & MAP ? 2 * c->experts : c->experts));
+    assert_containsf(s, "static constexpr bool kMapped = %s;", c->options & MAP ? "true" : "false");
+    assert_containsf(s, "static constexpr bool kCapped = %s;",
+                     c->options & CAPPED ? "true" : "false");
     assert_containsf(s, "static constexpr int kTopK = %lld;", (long long)c->top_k);
-    assert_containsf(s, "typedef %s IdT;", c->ids == MOEJIT_I64 ? "mj_i64" : "int");
-    assert_containsf(s, "typedef %s WeightT;", ctype_of(c->weights));
+    /* with logits the routing kernels read the int32 ids and f32 weights of the top-k kernel */
+    assert_containsf(s, "typedef %s IdT;", c->ids == MOEJIT_I64 && !logits ? "mj_i64" : "int");
+    assert_containsf(s, "typedef %s WeightT;", logits ? "float" : ctype_of(c->weights));
+    assert_containsf(s, "#define MJ_ROUTE_LOGITS %d", logits);
+    if (logits)
+      assert_containsf(s, "typedef %s UserIdT;", c->ids == MOEJIT_I64 ? "mj_i64" : "int");
     assert_containsf(s, "static constexpr bool kDense = %s;",
                      c->routing == MOEJIT_ROUTING_DENSE ? "true" : "false");
   } else if (strcmp(m->template_name, "combine") == 0) {
@@ -173,9 +197,13 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
     assert_containsf(s, "static constexpr int kN = %lld;", (long long)n);
     assert_containsf(s, "static constexpr int kK = %lld;", (long long)k);
     assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
-    assert_containsf(s, "#define MJ_GEMM_MMA %d", mma);
-    assert_true(strstr(s, mma ? "kWM" : "kTM") != NULL);
-    assert_null(strstr(s, mma ? "kTM" : "kWM"));
+    assert_containsf(s, "typedef %s BiasT;",
+                     ctype_of(c->options & BIAS_F32 ? MOEJIT_F32 : c->dtype));
+    assert_containsf(s, "static constexpr bool kWeightOnInput = %s;",
+                     c->options & WEIGHT_IN ? "true" : "false");
+    assert_containsf(s, "#define MJ_GEMM_PATH %d", path);
+    assert_true(strstr(s, path ? "kWM" : "kTM") != NULL);
+    assert_null(strstr(s, path ? "kTM" : "kWM"));
   }
 }
 
@@ -186,7 +214,7 @@ static void build_and_check(fixture *fx, const layer_case *c) {
   mj_err err;
   assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
   int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
   mj_module_src *mods[NARCH] = {NULL, NULL};
   int n[NARCH] = {0, 0};
   for (int a = 0; a < NARCH; a++) {
@@ -300,18 +328,21 @@ static void test_gemm_math_path(void **state) {
   require_nvrtc(fx);
   static const struct {
     moejit_dtype dtype;
+    int exact;
     const char *mma; /* the instruction expected, or NULL for none */
   } paths[] = {
-      {MOEJIT_BF16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"},
-      {MOEJIT_F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"},
-      {MOEJIT_F32, NULL},
+      {MOEJIT_BF16, 0, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"},
+      {MOEJIT_F16, 0, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"},
+      {MOEJIT_F32, 0, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"},
+      {MOEJIT_F32, 1, NULL},
   };
   for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
     layer_case c = grid[2];
     c.dtype = paths[p].dtype;
+    c.options = paths[p].exact ? EXACT : 0;
     moejit_layer_desc d = desc_of(&c);
     int ncfg = 0;
-    const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+    const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
     mj_module_src *mods = NULL;
     int n = 0;
     mj_err err;
@@ -328,7 +359,7 @@ static void test_gemm_math_path(void **state) {
       assert_contains(ptx, paths[p].mma);
     } else {
       if (strstr(ptx, "mma.sync"))
-        fail_msg("the f32 GEMM uses mma.sync");
+        fail_msg("the exact f32 GEMM uses mma.sync");
       assert_contains(ptx, "fma.rn.f32");
     }
     free(ptx);
@@ -394,7 +425,7 @@ static void test_bad_shape_rejected_before_rendering(void **state) {
   /* The templates check again if the descriptor check is bypassed. */
   assert_int_equal(ctx->compiles, 0);
   int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(d.dtype, &ncfg);
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
   mj_module_src *mods = (mj_module_src *)&err;
   int n = -1;
   assert_int_equal(mj_rt_render_modules(ctx, &d, cfg, ncfg, &mods, &n, &err), MOEJIT_ERR_TEMPLATE);

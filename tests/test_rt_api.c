@@ -51,6 +51,7 @@ static moejit_layer_desc small_desc(void) {
   d.top_k = K;
   d.max_tokens = MAX_T;
   d.dtype = MOEJIT_F32;
+  d.exact_f32 = 1; /* the FFMA path: two configurations, both reached by T <= MAX_T */
   return d;
 }
 
@@ -213,6 +214,9 @@ static const struct {
     {"global_experts", offsetof(moejit_layer_desc, global_experts), F_I64},
     {"apply_router_weight_on_input", offsetof(moejit_layer_desc, apply_router_weight_on_input),
      F_INT},
+    {"logits_dtype", offsetof(moejit_layer_desc, logits_dtype), F_ENUM},
+    {"bias_f32", offsetof(moejit_layer_desc, bias_f32), F_INT},
+    {"exact_f32", offsetof(moejit_layer_desc, exact_f32), F_INT},
 };
 
 static void set_field(moejit_layer_desc *d, const char *name, double v) {
@@ -263,10 +267,12 @@ static const desc_case desc_cases[] = {
     {"weights_dtype", MOEJIT_I64, MOEJIT_ERR_INVALID_ARG, "weights_dtype=4"},
     {"routing", 7, MOEJIT_ERR_INVALID_ARG, "routing=7"},
     {"routing", -1, MOEJIT_ERR_INVALID_ARG, "routing=-1"},
-    {"routing", MOEJIT_ROUTING_LOGITS, MOEJIT_ERR_UNSUPPORTED, "routing=MOEJIT_ROUTING_LOGITS"},
-    {"expert_capacity", 8, MOEJIT_ERR_UNSUPPORTED, "expert_capacity=8"},
-    {"global_experts", 64, MOEJIT_ERR_UNSUPPORTED, "global_experts=64"},
-    {"apply_router_weight_on_input", 1, MOEJIT_ERR_UNSUPPORTED, "apply_router_weight_on_input=1"},
+    {"expert_capacity", -1, MOEJIT_ERR_INVALID_ARG, "expert_capacity=-1"},
+    {"global_experts", 3, MOEJIT_ERR_INVALID_ARG, "global_experts=3"},
+    {"global_experts", 2048, MOEJIT_ERR_INVALID_ARG, "global_experts=2048"},
+    {"apply_router_weight_on_input", 2, MOEJIT_ERR_INVALID_ARG, "apply_router_weight_on_input=2"},
+    {"bias_f32", 3, MOEJIT_ERR_INVALID_ARG, "bias_f32=3"},
+    {"exact_f32", -1, MOEJIT_ERR_INVALID_ARG, "exact_f32=-1"},
     {"limit", 0, MOEJIT_ERR_INVALID_ARG, "limit=0"},
     {"limit", -1, MOEJIT_ERR_INVALID_ARG, "limit=-1"},
     {"limit", INFINITY, MOEJIT_ERR_INVALID_ARG, "limit=inf"},
@@ -367,7 +373,7 @@ static void test_plan_configurations(void **state) {
   fixture *fx = *state;
   const moejit_plan *plan = need_plan(fx);
   int nheur = 0;
-  const mj_gemm_config *heur = mj_tune_gemm_configs(MOEJIT_F32, &nheur);
+  const mj_gemm_config *heur = mj_tune_gemm_configs(mj_rt_math(&fx->desc), &nheur);
   assert_int_equal(plan->ngemm, nheur);
   for (int i = 0; i < nheur; i++) {
     assert_string_equal(plan->configs[i].name, heur[i].name);
@@ -423,7 +429,7 @@ typedef struct launch_record {
   unsigned grid[3], block[3], smem;
   CUstream stream;
   uint64_t ptr[8]; /* the kernel's device-pointer parameters, in order */
-  int ints[2];     /* its int parameters, in order */
+  int ints[4];     /* its int parameters, in order */
 } launch_record;
 
 typedef struct fake_device {
@@ -494,26 +500,32 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   assert_null(extra);
   launch_record *r = &fk->launch[fk->nlaunch++];
   memset(r, 0, sizeof *r);
-  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0}};
+  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}};
   /* Parameter lists by kernel (see forward.c and the .cuh signatures). */
-  if (f == FAKE_FN_COUNT) { /* ids, nslots, chunk_counts */
+  if (f == FAKE_FN_COUNT) { /* ids, expert_map, nslots, chunk_counts */
     r->ptr[0] = u64_at(params[0]);
-    r->ints[0] = int_at(params[1]);
-    r->ptr[1] = u64_at(params[2]);
-  } else if (f == FAKE_FN_SCAN) { /* chunk_counts, nchunks, block_m, chunk_base, expert_off,
-                                     tiles, num_tiles, flags */
+    r->ptr[2] = u64_at(params[1]);
+    r->ints[0] = int_at(params[2]);
+    r->ptr[1] = u64_at(params[3]);
+  } else if (f == FAKE_FN_SCAN) { /* chunk_counts, nchunks, block_m, capacity, chunk_base,
+                                     expert_off, tiles, num_tiles, flags */
     r->ptr[0] = u64_at(params[0]);
     r->ints[0] = int_at(params[1]);
     r->ints[1] = int_at(params[2]);
+    r->ints[2] = int_at(params[3]);
     for (int i = 0; i < 5; i++)
-      r->ptr[1 + i] = u64_at(params[3 + i]);
-  } else if (f == FAKE_FN_SCATTER) { /* ids, weights, nslots, chunk_base, sorted_slot, slot_pos,
-                                        slot_weight */
+      r->ptr[1 + i] = u64_at(params[4 + i]);
+  } else if (f == FAKE_FN_SCATTER) { /* ids, expert_map, weights, nslots, capacity, chunk_base,
+                                        expert_off, sorted_slot, slot_pos, slot_weight */
     r->ptr[0] = u64_at(params[0]);
-    r->ptr[1] = u64_at(params[1]);
-    r->ints[0] = int_at(params[2]);
-    for (int i = 0; i < 4; i++)
-      r->ptr[2 + i] = u64_at(params[3 + i]);
+    r->ptr[6] = u64_at(params[1]);
+    r->ptr[1] = u64_at(params[2]);
+    r->ints[0] = int_at(params[3]);
+    r->ints[1] = int_at(params[4]);
+    r->ptr[2] = u64_at(params[5]);
+    r->ptr[7] = u64_at(params[6]);
+    for (int i = 0; i < 3; i++)
+      r->ptr[3 + i] = u64_at(params[7 + i]);
   } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_pos, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
@@ -745,7 +757,7 @@ static void check_forward(fake_device *fk, int64_t T) {
   assert_int_equal(scatter->ptr[2], scan->ptr[1]); /* chunk_base */
 
   /* GEMMs: the configuration the heuristic picks, enough tiles for every slot */
-  const unsigned threads = (unsigned)mj_tune_gemm_threads(c, MOEJIT_F32);
+  const unsigned threads = (unsigned)mj_tune_gemm_threads(c, p->math);
   const unsigned smem = (unsigned)mj_tune_gemm_smem(c, MOEJIT_F32);
   assert_true(g1->grid[0] >= (slots + c->bm - 1) / c->bm);
   assert_int_equal(g1->grid[1], (2 * I + c->bn - 1) / c->bn);

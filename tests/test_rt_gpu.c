@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,7 @@ static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtyp
   d.routing = routing;
   d.alpha = g->alpha;
   d.limit = g->limit;
+  d.exact_f32 = 1; /* the golden tolerance for f32 is that of fp32 arithmetic */
   moejit_plan *plan = make_plan(&d);
 
   int64_t *ids64 = malloc((size_t)(T * K) * sizeof *ids64);
@@ -483,18 +485,373 @@ static void test_forward_validation(void **state) {
 static void test_f32_gpt_oss(void **state) {
   (void)state;
   NEED_GPU();
-  moejit_layer_desc d = gpt_oss(32, 128);
-  d.dtype = MOEJIT_F32;
-  moejit_plan *plan = make_plan(&d);
-  static const int64_t tokens[] = {3, 128};
-  for (int i = 0; i < 2; i++) {
-    mj_synth_layer L;
-    mj_err err;
-    assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens[i], 40 + i, &L, &err), MOEJIT_OK);
-    run_and_check(plan, &L, 6, "gpt-oss f32 E=32");
-    mj_synth_layer_destroy(&g_syn, &L);
+  for (int exact = 0; exact <= 1; exact++) {
+    moejit_layer_desc d = gpt_oss(32, 128);
+    d.dtype = MOEJIT_F32;
+    d.exact_f32 = exact;
+    moejit_plan *plan = make_plan(&d);
+    static const int64_t tokens[] = {3, 128};
+    for (int i = 0; i < 2; i++) {
+      mj_synth_layer L;
+      mj_err err;
+      assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens[i], 40 + i, &L, &err), MOEJIT_OK);
+      run_and_check(plan, &L, 6, exact ? "gpt-oss f32 E=32 exact" : "gpt-oss f32 E=32 tf32");
+      mj_synth_layer_destroy(&g_syn, &L);
+    }
+    moejit_plan_destroy(plan);
   }
+}
+
+/* ---- layer options (routing forms, expert map, capacity, weight on input, f32 biases, TF32) ---- */
+
+/* A random layer in host memory, with its routing in every form the options need. */
+typedef struct host_layer {
+  moejit_layer_desc d;
+  int64_t T, G;           /* tokens; experts the ids and logits range over */
+  void *x, *w1, *b1, *w2, *b2;
+  int32_t *ids;           /* [T, K] top-k form (from the logits when routing by logits) */
+  float *wk;              /* [T, K] */
+  float *dense;           /* [T, G] */
+  float *logits;          /* [T, G], rounded to logits_dtype */
+  int32_t *map;           /* [G] when global_experts */
+} host_layer;
+
+static uint64_t rng_state;
+static float urand(void) { /* [0, 1) */
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)(rng_state >> 40) / 16777216.0f;
+}
+
+static void *rand_array(moejit_dtype dt, int64_t n, float scale) {
+  void *p = malloc((size_t)n * mj_dtype_size(dt));
+  assert_non_null(p);
+  for (int64_t i = 0; i < n; i++)
+    mj_store_f32(dt, p, i, scale * (2.0f * urand() - 1.0f));
+  return p;
+}
+
+/* ids: random in [0, G), duplicates within a token allowed when dup; weights: softmax. */
+static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int dup, uint64_t seed) {
+  memset(L, 0, sizeof *L);
+  rng_state = seed;
+  L->d = *d;
+  L->d.max_tokens = T;
+  L->T = T;
+  int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
+  L->G = d->global_experts ? d->global_experts : E;
+  moejit_dtype bdt = d->bias_f32 ? MOEJIT_F32 : d->dtype;
+  L->x = rand_array(d->dtype, T * H, 1.0f);
+  L->w1 = rand_array(d->dtype, E * H * 2 * I, 1.0f / sqrtf((float)H));
+  L->b1 = rand_array(bdt, E * 2 * I, 0.1f);
+  L->w2 = rand_array(d->dtype, E * I * H, 1.0f / sqrtf((float)I));
+  L->b2 = rand_array(bdt, E * H, 0.1f);
+  L->ids = malloc((size_t)(T * K) * sizeof *L->ids);
+  L->wk = malloc((size_t)(T * K) * sizeof *L->wk);
+  L->dense = calloc((size_t)(T * L->G), sizeof *L->dense);
+  L->logits = malloc((size_t)(T * L->G) * sizeof *L->logits);
+  assert_true(L->ids && L->wk && L->dense && L->logits);
+  for (int64_t i = 0; i < T * L->G; i++) /* quarters in [0, 6): exact in every dtype, ties happen */
+    L->logits[i] = (float)(int)(urand() * 24) / 4;
+  if (d->routing == MOEJIT_ROUTING_LOGITS) {
+    mj_ref_route_logits(T, L->G, K, L->logits, L->ids, L->wk);
+  } else {
+    for (int64_t t = 0; t < T; t++) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; k++) {
+        int32_t e;
+        int fresh;
+        do {
+          e = (int32_t)(urand() * (float)L->G);
+          fresh = 1;
+          for (int64_t j = 0; j < k && !dup; j++)
+            fresh &= L->ids[t * K + j] != e;
+        } while (!fresh);
+        L->ids[t * K + k] = e;
+        sum += (L->wk[t * K + k] = expf(2.0f * urand()));
+      }
+      for (int64_t k = 0; k < K; k++) {
+        L->wk[t * K + k] /= sum;
+        L->dense[t * L->G + L->ids[t * K + k]] = L->wk[t * K + k]; /* a repeated id keeps one */
+      }
+    }
+    if (d->routing == MOEJIT_ROUTING_DENSE) /* the reference reads what the GPU will */
+      for (int64_t s = 0; s < T * K; s++)
+        L->wk[s] = L->dense[(s / K) * L->G + L->ids[s]];
+  }
+  if (d->global_experts) { /* every third global expert is another rank's */
+    L->map = malloc((size_t)L->G * sizeof *L->map);
+    assert_non_null(L->map);
+    int32_t next = 0;
+    for (int64_t g = 0; g < L->G; g++)
+      L->map[g] = g % 3 == 2 || next >= E ? -1 : next++;
+  }
+}
+
+static void free_layer(host_layer *L) {
+  void *p[] = {L->x, L->w1, L->b1, L->w2, L->b2, L->ids, L->wk, L->dense, L->logits, L->map};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+    free(p[i]);
+}
+
+/* Runs the layer on the GPU and returns the error against the CPU reference over `samples` tokens
+ * (all when samples >= T). With logits routing the ids the GPU returns must equal the reference's. */
+static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
+  const moejit_layer_desc *d = &L->d;
+  int64_t T = L->T, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k, G = L->G;
+  size_t act = mj_dtype_size(d->dtype), bsz = d->bias_f32 ? 4 : act;
+  moejit_plan *plan = make_plan(d);
+  /* routing inputs in the plan's types */
+  void *ids = malloc((size_t)(T * K) * 8), *w = malloc((size_t)(T * G) * 4 + 1),
+       *lg = malloc((size_t)(T * G) * 4);
+  assert_true(ids && w && lg);
+  for (int64_t s = 0; s < T * K; s++) {
+    if (d->ids_dtype == MOEJIT_I64)
+      ((int64_t *)ids)[s] = L->ids[s];
+    else
+      ((int32_t *)ids)[s] = L->ids[s];
+  }
+  int64_t nw = d->routing == MOEJIT_ROUTING_DENSE ? T * G : T * K;
+  for (int64_t i = 0; i < nw; i++)
+    mj_store_f32(d->weights_dtype, w, i, d->routing == MOEJIT_ROUTING_DENSE ? L->dense[i] : L->wk[i]);
+  for (int64_t i = 0; i < T * G; i++)
+    mj_store_f32(d->logits_dtype, lg, i, L->logits[i]);
+  size_t ids_bytes = (size_t)(T * K) * mj_dtype_size(d->ids_dtype);
+  size_t w_bytes = (size_t)nw * mj_dtype_size(d->weights_dtype);
+  CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act), dw1 = upload(L->w1, (size_t)(E * H * 2 * I) * act),
+              db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz), dw2 = upload(L->w2, (size_t)(E * I * H) * act),
+              db2 = upload(L->b2, (size_t)(E * H) * bsz), dids = upload(ids, ids_bytes),
+              dwt = upload(w, w_bytes), dlg = upload(lg, (size_t)(T * G) * mj_dtype_size(d->logits_dtype)),
+              dmap = L->map ? upload(L->map, (size_t)G * 4) : 0, y = 0, ws = 0;
+  if (d->routing == MOEJIT_ROUTING_LOGITS) { /* outputs: poison them */
+    CU_OK(MemsetD8(dids, 0xFF, ids_bytes));
+    CU_OK(MemsetD8(dwt, 0xFF, w_bytes));
+  }
+  size_t ws_bytes = 0;
+  assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
+  CU_OK(MemAlloc(&y, (size_t)(T * H) * act));
+  CU_OK(MemsetD8(y, 0xFF, (size_t)(T * H) * act));
+  CU_OK(MemAlloc(&ws, ws_bytes));
+  moejit_forward_args a;
+  moejit_forward_args_init(&a);
+  a.tokens = T;
+  a.x = ptr(dx);
+  a.topk_ids = ptr(dids);
+  a.routing_weights = ptr(dwt);
+  a.router_logits = d->routing == MOEJIT_ROUTING_LOGITS ? ptr(dlg) : NULL;
+  a.expert_map = L->map ? (const int32_t *)ptr(dmap) : NULL;
+  a.gate_up_proj = ptr(dw1);
+  a.gate_up_proj_bias = ptr(db1);
+  a.down_proj = ptr(dw2);
+  a.down_proj_bias = ptr(db2);
+  a.y = ptr(y);
+  moejit_status st = moejit_forward(plan, &a, ptr(ws), ws_bytes, NULL);
+  if (st != MOEJIT_OK)
+    print_message("forward: %s\n", moejit_last_error(g_ctx));
+  assert_int_equal(st, MOEJIT_OK);
+  int64_t bad = -1;
+  st = moejit_forward_check(plan, ptr(ws), NULL, &bad);
+  assert_true(st == MOEJIT_OK || st == MOEJIT_ERR_BAD_EXPERT_ID);
+  if (bad_slots)
+    *bad_slots = bad;
+  if (d->routing == MOEJIT_ROUTING_LOGITS) { /* the ids and weights handed back */
+    void *gids = download(dids, ids_bytes), *gw = download(dwt, w_bytes);
+    for (int64_t s = 0; s < T * K; s++) {
+      int64_t got = d->ids_dtype == MOEJIT_I64 ? ((int64_t *)gids)[s] : ((int32_t *)gids)[s];
+      if (got != L->ids[s])
+        fail_msg("logits routing: slot %lld chose %lld, the reference %d", (long long)s,
+                 (long long)got, L->ids[s]);
+      float gwv = mj_load_f32(d->weights_dtype, gw, s);
+      assert_true(fabsf(gwv - L->wk[s]) <= 1e-2f * L->wk[s] + 1e-6f);
+    }
+    free(gids);
+    free(gw);
+  }
+  void *hy = download(y, (size_t)(T * H) * act);
+  int64_t n = samples < T ? samples : T;
+  int64_t *tok = malloc((size_t)n * sizeof *tok);
+  float *got = malloc((size_t)(n * H) * sizeof *got), *want = malloc((size_t)(n * H) * sizeof *want);
+  assert_true(tok && got && want);
+  for (int64_t i = 0; i < n; i++) {
+    tok[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
+    for (int64_t j = 0; j < H; j++)
+      got[i * H + j] = mj_load_f32(d->dtype, hy, tok[i] * H + j);
+  }
+  mj_ref_layer ref = {T, H, I, E, K, d->dtype, d->alpha, d->limit, L->x, L->w1, L->b1, L->w2, L->b2,
+                      L->ids, L->wk, L->map, d->global_experts, d->expert_capacity,
+                      d->apply_router_weight_on_input, d->bias_f32};
+  assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
+  double rel = mj_rel_error(got, want, n * H);
+  CUdeviceptr bufs[] = {dx, dw1, db1, dw2, db2, dids, dwt, dlg, y, ws};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    CU_OK(MemFree(bufs[i]));
+  if (dmap)
+    CU_OK(MemFree(dmap));
+  free(ids);
+  free(w);
+  free(lg);
+  free(hy);
+  free(tok);
+  free(got);
+  free(want);
   moejit_plan_destroy(plan);
+  return rel;
+}
+
+static moejit_layer_desc option_desc(moejit_dtype dtype) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.dtype = dtype;
+  return d;
+}
+
+/* The tolerance of a layer: its dtype's, and f16's for f32 on TF32 (10 mantissa bits, as f16). */
+static double tolerance_of(const moejit_layer_desc *d) {
+  return mj_tolerance(d->dtype == MOEJIT_F32 && !d->exact_f32 ? MOEJIT_F16 : d->dtype);
+}
+
+static void expect_match(const char *what, host_layer *L, int64_t samples) {
+  int64_t bad = 0;
+  double rel = run_layer(L, samples, &bad);
+  double tol = tolerance_of(&L->d);
+  print_message("%-44s T=%-4lld rel error %.3g (tolerance %.0e)\n", what, (long long)L->T, rel, tol);
+  assert_true(rel <= tol);
+  assert_int_equal(bad, 0);
+}
+
+static void test_router_logits(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const moejit_dtype logit_types[] = {MOEJIT_F32, MOEJIT_BF16, MOEJIT_F16};
+  for (int i = 0; i < 3; i++) {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.routing = MOEJIT_ROUTING_LOGITS;
+    d.logits_dtype = logit_types[i];
+    d.ids_dtype = i == 1 ? MOEJIT_I64 : MOEJIT_I32;
+    d.weights_dtype = i == 2 ? MOEJIT_BF16 : MOEJIT_F32;
+    host_layer L;
+    make_layer(&L, &d, 300, 0, 70 + i);
+    char what[64];
+    snprintf(what, sizeof what, "logits %s (ties: lower id)", mj_rt_dtype_name(logit_types[i]));
+    expect_match(what, &L, 300);
+    free_layer(&L);
+  }
+  /* logits over 32 global experts, a third of them another rank's */
+  moejit_layer_desc d = option_desc(MOEJIT_BF16);
+  d.routing = MOEJIT_ROUTING_LOGITS;
+  d.global_experts = 32;
+  host_layer L;
+  make_layer(&L, &d, 200, 0, 80);
+  expect_match("logits + expert_map", &L, 200);
+  free_layer(&L);
+}
+
+static void test_expert_map(void **state) {
+  (void)state;
+  NEED_GPU();
+  for (int dense = 0; dense <= 1; dense++) {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.global_experts = 40;
+    d.routing = dense ? MOEJIT_ROUTING_DENSE : MOEJIT_ROUTING_TOPK;
+    host_layer L;
+    make_layer(&L, &d, 300, 0, 90 + dense);
+    expect_match(dense ? "expert_map, dense weights [T, G]" : "expert_map, top-k weights", &L, 300);
+    /* a global id outside [0, G) is flagged; it and non-local ids contribute nothing */
+    L.ids[5] = 40;
+    L.ids[17] = -3;
+    L.wk[5] = L.wk[17] = 0.0f; /* the reference skips them either way */
+    int64_t bad = 0;
+    double rel = run_layer(&L, 300, &bad);
+    assert_int_equal(bad, 2);
+    assert_true(rel <= tolerance_of(&d));
+    free_layer(&L);
+  }
+}
+
+static void test_capacity(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const int64_t caps[] = {1, 20, 75, 10000};
+  for (int i = 0; i < 4; i++) {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.expert_capacity = caps[i];
+    host_layer L;
+    make_layer(&L, &d, 300, 1, 100 + i); /* duplicates inside tokens too */
+    char what[64];
+    snprintf(what, sizeof what, "capacity %lld, duplicate ids", (long long)caps[i]);
+    expect_match(what, &L, 300);
+    free_layer(&L);
+  }
+  moejit_layer_desc d = option_desc(MOEJIT_F16);
+  d.expert_capacity = 12;
+  d.global_experts = 24;
+  host_layer L;
+  make_layer(&L, &d, 256, 1, 110);
+  expect_match("capacity 12 + expert_map", &L, 256);
+  free_layer(&L);
+}
+
+static void test_weight_on_input_and_f32_bias(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const moejit_dtype types[] = {MOEJIT_BF16, MOEJIT_F16, MOEJIT_F32};
+  for (int i = 0; i < 3; i++) {
+    moejit_layer_desc d = option_desc(types[i]);
+    d.apply_router_weight_on_input = 1;
+    d.exact_f32 = 1;
+    host_layer L;
+    make_layer(&L, &d, 200, 0, 120 + i);
+    char what[64];
+    snprintf(what, sizeof what, "router weight on input, %s", mj_rt_dtype_name(types[i]));
+    expect_match(what, &L, 200);
+    free_layer(&L);
+  }
+  for (int i = 0; i < 2; i++) {
+    moejit_layer_desc d = option_desc(types[i]);
+    d.bias_f32 = 1;
+    host_layer L;
+    make_layer(&L, &d, 200, 0, 130 + i);
+    char what[64];
+    snprintf(what, sizeof what, "f32 biases, %s weights", mj_rt_dtype_name(types[i]));
+    expect_match(what, &L, 200);
+    free_layer(&L);
+  }
+}
+
+/* f32: TF32 tensor cores by default, exact FFMA on request; and the kernels-benchmarks
+ * openai_moe workloads (f32, H = I = 2880, top-2, E in {2, 4}, random ids with duplicates, dense
+ * softmax weights). */
+static void test_f32_paths_and_seed_workloads(void **state) {
+  (void)state;
+  NEED_GPU();
+  for (int exact = 0; exact <= 1; exact++) {
+    moejit_layer_desc d = option_desc(MOEJIT_F32);
+    d.exact_f32 = exact;
+    host_layer L;
+    make_layer(&L, &d, 300, 0, 140 + exact);
+    expect_match(exact ? "f32 exact FFMA" : "f32 TF32 tensor cores", &L, 300);
+    free_layer(&L);
+  }
+  static const int64_t experts[] = {2, 4}, tokens[] = {512, 1024};
+  for (int e = 0; e < 2; e++)
+    for (int t = 0; t < 2; t++) {
+      moejit_layer_desc d;
+      moejit_layer_desc_init(&d);
+      d.hidden = d.intermediate = 2880;
+      d.experts = experts[e];
+      d.top_k = 2;
+      d.dtype = MOEJIT_F32;
+      d.routing = MOEJIT_ROUTING_DENSE;
+      host_layer L;
+      make_layer(&L, &d, tokens[t], 1, 150 + 2 * e + t);
+      char what[64];
+      snprintf(what, sizeof what, "openai_moe f32 E=%lld top-2 dense (TF32)", (long long)experts[e]);
+      expect_match(what, &L, 4);
+      free_layer(&L);
+    }
 }
 
 /* The tuner on a small layer: winners checked, recorded, and followed by a new plan. */
@@ -579,6 +936,11 @@ int main(void) {
       cmocka_unit_test(test_two_plans_two_streams),
       cmocka_unit_test(test_f32_gpt_oss),
       cmocka_unit_test(test_tuner),
+      cmocka_unit_test(test_router_logits),
+      cmocka_unit_test(test_expert_map),
+      cmocka_unit_test(test_capacity),
+      cmocka_unit_test(test_weight_on_input_and_f32_bias),
+      cmocka_unit_test(test_f32_paths_and_seed_workloads),
       cmocka_unit_test(test_gpt_oss_e32),
       cmocka_unit_test(test_gpt_oss_e128),
   };

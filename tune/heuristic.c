@@ -1,4 +1,5 @@
-/* heuristic.c: the GEMM configuration tables and the pick by rows per expert (see heuristic.h). */
+/* heuristic.c: the GEMM configuration tables, the pick by rows per expert and the tuner's search
+ * space (see heuristic.h). */
 #include "tune/heuristic.h"
 
 #include <stdio.h>
@@ -11,25 +12,46 @@ static const mj_gemm_config mma_configs[] = {
     {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX},
 };
 
-/* f32: exact FFMA. */
+/* f32 on TF32 tensor cores: mma.sync m16n8k8. */
+static const mj_gemm_config tf32_configs[] = {
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX},
+};
+
+/* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
     {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24},
     {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX},
 };
 
-int mj_tune_uses_mma(moejit_dtype dtype) { return dtype == MOEJIT_F16 || dtype == MOEJIT_BF16; }
+static const char *const math_names[] = {"mma", "tf32", "ffma"};
 
-const mj_gemm_config *mj_tune_gemm_configs(moejit_dtype dtype, int *count) {
-  if (mj_tune_uses_mma(dtype)) {
+mj_math mj_tune_math(moejit_dtype dtype, int exact_f32) {
+  if (dtype == MOEJIT_F16 || dtype == MOEJIT_BF16)
+    return MJ_MATH_MMA;
+  return exact_f32 ? MJ_MATH_FFMA : MJ_MATH_TF32;
+}
+
+const char *mj_tune_math_name(mj_math math) { return math_names[math]; }
+
+const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count) {
+  switch (math) {
+  case MJ_MATH_MMA:
     *count = (int)(sizeof mma_configs / sizeof mma_configs[0]);
     return mma_configs;
+  case MJ_MATH_TF32:
+    *count = (int)(sizeof tf32_configs / sizeof tf32_configs[0]);
+    return tf32_configs;
+  case MJ_MATH_FFMA:
+    break;
   }
   *count = (int)(sizeof ffma_configs / sizeof ffma_configs[0]);
   return ffma_configs;
 }
 
-int mj_tune_gemm_threads(const mj_gemm_config *c, moejit_dtype dtype) {
-  if (mj_tune_uses_mma(dtype))
+int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
+  if (math != MJ_MATH_FFMA)
     return 32 * c->wm * c->wn;
   return (c->bm / c->tm) * (c->bn / c->tn);
 }
@@ -49,35 +71,44 @@ int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64
   return count - 1;
 }
 
-void mj_tune_config_name(mj_gemm_config *c, moejit_dtype dtype) {
-  if (mj_tune_uses_mma(dtype))
-    snprintf(c->name, sizeof c->name, "mma_m%dn%dk%ds%dw%dx%d", c->bm, c->bn, c->bk, c->stages,
-             c->wm, c->wn);
+void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
+  if (math != MJ_MATH_FFMA)
+    snprintf(c->name, sizeof c->name, "%s_m%dn%dk%ds%dw%dx%d", math_names[math], c->bm, c->bn,
+             c->bk, c->stages, c->wm, c->wn);
   else
     snprintf(c->name, sizeof c->name, "ffma_m%dn%dk%ds%dt%dx%d", c->bm, c->bn, c->bk, c->stages,
              c->tm, c->tn);
 }
 
-int mj_tune_config_parse(const char *name, mj_gemm_config *c) {
+int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   mj_gemm_config p;
   char tail;
+  mj_math m;
   memset(&p, 0, sizeof p);
   if (sscanf(name, "mma_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
-             &tail) != 6 &&
-      sscanf(name, "ffma_m%dn%dk%ds%dt%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.tm, &p.tn,
-             &tail) != 6)
+             &tail) == 6)
+    m = MJ_MATH_MMA;
+  else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
+                  &tail) == 6)
+    m = MJ_MATH_TF32;
+  else if (sscanf(name, "ffma_m%dn%dk%ds%dt%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.tm, &p.tn,
+                  &tail) == 6)
+    m = MJ_MATH_FFMA;
+  else
     return -1;
   if (p.bm <= 0 || p.bn <= 0 || p.bk <= 0 || p.stages < 2 || (p.wm <= 0 && p.tm <= 0))
     return -1;
-  if (snprintf(p.name, sizeof p.name, "%s", name) >= (int)sizeof p.name)
+  mj_tune_config_name(&p, m);
+  if (strcmp(p.name, name) != 0) /* one spelling per configuration */
     return -1;
   *c = p;
+  *math = m;
   return 0;
 }
 
 /* The search space, as data: tile shapes with their warp (or thread) layout, times BK and stages. */
 typedef struct shape {
-  int bm, bn, a, b; /* wm, wn (mma) or tm, tn (ffma) */
+  int bm, bn, a, b; /* wm, wn (tensor cores) or tm, tn (FFMA) */
 } shape;
 
 static const shape mma_shapes[] = {
@@ -85,39 +116,46 @@ static const shape mma_shapes[] = {
     {32, 256, 2, 4},  {64, 64, 2, 2},   {64, 128, 2, 2},  {64, 256, 2, 4},
     {128, 64, 4, 1},  {128, 128, 2, 4}, {128, 256, 2, 4},
 };
-static const int mma_bk[] = {32, 64}, mma_stages[] = {3, 4};
-
 static const shape ffma_shapes[] = {
     {16, 128, 1, 8}, {32, 64, 2, 4}, {64, 64, 4, 4}, {64, 128, 4, 8}, {128, 128, 8, 8},
 };
-static const int ffma_bk[] = {16, 32}, ffma_stages[] = {2, 3};
 
-int mj_tune_search_space(moejit_dtype dtype, size_t smem_limit, mj_gemm_config *out, int max) {
-  int mma = mj_tune_uses_mma(dtype), n = 0;
-  const shape *shapes = mma ? mma_shapes : ffma_shapes;
-  int nshapes = mma ? (int)(sizeof mma_shapes / sizeof mma_shapes[0])
-                    : (int)(sizeof ffma_shapes / sizeof ffma_shapes[0]);
-  const int *bks = mma ? mma_bk : ffma_bk, *stages = mma ? mma_stages : ffma_stages;
-  for (int i = 0; i < nshapes; i++)
+typedef struct space {
+  const shape *shapes;
+  int nshapes;
+  int bk[2], stages[2];
+} space;
+
+static const space spaces[] = {
+    [MJ_MATH_MMA] = {mma_shapes, sizeof mma_shapes / sizeof mma_shapes[0], {32, 64}, {3, 4}},
+    [MJ_MATH_TF32] = {mma_shapes, sizeof mma_shapes / sizeof mma_shapes[0], {16, 32}, {3, 4}},
+    [MJ_MATH_FFMA] = {ffma_shapes, sizeof ffma_shapes / sizeof ffma_shapes[0], {16, 32}, {2, 3}},
+};
+
+int mj_tune_search_space(mj_math math, moejit_dtype dtype, size_t smem_limit, mj_gemm_config *out,
+                         int max) {
+  const space *sp = &spaces[math];
+  int n = 0;
+  for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {
         mj_gemm_config c;
         memset(&c, 0, sizeof c);
-        c.bm = shapes[i].bm;
-        c.bn = shapes[i].bn;
-        c.bk = bks[k];
-        c.stages = stages[s];
-        if (mma) {
-          c.wm = shapes[i].a;
-          c.wn = shapes[i].b;
+        c.bm = sp->shapes[i].bm;
+        c.bn = sp->shapes[i].bn;
+        c.bk = sp->bk[k];
+        c.stages = sp->stages[s];
+        if (math != MJ_MATH_FFMA) {
+          c.wm = sp->shapes[i].a;
+          c.wn = sp->shapes[i].b;
         } else {
-          c.tm = shapes[i].a;
-          c.tn = shapes[i].b;
+          c.tm = sp->shapes[i].a;
+          c.tn = sp->shapes[i].b;
         }
         c.max_avg_rows = INT64_MAX;
         if (mj_tune_gemm_smem(&c, dtype) + 1024 > smem_limit)
           continue;
-        mj_tune_config_name(&c, dtype);
+        mj_tune_config_name(&c, math);
         out[n++] = c;
       }
   return n;

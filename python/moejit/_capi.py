@@ -78,7 +78,7 @@ class Routing(enum.IntEnum):
 
     TOPK = 0  # topk_ids [T, K] + routing_weights [T, K]
     DENSE = 1  # topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]]
-    LOGITS = 2  # router_logits [T, E] (not yet supported by the library)
+    LOGITS = 2  # router_logits [T, E]: top-K, softmax over the K (not used by this binding yet)
 
 
 class LogLevel(enum.IntEnum):
@@ -128,6 +128,9 @@ class LayerDesc(ctypes.Structure):
         ("expert_capacity", ctypes.c_int64),
         ("global_experts", ctypes.c_int64),
         ("apply_router_weight_on_input", ctypes.c_int),
+        ("logits_dtype", ctypes.c_int),  # router_logits dtype (MOEJIT_ROUTING_LOGITS)
+        ("bias_f32", ctypes.c_int),  # 1: f32 biases with f16 / bf16 x and weights
+        ("exact_f32", ctypes.c_int),  # f32 layers: 1 exact FFMA GEMMs, 0 TF32 tensor cores
     ]
 
 
@@ -462,5 +465,5 @@ def describe(desc: LayerDesc) -> str:
     return (f"H={desc.hidden} I={desc.intermediate} E={desc.experts} K={desc.top_k} "
             f"{DType(desc.dtype).name.lower()} ids={DType(desc.ids_dtype).name.lower()} "
             f"weights={DType(desc.weights_dtype).name.lower()} {Routing(desc.routing).name.lower()} "
-            f"max_tokens={desc.max_tokens}")
+            f"bias_f32={desc.bias_f32} exact_f32={desc.exact_f32} max_tokens={desc.max_tokens}")
 

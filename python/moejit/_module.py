@@ -85,15 +85,18 @@ class GptOssExperts(nn.Module):
         routing_weights: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """hidden_states [B, S, H] (or [T, H]); router_indices [T, K] int32/int64 (T = B*S);
-        routing_weights [T, E] dense (the reference's form; [T, K] top-k weights also accepted).
-        Returns [B, S, H]; like the reference, [T, H] input gives [T, 1, H]."""
+        routing_weights [T, E] dense, the reference's form (taken as dense even when K == E);
+        [T, K] top-k weights are accepted too. Returns [B, S, H]; like the reference, [T, H]
+        input gives [T, 1, H]."""
         if router_indices is None or routing_weights is None:
             raise ValueError("router_indices: moejit.GptOssExperts needs router_indices and "
                              "routing_weights (it has no dense all-experts path)")
         batch_size = hidden_states.shape[0]
+        dense = isinstance(routing_weights, torch.Tensor) and routing_weights.dim() > 0 \
+            and routing_weights.shape[-1] == self.gate_up_proj.shape[0]
         out = experts(hidden_states, router_indices, routing_weights, self.gate_up_proj,
                       self.gate_up_proj_bias, self.down_proj, self.down_proj_bias,
-                      alpha=self.alpha, limit=self.limit)
+                      alpha=self.alpha, limit=self.limit, routing="dense" if dense else None)
         return out.view(batch_size, -1, self.hidden_size)
 
     def extra_repr(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -73,6 +73,20 @@ def _leading(name: str, t: torch.Tensor, tokens: int, expected: str) -> int:
     return int(t.shape[-1])
 
 
+def _routing_form(routing: Optional[str], width: int, top_k: int, n_experts: int,
+                  weights: torch.Tensor) -> Routing:
+    """The form of routing_weights [..., width]: as `routing` says, else K -> top-k, E -> dense."""
+    if routing not in (None, "topk", "dense"):
+        raise _fail("routing", f"is {routing!r}; expected None, 'topk' or 'dense'")
+    if routing != "dense" and width == top_k:
+        return Routing.TOPK
+    if routing != "topk" and width == n_experts:
+        return Routing.DENSE
+    want = {None: f"K = {top_k} (top-k form) or E = {n_experts} (dense form)",
+            "topk": f"K = {top_k} (routing='topk')", "dense": f"E = {n_experts} (routing='dense')"}[routing]
+    raise _fail("routing_weights", f"has shape {list(weights.shape)}; its last dimension must be {want}")
+
+
 def _workspace(nbytes: int, device: torch.device) -> Tuple[torch.Tensor, int]:
     """A workspace of nbytes from torch's caching allocator and its 256-byte aligned address.
     Fresh blocks are 512-byte aligned; should one not be, a larger block is aligned by hand."""
@@ -100,6 +114,7 @@ def experts(
     *,
     alpha: float = 1.702,
     limit: float = 7.0,
+    routing: Optional[str] = None,
     check: bool = False,
 ) -> torch.Tensor:
     """The GPT-OSS expert layer (yamoe / GptOssExperts argument order), dropless.
@@ -111,12 +126,13 @@ def experts(
                          (each slot counts); ids outside [0, E) contribute nothing
       routing_weights    [T, K] (top-k form: weight of slot k) or [T, E] (dense form, as
                          GptOssExperts takes it: weight(t, k) = routing_weights[t, ids[t, k]]);
-                         told apart by the last dimension; when K == E the top-k form is assumed.
-                         f32, bf16 or f16
+                         told apart by the last dimension; when K == E the top-k form is assumed
+                         unless routing="dense" says otherwise. f32, bf16 or f16
       gate_up_proj       [E, H, 2I]: gate = even columns, up = odd columns (the checkpoint layout)
       gate_up_proj_bias  [E, 2I]
       down_proj          [E, I, H]
-      down_proj_bias     [E, H]            (all four in the activation dtype)
+      down_proj_bias     [E, H]            (all four in the activation dtype; with f16 / bf16
+                                            activations both biases may instead be f32)
     Returns a new tensor [..., H] with the leading shape of hidden_states, in the activation dtype:
       y[t] = sum_k weight(t,k) * (h @ down_proj[e] + down_proj_bias[e]),  e = ids[t, k],
       h = (up + 1) * gate * sigmoid(alpha * gate), gate = min(gu[0::2], limit),
@@ -125,6 +141,9 @@ def experts(
     Every tensor must be a contiguous CUDA tensor on one device (ValueError naming the argument
     otherwise). Runs on torch.cuda.current_stream(); may be captured in a CUDA graph once a call
     of the same layer has run outside capture (the first call compiles the kernels: seconds).
+    routing: None (from the shape, as above), "topk" or "dense": the form of routing_weights.
+    f32 layers use TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is set (as torch's
+    own f32 matmuls do), exact f32 FFMA otherwise (torch's default).
     No autograd: the result has no grad_fn. check=True additionally waits for the forward and
     raises MoejitError (MOEJIT_ERR_BAD_EXPERT_ID) if an id was outside [0, E).
     Raises MoejitError when the library rejects the layer (e.g. H not a multiple of 8).
@@ -153,13 +172,17 @@ def experts(
         raise _fail("gate_up_proj", f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
     n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
     b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
-    _check_dtype("gate_up_proj_bias", b1, same, why)
+    if x.dtype == torch.float32:
+        _check_dtype("gate_up_proj_bias", b1, same, why)
+    else:
+        _check_dtype("gate_up_proj_bias", b1, same + (torch.float32,),
+                     " (the dtype of hidden_states, or f32 for both biases)")
     _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
     w2 = _check_tensor("down_proj", down_proj, device)
     _check_dtype("down_proj", w2, same, why)
     _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
     b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
-    _check_dtype("down_proj_bias", b2, same, why)
+    _check_dtype("down_proj_bias", b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
     _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
 
     ids = _check_tensor("router_indices", router_indices, device)
@@ -168,13 +191,7 @@ def experts(
     weights = _check_tensor("routing_weights", routing_weights, device)
     _check_dtype("routing_weights", weights, tuple(_WEIGHTS_DTYPES))
     width = _leading("routing_weights", weights, tokens, "[T, K] or [T, E]")
-    if width == top_k:
-        routing = Routing.TOPK
-    elif width == n_experts:
-        routing = Routing.DENSE
-    else:
-        raise _fail("routing_weights", f"has shape {list(weights.shape)}; its last dimension must be "
-                                       f"K = {top_k} (top-k form) or E = {n_experts} (dense form)")
+    form = _routing_form(routing, width, top_k, n_experts, weights)
     for name, t in (("hidden_states", x), ("gate_up_proj", w1), ("down_proj", w2)):
         _check_aligned(name, t, _VECTOR_ALIGN)
 
@@ -185,8 +202,10 @@ def experts(
         device=device.index if device.index is not None else torch.cuda.current_device(),
         hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
         dtype=_ACTIVATION_DTYPES[x.dtype], ids_dtype=_IDS_DTYPES[ids.dtype],
-        weights_dtype=_WEIGHTS_DTYPES[weights.dtype], routing=routing,
-        alpha=_c_float(alpha), limit=_c_float(limit))
+        weights_dtype=_WEIGHTS_DTYPES[weights.dtype], routing=form,
+        alpha=_c_float(alpha), limit=_c_float(limit),
+        bias_f32=b1.dtype != x.dtype,
+        exact_f32=x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
     if torch.cuda.is_current_stream_capturing() and _runtime.lookup(key, tokens) is None:
         raise RuntimeError(
             f"moejit.experts: no plan yet for this layer ({tokens} tokens, H={hidden} I={inter} "

@@ -2,7 +2,8 @@
 
 Uses _capi for the C handles. This is the binding's only mutable state:
   - one moejit_ctx per CUDA device, created on the first forward on that device;
-  - a cache of plans keyed by PlanKey (device, shape, dtypes, routing form, alpha, limit), each key
+  - a cache of plans keyed by PlanKey (device, shape, dtypes, routing form, alpha, limit, f32
+    biases, exact f32), each key
     holding plans of growing max_tokens. A forward of T tokens takes the smallest cached plan with
     max_tokens >= T, else creates one with max_tokens = bucket(T), a power of two, so one plan
     serves every batch size up to it. (A plan's kernels do not depend on max_tokens today: it only
@@ -40,6 +41,8 @@ class PlanKey(NamedTuple):
     routing: Routing
     alpha: float  # as the C float holds it
     limit: float
+    bias_f32: bool = False  # f32 biases with f16 / bf16 activations
+    exact_f32: bool = False  # f32 layers: exact FFMA instead of TF32
 
 
 def bucket(tokens: int) -> int:
@@ -85,6 +88,7 @@ def _desc(key: PlanKey, max_tokens: int) -> LayerDesc:
     d.dtype, d.ids_dtype, d.weights_dtype = int(key.dtype), int(key.ids_dtype), int(key.weights_dtype)
     d.routing = int(key.routing)
     d.alpha, d.limit = key.alpha, key.limit
+    d.bias_f32, d.exact_f32 = int(key.bias_f32), int(key.exact_f32)
     return d
 
 

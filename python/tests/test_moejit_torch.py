@@ -46,14 +46,16 @@ class RefGptOssExperts(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, hidden_states: torch.Tensor, router_indices: torch.Tensor,
-                routing_weights: torch.Tensor) -> torch.Tensor:
-        """hidden_states [..., H] -> [T, H] float64."""
+                routing_weights: torch.Tensor, dense: Optional[bool] = None) -> torch.Tensor:
+        """hidden_states [..., H] -> [T, H] float64. dense: None = from the shape (top-k when
+        K == E)."""
         n_experts, hidden = self.gate_up_proj.shape[0], self.gate_up_proj.shape[1]
         x = hidden_states.reshape(-1, hidden).double()
         tokens = x.shape[0]
         ids = router_indices.reshape(tokens, -1).long()
         w = routing_weights.reshape(tokens, -1).double()
-        dense = w.shape[1] != ids.shape[1]
+        if dense is None:
+            dense = w.shape[1] != ids.shape[1]
         out = torch.zeros(tokens, hidden, dtype=torch.float64, device=x.device)
         for e in range(n_experts):
             tok, slot = torch.where(ids == e)
@@ -203,15 +205,66 @@ def test_experts_keeps_the_leading_shape(lib_on_gpu: None) -> None:
     assert torch.equal(y3.reshape(24, hidden), y2)
 
 
-def test_k_equal_e_is_the_topk_form(lib_on_gpu: None) -> None:
-    hidden, inter = 64, 96
-    m = make_module(hidden, inter, 2, torch.float32)
-    x = make_x(16, hidden, torch.float32)
+def _k_equal_e(seed: int) -> Tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E = K = 2 (kernels-benchmarks' openai_moe E=2): a [T, 2] weight tensor fits both forms."""
+    m = make_module(64, 96, 2, torch.float32)
+    x = make_x(16, 64, torch.float32)
     ids, w = make_routing(16, 2, 2, dense=False, ids_dtype=torch.int32, weights_dtype=torch.float32,
-                          repeats=True)
+                          repeats=True, seed=seed)
+    return m, x, ids, w
+
+
+def test_k_equal_e_experts_assumes_topk(lib_on_gpu: None) -> None:
+    m, x, ids, w = _k_equal_e(3)
+    args = (m.gate_up_proj, m.gate_up_proj_bias, m.down_proj, m.down_proj_bias)
+    ref = RefGptOssExperts(m)
+    with torch.no_grad():
+        topk = moejit.experts(x, ids, w, *args)
+        dense = moejit.experts(x, ids, w, *args, routing="dense")
+    assert rel_error(topk, ref(x, ids, w, dense=False)) <= TOLERANCE[torch.float32]
+    assert rel_error(dense, ref(x, ids, w, dense=True)) <= TOLERANCE[torch.float32]
+
+
+def test_k_equal_e_module_takes_dense_weights(lib_on_gpu: None) -> None:
+    """The reference module's routing_weights are always [T, E]: so are the drop-in's."""
+    m, x, ids, w = _k_equal_e(4)
     with torch.no_grad():
         got = m(x, ids, w)
-    assert rel_error(got, RefGptOssExperts(m)(x, ids, w)) <= TOLERANCE[torch.float32]
+    assert rel_error(got, RefGptOssExperts(m)(x, ids, w, dense=True)) <= TOLERANCE[torch.float32]
+
+
+def test_f32_biases_with_bf16(lib_on_gpu: None) -> None:
+    hidden, inter, n_experts, top_k = SMALL
+    m = make_module(hidden, inter, n_experts, torch.bfloat16)
+    x = make_x(40, hidden, torch.bfloat16)
+    ids, w = make_routing(40, n_experts, top_k, dense=False, ids_dtype=torch.int32,
+                          weights_dtype=torch.float32)
+    b1, b2 = m.gate_up_proj_bias.float(), m.down_proj_bias.float()
+    with torch.no_grad():
+        got = moejit.experts(x, ids, w, m.gate_up_proj, b1, m.down_proj, b2)
+        with pytest.raises(ValueError, match="down_proj_bias"):
+            moejit.experts(x, ids, w, m.gate_up_proj, b1, m.down_proj, m.down_proj_bias)
+    assert rel_error(got, RefGptOssExperts(m)(x, ids, w)) <= TOLERANCE[torch.bfloat16]
+    assert any(k.bias_f32 for k, _ in moejit.cache_info())
+
+
+def test_f32_follows_torch_tf32_flag(lib_on_gpu: None) -> None:
+    hidden, inter, n_experts, top_k = SMALL
+    m = make_module(hidden, inter, n_experts, torch.float32)
+    x = make_x(40, hidden, torch.float32)
+    ids, w = make_routing(40, n_experts, top_k, dense=False, ids_dtype=torch.int32,
+                          weights_dtype=torch.float32)
+    ref = RefGptOssExperts(m)(x, ids, w)
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with torch.no_grad():
+            tf32 = m(x, ids, w)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert rel_error(tf32, ref) <= 2e-2  # TF32: 10-bit mantissa products
+    keys = [k for k, _ in moejit.cache_info() if (k.hidden, k.dtype) == (hidden, moejit.DType.F32)]
+    assert any(not k.exact_f32 for k in keys), "no TF32 plan was made"
 
 
 def test_alpha_and_limit_reach_the_kernels(lib_on_gpu: None) -> None:
@@ -346,6 +399,21 @@ def test_cpu_and_unaligned_inputs_name_the_argument() -> None:
     with pytest.raises(ValueError, match="hidden_states.*aligned"):
         _call(_bad("hidden_states", lambda a: torch.randn(8 * 64 + 1, device="cuda")
                    .to(torch.bfloat16)[1:].view(8, 64)))
+
+
+@needs_cuda
+def test_routing_keyword_is_checked() -> None:
+    a = _args()
+    a["routing_weights"] = torch.rand(8, 4, device="cuda")  # [T, E], E = 4 != K = 2
+    with pytest.raises(ValueError, match="routing_weights.*routing='topk'"):
+        with torch.no_grad():
+            moejit.experts(*a.values(), routing="topk")
+    with pytest.raises(ValueError, match="routing: is 'sparse'"):
+        with torch.no_grad():
+            moejit.experts(*a.values(), routing="sparse")
+    with pytest.raises(ValueError, match="routing_weights.*routing='dense'"):
+        with torch.no_grad():
+            moejit.experts(*_args().values(), routing="dense")
 
 
 @needs_cuda

@@ -111,6 +111,12 @@ def lib() -> _capi.Library:
         pytest.skip(f"libmoejit not loadable: {e}")
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Contexts made here keep their cubins and tuning records out of the user's cache."""
+    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "moejit-cache"))
+
+
 def test_library_version_and_struct_sizes(lib: _capi.Library) -> None:
     # load_library already refused a struct_size mismatch; the version must be the header's.
     assert lib.version // 100 == _capi.ABI_VERSION // 100
@@ -124,6 +130,7 @@ def test_layer_desc_defaults(lib: _capi.Library) -> None:
                                                                    Routing.TOPK)
     assert d.alpha == pytest.approx(1.702) and d.limit == 7.0
     assert (d.expert_capacity, d.global_experts, d.apply_router_weight_on_input) == (0, 0, 0)
+    assert (d.logits_dtype, d.bias_f32, d.exact_f32) == (DType.F32, 0, 0)
 
 
 def test_status_names(lib: _capi.Library) -> None:
@@ -165,8 +172,9 @@ def test_bad_desc_names_the_field(lib: _capi.Library) -> None:
         assert info.value.status == Status.ERR_INVALID_ARG
         assert "hidden=4100" in info.value.detail
         with pytest.raises(MoejitError) as info:
-            ctx.create_plan(_small_desc(lib, routing=int(Routing.LOGITS)))
-        assert info.value.status == Status.ERR_UNSUPPORTED
+            ctx.create_plan(_small_desc(lib, routing=7))
+        assert info.value.status == Status.ERR_INVALID_ARG
+        assert "routing=7" in info.value.detail
     finally:
         ctx.close()
 
