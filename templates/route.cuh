@@ -63,9 +63,10 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
     picks[k] = best_id;
   }
   if (lane == 0) {
+    const float top = vals[0];  // the largest: the first pick
     float sum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kTopK; ++k) sum += (vals[k] = expf(vals[k] - vals[0]));
+    for (int k = 0; k < kTopK; ++k) sum += (vals[k] = expf(vals[k] - top));
 #pragma unroll
     for (int k = 0; k < kTopK; ++k) {
       mj_i64 s = (mj_i64)t * kTopK + k;
