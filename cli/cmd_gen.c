@@ -28,25 +28,38 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   return moejit_create(ctx, &o);
 }
 
-int cmd_gen(int argc, char **argv) {
-  cli_layer L;
-  int rc = cli_parse(argc, argv, &L, gen_usage);
+/* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
+ * modules. Returns 0, or the exit status after printing why. */
+static int prepare(int argc, char **argv, const char *usage, const char *cmd, int flags,
+                   cli_layer *L, moejit_ctx **ctx, mj_module_src **mods, int *n) {
+  int rc = cli_parse(argc, argv, L, usage), ncfg = 0;
   if (rc)
-    return rc == 1 ? 0 : rc;
-  moejit_ctx *ctx = NULL;
-  mj_module_src *mods = NULL;
-  int n = 0, ncfg = 0;
+    return rc == 1 ? -1 : rc;
   mj_err err;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
-  moejit_status st = offline_ctx(&L, &ctx);
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L->desc), &ncfg);
+  moejit_status st = offline_ctx(L, ctx);
   if (st != MOEJIT_OK)
     return 1;
-  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
-      (st = mj_rt_render_modules(ctx, &L.desc, cfg, ncfg, &mods, &n, &err)) != MOEJIT_OK) {
-    fprintf(stderr, "moejit gen: %s: %s\n", moejit_status_name(st), err.msg);
-    moejit_destroy(ctx);
-    return 1;
+  if ((st = mj_rt_check_desc(&L->desc, &err)) == MOEJIT_OK)
+    st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, cfg, ncfg, mods, n, &err)
+                   : mj_rt_build_modules(*ctx, &L->desc, cfg, ncfg, (*ctx)->arch, flags, mods, n,
+                                         &err);
+  if (st != MOEJIT_OK) {
+    fprintf(stderr, "moejit %s: %s: %s\n", cmd, moejit_status_name(st), err.msg);
+    moejit_destroy(*ctx);
+    return st == MOEJIT_ERR_INVALID_ARG ? 2 : 1;
   }
+  return 0;
+}
+
+int cmd_gen(int argc, char **argv) {
+  cli_layer L;
+  moejit_ctx *ctx = NULL;
+  mj_module_src *mods = NULL;
+  int n = 0;
+  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &mods, &n);
+  if (rc)
+    return rc < 0 ? 0 : rc;
   const char *kernel = L.kernel ? L.kernel : "gemm1";
   const mj_module_src *pick = NULL;
   for (int i = 0; i < n && !pick; i++) {
@@ -114,25 +127,15 @@ static void print_kernels(const char *module, size_t cubin, size_t dyn, const ch
 
 int cmd_compile(int argc, char **argv) {
   cli_layer L;
-  int rc = cli_parse(argc, argv, &L, compile_usage);
-  if (rc)
-    return rc == 1 ? 0 : rc;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
   int n = 0, ncfg = 0;
-  mj_err err;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
-  moejit_status st = offline_ctx(&L, &ctx);
-  if (st != MOEJIT_OK)
-    return 1;
   double t0 = cli_now();
-  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK ||
-      (st = mj_rt_build_modules(ctx, &L.desc, cfg, ncfg, ctx->arch, MJ_COMPILE_PTXAS_VERBOSE,
-                                &mods, &n, &err)) != MOEJIT_OK) {
-    fprintf(stderr, "moejit compile: %s: %s\n", moejit_status_name(st), err.msg);
-    moejit_destroy(ctx);
-    return 1;
-  }
+  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &mods,
+                   &n);
+  if (rc)
+    return rc < 0 ? 0 : rc;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
   double secs = cli_now() - t0;
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,

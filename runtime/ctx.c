@@ -32,17 +32,6 @@ const char *mj_rt_dtype_name(moejit_dtype dt) {
   return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "?";
 }
 
-void mj_rt_log(const moejit_ctx *ctx, moejit_log_level level, const char *fmt, ...) {
-  if (!ctx || !ctx->log)
-    return;
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  ctx->log(ctx->log_user, level, msg);
-}
-
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err) {
   if (!ctx)
     return s;

@@ -1,5 +1,6 @@
-/* error.h: the detail buffer every internal call writes its failure into (argument, value, log).
- * Used by gen/, runtime/ and tune/; the context copies it out through moejit_last_error. */
+/* error.h: the detail buffer every internal call writes its failure into (argument, value, log),
+ * and the formatting of log messages. Used by gen/, runtime/ and tune/; the context copies the
+ * detail out through moejit_last_error. */
 #ifndef MJ_RUNTIME_ERROR_H
 #define MJ_RUNTIME_ERROR_H
 #include <stdarg.h>
@@ -14,11 +15,15 @@ typedef struct mj_err {
   char msg[MJ_ERR_CAP];
 } mj_err;
 
+#if defined(__GNUC__)
+#define MJ_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define MJ_PRINTF(fmt, args)
+#endif
+
 /* Writes the message (when err is not NULL) and returns s, so a call reads
  * `return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "hidden=%lld is not a multiple of 8", h);` */
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
+MJ_PRINTF(3, 4)
 static inline moejit_status mj_errf(mj_err *err, moejit_status s, const char *fmt, ...) {
   if (err) {
     va_list ap;
@@ -27,6 +32,20 @@ static inline moejit_status mj_errf(mj_err *err, moejit_status s, const char *fm
     va_end(ap);
   }
   return s;
+}
+
+/* Formats a message and hands it to a log callback (nothing when log is NULL). */
+MJ_PRINTF(4, 5)
+static inline void mj_logf(moejit_log_fn log, void *user, moejit_log_level level, const char *fmt,
+                           ...) {
+  if (!log)
+    return;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  log(user, level, msg);
 }
 
 #endif

@@ -88,11 +88,7 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
 
 /* Copies err into the context's last error (under its lock) and logs it at DEBUG. Returns s. */
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
-void mj_rt_log(const moejit_ctx *ctx, moejit_log_level level, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
+#define mj_rt_log(ctx, level, ...) mj_logf((ctx)->log, (ctx)->log_user, (level), __VA_ARGS__)
 
 /* Validates a layer descriptor: MOEJIT_ERR_INVALID_ARG / MOEJIT_ERR_UNSUPPORTED naming the field. */
 moejit_status mj_rt_check_desc(const moejit_layer_desc *desc, mj_err *err);

@@ -93,98 +93,6 @@ static moejit_plan *make_plan(const moejit_layer_desc *d) {
 
 /* ---- golden cases -------------------------------------------------------------------------- */
 
-/* Runs one golden case through the GPU in one routing form and id type; returns the error. */
-static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
-  int64_t T = g->tokens, H = g->hidden, I = g->intermediate, E = g->experts, K = g->top_k;
-  size_t act = mj_dtype_size(g->dtype);
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = H;
-  d.intermediate = I;
-  d.experts = E;
-  d.top_k = K;
-  d.max_tokens = T;
-  d.dtype = g->dtype;
-  d.ids_dtype = ids_dtype;
-  d.routing = routing;
-  d.alpha = g->alpha;
-  d.limit = g->limit;
-  d.exact_f32 = 1; /* the golden tolerance for f32 is that of fp32 arithmetic */
-  moejit_plan *plan = make_plan(&d);
-
-  int64_t *ids64 = malloc((size_t)(T * K) * sizeof *ids64);
-  assert_non_null(ids64);
-  for (int64_t i = 0; i < T * K; i++)
-    ids64[i] = g->topk_ids[i];
-  CUdeviceptr x = upload(g->x, (size_t)(T * H) * act);
-  CUdeviceptr ids = ids_dtype == MOEJIT_I64 ? upload(ids64, (size_t)(T * K) * 8)
-                                            : upload(g->topk_ids, (size_t)(T * K) * 4);
-  CUdeviceptr w = routing == MOEJIT_ROUTING_DENSE
-                      ? upload(g->dense_weights, (size_t)(T * E) * sizeof(float))
-                      : upload(g->topk_weights, (size_t)(T * K) * sizeof(float));
-  CUdeviceptr gu = upload(g->gate_up_proj, (size_t)(E * H * 2 * I) * act);
-  CUdeviceptr gub = upload(g->gate_up_proj_bias, (size_t)(E * 2 * I) * act);
-  CUdeviceptr dn = upload(g->down_proj, (size_t)(E * I * H) * act);
-  CUdeviceptr dnb = upload(g->down_proj_bias, (size_t)(E * H) * act);
-  CUdeviceptr y = 0, ws = 0;
-  size_t ws_bytes = 0;
-  assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
-  CU_OK(MemAlloc(&y, (size_t)(T * H) * act));
-  CU_OK(MemsetD8(y, 0xFF, (size_t)(T * H) * act));
-  CU_OK(MemAlloc(&ws, ws_bytes));
-  moejit_forward_args a;
-  moejit_forward_args_init(&a);
-  a.tokens = T;
-  a.x = ptr(x);
-  a.topk_ids = ptr(ids);
-  a.routing_weights = ptr(w);
-  a.gate_up_proj = ptr(gu);
-  a.gate_up_proj_bias = ptr(gub);
-  a.down_proj = ptr(dn);
-  a.down_proj_bias = ptr(dnb);
-  a.y = ptr(y);
-  assert_int_equal(moejit_forward(plan, &a, ptr(ws), ws_bytes, NULL), MOEJIT_OK);
-  int64_t bad = -1;
-  assert_int_equal(moejit_forward_check(plan, ptr(ws), NULL, &bad), MOEJIT_OK);
-  assert_int_equal(bad, 0);
-  void *hy = download(y, (size_t)(T * H) * act);
-  float *got = malloc((size_t)(T * H) * sizeof *got);
-  assert_non_null(got);
-  for (int64_t i = 0; i < T * H; i++)
-    got[i] = mj_load_f32(g->dtype, hy, i);
-  double rel = mj_rel_error(got, g->expected, T * H);
-  CUdeviceptr bufs[] = {x, ids, w, gu, gub, dn, dnb, y, ws};
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-    CU_OK(MemFree(bufs[i]));
-  free(ids64);
-  free(hy);
-  free(got);
-  moejit_plan_destroy(plan);
-  return rel;
-}
-
-static void test_golden_cases(void **state) {
-  (void)state;
-  NEED_GPU();
-  const char *root = mj_golden_root();
-  char names[32][64];
-  int n = mj_golden_list(root, names, 32);
-  assert_true(n >= 7);
-  for (int i = 0; i < n; i++) {
-    mj_golden g;
-    char err[512];
-    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
-    double tol = mj_tolerance(g.dtype);
-    double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
-    double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
-    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1, e2,
-                  tol);
-    assert_true(e1 <= tol);
-    assert_true(e2 <= tol);
-    mj_golden_free(&g);
-  }
-}
-
 /* ---- GPT-OSS shapes ------------------------------------------------------------------------ */
 
 static moejit_layer_desc gpt_oss(int64_t experts, int64_t max_tokens) {
@@ -593,16 +501,17 @@ static void free_layer(host_layer *L) {
     free(p[i]);
 }
 
-/* Runs the layer on the GPU and returns the error against the CPU reference over `samples` tokens
- * (all when samples >= T). With logits routing the ids the GPU returns must equal the reference's. */
-static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
+/* Runs the layer on the GPU; returns y [T, H] as f32 (malloc'd) and the bad-id count. With logits
+ * routing the ids the GPU hands back must equal the reference's. */
+static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   const moejit_layer_desc *d = &L->d;
   int64_t T = L->T, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k, G = L->G;
   size_t act = mj_dtype_size(d->dtype), bsz = d->bias_f32 ? 4 : act;
+  int logits = d->routing == MOEJIT_ROUTING_LOGITS;
   moejit_plan *plan = make_plan(d);
   /* routing inputs in the plan's types */
-  void *ids = malloc((size_t)(T * K) * 8), *w = malloc((size_t)(T * G) * 4 + 1),
-       *lg = malloc((size_t)(T * G) * 4);
+  void *ids = malloc((size_t)(T * K) * 8 + 1), *w = malloc((size_t)(T * G) * 4 + 1),
+       *lg = malloc((size_t)(T * G) * 4 + 1);
   assert_true(ids && w && lg);
   for (int64_t s = 0; s < T * K; s++) {
     if (d->ids_dtype == MOEJIT_I64)
@@ -613,16 +522,17 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   int64_t nw = d->routing == MOEJIT_ROUTING_DENSE ? T * G : T * K;
   for (int64_t i = 0; i < nw; i++)
     mj_store_f32(d->weights_dtype, w, i, d->routing == MOEJIT_ROUTING_DENSE ? L->dense[i] : L->wk[i]);
-  for (int64_t i = 0; i < T * G; i++)
+  for (int64_t i = 0; logits && i < T * G; i++)
     mj_store_f32(d->logits_dtype, lg, i, L->logits[i]);
   size_t ids_bytes = (size_t)(T * K) * mj_dtype_size(d->ids_dtype);
   size_t w_bytes = (size_t)nw * mj_dtype_size(d->weights_dtype);
+  size_t lg_bytes = logits ? (size_t)(T * G) * mj_dtype_size(d->logits_dtype) : 0;
   CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act), dw1 = upload(L->w1, (size_t)(E * H * 2 * I) * act),
               db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz), dw2 = upload(L->w2, (size_t)(E * I * H) * act),
               db2 = upload(L->b2, (size_t)(E * H) * bsz), dids = upload(ids, ids_bytes),
-              dwt = upload(w, w_bytes), dlg = upload(lg, (size_t)(T * G) * mj_dtype_size(d->logits_dtype)),
+              dwt = upload(w, w_bytes), dlg = upload(lg, lg_bytes),
               dmap = L->map ? upload(L->map, (size_t)G * 4) : 0, y = 0, ws = 0;
-  if (d->routing == MOEJIT_ROUTING_LOGITS) { /* outputs: poison them */
+  if (logits) { /* outputs: poison them */
     CU_OK(MemsetD8(dids, 0xFF, ids_bytes));
     CU_OK(MemsetD8(dwt, 0xFF, w_bytes));
   }
@@ -637,7 +547,7 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   a.x = ptr(dx);
   a.topk_ids = ptr(dids);
   a.routing_weights = ptr(dwt);
-  a.router_logits = d->routing == MOEJIT_ROUTING_LOGITS ? ptr(dlg) : NULL;
+  a.router_logits = logits ? ptr(dlg) : NULL;
   a.expert_map = L->map ? (const int32_t *)ptr(dmap) : NULL;
   a.gate_up_proj = ptr(dw1);
   a.gate_up_proj_bias = ptr(db1);
@@ -648,12 +558,10 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   if (st != MOEJIT_OK)
     print_message("forward: %s\n", moejit_last_error(g_ctx));
   assert_int_equal(st, MOEJIT_OK);
-  int64_t bad = -1;
-  st = moejit_forward_check(plan, ptr(ws), NULL, &bad);
+  *bad_slots = -1;
+  st = moejit_forward_check(plan, ptr(ws), NULL, bad_slots);
   assert_true(st == MOEJIT_OK || st == MOEJIT_ERR_BAD_EXPERT_ID);
-  if (bad_slots)
-    *bad_slots = bad;
-  if (d->routing == MOEJIT_ROUTING_LOGITS) { /* the ids and weights handed back */
+  if (logits) { /* the ids and weights handed back */
     void *gids = download(dids, ids_bytes), *gw = download(dwt, w_bytes);
     for (int64_t s = 0; s < T * K; s++) {
       int64_t got = d->ids_dtype == MOEJIT_I64 ? ((int64_t *)gids)[s] : ((int32_t *)gids)[s];
@@ -667,20 +575,10 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
     free(gw);
   }
   void *hy = download(y, (size_t)(T * H) * act);
-  int64_t n = samples < T ? samples : T;
-  int64_t *tok = malloc((size_t)n * sizeof *tok);
-  float *got = malloc((size_t)(n * H) * sizeof *got), *want = malloc((size_t)(n * H) * sizeof *want);
-  assert_true(tok && got && want);
-  for (int64_t i = 0; i < n; i++) {
-    tok[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
-    for (int64_t j = 0; j < H; j++)
-      got[i * H + j] = mj_load_f32(d->dtype, hy, tok[i] * H + j);
-  }
-  mj_ref_layer ref = {T, H, I, E, K, d->dtype, d->alpha, d->limit, L->x, L->w1, L->b1, L->w2, L->b2,
-                      L->ids, L->wk, L->map, d->global_experts, d->expert_capacity,
-                      d->apply_router_weight_on_input, d->bias_f32};
-  assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
-  double rel = mj_rel_error(got, want, n * H);
+  float *out = malloc((size_t)(T * H) * sizeof *out + 1);
+  assert_non_null(out);
+  for (int64_t i = 0; i < T * H; i++)
+    out[i] = mj_load_f32(d->dtype, hy, i);
   CUdeviceptr bufs[] = {dx, dw1, db1, dw2, db2, dids, dwt, dlg, y, ws};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
     CU_OK(MemFree(bufs[i]));
@@ -690,11 +588,89 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   free(w);
   free(lg);
   free(hy);
+  moejit_plan_destroy(plan);
+  return out;
+}
+
+/* The GPU's output against the CPU reference over `samples` tokens (all when samples >= T). */
+static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
+  const moejit_layer_desc *d = &L->d;
+  int64_t T = L->T, H = d->hidden;
+  float *y = gpu_forward(L, bad_slots);
+  int64_t n = samples < T ? samples : T;
+  int64_t *tok = malloc((size_t)n * sizeof *tok);
+  float *got = malloc((size_t)(n * H) * sizeof *got), *want = malloc((size_t)(n * H) * sizeof *want);
+  assert_true(tok && got && want);
+  for (int64_t i = 0; i < n; i++) {
+    tok[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
+    memcpy(got + i * H, y + tok[i] * H, (size_t)H * sizeof *got);
+  }
+  mj_ref_layer ref = {T, H, d->intermediate, d->experts, d->top_k, d->dtype, d->alpha, d->limit,
+                      L->x, L->w1, L->b1, L->w2, L->b2, L->ids, L->wk, L->map, d->global_experts,
+                      d->expert_capacity, d->apply_router_weight_on_input, d->bias_f32};
+  assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
+  double rel = mj_rel_error(got, want, n * H);
+  free(y);
   free(tok);
   free(got);
   free(want);
-  moejit_plan_destroy(plan);
   return rel;
+}
+
+/* One golden case through the GPU in one routing form and id type; the error against expected. */
+static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
+  host_layer L;
+  memset(&L, 0, sizeof L);
+  moejit_layer_desc_init(&L.d);
+  L.d.hidden = g->hidden;
+  L.d.intermediate = g->intermediate;
+  L.d.experts = g->experts;
+  L.d.top_k = g->top_k;
+  L.d.max_tokens = g->tokens;
+  L.d.dtype = g->dtype;
+  L.d.ids_dtype = ids_dtype;
+  L.d.routing = routing;
+  L.d.alpha = g->alpha;
+  L.d.limit = g->limit;
+  L.d.exact_f32 = 1; /* the golden tolerance for f32 is that of fp32 arithmetic */
+  L.T = g->tokens;
+  L.G = g->experts;
+  L.x = g->x;
+  L.w1 = g->gate_up_proj;
+  L.b1 = g->gate_up_proj_bias;
+  L.w2 = g->down_proj;
+  L.b2 = g->down_proj_bias;
+  L.ids = g->topk_ids;
+  L.wk = g->topk_weights;
+  L.dense = g->dense_weights;
+  int64_t bad = 0;
+  float *y = gpu_forward(&L, &bad);
+  assert_int_equal(bad, 0);
+  double rel = mj_rel_error(y, g->expected, g->tokens * g->hidden);
+  free(y);
+  return rel;
+}
+
+static void test_golden_cases(void **state) {
+  (void)state;
+  NEED_GPU();
+  const char *root = mj_golden_root();
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= 7);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    double tol = mj_tolerance(g.dtype);
+    double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
+    double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
+    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1, e2,
+                  tol);
+    assert_true(e1 <= tol);
+    assert_true(e2 <= tol);
+    mj_golden_free(&g);
+  }
 }
 
 static moejit_layer_desc option_desc(moejit_dtype dtype) {

@@ -42,18 +42,6 @@ struct mj_cache {
   mj_cache_stats stats;
 };
 
-static void warn(mj_cache *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void warn(mj_cache *c, const char *fmt, ...) {
-  if (!c->log)
-    return;
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  c->log(c->log_user, MOEJIT_LOG_WARN, msg);
-}
-
 int mj_tune_cache_default_dir(char *buf, size_t len) {
   const char *v;
   if ((v = getenv("MOEJIT_CACHE_DIR")) && *v)
@@ -94,7 +82,7 @@ moejit_status mj_tune_cache_open(mj_cache **out, const char *dir, moejit_log_fn 
     char sub[4096];
     snprintf(sub, sizeof sub, "%s/cubin", dir);
     if (make_dirs(sub) != 0 || access(sub, W_OK | X_OK) != 0) {
-      warn(c, "cache directory %s cannot be created or written (%s); kernels are compiled in "
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cache directory %s cannot be created or written (%s); kernels are compiled in "
               "memory only",
            dir, strerror(errno));
     } else if (!(c->dir = strdup(dir))) {
@@ -322,7 +310,7 @@ int mj_tune_cache_acquire(mj_cache *c, const uint8_t key[16], void **data, size_
       pthread_mutex_lock(&c->lock);
       c->stats.damaged++;
       pthread_mutex_unlock(&c->lock);
-      warn(c, "cache file %s is damaged (%s); recompiling and replacing it", path,
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cache file %s is damaged (%s); recompiling and replacing it", path,
            mj_tune_cache_file_error(fs));
     }
   }
@@ -351,7 +339,7 @@ static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t
     c->warned_write = 1;
     pthread_mutex_unlock(&c->lock);
     if (first)
-      warn(c, "cannot write to the cache directory %s (%s); compiled kernels stay in memory",
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cannot write to the cache directory %s (%s); compiled kernels stay in memory",
            c->dir, strerror(errno));
   }
 }

@@ -51,19 +51,6 @@ int mj_tune_record_parse(const char *line, mj_record *r) {
   return 0;
 }
 
-static void warn(moejit_log_fn log, void *user, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void warn(moejit_log_fn log, void *user, const char *fmt, ...) {
-  if (!log)
-    return;
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  log(user, MOEJIT_LOG_WARN, msg);
-}
-
 static moejit_status load_stream(FILE *f, const char *path, mj_record **out, int *n,
                                  moejit_log_fn log, void *user, mj_err *err) {
   char line[1024];
@@ -78,14 +65,14 @@ static moejit_status load_stream(FILE *f, const char *path, mj_record **out, int
       int c;
       while ((c = fgetc(f)) != EOF && c != '\n')
         ;
-      warn(log, user, "%s:%d: line too long; skipped", path, lineno);
+      mj_logf(log, user, MOEJIT_LOG_WARN, "%s:%d: line too long; skipped", path, lineno);
       continue;
     }
     if (len == 0 || line[0] == '#')
       continue;
     mj_record r;
     if (mj_tune_record_parse(line, &r) != 0) {
-      warn(log, user, "%s:%d: not a tuning record; skipped", path, lineno);
+      mj_logf(log, user, MOEJIT_LOG_WARN, "%s:%d: not a tuning record; skipped", path, lineno);
       continue;
     }
     if (*n == cap) {
