@@ -18,6 +18,8 @@ const char *const cli_layer_help =
     "  --ids T              i32 or i64 (expert ids)\n"
     "  --routing R          topk (weights [T,K]) or dense (weights [T,E])\n"
     "  --alpha X, --limit X SwiGLU parameters (1.702, 7.0)\n"
+    "  --unfused            GEMM1 without the activation, which runs as its own launch\n"
+    "  --exact-f32          f32 GEMMs on exact FFMA instead of TF32 tensor cores\n"
     "  --arch A             target such as sm_80 or sm_90a (default: the GPU's, else sm_90a)\n"
     "  --tokens N[,N...]    tokens of the forward (run: 4096; tune: a list)\n"
     "  --verbose            print the library's log\n";
@@ -74,6 +76,12 @@ int cli_parse(int argc, char **argv, cli_layer *L, const char *usage) {
       return 1;
     } else if (!strcmp(a, "--verbose")) {
       L->verbose = 1;
+      takes = 0;
+    } else if (!strcmp(a, "--unfused")) {
+      d->unfused = 1;
+      takes = 0;
+    } else if (!strcmp(a, "--exact-f32")) {
+      d->exact_f32 = 1;
       takes = 0;
     } else if (!strcmp(a, "--model")) {
       if (!(rc = parse_enum(a, v, models, 2, &e)))

@@ -116,6 +116,10 @@ typedef struct moejit_layer_desc {
   moejit_dtype logits_dtype;  /* router_logits with MOEJIT_ROUTING_LOGITS: F32 (default), F16, BF16 */
   int bias_f32;               /* 1: both biases are f32 while x and the weights are f16 or bf16 */
   int exact_f32;              /* f32 layers: exact FFMA GEMMs; 0 (default): TF32 tensor cores */
+  int unfused;                /* 1: GEMM1 writes its output before the activation (workspace
+                                 `gate_up`), and the activation runs as a launch of its own, so a
+                                 caller can run the stages one by one (moejit_forward_stages) and
+                                 work on the intermediates in between (LoRA, as vLLM does) */
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */
@@ -174,6 +178,44 @@ MOEJIT_API moejit_status moejit_workspace_size(const moejit_plan *plan, int64_t 
  * MOEJIT_ERR_CUDA. Thread-safe on one plan; the error text then goes to the log callback. */
 MOEJIT_API moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args,
                                         void *workspace, size_t workspace_bytes, CUstream stream);
+
+/* The stages of a forward, in the order they run. */
+typedef enum moejit_stage {
+  MOEJIT_STAGE_ROUTE = 1,      /* routing: rows sorted by expert, the tile list, bad-id flags */
+  MOEJIT_STAGE_GEMM1 = 2,      /* x @ gate_up_proj + bias (and SwiGLU unless the plan is unfused) */
+  MOEJIT_STAGE_ACTIVATION = 4, /* unfused plans: SwiGLU of GEMM1's output into h */
+  MOEJIT_STAGE_GEMM2 = 8,      /* h @ down_proj + bias, times the routing weight, one row per slot */
+  MOEJIT_STAGE_COMBINE = 16,   /* each token's K rows summed in a fixed order into y */
+  MOEJIT_STAGE_ALL = 31
+} moejit_stage;
+
+/* moejit_forward limited to the stages in the mask (moejit_stage bits); moejit_forward is
+ * MOEJIT_STAGE_ALL. Stages are launched in the order above; a caller running them in several
+ * calls passes the same args and workspace each time and may launch its own work on the stream in
+ * between (see moejit_workspace_view_get for where the intermediates live). Same statuses and
+ * guarantees as moejit_forward. */
+MOEJIT_API moejit_status moejit_forward_stages(moejit_plan *plan, const moejit_forward_args *args,
+                                               void *workspace, size_t workspace_bytes,
+                                               CUstream stream, unsigned stages);
+
+/* Where a forward of `tokens` tokens keeps its intermediates: byte offsets into the workspace.
+ * Rows are the routed (token, slot) pairs sorted by expert; their count is
+ * expert_offsets[experts] on the device. */
+typedef struct moejit_workspace_view {
+  size_t struct_size;
+  size_t expert_offsets; /* [E + 1] int32: the rows of expert e are [off[e], off[e + 1]) */
+  size_t row_slot;       /* [T * K] int32: the slot t * K + k of each row */
+  size_t slot_row;       /* [T * K] int32: the row of each slot, -1 when it has none */
+  size_t row_weight;     /* [T * K] f32: the routing weight of each row */
+  size_t gate_up;        /* unfused plans: [rows, 2I] dtype, GEMM1's output (bias added, before
+                            the activation; gate = even columns); (size_t)-1 for fused plans */
+  size_t h;              /* [rows, I] dtype: the activation, GEMM2's input */
+  size_t y_slot;         /* [T * K, H] f32: each slot's weighted GEMM2 output, before the sum */
+} moejit_workspace_view;
+
+MOEJIT_API void moejit_workspace_view_init(moejit_workspace_view *view);
+MOEJIT_API moejit_status moejit_workspace_view_get(const moejit_plan *plan, int64_t tokens,
+                                                   moejit_workspace_view *view);
 
 /* Reads the flags the last forward on this workspace left (blocks on `stream`). Returns MOEJIT_OK, or
  * MOEJIT_ERR_BAD_EXPERT_ID with the count of such slots in *bad_slots (may be NULL), or

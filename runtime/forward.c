@@ -92,7 +92,7 @@ static int pick(const moejit_plan *plan, int64_t tokens) {
 }
 
 static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUdeviceptr ws,
-                            CUstream stream, int cfg, mj_err *err) {
+                            CUstream stream, int cfg, unsigned stages, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &plan->desc;
   mj_cu *cu = &plan->ctx->cu;
@@ -110,6 +110,12 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
 
   if (d->routing == MOEJIT_ROUTING_LOGITS) {
+    ids = ws + l.route_ids;
+    weights = ws + l.route_w;
+  }
+  if ((stages & MOEJIT_STAGE_ROUTE) && d->routing == MOEJIT_ROUTING_LOGITS) {
+    ids = DPTR(a->topk_ids);
+    weights = DPTR(a->routing_weights);
     /* top-k and softmax of the logits into the workspace; the caller's copies when asked for */
     CUdeviceptr logits = DPTR(a->router_logits), ws_ids = ws + l.route_ids, ws_w = ws + l.route_w;
     int tokens = (int)a->tokens;
@@ -121,6 +127,8 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     ids = ws_ids;
     weights = ws_w;
   }
+  if (!(stages & MOEJIT_STAGE_ROUTE))
+    goto gemm1;
   void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
   MJ_CU(cu,
         LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1, 0,
@@ -139,29 +147,44 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                      1, 0, stream, scatter_args, NULL),
         err);
 
-  gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
-                    slot_weight, tiles, num_tiles, h};
-  void *g1_args[] = {&g1};
-  const mj_kernel *k1 = &plan->gemm1[cfg];
-  MJ_CU(cu,
-        LaunchKernel(k1->fn, max_tiles, (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1,
-                     (unsigned)k1->threads, 1, 1, (unsigned)k1->smem, stream, g1_args, NULL),
-        err);
-  gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
-                    slot_weight, tiles, num_tiles, y_slot};
-  void *g2_args[] = {&g2};
-  const mj_kernel *k2 = &plan->gemm2[cfg];
-  MJ_CU(cu,
-        LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), 1,
-                     (unsigned)k2->threads, 1, 1, (unsigned)k2->smem, stream, g2_args, NULL),
-        err);
-
-  CUdeviceptr y = DPTR(a->y);
-  void *combine_args[] = {&y_slot, &slot_pos, &y};
-  MJ_CU(cu,
-        LaunchKernel(plan->combine.fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
-                     (unsigned)plan->combine.threads, 1, 1, 0, stream, combine_args, NULL),
-        err);
+gemm1:
+  if (stages & MOEJIT_STAGE_GEMM1) {
+    gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
+                      slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h};
+    void *g1_args[] = {&g1};
+    const mj_kernel *k1 = &plan->gemm1[cfg];
+    MJ_CU(cu,
+          LaunchKernel(k1->fn, max_tiles, (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1,
+                       (unsigned)k1->threads, 1, 1, (unsigned)k1->smem, stream, g1_args, NULL),
+          err);
+  }
+  if ((stages & MOEJIT_STAGE_ACTIVATION) && d->unfused) {
+    CUdeviceptr gu = ws + l.gate_up;
+    int64_t blocks = (l.nslots * d->intermediate + 255) / 256;
+    void *act_args[] = {&gu, &expert_off, &h};
+    MJ_CU(cu,
+          LaunchKernel(plan->activation.fn, (unsigned)(blocks < 65536 ? blocks : 65536), 1, 1,
+                       (unsigned)plan->activation.threads, 1, 1, 0, stream, act_args, NULL),
+          err);
+  }
+  if (stages & MOEJIT_STAGE_GEMM2) {
+    gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
+                      slot_weight, tiles, num_tiles, y_slot};
+    void *g2_args[] = {&g2};
+    const mj_kernel *k2 = &plan->gemm2[cfg];
+    MJ_CU(cu,
+          LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), 1,
+                       (unsigned)k2->threads, 1, 1, (unsigned)k2->smem, stream, g2_args, NULL),
+          err);
+  }
+  if (stages & MOEJIT_STAGE_COMBINE) {
+    CUdeviceptr y = DPTR(a->y);
+    void *combine_args[] = {&y_slot, &slot_pos, &y};
+    MJ_CU(cu,
+          LaunchKernel(plan->combine.fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024),
+                       1, (unsigned)plan->combine.threads, 1, 1, 0, stream, combine_args, NULL),
+          err);
+  }
 fail:
   return st;
 }
@@ -187,7 +210,7 @@ static void leave(moejit_ctx *ctx, int pushed) {
 }
 
 static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
-                             size_t workspace_bytes, CUstream stream, int cfg) {
+                             size_t workspace_bytes, CUstream stream, int cfg, unsigned stages) {
   mj_err err;
   moejit_status st;
   int pushed = 0;
@@ -206,21 +229,34 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
     return MOEJIT_OK;
   if ((st = enter(ctx, &pushed, &err)) != MOEJIT_OK)
     return mj_rt_fail(ctx, st, &err);
-  st = launch(plan, args, DPTR(workspace), stream, cfg >= 0 ? cfg : pick(plan, args->tokens), &err);
+  st = launch(plan, args, DPTR(workspace), stream, cfg >= 0 ? cfg : pick(plan, args->tokens), stages,
+              &err);
   leave(ctx, pushed);
   return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);
 }
 
 moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
                              size_t workspace_bytes, CUstream stream) {
-  return forward(plan, args, workspace, workspace_bytes, stream, -1);
+  return forward(plan, args, workspace, workspace_bytes, stream, -1, MOEJIT_STAGE_ALL);
+}
+
+moejit_status moejit_forward_stages(moejit_plan *plan, const moejit_forward_args *args,
+                                    void *workspace, size_t workspace_bytes, CUstream stream,
+                                    unsigned stages) {
+  mj_err err;
+  if (plan && (stages == 0 || (stages & ~(unsigned)MOEJIT_STAGE_ALL)))
+    return mj_rt_fail(plan->ctx,
+                      mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
+                              "stages=0x%x is not a non-empty set of moejit_stage bits", stages),
+                      &err);
+  return forward(plan, args, workspace, workspace_bytes, stream, -1, stages);
 }
 
 moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
                                  size_t workspace_bytes, CUstream stream, int config) {
   if (plan && (config < 0 || config >= plan->ngemm))
     return MOEJIT_ERR_INVALID_ARG;
-  return forward(plan, args, workspace, workspace_bytes, stream, config);
+  return forward(plan, args, workspace, workspace_bytes, stream, config, MOEJIT_STAGE_ALL);
 }
 
 moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace, CUstream stream,

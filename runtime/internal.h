@@ -63,6 +63,7 @@ struct moejit_plan {
   moejit_ctx *ctx;
   moejit_layer_desc desc;
   mj_kernel topk, count, scan, scatter, combine; /* topk: logits routing only */
+  mj_kernel activation;                          /* unfused plans only */
   mj_math math;
   int ngemm;
   mj_gemm_config configs[MJ_MAX_GEMM_CONFIGS];
@@ -80,7 +81,7 @@ struct moejit_plan {
 /* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
 typedef struct mj_layout {
   size_t flags, num_tiles, expert_off, chunk_counts, chunk_base, tiles, sorted_slot, slot_pos,
-      slot_weight, route_ids, route_w, h, y_slot, total;
+      slot_weight, route_ids, route_w, gate_up, h, y_slot, total;
   int64_t nslots, nchunks, max_tiles;
 } mj_layout;
 

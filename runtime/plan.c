@@ -82,6 +82,8 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->bias_f32=%d is not 0 or 1", d->bias_f32);
   if (d->exact_f32 != 0 && d->exact_f32 != 1)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->exact_f32=%d is not 0 or 1", d->exact_f32);
+  if (d->unfused != 0 && d->unfused != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->unfused=%d is not 0 or 1", d->unfused);
   if (d->apply_router_weight_on_input != 0 && d->apply_router_weight_on_input != 1)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->apply_router_weight_on_input=%d is not 0 or 1",
                    d->apply_router_weight_on_input);
@@ -110,6 +112,12 @@ static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
   mj_spec_int(s, "hidden", d->hidden);
   mj_spec_int(s, "top_k", d->top_k);
+  if (d->unfused) { /* the activation kernel joins the module */
+    mj_spec_int(s, "intermediate", d->intermediate);
+    mj_spec_int(s, "experts", d->experts);
+    mj_spec_num(s, "alpha", d->alpha);
+    mj_spec_num(s, "limit", d->limit);
+  }
 }
 
 mj_math mj_rt_math(const moejit_layer_desc *d) { return mj_tune_math(d->dtype, d->exact_f32); }
@@ -121,7 +129,7 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
   mj_spec_str(s, "bias", mj_rt_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
   mj_spec_str(s, "math", mj_tune_math_name(math));
-  mj_spec_str(s, "mode", mode == 1 ? "gate_up" : "down");
+  mj_spec_str(s, "mode", mode == 2 ? "down" : d->unfused ? "gate_up_raw" : "gate_up");
   mj_spec_int(s, "n", mode == 1 ? 2 * d->intermediate : d->hidden);
   mj_spec_int(s, "k", mode == 1 ? d->hidden : d->intermediate);
   mj_spec_int(s, "top_k", d->top_k);
@@ -308,10 +316,46 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(slot_weight, (size_t)l->nslots * sizeof(float));
   MJ_PLACE_(route_ids, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(int) : 0);
   MJ_PLACE_(route_w, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(float) : 0);
+  MJ_PLACE_(gate_up, d->unfused ? (size_t)l->nslots * (size_t)(2 * d->intermediate) * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
   MJ_PLACE_(y_slot, (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
 #undef MJ_PLACE_
   l->total = at;
+}
+
+void moejit_workspace_view_init(moejit_workspace_view *view) {
+  memset(view, 0, sizeof *view);
+  view->struct_size = sizeof *view;
+}
+
+moejit_status moejit_workspace_view_get(const moejit_plan *plan, int64_t tokens,
+                                        moejit_workspace_view *view) {
+  mj_err err;
+  if (!plan)
+    return MOEJIT_ERR_INVALID_ARG;
+  if (!view || view->struct_size != sizeof *view)
+    return mj_rt_fail(plan->ctx,
+                      mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
+                              "view is NULL or its struct_size is not %zu (call "
+                              "moejit_workspace_view_init)",
+                              sizeof *view),
+                      &err);
+  if (tokens < 0 || tokens > plan->desc.max_tokens)
+    return mj_rt_fail(plan->ctx,
+                      mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
+                              "tokens=%lld is outside [0, desc->max_tokens=%lld]",
+                              (long long)tokens, (long long)plan->desc.max_tokens),
+                      &err);
+  mj_layout l;
+  mj_rt_layout(plan, tokens, &l);
+  view->expert_offsets = l.expert_off;
+  view->row_slot = l.sorted_slot;
+  view->slot_row = l.slot_pos;
+  view->row_weight = l.slot_weight;
+  view->gate_up = plan->desc.unfused ? l.gate_up : (size_t)-1;
+  view->h = l.h;
+  view->y_slot = l.y_slot;
+  return MOEJIT_OK;
 }
 
 moejit_status moejit_workspace_size(const moejit_plan *plan, int64_t max_tokens, size_t *bytes) {
@@ -395,6 +439,7 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   plan->scan = (mj_kernel){"moejit_route_scan", NULL, NULL, 256, 0};
   plan->scatter = (mj_kernel){"moejit_route_scatter", NULL, NULL, 32, 0};
   plan->combine = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
+  plan->activation = (mj_kernel){"moejit_activation", NULL, NULL, 256, 0};
   for (int i = 0; i < plan->ngemm; i++) {
     int threads = mj_tune_gemm_threads(&plan->configs[i], plan->math);
     int smem = (int)mj_tune_gemm_smem(&plan->configs[i], desc->dtype);
@@ -406,10 +451,10 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
     MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
     pushed = 1;
     mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter, &plan->topk};
-    mj_kernel *combine[] = {&plan->combine};
+    mj_kernel *combine[] = {&plan->combine, &plan->activation};
     int nroute = desc->routing == MOEJIT_ROUTING_LOGITS ? 4 : 3;
     if ((st = load_module(plan, &mods[0], route, nroute, err)) != MOEJIT_OK ||
-        (st = load_module(plan, &mods[1], combine, 1, err)) != MOEJIT_OK)
+        (st = load_module(plan, &mods[1], combine, desc->unfused ? 2 : 1, err)) != MOEJIT_OK)
       goto fail;
     for (int i = 0; i < plan->ngemm; i++) {
       mj_kernel *g1[] = {&plan->gemm1[i]}, *g2[] = {&plan->gemm2[i]};

@@ -28,3 +28,18 @@ extern "C" __global__ void __launch_bounds__(256) moejit_combine(
   out[2] = mj_from_f32<T>(acc.z);
   out[3] = mj_from_f32<T>(acc.w);
 }
+
+#if MJ_COMBINE_ACTIVATION
+// Unfused plans: h[row, j] = swiglu(gu[row, 2j], gu[row, 2j + 1]) for the rows routing produced
+// (expert_off[kExperts] of them; the grid covers the most there can be).
+// Needs: kIntermediate, kExperts, kAlpha, kLimit. grid = ceil(max_rows * kIntermediate / 256).
+extern "C" __global__ void __launch_bounds__(256) moejit_activation(
+    const T *__restrict__ gu, const int *__restrict__ expert_off, T *__restrict__ h) {
+  const mj_i64 rows = expert_off[kExperts];
+  for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < rows * kIntermediate;
+       i += (mj_i64)gridDim.x * blockDim.x) {
+    float gate = mj_to_f32(gu[2 * i]), up = mj_to_f32(gu[2 * i + 1]);
+    h[i] = mj_from_f32<T>(mj_swiglu(gate, up, kAlpha, kLimit));
+  }
+}
+#endif

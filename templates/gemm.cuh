@@ -7,6 +7,8 @@
 // kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
 //   gathered from x by token = sorted_slot[row] / kTopK; with kWeightOnInput the product is scaled by
 //   weight[row] first (the same as scaling x[token], as the GEMM is linear in it).
+// kMode 3 (gate_up_raw, unfused plans): out = gu [rows, kN] in T, A[row] @ W[e] + b[e] (scaled as
+//   kMode 1 with kWeightOnInput), the activation left to moejit_activation.
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
 //   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert; blockIdx.y picks the kBN columns.
@@ -57,7 +59,7 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
   int r = r0 + row, c = n0 + col;
   if (r >= r1 || c >= kN) return;
   const BiasT *b = p.bias + (mj_i64)e * kN;
-  if (kMode == 1 && kWeightOnInput) {
+  if (kMode != 2 && kWeightOnInput) {
     float wt = p.slot_weight[r];
     v0 *= wt;
     v1 *= wt;
@@ -66,6 +68,10 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
   v1 += mj_to_f32(b[c + 1]);
   if (kMode == 1) {
     ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] = mj_from_f32<T>(mj_swiglu(v0, v1, kAlpha, kLimit));
+  } else if (kMode == 3) {
+    T *o = (T *)p.out + (mj_i64)r * kN + c;
+    o[0] = mj_from_f32<T>(v0);
+    o[1] = mj_from_f32<T>(v1);
   } else {
     float wt = kWeightOnInput ? 1.0f : p.slot_weight[r];
     *(mj_float2 *)((float *)p.out + (mj_i64)p.sorted_slot[r] * kN + c) = mj_float2{v0 * wt, v1 * wt};
@@ -201,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   __shared__ int a_row[kBM];
   for (int i = threadIdx.x; i < kBM; i += kThreads) {
     int r = r0 + i;
-    a_row[i] = r < r1 ? (kMode == 1 ? p.sorted_slot[r] / kTopK : r) : -1;
+    a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
   }
   __syncthreads();
   const T *w = p.w + (mj_i64)e * kK * kN;

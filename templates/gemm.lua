@@ -6,7 +6,9 @@
 -- weight_on_input are optional: the dtype, its exact path (mma or ffma), 0.
 local prelude = require("prelude")
 
-local modes = { gate_up = 1, down = 2 }
+-- gate_up: GEMM1 with bias and SwiGLU; gate_up_raw: GEMM1 with bias only (unfused plans);
+-- down: GEMM2 with bias and the routing weight.
+local modes = { gate_up = 1, down = 2, gate_up_raw = 3 }
 -- Which dtypes each math path takes, and its PATH number in gemm.cuh.
 local maths = {
   mma = { path = 1, dtypes = { f16 = true, bf16 = true }, kstep = 16 },
@@ -24,7 +26,9 @@ return function(spec)
     error(string.format("math %s does not take dtype %s", tostring(spec.math), spec.dtype))
   end
   local mode = modes[spec.mode]
-  if not mode then error("spec.mode must be gate_up or down, got " .. tostring(spec.mode)) end
+  if not mode then
+    error("spec.mode must be gate_up, gate_up_raw or down, got " .. tostring(spec.mode))
+  end
   local n = prelude.need_int(spec, "n", 8)
   local k = prelude.need_int(spec, "k", 8)
   if n % 8 ~= 0 or k % 8 ~= 0 then error(string.format("n=%d and k=%d must be multiples of 8", n, k)) end

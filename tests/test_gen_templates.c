@@ -107,7 +107,7 @@ static int cubin_has(const mj_cubin *c, const char *name) {
 /* ---- the grid --------------------------------------------------------------------------------- */
 
 /* Layer options a case turns on, so that every template variant is rendered and compiled. */
-enum { EXACT = 1, MAP = 2, CAPPED = 4, WEIGHT_IN = 8, BIAS_F32 = 16 };
+enum { EXACT = 1, MAP = 2, CAPPED = 4, WEIGHT_IN = 8, BIAS_F32 = 16, UNFUSED = 32 };
 
 typedef struct layer_case {
   const char *name;
@@ -124,8 +124,8 @@ static const layer_case grid[] = {
     {"small f32 exact", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_BF16, MOEJIT_ROUTING_DENSE,
      EXACT},
     {"tiny f32 tf32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE, CAPPED},
-    {"odd bf16", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
-     MAP | WEIGHT_IN},
+    {"odd bf16 unfused", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
+     MAP | WEIGHT_IN | UNFUSED},
     {"wide f16 logits", 4096, 1024, 8, 2, MOEJIT_F16, MOEJIT_I64, MOEJIT_F32,
      MOEJIT_ROUTING_LOGITS, CAPPED},
 };
@@ -148,6 +148,7 @@ static moejit_layer_desc desc_of(const layer_case *c) {
   d.expert_capacity = c->options & CAPPED ? 7 : 0;
   d.apply_router_weight_on_input = (c->options & WEIGHT_IN) != 0;
   d.bias_f32 = (c->options & BIAS_F32) != 0;
+  d.unfused = (c->options & UNFUSED) != 0;
   return d;
 }
 
@@ -185,6 +186,7 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
                      c->routing == MOEJIT_ROUTING_DENSE ? "true" : "false");
   } else if (strcmp(m->template_name, "combine") == 0) {
     assert_containsf(s, "static constexpr int kHidden = %lld;", (long long)c->hidden);
+    assert_containsf(s, "#define MJ_COMBINE_ACTIVATION %d", (c->options & UNFUSED) != 0);
     assert_containsf(s, "static constexpr int kTopK = %lld;", (long long)c->top_k);
     assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
   } else {
@@ -193,7 +195,8 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
     assert_true(mode == 1 || strncmp(m->name, "gemm2_", 6) == 0);
     int64_t n = mode == 1 ? 2 * c->intermediate : c->hidden;
     int64_t k = mode == 1 ? c->hidden : c->intermediate;
-    assert_containsf(s, "static constexpr int kMode = %d;", mode);
+    assert_containsf(s, "static constexpr int kMode = %d;",
+                     mode == 1 && (c->options & UNFUSED) ? 3 : mode);
     assert_containsf(s, "static constexpr int kN = %lld;", (long long)n);
     assert_containsf(s, "static constexpr int kK = %lld;", (long long)k);
     assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));

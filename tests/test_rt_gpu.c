@@ -830,6 +830,90 @@ static void test_f32_paths_and_seed_workloads(void **state) {
     }
 }
 
+/* Unfused plans: GEMM1's raw output in the workspace, the activation a launch of its own; a caller
+ * running the stages one by one can change the intermediates in between. */
+static void test_unfused_and_stages(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const moejit_dtype types[] = {MOEJIT_BF16, MOEJIT_F32};
+  for (int i = 0; i < 2; i++) {
+    moejit_layer_desc d = option_desc(types[i]);
+    d.unfused = 1;
+    host_layer L;
+    make_layer(&L, &d, 300, 1, 160 + i);
+    expect_match(i ? "unfused, f32 (TF32)" : "unfused, bf16", &L, 300);
+    free_layer(&L);
+  }
+  /* Stage by stage on an unfused plan, zeroing GEMM1's output before the activation: then
+   * h = swiglu(0, 0) = 0 and y[t] = sum_k w[t, k] * down_proj_bias[e_k]. */
+  moejit_layer_desc d = option_desc(MOEJIT_BF16);
+  d.unfused = 1;
+  d.max_tokens = 256;
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 256, 170, &L, &err), MOEJIT_OK);
+  moejit_forward_args a;
+  mj_synth_layer_args(&L, &a);
+  moejit_workspace_view v;
+  moejit_workspace_view_init(&v);
+  assert_int_equal(moejit_workspace_view_get(plan, L.tokens, &v), MOEJIT_OK);
+  assert_true(v.gate_up != (size_t)-1);
+  void *ws = ptr(L.workspace);
+  assert_int_equal(moejit_forward_stages(plan, &a, ws, L.workspace_bytes, NULL,
+                                         MOEJIT_STAGE_ROUTE | MOEJIT_STAGE_GEMM1),
+                   MOEJIT_OK);
+  int32_t rows = 0;
+  CU_OK(CtxSynchronize());
+  CU_OK(MemcpyDtoH(&rows, L.workspace + v.expert_offsets + 16 * sizeof(int32_t), sizeof rows));
+  assert_int_equal(rows, L.tokens * d.top_k);
+  CU_OK(MemsetD8(L.workspace + v.gate_up, 0, (size_t)rows * 2 * d.intermediate * 2));
+  assert_int_equal(moejit_forward_stages(plan, &a, ws, L.workspace_bytes, NULL,
+                                         MOEJIT_STAGE_ACTIVATION | MOEJIT_STAGE_GEMM2 |
+                                             MOEJIT_STAGE_COMBINE),
+                   MOEJIT_OK);
+  mj_synth_host h;
+  int64_t tok[4] = {0, 77, 128, 255};
+  assert_int_equal(mj_synth_download(&g_syn, &L, tok, 4, &h, &err), MOEJIT_OK);
+  for (int r = 0; r < 4; r++)
+    for (int64_t j = 0; j < d.hidden; j++) {
+      double want = 0.0;
+      for (int64_t k = 0; k < d.top_k; k++)
+        want += (double)h.weights[r * d.top_k + k] *
+                mj_load_f32(d.dtype, h.down_bias, h.ids[r * d.top_k + k] * d.hidden + j);
+      float got = mj_load_f32(d.dtype, h.y, r * d.hidden + j);
+      assert_true(fabs(got - want) <= 1e-2 * fabs(want) + 1e-3);
+    }
+  mj_synth_host_free(&h);
+  /* a fused plan run in pieces gives what one forward gives, bit for bit */
+  moejit_layer_desc fd = d;
+  fd.unfused = 0;
+  moejit_plan *fused = make_plan(&fd);
+  void *whole = forward_output(fused, &L, NULL);
+  size_t bytes = (size_t)(L.tokens * d.hidden) * 2;
+  CU_OK(MemsetD8(L.y, 0xFF, bytes));
+  static const unsigned pieces[] = {MOEJIT_STAGE_ROUTE, MOEJIT_STAGE_GEMM1,
+                                    MOEJIT_STAGE_ACTIVATION | MOEJIT_STAGE_GEMM2,
+                                    MOEJIT_STAGE_COMBINE};
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(moejit_forward_stages(fused, &a, ws, L.workspace_bytes, NULL, pieces[i]),
+                     MOEJIT_OK);
+  void *staged = download(L.y, bytes);
+  assert_memory_equal(whole, staged, bytes);
+  assert_int_equal(moejit_forward_stages(fused, &a, ws, L.workspace_bytes, NULL, 0),
+                   MOEJIT_ERR_INVALID_ARG);
+  assert_int_equal(moejit_forward_stages(fused, &a, ws, L.workspace_bytes, NULL, 64),
+                   MOEJIT_ERR_INVALID_ARG);
+  moejit_workspace_view_init(&v);
+  assert_int_equal(moejit_workspace_view_get(fused, L.tokens, &v), MOEJIT_OK);
+  assert_true(v.gate_up == (size_t)-1);
+  free(whole);
+  free(staged);
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(fused);
+  moejit_plan_destroy(plan);
+}
+
 /* The tuner on a small layer: winners checked, recorded, and followed by a new plan. */
 static int tune_check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
   (void)user;
@@ -917,6 +1001,7 @@ int main(void) {
       cmocka_unit_test(test_capacity),
       cmocka_unit_test(test_weight_on_input_and_f32_bias),
       cmocka_unit_test(test_f32_paths_and_seed_workloads),
+      cmocka_unit_test(test_unfused_and_stages),
       cmocka_unit_test(test_gpt_oss_e32),
       cmocka_unit_test(test_gpt_oss_e128),
   };
