@@ -10,6 +10,12 @@ if [ -n "$missing" ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
+# The Python binding's tests (no torch needed for the struct-layout ones) run in a venv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
+fi
 if ! ls /usr/local/cuda/lib64/libnvrtc.so.1[23] >/dev/null 2>&1 && ! ldconfig -p | grep -q libnvrtc.so.1[23]; then
   echo "deps.sh: NVRTC (CUDA toolkit 12+) not found under /usr/local/cuda/lib64 or on the loader path" >&2
   exit 1

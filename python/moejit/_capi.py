@@ -131,6 +131,7 @@ class LayerDesc(ctypes.Structure):
         ("logits_dtype", ctypes.c_int),  # router_logits dtype (MOEJIT_ROUTING_LOGITS)
         ("bias_f32", ctypes.c_int),  # 1: f32 biases with f16 / bf16 x and weights
         ("exact_f32", ctypes.c_int),  # f32 layers: 1 exact FFMA GEMMs, 0 TF32 tensor cores
+        ("unfused", ctypes.c_int),  # 1: the activation as a launch of its own (staged forwards)
     ]
 
 
