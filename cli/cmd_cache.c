@@ -21,7 +21,7 @@ static const char cache_usage[] =
     "  verify   check every cubin (magic, version, key, length, checksum); exit 1 if any is bad\n"
     "  clear    remove every cubin and the tuning records\n"
     "  export   write the valid cubins and the records into FILE\n"
-    "  import   add FILE's cubins (each checked) and merge its records into the cache\n"
+    "  import   add FILE's cubins (each checked as a read would) and merge its records\n"
     "\n"
     "--dir DIR: the cache folder; default $MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
     "~/.cache/moejit.\n";
@@ -57,7 +57,7 @@ static int each_cubin(const char *dir, void (*fn)(void *, const char *, const ch
     uint8_t key[16];
     if (!is_cubin_name(de->d_name, key))
       continue;
-    char path[4400];
+    char path[sizeof sub + 300];
     snprintf(path, sizeof path, "%s/%s", sub, de->d_name);
     fn(user, path, de->d_name, key);
     n++;
@@ -110,27 +110,55 @@ static int write_blob(FILE *f, const char *kind, const void *data, uint64_t size
          fwrite(data, 1, (size_t)size, f) == size;
 }
 
+static int read_file(const char *path, char **text, size_t *len);
+
+/* Only files that pass the cache's checks are exported: each as its key and its whole file. */
 static void export_one(void *user, const char *path, const char *name, const uint8_t *key) {
   walk *w = user;
   void *data;
   size_t size;
+  char *file = NULL;
+  size_t flen = 0;
   (void)name;
-  if (mj_tune_cache_read_file(path, key, &data, &size, NULL) != MJ_CACHE_FILE_OK) {
+  if (mj_tune_cache_read_file(path, key, &data, &size, NULL) != MJ_CACHE_FILE_OK ||
+      read_file(path, &file, &flen) != 0) {
     w->bad++;
     return;
   }
-  /* key + cubin; the importer rebuilds the file (and its header) with the cache's own writer */
-  unsigned char *blob = malloc(16 + size);
+  free(data);
+  unsigned char *blob = malloc(16 + flen);
   if (blob) {
     memcpy(blob, key, 16);
-    memcpy(blob + 16, data, size);
-    if (write_blob(w->out, "cubin", blob, 16 + size))
+    memcpy(blob + 16, file, flen);
+    if (write_blob(w->out, "cubin", blob, 16 + flen))
       w->written++;
     else
       w->bad++;
+  } else {
+    w->bad++;
   }
   free(blob);
+  free(file);
+}
+
+/* Writes an imported cache file next to its place, checks it as a read would, then renames it in. */
+static int import_cubin(const char *dir, const uint8_t key[16], const void *file, size_t len) {
+  char path[4200], tmp[4300];
+  mj_tune_cache_path(dir, key, path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.import.XXXXXX", path);
+  int fd = mkstemp(tmp), ok = 0;
+  if (fd < 0)
+    return -1;
+  ok = write(fd, file, len) == (ssize_t)len;
+  ok = close(fd) == 0 && ok;
+  void *data = NULL;
+  size_t size = 0;
+  ok = ok && mj_tune_cache_read_file(tmp, key, &data, &size, NULL) == MJ_CACHE_FILE_OK;
   free(data);
+  ok = ok && chmod(tmp, 0644) == 0 && rename(tmp, path) == 0;
+  if (!ok)
+    unlink(tmp);
+  return ok ? 0 : -1;
 }
 
 static int read_file(const char *path, char **text, size_t *len) {
@@ -187,7 +215,7 @@ static int do_import(const char *dir, const char *file) {
       break;
     }
     if (!memcmp(tag, "cubin", 6) && size > 16) {
-      if (mj_tune_cache_write_file(dir, blob, blob + 16, (size_t)size - 16) == 0)
+      if (import_cubin(dir, blob, blob + 16, (size_t)size - 16) == 0)
         added++;
       else
         rejected++;

@@ -61,6 +61,10 @@ int cmd_run(int argc, char **argv) {
   int rc = cli_parse(argc, argv, &L, run_usage);
   if (rc)
     return rc == 1 ? 0 : rc;
+  if (L.repeat == 0)
+    L.repeat = 20;
+  if (L.check < 0)
+    L.check = 32;
   moejit_ctx_options o;
   moejit_ctx_options_init(&o);
   o.log = capture_log;
@@ -102,7 +106,10 @@ int cmd_run(int argc, char **argv) {
   void *ws = (void *)(uintptr_t)layer.workspace;
   mj_cu *cu = &ctx->cu;
   CUcontext popped;
-  cu->CtxPushCurrent(ctx->cuctx);
+  if (cu->CtxPushCurrent(ctx->cuctx) != MJ_CU_SUCCESS) {
+    fprintf(stderr, "moejit run: cannot make the GPU's context current\n");
+    goto done;
+  }
   ms = calloc((size_t)L.repeat, sizeof *ms);
   if (!ms || cu->EventCreate(&ev[0], 0) || cu->EventCreate(&ev[1], 0)) {
     fprintf(stderr, "moejit run: could not create events\n");

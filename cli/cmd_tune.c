@@ -11,11 +11,12 @@
 
 static const char tune_usage[] =
     "usage: moejit tune [--tokens 1,8,64,512,4096,65536] [--budget SECONDS] [--repeat N]\n"
-    "                   [layer options]\n"
+    "                   [--check N] [layer options]\n"
     "\n"
     "For each token count, times every tile configuration of the search space that fits the\n"
     "rows per expert (whole forward, CUDA events, L2 flushed, median of --repeat runs, default 5),\n"
-    "checks the winner against the CPU reference on sampled tokens, and merges the winners into\n"
+    "checks the winner against the CPU reference on --check sampled tokens (default 8), and merges\n"
+    "the winners into\n"
     "the tuning records of the cache folder ($MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
     "~/.cache/moejit). Plans made afterwards use them. --budget bounds the timing phase; when it\n"
     "runs out the best so far wins. Needs a GPU.\n";
@@ -23,7 +24,7 @@ static const char tune_usage[] =
 typedef struct tune_ui {
   int tty;
   double start;
-  const char *stage;
+  int check; /* tokens checked against the CPU reference */
 } tune_ui;
 
 static void progress(void *user, const char *stage, int done, int total, const char *what) {
@@ -45,10 +46,10 @@ static void progress(void *user, const char *stage, int done, int total, const c
 }
 
 static int check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
-  (void)user;
+  const tune_ui *ui = user;
   mj_check_result r;
   mj_err err;
-  if (mj_check_sampled(s, L, 8, &r, &err) != MOEJIT_OK) {
+  if (mj_check_sampled(s, L, ui->check, &r, &err) != MOEJIT_OK) {
     fprintf(stderr, "moejit tune: check: %s\n", err.msg);
     return -1;
   }
@@ -97,8 +98,8 @@ int cmd_tune(int argc, char **argv) {
          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
          mj_rt_dtype_name(d->dtype), ctx->device_name, ctx->arch, ctx->sm_count);
   printf("records  %s\n", ctx->records_path[0] ? ctx->records_path : "(no cache folder: not saved)");
-  tune_ui ui = {isatty(2), cli_now(), ""};
-  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat == 20 ? 5 : L.repeat, L.seed,
+  tune_ui ui = {isatty(2), cli_now(), L.check < 0 ? 8 : L.check};
+  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed,
                          1, progress, check, &ui};
   mj_tune_result res[32];
   double t0 = cli_now();

@@ -27,7 +27,7 @@ const char *const cli_layer_help =
 static int parse_int(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out) {
   char *end;
   long long x = v ? strtoll(v, &end, 10) : 0;
-  if (!v || *end || x < lo || x > hi) {
+  if (!v || end == v || *end || x < lo || x > hi) {
     fprintf(stderr, "moejit: %s=%s: expected an integer in [%lld, %lld]\n", opt, v ? v : "(none)",
             (long long)lo, (long long)hi);
     return 2;
@@ -64,8 +64,8 @@ int cli_parse(int argc, char **argv, cli_layer *L, const char *usage) {
   L->tokens = 4096;
   L->token_list[0] = 4096;
   L->ntokens = 1;
-  L->repeat = 20;
-  L->check = 32;
+  L->repeat = 0; /* 0: the command's own default */
+  L->check = -1;
   L->seed = 1;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -1,6 +1,7 @@
 /* ctx.c: contexts (driver, device, template sandbox), the error and log plumbing, option defaults.
  * Uses runtime/driver for the device, gen/ for the sandbox. */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,7 +102,9 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
     return MOEJIT_ERR_INVALID_ARG;
   *out = NULL;
   if (opts) {
-    if (opts->struct_size < sizeof(size_t) || opts->struct_size > sizeof o)
+    /* the sizes this header has had: before cache_dir was appended, and now */
+    if (opts->struct_size != offsetof(moejit_ctx_options, cache_dir) &&
+        opts->struct_size != sizeof o)
       return MOEJIT_ERR_INVALID_ARG;
     memcpy(&o, opts, opts->struct_size);
   }

@@ -4,6 +4,17 @@
 #include <dlfcn.h>
 #include <string.h>
 
+/* dlsym of "cuX" for "cuX_v2" (same signature for the entry points moejit uses). */
+static void *dlsym_unversioned(void *lib, const char *symbol) {
+  char name[64];
+  size_t n = strlen(symbol);
+  if (n < 4 || n >= sizeof name || strcmp(symbol + n - 3, "_v2") != 0)
+    return NULL;
+  memcpy(name, symbol, n - 3);
+  name[n - 3] = '\0';
+  return dlsym(lib, name);
+}
+
 moejit_status mj_rt_driver_load(mj_cu *cu, mj_err *err) {
   memset(cu, 0, sizeof *cu);
   cu->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -12,6 +23,8 @@ moejit_status mj_rt_driver_load(mj_cu *cu, mj_err *err) {
                    dlerror());
 #define MJ_CU_LOAD_(field, symbol, params)                                                        \
   *(void **)(&cu->field) = dlsym(cu->lib, symbol);                                                \
+  if (!cu->field) /* an older driver: the entry point's first version */                          \
+    *(void **)(&cu->field) = dlsym_unversioned(cu->lib, symbol);                                  \
   if (!cu->field) {                                                                               \
     mj_rt_driver_unload(cu);                                                                      \
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "the CUDA driver lacks %s (driver too old)", symbol); \

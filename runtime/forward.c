@@ -41,8 +41,11 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
   if (d->global_experts == 0 && a->expert_map)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "args->expert_map is set but desc->global_experts=0");
-  if (a->tokens == 0)
-    return MOEJIT_OK;
+  if (a->tokens == 0) /* nothing runs, but an optional workspace gets its flags cleared */
+    return workspace && (uintptr_t)workspace % 256 != 0
+               ? mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace=%p is not 256-byte aligned",
+                         workspace)
+               : MOEJIT_OK;
   size_t act = mj_dtype_size(d->dtype), bias = d->bias_f32 ? 4 : act;
   /* The GEMMs copy 16-byte vectors of x and of the weights. */
   if ((st = check_ptr("x", a->x, 16, err)) || (st = check_ptr("gate_up_proj", a->gate_up_proj, 16, err)) ||
@@ -225,10 +228,18 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
                       &err);
   if ((st = check_args(plan, args, workspace, workspace_bytes, &err)) != MOEJIT_OK)
     return mj_rt_fail(ctx, st, &err);
-  if (args->tokens == 0)
+  if (args->tokens == 0 && !workspace)
     return MOEJIT_OK;
   if ((st = enter(ctx, &pushed, &err)) != MOEJIT_OK)
     return mj_rt_fail(ctx, st, &err);
+  if (args->tokens == 0) { /* nothing to run; the flags must not speak of an earlier forward */
+    CUresult r = ctx->cu.MemsetD32Async(DPTR(workspace), 0, 4, stream);
+    leave(ctx, pushed);
+    return r == MJ_CU_SUCCESS
+               ? MOEJIT_OK
+               : mj_rt_fail(ctx, mj_rt_cu_fail(&ctx->cu, r, "MemsetD32Async", __FILE__, __LINE__, &err),
+                            &err);
+  }
   st = launch(plan, args, DPTR(workspace), stream, cfg >= 0 ? cfg : pick(plan, args->tokens), stages,
               &err);
   leave(ctx, pushed);

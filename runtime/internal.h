@@ -17,9 +17,9 @@
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256
-/* The first moejit_layer_desc layout ended after apply_router_weight_on_input; later fields are
- * appended and take their defaults when a caller's struct_size stops short of them. */
-#define MJ_DESC_MIN_SIZE (offsetof(moejit_layer_desc, apply_router_weight_on_input) + sizeof(int)) /* slots per routing block (route.cuh's kChunk) */
+/* The first moejit_layer_desc layout ended before logits_dtype; later fields are appended and take
+ * their defaults when a caller's struct_size stops short of them. */
+#define MJ_DESC_MIN_SIZE offsetof(moejit_layer_desc, logits_dtype) /* slots per routing block (route.cuh's kChunk) */
 
 struct moejit_ctx {
   moejit_log_fn log;

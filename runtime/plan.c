@@ -14,10 +14,18 @@
 moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
   if (!d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
-  if (d->struct_size < MJ_DESC_MIN_SIZE || d->struct_size > sizeof *d)
+  /* the sizes this header has had, each ending at a field appended later */
+  static const size_t sizes[] = {MJ_DESC_MIN_SIZE, offsetof(moejit_layer_desc, bias_f32),
+                                 offsetof(moejit_layer_desc, exact_f32),
+                                 offsetof(moejit_layer_desc, unfused), sizeof(moejit_layer_desc)};
+  int known = 0;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    known |= d->struct_size == sizes[i];
+  if (!known)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
-                   "desc->struct_size=%zu, expected %zu..%zu (call moejit_layer_desc_init)",
-                   d->struct_size, (size_t)MJ_DESC_MIN_SIZE, sizeof *d);
+                   "desc->struct_size=%zu is not the size of any version of moejit_layer_desc "
+                   "(this one: %zu; call moejit_layer_desc_init)",
+                   d->struct_size, sizeof *d);
   moejit_layer_desc full; /* the fields a shorter struct lacks, at their defaults */
   moejit_layer_desc_init(&full);
   memcpy(&full, d, d->struct_size);
@@ -41,6 +49,10 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
       return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->%s=%lld is not a multiple of %lld",
                      ints[i].name, (long long)ints[i].v, (long long)ints[i].multiple);
   }
+  if (d->max_tokens * d->top_k > INT32_MAX - 4096) /* row indices are 32-bit on the GPU */
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->max_tokens=%lld times top_k=%lld exceeds %d slots",
+                   (long long)d->max_tokens, (long long)d->top_k, INT32_MAX - 4096);
   if (d->dtype != MOEJIT_F32 && d->dtype != MOEJIT_F16 && d->dtype != MOEJIT_BF16)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->dtype=%d is not MOEJIT_F32, F16 or BF16",
                    (int)d->dtype);
@@ -415,7 +427,8 @@ void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *d, int64_t
   r->experts = d->experts;
   r->top_k = d->top_k;
   snprintf(r->dtype, sizeof r->dtype, "%s", mj_rt_dtype_name(d->dtype));
-  snprintf(r->kernel, sizeof r->kernel, "gemm");
+  /* the math path is part of the key: an f32 layer's TF32 and exact records differ */
+  snprintf(r->kernel, sizeof r->kernel, "gemm_%s", mj_tune_math_name(mj_rt_math(d)));
   r->bucket = bucket;
   snprintf(r->version, sizeof r->version, "%s", moejit_version_string());
 }
@@ -484,7 +497,7 @@ static int add_config(moejit_plan *plan, const mj_gemm_config *c) {
 
 /* Reads the tuning records that match this plan and points buckets (and exact counts) at their
  * configurations; the others take the heuristic's pick. */
-static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
+static void apply_records(moejit_plan *plan) {
   moejit_ctx *ctx = plan->ctx;
   const moejit_layer_desc *d = &plan->desc;
   int nheur = 0;
@@ -494,27 +507,42 @@ static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
   for (int b = 0; b < MJ_BUCKETS; b++)
     plan->pick[b] = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
   if (!ctx->records_path[0])
-    return MOEJIT_OK;
+    return;
   mj_record *recs = NULL, want;
   int n = 0;
-  moejit_status st = mj_tune_records_load(ctx->records_path, &recs, &n, ctx->log, ctx->log_user, err);
-  if (st != MOEJIT_OK)
-    return st;
+  mj_err lerr;
+  if (mj_tune_records_load(ctx->records_path, &recs, &n, ctx->log, ctx->log_user, &lerr) !=
+      MOEJIT_OK) { /* damage is a miss: the heuristic serves */
+    mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s; using the heuristic", lerr.msg);
+    return;
+  }
+  /* A record may name only a configuration of the search space (or the heuristic's), and one
+   * that fits this device's shared memory. */
+  mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
+  size_t smem_limit = ctx->offline ? (size_t)227 * 1024 : (size_t)ctx->smem_optin;
+  int nspace = mj_tune_search_space(plan->math, d->dtype, smem_limit, space, MJ_MAX_GEMM_CONFIGS);
   for (int i = 0; i < n; i++) {
     mj_rt_record_key(ctx, d, recs[i].bucket, &want);
     if (ctx->offline)
       want.sms = recs[i].sms; /* an offline plan takes records for any SM count of its arch */
-    mj_gemm_config c;
-    mj_math math;
     if (!mj_tune_record_same_key(&recs[i], &want))
       continue;
-    if (mj_tune_config_parse(recs[i].config, &c, &math) != 0 || math != plan->math) {
-      mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s: record for bucket %lld names config '%s', not one of "
-                "the %s path's; ignored", ctx->records_path, (long long)recs[i].bucket,
-                recs[i].config, mj_tune_math_name(plan->math));
+    const mj_gemm_config *c = NULL;
+    for (int j = 0; j < nspace && !c; j++)
+      if (!strcmp(space[j].name, recs[i].config))
+        c = &space[j];
+    for (int j = 0; j < nheur && !c; j++)
+      if (!strcmp(heur[j].name, recs[i].config))
+        c = &heur[j];
+    if (!c) {
+      mj_rt_log(ctx, MOEJIT_LOG_WARN,
+                "%s: the record for %lld tokens names '%s', not a %s configuration that fits this "
+                "device; ignored",
+                ctx->records_path, (long long)recs[i].bucket, recs[i].config,
+                mj_tune_math_name(plan->math));
       continue;
     }
-    int idx = add_config(plan, &c);
+    int idx = add_config(plan, c);
     if (idx < 0)
       break;
     int64_t t = recs[i].bucket;
@@ -527,7 +555,7 @@ static moejit_status apply_records(moejit_plan *plan, mj_err *err) {
     }
   }
   free(recs);
-  return MOEJIT_OK;
+  return;
 }
 
 static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
@@ -557,8 +585,8 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++)
       add_config(plan, &configs[i]);
-  } else if ((st = apply_records(plan, err)) != MOEJIT_OK) {
-    goto fail;
+  } else {
+    apply_records(plan);
   }
   if ((st = build(plan, err)) != MOEJIT_OK)
     goto fail;

@@ -34,16 +34,19 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
   const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
   if (t >= tokens) return;
   const LogitT *row = logits + (mj_i64)t * kGlobalExperts;
+  const float inf = __int_as_float(0x7f800000);
   unsigned taken = 0;  // bit j: id lane + 32 j already chosen
   float vals[kTopK];
   int picks[kTopK];
 #pragma unroll
   for (int k = 0; k < kTopK; ++k) {
-    float best = -3.402823466e38f;
+    // Starting from -inf with the lower-id tie-break, -inf logits can be picked too, so every
+    // token gets K real ids (K <= kGlobalExperts is checked on the host).
+    float best = -inf;
     int best_id = 0x7fffffff;
     for (int j = 0; lane + 32 * j < kGlobalExperts; ++j) {
       float v = mj_to_f32(row[lane + 32 * j]);
-      if (v != v) v = -3.402823466e38f;  // NaN ranks last
+      if (v != v) v = -inf;  // NaN ranks with -inf
       if (!((taken >> j) & 1u) && (v > best || (v == best && lane + 32 * j < best_id))) {
         best = v;
         best_id = lane + 32 * j;
@@ -58,15 +61,21 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
         best_id = oi;
       }
     }
-    if ((best_id & 31) == lane) taken |= 1u << (best_id >> 5);
+    if (best_id < kGlobalExperts && (best_id & 31) == lane) taken |= 1u << (best_id >> 5);
     vals[k] = best;
     picks[k] = best_id;
   }
   if (lane == 0) {
+    // Softmax over the K. With +inf among them the +inf ones share the weight; when all are -inf
+    // they share it equally (the limits of the softmax).
     const float top = vals[0];  // the largest: the first pick
     float sum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kTopK; ++k) sum += (vals[k] = expf(vals[k] - top));
+    for (int k = 0; k < kTopK; ++k) {
+      float v = top == inf ? (vals[k] == inf ? 1.0f : 0.0f)
+                           : top == -inf ? 1.0f : expf(vals[k] - top);
+      sum += (vals[k] = v);
+    }
 #pragma unroll
     for (int k = 0; k < kTopK; ++k) {
       mj_i64 s = (mj_i64)t * kTopK + k;

@@ -123,32 +123,6 @@ done:
   return rc;
 }
 
-void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const float *logits,
-                         int32_t *ids, float *weights) {
-  for (int64_t t = 0; t < tokens; t++) {
-    const float *row = logits + t * experts; /* [E] */
-    int32_t *id = ids + t * top_k;
-    float *w = weights + t * top_k;
-    for (int64_t k = 0; k < top_k; k++) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < experts; e++) {
-        int taken = 0;
-        for (int64_t j = 0; j < k; j++)
-          taken |= id[j] == e;
-        /* the first maximum wins: ties go to the lower id */
-        if (!taken && (best < 0 || row[e] > row[best]))
-          best = e;
-      }
-      id[k] = (int32_t)best;
-    }
-    double sum = 0.0;
-    for (int64_t k = 0; k < top_k; k++)
-      sum += exp((double)row[id[k]] - (double)row[id[0]]);
-    for (int64_t k = 0; k < top_k; k++)
-      w[k] = (float)(exp((double)row[id[k]] - (double)row[id[0]]) / sum);
-  }
-}
-
 double mj_rel_error(const float *got, const float *want, int64_t n) {
   double max_diff = 0.0, max_want = 0.0;
   for (int64_t i = 0; i < n; i++) {
@@ -165,5 +139,37 @@ double mj_tolerance(moejit_dtype dt) {
   case MOEJIT_F16:
   case MOEJIT_BF16: return 2e-2;
   default: return 0.0;
+  }
+}
+
+void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const float *logits,
+                         int32_t *ids, float *weights) {
+  for (int64_t t = 0; t < tokens; t++) {
+    const float *row = logits + t * experts; /* [E] */
+    int32_t *id = ids + t * top_k;
+    float *w = weights + t * top_k;
+    double v[32];
+    for (int64_t k = 0; k < top_k; k++) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < experts; e++) {
+        int taken = 0;
+        for (int64_t j = 0; j < k; j++)
+          taken |= id[j] == e;
+        /* NaN ranks with -inf; the first maximum wins: ties go to the lower id */
+        double x = isnan(row[e]) ? -INFINITY : row[e];
+        if (!taken && (best < 0 || x > (isnan(row[best]) ? -INFINITY : row[best])))
+          best = e;
+      }
+      id[k] = (int32_t)best;
+      v[k] = isnan(row[best]) ? -INFINITY : row[best];
+    }
+    /* softmax over the K; +inf ones share the weight, all -inf share it equally */
+    double sum = 0.0;
+    for (int64_t k = 0; k < top_k; k++) {
+      v[k] = v[0] == INFINITY ? (v[k] == INFINITY) : v[0] == -INFINITY ? 1.0 : exp(v[k] - v[0]);
+      sum += v[k];
+    }
+    for (int64_t k = 0; k < top_k; k++)
+      w[k] = (float)(v[k] / sum);
   }
 }

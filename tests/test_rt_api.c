@@ -280,6 +280,29 @@ static const desc_case desc_cases[] = {
     {"alpha", -INFINITY, MOEJIT_ERR_INVALID_ARG, "alpha=-inf"},
 };
 
+/* A caller built against an older header passes a shorter desc: the fields it lacks are not read
+ * (here they hold garbage) and take their defaults; a size that ends inside a field is refused. */
+static void test_desc_older_sizes(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d = small_desc();
+  d.logits_dtype = (moejit_dtype)77;
+  d.bias_f32 = 5;
+  d.exact_f32 = 9;
+  d.unfused = 3;
+  d.struct_size = offsetof(moejit_layer_desc, logits_dtype);
+  moejit_plan *plan = NULL;
+  moejit_status st = moejit_plan_create(fx->ctx, &d, &plan);
+  if (st != MOEJIT_OK)
+    fail_msg("an older desc was refused: %s", moejit_last_error(fx->ctx));
+  assert_int_equal(plan->desc.unfused, 0);
+  assert_int_equal(plan->desc.exact_f32, 0);
+  assert_int_equal(plan->desc.struct_size, sizeof d);
+  moejit_plan_destroy(plan);
+  d.struct_size = offsetof(moejit_layer_desc, logits_dtype) + 2;
+  assert_int_equal(moejit_plan_create(fx->ctx, &d, &plan), MOEJIT_ERR_INVALID_ARG);
+  assert_non_null(strstr(moejit_last_error(fx->ctx), "struct_size"));
+}
+
 static void test_desc_validation(void **state) {
   fixture *fx = *state;
   mj_err err;
@@ -1016,6 +1039,7 @@ int main(void) {
       cmocka_unit_test(test_create_without_device),
       cmocka_unit_test(test_destroy_null),
       cmocka_unit_test(test_desc_validation),
+      cmocka_unit_test(test_desc_older_sizes),
       cmocka_unit_test(test_workspace_size),
       cmocka_unit_test(test_plan_configurations),
       cmocka_unit_test(test_forward_offline),

@@ -715,6 +715,26 @@ static void test_router_logits(void **state) {
     expect_match(what, &L, 300);
     free_layer(&L);
   }
+  /* Infinite and NaN logits: a token with two finite logits still gets K real ids (the -inf ones,
+   * lower ids first); +inf ones share the weight; NaN ranks with -inf. */
+  {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.routing = MOEJIT_ROUTING_LOGITS;
+    host_layer L;
+    make_layer(&L, &d, 64, 0, 75);
+    const float inf = INFINITY;
+    for (int64_t e = 0; e < L.G; e++) {
+      L.logits[0 * L.G + e] = e == 3 || e == 9 ? 1.0f : -inf;
+      L.logits[1 * L.G + e] = e == 5 || e == 6 ? inf : (float)e;
+      L.logits[2 * L.G + e] = e % 2 ? NAN : (float)e / 4;
+      L.logits[3 * L.G + e] = -inf;
+    }
+    mj_ref_route_logits(L.T, L.G, d.top_k, L.logits, L.ids, L.wk);
+    assert_int_equal(L.ids[2], 0); /* token 0: 3, 9, then the lowest -inf ids */
+    assert_true(fabsf(L.wk[1 * 4] - 0.5f) < 1e-6f && L.wk[1 * 4 + 2] == 0.0f);
+    expect_match("logits with -inf, +inf and NaN", &L, 64);
+    free_layer(&L);
+  }
   /* logits over 32 global experts, a third of them another rank's */
   moejit_layer_desc d = option_desc(MOEJIT_BF16);
   d.routing = MOEJIT_ROUTING_LOGITS;

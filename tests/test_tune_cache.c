@@ -398,7 +398,7 @@ static mj_record record(const char *arch, int64_t bucket, const char *config, do
   r.experts = 32;
   r.top_k = 4;
   snprintf(r.dtype, sizeof r.dtype, "bf16");
-  snprintf(r.kernel, sizeof r.kernel, "gemm");
+  snprintf(r.kernel, sizeof r.kernel, "gemm_mma");
   r.bucket = bucket;
   snprintf(r.version, sizeof r.version, "%s", moejit_version_string());
   snprintf(r.config, sizeof r.config, "%s", config);
@@ -500,17 +500,20 @@ static void test_plan_follows_records(void **state) {
   d.experts = 16;
   d.top_k = 4;
   d.max_tokens = 1024;
-  mj_record recs[3];
+  mj_record recs[5];
   recs[0] = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5);
   recs[1] = record("sm_90a", 300, "mma_m64n64k32s3w2x2", 0.7); /* an exact count */
   recs[2] = record("sm_90a", 8, "ffma_m64n64k16s3t4x4", 0.2);  /* not a bf16 config */
-  for (int i = 0; i < 3; i++) {
+  recs[3] = record("sm_90a", 16, "mma_m8n128k32s4w1x4", 0.2);  /* not in the search space */
+  recs[4] = record("sm_90a", 32, "tf32_m64n128k32s3w2x2", 0.2); /* another math path's key */
+  snprintf(recs[4].kernel, sizeof recs[4].kernel, "gemm_tf32");
+  for (int i = 0; i < 5; i++) {
     recs[i].hidden = 256;
     recs[i].intermediate = 192;
     recs[i].experts = 16;
   }
   mj_err err;
-  assert_int_equal(mj_tune_records_merge(path, recs, 3, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(mj_tune_records_merge(path, recs, 5, NULL, NULL, &err), MOEJIT_OK);
   logbook book = {0};
   moejit_ctx *ctx = offline_ctx(dir, &book);
   moejit_plan *plan = NULL;
@@ -523,7 +526,9 @@ static void test_plan_follows_records(void **state) {
   assert_int_equal(plan->nexact, 1);
   assert_int_equal(plan->exact_tokens[0], 300);
   assert_string_equal(plan->configs[plan->exact_pick[0]].name, "mma_m64n64k32s3w2x2");
-  assert_int_equal(book.warnings, 1); /* the f32 config named for a bf16 layer */
+  assert_int_equal(book.warnings, 2); /* the f32 config, and the one outside the search space */
+  assert_false(plan->tuned[mj_rt_bucket(16)]);
+  assert_false(plan->tuned[mj_rt_bucket(32)]); /* a TF32 record is not a bf16 layer's */
   moejit_plan_destroy(plan);
   moejit_destroy(ctx);
 }

@@ -139,6 +139,8 @@ moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int 
   if ((fd = mkstemp(tmp)) < 0 || !(f = fdopen(fd, "w"))) {
     st = mj_errf(err, MOEJIT_ERR_IO, "records %s: cannot create a temporary file: %s", path,
                  strerror(errno));
+    if (fd >= 0)
+      unlink(tmp);
     goto done;
   }
   fd = -1;

@@ -44,9 +44,8 @@ fail:
 }
 
 void mj_synth_close(mj_synth *s) {
-  if (s->module && s->ctx) {
+  if (s->module && s->ctx && s->ctx->cu.CtxPushCurrent(s->ctx->cuctx) == MJ_CU_SUCCESS) {
     CUcontext popped;
-    s->ctx->cu.CtxPushCurrent(s->ctx->cuctx);
     s->ctx->cu.ModuleUnload(s->module);
     s->ctx->cu.CtxPopCurrent(&popped);
   }
