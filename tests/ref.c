@@ -164,9 +164,10 @@ void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const f
       v[k] = isnan(row[best]) ? -INFINITY : row[best];
     }
     /* softmax over the K; +inf ones share the weight, all -inf share it equally */
+    const double top = v[0]; /* the largest: the first pick */
     double sum = 0.0;
     for (int64_t k = 0; k < top_k; k++) {
-      v[k] = v[0] == INFINITY ? (v[k] == INFINITY) : v[0] == -INFINITY ? 1.0 : exp(v[k] - v[0]);
+      v[k] = top == INFINITY ? (v[k] == INFINITY) : top == -INFINITY ? 1.0 : exp(v[k] - top);
       sum += v[k];
     }
     for (int64_t k = 0; k < top_k; k++)
