@@ -112,45 +112,38 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
   int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
 
-  if (d->routing == MOEJIT_ROUTING_LOGITS) {
-    ids = ws + l.route_ids;
-    weights = ws + l.route_w;
-  }
-  if ((stages & MOEJIT_STAGE_ROUTE) && d->routing == MOEJIT_ROUTING_LOGITS) {
-    ids = DPTR(a->topk_ids);
-    weights = DPTR(a->routing_weights);
-    /* top-k and softmax of the logits into the workspace; the caller's copies when asked for */
-    CUdeviceptr logits = DPTR(a->router_logits), ws_ids = ws + l.route_ids, ws_w = ws + l.route_w;
-    int tokens = (int)a->tokens;
-    void *topk_args[] = {&logits, &tokens, &ws_ids, &ws_w, &ids, &weights};
+  if (stages & MOEJIT_STAGE_ROUTE) {
+    if (d->routing == MOEJIT_ROUTING_LOGITS) {
+      /* top-k and softmax of the logits into the workspace, which the rest of routing reads;
+       * the caller's ids and weights get copies when given */
+      CUdeviceptr logits = DPTR(a->router_logits), user_ids = ids, user_w = weights;
+      int tokens = (int)a->tokens;
+      ids = ws + l.route_ids;
+      weights = ws + l.route_w;
+      void *topk_args[] = {&logits, &tokens, &ids, &weights, &user_ids, &user_w};
+      MJ_CU(cu,
+            LaunchKernel(plan->topk.fn, (unsigned)((tokens + 3) / 4), 1, 1,
+                         (unsigned)plan->topk.threads, 1, 1, 0, stream, topk_args, NULL),
+            err);
+    }
+    void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
     MJ_CU(cu,
-          LaunchKernel(plan->topk.fn, (unsigned)((tokens + 3) / 4), 1, 1,
-                       (unsigned)plan->topk.threads, 1, 1, 0, stream, topk_args, NULL),
+          LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1,
+                       0, stream, count_args, NULL),
           err);
-    ids = ws_ids;
-    weights = ws_w;
+    void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
+                         &expert_off,   &tiles,     &num_tiles, &flags};
+    MJ_CU(cu,
+          LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream,
+                       scan_args, NULL),
+          err);
+    void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
+                            &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight};
+    MJ_CU(cu,
+          LaunchKernel(plan->scatter.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->scatter.threads,
+                       1, 1, 0, stream, scatter_args, NULL),
+          err);
   }
-  if (!(stages & MOEJIT_STAGE_ROUTE))
-    goto gemm1;
-  void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
-  MJ_CU(cu,
-        LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1, 0,
-                     stream, count_args, NULL),
-        err);
-  void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
-                       &expert_off,   &tiles,     &num_tiles, &flags};
-  MJ_CU(cu,
-        LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream, scan_args,
-                     NULL),
-        err);
-  void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
-                          &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight};
-  MJ_CU(cu,
-        LaunchKernel(plan->scatter.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->scatter.threads, 1,
-                     1, 0, stream, scatter_args, NULL),
-        err);
-
-gemm1:
   if (stages & MOEJIT_STAGE_GEMM1) {
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h};

@@ -101,7 +101,8 @@ void mj_synth_routing(int64_t tokens, int64_t top_k, int64_t experts, uint64_t s
   }
 }
 
-static size_t esize(moejit_dtype dt) { return mj_dtype_size(dt); }
+static moejit_status upload_ids(const mj_cu *cu, mj_synth_layer *L, const int32_t *ids,
+                                mj_err *err);
 
 moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
                                     uint64_t seed, mj_synth_layer *L, mj_err *err) {
@@ -110,8 +111,8 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   mj_cu *cu = &ctx->cu;
   const moejit_layer_desc *d = &plan->desc;
   int64_t T = tokens, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
-  size_t act = esize(d->dtype);
-  void *hids = NULL, *hw = NULL;
+  size_t act = mj_dtype_size(d->dtype);
+  void *hw = NULL;
   float *dense = NULL;
   int pushed = 0;
   memset(L, 0, sizeof *L);
@@ -154,20 +155,9 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
                             seed * 16 + i, NULL, err)) != MOEJIT_OK)
       goto fail;
   MJ_CU(cu, MemsetD8(L->y, 0xFF, (size_t)(TT * H) * act), err); /* poison: NaN in every dtype */
-  /* ids in the plan's id type */
-  hids = malloc((size_t)(TT * K) * esize(d->ids_dtype));
-  if (!hids) {
-    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  MJ_CU(cu, MemAlloc(&L->ids, (size_t)(TT * K) * mj_dtype_size(d->ids_dtype)), err);
+  if ((st = upload_ids(cu, L, L->host_ids, err)) != MOEJIT_OK)
     goto fail;
-  }
-  for (int64_t i = 0; i < T * K; i++) {
-    if (d->ids_dtype == MOEJIT_I64)
-      ((int64_t *)hids)[i] = L->host_ids[i];
-    else
-      ((int32_t *)hids)[i] = L->host_ids[i];
-  }
-  MJ_CU(cu, MemAlloc(&L->ids, (size_t)(TT * K) * esize(d->ids_dtype)), err);
-  MJ_CU(cu, MemcpyHtoD(L->ids, hids, (size_t)(T * K) * esize(d->ids_dtype)), err);
   /* routing weights: [T, K], or [T, E] with zeros off the chosen experts */
   int64_t wn = d->routing == MOEJIT_ROUTING_DENSE ? TT * E : TT * K;
   dense = calloc((size_t)wn, sizeof(float));
@@ -182,7 +172,7 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
       else
         dense[t * K + k] = L->host_weights[t * K + k];
     }
-  hw = malloc((size_t)wn * esize(d->weights_dtype));
+  hw = malloc((size_t)wn * mj_dtype_size(d->weights_dtype));
   if (!hw) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto fail;
@@ -195,15 +185,14 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
       int64_t j = d->routing == MOEJIT_ROUTING_DENSE ? t * E + L->host_ids[t * K + k] : t * K + k;
       L->host_weights[t * K + k] = mj_load_f32(d->weights_dtype, hw, j);
     }
-  MJ_CU(cu, MemAlloc(&L->weights, (size_t)wn * esize(d->weights_dtype)), err);
-  MJ_CU(cu, MemcpyHtoD(L->weights, hw, (size_t)wn * esize(d->weights_dtype)), err);
+  MJ_CU(cu, MemAlloc(&L->weights, (size_t)wn * mj_dtype_size(d->weights_dtype)), err);
+  MJ_CU(cu, MemcpyHtoD(L->weights, hw, (size_t)wn * mj_dtype_size(d->weights_dtype)), err);
   MJ_CU(cu, CtxSynchronize(), err);
 fail:
   if (pushed) {
     CUcontext popped;
     cu->CtxPopCurrent(&popped);
   }
-  free(hids);
   free(hw);
   free(dense);
   if (st != MOEJIT_OK)
@@ -227,20 +216,15 @@ void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
   memset(L, 0, sizeof *L);
 }
 
-moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
-                                     mj_err *err) {
+/* ids [T, K] into the host copy and, in the layer's id type, into L->ids (context current). */
+static moejit_status upload_ids(const mj_cu *cu, mj_synth_layer *L, const int32_t *ids,
+                                mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  mj_cu *cu = &s->ctx->cu;
   int64_t n = L->tokens * L->desc.top_k;
   size_t es = mj_dtype_size(L->desc.ids_dtype);
   void *buf = malloc((size_t)(n > 0 ? n : 1) * es);
-  int pushed = 0;
-  if (L->desc.routing != MOEJIT_ROUTING_TOPK)
-    st = mj_errf(err, MOEJIT_ERR_INVALID_ARG, "set_ids needs top-k routing");
-  else if (!buf)
-    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
-  if (st != MOEJIT_OK)
-    goto fail;
+  if (!buf)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
   for (int64_t i = 0; i < n; i++) {
     L->host_ids[i] = ids[i];
     if (L->desc.ids_dtype == MOEJIT_I64)
@@ -248,15 +232,24 @@ moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const
     else
       ((int32_t *)buf)[i] = ids[i];
   }
-  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
-  pushed = 1;
-  MJ_CU(cu, MemcpyHtoD(L->ids, buf, (size_t)n * es), err);
-fail:
-  if (pushed) {
-    CUcontext popped;
-    cu->CtxPopCurrent(&popped);
-  }
+  CUresult r = L->ids && n > 0 ? cu->MemcpyHtoD(L->ids, buf, (size_t)n * es) : MJ_CU_SUCCESS;
+  if (r != MJ_CU_SUCCESS)
+    st = mj_rt_cu_fail(cu, r, "MemcpyHtoD", __FILE__, __LINE__, err);
   free(buf);
+  return st;
+}
+
+moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
+                                     mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = &s->ctx->cu;
+  if (L->desc.routing != MOEJIT_ROUTING_TOPK)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "set_ids needs top-k routing");
+  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
+  st = upload_ids(cu, L, ids, err);
+  CUcontext popped;
+  cu->CtxPopCurrent(&popped);
+fail:
   return st;
 }
 
@@ -291,7 +284,7 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
   mj_cu *cu = &s->ctx->cu;
   const moejit_layer_desc *d = &L->desc;
   int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
-  size_t act = esize(d->dtype);
+  size_t act = mj_dtype_size(d->dtype);
   int pushed = 0;
   memset(h, 0, sizeof *h);
   h->n = n;
