@@ -28,6 +28,11 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   return moejit_create(ctx, &o);
 }
 
+/* The heuristic's configurations a plan of this layer compiles on the context's arch. */
+static const mj_gemm_config *layer_configs(const cli_layer *L, const moejit_ctx *ctx, int *n) {
+  return mj_tune_gemm_configs_for(mj_rt_math(&L->desc), L->desc.unfused ? "" : ctx->arch, n);
+}
+
 /* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
  * modules. Returns 0, or the exit status after printing why. */
 static int prepare(int argc, char **argv, const char *usage, const char *cmd, int flags,
@@ -36,10 +41,10 @@ static int prepare(int argc, char **argv, const char *usage, const char *cmd, in
   if (rc)
     return rc == 1 ? -1 : rc;
   mj_err err;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L->desc), &ncfg);
   moejit_status st = offline_ctx(L, ctx);
   if (st != MOEJIT_OK)
     return 1;
+  const mj_gemm_config *cfg = layer_configs(L, *ctx, &ncfg);
   if ((st = mj_rt_check_desc(&L->desc, &err)) == MOEJIT_OK)
     st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, cfg, ncfg, mods, n, &err)
                    : mj_rt_build_modules(*ctx, &L->desc, cfg, ncfg, (*ctx)->arch, flags, mods, n,
@@ -135,7 +140,7 @@ int cmd_compile(int argc, char **argv) {
                    &n);
   if (rc)
     return rc < 0 ? 0 : rc;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&L.desc), &ncfg);
+  const mj_gemm_config *cfg = layer_configs(&L, ctx, &ncfg);
   double secs = cli_now() - t0;
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,

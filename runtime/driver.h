@@ -31,7 +31,16 @@ enum {
   MJ_CU_FUNC_MAX_DYNAMIC_SHARED = 8,
   MJ_CU_STREAM_NON_BLOCKING = 1,
   MJ_CU_CAPTURE_MODE_THREAD_LOCAL = 1,
+  MJ_CU_TMAP_FLOAT16 = 6,
+  MJ_CU_TMAP_BFLOAT16 = 9,
+  MJ_CU_TMAP_SWIZZLE_128B = 3,
+  MJ_CU_TMAP_L2_256B = 3,
 };
+
+/* A tensor map for the bulk tensor copy engine: opaque, 64-byte aligned, passed by value. */
+typedef struct mj_tmap {
+  _Alignas(64) unsigned long long opaque[16];
+} mj_tmap;
 
 /* X(field, symbol, (parameters)) */
 #define MJ_CU_FUNCTIONS(X)                                                                        \
@@ -55,6 +64,10 @@ enum {
   X(LaunchKernel, "cuLaunchKernel",                                                               \
     (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,  \
      unsigned smem, CUstream s, void **params, void **extra))                                     \
+  X(TensorMapEncodeTiled, "cuTensorMapEncodeTiled",                                               \
+    (mj_tmap * map, int dtype, unsigned rank, void *address, const unsigned long long *dims,       \
+     const unsigned long long *strides, const unsigned *box, const unsigned *element_strides,      \
+     int interleave, int swizzle, int l2_promotion, int oob_fill))                                 \
   X(MemAlloc, "cuMemAlloc_v2", (CUdeviceptr * p, size_t bytes))                                   \
   X(MemFree, "cuMemFree_v2", (CUdeviceptr p))                                                     \
   X(MemGetInfo, "cuMemGetInfo_v2", (size_t * free_bytes, size_t *total))                          \

@@ -11,6 +11,10 @@ typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */
   CUdeviceptr a, w, bias, sorted_slot, slot_weight, tiles, num_tiles, out;
 } gemm_params;
 
+typedef struct wgmma_params { /* wgmma.cuh's WgParams, field for field */
+  CUdeviceptr bias, sorted_slot, slot_weight, tiles, num_tiles, expert_off, out;
+} wgmma_params;
+
 
 static moejit_status check_ptr(const char *name, const void *p, size_t align, mj_err *err) {
   if (!p)
@@ -86,16 +90,81 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
 
 #define DPTR(p) ((CUdeviceptr)(uintptr_t)(p))
 
-/* The configuration for a forward of `tokens`: a tuned exact count, else the bucket's. */
-static int pick(const moejit_plan *plan, int64_t tokens) {
+int mj_rt_pick(const moejit_plan *plan, int64_t tokens, int *tuned) {
+  if (tokens > MJ_CHUNK_TOKENS) /* such forwards run as chunks of this many */
+    tokens = MJ_CHUNK_TOKENS;
   for (int i = 0; i < plan->nexact; i++)
-    if (plan->exact_tokens[i] == tokens)
+    if (plan->exact_tokens[i] == tokens) {
+      if (tuned)
+        *tuned = 1;
       return plan->exact_pick[i];
+    }
+  if (tuned)
+    *tuned = plan->tuned[mj_rt_bucket(tokens)];
   return plan->pick[mj_rt_bucket(tokens)];
 }
 
+/* A row-major [rows, inner] matrix of 16-bit elements read in boxes of 64 x box_rows, 128-byte
+ * swizzled (wgmma.cuh's A operand). */
+static moejit_status tmap_rows(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, int64_t inner,
+                               int64_t rows, int box_rows, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  unsigned long long dims[2] = {(unsigned long long)inner, (unsigned long long)rows};
+  unsigned long long strides[1] = {(unsigned long long)inner * 2};
+  unsigned box[2] = {64, (unsigned)box_rows}, estr[2] = {1, 1};
+  MJ_CU(cu,
+        TensorMapEncodeTiled(m, dtype, 2, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
+                             MJ_CU_TMAP_SWIZZLE_128B, MJ_CU_TMAP_L2_256B, 0),
+        err);
+fail:
+  return st;
+}
+
+/* The experts' weights [experts, k, n] of 16-bit elements in boxes of 64 x 64 x 1 (wgmma.cuh's B
+ * operand): three dimensions, so k and n tails read zeros rather than the next expert's rows. */
+static moejit_status tmap_weights(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, int64_t n,
+                                  int64_t k, int64_t experts, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  unsigned long long dims[3] = {(unsigned long long)n, (unsigned long long)k,
+                                (unsigned long long)experts};
+  unsigned long long strides[2] = {(unsigned long long)n * 2, (unsigned long long)(n * k) * 2};
+  unsigned box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
+  MJ_CU(cu,
+        TensorMapEncodeTiled(m, dtype, 3, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
+                             MJ_CU_TMAP_SWIZZLE_128B, MJ_CU_TMAP_L2_256B, 0),
+        err);
+fail:
+  return st;
+}
+
+/* One wgmma GEMM: a = the rows it multiplies ([nslots, k]), w = the experts' weights [E, k, n]. */
+static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, const mj_gemm_config *c,
+                                  const mj_layout *l, CUdeviceptr a, CUdeviceptr w, int64_t n,
+                                  int64_t k, wgmma_params *params, CUstream stream, mj_err *err) {
+  moejit_status st;
+  mj_cu *cu = &plan->ctx->cu;
+  int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
+  mj_tmap ta, tb;
+  if ((st = tmap_rows(cu, &ta, dtype, a, k, l->nslots, c->bm, err)) != MOEJIT_OK ||
+      (st = tmap_weights(cu, &tb, dtype, w, n, k, plan->desc.experts, err)) != MOEJIT_OK)
+    return st;
+  /* persistent: c->ctas blocks per SM, or fewer when the worst-case tile list is shorter */
+  int64_t items = l->max_tiles * ((n + c->bn - 1) / c->bn), slots = (int64_t)c->ctas * plan->ctx->sm_count;
+  unsigned grid = (unsigned)(items < slots ? items : slots);
+  void *args[] = {&ta, &tb, params};
+  MJ_CU(cu,
+        LaunchKernel(kern->fn, grid, 1, 1, (unsigned)kern->threads, 1, 1, (unsigned)kern->smem,
+                     stream, args, NULL),
+        err);
+fail:
+  return st;
+}
+
+/* One forward of a->tokens (at most MJ_CHUNK_TOKENS) tokens; accumulate: add this forward's bad
+ * ids to the flags rather than resetting them (a later chunk). */
 static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUdeviceptr ws,
-                            CUstream stream, int cfg, unsigned stages, mj_err *err) {
+                            CUstream stream, int cfg, unsigned stages, int accumulate,
+                            mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &plan->desc;
   mj_cu *cu = &plan->ctx->cu;
@@ -144,7 +213,22 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                        1, 1, 0, stream, scatter_args, NULL),
           err);
   }
-  if (stages & MOEJIT_STAGE_GEMM1) {
+  int wg = c->kind == MJ_GEMM_WGMMA;
+  if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
+    /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */
+    CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted,
+                rows = expert_off + (CUdeviceptr)d->experts * sizeof(int);
+    void *gather_args[] = {&x, &sorted_slot, &rows, &x_sorted};
+    MJ_CU(cu,
+          LaunchKernel(plan->gather.fn, (unsigned)((l.nslots + 7) / 8), 1, 1,
+                       (unsigned)plan->gather.threads, 1, 1, 0, stream, gather_args, NULL),
+          err);
+    wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
+                       expert_off, h};
+    if ((st = launch_wgmma(plan, &plan->gemm1[cfg], c, &l, x_sorted, DPTR(a->gate_up_proj),
+                           2 * d->intermediate, d->hidden, &p1, stream, err)) != MOEJIT_OK)
+      goto fail;
+  } else if (stages & MOEJIT_STAGE_GEMM1) {
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h};
     void *g1_args[] = {&g1};
@@ -163,7 +247,13 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                        (unsigned)plan->activation.threads, 1, 1, 0, stream, act_args, NULL),
           err);
   }
-  if (stages & MOEJIT_STAGE_GEMM2) {
+  if ((stages & MOEJIT_STAGE_GEMM2) && wg) {
+    wgmma_params p2 = {DPTR(a->down_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
+                       expert_off, y_slot};
+    if ((st = launch_wgmma(plan, &plan->gemm2[cfg], c, &l, h, DPTR(a->down_proj), d->hidden,
+                           d->intermediate, &p2, stream, err)) != MOEJIT_OK)
+      goto fail;
+  } else if (stages & MOEJIT_STAGE_GEMM2) {
     gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, y_slot};
     void *g2_args[] = {&g2};
@@ -205,6 +295,28 @@ static void leave(moejit_ctx *ctx, int pushed) {
     ctx->cu.CtxPopCurrent(&popped);
 }
 
+/* The arguments of the chunk of tokens [t0, t0 + MJ_CHUNK_TOKENS): every per-token pointer moved
+ * to its row t0. */
+static void chunk_args(const moejit_layer_desc *d, const moejit_forward_args *args, int64_t t0,
+                       moejit_forward_args *a) {
+  int64_t scored = d->global_experts ? d->global_experts : d->experts;
+  int64_t per_weights = d->routing == MOEJIT_ROUTING_DENSE ? scored : d->top_k;
+  size_t act = mj_dtype_size(d->dtype);
+  *a = *args;
+  a->tokens = args->tokens - t0 < MJ_CHUNK_TOKENS ? args->tokens - t0 : MJ_CHUNK_TOKENS;
+  if (t0 == 0)
+    return;
+#define MJ_ADVANCE_(field, bytes_per_token)                                                        \
+  if (a->field)                                                                                   \
+  a->field = (char *)a->field + (size_t)t0 * (size_t)(bytes_per_token)
+  MJ_ADVANCE_(x, d->hidden * act);
+  MJ_ADVANCE_(y, d->hidden * act);
+  MJ_ADVANCE_(topk_ids, d->top_k * mj_dtype_size(d->ids_dtype));
+  MJ_ADVANCE_(routing_weights, per_weights * mj_dtype_size(d->weights_dtype));
+  MJ_ADVANCE_(router_logits, scored * mj_dtype_size(d->logits_dtype));
+#undef MJ_ADVANCE_
+}
+
 static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
                              size_t workspace_bytes, CUstream stream, int cfg, unsigned stages) {
   mj_err err;
@@ -233,8 +345,22 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
                : mj_rt_fail(ctx, mj_rt_cu_fail(&ctx->cu, r, "MemsetD32Async", __FILE__, __LINE__, &err),
                             &err);
   }
-  st = launch(plan, args, DPTR(workspace), stream, cfg >= 0 ? cfg : pick(plan, args->tokens), stages,
-              &err);
+  /* Past MJ_CHUNK_TOKENS the forward runs chunk by chunk over one workspace: the layer works token
+   * by token, so each chunk is a whole forward of its tokens; the bad-id count adds up. */
+  if (args->tokens > MJ_CHUNK_TOKENS && stages != MOEJIT_STAGE_ALL) {
+    leave(ctx, pushed);
+    return mj_rt_fail(ctx,
+                      mj_errf(&err, MOEJIT_ERR_UNSUPPORTED,
+                              "stages=0x%x: a staged forward takes at most %d tokens, got %lld",
+                              stages, MJ_CHUNK_TOKENS, (long long)args->tokens),
+                      &err);
+  }
+  for (int64_t t0 = 0; t0 < args->tokens && st == MOEJIT_OK; t0 += MJ_CHUNK_TOKENS) {
+    moejit_forward_args a;
+    chunk_args(&plan->desc, args, t0, &a);
+    st = launch(plan, &a, DPTR(workspace), stream, cfg >= 0 ? cfg : mj_rt_pick(plan, a.tokens, NULL), stages,
+                t0 > 0, &err);
+  }
   leave(ctx, pushed);
   return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);
 }

@@ -13,7 +13,7 @@
 #include "tune/heuristic.h"
 #include "tune/records.h"
 
-#define MJ_MAX_GEMM_CONFIGS 64
+#define MJ_MAX_GEMM_CONFIGS 96
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256
@@ -64,6 +64,8 @@ struct moejit_plan {
   moejit_layer_desc desc;
   mj_kernel topk, count, scan, scatter, combine; /* topk: logits routing only */
   mj_kernel activation;                          /* unfused plans only */
+  mj_kernel gather;     /* wgmma plans: the permuted copy of x GEMM1 reads (fn NULL otherwise) */
+  int wgmma;            /* 1: the plan may take wgmma configurations (sm_90a, 16-bit, fused) */
   mj_math math;
   int ngemm;
   mj_gemm_config configs[MJ_MAX_GEMM_CONFIGS];
@@ -81,11 +83,16 @@ struct moejit_plan {
 /* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
 typedef struct mj_layout {
   size_t flags, num_tiles, expert_off, chunk_counts, chunk_base, tiles, sorted_slot, slot_pos,
-      slot_weight, route_ids, route_w, gate_up, h, y_slot, total;
+      slot_weight, route_ids, route_w, gate_up, x_sorted, h, y_slot, total;
   int64_t nslots, nchunks, max_tiles;
 } mj_layout;
 
 void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
+
+/* Forwards of more tokens than this run as consecutive chunks of it, so the workspace (the
+ * per-slot rows of h, x_sorted and y_slot) stays bounded: 65536 tokens of a GPT-OSS layer in bf16
+ * need 6 GiB. */
+#define MJ_CHUNK_TOKENS 65536
 
 /* Copies err into the context's last error (under its lock) and logs it at DEBUG. Returns s. */
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
@@ -114,6 +121,9 @@ moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *d
 /* moejit_forward with the GEMM configuration forced (index into plan->configs). */
 moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
                                  size_t workspace_bytes, CUstream stream, int config);
+/* The configuration (index into plan->configs) a forward of `tokens` runs: a tuned exact count,
+ * else the token bucket's; *tuned (when not NULL) says whether a record chose it. */
+int mj_rt_pick(const moejit_plan *plan, int64_t tokens, int *tuned);
 /* The bucket of a token count: ceil(log2(tokens)), clamped to [0, MJ_BUCKETS). */
 int mj_rt_bucket(int64_t tokens);
 /* The record a plan of this context would look for (kernel "gemm", bucket given). */

@@ -136,11 +136,12 @@ mj_math mj_rt_math(const moejit_layer_desc *d) { return mj_tune_math(d->dtype, d
 
 static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int mode, mj_spec *s) {
   mj_math math = mj_rt_math(d);
-  int tc = math != MJ_MATH_FFMA;
+  int tc = math != MJ_MATH_FFMA, wg = c->kind == MJ_GEMM_WGMMA;
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
   mj_spec_str(s, "bias", mj_rt_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
-  mj_spec_str(s, "math", mj_tune_math_name(math));
+  if (!wg)
+    mj_spec_str(s, "math", mj_tune_math_name(math));
   mj_spec_str(s, "mode", mode == 2 ? "down" : d->unfused ? "gate_up_raw" : "gate_up");
   mj_spec_int(s, "n", mode == 1 ? 2 * d->intermediate : d->hidden);
   mj_spec_int(s, "k", mode == 1 ? d->hidden : d->intermediate);
@@ -150,10 +151,15 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   mj_spec_int(s, "weight_on_input", d->apply_router_weight_on_input);
   mj_spec_int(s, "bm", c->bm);
   mj_spec_int(s, "bn", c->bn);
-  mj_spec_int(s, "bk", c->bk);
+  if (!wg)
+    mj_spec_int(s, "bk", c->bk);
   mj_spec_int(s, "stages", c->stages);
-  mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
-  mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
+  if (wg)
+    mj_spec_int(s, "ctas", c->ctas);
+  if (!wg) {
+    mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
+    mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
+  }
 }
 
 void mj_rt_modules_free(mj_module_src *mods, int n) {
@@ -274,7 +280,7 @@ moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
   for (int i = 0; i < ncfg; i++)
     for (int mode = 1; mode <= 2; mode++) {
       mj_module_src *m = &mods[2 + 2 * i + (mode - 1)];
-      m->template_name = "gemm";
+      m->template_name = cfg[i].kind == MJ_GEMM_WGMMA ? "wgmma" : "gemm";
       snprintf(m->name, sizeof m->name, "gemm%d_%s", mode, cfg[i].name);
       gemm_spec(d, &cfg[i], mode, &m->spec);
     }
@@ -309,6 +315,8 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   const moejit_layer_desc *d = &plan->desc;
   size_t act = d->dtype == MOEJIT_F32 ? 4 : 2;
   memset(l, 0, sizeof *l);
+  if (tokens > MJ_CHUNK_TOKENS) /* longer forwards run in chunks that reuse the workspace */
+    tokens = MJ_CHUNK_TOKENS;
   l->nslots = tokens * d->top_k;
   l->nchunks = (l->nslots + MJ_ROUTE_CHUNK - 1) / MJ_ROUTE_CHUNK;
   l->max_tiles = (l->nslots + plan->min_bm - 1) / plan->min_bm +
@@ -329,6 +337,7 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(route_ids, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(int) : 0);
   MJ_PLACE_(route_w, d->routing == MOEJIT_ROUTING_LOGITS ? (size_t)l->nslots * sizeof(float) : 0);
   MJ_PLACE_(gate_up, d->unfused ? (size_t)l->nslots * (size_t)(2 * d->intermediate) * act : 0);
+  MJ_PLACE_(x_sorted, plan->wgmma ? (size_t)l->nslots * (size_t)d->hidden * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
   MJ_PLACE_(y_slot, (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
 #undef MJ_PLACE_
@@ -453,11 +462,16 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   plan->scatter = (mj_kernel){"moejit_route_scatter", NULL, NULL, 32, 0};
   plan->combine = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
   plan->activation = (mj_kernel){"moejit_activation", NULL, NULL, 256, 0};
+  plan->gather = (mj_kernel){"moejit_gather", NULL, NULL, 256, 0};
+  int gather_module = -1; /* the first wgmma GEMM1 module, which holds moejit_gather */
   for (int i = 0; i < plan->ngemm; i++) {
+    int wg = plan->configs[i].kind == MJ_GEMM_WGMMA;
     int threads = mj_tune_gemm_threads(&plan->configs[i], plan->math);
     int smem = (int)mj_tune_gemm_smem(&plan->configs[i], desc->dtype);
-    plan->gemm1[i] = (mj_kernel){"moejit_gemm", NULL, NULL, threads, smem};
+    plan->gemm1[i] = (mj_kernel){wg ? "moejit_wgmma" : "moejit_gemm", NULL, NULL, threads, smem};
     plan->gemm2[i] = plan->gemm1[i];
+    if (wg && gather_module < 0)
+      gather_module = i;
   }
   if (!ctx->offline) {
     mj_cu *cu = &ctx->cu;
@@ -470,8 +484,9 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
         (st = load_module(plan, &mods[1], combine, desc->unfused ? 2 : 1, err)) != MOEJIT_OK)
       goto fail;
     for (int i = 0; i < plan->ngemm; i++) {
-      mj_kernel *g1[] = {&plan->gemm1[i]}, *g2[] = {&plan->gemm2[i]};
-      if ((st = load_module(plan, &mods[2 + 2 * i], g1, 1, err)) != MOEJIT_OK ||
+      mj_kernel *g1[] = {&plan->gemm1[i], &plan->gather}, *g2[] = {&plan->gemm2[i]};
+      if ((st = load_module(plan, &mods[2 + 2 * i], g1, i == gather_module ? 2 : 1, err)) !=
+              MOEJIT_OK ||
           (st = load_module(plan, &mods[3 + 2 * i], g2, 1, err)) != MOEJIT_OK)
         goto fail;
     }
@@ -501,7 +516,8 @@ static void apply_records(moejit_plan *plan) {
   moejit_ctx *ctx = plan->ctx;
   const moejit_layer_desc *d = &plan->desc;
   int nheur = 0;
-  const mj_gemm_config *heur = mj_tune_gemm_configs(plan->math, &nheur);
+  const char *arch = plan->wgmma ? ctx->arch : "";
+  const mj_gemm_config *heur = mj_tune_gemm_configs_for(plan->math, arch, &nheur);
   for (int i = 0; i < nheur; i++)
     add_config(plan, &heur[i]);
   for (int b = 0; b < MJ_BUCKETS; b++)
@@ -520,7 +536,8 @@ static void apply_records(moejit_plan *plan) {
    * that fits this device's shared memory. */
   mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
   size_t smem_limit = ctx->offline ? (size_t)227 * 1024 : (size_t)ctx->smem_optin;
-  int nspace = mj_tune_search_space(plan->math, d->dtype, smem_limit, space, MJ_MAX_GEMM_CONFIGS);
+  int nspace =
+      mj_tune_search_space(plan->math, d->dtype, arch, smem_limit, space, MJ_MAX_GEMM_CONFIGS);
   for (int i = 0; i < n; i++) {
     mj_rt_record_key(ctx, d, recs[i].bucket, &want);
     if (ctx->offline)
@@ -582,12 +599,22 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   plan->desc.struct_size = sizeof plan->desc;
   desc = &plan->desc;
   plan->math = mj_rt_math(desc);
+  plan->wgmma = plan->math == MJ_MATH_MMA && !desc->unfused && mj_tune_arch_wgmma(ctx->arch);
   if (configs) {
-    for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++)
+    for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++) {
+      if (configs[i].kind == MJ_GEMM_WGMMA && !plan->wgmma) {
+        st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                     "configuration %s needs sm_90a and a fused f16/bf16 layer", configs[i].name);
+        goto fail;
+      }
       add_config(plan, &configs[i]);
+    }
   } else {
     apply_records(plan);
   }
+  plan->wgmma = 0; /* from here on: whether any configuration is a wgmma one (x_sorted, gather) */
+  for (int i = 0; i < plan->ngemm; i++)
+    plan->wgmma |= plan->configs[i].kind == MJ_GEMM_WGMMA;
   if ((st = build(plan, err)) != MOEJIT_OK)
     goto fail;
   mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d GEMM configurations for %s",

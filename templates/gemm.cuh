@@ -13,7 +13,37 @@
 //   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert; blockIdx.y picks the kBN columns.
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
+//
+// Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits, and the kernel takes a
+// second argument, split_stride (floats). Block z sums K range [z * kKSplit, min(kK, (z + 1) *
+// kKSplit)), kKSplit = ceil(ceil(kK / kSplits) / kBK) * kBK (the template refuses a split left
+// empty), and writes y_slot_z[slot] = (partial + (z == 0 ? b[e] : 0)) * weight[row] at
+// out + z * split_stride; combine adds the kSplits partials of a slot in z order. Decode batches
+// have few rows per expert, so the K loop is what one block does for long; splitting it puts more
+// blocks on the same weights to reach the memory bandwidth. Without MJ_GEMM_SPLITS the kernel and
+// its one parameter are as before.
+// MJ_PDL (optional): programmatic dependent launch, see mj_pdl_begin.
 #pragma once
+
+#ifndef MJ_GEMM_SPLITS
+#define MJ_GEMM_SPLITS 1
+#endif
+#ifndef MJ_PDL
+#define MJ_PDL 0
+#endif
+
+#ifndef MJ_PDL_BEGIN_DEFINED
+#define MJ_PDL_BEGIN_DEFINED
+// Programmatic dependent launch, as in route.cuh (each module includes one kernel file, so each
+// carries the helper): wait for the previous grid, then let the next one launch. Empty below sm_90
+// and without MJ_PDL.
+__device__ __forceinline__ void mj_pdl_begin() {
+#if MJ_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+#endif
 
 // The kernel's one parameter; the host fills the same eight pointers in this order.
 struct GemmParams {
@@ -26,6 +56,12 @@ struct GemmParams {
   const int *num_tiles;     // [1]
   void *out;
 };
+
+static constexpr int kSplits = MJ_GEMM_SPLITS;
+static_assert(kSplits == 1 || kMode == 2, "split-K is for GEMM2 (mode down) only");
+// K elements per split: whole kBK steps, so a split's last step never reads into the next split.
+static constexpr int kKSplit = ((kK + kSplits - 1) / kSplits + kBK - 1) / kBK * kBK;
+static_assert((kSplits - 1) * kKSplit < kK, "every split has K to sum");
 
 static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
 static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
@@ -64,8 +100,10 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
     v0 *= wt;
     v1 *= wt;
   }
-  v0 += mj_to_f32(b[c]);
-  v1 += mj_to_f32(b[c + 1]);
+  if (kSplits == 1 || blockIdx.z == 0) {  // split-K: the bias once, in the first partial
+    v0 += mj_to_f32(b[c]);
+    v1 += mj_to_f32(b[c + 1]);
+  }
   if (kMode == 1) {
     ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] = mj_from_f32<T>(mj_swiglu(v0, v1, kAlpha, kLimit));
   } else if (kMode == 3) {
@@ -196,7 +234,21 @@ __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, in
 }
 #endif
 
+#if MJ_GEMM_SPLITS > 1
+// grid = (max_tiles, ceil(kN / kBN), kSplits); split_stride: floats between two partial y_slot
+// arrays, at least slots * kN and a multiple of 4 (combine reads them in 16-byte vectors).
+extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p_in,
+                                                                    long long split_stride) {
+  GemmParams p = p_in;
+  p.out = (float *)p_in.out + (mj_i64)blockIdx.z * split_stride;
+  const int k_begin = blockIdx.z * kKSplit;
+  const int ktiles = (min(kK, k_begin + kKSplit) - k_begin + kBK - 1) / kBK;
+#else
+// grid = (max_tiles, ceil(kN / kBN)).
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
+  constexpr int k_begin = 0, ktiles = (kK + kBK - 1) / kBK;
+#endif
+  mj_pdl_begin();
   if ((int)blockIdx.x >= *p.num_tiles) return;
   const mj_int4 tile = p.tiles[blockIdx.x];
   const int e = tile.x, r0 = tile.y, r1 = tile.z, n0 = blockIdx.y * kBN;
@@ -211,20 +263,20 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   }
   __syncthreads();
   const T *w = p.w + (mj_i64)e * kK * kN;
-  constexpr int kTiles = (kK + kBK - 1) / kBK;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < kTiles) load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, s * kBK, n0);
+    if (s < ktiles)
+      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, k_begin + s * kBK, n0);
     mj_cp_async_commit();
   }
   Acc acc = {};
-  for (int kt = 0; kt < kTiles; ++kt) {
+  for (int kt = 0; kt < ktiles; ++kt) {
     mj_cp_async_wait<kStages - 2>();
     __syncthreads();
     int pf = kt + kStages - 1;
-    if (pf < kTiles) {
+    if (pf < ktiles) {
       int s = pf % kStages;
-      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, pf * kBK, n0);
+      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, k_begin + pf * kBK, n0);
     }
     mj_cp_async_commit();
     int s = kt % kStages;

@@ -4,6 +4,11 @@
 -- GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1), bm, bn, bk, stages, and wm, wn (warps
 -- along M and N, tensor-core paths) or tm, tn (outputs per thread, FFMA). bias, math and
 -- weight_on_input are optional: the dtype, its exact path (mma or ffma), 0.
+-- splits (optional, default 1; above 1 with mode down only): split-K into that many partial
+-- y_slot arrays, gridDim.z = splits, and the kernel takes a second argument, the distance in
+-- floats between two of them (see gemm.cuh); combine, rendered with the same splits, sums them.
+-- pdl (optional, 0/1, default 0): griddepcontrol.wait and launch_dependents at the kernel's start
+-- on sm_90+. Left at their defaults, splits and pdl leave the source as it was without them.
 local prelude = require("prelude")
 
 -- gate_up: GEMM1 with bias and SwiGLU; gate_up_raw: GEMM1 with bias only (unfused plans);
@@ -36,6 +41,23 @@ return function(spec)
   local bn = prelude.need_int(spec, "bn", 8, 256)
   local bk = prelude.need_int(spec, "bk", 8, 128)
   local stages = prelude.need_int(spec, "stages", 2, 8)
+  local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
+  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
+  local defines = { "#define MJ_GEMM_PATH " .. math_.path }
+  if splits > 1 then
+    if mode ~= modes.down then
+      error(string.format("spec.splits=%d needs mode down (only GEMM2's partial sums are summed "
+        .. "by combine), got mode %s", splits, spec.mode))
+    end
+    -- gemm.cuh's split length: ceil(k / splits) rounded up to whole bk steps
+    local kc = ((k + splits - 1) // splits + bk - 1) // bk * bk
+    if (splits - 1) * kc >= k then
+      error(string.format("spec.splits=%d leaves split %d empty: k=%d in steps of bk=%d gives "
+        .. "%d per split", splits, splits - 1, k, bk, kc))
+    end
+    defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits
+  end
+  if pdl == 1 then defines[#defines + 1] = "#define MJ_PDL 1" end
   local consts = {
     { "kMode", "int", mode },
     { "kN", "int", n },
@@ -76,7 +98,7 @@ return function(spec)
     prelude.header("gemm", spec),
     "typedef " .. dt.ctype .. " T;",
     "typedef " .. bias.ctype .. " BiasT;",
-    "#define MJ_GEMM_PATH " .. math_.path,
+    table.concat(defines, "\n"),
     prelude.constants(consts),
     '#include "gemm.cuh"',
     "",

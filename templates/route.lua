@@ -4,6 +4,10 @@
 -- weights ("f32"|"f16"|"bf16"), routing ("topk"|"dense"|"logits"), logits (dtype, logits routing).
 -- global_experts, mapped and capped are optional (experts, 0, 0). With logits routing the count/scan/scatter kernels read the int32 ids and f32 weights the top-k
 -- kernel leaves in the workspace; `ids` and `weights` then name the caller's optional copies.
+-- pdl (optional, 0/1, default 0): every kernel starts with griddepcontrol.wait and
+-- launch_dependents on sm_90+ (programmatic dependent launch); 0 renders the source without it.
+-- The module always holds moejit_route_small (and with logits routing moejit_route_small_logits),
+-- the one-launch routing of at most 2048 slots.
 local prelude = require("prelude")
 
 local forms = { topk = false, dense = true, logits = false }
@@ -25,6 +29,7 @@ return function(spec)
     error("spec.routing must be topk, dense or logits, got " .. tostring(spec.routing))
   end
   local logits = spec.routing == "logits"
+  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
   local types = {
     "typedef " .. (logits and "int" or id_type) .. " IdT;",
     "typedef " .. (logits and "float" or weight.ctype) .. " WeightT;",
@@ -38,7 +43,7 @@ return function(spec)
   return table.concat({
     prelude.header("route", spec),
     table.concat(types, "\n"),
-    "#define MJ_ROUTE_LOGITS " .. (logits and "1" or "0"),
+    "#define MJ_ROUTE_LOGITS " .. (logits and "1" or "0") .. (pdl == 1 and "\n#define MJ_PDL 1" or ""),
     prelude.constants({
       { "kExperts", "int", experts },
       { "kGlobalExperts", "int", global },

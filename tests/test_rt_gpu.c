@@ -147,6 +147,46 @@ static void test_gpt_oss_e128(void **state) {
   gpt_oss_tokens(128);
 }
 
+/* Every GEMM configuration a plan compiles (mma.sync and, on sm_90a, wgmma), forced one at a time,
+ * on GPT-OSS shapes and on an odd shape whose N and K are not multiples of the tiles (tails), with
+ * y poisoned (NaN) before each forward so an unwritten row cannot pass. */
+static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens, 7 + tokens, &L, &err), MOEJIT_OK);
+  moejit_forward_args a;
+  mj_synth_layer_args(&L, &a);
+  size_t ybytes = (size_t)tokens * (size_t)d.hidden * (d.dtype == MOEJIT_F32 ? 4 : 2);
+  for (int c = 0; c < plan->ngemm; c++) {
+    CU_OK(MemsetD8(L.y, 0xFF, ybytes));
+    assert_int_equal(mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, c),
+                     MOEJIT_OK);
+    CU_OK(CtxSynchronize());
+    mj_check_result r;
+    assert_int_equal(mj_check_sampled(&g_syn, &L, 16, &r, &err), MOEJIT_OK);
+    print_message("%-12s %-24s T=%-5lld rel error %.3g (tolerance %.0e)\n", what,
+                  plan->configs[c].name, (long long)tokens, r.rel_error, r.tolerance);
+    assert_int_equal(r.nonfinite, 0);
+    assert_true(r.rel_error <= r.tolerance);
+  }
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+static void test_every_config(void **state) {
+  (void)state;
+  NEED_GPU();
+  each_config(gpt_oss(32, 4096), 4096, "gpt-oss E=32");
+  each_config(gpt_oss(128, 1024), 1024, "gpt-oss E=128");
+  moejit_layer_desc odd = gpt_oss(5, 300);
+  odd.hidden = 200; /* K of GEMM1 and N of GEMM2: 3 blocks of 64 and a tail of 8 */
+  odd.intermediate = 136;
+  odd.top_k = 2;
+  odd.dtype = MOEJIT_F16;
+  each_config(odd, 300, "odd f16");
+}
+
 /* All tokens on one expert (the others get none), and duplicate ids inside a token. */
 static void test_skew_and_duplicates(void **state) {
   (void)state;
@@ -1008,6 +1048,7 @@ static void test_tuner(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases),
+      cmocka_unit_test(test_every_config),
       cmocka_unit_test(test_forward_validation),
       cmocka_unit_test(test_bad_expert_ids),
       cmocka_unit_test(test_skew_and_duplicates),

@@ -7,22 +7,30 @@
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX},
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
+    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0},
+    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0},
+};
+
+/* f16 / bf16 on sm_90a: the 16-row mma.sync tile for decode, then wgmma tiles of one and two
+ * consumer warpgroups. 192 columns divide both GEMMs of GPT-OSS (5760 and 2880) exactly. */
+static const mj_gemm_config wgmma_configs[] = {
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
+    {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2},
+    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX},
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0},
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX},
+    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0},
+    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0},
 };
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
@@ -50,7 +58,19 @@ const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count) {
   return ffma_configs;
 }
 
+int mj_tune_arch_wgmma(const char *arch) { return arch && !strcmp(arch, "sm_90a"); }
+
+const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, int *count) {
+  if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch)) {
+    *count = (int)(sizeof wgmma_configs / sizeof wgmma_configs[0]);
+    return wgmma_configs;
+  }
+  return mj_tune_gemm_configs(math, count);
+}
+
 int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
+  if (c->kind == MJ_GEMM_WGMMA) /* a producer warpgroup and one consumer per 64 rows */
+    return 128 * (1 + c->bm / 64);
   if (math != MJ_MATH_FFMA)
     return 32 * c->wm * c->wn;
   return (c->bm / c->tm) * (c->bn / c->tn);
@@ -59,6 +79,10 @@ int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
 size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
   size_t elem = dtype == MOEJIT_F32 ? 4 : 2;
   size_t vec = 16 / elem;
+  if (c->kind == MJ_GEMM_WGMMA) {
+    size_t staging = (size_t)(c->bm / 64) * 4 * 16 * (size_t)(c->bn / 2 + 8) * elem;
+    return (size_t)c->stages * ((size_t)c->bm + (size_t)c->bn) * 64 * elem + staging + 1024;
+  }
   return (size_t)c->stages * ((size_t)c->bm * (c->bk + vec) + (size_t)c->bk * (c->bn + vec)) * elem;
 }
 
@@ -72,7 +96,9 @@ int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64
 }
 
 void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
-  if (math != MJ_MATH_FFMA)
+  if (c->kind == MJ_GEMM_WGMMA)
+    snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dc%d", c->bm, c->bn, c->stages, c->ctas);
+  else if (math != MJ_MATH_FFMA)
     snprintf(c->name, sizeof c->name, "%s_m%dn%dk%ds%dw%dx%d", math_names[math], c->bm, c->bn,
              c->bk, c->stages, c->wm, c->wn);
   else
@@ -88,6 +114,12 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   if (sscanf(name, "mma_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
              &tail) == 6)
     m = MJ_MATH_MMA;
+  else if (sscanf(name, "wg_m%dn%ds%dc%d%c", &p.bm, &p.bn, &p.stages, &p.ctas, &tail) == 4) {
+    m = MJ_MATH_MMA;
+    p.kind = MJ_GEMM_WGMMA;
+    p.bk = 64;
+    p.wm = 1; /* passes the check below; unused */
+  }
   else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
                   &tail) == 6)
     m = MJ_MATH_TF32;
@@ -98,6 +130,12 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     return -1;
   if (p.bm <= 0 || p.bn <= 0 || p.bk <= 0 || p.stages < 2 || (p.wm <= 0 && p.tm <= 0))
     return -1;
+  if (p.kind == MJ_GEMM_WGMMA) {
+    if ((p.bm != 64 && p.bm != 128) || p.bn % 64 != 0 || p.bn > 256 || p.stages > 8 ||
+        p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1))
+      return -1;
+    p.wm = 0;
+  }
   mj_tune_config_name(&p, m);
   if (strcmp(p.name, name) != 0) /* one spelling per configuration */
     return -1;
@@ -132,10 +170,35 @@ static const space spaces[] = {
     [MJ_MATH_FFMA] = {ffma_shapes, sizeof ffma_shapes / sizeof ffma_shapes[0], {16, 32}, {2, 3}},
 };
 
-int mj_tune_search_space(mj_math math, moejit_dtype dtype, size_t smem_limit, mj_gemm_config *out,
-                         int max) {
+/* wgmma shapes on sm_90a: rows (one or two consumer warpgroups), columns, and ring depths. */
+static const int wg_bm[] = {64, 128}, wg_bn[] = {128, 192, 256}, wg_stages[] = {3, 4, 5, 6};
+
+int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, size_t smem_limit,
+                         mj_gemm_config *out, int max) {
   const space *sp = &spaces[math];
   int n = 0;
+  if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 3; j++)
+        for (int s = 0; s < 4; s++)
+          for (int ctas = 1; ctas <= (wg_bm[i] == 64 ? 2 : 1) && n < max; ctas++) {
+            mj_gemm_config c;
+            memset(&c, 0, sizeof c);
+            c.kind = MJ_GEMM_WGMMA;
+            c.bm = wg_bm[i];
+            c.bn = wg_bn[j];
+            c.bk = 64;
+            c.stages = wg_stages[s];
+            c.ctas = ctas;
+            c.max_avg_rows = INT64_MAX;
+            /* the block's own barriers (static, under 256 bytes) come on top, and each resident
+             * block keeps 1 KB of the SM's 228 KB for itself */
+            size_t block = mj_tune_gemm_smem(&c, dtype) + 256;
+            if (block > smem_limit || (block + 1024) * (size_t)ctas > 228 * 1024)
+              continue;
+            mj_tune_config_name(&c, math);
+            out[n++] = c;
+          }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {

@@ -11,31 +11,44 @@
 /* How a GEMM multiplies: f16/bf16 tensor cores, f32 on TF32 tensor cores, or exact f32 FFMA. */
 typedef enum mj_math { MJ_MATH_MMA = 0, MJ_MATH_TF32 = 1, MJ_MATH_FFMA = 2 } mj_math;
 
+/* Which template a configuration instantiates: gemm (mma.sync / FFMA, sm_80+) or wgmma (sm_90a:
+ * TMA + wgmma, warp-specialised, persistent). */
+typedef enum mj_gemm_kind { MJ_GEMM_SYNC = 0, MJ_GEMM_WGMMA = 1 } mj_gemm_kind;
+
 typedef struct mj_gemm_config {
-  char name[40]; /* "mma_m64n128k32s4w2x2", "tf32_...w2x2", "ffma_m64n64k16s3t4x4" */
+  char name[40]; /* "mma_m64n128k32s4w2x2", "tf32_...w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4" */
   int bm, bn, bk, stages;
   int wm, wn; /* tensor-core paths: warps along M and N */
   int tm, tn; /* FFMA path: outputs per thread along M and N */
   /* Chosen while T * K / E is at most this; the last entry takes everything above. */
   int64_t max_avg_rows;
+  mj_gemm_kind kind; /* MJ_GEMM_WGMMA: bk is 64 and wm, wn, tm, tn are unused */
+  int ctas;          /* MJ_GEMM_WGMMA: resident blocks per SM (1, or 2 for 64-row tiles) */
 } mj_gemm_config;
 
 /* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
 mj_math mj_tune_math(moejit_dtype dtype, int exact_f32);
 const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma" */
-/* The heuristic's configurations for a math path, ordered by max_avg_rows. */
+/* The heuristic's configurations for a math path, ordered by max_avg_rows: the portable table. */
 const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count);
+/* Whether an arch ("sm_90a") runs the wgmma template: Hopper's arch-specific target only. */
+int mj_tune_arch_wgmma(const char *arch);
+/* The heuristic's table for a math path on an arch: on sm_90a, f16/bf16 layers take wgmma kernels
+ * from a few dozen rows per expert up; elsewhere the portable table. */
+const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, int *count);
 int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math);
-/* Dynamic shared memory of the GEMM kernel for this configuration (gemm.cuh's layout). */
+/* Dynamic shared memory of the GEMM kernel for this configuration (gemm.cuh's layout, or
+ * wgmma.cuh's: the stage ring, GEMM1's output staging and 1024 bytes of alignment slack). */
 size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype);
 /* Writes the configuration's name (it encodes every field) into c->name. */
 void mj_tune_config_name(mj_gemm_config *c, mj_math math);
 /* Parses a name back; returns 0 and its math path, or -1 when it is not one. max_avg_rows is 0. */
 int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math);
-/* The tuner's search space for a math path: every configuration (named) whose shared memory fits
- * in smem_limit bytes. Returns the count written (at most max). */
-int mj_tune_search_space(mj_math math, moejit_dtype dtype, size_t smem_limit, mj_gemm_config *out,
-                         int max);
+/* The tuner's search space for a math path on an arch (wgmma shapes too on sm_90a): every
+ * configuration (named) whose shared memory fits in smem_limit bytes. Returns the count written
+ * (at most max). */
+int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, size_t smem_limit,
+                         mj_gemm_config *out, int max);
 /* Index into the table for a forward of `tokens` tokens. */
 int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64_t top_k,
                  int64_t experts);

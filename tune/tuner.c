@@ -86,11 +86,14 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
 
   /* The heuristic's table first, so its picks are timed on the same footing. */
   int nheur = 0, n = 0;
-  const mj_gemm_config *heur = mj_tune_gemm_configs(mj_rt_math(&d), &nheur);
+  /* wgmma kernels where the plan can take them: sm_90a and a fused 16-bit layer */
+  const char *arch = d.unfused ? "" : ctx->arch;
+  const mj_gemm_config *heur = mj_tune_gemm_configs_for(mj_rt_math(&d), arch, &nheur);
   for (int i = 0; i < nheur; i++)
     space[n++] = heur[i];
   mj_gemm_config extra[MJ_MAX_GEMM_CONFIGS];
-  int nextra = mj_tune_search_space(mj_rt_math(&d), d.dtype, (size_t)ctx->smem_optin, extra, MJ_MAX_GEMM_CONFIGS);
+  int nextra = mj_tune_search_space(mj_rt_math(&d), d.dtype, arch, (size_t)ctx->smem_optin, extra,
+                                    MJ_MAX_GEMM_CONFIGS);
   for (int i = 0; i < nextra && n < MJ_MAX_GEMM_CONFIGS; i++) {
     int dup = 0;
     for (int j = 0; j < n && !dup; j++)

@@ -1,0 +1,289 @@
+// wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
+// Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
+// kBM, kBN, kStages, kGroupM, kCtas and mj_wgmma (one m64 x kBN x k16 step).
+//
+// The work: for every tile of the device-side tile list (expert e, rows [r0, r1) of the sorted
+// order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
+// A is x_sorted [rows, kK] (kMode 1: the rows of x in sorted order, written by moejit_gather) or
+// h [rows, kK] (kMode 2), read by TMA through tensor map tmap_a (2D: {kK, row capacity}); W[e] is
+// read through tmap_b (3D: {kN, kK, experts}), so K and N tails and rows past the last are zeros.
+// kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
+//   scaled by weight[r] first with kWeightOnInput; staged through shared memory, 16-byte stores.
+// kMode 2 (down): y_slot[sorted_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
+//   kWeightOnInput); each lane's float2 pairs fill whole 32-byte sectors, so no staging.
+//
+// Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups.
+// Grid: persistent, one block per SM, walking work items i = blockIdx.x, + gridDim.x, ... . Items
+// are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column slabs
+// in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per group.
+#pragma once
+
+struct alignas(64) mj_tmap { mj_u64 opaque[16]; };
+struct alignas(16) mj_v16 { mj_u32 v[4]; };
+struct alignas(8) mj_f32x2 { float x, y; };
+
+// The kernel's last parameter; the host fills the same seven pointers in this order.
+struct WgParams {
+  const BiasT *bias;        // [experts, kN]
+  const int *sorted_slot;   // [rows]
+  const float *slot_weight; // [rows]
+  const mj_int4 *tiles;     // [max_tiles]: {expert, row_begin, row_end, the expert's first tile}
+  const int *num_tiles;     // [1]
+  const int *expert_off;    // [experts + 1]
+  void *out;
+};
+
+static constexpr int kBK = 64;                      // one 128-byte swizzle row of 16-bit elements
+static constexpr int kConsumers = kBM / 64;         // consumer warpgroups, 64 rows each
+static constexpr int kThreads = 128 * (1 + kConsumers);
+static constexpr int kNT = (kN + kBN - 1) / kBN;    // column slabs
+static constexpr int kKT = (kK + kBK - 1) / kBK;    // k blocks
+static constexpr int kABytes = kBM * kBK * 2;
+static constexpr int kBBytes = kBK * kBN * 2;
+static constexpr int kAcc = kBN / 2;                // accumulators per consumer thread
+static constexpr int kStageLd = kBN / 2 + 8;        // kMode 1 staging row, padded by 16 bytes
+static constexpr int kStageBytes = kMode == 1 ? kConsumers * 4 * 16 * kStageLd * 2 : 0;
+static_assert(sizeof(T) == 2, "wgmma takes 16-bit operands");
+static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
+
+// ---- mbarriers, TMA and wgmma (PTX) -------------------------------------------------------------
+
+__device__ __forceinline__ void mj_mbar_init(mj_u64 *bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(mj_smem_addr(bar)), "r"(count));
+}
+__device__ __forceinline__ void mj_mbar_expect_tx(mj_u64 *bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+               :: "r"(mj_smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mj_mbar_arrive(mj_u64 *bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(mj_smem_addr(bar)) : "memory");
+}
+// Waits until the phase of the given parity has completed.
+__device__ __forceinline__ void mj_mbar_wait(mj_u64 *bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(mj_smem_addr(bar)), "r"(parity) : "memory");
+  } while (!done);
+}
+
+__device__ __forceinline__ void mj_tma_2d(void *dst, const mj_tmap *map, int c0, int c1, mj_u64 *bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+               "[%0], [%1, {%2, %3}], [%4];\n"
+               :: "r"(mj_smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(mj_smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void mj_tma_3d(void *dst, const mj_tmap *map, int c0, int c1, int c2,
+                                          mj_u64 *bar) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+               "[%0], [%1, {%2, %3, %4}], [%5];\n"
+               :: "r"(mj_smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(c2),
+                  "r"(mj_smem_addr(bar))
+               : "memory");
+}
+
+// A shared-memory matrix descriptor, 128-byte swizzle. K-major A: rows of 128 bytes, 8-row groups
+// 1024 bytes apart (sbo). N-major B: 64-column boxes lbo bytes apart, 8-row k groups 1024 apart.
+__device__ __forceinline__ mj_u64 mj_desc(mj_u32 addr, mj_u32 lbo, mj_u32 sbo) {
+  return (mj_u64)((addr & 0x3FFFF) >> 4) | ((mj_u64)(lbo >> 4) << 16) |
+         ((mj_u64)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void mj_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void mj_wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void mj_wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
+__device__ __forceinline__ void mj_fence_acc(float (&d)[kAcc]) {
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+
+// ---- the work list ------------------------------------------------------------------------------
+
+struct Item { int e, r0, r1, n0; };
+
+__device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
+  const mj_int4 tile = p.tiles[i / kNT];     // a tile of the item's expert (items go expert by expert)
+  const int e = tile.x, first = tile.w;
+  const int count = (p.expert_off[e + 1] - p.expert_off[e] + kBM - 1) / kBM;
+  const int j = i - first * kNT;              // the item within its expert
+  const int g = j / (kGroupM * kNT);
+  const int gm = min(kGroupM, count - g * kGroupM);
+  const int jj = j - g * kGroupM * kNT;
+  const mj_int4 mt = p.tiles[first + g * kGroupM + jj % gm];
+  return Item{e, mt.y, mt.z, (jj / gm) * kBN};
+}
+
+// ---- epilogues ----------------------------------------------------------------------------------
+
+// acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
+__device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
+                                         T *stage) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
+  const int row0 = it.r0 + cw * 64 + w * 16 + (lane >> 2);
+  const BiasT *b = p.bias + (mj_i64)it.e * kN;
+  float wt[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    int r = row0 + 8 * h;
+    wt[h] = r < it.r1 ? p.slot_weight[r] : 0.0f;
+  }
+  if (kMode == 1) {
+    T *s = stage + (cw * 4 + w) * 16 * kStageLd;  // this warp's 16 rows
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int c = it.n0 + 8 * j + 2 * (lane & 3);
+      const float b0 = c < kN ? mj_to_f32(b[c]) : 0.0f, b1 = c < kN ? mj_to_f32(b[c + 1]) : 0.0f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if (kWeightOnInput) {
+          v0 *= wt[h];
+          v1 *= wt[h];
+        }
+        s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
+            mj_from_f32<T>(mj_swiglu(v0 + b0, v1 + b1, kAlpha, kLimit));
+      }
+    }
+    __syncwarp();
+    constexpr int kChunks = kBN / 16;  // 16-byte chunks per staged row (kBN / 2 elements)
+    const int rbase = it.r0 + cw * 64 + w * 16;
+#pragma unroll
+    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+      const int rr = idx / kChunks, cc = (idx % kChunks) * 8;
+      const int r = rbase + rr, c = it.n0 / 2 + cc;
+      if (r < it.r1 && c < kN / 2)
+        *(mj_v16 *)((T *)p.out + (mj_i64)r * (kN / 2) + c) = *(const mj_v16 *)(s + rr * kStageLd + cc);
+    }
+    __syncwarp();
+  } else {
+    int slot[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int r = row0 + 8 * h;
+      slot[h] = r < it.r1 ? p.sorted_slot[r] : -1;
+      if (kWeightOnInput) wt[h] = 1.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j) {
+      const int c = it.n0 + 8 * j + 2 * (lane & 3);
+      if (c >= kN) continue;
+      const float b0 = mj_to_f32(b[c]), b1 = mj_to_f32(b[c + 1]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (slot[h] < 0) continue;
+        *(mj_f32x2 *)((float *)p.out + (mj_i64)slot[h] * kN + c) =
+            mj_f32x2{(acc[4 * j + 2 * h] + b0) * wt[h], (acc[4 * j + 2 * h + 1] + b1) * wt[h]};
+      }
+    }
+  }
+}
+
+// ---- the kernel ---------------------------------------------------------------------------------
+
+// Registers: the producer warpgroup gives back all but 40 a thread to the consumers (setmaxnreg):
+// 232 each for two consumers in one block, 216 for one consumer in each of two blocks.
+static constexpr int kConsumerRegs = kConsumers == 2 ? 232 : kCtas == 2 ? 216 : 0;
+
+extern "C" __global__ void __launch_bounds__(kThreads, kCtas)
+moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_tmap tmap_b,
+             const WgParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) mj_u64 full[kStages], empty[kStages];
+  // Swizzled TMA boxes want 1024-byte alignment; the host asks for 1024 bytes of slack.
+  unsigned char *base = smem_raw + ((1024 - (mj_smem_addr(smem_raw) & 1023)) & 1023);
+  unsigned char *smem_a = base;
+  unsigned char *smem_b = base + kStages * kABytes;
+  T *stage_out = (T *)(smem_b + kStages * kBBytes);
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mj_mbar_init(&full[s], 1);
+      mj_mbar_init(&empty[s], kConsumers * 4);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int items = *p.num_tiles * kNT;
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    if (kConsumerRegs) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_a) : "memory");
+      asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
+      int s = 0;
+      unsigned phase = 0;
+      for (int i = blockIdx.x; i < items; i += gridDim.x) {
+        const Item it = decode_item(p, i);
+        for (int kb = 0; kb < kKT; ++kb) {
+          mj_mbar_wait(&empty[s], phase ^ 1);  // a fresh barrier counts as released
+          mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
+          mj_tma_2d(smem_a + s * kABytes, &tmap_a, kb * kBK, it.r0, &full[s]);
+#pragma unroll
+          for (int j = 0; j < kBN / 64; ++j)
+            mj_tma_3d(smem_b + s * kBBytes + j * kBK * 128, &tmap_b, it.n0 + 64 * j, kb * kBK, it.e,
+                      &full[s]);
+          if (++s == kStages) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    if (kConsumerRegs) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(kConsumerRegs));
+    const int cw = wg - 1, lane = threadIdx.x & 31;
+    int s = 0;
+    unsigned phase = 0;
+    float acc[kAcc];
+    for (int i = blockIdx.x; i < items; i += gridDim.x) {
+      const Item it = decode_item(p, i);
+      int prev = -1;
+      for (int kb = 0; kb < kKT; ++kb) {
+        mj_mbar_wait(&full[s], phase);
+        const mj_u32 a = mj_smem_addr(smem_a + s * kABytes + cw * 64 * 128);
+        const mj_u32 b = mj_smem_addr(smem_b + s * kBBytes);
+        mj_fence_acc(acc);
+        mj_wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kBK / 16; ++ks)
+          mj_wgmma(acc, mj_desc(a + ks * 32, 16, 1024), mj_desc(b + ks * 2048, kBK * 128, 1024),
+                   kb > 0 || ks > 0);
+        mj_wgmma_commit();
+        mj_fence_acc(acc);
+        mj_wgmma_wait<1>();  // the previous k block's MMAs are done: its stage can be refilled
+        if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
+        prev = s;
+        if (++s == kStages) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      mj_wgmma_wait<0>();
+      mj_fence_acc(acc);
+      if (lane == 0) mj_mbar_arrive(&empty[prev]);
+      epilogue(p, it, cw, acc, stage_out);
+    }
+  }
+}
+
+#if MJ_WGMMA_GATHER
+// The permuted copy GEMM1 reads: x_sorted[r] = x[sorted_slot[r] / kTopK] for r < *rows, kK
+// elements a row, 16 bytes a lane. One warp per row: grid = ceil(row capacity / 8), block = 256.
+extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restrict__ x,
+                                                                const int *__restrict__ sorted_slot,
+                                                                const int *__restrict__ rows,
+                                                                T *__restrict__ xs) {
+  const int r = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (r >= *rows) return;
+  const mj_v16 *src = (const mj_v16 *)(x + (mj_i64)(sorted_slot[r] / kTopK) * kK);
+  mj_v16 *dst = (mj_v16 *)(xs + (mj_i64)r * kK);
+  for (int c = lane; c < kK / 8; c += 32) dst[c] = src[c];
+}
+#endif
