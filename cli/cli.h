@@ -32,6 +32,7 @@ int cmd_gen(int argc, char **argv);
 int cmd_compile(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
 
 #endif

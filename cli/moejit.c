@@ -197,6 +197,8 @@ static const char usage[] =
     "            against the CPU reference (without a GPU: compile and say so)\n"
     "  tune      time the tile configurations for token counts on this GPU and record the\n"
     "            winners in the tuning records (plans use them from then on)\n"
+    "  bench     time the forward per token count (CUDA graph replays) beside its floor from the\n"
+    "            measured HBM bandwidth and cuBLAS GEMM rate; table and JSON lines\n"
     "  cache     ls | verify | clear | export FILE | import FILE: the cubin cache and records\n"
     "  version   print the library version\n"
     "\n"
@@ -217,6 +219,8 @@ int main(int argc, char **argv) {
     return cmd_run(argc - 2, argv + 2);
   if (!strcmp(cmd, "tune"))
     return cmd_tune(argc - 2, argv + 2);
+  if (!strcmp(cmd, "bench"))
+    return cmd_bench(argc - 2, argv + 2);
   if (!strcmp(cmd, "cache"))
     return cmd_cache(argc - 2, argv + 2);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {

@@ -1,0 +1,937 @@
+/* cmd_bench.c: `moejit bench`: the forward of a random layer timed per token count from CUDA graph
+ * replays (or eager calls), beside the floor of each call: max(bytes of the distinct experts'
+ * weights / HBM bandwidth, dropless FLOPs / dense GEMM rate), both rates measured in the same run
+ * (a read-only reduction from templates/bench.lua; cuBLAS, loaded with dlopen). Rows go to stdout
+ * and, with --json, to a JSON-lines file. Without a GPU it compiles the kernels and says so.
+ * Uses tune/synth for the layer, tests/check for --check, the context's driver and NVRTC. */
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "runtime/half.h"
+#include "runtime/internal.h"
+#include "tests/check.h"
+
+static const char bench_usage[] =
+    "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"
+    "                    [--json FILE|-] [--bw-bytes SIZE] [--no-floor] [--cublas PATH]\n"
+    "                    [--check N] [--seed S] [layer options]\n"
+    "\n"
+    "Times the layer's forward on this GPU for each token count and sets it beside its floor:\n"
+    "the time the GPU needs just to read the weights the call touches, or to do its FLOPs at\n"
+    "dense GEMM speed, whichever is longer.\n"
+    "\n"
+    "One random layer (weights, biases and x uniform; random top-k routing, distinct experts per\n"
+    "token; --seed, default 1) is made for the largest count, and one plan with max_tokens = that\n"
+    "count; a row of T tokens uses the layer's first T tokens. Per row: one eager forward, then\n"
+    "ONE moejit_forward captured into a CUDA graph on a non-blocking stream, --warmup replays\n"
+    "(default 5), then --repeat replays (default 50; 20 for counts above 16384), each between its\n"
+    "own pair of CUDA events, all enqueued back to back with no host synchronisation in between;\n"
+    "the row's time is the median. --eager times moejit_forward calls instead of replays (the GPU\n"
+    "then waits for the host's launches where they are slower than the kernels). Nothing is\n"
+    "flushed between calls. Default --tokens: 1,8,64,512,4096,16384,65536.\n"
+    "\n"
+    "Columns (JSON fields):\n"
+    "  tokens          T\n"
+    "  ms              median time of one forward, milliseconds\n"
+    "  tflops          dropless FLOPs / time; FLOPs = 2*T*K*(H*2I + I*H)\n"
+    "  active_experts  A, the distinct experts in the routing of the T tokens\n"
+    "  weight_bytes    A*(H*2I + I*H)*sizeof(dtype): those experts' weight matrices (biases are\n"
+    "                  left out: under 0.1% of it at gpt-oss shapes)\n"
+    "  gbps            weight_bytes / time, GB/s (1e9 bytes)\n"
+    "  floor_ms        max(weight_bytes / BW, FLOPs / GEMM_RATE)\n"
+    "  ratio           ms / floor_ms\n"
+    "  config          the GEMM tile configuration the plan runs for T (* when a tuning record\n"
+    "                  chose it; JSON: config, tuned)\n"
+    "\n"
+    "BW and GEMM_RATE are measured in this run, before the rows, on the same GPU:\n"
+    "  BW         a read-only reduction kernel (templates/bench.lua) over a buffer of --bw-bytes\n"
+    "             (default 4G; suffixes K, M, G are powers of 1024), median of 10 passes, TB/s\n"
+    "  GEMM_RATE  cuBLAS cublasGemmEx, M = N = K = 8192, in the layer's dtype (f16 and bf16 with\n"
+    "             f32 accumulation; f32 on TF32, or plain f32 with --exact-f32), median of 10\n"
+    "             calls, TFLOP/s. cuBLAS is loaded with dlopen: --cublas PATH, else\n"
+    "             libcublas.so.13, libcublas.so.12, then the same in /usr/local/cuda/lib64.\n"
+    "A rate that cannot be measured (no cuBLAS, say) leaves the floor out: floor_ms and ratio\n"
+    "are null and floor_note says why; no datasheet figure stands in. --no-floor skips both.\n"
+    "\n"
+    "--json FILE appends one JSON line per row (FILE \"-\": stdout, and the table goes to\n"
+    "stderr): the fields above and device, commit ($MOEJIT_COMMIT, else `git rev-parse --short\n"
+    "HEAD`, else \"unknown\"), date (UTC), command, mode (graph|eager), dtype, hidden,\n"
+    "intermediate, experts, top_k, routing, unfused, seed, repeat, warmup, ms_min, ms_max,\n"
+    "bw_tbps, gemm_tflops, gemm_math, floor_note (null when the floor was measured) and, with\n"
+    "--check, check_rel_error and check_ok.\n"
+    "--check N compares N sampled tokens of each row with the CPU reference after its timing,\n"
+    "from one more call on a poisoned output (default 0, off: it downloads every expert's\n"
+    "weights and runs the reference on the CPU, seconds per row).\n"
+    "Exit status: 0; 1 when something failed, a check did not match or a slot had a bad expert\n"
+    "id; 2 for bad options. Without a GPU: compiles the layer's kernels and the bandwidth kernel\n"
+    "for sm_90a (or --arch), prints \"no GPU found (...)\", times nothing, writes no JSON and\n"
+    "exits 0.\n";
+
+enum { BW_PASSES = 10, GEMM_CALLS = 10, GEMM_N = 8192, FLOOR_WARMUP = 3 };
+
+typedef struct bench_opts {
+  int warmup;
+  int eager;
+  int floor; /* measure BW and GEMM_RATE */
+  int64_t bw_bytes;
+  const char *json;   /* NULL, "-" or a path */
+  const char *cublas; /* NULL: the default search */
+} bench_opts;
+
+/* The floor's two rates, or why there is no floor. */
+typedef struct floor_rates {
+  double bw_tbps, gemm_tflops; /* NAN when not measured */
+  const char *gemm_math;       /* "bf16", "f16", "tf32", "f32" */
+  char note[512];              /* "" when both were measured */
+} floor_rates;
+
+/* One row of the table. */
+typedef struct row {
+  int64_t tokens, active;
+  int repeat, tuned, checked, check_ok;
+  double ms, ms_min, ms_max, flops, weight_bytes, floor_ms, rel_error;
+  const char *config;
+} row;
+
+/* What the timing helpers share; the context is current while they run. */
+typedef struct bench {
+  moejit_ctx *ctx;
+  mj_cu *cu;
+  moejit_plan *plan;
+  mj_synth syn;
+  mj_synth_layer layer; /* for the largest count */
+  CUstream stream;
+  CUevent *ev; /* nev events: pairs around the timed calls */
+  int nev;
+  bench_opts o;
+  FILE *out; /* the table: stdout, or stderr when the JSON lines take stdout */
+} bench;
+
+/* The reason moejit_create gives for MOEJIT_ERR_NO_DEVICE, caught from its log. */
+typedef struct log_catch {
+  int verbose;
+  char reason[1024];
+} log_catch;
+
+static void catch_log(void *user, moejit_log_level level, const char *msg) {
+  log_catch *c = user;
+  snprintf(c->reason, sizeof c->reason, "%s", msg);
+  cli_log(&c->verbose, level == MOEJIT_LOG_WARN ? MOEJIT_LOG_INFO : level, msg);
+}
+
+/* ---- options -------------------------------------------------------------------------------- */
+
+/* "4G", "512M", "65536": a count with an optional binary suffix K, M or G (then "B" or "iB"). */
+static int parse_size(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out) {
+  static const char units[] = "KMG";
+  char *end = NULL;
+  long long x = v ? strtoll(v, &end, 10) : 0;
+  int shift = 0;
+  if (v && end != v && *end) {
+    for (int u = 0; u < 3; u++)
+      if ((end[0] == units[u] || end[0] == units[u] + ('a' - 'A')) &&
+          (end[1] == '\0' || !strcmp(end + 1, "iB") || !strcmp(end + 1, "B"))) {
+        shift = 10 * (u + 1);
+        end += strlen(end);
+      }
+  }
+  if (!v || end == v || *end || x < 0 || x > (hi >> shift) || (x << shift) < lo) {
+    fprintf(stderr, "moejit bench: %s=%s: expected a count in [%lld, %lld]\n", opt,
+            v ? v : "(none)", (long long)lo, (long long)hi);
+    return 2;
+  }
+  *out = (int64_t)x << shift;
+  return 0;
+}
+
+/* Takes bench's own options out of argv and leaves the rest (layer options, --help) in rest[] for
+ * cli_parse. Returns 0 or 2 after printing the error. */
+static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *nrest) {
+  o->warmup = 5;
+  o->eager = 0;
+  o->floor = 1;
+  o->bw_bytes = (int64_t)4 << 30;
+  o->json = o->cublas = NULL;
+  *nrest = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int64_t x;
+    if (!strcmp(a, "--eager")) {
+      o->eager = 1;
+      continue;
+    }
+    if (!strcmp(a, "--no-floor")) {
+      o->floor = 0;
+      continue;
+    }
+    if (strcmp(a, "--warmup") && strcmp(a, "--bw-bytes") && strcmp(a, "--json") &&
+        strcmp(a, "--cublas")) {
+      rest[(*nrest)++] = argv[i];
+      continue;
+    }
+    if (!v || !*v) {
+      fprintf(stderr, "moejit bench: %s needs a value\n", a);
+      return 2;
+    }
+    i++;
+    if (!strcmp(a, "--json")) {
+      o->json = v;
+    } else if (!strcmp(a, "--cublas")) {
+      o->cublas = v;
+    } else if (!strcmp(a, "--warmup")) {
+      if (parse_size(a, v, 0, 10000, &x))
+        return 2;
+      o->warmup = (int)x;
+    } else if (parse_size(a, v, 1 << 20, (int64_t)1 << 40, &x)) {
+      return 2;
+    } else {
+      o->bw_bytes = x;
+    }
+  }
+  return 0;
+}
+
+static int given(int argc, char **argv, const char *opt) {
+  for (int i = 0; i < argc; i++)
+    if (!strcmp(argv[i], opt))
+      return 1;
+  return 0;
+}
+
+static int repeat_for(const cli_layer *L, int64_t tokens) {
+  return L->repeat > 0 ? L->repeat : tokens > 16384 ? 20 : 50;
+}
+
+/* ---- the bandwidth kernel ------------------------------------------------------------------- */
+
+/* Renders templates/bench.lua and compiles it for the context's arch. */
+static moejit_status bench_cubin(moejit_ctx *ctx, mj_cubin *cubin, mj_err *err) {
+  moejit_status st;
+  mj_spec spec;
+  char *source = NULL;
+  memset(&spec, 0, sizeof spec);
+  memset(cubin, 0, sizeof *cubin);
+  if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
+    return st;
+  if ((st = mj_gen_render(ctx->gen, "bench", &spec, &source, err)) == MOEJIT_OK)
+    st = mj_gen_compile(&ctx->nv, ctx->gen, source, "bench", ctx->arch, 0, cubin, err);
+  free(source);
+  return st;
+}
+
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(float *ms, int n) {
+  qsort(ms, (size_t)n, sizeof *ms, cmp_float);
+  return ms[n / 2];
+}
+
+/* HBM read bandwidth, TB/s: the median of BW_PASSES reductions over bytes. */
+static moejit_status measure_bw(bench *b, double *tbps, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = b->cu;
+  mj_cubin cubin = {0};
+  CUmodule mod = NULL;
+  CUfunction fn = NULL;
+  CUdeviceptr buf = 0, sum = 0;
+  float ms[BW_PASSES];
+  long long n = b->o.bw_bytes / 16;
+  if ((st = bench_cubin(b->ctx, &cubin, err)) != MOEJIT_OK)
+    goto fail;
+  MJ_CU(cu, ModuleLoadData(&mod, cubin.data), err);
+  MJ_CU(cu, ModuleGetFunction(&fn, mod, "moejit_bench_read"), err);
+  MJ_CU(cu, MemAlloc(&buf, (size_t)n * 16), err);
+  MJ_CU(cu, MemAlloc(&sum, 4), err);
+  /* on the bench stream (a non-blocking one does not wait for the legacy stream's memsets) */
+  MJ_CU(cu, MemsetD32Async(buf, 0x5A5A5A5Au, (size_t)n * 4, b->stream), err);
+  void *args[] = {&buf, &n, &sum};
+  unsigned blocks = (unsigned)b->ctx->sm_count * 8;
+  for (int i = 0; i < FLOOR_WARMUP + BW_PASSES; i++) {
+    MJ_CU(cu, MemsetD32Async(sum, 0, 1, b->stream), err);
+    MJ_CU(cu, EventRecord(b->ev[0], b->stream), err);
+    MJ_CU(cu, LaunchKernel(fn, blocks, 1, 1, 256, 1, 1, 0, b->stream, args, NULL), err);
+    MJ_CU(cu, EventRecord(b->ev[1], b->stream), err);
+    MJ_CU(cu, EventSynchronize(b->ev[1]), err);
+    if (i >= FLOOR_WARMUP)
+      MJ_CU(cu, EventElapsedTime(&ms[i - FLOOR_WARMUP], b->ev[0], b->ev[1]), err);
+  }
+  *tbps = (double)n * 16 / (median(ms, BW_PASSES) * 1e-3) / 1e12;
+fail:
+  if (sum)
+    cu->MemFree(sum);
+  if (buf)
+    cu->MemFree(buf);
+  if (mod)
+    cu->ModuleUnload(mod);
+  mj_cubin_free(&cubin);
+  return st;
+}
+
+/* ---- cuBLAS, loaded with dlopen ------------------------------------------------------------- */
+
+/* The few cuBLAS declarations used, from cublas_api.h and library_types.h. */
+typedef int (*cublas_create_fn)(void **handle);
+typedef int (*cublas_destroy_fn)(void *handle);
+typedef int (*cublas_set_stream_fn)(void *handle, CUstream stream);
+typedef int (*cublas_gemm_ex_fn)(void *handle, int transa, int transb, int m, int n, int k,
+                                 const void *alpha, const void *A, int atype, int lda,
+                                 const void *B, int btype, int ldb, const void *beta, void *C,
+                                 int ctype, int ldc, int compute, int algo);
+typedef const char *(*cublas_status_string_fn)(int status);
+enum { CUBLAS_OP_N = 0, CUBLAS_GEMM_DEFAULT = -1 };
+
+/* The GEMM of the floor per layer math: cudaDataType of A, B, C and the cublasComputeType_t. */
+static const struct gemm_math {
+  moejit_dtype dtype;
+  int exact_f32;
+  int cuda_type, compute;
+  const char *name;
+} gemm_maths[] = {
+    {MOEJIT_BF16, 0, 14 /* CUDA_R_16BF */, 68 /* CUBLAS_COMPUTE_32F */, "bf16"},
+    {MOEJIT_BF16, 1, 14, 68, "bf16"},
+    {MOEJIT_F16, 0, 2 /* CUDA_R_16F */, 68, "f16"},
+    {MOEJIT_F16, 1, 2, 68, "f16"},
+    {MOEJIT_F32, 0, 0 /* CUDA_R_32F */, 77 /* CUBLAS_COMPUTE_32F_FAST_TF32 */, "tf32"},
+    {MOEJIT_F32, 1, 0, 68, "f32"},
+};
+
+static const struct gemm_math *gemm_math_of(const moejit_layer_desc *d) {
+  for (size_t i = 0; i < sizeof gemm_maths / sizeof gemm_maths[0]; i++)
+    if (gemm_maths[i].dtype == d->dtype && gemm_maths[i].exact_f32 == !!d->exact_f32)
+      return &gemm_maths[i];
+  return &gemm_maths[0];
+}
+
+typedef struct cublas {
+  void *lib;
+  char path[256];
+  cublas_create_fn create;
+  cublas_destroy_fn destroy;
+  cublas_set_stream_fn set_stream;
+  cublas_gemm_ex_fn gemm_ex;
+  cublas_status_string_fn status_string; /* optional (cuBLAS 11.4+) */
+} cublas;
+
+/* dlopen of --cublas, else the usual names. MOEJIT_ERR_UNSUPPORTED naming what was tried. The
+ * library stays loaded until the command exits: it carries its own CUDA runtime, and unloading
+ * that mid-process buys nothing in a command about to exit. */
+static moejit_status cublas_load(const char *path, cublas *c, mj_err *err) {
+  static const char *const names[] = {"libcublas.so.13", "libcublas.so.12",
+                                      "/usr/local/cuda/lib64/libcublas.so.13",
+                                      "/usr/local/cuda/lib64/libcublas.so.12"};
+  const char *const *list = path ? &path : names;
+  int n = path ? 1 : (int)(sizeof names / sizeof names[0]);
+  const char *why = "not found";
+  memset(c, 0, sizeof *c);
+  for (int i = 0; i < n && !c->lib; i++) {
+    c->lib = dlopen(list[i], RTLD_NOW | RTLD_LOCAL);
+    if (c->lib)
+      snprintf(c->path, sizeof c->path, "%s", list[i]);
+    else
+      why = dlerror();
+  }
+  if (!c->lib)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "no cuBLAS: dlopen(%s%s) failed: %s",
+                   path ? path : "libcublas.so.13, .so.12", path ? "" : ", /usr/local/cuda/lib64",
+                   why ? why : "?");
+  *(void **)&c->create = dlsym(c->lib, "cublasCreate_v2");
+  *(void **)&c->destroy = dlsym(c->lib, "cublasDestroy_v2");
+  *(void **)&c->set_stream = dlsym(c->lib, "cublasSetStream_v2");
+  *(void **)&c->gemm_ex = dlsym(c->lib, "cublasGemmEx");
+  *(void **)&c->status_string = dlsym(c->lib, "cublasGetStatusString");
+  if (!c->create || !c->destroy || !c->set_stream || !c->gemm_ex)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "%s lacks cublasCreate_v2, cublasDestroy_v2, "
+                   "cublasSetStream_v2 or cublasGemmEx", c->path);
+  return MOEJIT_OK;
+}
+
+/* Runs a cuBLAS call; on failure names it, its status and the library, and jumps to fail. */
+#define CUBLAS(c, call, err)                                                                      \
+  do {                                                                                            \
+    int s_ = (c)->call;                                                                           \
+    if (s_ != 0) {                                                                                \
+      st = mj_errf((err), MOEJIT_ERR_CUDA, "%s failed: status %d (%s) in %s", #call, s_,          \
+                   (c)->status_string ? (c)->status_string(s_) : "?", (c)->path);                 \
+      goto fail;                                                                                  \
+    }                                                                                             \
+  } while (0)
+
+/* Dense GEMM rate, TFLOP/s: the median of GEMM_CALLS cuBLAS GEMMs of 8192^3 in the layer's math,
+ * on random operands. cuBLAS uses the runtime API's current context: the device's primary context,
+ * which moejit retains and the caller has made current. */
+static moejit_status measure_gemm(bench *b, const struct gemm_math *gm, double *tflops,
+                                  mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = b->cu;
+  cublas c;
+  void *handle = NULL;
+  CUdeviceptr m[3] = {0, 0, 0}; /* A, B, C: [8192, 8192] each */
+  float ms[GEMM_CALLS], alpha = 1.0f, beta = 0.0f;
+  int64_t elems = (int64_t)GEMM_N * GEMM_N;
+  if ((st = cublas_load(b->o.cublas, &c, err)) != MOEJIT_OK)
+    return st;
+  for (int i = 0; i < 3; i++)
+    MJ_CU(cu, MemAlloc(&m[i], (size_t)elems * mj_dtype_size(gm->dtype)), err);
+  for (int i = 0; i < 2; i++)
+    if ((st = mj_synth_fill(&b->syn, m[i], elems, gm->dtype, -1.0f, 1.0f, 1000 + i, b->stream,
+                            err)) != MOEJIT_OK)
+      goto fail;
+  CUBLAS(&c, create(&handle), err);
+  CUBLAS(&c, set_stream(handle, b->stream), err);
+  for (int i = 0; i < FLOOR_WARMUP + GEMM_CALLS; i++) {
+    MJ_CU(cu, EventRecord(b->ev[0], b->stream), err);
+    CUBLAS(&c, gemm_ex(handle, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &alpha,
+                       (void *)(uintptr_t)m[0], gm->cuda_type, GEMM_N, (void *)(uintptr_t)m[1],
+                       gm->cuda_type, GEMM_N, &beta, (void *)(uintptr_t)m[2], gm->cuda_type,
+                       GEMM_N, gm->compute, CUBLAS_GEMM_DEFAULT),
+           err);
+    MJ_CU(cu, EventRecord(b->ev[1], b->stream), err);
+    MJ_CU(cu, EventSynchronize(b->ev[1]), err);
+    if (i >= FLOOR_WARMUP)
+      MJ_CU(cu, EventElapsedTime(&ms[i - FLOOR_WARMUP], b->ev[0], b->ev[1]), err);
+  }
+  *tflops = 2.0 * (double)GEMM_N * GEMM_N * GEMM_N / (median(ms, GEMM_CALLS) * 1e-3) / 1e12;
+fail:
+  if (handle)
+    c.destroy(handle);
+  for (int i = 0; i < 3; i++)
+    if (m[i])
+      cu->MemFree(m[i]);
+  return st;
+}
+
+/* Both rates; a failure leaves that rate NAN and its reason in the note (the rows still run). */
+static void measure_floor(bench *b, const moejit_layer_desc *d, floor_rates *f) {
+  FILE *out = b->out;
+  mj_err err;
+  f->bw_tbps = f->gemm_tflops = NAN;
+  f->note[0] = '\0';
+  const struct gemm_math *gm = gemm_math_of(d);
+  f->gemm_math = gm->name;
+  if (!b->o.floor) {
+    snprintf(f->note, sizeof f->note, "not measured (--no-floor)");
+    return;
+  }
+  if (measure_bw(b, &f->bw_tbps, &err) != MOEJIT_OK) {
+    f->bw_tbps = NAN;
+    snprintf(f->note, sizeof f->note, "no bandwidth: %.440s", err.msg);
+  }
+  if (measure_gemm(b, gm, &f->gemm_tflops, &err) != MOEJIT_OK) {
+    size_t used = strlen(f->note);
+    f->gemm_tflops = NAN;
+    snprintf(f->note + used, sizeof f->note - used, "%sno GEMM rate: %.440s", used ? "; " : "",
+             err.msg);
+  }
+  if (isfinite(f->bw_tbps))
+    fprintf(out, "floor    HBM read %.3f TB/s (reduction over %.2f GiB, median of %d)\n",
+            f->bw_tbps, (double)b->o.bw_bytes / (1 << 30), BW_PASSES);
+  if (isfinite(f->gemm_tflops))
+    fprintf(out, "floor    %s GEMM %.1f TFLOP/s (cuBLAS %d^3, median of %d)\n", gm->name,
+            f->gemm_tflops, GEMM_N, GEMM_CALLS);
+  if (f->note[0])
+    fprintf(out, "floor    not given: %s\n", f->note);
+}
+
+/* ---- one row -------------------------------------------------------------------------------- */
+
+/* One forward: a graph replay when exec is given, else moejit_forward. */
+static moejit_status forward_once(bench *b, const moejit_forward_args *a, CUgraphExec exec,
+                                  mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  if (exec) {
+    MJ_CU(b->cu, GraphLaunch(exec, b->stream), err);
+    return MOEJIT_OK;
+  }
+  st = moejit_forward(b->plan, a, (void *)(uintptr_t)b->layer.workspace, b->layer.workspace_bytes,
+                      b->stream);
+  if (st != MOEJIT_OK)
+    return mj_errf(err, st, "moejit_forward: %s", moejit_last_error(b->ctx));
+fail:
+  return st;
+}
+
+/* Captures one moejit_forward on the bench stream and instantiates it. The capture is always
+ * ended, so a forward that fails while capturing leaves the stream usable. */
+static moejit_status capture(bench *b, const moejit_forward_args *a, CUgraphExec *exec,
+                             mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  CUgraph graph = NULL;
+  *exec = NULL;
+  MJ_CU(b->cu, StreamBeginCapture(b->stream, MJ_CU_CAPTURE_MODE_THREAD_LOCAL), err);
+  moejit_status fst = forward_once(b, a, NULL, err);
+  CUresult r = b->cu->StreamEndCapture(b->stream, &graph);
+  if (fst != MOEJIT_OK) {
+    st = fst;
+    goto fail;
+  }
+  if (r != MJ_CU_SUCCESS) {
+    st = mj_rt_cu_fail(b->cu, r, "StreamEndCapture", __FILE__, __LINE__, err);
+    goto fail;
+  }
+  MJ_CU(b->cu, GraphInstantiate(exec, graph, 0), err);
+fail:
+  if (graph)
+    b->cu->GraphDestroy(graph);
+  return st;
+}
+
+/* ms[0..repeat): the calls between events ev[i] and ev[i + 1], enqueued back to back. */
+static moejit_status time_calls(bench *b, const moejit_forward_args *a, CUgraphExec exec,
+                                int repeat, float *ms, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = b->cu;
+  for (int i = 0; i < b->o.warmup; i++)
+    if ((st = forward_once(b, a, exec, err)) != MOEJIT_OK)
+      return st;
+  for (int i = 0; i < repeat; i++) {
+    MJ_CU(cu, EventRecord(b->ev[i], b->stream), err);
+    if ((st = forward_once(b, a, exec, err)) != MOEJIT_OK)
+      return st;
+  }
+  MJ_CU(cu, EventRecord(b->ev[repeat], b->stream), err);
+  MJ_CU(cu, EventSynchronize(b->ev[repeat]), err); /* a fault in the forwards surfaces here */
+  for (int i = 0; i < repeat; i++)
+    MJ_CU(cu, EventElapsedTime(&ms[i], b->ev[i], b->ev[i + 1]), err);
+fail:
+  return st;
+}
+
+/* One more call on a poisoned output, then --check sampled tokens against the CPU reference. */
+static moejit_status check_row(bench *b, const mj_synth_layer *view, const moejit_forward_args *a,
+                               CUgraphExec exec, int samples, row *r, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_check_result cr;
+  size_t ybytes = (size_t)(view->tokens * view->desc.hidden) * mj_dtype_size(view->desc.dtype);
+  /* NaN in every dtype; H is a multiple of 8, so whole 32-bit words */
+  MJ_CU(b->cu, MemsetD32Async(view->y, 0xFFFFFFFFu, ybytes / 4, b->stream), err);
+  if ((st = forward_once(b, a, exec, err)) != MOEJIT_OK)
+    return st;
+  MJ_CU(b->cu, StreamSynchronize(b->stream), err);
+  if ((st = mj_check_sampled(&b->syn, view, samples, &cr, err)) != MOEJIT_OK)
+    return st;
+  r->checked = 1;
+  r->rel_error = cr.rel_error;
+  r->check_ok = cr.nonfinite == 0 && cr.rel_error <= cr.tolerance;
+fail:
+  return st;
+}
+
+/* The GEMM configuration a forward of `tokens` runs. */
+static const char *picked_config(const moejit_plan *p, int64_t tokens, int *tuned) {
+  return p->configs[mj_rt_pick(p, tokens, tuned)].name;
+}
+
+/* Distinct experts in [0, E) among the first `tokens` tokens' ids. */
+static int64_t active_experts(const mj_synth_layer *L, int64_t tokens) {
+  int64_t E = L->desc.experts, n = 0;
+  unsigned char *seen = calloc((size_t)E, 1);
+  if (!seen)
+    return -1;
+  for (int64_t i = 0; i < tokens * L->desc.top_k; i++) {
+    int32_t e = L->host_ids[i];
+    if (e >= 0 && e < E && !seen[e]) {
+      seen[e] = 1;
+      n++;
+    }
+  }
+  free(seen);
+  return n;
+}
+
+/* Times the row of `tokens` tokens, checks its routing flags and, with samples > 0, its output. */
+static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
+                             const floor_rates *f, row *r, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  const moejit_layer_desc *d = &b->plan->desc;
+  mj_synth_layer view = b->layer; /* the first `tokens` tokens of the layer */
+  moejit_forward_args a;
+  CUgraphExec exec = NULL;
+  float *ms = calloc((size_t)repeat, sizeof *ms);
+  int64_t bad = 0;
+  memset(r, 0, sizeof *r);
+  view.tokens = tokens;
+  mj_synth_layer_args(&view, &a);
+  if (!ms)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  /* an eager call first: the modules' first launch, and errors before any capture */
+  if ((st = forward_once(b, &a, NULL, err)) != MOEJIT_OK)
+    goto fail;
+  MJ_CU(b->cu, StreamSynchronize(b->stream), err);
+  if (!b->o.eager && (st = capture(b, &a, &exec, err)) != MOEJIT_OK)
+    goto fail;
+  if ((st = time_calls(b, &a, exec, repeat, ms, err)) != MOEJIT_OK)
+    goto fail;
+  if ((st = moejit_forward_check(b->plan, (void *)(uintptr_t)b->layer.workspace, b->stream,
+                                 &bad)) != MOEJIT_OK) {
+    mj_errf(err, st, "moejit_forward_check: %s", moejit_last_error(b->ctx));
+    goto fail;
+  }
+  if (bad != 0) {
+    st = mj_errf(err, MOEJIT_ERR_INTERNAL, "%lld slots had an expert id outside [0, %lld)",
+                 (long long)bad, (long long)d->experts);
+    goto fail;
+  }
+  if (samples > 0 && (st = check_row(b, &view, &a, exec, samples, r, err)) != MOEJIT_OK)
+    goto fail;
+  r->tokens = tokens;
+  r->repeat = repeat;
+  r->ms = median(ms, repeat);
+  r->ms_min = ms[0];
+  r->ms_max = ms[repeat - 1];
+  r->flops = 2.0 * (double)tokens * (double)d->top_k * 3.0 * (double)d->hidden *
+             (double)d->intermediate;
+  if ((r->active = active_experts(&b->layer, tokens)) < 0) {
+    st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+    goto fail;
+  }
+  r->weight_bytes = (double)r->active * 3.0 * (double)d->hidden * (double)d->intermediate *
+                    (double)mj_dtype_size(d->dtype);
+  r->floor_ms = NAN; /* fmax would drop a missing (NAN) rate and give half a floor */
+  if (isfinite(f->bw_tbps) && isfinite(f->gemm_tflops))
+    r->floor_ms = fmax(r->weight_bytes / (f->bw_tbps * 1e12), r->flops / (f->gemm_tflops * 1e12)) *
+                  1e3;
+  r->config = picked_config(b->plan, tokens, &r->tuned);
+fail:
+  if (exec)
+    b->cu->GraphExecDestroy(exec);
+  free(ms);
+  return st;
+}
+
+/* ---- output --------------------------------------------------------------------------------- */
+
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; s && *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+/* A number, or null when it is not finite (a rate or floor that was not measured). */
+static void json_num(FILE *f, const char *key, double v) {
+  fprintf(f, ", \"%s\": ", key);
+  if (isfinite(v))
+    fprintf(f, "%.6g", v);
+  else
+    fputs("null", f);
+}
+
+/* What every JSON line of the run repeats. */
+typedef struct run_info {
+  char commit[64], date[16];
+  const char *device;
+  char *command;
+} run_info;
+
+static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const bench_opts *o,
+                     const floor_rates *fr, const row *r) {
+  const moejit_layer_desc *d = &L->desc;
+  double secs = r->ms * 1e-3;
+  fputs("{\"device\": ", f);
+  json_str(f, ri->device);
+  fputs(", \"commit\": ", f);
+  json_str(f, ri->commit);
+  fprintf(f, ", \"date\": \"%s\", \"command\": ", ri->date);
+  json_str(f, ri->command);
+  fprintf(f,
+          ", \"mode\": \"%s\", \"dtype\": \"%s\", \"hidden\": %lld, \"intermediate\": %lld, "
+          "\"experts\": %lld, \"top_k\": %lld, \"routing\": \"%s\", \"unfused\": %s, \"seed\": "
+          "%llu, \"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
+          o->eager ? "eager" : "graph", mj_rt_dtype_name(d->dtype), (long long)d->hidden,
+          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
+          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? "true" : "false",
+          (unsigned long long)L->seed, (long long)r->tokens, r->repeat, o->warmup);
+  json_num(f, "ms", r->ms);
+  json_num(f, "ms_min", r->ms_min);
+  json_num(f, "ms_max", r->ms_max);
+  json_num(f, "tflops", r->flops / secs / 1e12);
+  fprintf(f, ", \"active_experts\": %lld, \"weight_bytes\": %.0f", (long long)r->active,
+          r->weight_bytes);
+  json_num(f, "gbps", r->weight_bytes / secs / 1e9);
+  json_num(f, "bw_tbps", fr->bw_tbps);
+  json_num(f, "gemm_tflops", fr->gemm_tflops);
+  fprintf(f, ", \"gemm_math\": \"%s\"", fr->gemm_math);
+  json_num(f, "floor_ms", r->floor_ms);
+  json_num(f, "ratio", r->ms / r->floor_ms);
+  fputs(", \"floor_note\": ", f);
+  if (fr->note[0])
+    json_str(f, fr->note);
+  else
+    fputs("null", f);
+  fputs(", \"config\": ", f);
+  json_str(f, r->config);
+  fprintf(f, ", \"tuned\": %s", r->tuned ? "true" : "false");
+  if (r->checked) {
+    json_num(f, "check_rel_error", r->rel_error);
+    fprintf(f, ", \"check_ok\": %s", r->check_ok ? "true" : "false");
+  }
+  fputs("}\n", f);
+  fflush(f);
+}
+
+static void print_header(FILE *out) {
+  fprintf(out, "%8s %10s %8s %6s %10s %8s %9s %7s  %s\n", "tokens", "ms", "TFLOP/s", "active",
+          "weight MB", "GB/s", "floor ms", "ratio", "config");
+}
+
+static void print_row(FILE *out, const row *r) {
+  double secs = r->ms * 1e-3;
+  char floor_ms[16] = "-", ratio[16] = "-";
+  if (isfinite(r->floor_ms)) {
+    snprintf(floor_ms, sizeof floor_ms, "%.3f", r->floor_ms);
+    snprintf(ratio, sizeof ratio, "%.2f", r->ms / r->floor_ms);
+  }
+  fprintf(out, "%8lld %10.4f %8.1f %6lld %10.1f %8.1f %9s %7s  %s%s", (long long)r->tokens, r->ms,
+          r->flops / secs / 1e12, (long long)r->active, r->weight_bytes / 1e6,
+          r->weight_bytes / secs / 1e9, floor_ms, ratio, r->config, r->tuned ? "*" : "");
+  if (r->checked)
+    fprintf(out, "  check %.3g %s", r->rel_error, r->check_ok ? "OK" : "MISMATCH");
+  fputc('\n', out);
+  fflush(out);
+}
+
+/* $MOEJIT_COMMIT, else `git rev-parse --short HEAD`, else "unknown". */
+static void find_commit(char *buf, size_t len) {
+  const char *env = getenv("MOEJIT_COMMIT");
+  snprintf(buf, len, "unknown");
+  if (env && *env) {
+    snprintf(buf, len, "%s", env);
+    return;
+  }
+  FILE *p = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+  if (!p)
+    return;
+  char line[64] = "";
+  int ok = fgets(line, sizeof line, p) != NULL;
+  if (pclose(p) == 0 && ok && line[0]) {
+    line[strcspn(line, "\r\n")] = '\0';
+    snprintf(buf, len, "%s", line);
+  }
+}
+
+/* "moejit bench <args>", for the JSON lines. */
+static char *command_line(int argc, char **argv) {
+  size_t n = sizeof "moejit bench";
+  for (int i = 0; i < argc; i++)
+    n += strlen(argv[i]) + 1;
+  char *s = malloc(n);
+  if (!s)
+    return NULL;
+  strcpy(s, "moejit bench");
+  for (int i = 0; i < argc; i++)
+    strcat(strcat(s, " "), argv[i]);
+  return s;
+}
+
+/* ---- the command ---------------------------------------------------------------------------- */
+
+/* No GPU: compile the layer's kernels and the bandwidth kernel for the offline arch. */
+static int compile_only(const cli_layer *L, const char *why) {
+  moejit_ctx_options o;
+  moejit_ctx *ctx = NULL;
+  moejit_plan *plan = NULL;
+  mj_cubin cubin = {0};
+  mj_err err;
+  int rc = 1;
+  moejit_ctx_options_init(&o);
+  o.offline_arch = L->arch ? L->arch : "sm_90a";
+  o.log = cli_log;
+  o.log_user = (void *)&L->verbose;
+  printf("no GPU found (%s)\n", why);
+  printf("compiling the layer's kernels and the bandwidth kernel for %s instead\n",
+         o.offline_arch);
+  if (moejit_create(&ctx, &o) != MOEJIT_OK)
+    return 1;
+  double t0 = cli_now();
+  moejit_status st = moejit_plan_create(ctx, &L->desc, &plan);
+  if (st != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: plan: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
+    goto done;
+  }
+  if ((st = bench_cubin(ctx, &cubin, &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: bandwidth kernel: %s: %s\n", moejit_status_name(st), err.msg);
+    goto done;
+  }
+  printf("compiled for %s in %.2f s; nothing was timed: no GPU\n", ctx->arch, cli_now() - t0);
+  rc = 0;
+done:
+  mj_cubin_free(&cubin);
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+  return rc;
+}
+
+/* Plan, layer, stream and events for the rows; the context is current. */
+static moejit_status bench_open(bench *b, const cli_layer *L, int nev, mj_err *err) {
+  moejit_status st;
+  double t0 = cli_now();
+  if ((st = moejit_plan_create(b->ctx, &L->desc, &b->plan)) != MOEJIT_OK)
+    return mj_errf(err, st, "plan: %s", moejit_last_error(b->ctx));
+  fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n", b->plan->nmodules,
+          cli_now() - t0);
+  if ((st = mj_synth_open(b->ctx, &b->syn, err)) != MOEJIT_OK)
+    return st;
+  MJ_CU(b->cu, StreamCreate(&b->stream, MJ_CU_STREAM_NON_BLOCKING), err);
+  if (!(b->ev = calloc((size_t)nev, sizeof *b->ev)))
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  for (; b->nev < nev; b->nev++)
+    MJ_CU(b->cu, EventCreate(&b->ev[b->nev], 0), err);
+fail:
+  return st;
+}
+
+static void bench_close(bench *b) {
+  for (int i = 0; i < b->nev; i++)
+    b->cu->EventDestroy(b->ev[i]);
+  free(b->ev);
+  if (b->stream)
+    b->cu->StreamDestroy(b->stream);
+  if (b->layer.host_ids)
+    mj_synth_layer_destroy(&b->syn, &b->layer);
+  mj_synth_close(&b->syn);
+  moejit_plan_destroy(b->plan);
+}
+
+/* The GPU part: floor rates, then one row per token count. Returns the exit status. */
+static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *ri) {
+  FILE *out = b->out;
+  floor_rates fr;
+  mj_err err;
+  moejit_status st;
+  int nev = 2, failed_check = 0;
+  for (int i = 0; i < L->ntokens; i++)
+    if (repeat_for(L, L->token_list[i]) + 1 > nev)
+      nev = repeat_for(L, L->token_list[i]) + 1;
+  if ((st = bench_open(b, L, nev, &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
+    return 1;
+  }
+  /* before the layer, so the bandwidth buffer and the GEMM operands are freed when it comes */
+  measure_floor(b, &L->desc, &fr);
+  if ((st = mj_synth_layer_create(&b->syn, b->plan, L->tokens, L->seed, &b->layer, &err)) !=
+      MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: synthetic layer: %s: %s\n", moejit_status_name(st), err.msg);
+    return 1;
+  }
+  fprintf(out, "timing   %s, %d warm-up calls, then the median of ",
+          b->o.eager ? "eager moejit_forward calls" : "CUDA graph replays", b->o.warmup);
+  if (L->repeat > 0)
+    fprintf(out, "%d\n", L->repeat);
+  else
+    fprintf(out, "50 (20 above 16384 tokens)\n");
+  print_header(out);
+  for (int i = 0; i < L->ntokens; i++) {
+    row r;
+    int64_t T = L->token_list[i];
+    if ((st = run_row(b, T, repeat_for(L, T), L->check, &fr, &r, &err)) != MOEJIT_OK) {
+      fprintf(stderr, "moejit bench: tokens=%lld: %s: %s\n", (long long)T, moejit_status_name(st),
+              err.msg);
+      return 1;
+    }
+    print_row(out, &r);
+    if (json)
+      json_row(json, ri, L, &b->o, &fr, &r);
+    failed_check |= r.checked && !r.check_ok;
+  }
+  return failed_check;
+}
+
+int cmd_bench(int argc, char **argv) {
+  cli_layer L;
+  bench b;
+  log_catch lc = {0, ""};
+  run_info ri = {.device = NULL};
+  char **rest = calloc((size_t)argc + 1, sizeof *rest);
+  int nrest = 0, rc;
+  FILE *json = NULL;
+  moejit_ctx *ctx = NULL;
+  memset(&b, 0, sizeof b);
+  b.out = stdout;
+  if (!rest)
+    return 1;
+  if ((rc = parse_bench(argc, argv, &b.o, rest, &nrest)) != 0 ||
+      (rc = cli_parse(nrest, rest, &L, bench_usage)) != 0) {
+    free(rest);
+    return rc == 1 ? 0 : rc;
+  }
+  free(rest);
+  if (!given(argc, argv, "--tokens")) {
+    static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
+    L.ntokens = (int)(sizeof defaults / sizeof defaults[0]);
+    memcpy(L.token_list, defaults, sizeof defaults);
+    L.tokens = 65536;
+  }
+  for (int i = 0; i < L.ntokens; i++)
+    if (L.token_list[i] < 1) {
+      fprintf(stderr, "moejit bench: --tokens: every count must be at least 1\n");
+      return 2;
+    }
+  L.desc.max_tokens = L.tokens; /* one plan, sized for the largest row */
+  if (L.check < 0)
+    L.check = 0;
+  lc.verbose = L.verbose;
+  moejit_ctx_options o;
+  moejit_ctx_options_init(&o);
+  o.log = catch_log;
+  o.log_user = &lc;
+  moejit_status st = moejit_create(&ctx, &o);
+  if (st == MOEJIT_ERR_NO_DEVICE)
+    return compile_only(&L, lc.reason);
+  if (st != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), lc.reason);
+    return 1;
+  }
+  rc = 1;
+  if (b.o.json && strcmp(b.o.json, "-") != 0 && !(json = fopen(b.o.json, "a"))) {
+    perror(b.o.json);
+    goto done;
+  }
+  if (b.o.json && !json) { /* "-": stdout carries only the JSON lines */
+    json = stdout;
+    b.out = stderr;
+  }
+  find_commit(ri.commit, sizeof ri.commit);
+  time_t now = time(NULL);
+  struct tm utc;
+  strftime(ri.date, sizeof ri.date, "%Y-%m-%d", gmtime_r(&now, &utc));
+  ri.device = ctx->device_name;
+  ri.command = command_line(argc, argv);
+  const moejit_layer_desc *d = &L.desc;
+  fprintf(b.out, "device   %s (%s, %d SMs)\n", ctx->device_name, ctx->arch, ctx->sm_count);
+  fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing%s, seed %llu\n",
+          (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
+          (long long)d->top_k, mj_rt_dtype_name(d->dtype),
+          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? ", unfused" : "",
+          (unsigned long long)L.seed);
+  b.ctx = ctx;
+  b.cu = &ctx->cu;
+  CUcontext popped;
+  if (ctx->cu.CtxPushCurrent(ctx->cuctx) != MJ_CU_SUCCESS) {
+    fprintf(stderr, "moejit bench: cannot make the GPU's context current\n");
+    goto done;
+  }
+  rc = bench_gpu(&b, &L, json, &ri);
+  bench_close(&b);
+  ctx->cu.CtxPopCurrent(&popped);
+done:
+  if (json && json != stdout)
+    fclose(json);
+  free(ri.command);
+  moejit_destroy(ctx);
+  return rc;
+}
