@@ -148,7 +148,8 @@ int cmd_compile(int argc, char **argv) {
   printf("%-26s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
          "spill st/ld", "smem", "dyn smem");
   for (int i = 0; i < n; i++) {
-    size_t dyn = i >= 2 ? mj_tune_gemm_smem(&cfg[(i - 2) / 2], L.desc.dtype) : 0;
+    int g = i - 2; /* GEMM modules come in pairs after route and combine; a split combine last */
+    size_t dyn = g >= 0 && g < 2 * ncfg ? mj_tune_gemm_smem(&cfg[g / 2], L.desc.dtype) : 0;
     print_kernels(mods[i].name, mods[i].cubin.size, dyn, mods[i].cubin.log);
     if (L.verbose)
       printf("%s\n", mods[i].cubin.log);

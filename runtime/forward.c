@@ -181,7 +181,30 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
   int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
 
-  if (stages & MOEJIT_STAGE_ROUTE) {
+  if ((stages & MOEJIT_STAGE_ROUTE) && l.nslots <= plan->small_slots && !accumulate) {
+    /* few slots: count, scan and scatter (and top-k) in one block, one launch */
+    if (d->routing == MOEJIT_ROUTING_LOGITS) {
+      CUdeviceptr logits = DPTR(a->router_logits), ids_ws = ws + l.route_ids,
+                  w_ws = ws + l.route_w;
+      int tokens = (int)a->tokens;
+      void *args[] = {&logits,   &tokens, &ids_ws,    &w_ws,      &ids,
+                      &weights,  &map,    &block_m,   &capacity,  &expert_off,
+                      &tiles,    &num_tiles, &flags,  &sorted_slot, &slot_pos,
+                      &slot_weight};
+      MJ_CU(cu,
+            LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
+                         args, NULL),
+            err);
+    } else {
+      void *args[] = {&ids,        &map,   &weights,     &nslots,   &block_m,
+                      &capacity,   &expert_off, &tiles,  &num_tiles, &flags,
+                      &sorted_slot, &slot_pos, &slot_weight};
+      MJ_CU(cu,
+            LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
+                         args, NULL),
+            err);
+    }
+  } else if (stages & MOEJIT_STAGE_ROUTE) {
     if (d->routing == MOEJIT_ROUTING_LOGITS) {
       /* top-k and softmax of the logits into the workspace, which the rest of routing reads;
        * the caller's ids and weights get copies when given */
@@ -201,7 +224,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                        0, stream, count_args, NULL),
           err);
     void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
-                         &expert_off,   &tiles,     &num_tiles, &flags};
+                         &expert_off,   &tiles,     &num_tiles, &flags,    &accumulate};
     MJ_CU(cu,
           LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream,
                        scan_args, NULL),
@@ -256,19 +279,25 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   } else if (stages & MOEJIT_STAGE_GEMM2) {
     gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, y_slot};
-    void *g2_args[] = {&g2};
+    /* split along K: blockIdx.z takes a slice of K and writes its own partial y_slot (a kernel
+     * without splits reads only its first parameter) */
+    long long split_stride = (long long)l.nslots * d->hidden;
+    void *g2_args[] = {&g2, &split_stride};
     const mj_kernel *k2 = &plan->gemm2[cfg];
+    unsigned splits = c->splits > 1 ? (unsigned)c->splits : 1;
     MJ_CU(cu,
-          LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), 1,
+          LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), splits,
                        (unsigned)k2->threads, 1, 1, (unsigned)k2->smem, stream, g2_args, NULL),
           err);
   }
   if (stages & MOEJIT_STAGE_COMBINE) {
     CUdeviceptr y = DPTR(a->y);
-    void *combine_args[] = {&y_slot, &slot_pos, &y};
+    long long split_stride = (long long)l.nslots * d->hidden;
+    void *combine_args[] = {&y_slot, &slot_pos, &y, &split_stride};
+    const mj_kernel *k = c->splits > 1 ? &plan->combine_split : &plan->combine;
     MJ_CU(cu,
-          LaunchKernel(plan->combine.fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024),
-                       1, (unsigned)plan->combine.threads, 1, 1, 0, stream, combine_args, NULL),
+          LaunchKernel(k->fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
+                       (unsigned)k->threads, 1, 1, 0, stream, combine_args, NULL),
           err);
   }
 fail:

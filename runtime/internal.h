@@ -17,6 +17,7 @@
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256
+#define MJ_SMALL_SLOTS 2048 /* route.cuh's kSmallSlots: moejit_route_small's most slots */
 /* The first moejit_layer_desc layout ended before logits_dtype; later fields are appended and take
  * their defaults when a caller's struct_size stops short of them. */
 #define MJ_DESC_MIN_SIZE offsetof(moejit_layer_desc, logits_dtype) /* slots per routing block (route.cuh's kChunk) */
@@ -63,6 +64,12 @@ struct moejit_plan {
   moejit_ctx *ctx;
   moejit_layer_desc desc;
   mj_kernel topk, count, scan, scatter, combine; /* topk: logits routing only */
+  mj_kernel small; /* routing in one block for at most small_slots slots (the logits form's
+                      own kernel under logits routing) */
+  int small_slots;  /* MJ_SMALL_SLOTS; 0 sends every forward through count, scan and scatter */
+  int splits;       /* the split count (> 1) of the configurations that split GEMM2 along K, or 1;
+                       one per plan, as combine_split sums exactly that many partials */
+  mj_kernel combine_split; /* combine over `splits` partial sums (splits > 1 only) */
   mj_kernel activation;                          /* unfused plans only */
   mj_kernel gather;     /* wgmma plans: the permuted copy of x GEMM1 reads (fn NULL otherwise) */
   int wgmma;            /* 1: the plan may take wgmma configurations (sm_90a, 16-bit, fused) */
@@ -76,7 +83,7 @@ struct moejit_plan {
   int nexact;                        /* tuned exact token counts, checked before the buckets */
   int64_t exact_tokens[MJ_MAX_EXACT];
   int exact_pick[MJ_MAX_EXACT];
-  CUmodule modules[2 + 2 * MJ_MAX_GEMM_CONFIGS];
+  CUmodule modules[3 + 2 * MJ_MAX_GEMM_CONFIGS];
   int nmodules;
 };
 

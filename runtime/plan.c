@@ -156,6 +156,8 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   mj_spec_int(s, "stages", c->stages);
   if (wg)
     mj_spec_int(s, "ctas", c->ctas);
+  if (mode == 2 && c->splits > 1)
+    mj_spec_int(s, "splits", c->splits);
   if (!wg) {
     mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
     mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
@@ -265,7 +267,11 @@ moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
                                    const mj_gemm_config *cfg, int ncfg, mj_module_src **out,
                                    int *nout, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  int n = 2 + 2 * ncfg;
+  int splits = 1; /* the split count of the configurations that split GEMM2 (one per plan) */
+  for (int i = 0; i < ncfg; i++)
+    if (cfg[i].splits > 1)
+      splits = cfg[i].splits;
+  int n = 2 + 2 * ncfg + (splits > 1);
   *out = NULL;
   *nout = 0;
   mj_module_src *mods = calloc((size_t)n, sizeof *mods);
@@ -284,6 +290,18 @@ moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
       snprintf(m->name, sizeof m->name, "gemm%d_%s", mode, cfg[i].name);
       gemm_spec(d, &cfg[i], mode, &m->spec);
     }
+  if (splits > 1) { /* last: the combine that sums the split partials */
+    mj_module_src *m = &mods[n - 1];
+    m->template_name = "combine";
+    snprintf(m->name, sizeof m->name, "combine_z%d", splits);
+    combine_spec(d, &m->spec);
+    mj_spec_int(&m->spec, "splits", splits);
+  }
+  for (int i = 0; i < ncfg && st == MOEJIT_OK; i++)
+    if (cfg[i].splits > 1 && cfg[i].splits != splits)
+      st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "configurations %s and others split GEMM2 %d and %d ways; a plan takes one count",
+                   cfg[i].name, cfg[i].splits, splits);
   for (int i = 0; i < n && st == MOEJIT_OK; i++)
     st = mj_gen_render(ctx->gen, mods[i].template_name, &mods[i].spec, &mods[i].source, err);
   if (st != MOEJIT_OK) {
@@ -339,7 +357,7 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(gate_up, d->unfused ? (size_t)l->nslots * (size_t)(2 * d->intermediate) * act : 0);
   MJ_PLACE_(x_sorted, plan->wgmma ? (size_t)l->nslots * (size_t)d->hidden * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
-  MJ_PLACE_(y_slot, (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
+  MJ_PLACE_(y_slot, (size_t)plan->splits * (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
 #undef MJ_PLACE_
   l->total = at;
 }
@@ -460,9 +478,14 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   plan->count = (mj_kernel){"moejit_route_count", NULL, NULL, MJ_ROUTE_CHUNK, 0};
   plan->scan = (mj_kernel){"moejit_route_scan", NULL, NULL, 256, 0};
   plan->scatter = (mj_kernel){"moejit_route_scatter", NULL, NULL, 32, 0};
+  plan->small_slots = MJ_SMALL_SLOTS;
+  plan->small = (mj_kernel){desc->routing == MOEJIT_ROUTING_LOGITS ? "moejit_route_small_logits"
+                                                                   : "moejit_route_small",
+                            NULL, NULL, 1024, 0};
   plan->combine = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
   plan->activation = (mj_kernel){"moejit_activation", NULL, NULL, 256, 0};
   plan->gather = (mj_kernel){"moejit_gather", NULL, NULL, 256, 0};
+  plan->combine_split = (mj_kernel){"moejit_combine", NULL, NULL, 256, 0};
   int gather_module = -1; /* the first wgmma GEMM1 module, which holds moejit_gather */
   for (int i = 0; i < plan->ngemm; i++) {
     int wg = plan->configs[i].kind == MJ_GEMM_WGMMA;
@@ -477,9 +500,9 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
     mj_cu *cu = &ctx->cu;
     MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
     pushed = 1;
-    mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter, &plan->topk};
+    mj_kernel *route[] = {&plan->count, &plan->scan, &plan->scatter, &plan->small, &plan->topk};
     mj_kernel *combine[] = {&plan->combine, &plan->activation};
-    int nroute = desc->routing == MOEJIT_ROUTING_LOGITS ? 4 : 3;
+    int nroute = desc->routing == MOEJIT_ROUTING_LOGITS ? 5 : 4;
     if ((st = load_module(plan, &mods[0], route, nroute, err)) != MOEJIT_OK ||
         (st = load_module(plan, &mods[1], combine, desc->unfused ? 2 : 1, err)) != MOEJIT_OK)
       goto fail;
@@ -490,6 +513,10 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
           (st = load_module(plan, &mods[3 + 2 * i], g2, 1, err)) != MOEJIT_OK)
         goto fail;
     }
+    mj_kernel *split_combine[] = {&plan->combine_split};
+    if (plan->splits > 1 &&
+        (st = load_module(plan, &mods[nmods - 1], split_combine, 1, err)) != MOEJIT_OK)
+      goto fail;
   }
 fail:
   if (pushed) {
@@ -500,7 +527,16 @@ fail:
   return st;
 }
 
-static int add_config(moejit_plan *plan, const mj_gemm_config *c) {
+/* Adds a configuration (once) and returns its index, or -1 when the plan is full. A split of GEMM2
+ * along K shrinks to what the layer's K (intermediate) allows: every split gets whole bk steps. */
+static int add_config(moejit_plan *plan, const mj_gemm_config *given) {
+  mj_gemm_config fit = *given, *c = &fit;
+  int64_t k = plan->desc.intermediate;
+  while (c->splits > 1 &&
+         (c->splits - 1) * (((k + c->splits - 1) / c->splits + c->bk - 1) / c->bk * c->bk) >= k)
+    c->splits--;
+  if (c->splits != given->splits)
+    mj_tune_config_name(c, plan->math);
   for (int i = 0; i < plan->ngemm; i++)
     if (!strcmp(plan->configs[i].name, c->name))
       return i;
@@ -613,8 +649,12 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
     apply_records(plan);
   }
   plan->wgmma = 0; /* from here on: whether any configuration is a wgmma one (x_sorted, gather) */
-  for (int i = 0; i < plan->ngemm; i++)
+  plan->splits = 1;
+  for (int i = 0; i < plan->ngemm; i++) {
     plan->wgmma |= plan->configs[i].kind == MJ_GEMM_WGMMA;
+    if (plan->configs[i].splits > 1)
+      plan->splits = plan->configs[i].splits;
+  }
   if ((st = build(plan, err)) != MOEJIT_OK)
     goto fail;
   mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d GEMM configurations for %s",

@@ -146,7 +146,7 @@ extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
 extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
     const int *__restrict__ chunk_counts, int nchunks, int block_m, int capacity,
     int *__restrict__ chunk_base, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
-    int *__restrict__ num_tiles, int *__restrict__ flags) {
+    int *__restrict__ num_tiles, int *__restrict__ flags, int accumulate) {
   mj_pdl_begin();
   __shared__ int total[kExperts + 1];
   __shared__ int off[kExperts + 1];
@@ -172,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
     off[kExperts] = rows;
     tile0[kExperts] = ntiles;
     *num_tiles = ntiles;
-    flags[0] = total[kExperts];
+    flags[0] = total[kExperts] + (accumulate ? flags[0] : 0);  // later chunks add up
   }
   __syncthreads();
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) expert_off[e] = off[e];

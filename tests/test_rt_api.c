@@ -475,6 +475,7 @@ static fake_device *the_fake;
 #define FAKE_FN_SCAN ((CUfunction)(uintptr_t)0x12)
 #define FAKE_FN_SCATTER ((CUfunction)(uintptr_t)0x13)
 #define FAKE_FN_COMBINE ((CUfunction)(uintptr_t)0x14)
+#define FAKE_FN_SMALL ((CUfunction)(uintptr_t)0x15)
 #define FAKE_FN_GEMM1(i) ((CUfunction)(uintptr_t)(0x20 + (i)))
 #define FAKE_FN_GEMM2(i) ((CUfunction)(uintptr_t)(0x30 + (i)))
 #define FAKE_CUCTX ((CUcontext)(uintptr_t)0xC0)
@@ -549,6 +550,15 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     r->ptr[7] = u64_at(params[6]);
     for (int i = 0; i < 3; i++)
       r->ptr[3 + i] = u64_at(params[7 + i]);
+  } else if (f == FAKE_FN_SMALL) { /* ids, expert_map, weights, nslots, block_m, capacity,
+                                      expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos,
+                                      slot_weight */
+    r->ptr[0] = u64_at(params[0]);
+    r->ptr[1] = u64_at(params[2]);
+    r->ints[0] = int_at(params[3]);
+    r->ints[1] = int_at(params[4]);
+    for (int i = 0; i < 6; i++) /* tiles .. slot_weight */
+      r->ptr[2 + i] = u64_at(params[7 + i]);
   } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_pos, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
@@ -595,6 +605,8 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->plan.scan.fn = FAKE_FN_SCAN;
   fk->plan.scatter.fn = FAKE_FN_SCATTER;
   fk->plan.combine.fn = FAKE_FN_COMBINE;
+  fk->plan.small.fn = FAKE_FN_SMALL;
+  fk->plan.small_slots = 0; /* the chunked routing kernels; test_forward_small_routing takes the other */
   for (int i = 0; i < fk->plan.ngemm; i++) {
     fk->plan.gemm1[i].fn = FAKE_FN_GEMM1(i);
     fk->plan.gemm2[i].fn = FAKE_FN_GEMM2(i);
@@ -857,6 +869,39 @@ static void test_forward_launches(void **state) {
   fake_close(fk);
 }
 
+/* Few slots: routing is one launch of one 1024-thread block that writes the regions count, scan and
+ * scatter would, and the GEMMs read them. */
+static void test_forward_small_routing(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  fk->plan.small_slots = MJ_SMALL_SLOTS;
+  const int64_t T = 37;
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, T);
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 4);
+  const launch_record *small = &fk->launch[0], *g1 = &fk->launch[1], *g2 = &fk->launch[2];
+  const mj_gemm_config *c = &fk->plan.configs[fk->plan.pick[mj_rt_bucket(T)]];
+  assert_ptr_equal(small->fn, FAKE_FN_SMALL);
+  assert_int_equal(small->grid[0] * small->grid[1] * small->grid[2], 1);
+  assert_int_equal(small->block[0], 1024);
+  assert_int_equal(small->ptr[0], addr(a.topk_ids));
+  assert_int_equal(small->ptr[1], addr(a.routing_weights));
+  assert_int_equal(small->ints[0], T * K);
+  assert_int_equal(small->ints[1], c->bm);
+  assert_int_equal(small->ptr[4], WS_ADDR); /* flags at offset 0 */
+  assert_int_equal(g1->ptr[5], small->ptr[2]); /* tiles */
+  assert_int_equal(g1->ptr[6], small->ptr[3]); /* num_tiles */
+  assert_int_equal(g1->ptr[3], small->ptr[5]); /* sorted_slot */
+  assert_int_equal(g1->ptr[4], small->ptr[7]); /* slot_weight */
+  assert_int_equal(g2->ptr[3], small->ptr[5]);
+  assert_ptr_equal(fk->launch[3].fn, FAKE_FN_COMBINE);
+  assert_int_equal(fk->launch[3].ptr[1], small->ptr[6]); /* slot_pos */
+  fake_close(fk);
+}
+
 static void test_forward_launch_failure(void **state) {
   fixture *fx = *state;
   fake_device *fk = fake_open(need_plan(fx));
@@ -1045,6 +1090,7 @@ int main(void) {
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),
       cmocka_unit_test(test_forward_launches),
+      cmocka_unit_test(test_forward_small_routing),
       cmocka_unit_test(test_forward_launch_failure),
       cmocka_unit_test(test_forward_check_fake),
       cmocka_unit_test(test_status_names),

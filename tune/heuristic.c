@@ -7,30 +7,30 @@
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0},
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0},
+    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0},
+    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
 };
 
 /* f16 / bf16 on sm_90a: the 16-row mma.sync tile for decode, then wgmma tiles of one and two
  * consumer warpgroups. 192 columns divide both GEMMs of GPT-OSS (5760 and 2880) exactly. */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
-    {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2},
-    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1},
+    {"mma_m16n128k64s4w1x4z3", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 3},
+    {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2, 0},
+    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0},
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0},
+    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0},
+    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
 };
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
@@ -104,13 +104,29 @@ void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
   else
     snprintf(c->name, sizeof c->name, "ffma_m%dn%dk%ds%dt%dx%d", c->bm, c->bn, c->bk, c->stages,
              c->tm, c->tn);
+  if (c->kind == MJ_GEMM_SYNC && c->splits > 1) { /* GEMM2 split along K */
+    size_t len = strlen(c->name);
+    snprintf(c->name + len, sizeof c->name - len, "z%d", c->splits);
+  }
 }
 
 int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   mj_gemm_config p;
-  char tail;
+  char tail, base[40];
   mj_math m;
   memset(&p, 0, sizeof p);
+  /* a trailing z<splits> (GEMM2 split along K) comes off first */
+  snprintf(base, sizeof base, "%s", name);
+  char *z = strrchr(base, 'z');
+  if (z && z[1] >= '1' && z[1] <= '9' && sscanf(z + 1, "%d%c", &p.splits, &tail) == 1) {
+    if (p.splits < 2 || p.splits > 64)
+      return -1;
+    *z = '\0';
+  } else {
+    p.splits = 0;
+  }
+  const char *whole = name;
+  name = base;
   if (sscanf(name, "mma_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
              &tail) == 6)
     m = MJ_MATH_MMA;
@@ -136,8 +152,10 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
       return -1;
     p.wm = 0;
   }
+  if (p.kind == MJ_GEMM_WGMMA && p.splits)
+    return -1;
   mj_tune_config_name(&p, m);
-  if (strcmp(p.name, name) != 0) /* one spelling per configuration */
+  if (strcmp(p.name, whole) != 0) /* one spelling per configuration */
     return -1;
   *c = p;
   *math = m;
@@ -220,6 +238,11 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
           continue;
         mj_tune_config_name(&c, math);
         out[n++] = c;
+        if (c.bm == 16 && n < max) { /* decode tiles also split GEMM2 along K, for more blocks */
+          c.splits = 3;
+          mj_tune_config_name(&c, math);
+          out[n++] = c;
+        }
       }
   return n;
 }
