@@ -236,6 +236,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                        1, 1, 0, stream, scatter_args, NULL),
           err);
   }
+  if (c->splits > 1 && l.nslots > MJ_SPLIT_SLOTS)
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "configuration %s splits GEMM2 along K and takes at most %d slots, got %lld",
+                   c->name, MJ_SPLIT_SLOTS, (long long)l.nslots);
   int wg = c->kind == MJ_GEMM_WGMMA;
   if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
     /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */

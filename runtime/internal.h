@@ -17,6 +17,8 @@
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256
+#define MJ_SPLIT_SLOTS 8192 /* a configuration that splits GEMM2 along K takes at most this many
+                               slots: the workspace holds the extra partial sums for that many */
 #define MJ_SMALL_SLOTS 2048 /* route.cuh's kSmallSlots: moejit_route_small's most slots */
 /* The first moejit_layer_desc layout ended before logits_dtype; later fields are appended and take
  * their defaults when a caller's struct_size stops short of them. */

@@ -357,7 +357,9 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(gate_up, d->unfused ? (size_t)l->nslots * (size_t)(2 * d->intermediate) * act : 0);
   MJ_PLACE_(x_sorted, plan->wgmma ? (size_t)l->nslots * (size_t)d->hidden * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
-  MJ_PLACE_(y_slot, (size_t)plan->splits * (size_t)l->nslots * (size_t)d->hidden * sizeof(float));
+  int64_t split_slots = l->nslots < MJ_SPLIT_SLOTS ? l->nslots : MJ_SPLIT_SLOTS;
+  MJ_PLACE_(y_slot, (size_t)(l->nslots + (plan->splits - 1) * split_slots) * (size_t)d->hidden *
+                        sizeof(float));
 #undef MJ_PLACE_
   l->total = at;
 }
@@ -556,8 +558,13 @@ static void apply_records(moejit_plan *plan) {
   const mj_gemm_config *heur = mj_tune_gemm_configs_for(plan->math, arch, &nheur);
   for (int i = 0; i < nheur; i++)
     add_config(plan, &heur[i]);
-  for (int b = 0; b < MJ_BUCKETS; b++)
+  for (int b = 0; b < MJ_BUCKETS; b++) {
     plan->pick[b] = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
+    /* a GEMM2 split along K takes at most MJ_SPLIT_SLOTS slots: the next entry serves beyond */
+    while (heur[plan->pick[b]].splits > 1 && ((int64_t)1 << b) * d->top_k > MJ_SPLIT_SLOTS &&
+           plan->pick[b] + 1 < nheur)
+      plan->pick[b]++;
+  }
   if (!ctx->records_path[0])
     return;
   mj_record *recs = NULL, want;
@@ -599,6 +606,13 @@ static void apply_records(moejit_plan *plan) {
     if (idx < 0)
       break;
     int64_t t = recs[i].bucket;
+    if (c->splits > 1 && t * d->top_k > MJ_SPLIT_SLOTS) {
+      mj_rt_log(ctx, MOEJIT_LOG_WARN,
+                "%s: the record for %lld tokens names '%s', which splits GEMM2 and takes at most "
+                "%d slots; ignored",
+                ctx->records_path, (long long)t, c->name, MJ_SPLIT_SLOTS);
+      continue;
+    }
     if ((t & (t - 1)) == 0) {
       plan->pick[mj_rt_bucket(t)] = idx;
       plan->tuned[mj_rt_bucket(t)] = 1;

@@ -27,7 +27,7 @@ static int worth_timing(const mj_gemm_config *c, const moejit_layer_desc *d, int
   int64_t cap = 16;
   while (cap < 2 * avg && cap < 256)
     cap *= 2;
-  return c->bm <= cap;
+  return c->bm <= cap && (c->splits < 2 || tokens * d->top_k <= MJ_SPLIT_SLOTS);
 }
 
 /* Median time of one forward with configuration cfg; L2 flushed before each run. */
