@@ -5,28 +5,16 @@
 // partials y_slot + z * split_stride, z = 0, 1, ... in that order, before it joins the sum over k:
 // y[t] = sum_k (sum_z y_slot_z[t * kTopK + k]). MJ_PDL (optional): see mj_pdl_begin.
 #pragma once
+
+#ifndef MJ_PDL
+#define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
+#endif
 static_assert(kHidden % 4 == 0, "hidden must be a multiple of 4");
 
 #ifndef MJ_COMBINE_SPLITS
 #define MJ_COMBINE_SPLITS 1
 #endif
-#ifndef MJ_PDL
-#define MJ_PDL 0
-#endif
 static constexpr int kSplits = MJ_COMBINE_SPLITS;
-
-#ifndef MJ_PDL_BEGIN_DEFINED
-#define MJ_PDL_BEGIN_DEFINED
-// Programmatic dependent launch, as in route.cuh (each module includes one kernel file, so each
-// carries the helper): wait for the previous grid, then let the next one launch. Empty below sm_90
-// and without MJ_PDL.
-__device__ __forceinline__ void mj_pdl_begin() {
-#if MJ_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-#endif
 
 struct alignas(16) mj_float4 { float x, y, z, w; };
 
@@ -39,7 +27,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_combine(
 extern "C" __global__ void __launch_bounds__(256) moejit_combine(
     const float *__restrict__ y_slot, const int *__restrict__ slot_pos, T *__restrict__ y) {
 #endif
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   const int t = blockIdx.x;
   const int c = (blockIdx.y * 256 + threadIdx.x) * 4;
   if (c >= kHidden) return;
@@ -77,7 +65,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_combine(
 // Needs: kIntermediate, kExperts, kAlpha, kLimit. grid = ceil(max_rows * kIntermediate / 256).
 extern "C" __global__ void __launch_bounds__(256) moejit_activation(
     const T *__restrict__ gu, const int *__restrict__ expert_off, T *__restrict__ h) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   const mj_i64 rows = expert_off[kExperts];
   for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < rows * kIntermediate;
        i += (mj_i64)gridDim.x * blockDim.x) {

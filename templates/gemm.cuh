@@ -25,26 +25,13 @@
 // MJ_PDL (optional): programmatic dependent launch, see mj_pdl_begin.
 #pragma once
 
+#ifndef MJ_PDL
+#define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
+#endif
+
 #ifndef MJ_GEMM_SPLITS
 #define MJ_GEMM_SPLITS 1
 #endif
-#ifndef MJ_PDL
-#define MJ_PDL 0
-#endif
-
-#ifndef MJ_PDL_BEGIN_DEFINED
-#define MJ_PDL_BEGIN_DEFINED
-// Programmatic dependent launch, as in route.cuh (each module includes one kernel file, so each
-// carries the helper): wait for the previous grid, then let the next one launch. Empty below sm_90
-// and without MJ_PDL.
-__device__ __forceinline__ void mj_pdl_begin() {
-#if MJ_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-#endif
-
 // The kernel's one parameter; the host fills the same eight pointers in this order.
 struct GemmParams {
   const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
@@ -248,7 +235,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
   constexpr int k_begin = 0, ktiles = (kK + kBK - 1) / kBK;
 #endif
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   if ((int)blockIdx.x >= *p.num_tiles) return;
   const mj_int4 tile = p.tiles[blockIdx.x];
   const int e = tile.x, r0 = tile.y, r1 = tile.z, n0 = blockIdx.y * kBN;

@@ -97,3 +97,17 @@ __device__ __forceinline__ float mj_swiglu(float gate, float up, float alpha, fl
   up = fminf(fmaxf(up, -limit), limit);
   return (up + 1.0f) * gate / (1.0f + expf(-alpha * gate));
 }
+
+// Programmatic dependent launch (sm_90+), on when the kernel file's MJ_PDL is 1: wait until the
+// grid before this one in the stream has finished and its writes are visible, then let the next
+// grid start its launch, so that its blocks are resident and waiting when this one ends instead of a
+// launch gap later. Every read of what an earlier kernel wrote comes after this call. Without the
+// launch attribute on the host side both instructions return at once; below sm_90 this is empty.
+template <int kOn> __device__ __forceinline__ void mj_pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (kOn) {
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  }
+#endif
+}

@@ -17,22 +17,7 @@
 #pragma once
 
 #ifndef MJ_PDL
-#define MJ_PDL 0
-#endif
-
-#ifndef MJ_PDL_BEGIN_DEFINED
-#define MJ_PDL_BEGIN_DEFINED
-// Programmatic dependent launch (sm_90+, MJ_PDL): wait until the grid before this one in the stream
-// has finished and its writes are visible, then let the next grid start its launch, so that its
-// blocks are resident and waiting when this one ends instead of a launch gap later. Every read of
-// what an earlier kernel wrote comes after this call. Without the launch attribute on the host
-// side both instructions return at once; below sm_90, and without MJ_PDL, this is empty.
-__device__ __forceinline__ void mj_pdl_begin() {
-#if MJ_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
+#define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
 #endif
 
 // Where slot s goes: its local expert, or kExperts for a bad id, or -1 for no row without a flag.
@@ -114,7 +99,7 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
 extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
     const LogitT *__restrict__ logits, int tokens, int *__restrict__ ids_out,
     float *__restrict__ w_out, UserIdT *user_ids, UserWeightT *user_w) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
   if (t >= tokens) return;
   mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
@@ -126,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
 extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map, int nslots,
     int *__restrict__ chunk_counts) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   __shared__ int count[kExperts + 1];
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) count[e] = 0;
   __syncthreads();
@@ -147,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
     const int *__restrict__ chunk_counts, int nchunks, int block_m, int capacity,
     int *__restrict__ chunk_base, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int accumulate) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   __shared__ int total[kExperts + 1];
   __shared__ int off[kExperts + 1];
   __shared__ int tile0[kExperts + 1];
@@ -193,7 +178,7 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
     const WeightT *__restrict__ weights, int nslots, int capacity, const int *__restrict__ chunk_base,
     const int *__restrict__ expert_off, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   __shared__ int next[kExperts];
   const int lane = threadIdx.x;
   for (int e = lane; e < kExperts; e += 32) next[e] = chunk_base[(mj_i64)blockIdx.x * kExperts + e];
@@ -392,7 +377,7 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   mj_route_small(ids, expert_map, weights, nslots, block_m, capacity, expert_off, tiles, num_tiles,
                  flags, sorted_slot, slot_pos, slot_weight);
 }
@@ -407,7 +392,7 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_l
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight) {
-  mj_pdl_begin();
+  mj_pdl_begin<MJ_PDL>();
   const int nslots = tokens * kTopK;
   if (nslots > kSmallSlots) __trap();  // before any write; the host never launches it so
   for (int t = threadIdx.x >> 5; t < tokens; t += kSmallThreads / 32)
