@@ -104,33 +104,15 @@ int mj_rt_pick(const moejit_plan *plan, int64_t tokens, int *tuned) {
   return plan->pick[mj_rt_bucket(tokens)];
 }
 
-/* A row-major [rows, inner] matrix of 16-bit elements read in boxes of 64 x box_rows, 128-byte
- * swizzled (wgmma.cuh's A operand). */
-static moejit_status tmap_rows(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, int64_t inner,
-                               int64_t rows, int box_rows, mj_err *err) {
+/* A tensor map over 16-bit elements, 128-byte swizzled boxes (box[0] = 64 elements = 128 bytes),
+ * rows of dims[0] elements; strides[i] is dimension i + 1's, in bytes. */
+static moejit_status encode_tmap(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, unsigned rank,
+                                 const unsigned long long *dims, const unsigned long long *strides,
+                                 const unsigned *box, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  unsigned long long dims[2] = {(unsigned long long)inner, (unsigned long long)rows};
-  unsigned long long strides[1] = {(unsigned long long)inner * 2};
-  unsigned box[2] = {64, (unsigned)box_rows}, estr[2] = {1, 1};
+  static const unsigned estr[3] = {1, 1, 1};
   MJ_CU(cu,
-        TensorMapEncodeTiled(m, dtype, 2, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
-                             MJ_CU_TMAP_SWIZZLE_128B, MJ_CU_TMAP_L2_256B, 0),
-        err);
-fail:
-  return st;
-}
-
-/* The experts' weights [experts, k, n] of 16-bit elements in boxes of 64 x 64 x 1 (wgmma.cuh's B
- * operand): three dimensions, so k and n tails read zeros rather than the next expert's rows. */
-static moejit_status tmap_weights(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, int64_t n,
-                                  int64_t k, int64_t experts, mj_err *err) {
-  moejit_status st = MOEJIT_OK;
-  unsigned long long dims[3] = {(unsigned long long)n, (unsigned long long)k,
-                                (unsigned long long)experts};
-  unsigned long long strides[2] = {(unsigned long long)n * 2, (unsigned long long)(n * k) * 2};
-  unsigned box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
-  MJ_CU(cu,
-        TensorMapEncodeTiled(m, dtype, 3, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
+        TensorMapEncodeTiled(m, dtype, rank, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
                              MJ_CU_TMAP_SWIZZLE_128B, MJ_CU_TMAP_L2_256B, 0),
         err);
 fail:
@@ -144,9 +126,18 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
   moejit_status st;
   mj_cu *cu = &plan->ctx->cu;
   int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
+  /* A: the rows [nslots, k], boxes of 64 x bm (wgmma.cuh's A operand). B: the experts' weights
+   * [experts, k, n] in boxes of 64 x 64 x 1, three dimensions so that k and n tails read zeros
+   * rather than the next expert's rows. */
   mj_tmap ta, tb;
-  if ((st = tmap_rows(cu, &ta, dtype, a, k, l->nslots, c->bm, err)) != MOEJIT_OK ||
-      (st = tmap_weights(cu, &tb, dtype, w, n, k, plan->desc.experts, err)) != MOEJIT_OK)
+  const unsigned long long a_dims[2] = {(unsigned long long)k, (unsigned long long)l->nslots},
+                           a_strides[1] = {(unsigned long long)k * 2},
+                           b_dims[3] = {(unsigned long long)n, (unsigned long long)k,
+                                        (unsigned long long)plan->desc.experts},
+                           b_strides[2] = {(unsigned long long)n * 2, (unsigned long long)(n * k) * 2};
+  const unsigned a_box[2] = {64, (unsigned)c->bm}, b_box[3] = {64, 64, 1};
+  if ((st = encode_tmap(cu, &ta, dtype, a, 2, a_dims, a_strides, a_box, err)) != MOEJIT_OK ||
+      (st = encode_tmap(cu, &tb, dtype, w, 3, b_dims, b_strides, b_box, err)) != MOEJIT_OK)
     return st;
   /* persistent: c->ctas blocks per SM, or fewer when the worst-case tile list is shorter */
   int64_t items = l->max_tiles * ((n + c->bn - 1) / c->bn), slots = (int64_t)c->ctas * plan->ctx->sm_count;
@@ -183,27 +174,19 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
 
   if ((stages & MOEJIT_STAGE_ROUTE) && l.nslots <= plan->small_slots && !accumulate) {
     /* few slots: count, scan and scatter (and top-k) in one block, one launch */
-    if (d->routing == MOEJIT_ROUTING_LOGITS) {
-      CUdeviceptr logits = DPTR(a->router_logits), ids_ws = ws + l.route_ids,
-                  w_ws = ws + l.route_w;
-      int tokens = (int)a->tokens;
-      void *args[] = {&logits,   &tokens, &ids_ws,    &w_ws,      &ids,
-                      &weights,  &map,    &block_m,   &capacity,  &expert_off,
-                      &tiles,    &num_tiles, &flags,  &sorted_slot, &slot_pos,
-                      &slot_weight};
-      MJ_CU(cu,
-            LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
-                         args, NULL),
-            err);
-    } else {
-      void *args[] = {&ids,        &map,   &weights,     &nslots,   &block_m,
-                      &capacity,   &expert_off, &tiles,  &num_tiles, &flags,
-                      &sorted_slot, &slot_pos, &slot_weight};
-      MJ_CU(cu,
-            LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
-                         args, NULL),
-            err);
-    }
+    CUdeviceptr logits = DPTR(a->router_logits), ids_ws = ws + l.route_ids, w_ws = ws + l.route_w;
+    int tokens = (int)a->tokens;
+    void *logits_args[] = {&logits,   &tokens,    &ids_ws,      &w_ws,     &ids,
+                           &weights,  &map,       &block_m,     &capacity, &expert_off,
+                           &tiles,    &num_tiles, &flags,       &sorted_slot, &slot_pos,
+                           &slot_weight};
+    void *args[] = {&ids,        &map,        &weights, &nslots,    &block_m,
+                    &capacity,   &expert_off, &tiles,   &num_tiles, &flags,
+                    &sorted_slot, &slot_pos,  &slot_weight};
+    MJ_CU(cu,
+          LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
+                       d->routing == MOEJIT_ROUTING_LOGITS ? logits_args : args, NULL),
+          err);
   } else if (stages & MOEJIT_STAGE_ROUTE) {
     if (d->routing == MOEJIT_ROUTING_LOGITS) {
       /* top-k and softmax of the logits into the workspace, which the rest of routing reads;

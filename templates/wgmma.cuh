@@ -42,7 +42,6 @@ static constexpr int kABytes = kBM * kBK * 2;
 static constexpr int kBBytes = kBK * kBN * 2;
 static constexpr int kAcc = kBN / 2;                // accumulators per consumer thread
 static constexpr int kStageLd = kBN / 2 + 8;        // kMode 1 staging row, padded by 16 bytes
-static constexpr int kStageBytes = kMode == 1 ? kConsumers * 4 * 16 * kStageLd * 2 : 0;
 static_assert(sizeof(T) == 2, "wgmma takes 16-bit operands");
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
 
