@@ -513,6 +513,90 @@ static void test_bad_tile_is_a_template_error(void **state) {
   assert_contains(err.msg, "5x4");
 }
 
+/* The sm_90a table of a fused 16-bit layer: wgmma modules (moejit_wgmma, and moejit_gather in
+ * GEMM1's) beside the mma.sync decode tile and its split-K combine, all compiled by NVRTC. */
+static void wgmma_layer(fixture *fx, const layer_case *c) {
+  require_nvrtc(fx);
+  moejit_layer_desc d = desc_of(c);
+  mj_err err;
+  int ncfg = 0, wg = 0;
+  const mj_gemm_config *cfg = mj_tune_gemm_configs_for(mj_rt_math(&d), arches[1], &ncfg);
+  mj_module_src *mods = NULL;
+  int n = 0;
+  moejit_status st =
+      mj_rt_build_modules(fx->ctx[1], &d, cfg, ncfg, arches[1], 0, &mods, &n, &err);
+  if (st != MOEJIT_OK)
+    fail_msg("%s: %s: %s", c->name, moejit_status_name(st), err.msg);
+  for (int i = 0; i < ncfg; i++) {
+    const mj_module_src *g1 = &mods[2 + 2 * i], *g2 = &mods[3 + 2 * i];
+    check_cubin(&g1->cubin, g1->name);
+    check_cubin(&g2->cubin, g2->name);
+    if (cfg[i].kind != MJ_GEMM_WGMMA)
+      continue;
+    wg++;
+    assert_string_equal(g1->template_name, "wgmma");
+    assert_true(cubin_has(&g1->cubin, "moejit_wgmma"));
+    assert_true(cubin_has(&g1->cubin, "moejit_gather"));
+    assert_true(cubin_has(&g2->cubin, "moejit_wgmma"));
+    assert_false(cubin_has(&g2->cubin, "moejit_gather"));
+  }
+  assert_true(wg >= 2);
+  mj_rt_modules_free(mods, n);
+}
+
+static void test_wgmma_layers(void **state) {
+  fixture *fx = *state;
+  wgmma_layer(fx, &grid[0]); /* gpt-oss-20b bf16 */
+  wgmma_layer(fx, &grid[1]); /* f16, f32 biases, expert map, logits */
+  layer_case odd = {"odd f16 weight on input", 200, 136, 5, 2, MOEJIT_F16, MOEJIT_I32,
+                    MOEJIT_F32, MOEJIT_ROUTING_TOPK, WEIGHT_IN};
+  wgmma_layer(fx, &odd); /* N and K not multiples of 64 */
+}
+
+/* wgmma specs outside what the kernel takes are template errors naming the key. */
+static void test_bad_wgmma_specs(void **state) {
+  fixture *fx = *state;
+  mj_gen *gen = fx->ctx[1]->gen;
+  static const struct {
+    const char *key, *str;
+    int64_t v;
+    const char *needle;
+  } bad[] = {
+      {"dtype", "f32", 0, "f16 or bf16"},   {"mode", "gate_up_raw", 0, "gate_up or down"},
+      {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 64"},
+      {"ctas", NULL, 2, "ctas"}, /* two blocks per SM need bm = 64 */
+  };
+  for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {
+    mj_spec spec;
+    mj_err err;
+    char *src = NULL;
+    memset(&spec, 0, sizeof spec);
+    const int which = (int)i - 1; /* -1: the control, a spec that renders */
+    mj_spec_str(&spec, "dtype", which == 0 ? bad[0].str : "bf16");
+    mj_spec_str(&spec, "mode", which == 1 ? bad[1].str : "down");
+    mj_spec_int(&spec, "n", 2880);
+    mj_spec_int(&spec, "k", 2880);
+    mj_spec_int(&spec, "top_k", 4);
+    mj_spec_num(&spec, "alpha", 1.702);
+    mj_spec_num(&spec, "limit", 7.0);
+    mj_spec_int(&spec, "bm", which == 2 ? bad[2].v : 128);
+    mj_spec_int(&spec, "bn", which == 3 ? bad[3].v : 192);
+    mj_spec_int(&spec, "stages", 4);
+    if (which == 4)
+      mj_spec_int(&spec, "ctas", bad[4].v);
+    moejit_status st = mj_gen_render(gen, "wgmma", &spec, &src, &err);
+    if (which < 0) {
+      assert_int_equal(st, MOEJIT_OK);
+      free(src);
+      continue;
+    }
+    assert_int_equal(st, MOEJIT_ERR_TEMPLATE);
+    assert_null(src);
+    assert_contains(err.msg, "templates/wgmma.lua:");
+    assert_contains(err.msg, bad[which].needle);
+  }
+}
+
 static void test_broken_source_is_a_compile_error(void **state) {
   fixture *fx = *state;
   require_nvrtc(fx);
@@ -838,6 +922,8 @@ int main(void) {
       cmocka_unit_test(test_gemm_split_k),
       cmocka_unit_test(test_combine_splits),
       cmocka_unit_test(test_bad_split_specs),
+      cmocka_unit_test(test_wgmma_layers),
+      cmocka_unit_test(test_bad_wgmma_specs),
       cmocka_unit_test(test_layer_gpt_oss_20b_bf16),
       cmocka_unit_test(test_layer_gpt_oss_120b_f16),
       cmocka_unit_test(test_layer_small_f32_dense),
