@@ -31,6 +31,7 @@ enum {
   MJ_CU_FUNC_MAX_DYNAMIC_SHARED = 8,
   MJ_CU_STREAM_NON_BLOCKING = 1,
   MJ_CU_CAPTURE_MODE_THREAD_LOCAL = 1,
+  MJ_CU_LAUNCH_ATTR_PDL = 6, /* CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION */
   MJ_CU_TMAP_FLOAT16 = 6,
   MJ_CU_TMAP_BFLOAT16 = 9,
   MJ_CU_TMAP_SWIZZLE_128B = 3,
@@ -41,6 +42,30 @@ enum {
 typedef struct mj_tmap {
   _Alignas(64) unsigned long long opaque[16];
 } mj_tmap;
+
+/* cuLaunchKernelEx's configuration, with room for the one attribute the runtime sets:
+ * programmatic stream serialisation (MJ_CU_LAUNCH_ATTR_PDL, value 1), which lets the kernel start
+ * while the one before it in the stream still runs; the kernel's griddepcontrol.wait then orders
+ * its reads after that kernel (see mj_pdl_begin in templates/prelude.cuh). */
+typedef struct mj_launch_attr {
+  int id;
+  int pad;
+  union {
+    char bytes[64];
+    int value;
+    void *align_;
+  } v;
+} mj_launch_attr;
+
+typedef struct mj_launch_config {
+  unsigned grid[3], block[3], smem;
+  CUstream stream;
+  mj_launch_attr *attrs;
+  unsigned num_attrs;
+} mj_launch_config;
+
+_Static_assert(sizeof(mj_launch_attr) == 72 && sizeof(mj_launch_config) == 56,
+               "cuLaunchKernelEx's CUlaunchAttribute and CUlaunchConfig layouts");
 
 /* X(field, symbol, (parameters)) */
 #define MJ_CU_FUNCTIONS(X)                                                                        \
@@ -64,6 +89,8 @@ typedef struct mj_tmap {
   X(LaunchKernel, "cuLaunchKernel",                                                               \
     (CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,  \
      unsigned smem, CUstream s, void **params, void **extra))                                     \
+  X(LaunchKernelEx, "cuLaunchKernelEx",                                                           \
+    (const mj_launch_config *config, CUfunction f, void **params, void **extra))                  \
   X(TensorMapEncodeTiled, "cuTensorMapEncodeTiled",                                               \
     (mj_tmap * map, int dtype, unsigned rank, void *address, const unsigned long long *dims,       \
      const unsigned long long *strides, const unsigned *box, const unsigned *element_strides,      \

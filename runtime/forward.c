@@ -104,6 +104,31 @@ int mj_rt_pick(const moejit_plan *plan, int64_t tokens, int *tuned) {
   return plan->pick[mj_rt_bucket(tokens)];
 }
 
+/* One launch of kernel k. pdl: with programmatic stream serialisation, so that k's blocks may
+ * start while the kernel before it in the stream still runs (each kernel of the forward built with
+ * pdl=1 begins with griddepcontrol.wait and launch_dependents; see mj_pdl_begin). */
+static moejit_status launch_kernel(moejit_plan *plan, const mj_kernel *k, unsigned gx, unsigned gy,
+                                   unsigned gz, CUstream stream, void **args, int pdl, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  mj_cu *cu = &plan->ctx->cu;
+  if (!pdl) {
+    MJ_CU(cu,
+          LaunchKernel(k->fn, gx, gy, gz, (unsigned)k->threads, 1, 1, (unsigned)k->smem, stream,
+                       args, NULL),
+          err);
+    return st;
+  }
+  mj_launch_attr attr;
+  memset(&attr, 0, sizeof attr);
+  attr.id = MJ_CU_LAUNCH_ATTR_PDL;
+  attr.v.value = 1;
+  const mj_launch_config config = {
+      {gx, gy, gz}, {(unsigned)k->threads, 1, 1}, (unsigned)k->smem, stream, &attr, 1};
+  MJ_CU(cu, LaunchKernelEx(&config, k->fn, args, NULL), err);
+fail:
+  return st;
+}
+
 /* A tensor map over 16-bit elements, 128-byte swizzled boxes (box[0] = 64 elements = 128 bytes),
  * rows of dims[0] elements; strides[i] is dimension i + 1's, in bytes. */
 static moejit_status encode_tmap(mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p, unsigned rank,
@@ -143,12 +168,7 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
   int64_t items = l->max_tiles * ((n + c->bn - 1) / c->bn), slots = (int64_t)c->ctas * plan->ctx->sm_count;
   unsigned grid = (unsigned)(items < slots ? items : slots);
   void *args[] = {&ta, &tb, params};
-  MJ_CU(cu,
-        LaunchKernel(kern->fn, grid, 1, 1, (unsigned)kern->threads, 1, 1, (unsigned)kern->smem,
-                     stream, args, NULL),
-        err);
-fail:
-  return st;
+  return launch_kernel(plan, kern, grid, 1, 1, stream, args, 0, err);
 }
 
 /* One forward of a->tokens (at most MJ_CHUNK_TOKENS) tokens; accumulate: add this forward's bad
@@ -158,7 +178,6 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                             mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &plan->desc;
-  mj_cu *cu = &plan->ctx->cu;
   mj_layout l;
   mj_rt_layout(plan, a->tokens, &l);
   const mj_gemm_config *c = &plan->configs[cfg];
@@ -171,6 +190,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
               tiles = ws + l.tiles, sorted_slot = ws + l.sorted_slot, slot_pos = ws + l.slot_pos,
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
   int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
+  /* Programmatic dependent launch for each kernel of a whole forward but its first, which follows
+   * the caller's work; a staged forward leaves the caller room for kernels of its own in between,
+   * and those need not wait for ours (nor ours for them) with griddepcontrol. */
+  int pdl = plan->pdl && stages == MOEJIT_STAGE_ALL;
 
   if ((stages & MOEJIT_STAGE_ROUTE) && l.nslots <= plan->small_slots && !accumulate) {
     /* few slots: count, scan and scatter (and top-k) in one block, one launch */
@@ -183,10 +206,9 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     void *args[] = {&ids,        &map,        &weights, &nslots,    &block_m,
                     &capacity,   &expert_off, &tiles,   &num_tiles, &flags,
                     &sorted_slot, &slot_pos,  &slot_weight};
-    MJ_CU(cu,
-          LaunchKernel(plan->small.fn, 1, 1, 1, (unsigned)plan->small.threads, 1, 1, 0, stream,
-                       d->routing == MOEJIT_ROUTING_LOGITS ? logits_args : args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->small, 1, 1, 1, stream,
+                            d->routing == MOEJIT_ROUTING_LOGITS ? logits_args : args, 0, err)))
+      goto fail;
   } else if (stages & MOEJIT_STAGE_ROUTE) {
     if (d->routing == MOEJIT_ROUTING_LOGITS) {
       /* top-k and softmax of the logits into the workspace, which the rest of routing reads;
@@ -196,28 +218,23 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
       ids = ws + l.route_ids;
       weights = ws + l.route_w;
       void *topk_args[] = {&logits, &tokens, &ids, &weights, &user_ids, &user_w};
-      MJ_CU(cu,
-            LaunchKernel(plan->topk.fn, (unsigned)((tokens + 3) / 4), 1, 1,
-                         (unsigned)plan->topk.threads, 1, 1, 0, stream, topk_args, NULL),
-            err);
+      if ((st = launch_kernel(plan, &plan->topk, (unsigned)((tokens + 3) / 4), 1, 1, stream,
+                              topk_args, 0, err)))
+        goto fail;
     }
     void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
-    MJ_CU(cu,
-          LaunchKernel(plan->count.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->count.threads, 1, 1,
-                       0, stream, count_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->count, (unsigned)nchunks, 1, 1, stream, count_args,
+                            pdl && d->routing == MOEJIT_ROUTING_LOGITS, err)))
+      goto fail;
     void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
                          &expert_off,   &tiles,     &num_tiles, &flags,    &accumulate};
-    MJ_CU(cu,
-          LaunchKernel(plan->scan.fn, 1, 1, 1, (unsigned)plan->scan.threads, 1, 1, 0, stream,
-                       scan_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->scan, 1, 1, 1, stream, scan_args, pdl, err)))
+      goto fail;
     void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
                             &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight};
-    MJ_CU(cu,
-          LaunchKernel(plan->scatter.fn, (unsigned)nchunks, 1, 1, (unsigned)plan->scatter.threads,
-                       1, 1, 0, stream, scatter_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->scatter, (unsigned)nchunks, 1, 1, stream, scatter_args,
+                            pdl, err)))
+      goto fail;
   }
   if (c->splits > 1 && l.nslots > MJ_SPLIT_SLOTS)
     return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
@@ -229,10 +246,9 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted,
                 rows = expert_off + (CUdeviceptr)d->experts * sizeof(int);
     void *gather_args[] = {&x, &sorted_slot, &rows, &x_sorted};
-    MJ_CU(cu,
-          LaunchKernel(plan->gather.fn, (unsigned)((l.nslots + 7) / 8), 1, 1,
-                       (unsigned)plan->gather.threads, 1, 1, 0, stream, gather_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->gather, (unsigned)((l.nslots + 7) / 8), 1, 1, stream,
+                            gather_args, 0, err)))
+      goto fail;
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, h};
     if ((st = launch_wgmma(plan, &plan->gemm1[cfg], c, &l, x_sorted, DPTR(a->gate_up_proj),
@@ -242,20 +258,18 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h};
     void *g1_args[] = {&g1};
-    const mj_kernel *k1 = &plan->gemm1[cfg];
-    MJ_CU(cu,
-          LaunchKernel(k1->fn, max_tiles, (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1,
-                       (unsigned)k1->threads, 1, 1, (unsigned)k1->smem, stream, g1_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->gemm1[cfg], max_tiles,
+                            (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1, stream, g1_args,
+                            pdl, err)))
+      goto fail;
   }
   if ((stages & MOEJIT_STAGE_ACTIVATION) && d->unfused) {
     CUdeviceptr gu = ws + l.gate_up;
     int64_t blocks = (l.nslots * d->intermediate + 255) / 256;
     void *act_args[] = {&gu, &expert_off, &h};
-    MJ_CU(cu,
-          LaunchKernel(plan->activation.fn, (unsigned)(blocks < 65536 ? blocks : 65536), 1, 1,
-                       (unsigned)plan->activation.threads, 1, 1, 0, stream, act_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->activation, (unsigned)(blocks < 65536 ? blocks : 65536), 1,
+                            1, stream, act_args, pdl, err)))
+      goto fail;
   }
   if ((stages & MOEJIT_STAGE_GEMM2) && wg) {
     wgmma_params p2 = {DPTR(a->down_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
@@ -270,22 +284,20 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
      * without splits reads only its first parameter) */
     long long split_stride = (long long)l.nslots * d->hidden;
     void *g2_args[] = {&g2, &split_stride};
-    const mj_kernel *k2 = &plan->gemm2[cfg];
     unsigned splits = c->splits > 1 ? (unsigned)c->splits : 1;
-    MJ_CU(cu,
-          LaunchKernel(k2->fn, max_tiles, (unsigned)((d->hidden + c->bn - 1) / c->bn), splits,
-                       (unsigned)k2->threads, 1, 1, (unsigned)k2->smem, stream, g2_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, &plan->gemm2[cfg], max_tiles,
+                            (unsigned)((d->hidden + c->bn - 1) / c->bn), splits, stream, g2_args, pdl,
+                            err)))
+      goto fail;
   }
   if (stages & MOEJIT_STAGE_COMBINE) {
     CUdeviceptr y = DPTR(a->y);
     long long split_stride = (long long)l.nslots * d->hidden;
     void *combine_args[] = {&y_slot, &slot_pos, &y, &split_stride};
     const mj_kernel *k = c->splits > 1 ? &plan->combine_split : &plan->combine;
-    MJ_CU(cu,
-          LaunchKernel(k->fn, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
-                       (unsigned)k->threads, 1, 1, 0, stream, combine_args, NULL),
-          err);
+    if ((st = launch_kernel(plan, k, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
+                            stream, combine_args, pdl && !wg, err)))
+      goto fail;
   }
 fail:
   return st;

@@ -75,6 +75,8 @@ struct moejit_plan {
   mj_kernel activation;                          /* unfused plans only */
   mj_kernel gather;     /* wgmma plans: the permuted copy of x GEMM1 reads (fn NULL otherwise) */
   int wgmma;            /* 1: the plan may take wgmma configurations (sm_90a, 16-bit, fused) */
+  int pdl;              /* 1: whole forwards launch with programmatic dependent launch (sm_90+,
+                           unless MOEJIT_PDL=0 in the environment) */
   mj_math math;
   int ngemm;
   mj_gemm_config configs[MJ_MAX_GEMM_CONFIGS];

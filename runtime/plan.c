@@ -117,6 +117,7 @@ static void route_spec(const moejit_layer_desc *d, mj_spec *s) {
   mj_spec_str(s, "routing", forms[d->routing]);
   if (d->routing == MOEJIT_ROUTING_LOGITS)
     mj_spec_str(s, "logits", mj_rt_dtype_name(d->logits_dtype));
+  mj_spec_int(s, "pdl", 1); /* griddepcontrol on sm_90+, for launches with plan->pdl */
 }
 
 static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
@@ -124,6 +125,7 @@ static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
   mj_spec_int(s, "hidden", d->hidden);
   mj_spec_int(s, "top_k", d->top_k);
+  mj_spec_int(s, "pdl", 1);
   if (d->unfused) { /* the activation kernel joins the module */
     mj_spec_int(s, "intermediate", d->intermediate);
     mj_spec_int(s, "experts", d->experts);
@@ -161,6 +163,7 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   if (!wg) {
     mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
     mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
+    mj_spec_int(s, "pdl", 1);
   }
 }
 
@@ -650,6 +653,8 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   desc = &plan->desc;
   plan->math = mj_rt_math(desc);
   plan->wgmma = plan->math == MJ_MATH_MMA && !desc->unfused && mj_tune_arch_wgmma(ctx->arch);
+  const char *pdl_env = getenv("MOEJIT_PDL");
+  plan->pdl = !ctx->offline && ctx->cc_major >= 9 && !(pdl_env && !strcmp(pdl_env, "0"));
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++) {
       if (configs[i].kind == MJ_GEMM_WGMMA && !plan->wgmma) {

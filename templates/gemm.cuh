@@ -59,8 +59,8 @@ static_assert(kBK % kVec == 0 && kBN % kVec == 0, "tile edges must hold whole 16
 struct alignas(8) mj_float2 { float x, y; };
 struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
 
-__device__ __forceinline__ void load_stage(T *As, T *Bs, const T *__restrict__ a,
-                                           const int *a_row, const T *__restrict__ w, int k0, int n0) {
+// One stage's A rows (gathered by a_row; -1: zeros) and its weight tile, as 16-byte cp.async.
+__device__ __forceinline__ void load_a(T *As, const T *__restrict__ a, const int *a_row, int k0) {
   constexpr int kAChunks = kBM * kBK / kVec;
   for (int c = threadIdx.x; c < kAChunks; c += kThreads) {
     int r = c / (kBK / kVec), col = (c % (kBK / kVec)) * kVec;
@@ -68,6 +68,9 @@ __device__ __forceinline__ void load_stage(T *As, T *Bs, const T *__restrict__ a
     bool ok = src >= 0 && k0 + col < kK;
     mj_cp_async16(As + r * kLdA + col, ok ? a + (mj_i64)src * kK + k0 + col : a, ok ? 16 : 0);
   }
+}
+
+__device__ __forceinline__ void load_b(T *Bs, const T *__restrict__ w, int k0, int n0) {
   constexpr int kBChunks = kBK * kBN / kVec;
   for (int c = threadIdx.x; c < kBChunks; c += kThreads) {
     int r = c / (kBN / kVec), col = (c % (kBN / kVec)) * kVec;
@@ -235,7 +238,12 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
   constexpr int k_begin = 0, ktiles = (kK + kBK - 1) / kBK;
 #endif
-  mj_pdl_begin<MJ_PDL>();
+  // GEMM2 under programmatic dependent launch starts while GEMM1 still runs: its tile list (from
+  // routing, which finished before GEMM1's blocks passed their own wait) and its weights (the
+  // caller's) are safe to read at once, so the first stages of weights stream in before the wait
+  // and HBM stays busy across the change of kernel. Only h, GEMM1's output, waits.
+  constexpr bool kEarly = MJ_PDL && kMode == 2;
+  if (!kEarly) mj_pdl_begin<MJ_PDL>();
   if ((int)blockIdx.x >= *p.num_tiles) return;
   const mj_int4 tile = p.tiles[blockIdx.x];
   const int e = tile.x, r0 = tile.y, r1 = tile.z, n0 = blockIdx.y * kBN;
@@ -243,17 +251,26 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
   T *Bs = As + kStages * kBM * kLdA;
+  const T *w = p.w + (mj_i64)e * kK * kN;
+  if (kEarly) {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s)
+      if (s < ktiles) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
+    mj_pdl_begin<MJ_PDL>();
+  }
   __shared__ int a_row[kBM];
   for (int i = threadIdx.x; i < kBM; i += kThreads) {
     int r = r0 + i;
     a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
   }
   __syncthreads();
-  const T *w = p.w + (mj_i64)e * kK * kN;
+  // One cp.async group per stage; under kEarly the first group also holds the weights loaded above.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < ktiles)
-      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, k_begin + s * kBK, n0);
+    if (s < ktiles) {
+      load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + s * kBK);
+      if (!kEarly) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
+    }
     mj_cp_async_commit();
   }
   Acc acc = {};
@@ -263,7 +280,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     int pf = kt + kStages - 1;
     if (pf < ktiles) {
       int s = pf % kStages;
-      load_stage(As + s * kBM * kLdA, Bs + s * kBK * kLdB, p.a, a_row, w, k_begin + pf * kBK, n0);
+      load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + pf * kBK);
+      load_b(Bs + s * kBK * kLdB, w, k_begin + pf * kBK, n0);
     }
     mj_cp_async_commit();
     int s = kt % kStages;

@@ -453,6 +453,7 @@ typedef struct launch_record {
   CUstream stream;
   uint64_t ptr[8]; /* the kernel's device-pointer parameters, in order */
   int ints[4];     /* its int parameters, in order */
+  int pdl;         /* launched by cuLaunchKernelEx with programmatic stream serialisation */
 } launch_record;
 
 typedef struct fake_device {
@@ -524,7 +525,7 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   assert_null(extra);
   launch_record *r = &fk->launch[fk->nlaunch++];
   memset(r, 0, sizeof *r);
-  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}};
+  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}, 0};
   /* Parameter lists by kernel (see forward.c and the .cuh signatures). */
   if (f == FAKE_FN_COUNT) { /* ids, expert_map, nslots, chunk_counts */
     r->ptr[0] = u64_at(params[0]);
@@ -584,6 +585,18 @@ static CUresult fake_sync(CUstream s) {
   return 0;
 }
 
+static CUresult fake_launch_ex(const mj_launch_config *c, CUfunction f, void **params,
+                               void **extra) {
+  assert_int_equal(c->num_attrs, 1);
+  assert_int_equal(c->attrs[0].id, MJ_CU_LAUNCH_ATTR_PDL);
+  assert_int_equal(c->attrs[0].v.value, 1);
+  CUresult r = fake_launch(f, c->grid[0], c->grid[1], c->grid[2], c->block[0], c->block[1],
+                           c->block[2], c->smem, c->stream, params, extra);
+  if (r == MJ_CU_SUCCESS)
+    the_fake->launch[the_fake->nlaunch - 1].pdl = 1;
+  return r;
+}
+
 static fake_device *fake_open(const moejit_plan *offline) {
   fake_device *fk = calloc(1, sizeof *fk);
   assert_non_null(fk);
@@ -595,6 +608,7 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->ctx.cu.CtxPushCurrent = fake_push;
   fk->ctx.cu.CtxPopCurrent = fake_pop;
   fk->ctx.cu.LaunchKernel = fake_launch;
+  fk->ctx.cu.LaunchKernelEx = fake_launch_ex;
   fk->ctx.cu.MemcpyDtoHAsync = fake_copy;
   fk->ctx.cu.StreamSynchronize = fake_sync;
   fk->ctx.cu.GetErrorName = fake_error_name;
@@ -902,6 +916,40 @@ static void test_forward_small_routing(void **state) {
   fake_close(fk);
 }
 
+/* With programmatic dependent launch (sm_90+), a whole forward launches every kernel but its first
+ * with the attribute; a staged forward launches none with it, as the caller may run kernels of its
+ * own in between. */
+static void test_forward_pdl(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  fk->plan.pdl = 1;
+  for (int small = 0; small <= 1; small++) {
+    fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
+    const int64_t T = 37;
+    size_t need = 0;
+    assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+    moejit_forward_args a;
+    valid_args(&a, T);
+    fk->nlaunch = 0;
+    assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+    assert_int_equal(fk->nlaunch, small ? 4 : 6);
+    for (int i = 0; i < fk->nlaunch; i++)
+      if (fk->launch[i].pdl != (i > 0))
+        fail_msg("small=%d: launch %d of %d: pdl=%d", small, i, fk->nlaunch, fk->launch[i].pdl);
+    fk->nlaunch = 0;
+    assert_int_equal(moejit_forward_stages(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM,
+                                           MOEJIT_STAGE_ROUTE | MOEJIT_STAGE_GEMM1),
+                     MOEJIT_OK);
+    assert_int_equal(moejit_forward_stages(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM,
+                                           MOEJIT_STAGE_GEMM2 | MOEJIT_STAGE_COMBINE),
+                     MOEJIT_OK);
+    assert_int_equal(fk->nlaunch, small ? 4 : 6);
+    for (int i = 0; i < fk->nlaunch; i++)
+      assert_int_equal(fk->launch[i].pdl, 0);
+  }
+  fake_close(fk);
+}
+
 static void test_forward_launch_failure(void **state) {
   fixture *fx = *state;
   fake_device *fk = fake_open(need_plan(fx));
@@ -1091,6 +1139,7 @@ int main(void) {
       cmocka_unit_test(test_forward_argument_checks),
       cmocka_unit_test(test_forward_launches),
       cmocka_unit_test(test_forward_small_routing),
+      cmocka_unit_test(test_forward_pdl),
       cmocka_unit_test(test_forward_launch_failure),
       cmocka_unit_test(test_forward_check_fake),
       cmocka_unit_test(test_status_names),
