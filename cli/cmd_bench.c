@@ -19,7 +19,7 @@
 static const char bench_usage[] =
     "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"
     "                    [--json FILE|-] [--bw-bytes SIZE] [--no-floor] [--cublas PATH]\n"
-    "                    [--check N] [--seed S] [layer options]\n"
+    "                    [--check N] [--seed S] [--config NAME] [layer options]\n"
     "\n"
     "Times the layer's forward on this GPU for each token count and sets it beside its floor:\n"
     "the time the GPU needs just to read the weights the call touches, or to do its FLOPs at\n"
@@ -34,6 +34,8 @@ static const char bench_usage[] =
     "the row's time is the median. --eager times moejit_forward calls instead of replays (the GPU\n"
     "then waits for the host's launches where they are slower than the kernels). Nothing is\n"
     "flushed between calls. Default --tokens: 1,8,64,512,4096,16384,65536.\n"
+    "--config NAME runs every row on that one GEMM configuration (a name `moejit tune` prints,\n"
+    "such as mma_m16n128k64s4w1x4z3 or wg_m128n192s4c1) instead of the plan's pick.\n"
     "\n"
     "Columns (JSON fields):\n"
     "  tokens          T\n"
@@ -81,6 +83,7 @@ typedef struct bench_opts {
   int64_t bw_bytes;
   const char *json;   /* NULL, "-" or a path */
   const char *cublas; /* NULL: the default search */
+  const char *config; /* NULL: the plan's pick per row */
 } bench_opts;
 
 /* The floor's two rates, or why there is no floor. */
@@ -156,7 +159,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
   o->eager = 0;
   o->floor = 1;
   o->bw_bytes = (int64_t)4 << 30;
-  o->json = o->cublas = NULL;
+  o->json = o->cublas = o->config = NULL;
   *nrest = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -170,7 +173,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       continue;
     }
     if (strcmp(a, "--warmup") && strcmp(a, "--bw-bytes") && strcmp(a, "--json") &&
-        strcmp(a, "--cublas")) {
+        strcmp(a, "--cublas") && strcmp(a, "--config")) {
       rest[(*nrest)++] = argv[i];
       continue;
     }
@@ -183,6 +186,8 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       o->json = v;
     } else if (!strcmp(a, "--cublas")) {
       o->cublas = v;
+    } else if (!strcmp(a, "--config")) {
+      o->config = v;
     } else if (!strcmp(a, "--warmup")) {
       if (parse_size(a, v, 0, 10000, &x))
         return 2;
@@ -740,8 +745,31 @@ static char *command_line(int argc, char **argv) {
 
 /* ---- the command ---------------------------------------------------------------------------- */
 
+/* The layer's plan, or with `config` (a configuration name) a plan of that one configuration. */
+static moejit_status bench_plan(moejit_ctx *ctx, const moejit_layer_desc *desc, const char *config,
+                                moejit_plan **plan, mj_err *err) {
+  moejit_status st;
+  mj_gemm_config c;
+  mj_math math;
+  if (!config) {
+    if ((st = moejit_plan_create(ctx, desc, plan)) != MOEJIT_OK)
+      return mj_errf(err, st, "plan: %s", moejit_last_error(ctx));
+    return MOEJIT_OK;
+  }
+  if (mj_tune_config_parse(config, &c, &math) != 0)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: not a configuration name (moejit tune prints them)", config);
+  if (math != mj_rt_math(desc))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: a %s configuration, and this layer's GEMMs are %s", config,
+                   mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(desc)));
+  if ((st = mj_rt_plan_create_with(ctx, desc, &c, 1, plan)) != MOEJIT_OK)
+    return mj_errf(err, st, "plan with --config %s: %s", config, moejit_last_error(ctx));
+  return MOEJIT_OK;
+}
+
 /* No GPU: compile the layer's kernels and the bandwidth kernel for the offline arch. */
-static int compile_only(const cli_layer *L, const char *why) {
+static int compile_only(const cli_layer *L, const char *config, const char *why) {
   moejit_ctx_options o;
   moejit_ctx *ctx = NULL;
   moejit_plan *plan = NULL;
@@ -758,9 +786,9 @@ static int compile_only(const cli_layer *L, const char *why) {
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
-  moejit_status st = moejit_plan_create(ctx, &L->desc, &plan);
+  moejit_status st = bench_plan(ctx, &L->desc, config, &plan, &err);
   if (st != MOEJIT_OK) {
-    fprintf(stderr, "moejit bench: plan: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
+    fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
   if ((st = bench_cubin(ctx, &cubin, &err)) != MOEJIT_OK) {
@@ -780,8 +808,8 @@ done:
 static moejit_status bench_open(bench *b, const cli_layer *L, int nev, mj_err *err) {
   moejit_status st;
   double t0 = cli_now();
-  if ((st = moejit_plan_create(b->ctx, &L->desc, &b->plan)) != MOEJIT_OK)
-    return mj_errf(err, st, "plan: %s", moejit_last_error(b->ctx));
+  if ((st = bench_plan(b->ctx, &L->desc, b->o.config, &b->plan, err)) != MOEJIT_OK)
+    return st;
   fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n", b->plan->nmodules,
           cli_now() - t0);
   if ((st = mj_synth_open(b->ctx, &b->syn, err)) != MOEJIT_OK)
@@ -891,7 +919,7 @@ int cmd_bench(int argc, char **argv) {
   o.log_user = &lc;
   moejit_status st = moejit_create(&ctx, &o);
   if (st == MOEJIT_ERR_NO_DEVICE)
-    return compile_only(&L, lc.reason);
+    return compile_only(&L, b.o.config, lc.reason);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), lc.reason);
     return 1;
