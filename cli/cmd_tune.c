@@ -36,7 +36,7 @@ static void progress(void *user, const char *stage, int done, int total, const c
     for (int i = 0; i < width; i++)
       bar[i] = i < fill ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r%-7s [%s] %3d/%-3d %6.1fs %-26s", stage, bar, done, total, secs, what);
+    fprintf(stderr, "\r%-7s [%s] %3d/%-3d %6.1fs %-36s", stage, bar, done, total, secs, what);
     if (done == total)
       fputc('\n', stderr);
   } else {

@@ -3,6 +3,7 @@
 
 #include "runtime/half.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,7 +25,7 @@ static int cmp_float(const void *a, const void *b) {
  * gets on average (a taller tile only pads), the shortest tile always. */
 static int worth_timing(const mj_gemm_config *c, const moejit_layer_desc *d, int64_t tokens) {
   int64_t avg = (tokens * d->top_k + d->experts - 1) / d->experts;
-  int64_t cap = 16;
+  int64_t cap = 64; /* 64-row tiles (wgmma too) stream decode weights well enough to time */
   while (cap < 2 * avg && cap < 256)
     cap *= 2;
   return c->bm <= cap && (c->splits < 2 || tokens * d->top_k <= MJ_SPLIT_SLOTS);
@@ -160,8 +161,11 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
         best = i;
         best_ms = ms;
       }
-      if (o->progress && usable[i] && worth_timing(&space[i], &d, T))
-        o->progress(o->user, "time", ++done_steps, total, space[i].name);
+      if (o->progress && usable[i] && worth_timing(&space[i], &d, T)) {
+        char what[64];
+        snprintf(what, sizeof what, "%.40s %.4f ms", space[i].name, ms);
+        o->progress(o->user, "time", ++done_steps, total, what);
+      }
     }
     if (best < 0) {
       st = mj_errf(err, MOEJIT_ERR_INTERNAL, "no candidate could be timed for %lld tokens",
