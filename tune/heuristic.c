@@ -12,10 +12,15 @@ static const mj_gemm_config mma_configs[] = {
     {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
 };
 
-/* f16 / bf16 on sm_90a: the 16-row mma.sync tile for decode, then wgmma tiles of one and two
- * consumer warpgroups. 192 columns divide both GEMMs of GPT-OSS (5760 and 2880) exactly. */
+/* f16 / bf16 on sm_90a: the 16-row mma.sync tile with GEMM2 split along K for about one row per
+ * expert, then wgmma tiles of one and two consumer warpgroups. From two rows per expert up, the
+ * 64-row wgmma tile, whose weights stream in by TMA, beats the 16-row tile although most of its
+ * rows are empty; 128 columns spread the weights of few experts over more blocks, 192 (which
+ * divides both GEMMs of GPT-OSS, 5760 and 2880) take over past 32 rows (moejit bench --config on
+ * the H100). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n128k64s4w1x4z3", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 3},
+    {"mma_m16n128k64s4w1x4z3", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 3},
+    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0},
     {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2, 0},
     {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0},
 };
