@@ -129,6 +129,9 @@ moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *desc
 moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *desc,
                                      const mj_gemm_config *configs, int nconfigs,
                                      moejit_plan **plan);
+/* The index into plan->configs of configuration c as the plan holds it (a GEMM2 split the layer's
+ * intermediate size cannot take is split fewer ways and renamed), or -1 when the plan lacks it. */
+int mj_rt_config_index(const moejit_plan *plan, const mj_gemm_config *c);
 /* moejit_forward with the GEMM configuration forced (index into plan->configs). */
 moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
                                  size_t workspace_bytes, CUstream stream, int config);

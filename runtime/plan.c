@@ -534,20 +534,32 @@ fail:
 
 /* Adds a configuration (once) and returns its index, or -1 when the plan is full. A split of GEMM2
  * along K shrinks to what the layer's K (intermediate) allows: every split gets whole bk steps. */
-static int add_config(moejit_plan *plan, const mj_gemm_config *given) {
-  mj_gemm_config fit = *given, *c = &fit;
+/* The configuration as this layer runs it: a GEMM2 split along K that would leave a split empty
+ * (a small intermediate size) is split fewer ways, and renamed. */
+static void fit_config(const moejit_plan *plan, const mj_gemm_config *given, mj_gemm_config *c) {
   int64_t k = plan->desc.intermediate;
+  *c = *given;
   while (c->splits > 1 &&
          (c->splits - 1) * (((k + c->splits - 1) / c->splits + c->bk - 1) / c->bk * c->bk) >= k)
     c->splits--;
   if (c->splits != given->splits)
     mj_tune_config_name(c, plan->math);
+}
+
+int mj_rt_config_index(const moejit_plan *plan, const mj_gemm_config *given) {
+  mj_gemm_config c;
+  fit_config(plan, given, &c);
   for (int i = 0; i < plan->ngemm; i++)
-    if (!strcmp(plan->configs[i].name, c->name))
+    if (!strcmp(plan->configs[i].name, c.name))
       return i;
-  if (plan->ngemm == MJ_MAX_GEMM_CONFIGS)
-    return -1;
-  plan->configs[plan->ngemm] = *c;
+  return -1;
+}
+
+static int add_config(moejit_plan *plan, const mj_gemm_config *given) {
+  int i = mj_rt_config_index(plan, given);
+  if (i >= 0 || plan->ngemm == MJ_MAX_GEMM_CONFIGS)
+    return i;
+  fit_config(plan, given, &plan->configs[plan->ngemm]);
   return plan->ngemm++;
 }
 

@@ -416,6 +416,32 @@ static void test_plan_configurations(void **state) {
   assert_int_equal(mj_rt_bucket(INT64_MAX), MJ_BUCKETS - 1);
 }
 
+/* A GEMM2 split that would leave a split of the intermediate size empty is split fewer ways and
+ * renamed; the tuner finds each candidate in its plan by mj_rt_config_index. */
+static void test_plan_fits_splits(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d = small_desc();
+  d.dtype = MOEJIT_BF16;
+  d.exact_f32 = 0;
+  d.intermediate = 64; /* one 64-wide K step: no split can have a second */
+  mj_gemm_config c[2], wide;
+  mj_math math;
+  assert_int_equal(mj_tune_config_parse("mma_m16n128k64s4w1x4z3", &c[0], &math), 0);
+  assert_int_equal(mj_tune_config_parse("mma_m16n128k64s4w1x4", &c[1], &math), 0);
+  assert_int_equal(mj_tune_config_parse("mma_m16n64k64s3w1x4", &wide, &math), 0);
+  moejit_plan *plan = NULL;
+  if (mj_rt_plan_create_with(fx->ctx, &d, c, 2, &plan) != MOEJIT_OK)
+    fail_msg("plan: %s", moejit_last_error(fx->ctx));
+  assert_int_equal(plan->ngemm, 1);
+  assert_string_equal(plan->configs[0].name, "mma_m16n128k64s4w1x4");
+  assert_int_equal(plan->configs[0].splits, 1);
+  assert_int_equal(plan->splits, 1);
+  assert_int_equal(mj_rt_config_index(plan, &c[0]), 0);
+  assert_int_equal(mj_rt_config_index(plan, &c[1]), 0);
+  assert_int_equal(mj_rt_config_index(plan, &wide), -1);
+  moejit_plan_destroy(plan);
+}
+
 /* ---- forward on an offline plan --------------------------------------------------------------- */
 
 static void test_forward_offline(void **state) {
@@ -1135,6 +1161,7 @@ int main(void) {
       cmocka_unit_test(test_desc_older_sizes),
       cmocka_unit_test(test_workspace_size),
       cmocka_unit_test(test_plan_configurations),
+      cmocka_unit_test(test_plan_fits_splits),
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),
       cmocka_unit_test(test_forward_launches),

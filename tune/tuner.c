@@ -65,7 +65,9 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
   mj_synth syn = {0};
   mj_synth_layer L = {0};
   mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
-  int usable[MJ_MAX_GEMM_CONFIGS];
+  /* at[i]: space[i]'s index into the plan's configurations (a split the layer cannot take is
+   * split fewer ways there, and may coincide with another candidate) */
+  int usable[MJ_MAX_GEMM_CONFIGS], at[MJ_MAX_GEMM_CONFIGS];
   CUdeviceptr flush = 0;
   CUevent ev[2] = {NULL, NULL};
   mj_record *recs = NULL;
@@ -113,12 +115,19 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
   mj_cu *cu = &ctx->cu;
   MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
   pushed = 1;
-  /* Candidates that spill to local memory are dropped. */
+  /* Candidates that spill to local memory are dropped, and one that the plan holds as an earlier
+   * candidate is timed once. */
   for (int i = 0; i < n; i++) {
     int local1 = 0, local2 = 0;
-    MJ_CU(cu, FuncGetAttribute(&local1, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm1[i].fn), err);
-    MJ_CU(cu, FuncGetAttribute(&local2, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm2[i].fn), err);
+    if ((at[i] = mj_rt_config_index(plan, &space[i])) < 0) {
+      st = mj_errf(err, MOEJIT_ERR_INTERNAL, "candidate %s is missing from its plan", space[i].name);
+      goto done;
+    }
+    MJ_CU(cu, FuncGetAttribute(&local1, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm1[at[i]].fn), err);
+    MJ_CU(cu, FuncGetAttribute(&local2, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm2[at[i]].fn), err);
     usable[i] = local1 == 0 && local2 == 0;
+    for (int j = 0; j < i && usable[i]; j++)
+      usable[i] = at[j] != at[i];
   }
   if ((st = mj_synth_open(ctx, &syn, err)) != MOEJIT_OK ||
       (st = mj_synth_layer_create(&syn, plan, d.max_tokens, o->seed, &L, err)) != MOEJIT_OK)
@@ -150,7 +159,7 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
       if (o->budget_s > 0 && now() - start > o->budget_s && i != hidx && best >= 0)
         continue; /* out of budget: keep the best so far, still time the heuristic's pick */
       float ms = 0.0f;
-      if ((st = time_config(plan, &a, &L, i, repeat, flush, ev, &ms, err)) != MOEJIT_OK)
+      if ((st = time_config(plan, &a, &L, at[i], repeat, flush, ev, &ms, err)) != MOEJIT_OK)
         goto done;
       r->candidates++;
       if (i == hidx) {
@@ -178,7 +187,7 @@ moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const 
     if (o->check) {
       MJ_CU(cu, MemsetD8(L.y, 0xFF, (size_t)(T * d.hidden) * mj_dtype_size(d.dtype)), err);
       if ((st = mj_rt_forward_with(plan, &a, (void *)(uintptr_t)L.workspace, L.workspace_bytes,
-                                   NULL, best)) != MOEJIT_OK)
+                                   NULL, at[best])) != MOEJIT_OK)
         goto done;
       MJ_CU(cu, CtxSynchronize(), err);
       mj_synth_layer view = L;
