@@ -242,12 +242,17 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   // routing, which finished before GEMM1's blocks passed their own wait) and its weights (the
   // caller's) are safe to read at once, so the first stages of weights stream in before the wait
   // and HBM stays busy across the change of kernel. Only h, GEMM1's output, waits.
+  // A block with no tile still waits before it exits: were all of GEMM2 to end without waiting,
+  // the kernels after it could start while GEMM1 still reads the workspace.
   constexpr bool kEarly = MJ_PDL && kMode == 2;
   if (!kEarly) mj_pdl_begin<MJ_PDL>();
-  if ((int)blockIdx.x >= *p.num_tiles) return;
+  const int n0 = blockIdx.y * kBN;
+  if ((int)blockIdx.x >= *p.num_tiles || n0 >= kN) {
+    if (kEarly) mj_pdl_begin<MJ_PDL>();
+    return;
+  }
   const mj_int4 tile = p.tiles[blockIdx.x];
-  const int e = tile.x, r0 = tile.y, r1 = tile.z, n0 = blockIdx.y * kBN;
-  if (n0 >= kN) return;
+  const int e = tile.x, r0 = tile.y, r1 = tile.z;
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
   T *Bs = As + kStages * kBM * kLdA;

@@ -947,8 +947,9 @@ static void test_forward_small_routing(void **state) {
  * own in between. */
 static void test_forward_pdl(void **state) {
   fixture *fx = *state;
+  assert_int_equal(need_plan(fx)->pdl, 0); /* an offline plan launches nothing */
   fake_device *fk = fake_open(need_plan(fx));
-  fk->plan.pdl = 1;
+  fk->plan.pdl = 1; /* as a plan on sm_90+ sets it */
   for (int small = 0; small <= 1; small++) {
     fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
     const int64_t T = 37;
