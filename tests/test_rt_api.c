@@ -974,6 +974,20 @@ static void test_forward_pdl(void **state) {
     for (int i = 0; i < fk->nlaunch; i++)
       assert_int_equal(fk->launch[i].pdl, 0);
   }
+  /* A forward past MJ_CHUNK_TOKENS runs chunk after chunk: each chunk's first kernel follows the
+   * previous chunk's combine, plainly. */
+  fk->plan.desc.max_tokens = MJ_CHUNK_TOKENS + 5;
+  const int64_t T = MJ_CHUNK_TOKENS + 5;
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, T);
+  fk->nlaunch = 0;
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 12);
+  for (int i = 0; i < fk->nlaunch; i++)
+    if (fk->launch[i].pdl != (i % 6 != 0))
+      fail_msg("chunked: launch %d of %d: pdl=%d", i, fk->nlaunch, fk->launch[i].pdl);
   fake_close(fk);
 }
 
