@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# land.sh: the checks and figures a landing needs, in one device call (run from the repository root
+# on the GPU machine, with .deps and .golden carried; see tests/device.sh).
+#   bash bench/device/land.sh COMMIT
+# Builds, runs the GPU suite, writes the decode and prefill rows of `moejit bench` (graph replay,
+# floor measured in the same run) to $OUT/decode.jsonl and $OUT/prefill.jsonl, times a few rows
+# again with MOEJIT_PDL=0, runs compute-sanitizer (memcheck on the golden, graph, bad-id and decode
+# tests; racecheck on the golden ones) and prints one forward's kernels at one token
+# (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
+set -u
+export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT}
+OUT=${OUT:-/tmp/land-out}
+mkdir -p "$OUT"
+bash tests/device.sh true || exit 1
+cd build-dev || exit 1
+export LD_LIBRARY_PATH=$PWD/../.deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64
+export MOEJIT_GOLDEN_DIR=$PWD/../.golden
+./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
+grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
+D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
+./moejit bench --model gpt-oss-20b --tokens 1,8,64,512 --json "$D" 2>&1 | tail -5
+./moejit bench --model gpt-oss-120b --tokens 1,8,64,512 --json "$D" 2>&1 | tail -5
+./moejit bench --model gpt-oss-20b --tokens 4096,16384,65536 --json "$P" 2>&1 | tail -4
+./moejit bench --model gpt-oss-120b --tokens 4096,16384 --json "$P" 2>&1 | tail -3
+./moejit bench --model gpt-oss-20b --tokens 262144 --json "$P" 2>&1 | tail -2
+echo "== MOEJIT_PDL=0"
+MOEJIT_PDL=0 ./moejit bench --model gpt-oss-20b --tokens 1,64,4096 --no-floor 2>&1 | tail -3
+MOEJIT_PDL=0 ./moejit bench --model gpt-oss-120b --tokens 1,4096 --no-floor 2>&1 | tail -2
+MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode compute-sanitizer --tool memcheck ./tests/test_rt_gpu \
+  2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
+MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
+  grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+python3 ../bench/device/kernels.py ./moejit --model gpt-oss-20b --tokens 1 2>&1 | tail -7
