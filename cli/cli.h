@@ -24,6 +24,11 @@ extern const char *const cli_layer_help;
 /* Parses argv (after the subcommand). Returns 0, 1 when --help was printed, or 2 after printing an
  * error naming the option. */
 int cli_parse(int argc, char **argv, cli_layer *L, const char *usage);
+/* The token counts of a command that takes a list: --tokens as cli_parse read it, each at least 1,
+ * or `defaults` (n counts, the last the largest) when argv has no --tokens. Returns 0, or 2 after
+ * printing an error that names the command and the option. */
+int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults, int n,
+                   const char *command);
 /* Log callback printing to stderr (warnings always, info with --verbose). */
 void cli_log(void *user, moejit_log_level level, const char *msg);
 double cli_now(void);

@@ -83,7 +83,6 @@ typedef struct bench_opts {
   int64_t bw_bytes;
   const char *json;   /* NULL, "-" or a path */
   const char *cublas; /* NULL: the default search */
-  const char *config; /* NULL: the plan's pick per row */
 } bench_opts;
 
 /* The floor's two rates, or why there is no floor. */
@@ -159,7 +158,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
   o->eager = 0;
   o->floor = 1;
   o->bw_bytes = (int64_t)4 << 30;
-  o->json = o->cublas = o->config = NULL;
+  o->json = o->cublas = NULL;
   *nrest = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -173,7 +172,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       continue;
     }
     if (strcmp(a, "--warmup") && strcmp(a, "--bw-bytes") && strcmp(a, "--json") &&
-        strcmp(a, "--cublas") && strcmp(a, "--config")) {
+        strcmp(a, "--cublas")) {
       rest[(*nrest)++] = argv[i];
       continue;
     }
@@ -186,8 +185,6 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       o->json = v;
     } else if (!strcmp(a, "--cublas")) {
       o->cublas = v;
-    } else if (!strcmp(a, "--config")) {
-      o->config = v;
     } else if (!strcmp(a, "--warmup")) {
       if (parse_size(a, v, 0, 10000, &x))
         return 2;
@@ -198,13 +195,6 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       o->bw_bytes = x;
     }
   }
-  return 0;
-}
-
-static int given(int argc, char **argv, const char *opt) {
-  for (int i = 0; i < argc; i++)
-    if (!strcmp(argv[i], opt))
-      return 1;
   return 0;
 }
 
@@ -769,7 +759,7 @@ static moejit_status bench_plan(moejit_ctx *ctx, const moejit_layer_desc *desc, 
 }
 
 /* No GPU: compile the layer's kernels and the bandwidth kernel for the offline arch. */
-static int compile_only(const cli_layer *L, const char *config, const char *why) {
+static int compile_only(const cli_layer *L, const char *why) {
   moejit_ctx_options o;
   moejit_ctx *ctx = NULL;
   moejit_plan *plan = NULL;
@@ -786,7 +776,7 @@ static int compile_only(const cli_layer *L, const char *config, const char *why)
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
-  moejit_status st = bench_plan(ctx, &L->desc, config, &plan, &err);
+  moejit_status st = bench_plan(ctx, &L->desc, L->config, &plan, &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
@@ -808,7 +798,7 @@ done:
 static moejit_status bench_open(bench *b, const cli_layer *L, int nev, mj_err *err) {
   moejit_status st;
   double t0 = cli_now();
-  if ((st = bench_plan(b->ctx, &L->desc, b->o.config, &b->plan, err)) != MOEJIT_OK)
+  if ((st = bench_plan(b->ctx, &L->desc, L->config, &b->plan, err)) != MOEJIT_OK)
     return st;
   fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n", b->plan->nmodules,
           cli_now() - t0);
@@ -898,17 +888,9 @@ int cmd_bench(int argc, char **argv) {
     return rc == 1 ? 0 : rc;
   }
   free(rest);
-  if (!given(argc, argv, "--tokens")) {
-    static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
-    L.ntokens = (int)(sizeof defaults / sizeof defaults[0]);
-    memcpy(L.token_list, defaults, sizeof defaults);
-    L.tokens = 65536;
-  }
-  for (int i = 0; i < L.ntokens; i++)
-    if (L.token_list[i] < 1) {
-      fprintf(stderr, "moejit bench: --tokens: every count must be at least 1\n");
-      return 2;
-    }
+  static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
+  if ((rc = cli_token_list(argc, argv, &L, defaults, 7, "bench")) != 0)
+    return rc;
   L.desc.max_tokens = L.tokens; /* one plan, sized for the largest row */
   if (L.check < 0)
     L.check = 0;
@@ -919,7 +901,7 @@ int cmd_bench(int argc, char **argv) {
   o.log_user = &lc;
   moejit_status st = moejit_create(&ctx, &o);
   if (st == MOEJIT_ERR_NO_DEVICE)
-    return compile_only(&L, b.o.config, lc.reason);
+    return compile_only(&L, lc.reason);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), lc.reason);
     return 1;

@@ -62,20 +62,9 @@ int cmd_tune(int argc, char **argv) {
   int rc = cli_parse(argc, argv, &L, tune_usage);
   if (rc)
     return rc == 1 ? 0 : rc;
-  int given = 0;
-  for (int i = 0; i < argc; i++)
-    given |= !strcmp(argv[i], "--tokens");
-  if (!given) {
-    static const int64_t defaults[] = {1, 8, 64, 512, 4096, 65536};
-    L.ntokens = 6;
-    memcpy(L.token_list, defaults, sizeof defaults);
-    L.tokens = 65536;
-  }
-  for (int i = 0; i < L.ntokens; i++)
-    if (L.token_list[i] < 1) {
-      fprintf(stderr, "moejit tune: --tokens: every count must be at least 1\n");
-      return 2;
-    }
+  static const int64_t defaults[] = {1, 8, 64, 512, 4096, 65536};
+  if ((rc = cli_token_list(argc, argv, &L, defaults, 6, "tune")) != 0)
+    return rc;
   moejit_ctx_options o;
   moejit_ctx_options_init(&o);
   o.log = cli_log;

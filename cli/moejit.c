@@ -178,6 +178,24 @@ void cli_log(void *user, moejit_log_level level, const char *msg) {
     fprintf(stderr, "moejit: %s\n", msg);
 }
 
+int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults, int n,
+                   const char *command) {
+  int given = 0;
+  for (int i = 0; i < argc; i++)
+    given |= !strcmp(argv[i], "--tokens");
+  if (!given) {
+    L->ntokens = n;
+    memcpy(L->token_list, defaults, (size_t)n * sizeof defaults[0]);
+    L->tokens = defaults[n - 1];
+  }
+  for (int i = 0; i < L->ntokens; i++)
+    if (L->token_list[i] < 1) {
+      fprintf(stderr, "moejit %s: --tokens: every count must be at least 1\n", command);
+      return 2;
+    }
+  return 0;
+}
+
 double cli_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
