@@ -532,10 +532,8 @@ fail:
   return st;
 }
 
-/* Adds a configuration (once) and returns its index, or -1 when the plan is full. A split of GEMM2
- * along K shrinks to what the layer's K (intermediate) allows: every split gets whole bk steps. */
-/* The configuration as this layer runs it: a GEMM2 split along K that would leave a split empty
- * (a small intermediate size) is split fewer ways, and renamed. */
+/* The configuration as this layer runs it: a split of GEMM2 along K shrinks to what the layer's K
+ * (intermediate) allows, every split getting whole bk steps, and is renamed. */
 static void fit_config(const moejit_plan *plan, const mj_gemm_config *given, mj_gemm_config *c) {
   int64_t k = plan->desc.intermediate;
   *c = *given;
@@ -546,20 +544,27 @@ static void fit_config(const moejit_plan *plan, const mj_gemm_config *given, mj_
     mj_tune_config_name(c, plan->math);
 }
 
-int mj_rt_config_index(const moejit_plan *plan, const mj_gemm_config *given) {
-  mj_gemm_config c;
-  fit_config(plan, given, &c);
+static int find_config(const moejit_plan *plan, const char *name) {
   for (int i = 0; i < plan->ngemm; i++)
-    if (!strcmp(plan->configs[i].name, c.name))
+    if (!strcmp(plan->configs[i].name, name))
       return i;
   return -1;
 }
 
+int mj_rt_config_index(const moejit_plan *plan, const mj_gemm_config *given) {
+  mj_gemm_config c;
+  fit_config(plan, given, &c);
+  return find_config(plan, c.name);
+}
+
+/* Adds a configuration, fitted to the layer, once; returns its index, or -1 when the plan is full. */
 static int add_config(moejit_plan *plan, const mj_gemm_config *given) {
-  int i = mj_rt_config_index(plan, given);
+  mj_gemm_config c;
+  fit_config(plan, given, &c);
+  int i = find_config(plan, c.name);
   if (i >= 0 || plan->ngemm == MJ_MAX_GEMM_CONFIGS)
     return i;
-  fit_config(plan, given, &plan->configs[plan->ngemm]);
+  plan->configs[plan->ngemm] = c;
   return plan->ngemm++;
 }
 

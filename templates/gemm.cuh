@@ -59,7 +59,7 @@ static_assert(kBK % kVec == 0 && kBN % kVec == 0, "tile edges must hold whole 16
 struct alignas(8) mj_float2 { float x, y; };
 struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
 
-// One stage's A rows (gathered by a_row; -1: zeros) and its weight tile, as 16-byte cp.async.
+// One stage's A rows (gathered by a_row; -1: zeros), as 16-byte cp.async.
 __device__ __forceinline__ void load_a(T *As, const T *__restrict__ a, const int *a_row, int k0) {
   constexpr int kAChunks = kBM * kBK / kVec;
   for (int c = threadIdx.x; c < kAChunks; c += kThreads) {
@@ -70,6 +70,7 @@ __device__ __forceinline__ void load_a(T *As, const T *__restrict__ a, const int
   }
 }
 
+// One stage's kBK x kBN weight tile (zeros past the K and N edges), as 16-byte cp.async.
 __device__ __forceinline__ void load_b(T *Bs, const T *__restrict__ w, int k0, int n0) {
   constexpr int kBChunks = kBK * kBN / kVec;
   for (int c = threadIdx.x; c < kBChunks; c += kThreads) {

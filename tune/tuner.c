@@ -22,10 +22,11 @@ static int cmp_float(const void *a, const void *b) {
 }
 
 /* Candidates worth timing at this token count: tiles no taller than needed for the rows an expert
- * gets on average (a taller tile only pads), the shortest tile always. */
+ * gets on average (a taller tile only pads), and tiles of up to 64 rows always (the 64-row wgmma
+ * tiles stream decode weights well although most of their rows are empty). */
 static int worth_timing(const mj_gemm_config *c, const moejit_layer_desc *d, int64_t tokens) {
   int64_t avg = (tokens * d->top_k + d->experts - 1) / d->experts;
-  int64_t cap = 64; /* 64-row tiles (wgmma too) stream decode weights well enough to time */
+  int64_t cap = 64;
   while (cap < 2 * avg && cap < 256)
     cap *= 2;
   return c->bm <= cap && (c->splits < 2 || tokens * d->top_k <= MJ_SPLIT_SLOTS);
