@@ -243,10 +243,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   int wg = c->kind == MJ_GEMM_WGMMA;
   if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
     /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */
-    CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted,
-                rows = expert_off + (CUdeviceptr)d->experts * sizeof(int);
-    void *gather_args[] = {&x, &sorted_slot, &rows, &x_sorted};
-    if ((st = launch_kernel(plan, &plan->gather, (unsigned)((l.nslots + 7) / 8), 1, 1, stream,
+    CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted;
+    int tokens = (int)a->tokens;
+    void *gather_args[] = {&x, &slot_pos, &tokens, &x_sorted};
+    if ((st = launch_kernel(plan, &plan->gather, (unsigned)((tokens + 7) / 8), 1, 1, stream,
                             gather_args, 0, err)))
       goto fail;
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,

@@ -6,7 +6,8 @@
 // order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
 // A is x_sorted [rows, kK] (kMode 1: the rows of x in sorted order, written by moejit_gather) or
 // h [rows, kK] (kMode 2), read by TMA through tensor map tmap_a (2D: {kK, row capacity}); W[e] is
-// read through tmap_b (3D: {kN, kK, experts}), so K and N tails and rows past the last are zeros.
+// read through tmap_b (3D: {kN, kK, experts}) in 64-column boxes, so K and N tails, the columns of
+// a last box past kBN (a slab need not be whole boxes) and rows past the last are zeros.
 // kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
 //   scaled by weight[r] first with kWeightOnInput; staged through shared memory, 16-byte stores.
 // kMode 2 (down): y_slot[sorted_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
@@ -39,11 +40,13 @@ static constexpr int kThreads = 128 * (1 + kConsumers);
 static constexpr int kNT = (kN + kBN - 1) / kBN;    // column slabs
 static constexpr int kKT = (kK + kBK - 1) / kBK;    // k blocks
 static constexpr int kABytes = kBM * kBK * 2;
-static constexpr int kBBytes = kBK * kBN * 2;
+static constexpr int kBBoxes = (kBN + 63) / 64;     // 64-column TMA boxes of a weight slab
+static constexpr int kBBytes = kBK * 64 * 2 * kBBoxes;
 static constexpr int kAcc = kBN / 2;                // accumulators per consumer thread
 static constexpr int kStageLd = kBN / 2 + 8;        // kMode 1 staging row, padded by 16 bytes
 static_assert(sizeof(T) == 2, "wgmma takes 16-bit operands");
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
+static_assert(kBN % 16 == 0 && kBN <= 256, "a slab is a multiple of 16 columns, at most 256");
 
 // ---- mbarriers, TMA and wgmma (PTX) -------------------------------------------------------------
 
@@ -225,7 +228,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
           mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
           mj_tma_2d(smem_a + s * kABytes, &tmap_a, kb * kBK, it.r0, &full[s]);
 #pragma unroll
-          for (int j = 0; j < kBN / 64; ++j)
+          for (int j = 0; j < kBBoxes; ++j)
             mj_tma_3d(smem_b + s * kBBytes + j * kBK * 128, &tmap_b, it.n0 + 64 * j, kb * kBK, it.e,
                       &full[s]);
           if (++s == kStages) {
@@ -273,16 +276,23 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 }
 
 #if MJ_WGMMA_GATHER
-// The permuted copy GEMM1 reads: x_sorted[r] = x[sorted_slot[r] / kTopK] for r < *rows, kK
-// elements a row, 16 bytes a lane. One warp per row: grid = ceil(row capacity / 8), block = 256.
+// The permuted copy GEMM1 reads: x_sorted[slot_pos[t * kTopK + k]] = x[t] for each of the token's
+// slots that has a row. One warp per token reads its row once (16 bytes a lane) and writes it kTopK
+// times: grid = ceil(tokens / 8), block = 256.
 extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restrict__ x,
-                                                                const int *__restrict__ sorted_slot,
-                                                                const int *__restrict__ rows,
-                                                                T *__restrict__ xs) {
-  const int r = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (r >= *rows) return;
-  const mj_v16 *src = (const mj_v16 *)(x + (mj_i64)(sorted_slot[r] / kTopK) * kK);
-  mj_v16 *dst = (mj_v16 *)(xs + (mj_i64)r * kK);
-  for (int c = lane; c < kK / 8; c += 32) dst[c] = src[c];
+                                                                const int *__restrict__ slot_pos,
+                                                                int tokens, T *__restrict__ xs) {
+  const int t = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (t >= tokens) return;
+  int row[kTopK];
+#pragma unroll
+  for (int k = 0; k < kTopK; ++k) row[k] = slot_pos[(mj_i64)t * kTopK + k];
+  const mj_v16 *src = (const mj_v16 *)(x + (mj_i64)t * kK);
+  for (int c = lane; c < kK / 8; c += 32) {
+    const mj_v16 v = src[c];
+#pragma unroll
+    for (int k = 0; k < kTopK; ++k)
+      if (row[k] >= 0) ((mj_v16 *)(xs + (mj_i64)row[k] * kK))[c] = v;
+  }
 }
 #endif

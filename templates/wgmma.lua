@@ -3,9 +3,10 @@
 -- of shared-memory stages and 64-row consumer warpgroups multiply them with wgmma.
 -- Spec: dtype ("f16"|"bf16"), bias (optional: "f32" or the dtype), mode ("gate_up"|"down"), n, k
 -- (the GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1, optional), bm (64|128: one or
--- two consumer warpgroups), bn (64..256, a multiple of 64), stages, group_m (m-tiles of one expert
--- that share each weight slab while it is in L2; optional, 16), ctas (blocks resident per SM: 1, or
--- 2 with bm=64 so one block's epilogue overlaps the other's MMAs; optional, 1).
+-- two consumer warpgroups), bn (64..256, a multiple of 16; weights come in 64-column boxes),
+-- stages, group_m (m-tiles of one expert that share each weight slab while it is in L2; optional,
+-- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the other's
+-- MMAs; optional, 1).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 
@@ -47,7 +48,7 @@ return function(spec)
   local bm = prelude.need_int(spec, "bm", 64, 128)
   if bm ~= 64 and bm ~= 128 then error("spec.bm must be 64 or 128, got " .. bm) end
   local bn = prelude.need_int(spec, "bn", 64, 256)
-  if bn % 64 ~= 0 then error("spec.bn must be a multiple of 64, got " .. bn) end
+  if bn % 16 ~= 0 then error("spec.bn must be a multiple of 16, got " .. bn) end
   local stages = prelude.need_int(spec, "stages", 2, 8)
   local ctas = spec.ctas or 1
   if ctas ~= 1 and not (ctas == 2 and bm == 64) then

@@ -565,7 +565,7 @@ static void test_bad_wgmma_specs(void **state) {
     const char *needle;
   } bad[] = {
       {"dtype", "f32", 0, "f16 or bf16"},   {"mode", "gate_up_raw", 0, "gate_up or down"},
-      {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 64"},
+      {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 16"},
       {"ctas", NULL, 2, "ctas"}, /* two blocks per SM need bm = 64 */
   };
   for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {

@@ -147,11 +147,9 @@ static void test_gpt_oss_e128(void **state) {
   gpt_oss_tokens(128);
 }
 
-/* Every GEMM configuration a plan compiles (mma.sync and, on sm_90a, wgmma), forced one at a time,
- * on GPT-OSS shapes and on an odd shape whose N and K are not multiples of the tiles (tails), with
- * y poisoned (NaN) before each forward so an unwritten row cannot pass. */
-static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
-  moejit_plan *plan = make_plan(&d);
+/* Every GEMM configuration of the plan forced one at a time, with y poisoned (NaN) before each
+ * forward so an unwritten row cannot pass. Destroys the plan. */
+static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens, const char *what) {
   mj_synth_layer L;
   mj_err err;
   assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens, 7 + tokens, &L, &err), MOEJIT_OK);
@@ -177,6 +175,27 @@ static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   }
   mj_synth_layer_destroy(&g_syn, &L);
   moejit_plan_destroy(plan);
+}
+
+/* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, the
+ * wgmma slabs the table may not hold (240 and 256 columns: weight slabs that are not whole 64-column
+ * boxes, or run past N), on GPT-OSS shapes and on an odd shape whose N and K are not multiples of
+ * the tiles (tails). */
+static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
+  plan_configs(make_plan(&d), d, tokens, what);
+  if (!mj_tune_arch_wgmma(g_ctx->arch))
+    return;
+  static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1"};
+  mj_gemm_config c[3];
+  mj_math math;
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(mj_tune_config_parse(wide[i], &c[i], &math), 0);
+  moejit_plan *plan = NULL;
+  moejit_status st = mj_rt_plan_create_with(g_ctx, &d, c, 3, &plan);
+  if (st != MOEJIT_OK)
+    print_message("plan: %s: %s\n", moejit_status_name(st), moejit_last_error(g_ctx));
+  assert_int_equal(st, MOEJIT_OK);
+  plan_configs(plan, d, tokens, what);
 }
 
 static void test_every_config(void **state) {
@@ -1022,7 +1041,7 @@ static void test_unfused_and_stages(void **state) {
   moejit_layer_desc fd = d;
   fd.unfused = 0;
   moejit_plan *fused = make_plan(&fd);
-  size_t need = 0; /* a fused plan's workspace differs (x_sorted on sm_90a, no gate_up) */
+  size_t need = 0; /* a fused plan's workspace differs (no gate_up) */
   assert_int_equal(moejit_workspace_size(fused, L.tokens, &need), MOEJIT_OK);
   if (need > L.workspace_bytes) {
     CU_OK(MemFree(L.workspace));

@@ -85,8 +85,10 @@ size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
   size_t elem = dtype == MOEJIT_F32 ? 4 : 2;
   size_t vec = 16 / elem;
   if (c->kind == MJ_GEMM_WGMMA) {
+    /* weights come in 64-column boxes, so a slab's stage is rounded up to whole boxes */
     size_t staging = (size_t)(c->bm / 64) * 4 * 16 * (size_t)(c->bn / 2 + 8) * elem;
-    return (size_t)c->stages * ((size_t)c->bm + (size_t)c->bn) * 64 * elem + staging + 1024;
+    size_t bn_boxes = ((size_t)c->bn + 63) / 64 * 64;
+    return (size_t)c->stages * ((size_t)c->bm + bn_boxes) * 64 * elem + staging + 1024;
   }
   return (size_t)c->stages * ((size_t)c->bm * (c->bk + vec) + (size_t)c->bk * (c->bn + vec)) * elem;
 }
@@ -152,7 +154,7 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   if (p.bm <= 0 || p.bn <= 0 || p.bk <= 0 || p.stages < 2 || (p.wm <= 0 && p.tm <= 0))
     return -1;
   if (p.kind == MJ_GEMM_WGMMA) {
-    if ((p.bm != 64 && p.bm != 128) || p.bn % 64 != 0 || p.bn > 256 || p.stages > 8 ||
+    if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 8 ||
         p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1))
       return -1;
     p.wm = 0;
@@ -193,8 +195,9 @@ static const space spaces[] = {
     [MJ_MATH_FFMA] = {ffma_shapes, sizeof ffma_shapes / sizeof ffma_shapes[0], {16, 32}, {2, 3}},
 };
 
-/* wgmma shapes on sm_90a: rows (one or two consumer warpgroups), columns, and ring depths. */
-static const int wg_bm[] = {64, 128}, wg_bn[] = {128, 192, 256}, wg_stages[] = {3, 4, 5, 6};
+/* wgmma shapes on sm_90a: rows (one or two consumer warpgroups), columns, and ring depths. 240
+ * columns divide GPT-OSS's 5760 and 2880 like 192 do, in fewer, wider slabs. */
+static const int wg_bm[] = {64, 128}, wg_bn[] = {128, 192, 240, 256}, wg_stages[] = {3, 4, 5, 6};
 
 int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, size_t smem_limit,
                          mj_gemm_config *out, int max) {
@@ -202,7 +205,7 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
   int n = 0;
   if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
     for (int i = 0; i < 2; i++)
-      for (int j = 0; j < 3; j++)
+      for (int j = 0; j < 4; j++)
         for (int s = 0; s < 4; s++)
           for (int ctas = 1; ctas <= (wg_bm[i] == 64 ? 2 : 1) && n < max; ctas++) {
             mj_gemm_config c;
