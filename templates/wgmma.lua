@@ -5,8 +5,8 @@
 -- (the GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1, optional), bm (64|128: one or
 -- two consumer warpgroups), bn (64..256, a multiple of 16; weights come in 64-column boxes),
 -- stages, group_m (m-tiles of one expert that share each weight slab while it is in L2; optional,
--- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the other's
--- MMAs; optional, 1).
+-- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
+-- other's MMAs; optional, 1).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 

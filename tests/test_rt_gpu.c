@@ -178,9 +178,9 @@ static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens,
 }
 
 /* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, the
- * wgmma slabs the table may not hold (240 and 256 columns: weight slabs that are not whole 64-column
- * boxes, or run past N), on GPT-OSS shapes and on an odd shape whose N and K are not multiples of
- * the tiles (tails). */
+ * wgmma slabs the table may not hold (240 and 256 columns: weight slabs that are not whole
+ * 64-column boxes, or run past N), on GPT-OSS shapes and on an odd shape whose N and K are not
+ * multiples of the tiles (tails). */
 static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   plan_configs(make_plan(&d), d, tokens, what);
   if (!mj_tune_arch_wgmma(g_ctx->arch))
