@@ -781,6 +781,14 @@ static void down_spec(mj_spec *s, const char *math, int k, int bk) {
   mj_spec_int(s, ffma ? "tn" : "wn", ffma ? 8 : 4);
 }
 
+/* The combine spec of a GPT-OSS layer (H=2880, top-4). */
+static void combine_spec(mj_spec *s, const char *dtype) {
+  memset(s, 0, sizeof *s);
+  mj_spec_str(s, "dtype", dtype);
+  mj_spec_int(s, "hidden", 2880);
+  mj_spec_int(s, "top_k", 4);
+}
+
 /* Split-K GEMM2 on every math path: gridDim.z splits and a second kernel argument, the stride of
  * the partial arrays; without splits (or with splits=1) the kernel keeps its one argument. */
 static void test_gemm_split_k(void **state) {
@@ -831,10 +839,7 @@ static void test_combine_splits(void **state) {
   require_nvrtc(fx);
   for (int unfused = 0; unfused < 2; unfused++) {
     mj_spec spec;
-    memset(&spec, 0, sizeof spec);
-    mj_spec_str(&spec, "dtype", unfused ? "f16" : "bf16");
-    mj_spec_int(&spec, "hidden", 2880);
-    mj_spec_int(&spec, "top_k", 4);
+    combine_spec(&spec, unfused ? "f16" : "bf16");
     if (unfused) {
       mj_spec_int(&spec, "intermediate", 2880);
       mj_spec_int(&spec, "experts", 32);
@@ -899,16 +904,10 @@ static void test_bad_split_specs(void **state) {
   mj_spec_int(&spec, "pdl", 2);
   render_refused(fx, "gemm", &spec, "spec.pdl=2");
 
-  memset(&spec, 0, sizeof spec);
-  mj_spec_str(&spec, "dtype", "bf16");
-  mj_spec_int(&spec, "hidden", 2880);
-  mj_spec_int(&spec, "top_k", 4);
+  combine_spec(&spec, "bf16");
   mj_spec_int(&spec, "splits", 0);
   render_refused(fx, "combine", &spec, "spec.splits=0");
-  memset(&spec, 0, sizeof spec);
-  mj_spec_str(&spec, "dtype", "bf16");
-  mj_spec_int(&spec, "hidden", 2880);
-  mj_spec_int(&spec, "top_k", 4);
+  combine_spec(&spec, "bf16");
   mj_spec_int(&spec, "pdl", -1);
   render_refused(fx, "combine", &spec, "spec.pdl=-1");
 }

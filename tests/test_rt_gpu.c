@@ -93,6 +93,20 @@ static moejit_plan *make_plan(const moejit_layer_desc *d) {
 
 /* ---- golden cases -------------------------------------------------------------------------- */
 
+/* ---- layer shapes -------------------------------------------------------------------------- */
+
+/* A small layer (H=256, I=192, E=16, top-4) for the option, bad-id, stream and tuner tests. */
+static moejit_layer_desc option_desc(moejit_dtype dtype) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.dtype = dtype;
+  return d;
+}
+
 /* ---- GPT-OSS shapes ------------------------------------------------------------------------ */
 
 static moejit_layer_desc gpt_oss(int64_t experts, int64_t max_tokens) {
@@ -241,12 +255,7 @@ static void test_skew_and_duplicates(void **state) {
 static void test_bad_expert_ids(void **state) {
   (void)state;
   NEED_GPU();
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = 256;
-  d.intermediate = 192;
-  d.experts = 16;
-  d.top_k = 4;
+  moejit_layer_desc d = option_desc(MOEJIT_BF16);
   d.max_tokens = 300;
   for (int ids64 = 0; ids64 <= 1; ids64++) {
     d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
@@ -424,13 +433,8 @@ static void test_decode_graphs(void **state) {
 static void test_two_plans_two_streams(void **state) {
   (void)state;
   NEED_GPU();
-  moejit_layer_desc da = gpt_oss(32, 256), db;
-  moejit_layer_desc_init(&db);
-  db.hidden = 256;
-  db.intermediate = 192;
-  db.experts = 16;
+  moejit_layer_desc da = gpt_oss(32, 256), db = option_desc(MOEJIT_F16);
   db.top_k = 2;
-  db.dtype = MOEJIT_F16;
   db.max_tokens = 4096;
   moejit_plan *pa = make_plan(&da), *pb = make_plan(&db);
   mj_synth_layer la, lb;
@@ -805,17 +809,6 @@ static void test_golden_cases(void **state) {
   }
 }
 
-static moejit_layer_desc option_desc(moejit_dtype dtype) {
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = 256;
-  d.intermediate = 192;
-  d.experts = 16;
-  d.top_k = 4;
-  d.dtype = dtype;
-  return d;
-}
-
 /* The tolerance of a layer: its dtype's, and f16's for f32 on TF32 (10 mantissa bits, as f16). */
 static double tolerance_of(const moejit_layer_desc *d) {
   return mj_tolerance(d->dtype == MOEJIT_F32 && !d->exact_f32 ? MOEJIT_F16 : d->dtype);
@@ -1095,12 +1088,7 @@ static void test_tuner(void **state) {
   o.cache_dir = dir;
   moejit_ctx *ctx = NULL;
   assert_int_equal(moejit_create(&ctx, &o), MOEJIT_OK);
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = 256;
-  d.intermediate = 192;
-  d.experts = 16;
-  d.top_k = 4;
+  moejit_layer_desc d = option_desc(MOEJIT_BF16);
   d.max_tokens = 512;
   static const int64_t tokens[] = {8, 300};
   mj_tune_options opt = {tokens, 2, 0.0, 3, 5, 1, NULL, tune_check, NULL};

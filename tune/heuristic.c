@@ -87,8 +87,8 @@ size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
   if (c->kind == MJ_GEMM_WGMMA) {
     /* weights come in 64-column boxes, so a slab's stage is rounded up to whole boxes */
     size_t staging = (size_t)(c->bm / 64) * 4 * 16 * (size_t)(c->bn / 2 + 8) * elem;
-    size_t bn_boxes = ((size_t)c->bn + 63) / 64 * 64;
-    return (size_t)c->stages * ((size_t)c->bm + bn_boxes) * 64 * elem + staging + 1024;
+    size_t b_cols = ((size_t)c->bn + 63) / 64 * 64;
+    return (size_t)c->stages * ((size_t)c->bm + b_cols) * 64 * elem + staging + 1024;
   }
   return (size_t)c->stages * ((size_t)c->bm * (c->bk + vec) + (size_t)c->bk * (c->bn + vec)) * elem;
 }
