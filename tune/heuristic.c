@@ -13,13 +13,15 @@ static const mj_gemm_config mma_configs[] = {
 };
 
 /* f16 / bf16 on sm_90a: the 16-row mma.sync tile with GEMM2 split along K for about one row per
- * expert, then wgmma tiles of one and two consumer warpgroups. From two rows per expert up, the
+ * expert, in two: at one token, GPT-OSS's GEMM2 is then 4 tiles x 23 slabs x 2 = 184 blocks, one
+ * wave of two blocks per SM, where three splits (276 blocks) left 12 for a second wave (forward
+ * 0.083 vs 0.092 ms with E = 32 or 128). Then wgmma tiles of one and two consumer warpgroups. From two rows per expert up, the
  * 64-row wgmma tile, whose weights stream in by TMA, beats the 16-row tile although most of its
  * rows are empty; 128 columns spread the weights of few experts over more blocks, 192 (which
  * divides both GEMMs of GPT-OSS, 5760 and 2880) take over past 32 rows (moejit bench --config on
  * the H100). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n128k64s4w1x4z3", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 3},
+    {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0},
     {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2, 0},
     {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0},
@@ -246,8 +248,9 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
           continue;
         mj_tune_config_name(&c, math);
         out[n++] = c;
-        if (c.bm == 16 && n < max) { /* decode tiles also split GEMM2 along K, for more blocks */
-          c.splits = 3;
+        if (c.bm == 16 && n < max) { /* decode tiles also split GEMM2 along K, for more blocks (in
+                                      * as many parts as the table's: a plan has one split count) */
+          c.splits = 2;
           mj_tune_config_name(&c, math);
           out[n++] = c;
         }
