@@ -11,7 +11,7 @@
 // kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
 //   scaled by weight[r] first with kWeightOnInput; staged through shared memory, 16-byte stores.
 // kMode 2 (down): y_slot[sorted_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
-//   kWeightOnInput); each lane's float2 pairs fill whole 32-byte sectors, so no staging.
+//   kWeightOnInput), staged through shared memory a part of the slab at a time, 16-byte stores.
 //
 // Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups.
 // Grid: persistent, one block per SM, walking work items i = blockIdx.x, + gridDim.x, ... . Items
@@ -43,7 +43,16 @@ static constexpr int kABytes = kBM * kBK * 2;
 static constexpr int kBBoxes = (kBN + 63) / 64;     // 64-column TMA boxes of a weight slab
 static constexpr int kBBytes = kBK * 64 * 2 * kBBoxes;
 static constexpr int kAcc = kBN / 2;                // accumulators per consumer thread
-static constexpr int kStageLd = kBN / 2 + 8;        // kMode 1 staging row, padded by 16 bytes
+static constexpr int kStageLd = kBN / 2 + 8;        // kMode 1 staging row (T), padded by 16 bytes
+// kMode 2 stages its f32 rows in kParts parts of kJPart 8-column steps each, few enough columns
+// that a part's row takes no more room than a kMode 1 row (4 parts when kBN / 8 is a multiple of
+// 4; else 5 do, as kBN >= 64). Each warp stages 16 rows; mj_tune_gemm_smem counts kMode 1's.
+static constexpr int kJ = kBN / 8;                  // 8-column steps of the accumulator layout
+static constexpr int kParts = kJ % 4 == 0 ? 4 : 5;
+static constexpr int kJPart = (kJ + kParts - 1) / kParts;
+static constexpr int kStageLdF = 8 * kJPart + 4;    // kMode 2 staging row (f32), padded by 16 bytes
+static constexpr int kWarpStage = 16 * kStageLd * 2;
+static_assert(kStageLdF * 4 <= kStageLd * 2, "a kMode 2 part fits a kMode 1 staging row");
 static_assert(sizeof(T) == 2, "wgmma takes 16-bit operands");
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
 static_assert(kBN % 16 == 0 && kBN <= 256, "a slab is a multiple of 16 columns, at most 256");
@@ -125,7 +134,7 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
 
 // acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
 __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
-                                         T *stage) {
+                                         unsigned char *stage) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
   const int row0 = it.r0 + cw * 64 + w * 16 + (lane >> 2);
   const BiasT *b = p.bias + (mj_i64)it.e * kN;
@@ -136,7 +145,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     wt[h] = r < it.r1 ? p.slot_weight[r] : 0.0f;
   }
   if (kMode == 1) {
-    T *s = stage + (cw * 4 + w) * 16 * kStageLd;  // this warp's 16 rows
+    T *s = (T *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j) {
       const int c = it.n0 + 8 * j + 2 * (lane & 3);
@@ -164,24 +173,39 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     }
     __syncwarp();
   } else {
-    int slot[2];
+    // A row's outputs go to y_slot[slot] at scattered slots: stored straight from the accumulator
+    // layout, one store instruction would touch 8 rows for 32 bytes each. Staged, a part of the
+    // slab at a time, each store covers 16 bytes a lane of two or three whole rows.
+    float *s = (float *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
+    const int rbase = it.r0 + cw * 64 + w * 16;
+    const int my_slot = lane < 16 && rbase + lane < it.r1 ? p.sorted_slot[rbase + lane] : -1;
+    if (kWeightOnInput) wt[0] = wt[1] = 1.0f;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int r = row0 + 8 * h;
-      slot[h] = r < it.r1 ? p.sorted_slot[r] : -1;
-      if (kWeightOnInput) wt[h] = 1.0f;
-    }
+    for (int part = 0; part < kParts; ++part) {
+      const int j0 = part * kJPart, nj = kJ - j0 < kJPart ? kJ - j0 : kJPart;
+      if (nj <= 0) break;
 #pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-      const int c = it.n0 + 8 * j + 2 * (lane & 3);
-      if (c >= kN) continue;
-      const float b0 = mj_to_f32(b[c]), b1 = mj_to_f32(b[c + 1]);
+      for (int jj = 0; jj < nj; ++jj) {
+        const int c = it.n0 + 8 * (j0 + jj) + 2 * (lane & 3);
+        const float b0 = c < kN ? mj_to_f32(b[c]) : 0.0f, b1 = c < kN ? mj_to_f32(b[c + 1]) : 0.0f;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (slot[h] < 0) continue;
-        *(mj_f32x2 *)((float *)p.out + (mj_i64)slot[h] * kN + c) =
-            mj_f32x2{(acc[4 * j + 2 * h] + b0) * wt[h], (acc[4 * j + 2 * h + 1] + b1) * wt[h]};
+        for (int h = 0; h < 2; ++h)
+          *(mj_f32x2 *)(s + ((lane >> 2) + 8 * h) * kStageLdF + 8 * jj + 2 * (lane & 3)) =
+              mj_f32x2{(acc[4 * (j0 + jj) + 2 * h] + b0) * wt[h],
+                       (acc[4 * (j0 + jj) + 2 * h + 1] + b1) * wt[h]};
       }
+      __syncwarp();
+      constexpr int kChunks = 2 * kJPart;  // 16-byte chunks per staged row: kJPart rounds of 32
+#pragma unroll
+      for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+        const int rr = idx / kChunks, cc = (idx % kChunks) * 4;
+        const int slot = __shfl_sync(0xffffffffu, my_slot, rr);
+        const int c = it.n0 + 8 * j0 + cc;
+        if (slot >= 0 && cc < 8 * nj && c < kN)
+          *(mj_v16 *)((float *)p.out + (mj_i64)slot * kN + c) =
+              *(const mj_v16 *)(s + rr * kStageLdF + cc);
+      }
+      __syncwarp();
     }
   }
 }
@@ -201,9 +225,13 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
   unsigned char *base = smem_raw + ((1024 - (mj_smem_addr(smem_raw) & 1023)) & 1023);
   unsigned char *smem_a = base;
   unsigned char *smem_b = base + kStages * kABytes;
-  T *stage_out = (T *)(smem_b + kStages * kBBytes);
+  unsigned char *stage_out = smem_b + kStages * kBBytes;
 
   if (threadIdx.x == 0) {
+    // the host's size (mj_tune_gemm_smem) covers the ring, the staging and the alignment slack
+    unsigned dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
+    if (dyn < kStages * (kABytes + kBBytes) + kConsumers * 4 * kWarpStage + 1024) __trap();
     for (int s = 0; s < kStages; ++s) {
       mj_mbar_init(&full[s], 1);
       mj_mbar_init(&empty[s], kConsumers * 4);

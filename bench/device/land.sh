@@ -4,9 +4,9 @@
 #   bash bench/device/land.sh COMMIT
 # Builds, runs the GPU suite, writes the decode and prefill rows of `moejit bench` (graph replay,
 # floor measured in the same run) to $OUT/decode.jsonl and $OUT/prefill.jsonl, times a few rows
-# again with MOEJIT_PDL=0, runs compute-sanitizer (memcheck on the golden, graph, bad-id and decode
-# tests; racecheck on the golden ones) and prints one forward's kernels at one token
-# (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
+# again with MOEJIT_PDL=0, runs compute-sanitizer (memcheck on the golden, graph, bad-id, decode and
+# every-configuration tests; racecheck on the golden ones) and prints one forward's kernels at one
+# token (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT}
 OUT=${OUT:-/tmp/land-out}
@@ -26,7 +26,7 @@ D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
 echo "== MOEJIT_PDL=0"
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-20b --tokens 1,64,4096 --no-floor 2>&1 | tail -3
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-120b --tokens 1,4096 --no-floor 2>&1 | tail -2
-MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode compute-sanitizer --tool memcheck ./tests/test_rt_gpu \
+MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --tool memcheck ./tests/test_rt_gpu \
   2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
 MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
   grep -E "RACECHECK SUMMARY|PASSED|FAILED"
