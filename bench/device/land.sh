@@ -26,8 +26,8 @@ D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
 echo "== MOEJIT_PDL=0"
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-20b --tokens 1,64,4096 --no-floor 2>&1 | tail -3
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-120b --tokens 1,4096 --no-floor 2>&1 | tail -2
-MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --tool memcheck ./tests/test_rt_gpu \
-  2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
+MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --tool memcheck \
+  ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
 MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
   grep -E "RACECHECK SUMMARY|PASSED|FAILED"
 python3 ../bench/device/kernels.py ./moejit --model gpt-oss-20b --tokens 1 2>&1 | tail -7
