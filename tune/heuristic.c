@@ -16,10 +16,10 @@ static const mj_gemm_config mma_configs[] = {
  * expert, in two: at one token, GPT-OSS's GEMM2 is then 4 tiles x 23 slabs x 2 = 184 blocks, one
  * wave of two blocks per SM, where three splits (276 blocks) left 12 for a second wave (forward
  * 0.083 vs 0.092 ms with E = 32 or 128; at 8 tokens, E = 128, 0.548 vs 0.543). Then wgmma tiles
- * of one and two consumer warpgroups. From two rows per expert up, the 64-row wgmma tile, whose weights stream in by TMA, beats the 16-row tile although most of its
- * rows are empty; 128 columns spread the weights of few experts over more blocks, 192 (which
- * divides both GEMMs of GPT-OSS, 5760 and 2880) take over past 32 rows (moejit bench --config on
- * the H100). */
+ * of one and two consumer warpgroups. From two rows per expert up, the 64-row wgmma tile, whose
+ * weights stream in by TMA, beats the 16-row tile although most of its rows are empty; 128 columns
+ * spread the weights of few experts over more blocks, 192 (which divides both GEMMs of GPT-OSS,
+ * 5760 and 2880) take over past 32 rows (moejit bench --config on the H100). */
 static const mj_gemm_config wgmma_configs[] = {
     {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0},
