@@ -680,6 +680,17 @@ static void valid_args(moejit_forward_args *a, int64_t tokens) {
 
 static uint64_t addr(const void *p) { return (uint64_t)(uintptr_t)p; }
 
+/* A whole forward of T tokens on the fake, with valid args (left in *a) and a workspace of the
+ * size moejit_workspace_size gives (returned); fk's launch records start from this forward. */
+static size_t fake_forward(fake_device *fk, int64_t T, moejit_forward_args *a) {
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+  valid_args(a, T);
+  fk->nlaunch = 0;
+  assert_int_equal(moejit_forward(&fk->plan, a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  return need;
+}
+
 typedef struct arg_case {
   const char *label;
   void (*mutate)(moejit_forward_args *a, void **ws, size_t *bytes);
@@ -916,11 +927,8 @@ static void test_forward_small_routing(void **state) {
   fake_device *fk = fake_open(need_plan(fx));
   fk->plan.small_slots = MJ_SMALL_SLOTS;
   const int64_t T = 37;
-  size_t need = 0;
-  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
   moejit_forward_args a;
-  valid_args(&a, T);
-  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  fake_forward(fk, T, &a);
   assert_int_equal(fk->nlaunch, 4);
   const launch_record *small = &fk->launch[0], *g1 = &fk->launch[1], *g2 = &fk->launch[2];
   const mj_gemm_config *c = &fk->plan.configs[fk->plan.pick[mj_rt_bucket(T)]];
@@ -952,13 +960,8 @@ static void test_forward_pdl(void **state) {
   fk->plan.pdl = 1; /* as a plan on sm_90+ sets it */
   for (int small = 0; small <= 1; small++) {
     fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
-    const int64_t T = 37;
-    size_t need = 0;
-    assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
     moejit_forward_args a;
-    valid_args(&a, T);
-    fk->nlaunch = 0;
-    assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+    const size_t need = fake_forward(fk, 37, &a);
     assert_int_equal(fk->nlaunch, small ? 4 : 6);
     for (int i = 0; i < fk->nlaunch; i++)
       if (fk->launch[i].pdl != (i > 0))
@@ -977,13 +980,8 @@ static void test_forward_pdl(void **state) {
   /* A forward past MJ_CHUNK_TOKENS runs chunk after chunk: each chunk's first kernel follows the
    * previous chunk's combine, plainly. */
   fk->plan.desc.max_tokens = MJ_CHUNK_TOKENS + 5;
-  const int64_t T = MJ_CHUNK_TOKENS + 5;
-  size_t need = 0;
-  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
   moejit_forward_args a;
-  valid_args(&a, T);
-  fk->nlaunch = 0;
-  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  fake_forward(fk, MJ_CHUNK_TOKENS + 5, &a);
   assert_int_equal(fk->nlaunch, 12);
   for (int i = 0; i < fk->nlaunch; i++)
     if (fk->launch[i].pdl != (i % 6 != 0))
