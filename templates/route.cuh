@@ -211,43 +211,18 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
 // ---- one launch for small batches --------------------------------------------------------------
 //
 // moejit_route_small does what count, scan and scatter do together, in one block of 1024 threads,
-// for nslots <= kSmallSlots. Every slot becomes a key (bucket << kSlotBits | s), bucket = its local
-// expert, kExperts for a bad id, kExperts + 1 for no row; the keys are distinct, so sorting them
-// (bitonic, two keys per thread in registers, partners across lanes by shuffles, across warps
-// through shared memory) lines each expert's slots up in increasing s: a slot's rank in its expert
-// is its sorted position less that of the expert's first slot. The per-expert row and tile offsets
-// are one block-wide scan. Nothing depends on timing: the result is the same on every run.
+// for nslots <= kSmallSlots, as a counting sort. Warp w takes slots [64 w, 64 w + 64): lane l the
+// slot 64 w + l, then 64 w + 32 + l. A slot's rank among its expert's slots (in increasing s) is
+// the count of that expert's slots in the warps before (a per-warp count table in shared memory)
+// plus those before it in its own warp (__match_any_sync: the lanes with the same expert). The
+// per-expert row and tile offsets are one block-wide scan. Nothing depends on timing: the result
+// is the same on every run.
 
-static constexpr int kSlotBits = 11;
-static constexpr int kSmallSlots = 1 << kSlotBits;  // two keys for each of 1024 threads
 static constexpr int kSmallThreads = 1024;
-static constexpr int kNoKey = 0x7fffffff;           // padding: after every real key
-static_assert(((kExperts + 2) << kSlotBits) < kNoKey, "keys must fit an int");
-
-__device__ __forceinline__ int mj_small_key(const IdT *ids, const int *__restrict__ expert_map,
-                                            int s, int nslots) {
-  if (s >= nslots) return kNoKey;
-  int e = mj_route_expert(ids, expert_map, s);
-  return (e < 0 ? kExperts + 1 : e) << kSlotBits | s;
-}
-
-// Bitonic compare-exchange of stage (k, j) for the key x at position idx against its partner's y at
-// idx ^ j: the pair ascends where (idx & k) == 0, so the lower position keeps the smaller key there
-// and the larger one elsewhere; the upper position keeps the other.
-__device__ __forceinline__ int mj_bitonic_keep(int x, int y, int idx, int j, int k) {
-  return (((idx & j) == 0) == ((idx & k) == 0)) ? min(x, y) : max(x, y);
-}
-
-// The sorted keys' bucket boundaries: first[b] and last[b] (exclusive) for a bucket b <= kExperts
-// that has slots; both stay 0 for one that has none. sorted: the nslots keys, in shared memory.
-__device__ __forceinline__ void mj_small_bounds(const int *sorted, int p, int key, int nslots,
-                                                int *first, int *last) {
-  if (p >= nslots) return;
-  int b = key >> kSlotBits;
-  if (b > kExperts) return;
-  if (p == 0 || (sorted[p - 1] >> kSlotBits) != b) first[b] = p;
-  if (p == nslots - 1 || (sorted[p + 1] >> kSlotBits) != b) last[b] = p + 1;
-}
+static constexpr int kSmallWarps = kSmallThreads / 32;
+static constexpr int kSmallSlots = 2 * kSmallThreads;  // two slots for each thread
+static constexpr int kCountLd = (kExperts + 3) / 4 * 4;  // a warp's row of the count table, bytes
+static_assert(kExperts <= kSmallThreads, "the scan gives each expert a thread");
 
 // The body of the small routing kernels, for ids and weights already readable (the caller's, or the
 // workspace copies written by this block's own top-k: hence no __restrict__ on them).
@@ -257,64 +232,69 @@ __device__ __forceinline__ void mj_route_small(
     int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ sorted_slot,
     int *__restrict__ slot_pos, float *__restrict__ slot_weight) {
-  __shared__ int keys[2][kSmallSlots];                 // ping-pong: one barrier per exchange
-  __shared__ int first[kExperts + 1], last[kExperts + 1];
+  // count[w][e]: expert e's slots in warp w (at most 64: a byte), kSmallWarps x kExperts bytes
+  __shared__ __align__(16) unsigned char count[kSmallWarps * kCountLd];
   __shared__ int row0[kExperts];
-  __shared__ int warp_sum[kSmallThreads / 32];
+  __shared__ int warp_sum[kSmallWarps];
+  __shared__ int bad;
   if (nslots > kSmallSlots) __trap();  // an internal invariant: the host picks it only below
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  for (int b = tid; b <= kExperts; b += kSmallThreads) first[b] = last[b] = 0;
+  for (int i = tid; i < kSmallWarps * kCountLd / 4; i += kSmallThreads) ((int *)count)[i] = 0;
+  if (tid == 0) bad = 0;
+  __syncthreads();
 
-  // Sort. Thread tid holds the keys at positions p0 = 2 tid and p1 = 2 tid + 1; pairs at distance
-  // j = 1 are its own two, j <= 32 are in its warp (lane tid ^ j / 2), larger j go through shared
-  // memory. n, the sorted length, is the power of two >= nslots, so 1 to 4 tokens cost a few steps.
-  const int p0 = 2 * tid, p1 = p0 + 1;
-  int a = mj_small_key(ids, expert_map, p0, nslots), b = mj_small_key(ids, expert_map, p1, nslots);
-  int n = 2;
-  while (n < nslots) n <<= 1;
-  int buf = 0;
-  for (int k = 2; k <= n; k <<= 1) {
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      int ya, yb;
-      if (j == 1) {
-        ya = b;
-        yb = a;
-      } else if (j <= 32) {
-        ya = __shfl_xor_sync(0xffffffffu, a, j >> 1);
-        yb = __shfl_xor_sync(0xffffffffu, b, j >> 1);
-      } else {
-        // keys[buf] was last read two exchanges ago, before the barrier of the last one
-        keys[buf][p0] = a;
-        keys[buf][p1] = b;
-        __syncthreads();
-        ya = keys[buf][p0 ^ j];
-        yb = keys[buf][p1 ^ j];
-        buf ^= 1;
-      }
-      a = mj_bitonic_keep(a, ya, p0, j, k);
-      b = mj_bitonic_keep(b, yb, p1, j, k);
+  // Each of the thread's two slots: its expert (kExperts for a bad id, -1 for no row) and its rank
+  // among the warp's slots of that expert; the lowest lane of each group writes the group's count.
+  // The routing weights are read here too, so their loads overlap the sort rather than follow it.
+  const unsigned below = (1u << lane) - 1;
+  int s[2], e[2], rank[2];
+  float wt[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    s[i] = 64 * warp + 32 * i + lane;
+    e[i] = -1;
+    wt[i] = 0.0f;
+    if (s[i] < nslots) e[i] = mj_route_expert(ids, expert_map, s[i]);
+    if (e[i] >= 0 && e[i] < kExperts) {  // only a good id indexes dense weights
+      const mj_i64 widx = kDense ? (mj_i64)(s[i] / kTopK) * kGlobalExperts + mj_load_id(ids, s[i])
+                                 : (mj_i64)s[i];
+      wt[i] = mj_to_f32(weights[widx]);
     }
   }
-  const int *sorted = keys[buf];
-  keys[buf][p0] = a;
-  keys[buf][p1] = b;
+  const int nbad = __popc(__ballot_sync(0xffffffffu, e[0] == kExperts)) +
+                   __popc(__ballot_sync(0xffffffffu, e[1] == kExperts));
+  if (lane == 0 && nbad) atomicAdd(&bad, nbad);  // a sum of integers: the order does not matter
+  unsigned char *mine = count + warp * kCountLd;
+  const bool row[2] = {e[0] >= 0 && e[0] < kExperts, e[1] >= 0 && e[1] < kExperts};
+  const unsigned peers0 = __match_any_sync(0xffffffffu, e[0]);
+  rank[0] = __popc(peers0 & below);
+  if (row[0] && rank[0] == 0) mine[e[0]] = (unsigned char)__popc(peers0);
+  __syncwarp();
+  const int before = row[1] ? mine[e[1]] : 0;  // the first half's slots of the second's expert
+  __syncwarp();
+  const unsigned peers1 = __match_any_sync(0xffffffffu, e[1]);
+  rank[1] = before + __popc(peers1 & below);
+  if (row[1] && __popc(peers1 & below) == 0) mine[e[1]] = (unsigned char)(before + __popc(peers1));
   __syncthreads();
-  mj_small_bounds(sorted, p0, a, nslots, first, last);
-  mj_small_bounds(sorted, p1, b, nslots, first, last);
-  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+    if (row[i])
+#pragma unroll 4
+      for (int w = 0; w < warp; ++w) rank[i] += count[w * kCountLd + e[i]];
 
-  // Thread e: expert e's kept rows and tiles, packed as kept << 16 | tiles (at most kSmallSlots
+  // Thread x: expert x's kept rows and tiles, packed as kept << 16 | tiles (at most kSmallSlots
   // rows and kSmallSlots + kExperts tiles in all, so neither field overflows), scanned over the
   // experts: an exclusive prefix gives the expert's first row and first tile.
-  const int e = tid;
+  const int x = tid;
   int kept = 0, ntiles = 0;
-  if (e < kExperts) {
-    kept = last[e] - first[e];
+  if (x < kExperts) {
+#pragma unroll 8
+    for (int w = 0; w < kSmallWarps; ++w) kept += count[w * kCountLd + x];
     if (kCapped) kept = min(kept, capacity);
     ntiles = (kept + block_m - 1) / block_m;
   }
-  const int mine = kept << 16 | ntiles;
-  int incl = mine;
+  const int packed = kept << 16 | ntiles;
+  int incl = packed;
 #pragma unroll
   for (int off = 1; off < 32; off <<= 1) {
     int v = __shfl_up_sync(0xffffffffu, incl, off);
@@ -323,46 +303,42 @@ __device__ __forceinline__ void mj_route_small(
   if (lane == 31) warp_sum[warp] = incl;
   __syncthreads();
   if (warp == 0) {
-    int w = warp_sum[lane];
+    int v = warp_sum[lane];
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
-      int v = __shfl_up_sync(0xffffffffu, w, off);
-      if (lane >= off) w += v;
+      int u = __shfl_up_sync(0xffffffffu, v, off);
+      if (lane >= off) v += u;
     }
-    warp_sum[lane] = w;
+    warp_sum[lane] = v;
   }
   __syncthreads();
-  const int excl = incl - mine + (warp > 0 ? warp_sum[warp - 1] : 0);
-  const int total = warp_sum[kSmallThreads / 32 - 1];
-  if (e < kExperts) {
+  const int excl = incl - packed + (warp > 0 ? warp_sum[warp - 1] : 0);
+  const int total = warp_sum[kSmallWarps - 1];
+  if (x < kExperts) {
     const int r0 = excl >> 16, t0 = excl & 0xffff;
-    row0[e] = r0;
-    expert_off[e] = r0;
+    row0[x] = r0;
+    expert_off[x] = r0;
     for (int t = 0; t < ntiles; ++t)
-      tiles[t0 + t] = mj_int4{e, r0 + t * block_m, min(r0 + (t + 1) * block_m, r0 + kept), t0};
+      tiles[t0 + t] = mj_int4{x, r0 + t * block_m, min(r0 + (t + 1) * block_m, r0 + kept), t0};
   }
   if (tid == 0) {
     expert_off[kExperts] = total >> 16;
     *num_tiles = total & 0xffff;
-    flags[0] = last[kExperts] - first[kExperts];
+    flags[0] = bad;
   }
   __syncthreads();
 
-  // Each thread's two sorted positions: a row when the expert keeps the slot, else slot_pos -1.
+  // Each slot: a row when its expert keeps it, else slot_pos -1.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int p = p0 + i, key = i == 0 ? a : b;
-    if (p >= nslots) break;
-    const int bk = key >> kSlotBits, s = key & (kSmallSlots - 1);
-    const int rank = bk < kExperts ? p - first[bk] : 0;
-    if (bk < kExperts && (!kCapped || rank < capacity)) {
-      const int row = row0[bk] + rank;
-      sorted_slot[row] = s;
-      slot_pos[s] = row;
-      mj_i64 widx = kDense ? (mj_i64)(s / kTopK) * kGlobalExperts + mj_load_id(ids, s) : (mj_i64)s;
-      slot_weight[row] = mj_to_f32(weights[widx]);
+    if (s[i] >= nslots) continue;
+    if (row[i] && (!kCapped || rank[i] < capacity)) {
+      const int r = row0[e[i]] + rank[i];
+      sorted_slot[r] = s[i];
+      slot_pos[s[i]] = r;
+      slot_weight[r] = wt[i];
     } else {
-      slot_pos[s] = -1;
+      slot_pos[s[i]] = -1;
     }
   }
 }
