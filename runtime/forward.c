@@ -247,7 +247,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     int tokens = (int)a->tokens;
     void *gather_args[] = {&x, &slot_pos, &tokens, &x_sorted};
     if ((st = launch_kernel(plan, &plan->gather, (unsigned)((tokens + 7) / 8), 1, 1, stream,
-                            gather_args, 0, err)))
+                            gather_args, pdl, err)))
       goto fail;
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, h};

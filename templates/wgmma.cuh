@@ -306,10 +306,12 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 #if MJ_WGMMA_GATHER
 // The permuted copy GEMM1 reads: x_sorted[slot_pos[t * kTopK + k]] = x[t] for each of the token's
 // slots that has a row. One warp per token reads its row once (16 bytes a lane) and writes it kTopK
-// times: grid = ceil(tokens / 8), block = 256.
+// times: grid = ceil(tokens / 8), block = 256. Under programmatic dependent launch (the forward's
+// own choice; without it the wait returns at once) it starts while routing runs and waits for it.
 extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restrict__ x,
                                                                 const int *__restrict__ slot_pos,
                                                                 int tokens, T *__restrict__ xs) {
+  mj_pdl_begin<1>();
   const int t = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (t >= tokens) return;
   int row[kTopK];
