@@ -232,7 +232,7 @@ __device__ __forceinline__ void mj_route_small(
     int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ sorted_slot,
     int *__restrict__ slot_pos, float *__restrict__ slot_weight) {
-  // count[w][e]: expert e's slots in warp w (at most 64: a byte), kSmallWarps x kExperts bytes
+  // count[w * kCountLd + e]: expert e's slots in warp w, at most 64, so a byte each
   __shared__ __align__(16) unsigned char count[kSmallWarps * kCountLd];
   __shared__ int row0[kExperts];
   __shared__ int warp_sum[kSmallWarps];
