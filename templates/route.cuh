@@ -248,14 +248,15 @@ __device__ __forceinline__ void mj_route_small(
   // The routing weights are read here too, so their loads overlap the sort rather than follow it.
   const unsigned below = (1u << lane) - 1;
   int s[2], e[2], rank[2];
+  bool row[2];  // the slot has a row: a good id of a local expert
   float wt[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     s[i] = 64 * warp + 32 * i + lane;
-    e[i] = -1;
+    e[i] = s[i] < nslots ? mj_route_expert(ids, expert_map, s[i]) : -1;
+    row[i] = e[i] >= 0 && e[i] < kExperts;
     wt[i] = 0.0f;
-    if (s[i] < nslots) e[i] = mj_route_expert(ids, expert_map, s[i]);
-    if (e[i] >= 0 && e[i] < kExperts) {  // only a good id indexes dense weights
+    if (row[i]) {  // only a good id indexes dense weights
       const mj_i64 widx = kDense ? (mj_i64)(s[i] / kTopK) * kGlobalExperts + mj_load_id(ids, s[i])
                                  : (mj_i64)s[i];
       wt[i] = mj_to_f32(weights[widx]);
@@ -265,7 +266,6 @@ __device__ __forceinline__ void mj_route_small(
                    __popc(__ballot_sync(0xffffffffu, e[1] == kExperts));
   if (lane == 0 && nbad) atomicAdd(&bad, nbad);  // a sum of integers: the order does not matter
   unsigned char *mine = count + warp * kCountLd;
-  const bool row[2] = {e[0] >= 0 && e[0] < kExperts, e[1] >= 0 && e[1] < kExperts};
   const unsigned peers0 = __match_any_sync(0xffffffffu, e[0]);
   rank[0] = __popc(peers0 & below);
   if (row[0] && rank[0] == 0) mine[e[0]] = (unsigned char)__popc(peers0);
