@@ -132,6 +132,33 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
 
 // ---- epilogues ----------------------------------------------------------------------------------
 
+// The biases of columns c and c + 1 (c even, so one 4- or 8-byte load), zeros past kN.
+__device__ __forceinline__ mj_f32x2 bias_pair(const BiasT *b, int c) {
+  struct alignas(2 * sizeof(BiasT)) Pair { BiasT x, y; };
+  if (c >= kN) return mj_f32x2{0.0f, 0.0f};
+  const Pair v = *(const Pair *)(b + c);
+  return mj_f32x2{mj_to_f32(v.x), mj_to_f32(v.y)};
+}
+
+// The biases of the kC 8-column steps from j0 of this lane's columns, loaded together before the
+// stores that use them: a load after a store through a generic pointer would wait for that store
+// (the compiler cannot tell them apart), one load latency per step instead of one per group.
+template <int kC>
+__device__ __forceinline__ void load_bias(const BiasT *b, int n0, int j0, mj_f32x2 (&out)[kC]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int jj = 0; jj < kC; ++jj) out[jj] = bias_pair(b, n0 + 8 * (j0 + jj) + 2 * (lane & 3));
+}
+
+// mj_swiglu with the fast exponential and division (ex2.approx, rcp.approx), for 16-bit outputs:
+// their error is far below one unit of a bf16 or f16 h. A large negative gate sends the exponential
+// to infinity and the quotient to 0, the limit.
+__device__ __forceinline__ float swiglu_fast(float gate, float up) {
+  gate = fminf(gate, kLimit);
+  up = fminf(fmaxf(up, -kLimit), kLimit);
+  return __fdividef((up + 1.0f) * gate, 1.0f + __expf(-kAlpha * gate));
+}
+
 // acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
 __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
                                          unsigned char *stage) {
@@ -146,19 +173,24 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
   }
   if (kMode == 1) {
     T *s = (T *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
+    constexpr int kC = 8;  // steps whose biases are loaded together
 #pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-      const int c = it.n0 + 8 * j + 2 * (lane & 3);
-      const float b0 = c < kN ? mj_to_f32(b[c]) : 0.0f, b1 = c < kN ? mj_to_f32(b[c + 1]) : 0.0f;
+    for (int j0 = 0; j0 < kJ; j0 += kC) {
+      mj_f32x2 bias[kC];
+      load_bias(b, it.n0, j0, bias);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-        if (kWeightOnInput) {
-          v0 *= wt[h];
-          v1 *= wt[h];
+      for (int jj = 0; jj < kC && j0 + jj < kJ; ++jj) {
+        const int j = j0 + jj;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+          if (kWeightOnInput) {
+            v0 *= wt[h];
+            v1 *= wt[h];
+          }
+          s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
+              mj_from_f32<T>(swiglu_fast(v0 + bias[jj].x, v1 + bias[jj].y));
         }
-        s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
-            mj_from_f32<T>(mj_swiglu(v0 + b0, v1 + b1, kAlpha, kLimit));
       }
     }
     __syncwarp();
@@ -184,15 +216,15 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     for (int part = 0; part < kParts; ++part) {
       const int j0 = part * kJPart, nj = kJ - j0 < kJPart ? kJ - j0 : kJPart;
       if (nj <= 0) break;
+      mj_f32x2 bias[kJPart];
+      load_bias(b, it.n0, j0, bias);
 #pragma unroll
       for (int jj = 0; jj < nj; ++jj) {
-        const int c = it.n0 + 8 * (j0 + jj) + 2 * (lane & 3);
-        const float b0 = c < kN ? mj_to_f32(b[c]) : 0.0f, b1 = c < kN ? mj_to_f32(b[c + 1]) : 0.0f;
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           *(mj_f32x2 *)(s + ((lane >> 2) + 8 * h) * kStageLdF + 8 * jj + 2 * (lane & 3)) =
-              mj_f32x2{(acc[4 * (j0 + jj) + 2 * h] + b0) * wt[h],
-                       (acc[4 * (j0 + jj) + 2 * h + 1] + b1) * wt[h]};
+              mj_f32x2{(acc[4 * (j0 + jj) + 2 * h] + bias[jj].x) * wt[h],
+                       (acc[4 * (j0 + jj) + 2 * h + 1] + bias[jj].y) * wt[h]};
       }
       __syncwarp();
       constexpr int kChunks = 2 * kJPart;  // 16-byte chunks per staged row: kJPart rounds of 32
