@@ -159,18 +159,30 @@ __device__ __forceinline__ float swiglu_fast(float gate, float up) {
   return __fdividef((up + 1.0f) * gate, 1.0f + __expf(-kAlpha * gate));
 }
 
-// acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
-__device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
-                                         unsigned char *stage) {
+// What the epilogue needs of the routing for this lane's rows, read before the item's main loop so
+// that its loads are done by the time the accumulators are: the routing weights of its two rows
+// (0 past the item's last row) and, kMode 2, lane l < 16 of a warp: the slot of the warp's row l.
+struct Rows { float wt[2]; int slot; };
+
+__device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int cw) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
-  const int row0 = it.r0 + cw * 64 + w * 16 + (lane >> 2);
-  const BiasT *b = p.bias + (mj_i64)it.e * kN;
-  float wt[2];
+  const int rbase = it.r0 + cw * 64 + w * 16;
+  Rows rows;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    int r = row0 + 8 * h;
-    wt[h] = r < it.r1 ? p.slot_weight[r] : 0.0f;
+    const int r = rbase + (lane >> 2) + 8 * h;
+    rows.wt[h] = r < it.r1 ? p.slot_weight[r] : 0.0f;
   }
+  rows.slot = kMode == 2 && lane < 16 && rbase + lane < it.r1 ? p.sorted_slot[rbase + lane] : -1;
+  return rows;
+}
+
+// acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
+__device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
+                                         const Rows &rows, unsigned char *stage) {
+  const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
+  const BiasT *b = p.bias + (mj_i64)it.e * kN;
+  float wt[2] = {rows.wt[0], rows.wt[1]};
   if (kMode == 1) {
     T *s = (T *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
     constexpr int kC = 8;  // steps whose biases are loaded together
@@ -209,8 +221,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     // layout, one store instruction would touch 8 rows for 32 bytes each. Staged, a part of the
     // slab at a time, each store covers 16 bytes a lane of two or three whole rows.
     float *s = (float *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
-    const int rbase = it.r0 + cw * 64 + w * 16;
-    const int my_slot = lane < 16 && rbase + lane < it.r1 ? p.sorted_slot[rbase + lane] : -1;
+    const int my_slot = rows.slot;
     if (kWeightOnInput) wt[0] = wt[1] = 1.0f;
 #pragma unroll
     for (int part = 0; part < kParts; ++part) {
@@ -306,6 +317,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     float acc[kAcc];
     for (int i = blockIdx.x; i < items; i += gridDim.x) {
       const Item it = decode_item(p, i);
+      const Rows rows = load_rows(p, it, cw);
       int prev = -1;
       for (int kb = 0; kb < kKT; ++kb) {
         mj_mbar_wait(&full[s], phase);
@@ -330,7 +342,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       mj_wgmma_wait<0>();
       mj_fence_acc(acc);
       if (lane == 0) mj_mbar_arrive(&empty[prev]);
-      epilogue(p, it, cw, acc, stage_out);
+      epilogue(p, it, cw, acc, rows, stage_out);
     }
   }
 }
