@@ -160,9 +160,12 @@ __device__ __forceinline__ float swiglu_fast(float gate, float up) {
 }
 
 // What the epilogue needs of the routing for this lane's rows, read before the item's main loop so
-// that its loads are done by the time the accumulators are: the routing weights of its two rows
-// (0 past the item's last row) and, kMode 2, lane l < 16 of a warp: the slot of the warp's row l.
+// that its loads are done by the time the accumulators are: the factor of each of its two rows,
+// the routing weight where this GEMM applies it (kMode 1 with kWeightOnInput, kMode 2 without;
+// 0 past the item's last row) and 1 elsewhere; and, kMode 2, lane l < 16 of a warp: the slot of
+// the warp's row l.
 struct Rows { float wt[2]; int slot; };
+static constexpr bool kApplyWeight = (kMode == 1) == kWeightOnInput;
 
 __device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int cw) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
@@ -171,7 +174,7 @@ __device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = rbase + (lane >> 2) + 8 * h;
-    rows.wt[h] = r < it.r1 ? p.slot_weight[r] : 0.0f;
+    rows.wt[h] = !kApplyWeight ? 1.0f : r < it.r1 ? p.slot_weight[r] : 0.0f;
   }
   rows.slot = kMode == 2 && lane < 16 && rbase + lane < it.r1 ? p.sorted_slot[rbase + lane] : -1;
   return rows;
@@ -182,7 +185,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
                                          const Rows &rows, unsigned char *stage) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
   const BiasT *b = p.bias + (mj_i64)it.e * kN;
-  float wt[2] = {rows.wt[0], rows.wt[1]};
+  const float *wt = rows.wt;
   if (kMode == 1) {
     T *s = (T *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
     constexpr int kC = 8;  // steps whose biases are loaded together
@@ -195,11 +198,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
         const int j = j0 + jj;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-          if (kWeightOnInput) {
-            v0 *= wt[h];
-            v1 *= wt[h];
-          }
+          const float v0 = acc[4 * j + 2 * h] * wt[h], v1 = acc[4 * j + 2 * h + 1] * wt[h];
           s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
               mj_from_f32<T>(swiglu_fast(v0 + bias[jj].x, v1 + bias[jj].y));
         }
@@ -221,8 +220,6 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     // layout, one store instruction would touch 8 rows for 32 bytes each. Staged, a part of the
     // slab at a time, each store covers 16 bytes a lane of two or three whole rows.
     float *s = (float *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
-    const int my_slot = rows.slot;
-    if (kWeightOnInput) wt[0] = wt[1] = 1.0f;
 #pragma unroll
     for (int part = 0; part < kParts; ++part) {
       const int j0 = part * kJPart, nj = kJ - j0 < kJPart ? kJ - j0 : kJPart;
@@ -242,7 +239,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
 #pragma unroll
       for (int idx = lane; idx < 16 * kChunks; idx += 32) {
         const int rr = idx / kChunks, cc = (idx % kChunks) * 4;
-        const int slot = __shfl_sync(0xffffffffu, my_slot, rr);
+        const int slot = __shfl_sync(0xffffffffu, rows.slot, rr);
         const int c = it.n0 + 8 * j0 + cc;
         if (slot >= 0 && cc < 8 * nj && c < kN)
           *(mj_v16 *)((float *)p.out + (mj_i64)slot * kN + c) =
