@@ -11,7 +11,11 @@
 //   kMode 1 with kWeightOnInput), the activation left to moejit_activation.
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
 //   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
-// Tile i of the list covers rows [row_begin, row_end) of one expert; blockIdx.y picks the kBN columns.
+// Tile i of the list covers rows [row_begin, row_end) of one expert, in kBN-column slabs. Grid
+// (max_tiles, ceil(kN / kBN), splits), taken slab-major: block (x, y) works on tile l / slabs,
+// slab l % slabs, l = x + max_tiles * y, so that the blocks the GPU issues together (x fastest)
+// read whole rows of one expert's weights rather than one slab each of many experts' (decode:
+// 3-4 % faster forwards from 4 tokens up on the H100, same at 1 and 2).
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 //
 // Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits, and the kernel takes a
@@ -247,12 +251,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   // the kernels after it could start while GEMM1 still reads the workspace.
   constexpr bool kEarly = MJ_PDL && kMode == 2;
   if (!kEarly) mj_pdl_begin<MJ_PDL>();
-  const int n0 = blockIdx.y * kBN;
-  if ((int)blockIdx.x >= *p.num_tiles || n0 >= kN) {
+  const int l = blockIdx.x + gridDim.x * blockIdx.y;
+  const int tile_i = l / gridDim.y, n0 = l % gridDim.y * kBN;
+  if (tile_i >= *p.num_tiles || n0 >= kN) {
     if (kEarly) mj_pdl_begin<MJ_PDL>();
     return;
   }
-  const mj_int4 tile = p.tiles[blockIdx.x];
+  const mj_int4 tile = p.tiles[tile_i];
   const int e = tile.x, r0 = tile.y, r1 = tile.z;
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
