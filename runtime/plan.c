@@ -158,6 +158,8 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   mj_spec_int(s, "stages", c->stages);
   if (wg)
     mj_spec_int(s, "ctas", c->ctas);
+  if (wg && c->pingpong)
+    mj_spec_int(s, "pingpong", 1);
   if (mode == 2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
   if (!wg) {

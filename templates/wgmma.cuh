@@ -1,6 +1,6 @@
 // wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
-// kBM, kBN, kStages, kGroupM, kCtas and mj_wgmma (one m64 x kBN x k16 step).
+// kBM, kBN, kStages, kGroupM, kCtas, kPingPong and mj_wgmma (one m64 x kBN x k16 step).
 //
 // The work: for every tile of the device-side tile list (expert e, rows [r0, r1) of the sorted
 // order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
@@ -13,7 +13,8 @@
 // kMode 2 (down): y_slot[sorted_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
 //   kWeightOnInput), staged through shared memory a part of the slab at a time, 16-byte stores.
 //
-// Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups.
+// Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups, which
+// share each item (64 rows each) or, with kPingPong (kBM = 128), take whole items in turn.
 // Grid: persistent, one block per SM, walking work items i = blockIdx.x, + gridDim.x, ... . Items
 // are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column slabs
 // in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per group.
@@ -167,9 +168,9 @@ __device__ __forceinline__ float swiglu_fast(float gate, float up) {
 struct Rows { float wt[2]; int slot; };
 static constexpr bool kApplyWeight = (kMode == 1) == kWeightOnInput;
 
-__device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int cw) {
+__device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int mb) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
-  const int rbase = it.r0 + cw * 64 + w * 16;
+  const int rbase = it.r0 + mb * 64 + w * 16;
   Rows rows;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -181,13 +182,14 @@ __device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int
 }
 
 // acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
-__device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int cw, float (&acc)[kAcc],
+// stage: this warp's staging buffer (kWarpStage bytes); mb: which 64 rows of the item acc holds.
+__device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int mb, float (&acc)[kAcc],
                                          const Rows &rows, unsigned char *stage) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
   const BiasT *b = p.bias + (mj_i64)it.e * kN;
   const float *wt = rows.wt;
   if (kMode == 1) {
-    T *s = (T *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
+    T *s = (T *)stage;  // this warp's 16 rows
     constexpr int kC = 8;  // steps whose biases are loaded together
 #pragma unroll
     for (int j0 = 0; j0 < kJ; j0 += kC) {
@@ -206,7 +208,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     }
     __syncwarp();
     constexpr int kChunks = kBN / 16;  // 16-byte chunks per staged row (kBN / 2 elements)
-    const int rbase = it.r0 + cw * 64 + w * 16;
+    const int rbase = it.r0 + mb * 64 + w * 16;
 #pragma unroll
     for (int idx = lane; idx < 16 * kChunks; idx += 32) {
       const int rr = idx / kChunks, cc = (idx % kChunks) * 8;
@@ -219,7 +221,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     // A row's outputs go to y_slot[slot] at scattered slots: stored straight from the accumulator
     // layout, one store instruction would touch 8 rows for 32 bytes each. Staged, a part of the
     // slab at a time, each store covers 16 bytes a lane of two or three whole rows.
-    float *s = (float *)(stage + (cw * 4 + w) * kWarpStage);  // this warp's 16 rows
+    float *s = (float *)stage;  // this warp's 16 rows
 #pragma unroll
     for (int part = 0; part < kParts; ++part) {
       const int j0 = part * kJPart, nj = kJ - j0 < kJPart ? kJ - j0 : kJPart;
@@ -252,6 +254,114 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
 
 // ---- the kernel ---------------------------------------------------------------------------------
 
+// One k block of MMAs on ring stage s into acc (the 64 rows of the stage's A from row m0 on).
+__device__ __forceinline__ void mma_block(float (&acc)[kAcc], const unsigned char *smem_a,
+                                          const unsigned char *smem_b, int s, int m0, bool first) {
+  const mj_u32 a = mj_smem_addr(smem_a + s * kABytes + m0 * 128);
+  const mj_u32 b = mj_smem_addr(smem_b + s * kBBytes);
+#pragma unroll
+  for (int ks = 0; ks < kBK / 16; ++ks)
+    mj_wgmma(acc, mj_desc(a + ks * 32, 16, 1024), mj_desc(b + ks * 2048, kBK * 128, 1024),
+             !first || ks > 0);
+}
+
+// The ring position of the q-th k block the producer loads: stage and phase parity.
+struct RingPos {
+  int s;
+  unsigned phase;
+  __device__ __forceinline__ explicit RingPos(unsigned q) : s(q % kStages), phase((q / kStages) & 1) {}
+  __device__ __forceinline__ void next() {
+    if (++s == kStages) {
+      s = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// Cooperative consumers: consumer warpgroup cw multiplies rows [64 cw, 64 cw + 64) of every item.
+__device__ __forceinline__ void consume_together(const WgParams &p, int items, int cw,
+                                                 const unsigned char *smem_a,
+                                                 const unsigned char *smem_b, mj_u64 *full,
+                                                 mj_u64 *empty, unsigned char *stage) {
+  const int lane = threadIdx.x & 31;
+  RingPos pos(0);
+  float acc[kAcc];
+  for (int i = blockIdx.x; i < items; i += gridDim.x) {
+    const Item it = decode_item(p, i);
+    const Rows rows = load_rows(p, it, cw);
+    int prev = -1;
+    for (int kb = 0; kb < kKT; ++kb) {
+      mj_mbar_wait(&full[pos.s], pos.phase);
+      mj_fence_acc(acc);
+      mj_wgmma_fence();
+      mma_block(acc, smem_a, smem_b, pos.s, cw * 64, kb == 0);
+      mj_wgmma_commit();
+      mj_fence_acc(acc);
+      mj_wgmma_wait<1>();  // the previous k block's MMAs are done: its stage can be refilled
+      if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
+      prev = pos.s;
+      pos.next();
+    }
+    mj_wgmma_wait<0>();
+    mj_fence_acc(acc);
+    if (lane == 0) mj_mbar_arrive(&empty[prev]);
+    epilogue(p, it, cw, acc, rows, stage);
+  }
+}
+
+__device__ __forceinline__ void named_sync(int id) {
+  asm volatile("bar.sync %0, 256;\n" :: "r"(id) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id) {
+  asm volatile("bar.arrive %0, 256;\n" :: "r"(id) : "memory");
+}
+
+// Ping-pong consumers: consumer c takes the block's items j = c, c + 2, ... whole (all kBM = 128
+// rows, as two 64-row accumulators), so that one consumer's epilogue runs under the other's MMAs.
+// Their main loops take turns: consumer c starts one after named barrier 1 + c, which the other
+// arrives at when it has issued its last k block. The ring's stages are thus taken in the order
+// the producer fills them, which the parity waits need (a consumer waiting two phases ahead
+// would pass at once).
+__device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, int c,
+                                                 const unsigned char *smem_a,
+                                                 const unsigned char *smem_b, mj_u64 *full,
+                                                 mj_u64 *empty, unsigned char *stage) {
+  const int lane = threadIdx.x & 31;
+  const int mine = (int)blockIdx.x < items ? (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+  float acc0[kAcc], acc1[kAcc];
+  for (int j = c; j < mine; j += 2) {
+    const Item it = decode_item(p, blockIdx.x + j * gridDim.x);
+    const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
+    if (j > 0) named_sync(1 + c);
+    RingPos pos((unsigned)j * kKT);
+    int prev = -1;
+    for (int kb = 0; kb < kKT; ++kb) {
+      mj_mbar_wait(&full[pos.s], pos.phase);
+      mj_fence_acc(acc0);
+      mj_fence_acc(acc1);
+      mj_wgmma_fence();
+      mma_block(acc0, smem_a, smem_b, pos.s, 0, kb == 0);
+      mma_block(acc1, smem_a, smem_b, pos.s, 64, kb == 0);
+      mj_wgmma_commit();
+      mj_fence_acc(acc0);
+      mj_fence_acc(acc1);
+      mj_wgmma_wait<1>();
+      if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
+      prev = pos.s;
+      pos.next();
+    }
+    named_arrive(2 - c);  // the other consumer's main loop may start
+    mj_wgmma_wait<0>();
+    mj_fence_acc(acc0);
+    mj_fence_acc(acc1);
+    if (lane == 0) mj_mbar_arrive(&empty[prev]);
+    epilogue(p, it, 0, acc0, rows0, stage);
+    epilogue(p, it, 1, acc1, rows1, stage);
+  }
+  // The consumer that did not take the block's last item answers the other's last arrival.
+  if (mine > 0 && (mine - 1) % 2 != c) named_sync(1 + c);
+}
+
 // Registers: the producer warpgroup gives back all but 40 a thread to the consumers (setmaxnreg):
 // 232 each for two consumers in one block, 216 for one consumer in each of two blocks.
 static constexpr int kConsumerRegs = kConsumers == 2 ? 232 : kCtas == 2 ? 216 : 0;
@@ -274,7 +384,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     if (dyn < kStages * (kABytes + kBBytes) + kConsumers * 4 * kWarpStage + 1024) __trap();
     for (int s = 0; s < kStages; ++s) {
       mj_mbar_init(&full[s], 1);
-      mj_mbar_init(&empty[s], kConsumers * 4);
+      mj_mbar_init(&empty[s], kPingPong ? 4 : kConsumers * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -287,60 +397,29 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     if (threadIdx.x == 0) {
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_a) : "memory");
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
-      int s = 0;
-      unsigned phase = 0;
+      RingPos pos(0);
       for (int i = blockIdx.x; i < items; i += gridDim.x) {
         const Item it = decode_item(p, i);
         for (int kb = 0; kb < kKT; ++kb) {
-          mj_mbar_wait(&empty[s], phase ^ 1);  // a fresh barrier counts as released
+          const int s = pos.s;
+          mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
           mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
           mj_tma_2d(smem_a + s * kABytes, &tmap_a, kb * kBK, it.r0, &full[s]);
 #pragma unroll
           for (int j = 0; j < kBBoxes; ++j)
             mj_tma_3d(smem_b + s * kBBytes + j * kBK * 128, &tmap_b, it.n0 + 64 * j, kb * kBK, it.e,
                       &full[s]);
-          if (++s == kStages) {
-            s = 0;
-            phase ^= 1;
-          }
+          pos.next();
         }
       }
     }
   } else {
     if (kConsumerRegs) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(kConsumerRegs));
-    const int cw = wg - 1, lane = threadIdx.x & 31;
-    int s = 0;
-    unsigned phase = 0;
-    float acc[kAcc];
-    for (int i = blockIdx.x; i < items; i += gridDim.x) {
-      const Item it = decode_item(p, i);
-      const Rows rows = load_rows(p, it, cw);
-      int prev = -1;
-      for (int kb = 0; kb < kKT; ++kb) {
-        mj_mbar_wait(&full[s], phase);
-        const mj_u32 a = mj_smem_addr(smem_a + s * kABytes + cw * 64 * 128);
-        const mj_u32 b = mj_smem_addr(smem_b + s * kBBytes);
-        mj_fence_acc(acc);
-        mj_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kBK / 16; ++ks)
-          mj_wgmma(acc, mj_desc(a + ks * 32, 16, 1024), mj_desc(b + ks * 2048, kBK * 128, 1024),
-                   kb > 0 || ks > 0);
-        mj_wgmma_commit();
-        mj_fence_acc(acc);
-        mj_wgmma_wait<1>();  // the previous k block's MMAs are done: its stage can be refilled
-        if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
-        prev = s;
-        if (++s == kStages) {
-          s = 0;
-          phase ^= 1;
-        }
-      }
-      mj_wgmma_wait<0>();
-      mj_fence_acc(acc);
-      if (lane == 0) mj_mbar_arrive(&empty[prev]);
-      epilogue(p, it, cw, acc, rows, stage_out);
-    }
+    unsigned char *stage = stage_out + ((wg - 1) * 4 + ((threadIdx.x >> 5) & 3)) * kWarpStage;
+    if (kPingPong)
+      consume_pingpong(p, items, wg - 1, smem_a, smem_b, full, empty, stage);
+    else
+      consume_together(p, items, wg - 1, smem_a, smem_b, full, empty, stage);
   }
 }
 

@@ -6,7 +6,8 @@
 -- two consumer warpgroups), bn (64..256, a multiple of 16; weights come in 64-column boxes),
 -- stages, group_m (m-tiles of one expert that share each weight slab while it is in L2; optional,
 -- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
--- other's MMAs; optional, 1).
+-- other's MMAs; optional, 1), pingpong (1 with bm=128: the two consumer warpgroups take whole
+-- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 
@@ -54,6 +55,10 @@ return function(spec)
   if ctas ~= 1 and not (ctas == 2 and bm == 64) then
     error("spec.ctas must be 1, or 2 with bm=64, got " .. tostring(ctas))
   end
+  local pingpong = spec.pingpong or 0
+  if pingpong ~= 0 and not (pingpong == 1 and bm == 128 and ctas == 1) then
+    error("spec.pingpong must be 0, or 1 with bm=128 and ctas=1, got " .. tostring(spec.pingpong))
+  end
   local group_m = spec.group_m or 16
   if math.type(group_m) ~= "integer" or group_m < 1 then error("spec.group_m must be a positive integer") end
   return table.concat({
@@ -73,6 +78,7 @@ return function(spec)
       { "kStages", "int", stages },
       { "kGroupM", "int", group_m },
       { "kCtas", "int", ctas },
+      { "kPingPong", "bool", pingpong == 1 },
     }),
     "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0"),
     wgmma_fn(bn, ab),

@@ -567,6 +567,7 @@ static void test_bad_wgmma_specs(void **state) {
       {"dtype", "f32", 0, "f16 or bf16"},   {"mode", "gate_up_raw", 0, "gate_up or down"},
       {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 16"},
       {"ctas", NULL, 2, "ctas"}, /* two blocks per SM need bm = 64 */
+      {"pingpong", NULL, 2, "pingpong"},
   };
   for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {
     mj_spec spec;
@@ -586,6 +587,8 @@ static void test_bad_wgmma_specs(void **state) {
     mj_spec_int(&spec, "stages", 4);
     if (which == 4)
       mj_spec_int(&spec, "ctas", bad[4].v);
+    if (which == 5)
+      mj_spec_int(&spec, "pingpong", bad[5].v);
     moejit_status st = mj_gen_render(gen, "wgmma", &spec, &src, &err);
     if (which < 0) {
       assert_int_equal(st, MOEJIT_OK);

@@ -442,6 +442,49 @@ static void test_plan_fits_splits(void **state) {
   moejit_plan_destroy(plan);
 }
 
+/* Configuration names: each one of the tuner's search space (sm_90a's wgmma and ping-pong tiles
+ * too) parses back to itself, and names outside what the kernels take are refused. */
+static void test_config_names(void **state) {
+  (void)state;
+  static const mj_math maths[] = {MJ_MATH_MMA, MJ_MATH_TF32, MJ_MATH_FFMA};
+  int pingpong = 0;
+  for (int a = 0; a < 2; a++)
+    for (int m = 0; m < 3; m++) {
+      mj_gemm_config space[MJ_MAX_GEMM_CONFIGS], back;
+      mj_math math;
+      const moejit_dtype dt = maths[m] == MJ_MATH_MMA ? MOEJIT_BF16 : MOEJIT_F32;
+      int n = mj_tune_search_space(maths[m], dt, a ? "sm_90a" : "sm_80", 227 * 1024, space,
+                                   MJ_MAX_GEMM_CONFIGS);
+      assert_true(n > 0 && n < MJ_MAX_GEMM_CONFIGS);
+      for (int i = 0; i < n; i++) {
+        if (mj_tune_config_parse(space[i].name, &back, &math) != 0)
+          fail_msg("%s does not parse", space[i].name);
+        assert_string_equal(back.name, space[i].name);
+        assert_int_equal(math, maths[m]);
+        assert_int_equal(back.bm, space[i].bm);
+        assert_int_equal(back.bn, space[i].bn);
+        assert_int_equal(back.stages, space[i].stages);
+        assert_int_equal(back.kind, space[i].kind);
+        assert_int_equal(back.ctas, space[i].ctas);
+        assert_int_equal(back.pingpong, space[i].pingpong);
+        pingpong += space[i].pingpong;
+      }
+    }
+  assert_true(pingpong > 0);
+  mj_gemm_config c;
+  mj_math math;
+  assert_int_equal(mj_tune_config_parse("wg_m128n128s5pp", &c, &math), 0);
+  assert_int_equal(c.pingpong, 1);
+  assert_int_equal(c.ctas, 1);
+  assert_int_equal(c.bm, 128);
+  assert_int_equal(c.stages, 5);
+  static const char *const bad[] = {"wg_m64n128s5pp", "wg_m128n128s5ppc1", "wg_m128n128s5p",
+                                    "wg_m128n128s5ppz2", "wg_m128n192s4c2"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (mj_tune_config_parse(bad[i], &c, &math) == 0)
+      fail_msg("%s parsed", bad[i]);
+}
+
 /* ---- forward on an offline plan --------------------------------------------------------------- */
 
 static void test_forward_offline(void **state) {
@@ -1175,6 +1218,7 @@ int main(void) {
       cmocka_unit_test(test_workspace_size),
       cmocka_unit_test(test_plan_configurations),
       cmocka_unit_test(test_plan_fits_splits),
+      cmocka_unit_test(test_config_names),
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),
       cmocka_unit_test(test_forward_launches),

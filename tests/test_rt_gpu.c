@@ -191,21 +191,23 @@ static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens,
   moejit_plan_destroy(plan);
 }
 
-/* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, the
- * wgmma slabs the table may not hold (240 and 256 columns: weight slabs that are not whole
- * 64-column boxes, or run past N), on GPT-OSS shapes and on an odd shape whose N and K are not
- * multiples of the tiles (tails). */
+/* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, wgmma
+ * tiles the table does not hold (240 and 256 columns: weight slabs that are not whole 64-column
+ * boxes, or run past N; two blocks of 64 x 192 a SM; ping-pong at 4 stages), on GPT-OSS shapes and
+ * on an odd shape whose N and K are not multiples of the tiles (tails). */
 static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   plan_configs(make_plan(&d), d, tokens, what);
   if (!mj_tune_arch_wgmma(g_ctx->arch))
     return;
-  static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1"};
-  mj_gemm_config c[3];
+  static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1",
+                                     "wg_m64n192s3c2", "wg_m128n128s4pp"};
+  enum { nwide = sizeof wide / sizeof wide[0] };
+  mj_gemm_config c[nwide];
   mj_math math;
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < nwide; i++)
     assert_int_equal(mj_tune_config_parse(wide[i], &c[i], &math), 0);
   moejit_plan *plan = NULL;
-  moejit_status st = mj_rt_plan_create_with(g_ctx, &d, c, 3, &plan);
+  moejit_status st = mj_rt_plan_create_with(g_ctx, &d, c, nwide, &plan);
   if (st != MOEJIT_OK)
     print_message("plan: %s: %s\n", moejit_status_name(st), moejit_last_error(g_ctx));
   assert_int_equal(st, MOEJIT_OK);

@@ -7,9 +7,9 @@
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0},
+    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0},
+    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
 };
 
 /* f16 / bf16 on sm_90a: the 16-row mma.sync tile with GEMM2 split along K for about one row per
@@ -18,26 +18,31 @@ static const mj_gemm_config mma_configs[] = {
  * 0.083 vs 0.092 ms with E = 32 or 128; at 8 tokens, E = 128, 0.548 vs 0.543). Then wgmma tiles
  * of one and two consumer warpgroups. From two rows per expert up, the 64-row wgmma tile, whose
  * weights stream in by TMA, beats the 16-row tile although most of its rows are empty; 128 columns
- * spread the weights of few experts over more blocks, 192 (which divides both GEMMs of GPT-OSS,
- * 5760 and 2880) take over past 32 rows (moejit bench --config on the H100). */
+ * spread the weights of few experts over more blocks. Past 32 rows, the ping-pong tile: 128 x 128
+ * a consumer warpgroup, the two taking whole items in turn, ahead of two blocks of 64 x 192 a SM
+ * (wg_m64n192s3c2, the pick before) by 0.4 to 8 % at 64 to 256 rows per expert and even at 128
+ * (forward, moejit bench --config on the H100: E = 32 and 2048 tokens 0.898 against 0.968 ms,
+ * E = 128 and 2048 tokens 2.448 against 2.590). Past 256 rows the cooperative 128 x 192 tile,
+ * whose slabs divide both GEMMs of GPT-OSS (5760 and 2880), moves fewer bytes a FLOP and wins
+ * (E = 32, 16384 tokens: 5.70 against 6.74 ms). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2},
-    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0},
-    {"wg_m64n192s3c2", 64, 192, 64, 3, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 2, 0},
-    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0},
+    {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0},
+    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0},
+    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1},
+    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0},
+    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0},
+    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
 };
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
@@ -105,7 +110,9 @@ int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64
 }
 
 void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
-  if (c->kind == MJ_GEMM_WGMMA)
+  if (c->kind == MJ_GEMM_WGMMA && c->pingpong)
+    snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dpp", c->bm, c->bn, c->stages);
+  else if (c->kind == MJ_GEMM_WGMMA)
     snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dc%d", c->bm, c->bn, c->stages, c->ctas);
   else if (math != MJ_MATH_FFMA)
     snprintf(c->name, sizeof c->name, "%s_m%dn%dk%ds%dw%dx%d", math_names[math], c->bm, c->bn,
@@ -139,7 +146,9 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   if (sscanf(name, "mma_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
              &tail) == 6)
     m = MJ_MATH_MMA;
-  else if (sscanf(name, "wg_m%dn%ds%dc%d%c", &p.bm, &p.bn, &p.stages, &p.ctas, &tail) == 4) {
+  else if (sscanf(name, "wg_m%dn%ds%dc%d%c", &p.bm, &p.bn, &p.stages, &p.ctas, &tail) == 4 ||
+           (sscanf(name, "wg_m%dn%ds%dpp%c", &p.bm, &p.bn, &p.stages, &tail) == 3 &&
+            (p.pingpong = p.ctas = 1))) {
     m = MJ_MATH_MMA;
     p.kind = MJ_GEMM_WGMMA;
     p.bk = 64;
@@ -157,7 +166,7 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     return -1;
   if (p.kind == MJ_GEMM_WGMMA) {
     if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 8 ||
-        p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1))
+        p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1) || (p.pingpong && p.bm != 128))
       return -1;
     p.wm = 0;
   }
@@ -227,6 +236,23 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
             mj_tune_config_name(&c, math);
             out[n++] = c;
           }
+  if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
+    for (int s = 0; s < 4 && n < max; s++) { /* ping-pong: 128 accumulators a thread at most */
+      mj_gemm_config c;
+      memset(&c, 0, sizeof c);
+      c.kind = MJ_GEMM_WGMMA;
+      c.bm = 128;
+      c.bn = 128;
+      c.bk = 64;
+      c.stages = wg_stages[s];
+      c.ctas = 1;
+      c.pingpong = 1;
+      c.max_avg_rows = INT64_MAX;
+      if (mj_tune_gemm_smem(&c, dtype) + 256 > smem_limit)
+        continue;
+      mj_tune_config_name(&c, math);
+      out[n++] = c;
+    }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {

@@ -25,6 +25,7 @@ typedef struct mj_gemm_config {
   mj_gemm_kind kind; /* MJ_GEMM_WGMMA: bk is 64 and wm, wn, tm, tn are unused */
   int ctas;          /* MJ_GEMM_WGMMA: resident blocks per SM (1, or 2 for 64-row tiles) */
   int splits;        /* MJ_GEMM_SYNC: GEMM2 split along K into this many partial sums (0, 1: no) */
+  int pingpong;      /* MJ_GEMM_WGMMA, bm 128: the two consumers take whole items in turn ("pp") */
 } mj_gemm_config;
 
 /* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
