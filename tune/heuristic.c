@@ -18,16 +18,19 @@ static const mj_gemm_config mma_configs[] = {
  * 0.083 vs 0.092 ms with E = 32 or 128; at 8 tokens, E = 128, 0.548 vs 0.543). Then wgmma tiles
  * of one and two consumer warpgroups. From two rows per expert up, the 64-row wgmma tile, whose
  * weights stream in by TMA, beats the 16-row tile although most of its rows are empty; 128 columns
- * spread the weights of few experts over more blocks. Past 32 rows, the ping-pong tile: 128 x 128
- * a consumer warpgroup, the two taking whole items in turn, ahead of two blocks of 64 x 192 a SM
- * (wg_m64n192s3c2, the pick before) by 0.4 to 8 % at 64 to 256 rows per expert and even at 128
- * (forward, moejit bench --config on the H100: E = 32 and 2048 tokens 0.898 against 0.968 ms,
- * E = 128 and 2048 tokens 2.448 against 2.590). Past 256 rows the cooperative 128 x 192 tile,
- * whose slabs divide both GEMMs of GPT-OSS (5760 and 2880), moves fewer bytes a FLOP and wins
- * (E = 32, 16384 tokens: 5.70 against 6.74 ms). */
+ * spread the weights of few experts over more blocks. Past 32 rows, the ping-pong tile (128 x 128
+ * a consumer warpgroup, the two taking whole items in turn) beats two blocks of 64 x 192 a SM
+ * (wg_m64n192s3c2, the pick before) by up to 8 % (forward, moejit bench --config on the H100: E = 32
+ * and 2048 tokens 0.898 against 0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at
+ * 128 rows; with 4 stages up to 64 rows (E = 32 and 512 tokens 0.598 against 0.607 with 5, E = 128
+ * and 2048 tokens 2.394 against 2.448) and 5 above (at 128 rows 4 lose: 0.723 against 0.693, 2.797
+ * against 2.667). Past 256 rows the cooperative 128 x 192 tile, whose slabs divide both GEMMs of
+ * GPT-OSS (5760 and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong
+ * GEMM1 read 6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
 static const mj_gemm_config wgmma_configs[] = {
     {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0},
+    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1},
     {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1},
     {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0},
 };
