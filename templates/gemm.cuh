@@ -12,10 +12,11 @@
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
 //   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert, in kBN-column slabs. Grid
-// (max_tiles, ceil(kN / kBN), splits), taken slab-major: block (x, y) works on tile l / slabs,
-// slab l % slabs, l = x + max_tiles * y, so that the blocks the GPU issues together (x fastest)
-// read whole rows of one expert's weights rather than one slab each of many experts' (decode:
-// 3-4 % faster forwards from 4 tokens up on the H100, same at 1 and 2).
+// (max_tiles, ceil(kN / kBN), splits); block (x, y) works on tile x and slab y, or with slab_major
+// (the host's choice when the blocks fill the GPU more than twice over) on tile l / slabs and slab
+// l % slabs, l = x + max_tiles * y, so that the blocks the GPU issues together (x fastest) read
+// whole rows of one expert's weights rather than one slab each of many experts' (decode forwards
+// of 4 to 32 tokens 3-4 % faster on the H100).
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 //
 // Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits, and the kernel takes a
@@ -36,7 +37,7 @@
 #ifndef MJ_GEMM_SPLITS
 #define MJ_GEMM_SPLITS 1
 #endif
-// The kernel's one parameter; the host fills the same eight pointers in this order.
+// The kernel's one parameter; the host fills the same fields in this order.
 struct GemmParams {
   const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
   const T *w;               // [experts, kK, kN]
@@ -46,6 +47,7 @@ struct GemmParams {
   const mj_int4 *tiles;     // [max_tiles]
   const int *num_tiles;     // [1]
   void *out;
+  int slab_major;           // the order blocks take tiles and slabs in (above)
 };
 
 static constexpr int kSplits = MJ_GEMM_SPLITS;
@@ -252,7 +254,8 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   constexpr bool kEarly = MJ_PDL && kMode == 2;
   if (!kEarly) mj_pdl_begin<MJ_PDL>();
   const int l = blockIdx.x + gridDim.x * blockIdx.y;
-  const int tile_i = l / gridDim.y, n0 = l % gridDim.y * kBN;
+  const int tile_i = p.slab_major ? l / gridDim.y : blockIdx.x;
+  const int n0 = (p.slab_major ? l % gridDim.y : blockIdx.y) * kBN;
   if (tile_i >= *p.num_tiles || n0 >= kN) {
     if (kEarly) mj_pdl_begin<MJ_PDL>();
     return;
