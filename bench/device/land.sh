@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # land.sh: the checks and figures a landing needs, in one device call (run from the repository root
 # on the GPU machine, with .deps and .golden carried; see tests/device.sh).
-#   bash bench/device/land.sh COMMIT
+#   bash bench/device/land.sh COMMIT [checks|figures]
 # Builds, runs the GPU suite, writes the decode and prefill rows of `moejit bench` (graph replay,
 # floor measured in the same run) to $OUT/decode.jsonl and $OUT/prefill.jsonl, times a few rows
 # again with MOEJIT_PDL=0, runs compute-sanitizer (memcheck on the golden, graph, bad-id, decode and
 # every-configuration tests; racecheck on the golden ones) and prints one forward's kernels at one
 # token (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
+# PART (optional): checks (the GPU suite, the sanitizers and the SASS counts of the wgmma kernels)
+# or figures (the bench rows and kernels.py), for two device calls of under 10 minutes each.
 set -u
-export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT}
+export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
+PART=${2:-all}
+case $PART in all | checks | figures) ;; *) echo "land.sh: PART is checks or figures, got $PART" >&2; exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
 bash tests/device.sh true || exit 1
 cd build-dev || exit 1
 export LD_LIBRARY_PATH=$PWD/../.deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64
 export MOEJIT_GOLDEN_DIR=$PWD/../.golden
+if [ "$PART" != figures ]; then
 ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
 grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
+MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --tool memcheck \
+  ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
+MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
+  grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+PATH=/usr/local/cuda/bin:$PATH python3 ../bench/device/sass.py "$MOEJIT_CACHE_DIR" HGMMA | grep -v "HGMMA=0"
+fi
+if [ "$PART" != checks ]; then
 D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
 ./moejit bench --model gpt-oss-20b --tokens 1,8,64,512 --json "$D" 2>&1 | tail -5
 ./moejit bench --model gpt-oss-120b --tokens 1,8,64,512 --json "$D" 2>&1 | tail -5
@@ -26,8 +38,5 @@ D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
 echo "== MOEJIT_PDL=0"
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-20b --tokens 1,64,4096 --no-floor 2>&1 | tail -3
 MOEJIT_PDL=0 ./moejit bench --model gpt-oss-120b --tokens 1,4096 --no-floor 2>&1 | tail -2
-MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --tool memcheck \
-  ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
-MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
-  grep -E "RACECHECK SUMMARY|PASSED|FAILED"
 python3 ../bench/device/kernels.py ./moejit --model gpt-oss-20b --tokens 1 2>&1 | tail -7
+fi
