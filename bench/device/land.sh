@@ -26,7 +26,9 @@ MOEJIT_TEST_FILTER=golden,graph,bad_ids,decode,every_config compute-sanitizer --
   ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
 MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
   grep -E "RACECHECK SUMMARY|PASSED|FAILED"
-PATH=/usr/local/cuda/bin:$PATH python3 ../bench/device/sass.py "$MOEJIT_CACHE_DIR" HGMMA | grep -v "HGMMA=0"
+echo "HGMMA per moejit_wgmma cubin (count of cubins, instructions):"
+PATH=/usr/local/cuda/bin:$PATH python3 ../bench/device/sass.py "$MOEJIT_CACHE_DIR" HGMMA |
+  grep moejit_wgmma | awk '{print $NF}' | sort | uniq -c
 fi
 if [ "$PART" != checks ]; then
 D=$OUT/decode.jsonl P=$OUT/prefill.jsonl
