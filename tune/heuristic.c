@@ -217,11 +217,15 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
                          mj_gemm_config *out, int max) {
   const space *sp = &spaces[math];
   int n = 0;
+  /* per shape and depth, up to three forms: one block a SM; two (64 rows); ping-pong (128 x 128:
+   * a consumer holds all 128 rows, and 128 accumulators a thread is as many as fit) */
   if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
     for (int i = 0; i < 2; i++)
       for (int j = 0; j < 4; j++)
         for (int s = 0; s < 4; s++)
-          for (int ctas = 1; ctas <= (wg_bm[i] == 64 ? 2 : 1) && n < max; ctas++) {
+          for (int form = 0; form < 3 && n < max; form++) {
+            if ((form == 1 && wg_bm[i] != 64) || (form == 2 && (wg_bm[i] != 128 || wg_bn[j] != 128)))
+              continue;
             mj_gemm_config c;
             memset(&c, 0, sizeof c);
             c.kind = MJ_GEMM_WGMMA;
@@ -229,33 +233,17 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
             c.bn = wg_bn[j];
             c.bk = 64;
             c.stages = wg_stages[s];
-            c.ctas = ctas;
+            c.ctas = form == 1 ? 2 : 1;
+            c.pingpong = form == 2;
             c.max_avg_rows = INT64_MAX;
             /* the block's own barriers (static, under 256 bytes) come on top, and each resident
              * block keeps 1 KB of the SM's 228 KB for itself */
             size_t block = mj_tune_gemm_smem(&c, dtype) + 256;
-            if (block > smem_limit || (block + 1024) * (size_t)ctas > 228 * 1024)
+            if (block > smem_limit || (block + 1024) * (size_t)c.ctas > 228 * 1024)
               continue;
             mj_tune_config_name(&c, math);
             out[n++] = c;
           }
-  if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
-    for (int s = 0; s < 4 && n < max; s++) { /* ping-pong: 128 accumulators a thread at most */
-      mj_gemm_config c;
-      memset(&c, 0, sizeof c);
-      c.kind = MJ_GEMM_WGMMA;
-      c.bm = 128;
-      c.bn = 128;
-      c.bk = 64;
-      c.stages = wg_stages[s];
-      c.ctas = 1;
-      c.pingpong = 1;
-      c.max_avg_rows = INT64_MAX;
-      if (mj_tune_gemm_smem(&c, dtype) + 256 > smem_limit)
-        continue;
-      mj_tune_config_name(&c, math);
-      out[n++] = c;
-    }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {
