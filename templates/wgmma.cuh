@@ -278,34 +278,54 @@ struct RingPos {
   }
 };
 
+// The main loop of one item: every k block of MMAs into acc, kM 64-row accumulators on rows
+// [m0, m0 + 64 kM) of the stage's A, each stage released once the k block after it has been issued
+// and the one before has completed. Returns the last stage, still held: finish_item releases it.
+template <int kM>
+__device__ __forceinline__ int main_loop(float (&acc)[kM][kAcc], int m0, const unsigned char *smem_a,
+                                         const unsigned char *smem_b, mj_u64 *full, mj_u64 *empty,
+                                         RingPos &pos) {
+  const int lane = threadIdx.x & 31;
+  int prev = -1;
+  for (int kb = 0; kb < kKT; ++kb) {
+    mj_mbar_wait(&full[pos.s], pos.phase);
+#pragma unroll
+    for (int m = 0; m < kM; ++m) mj_fence_acc(acc[m]);
+    mj_wgmma_fence();
+#pragma unroll
+    for (int m = 0; m < kM; ++m) mma_block(acc[m], smem_a, smem_b, pos.s, m0 + 64 * m, kb == 0);
+    mj_wgmma_commit();
+#pragma unroll
+    for (int m = 0; m < kM; ++m) mj_fence_acc(acc[m]);
+    mj_wgmma_wait<1>();  // the previous k block's MMAs are done: its stage can be refilled
+    if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
+    prev = pos.s;
+    pos.next();
+  }
+  return prev;
+}
+
+// Waits for the item's last MMAs and releases their stage; the accumulators are then final.
+template <int kM>
+__device__ __forceinline__ void finish_item(float (&acc)[kM][kAcc], mj_u64 *empty, int last) {
+  mj_wgmma_wait<0>();
+#pragma unroll
+  for (int m = 0; m < kM; ++m) mj_fence_acc(acc[m]);
+  if ((threadIdx.x & 31) == 0) mj_mbar_arrive(&empty[last]);
+}
+
 // Cooperative consumers: consumer warpgroup cw multiplies rows [64 cw, 64 cw + 64) of every item.
 __device__ __forceinline__ void consume_together(const WgParams &p, int items, int cw,
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
                                                  mj_u64 *empty, unsigned char *stage) {
-  const int lane = threadIdx.x & 31;
   RingPos pos(0);
-  float acc[kAcc];
+  float acc[1][kAcc];
   for (int i = blockIdx.x; i < items; i += gridDim.x) {
     const Item it = decode_item(p, i);
     const Rows rows = load_rows(p, it, cw);
-    int prev = -1;
-    for (int kb = 0; kb < kKT; ++kb) {
-      mj_mbar_wait(&full[pos.s], pos.phase);
-      mj_fence_acc(acc);
-      mj_wgmma_fence();
-      mma_block(acc, smem_a, smem_b, pos.s, cw * 64, kb == 0);
-      mj_wgmma_commit();
-      mj_fence_acc(acc);
-      mj_wgmma_wait<1>();  // the previous k block's MMAs are done: its stage can be refilled
-      if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
-      prev = pos.s;
-      pos.next();
-    }
-    mj_wgmma_wait<0>();
-    mj_fence_acc(acc);
-    if (lane == 0) mj_mbar_arrive(&empty[prev]);
-    epilogue(p, it, cw, acc, rows, stage);
+    finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
+    epilogue(p, it, cw, acc[0], rows, stage);
   }
 }
 
@@ -326,37 +346,18 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
                                                  mj_u64 *empty, unsigned char *stage) {
-  const int lane = threadIdx.x & 31;
   const int mine = (int)blockIdx.x < items ? (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-  float acc0[kAcc], acc1[kAcc];
+  float acc[2][kAcc];
   for (int j = c; j < mine; j += 2) {
     const Item it = decode_item(p, blockIdx.x + j * gridDim.x);
     const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
     if (j > 0) named_sync(1 + c);
     RingPos pos((unsigned)j * kKT);
-    int prev = -1;
-    for (int kb = 0; kb < kKT; ++kb) {
-      mj_mbar_wait(&full[pos.s], pos.phase);
-      mj_fence_acc(acc0);
-      mj_fence_acc(acc1);
-      mj_wgmma_fence();
-      mma_block(acc0, smem_a, smem_b, pos.s, 0, kb == 0);
-      mma_block(acc1, smem_a, smem_b, pos.s, 64, kb == 0);
-      mj_wgmma_commit();
-      mj_fence_acc(acc0);
-      mj_fence_acc(acc1);
-      mj_wgmma_wait<1>();
-      if (prev >= 0 && lane == 0) mj_mbar_arrive(&empty[prev]);
-      prev = pos.s;
-      pos.next();
-    }
+    const int last = main_loop(acc, 0, smem_a, smem_b, full, empty, pos);
     named_arrive(2 - c);  // the other consumer's main loop may start
-    mj_wgmma_wait<0>();
-    mj_fence_acc(acc0);
-    mj_fence_acc(acc1);
-    if (lane == 0) mj_mbar_arrive(&empty[prev]);
-    epilogue(p, it, 0, acc0, rows0, stage);
-    epilogue(p, it, 1, acc1, rows1, stage);
+    finish_item(acc, empty, last);
+    epilogue(p, it, 0, acc[0], rows0, stage);
+    epilogue(p, it, 1, acc[1], rows1, stage);
   }
   // The consumer that did not take the block's last item answers the other's last arrival.
   if (mine > 0 && (mine - 1) % 2 != c) named_sync(1 + c);
