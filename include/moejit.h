@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 #define MOEJIT_VERSION_MAJOR 0
-#define MOEJIT_VERSION_MINOR 1
+#define MOEJIT_VERSION_MINOR 2
 #define MOEJIT_VERSION_PATCH 0
 
 #if defined(MOEJIT_BUILDING) && defined(__GNUC__)
@@ -138,6 +138,13 @@ typedef struct moejit_forward_args {
   const void *down_proj;         /* [E, I, H] dtype */
   const void *down_proj_bias;    /* [E, H] dtype */
   void *y;                       /* [T, H] dtype, written (not accumulated into) */
+  /* Optional: int32 [1] on the device, how many tokens the forward computes, read by the GPU when
+   * the forward runs (NULL: all T). With n = min(max(*device_tokens, 0), T), y's first n rows are
+   * those of a forward of n tokens and rows [n, T) are zeros; T still sizes the launches and picks
+   * the kernels. So one CUDA graph captured at the largest batch serves every smaller one: write
+   * the count, then replay. The routing of tokens [n, T) is not read (their ids may be anything),
+   * and LOGITS routing writes its optional ids and weights for the first n tokens only. */
+  const int32_t *device_tokens;
 } moejit_forward_args;
 
 typedef struct moejit_ctx moejit_ctx;

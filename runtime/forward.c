@@ -12,6 +12,9 @@ typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */
   int slab_major;
 } gemm_params;
 
+/* moejit_forward_args of version 0.1, before device_tokens: still accepted */
+#define MJ_ARGS_V1_SIZE offsetof(moejit_forward_args, device_tokens)
+
 typedef struct wgmma_params { /* wgmma.cuh's WgParams, field for field */
   CUdeviceptr bias, sorted_slot, slot_weight, tiles, num_tiles, expert_off, out;
 } wgmma_params;
@@ -34,8 +37,8 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args is NULL");
   if (a->struct_size != sizeof *a)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
-                   "args->struct_size=%zu, expected %zu (call moejit_forward_args_init)",
-                   a->struct_size, sizeof *a);
+                   "args->struct_size=%zu, expected %zu or %zu (call moejit_forward_args_init)",
+                   a->struct_size, sizeof *a, MJ_ARGS_V1_SIZE);
   if (a->tokens < 0 || a->tokens > d->max_tokens)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->tokens=%lld is outside [0, max_tokens=%lld]",
                    (long long)a->tokens, (long long)d->max_tokens);
@@ -74,6 +77,8 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
     return st;
   }
   if (d->global_experts > 0 && (st = check_ptr("expert_map", a->expert_map, 4, err)))
+    return st;
+  if (a->device_tokens && (st = check_ptr("device_tokens", a->device_tokens, 4, err)))
     return st;
   if (!workspace)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace is NULL");
@@ -180,11 +185,11 @@ static int slab_major(const moejit_plan *plan, const mj_layout *l, int64_t n,
   return l->max_tiles * ((n + c->bn - 1) / c->bn) * splits > 2 * (int64_t)plan->ctx->sm_count;
 }
 
-/* One forward of a->tokens (at most MJ_CHUNK_TOKENS) tokens; accumulate: add this forward's bad
- * ids to the flags rather than resetting them (a later chunk). */
+/* One forward of a->tokens (at most MJ_CHUNK_TOKENS) tokens, the chunk of the caller's forward
+ * from token t0 on; a later chunk (t0 > 0) adds its bad ids to the flags rather than resetting
+ * them. */
 static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUdeviceptr ws,
-                            CUstream stream, int cfg, unsigned stages, int accumulate,
-                            mj_err *err) {
+                            CUstream stream, int cfg, unsigned stages, int64_t t0, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &plan->desc;
   mj_layout l;
@@ -198,7 +203,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
               chunk_counts = ws + l.chunk_counts, chunk_base = ws + l.chunk_base,
               tiles = ws + l.tiles, sorted_slot = ws + l.sorted_slot, slot_pos = ws + l.slot_pos,
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
-  int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
+  int capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0, accumulate = t0 > 0;
+  /* the device-side token count, which every routing kernel reads (route.cuh) */
+  CUdeviceptr live = DPTR(a->device_tokens);
+  int live_base = (int)t0;
   /* Programmatic dependent launch for each kernel of a whole forward but its first, which follows
    * the caller's work; a staged forward leaves the caller room for kernels of its own in between,
    * and those need not wait for ours (nor ours for them) with griddepcontrol. */
@@ -211,10 +219,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     void *logits_args[] = {&logits,   &tokens,    &ids_ws,      &w_ws,     &ids,
                            &weights,  &map,       &block_m,     &capacity, &expert_off,
                            &tiles,    &num_tiles, &flags,       &sorted_slot, &slot_pos,
-                           &slot_weight};
+                           &slot_weight, &live, &live_base};
     void *args[] = {&ids,        &map,        &weights, &nslots,    &block_m,
                     &capacity,   &expert_off, &tiles,   &num_tiles, &flags,
-                    &sorted_slot, &slot_pos,  &slot_weight};
+                    &sorted_slot, &slot_pos,  &slot_weight, &live, &live_base};
     if ((st = launch_kernel(plan, &plan->small, 1, 1, 1, stream,
                             d->routing == MOEJIT_ROUTING_LOGITS ? logits_args : args, 0, err)))
       goto fail;
@@ -226,12 +234,12 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
       int tokens = (int)a->tokens;
       ids = ws + l.route_ids;
       weights = ws + l.route_w;
-      void *topk_args[] = {&logits, &tokens, &ids, &weights, &user_ids, &user_w};
+      void *topk_args[] = {&logits, &tokens, &ids, &weights, &user_ids, &user_w, &live, &live_base};
       if ((st = launch_kernel(plan, &plan->topk, (unsigned)((tokens + 3) / 4), 1, 1, stream,
                               topk_args, 0, err)))
         goto fail;
     }
-    void *count_args[] = {&ids, &map, &nslots, &chunk_counts};
+    void *count_args[] = {&ids, &map, &nslots, &chunk_counts, &live, &live_base};
     if ((st = launch_kernel(plan, &plan->count, (unsigned)nchunks, 1, 1, stream, count_args,
                             pdl && d->routing == MOEJIT_ROUTING_LOGITS, err)))
       goto fail;
@@ -240,7 +248,8 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     if ((st = launch_kernel(plan, &plan->scan, 1, 1, 1, stream, scan_args, pdl, err)))
       goto fail;
     void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
-                            &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight};
+                            &chunk_base, &expert_off, &sorted_slot, &slot_pos, &slot_weight,
+                            &live,       &live_base};
     if ((st = launch_kernel(plan, &plan->scatter, (unsigned)nchunks, 1, 1, stream, scatter_args,
                             pdl, err)))
       goto fail;
@@ -363,6 +372,13 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
   int pushed = 0;
   if (!plan)
     return MOEJIT_ERR_INVALID_ARG;
+  moejit_forward_args full; /* a caller built against 0.1's header, without device_tokens */
+  if (args && args->struct_size == MJ_ARGS_V1_SIZE) {
+    memset(&full, 0, sizeof full);
+    memcpy(&full, args, MJ_ARGS_V1_SIZE);
+    full.struct_size = sizeof full;
+    args = &full;
+  }
   moejit_ctx *ctx = plan->ctx;
   if (ctx->offline)
     return mj_rt_fail(ctx,
@@ -398,7 +414,7 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
     moejit_forward_args a;
     chunk_args(&plan->desc, args, t0, &a);
     st = launch(plan, &a, DPTR(workspace), stream, cfg >= 0 ? cfg : mj_rt_pick(plan, a.tokens, NULL), stages,
-                t0 > 0, &err);
+                t0, &err);
   }
   leave(ctx, pushed);
   return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);

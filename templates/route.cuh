@@ -14,11 +14,24 @@
 // list cuts each expert's rows into tiles of block_m rows: {expert, row_begin, row_end, first}, with
 // `first` the index of that expert's first tile (a kernel that walks one expert's tiles starts there).
 // A slot without a row gets slot_pos = -1.
+//
+// Every kernel also takes `live` and `live_base`: with live == NULL it routes all its slots; else
+// only the slots of this launch's first *live - live_base tokens (clamped to [0, tokens]): the
+// others get no row and no flag, whatever their ids, as if they were another rank's. That is the
+// forward's device-side token count (moejit_forward_args.device_tokens); live_base is the first
+// token of the chunk a launch routes.
 #pragma once
 
 #ifndef MJ_PDL
 #define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
 #endif
+
+// The tokens of this launch that are routed (see above), of `tokens`.
+__device__ __forceinline__ int mj_live_tokens(const int *live, int live_base, int tokens) {
+  if (!live) return tokens;
+  const long long n = (long long)*live - live_base;
+  return n < 0 ? 0 : n < tokens ? (int)n : tokens;
+}
 
 // Where slot s goes: its local expert, or kExperts for a bad id, or -1 for no row without a flag.
 // ids is not __restrict__: moejit_route_small_logits reads ids its own block has just written.
@@ -98,10 +111,11 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
 // grid = ceil(tokens / 4), block = 128: one warp per token.
 extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
     const LogitT *__restrict__ logits, int tokens, int *__restrict__ ids_out,
-    float *__restrict__ w_out, UserIdT *user_ids, UserWeightT *user_w) {
+    float *__restrict__ w_out, UserIdT *user_ids, UserWeightT *user_w, const int *live,
+    int live_base) {
   mj_pdl_begin<MJ_PDL>();
   const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
-  if (t >= tokens) return;
+  if (t >= mj_live_tokens(live, live_base, tokens)) return;
   mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
 }
 #endif
@@ -110,13 +124,13 @@ extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
 // grid = nchunks, block = kChunk threads. chunk_counts: [nchunks, kExperts + 1]
 extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map, int nslots,
-    int *__restrict__ chunk_counts) {
+    int *__restrict__ chunk_counts, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
   __shared__ int count[kExperts + 1];
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) count[e] = 0;
   __syncthreads();
   int s = blockIdx.x * kChunk + threadIdx.x;
-  if (s < nslots) {
+  if (s < mj_live_tokens(live, live_base, nslots / kTopK) * kTopK) {
     int e = mj_route_expert(ids, expert_map, s);
     if (e >= 0) atomicAdd(&count[e], 1);
   }
@@ -177,8 +191,9 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map,
     const WeightT *__restrict__ weights, int nslots, int capacity, const int *__restrict__ chunk_base,
     const int *__restrict__ expert_off, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight) {
+    float *__restrict__ slot_weight, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
+  const int nlive = mj_live_tokens(live, live_base, nslots / kTopK) * kTopK;
   __shared__ int next[kExperts];
   const int lane = threadIdx.x;
   for (int e = lane; e < kExperts; e += 32) next[e] = chunk_base[(mj_i64)blockIdx.x * kExperts + e];
@@ -187,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
   for (int step = 0; step < kChunk; step += 32) {
     int s = first + step + lane;
     bool active = s < nslots;
-    int e = active ? mj_route_expert(ids, expert_map, s) : -1;
+    int e = s < nlive ? mj_route_expert(ids, expert_map, s) : -1;
     bool local = e >= 0 && e < kExperts;
     int key = local ? e : -1;
     unsigned peers = __match_any_sync(0xffffffffu, key);
@@ -226,10 +241,10 @@ static_assert(kExperts <= kSmallThreads, "the scan gives each expert a thread");
 
 // The body of the small routing kernels, for ids and weights already readable (the caller's, or the
 // workspace copies written by this block's own top-k: hence no __restrict__ on them).
-// blockDim.x must be kSmallThreads and nslots at most kSmallSlots.
+// blockDim.x must be kSmallThreads and nslots at most kSmallSlots; slots from nlive on have no row.
 __device__ __forceinline__ void mj_route_small(
     const IdT *ids, const int *__restrict__ expert_map, const WeightT *weights, int nslots,
-    int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
+    int nlive, int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ sorted_slot,
     int *__restrict__ slot_pos, float *__restrict__ slot_weight) {
   // count[w * kCountLd + e]: expert e's slots in warp w, at most 64, so a byte each
@@ -253,7 +268,7 @@ __device__ __forceinline__ void mj_route_small(
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     s[i] = 64 * warp + 32 * i + lane;
-    e[i] = s[i] < nslots ? mj_route_expert(ids, expert_map, s[i]) : -1;
+    e[i] = s[i] < nlive ? mj_route_expert(ids, expert_map, s[i]) : -1;
     row[i] = e[i] >= 0 && e[i] < kExperts;
     wt[i] = 0.0f;
     if (row[i]) {  // only a good id indexes dense weights
@@ -352,10 +367,11 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     const WeightT *__restrict__ weights, int nslots, int block_m, int capacity,
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight) {
+    float *__restrict__ slot_weight, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
-  mj_route_small(ids, expert_map, weights, nslots, block_m, capacity, expert_off, tiles, num_tiles,
-                 flags, sorted_slot, slot_pos, slot_weight);
+  mj_route_small(ids, expert_map, weights, nslots,
+                 mj_live_tokens(live, live_base, nslots / kTopK) * kTopK, block_m, capacity,
+                 expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
 }
 
 #if MJ_ROUTE_LOGITS
@@ -367,14 +383,14 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_l
     UserWeightT *user_w, const int *__restrict__ expert_map, int block_m, int capacity,
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight) {
+    float *__restrict__ slot_weight, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
-  const int nslots = tokens * kTopK;
+  const int nslots = tokens * kTopK, ntok = mj_live_tokens(live, live_base, tokens);
   if (nslots > kSmallSlots) __trap();  // before any write; the host never launches it so
-  for (int t = threadIdx.x >> 5; t < tokens; t += kSmallThreads / 32)
+  for (int t = threadIdx.x >> 5; t < ntok; t += kSmallThreads / 32)
     mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
   __syncthreads();
-  mj_route_small(ids_out, expert_map, w_out, nslots, block_m, capacity, expert_off, tiles,
-                 num_tiles, flags, sorted_slot, slot_pos, slot_weight);
+  mj_route_small(ids_out, expert_map, w_out, nslots, ntok * kTopK, block_m, capacity, expert_off,
+                 tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
 }
 #endif

@@ -523,6 +523,8 @@ typedef struct launch_record {
   uint64_t ptr[8]; /* the kernel's device-pointer parameters, in order */
   int ints[4];     /* its int parameters, in order */
   int pdl;         /* launched by cuLaunchKernelEx with programmatic stream serialisation */
+  uint64_t live;   /* routing kernels: the device-side token count's address, and the chunk's */
+  int live_base;   /* first token */
 } launch_record;
 
 typedef struct fake_device {
@@ -594,13 +596,15 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   assert_null(extra);
   launch_record *r = &fk->launch[fk->nlaunch++];
   memset(r, 0, sizeof *r);
-  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}, 0};
+  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}, 0, 0, 0};
   /* Parameter lists by kernel (see forward.c and the .cuh signatures). */
-  if (f == FAKE_FN_COUNT) { /* ids, expert_map, nslots, chunk_counts */
+  if (f == FAKE_FN_COUNT) { /* ids, expert_map, nslots, chunk_counts, live, live_base */
     r->ptr[0] = u64_at(params[0]);
     r->ptr[2] = u64_at(params[1]);
     r->ints[0] = int_at(params[2]);
     r->ptr[1] = u64_at(params[3]);
+    r->live = u64_at(params[4]);
+    r->live_base = int_at(params[5]);
   } else if (f == FAKE_FN_SCAN) { /* chunk_counts, nchunks, block_m, capacity, chunk_base,
                                      expert_off, tiles, num_tiles, flags */
     r->ptr[0] = u64_at(params[0]);
@@ -610,7 +614,8 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     for (int i = 0; i < 5; i++)
       r->ptr[1 + i] = u64_at(params[4 + i]);
   } else if (f == FAKE_FN_SCATTER) { /* ids, expert_map, weights, nslots, capacity, chunk_base,
-                                        expert_off, sorted_slot, slot_pos, slot_weight */
+                                        expert_off, sorted_slot, slot_pos, slot_weight, live,
+                                        live_base */
     r->ptr[0] = u64_at(params[0]);
     r->ptr[6] = u64_at(params[1]);
     r->ptr[1] = u64_at(params[2]);
@@ -620,15 +625,19 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     r->ptr[7] = u64_at(params[6]);
     for (int i = 0; i < 3; i++)
       r->ptr[3 + i] = u64_at(params[7 + i]);
+    r->live = u64_at(params[10]);
+    r->live_base = int_at(params[11]);
   } else if (f == FAKE_FN_SMALL) { /* ids, expert_map, weights, nslots, block_m, capacity,
                                       expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos,
-                                      slot_weight */
+                                      slot_weight, live, live_base */
     r->ptr[0] = u64_at(params[0]);
     r->ptr[1] = u64_at(params[2]);
     r->ints[0] = int_at(params[3]);
     r->ints[1] = int_at(params[4]);
     for (int i = 0; i < 6; i++) /* tiles .. slot_weight */
       r->ptr[2 + i] = u64_at(params[7 + i]);
+    r->live = u64_at(params[13]);
+    r->live_base = int_at(params[14]);
   } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_pos, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
@@ -770,6 +779,9 @@ static void m_ids_align(moejit_forward_args *a, void **w, size_t *b) {
 static void m_weights_null(moejit_forward_args *a, void **w, size_t *b) {
   a->routing_weights = NULL;
 }
+static void m_live_align(moejit_forward_args *a, void **w, size_t *b) {
+  a->device_tokens = (const int32_t *)(uintptr_t)0xA0000002u;
+}
 static void m_ws_null(moejit_forward_args *a, void **w, size_t *b) { *w = NULL; }
 static void m_ws_align(moejit_forward_args *a, void **w, size_t *b) { *w = (char *)*w + 128; }
 static void m_ws_small(moejit_forward_args *a, void **w, size_t *b) { *b -= 1; }
@@ -791,6 +803,7 @@ static const arg_case arg_cases[] = {
     {"topk_ids NULL", m_ids_null, "args->topk_ids is NULL"},
     {"topk_ids misaligned", m_ids_align, "args->topk_ids="},
     {"routing_weights NULL", m_weights_null, "args->routing_weights is NULL"},
+    {"device_tokens misaligned", m_live_align, "args->device_tokens="},
     {"workspace NULL", m_ws_null, "workspace is NULL"},
     {"workspace misaligned", m_ws_align, "256-byte aligned"},
     {"workspace small", m_ws_small, "workspace_bytes="},
@@ -1032,6 +1045,59 @@ static void test_forward_pdl(void **state) {
   fake_close(fk);
 }
 
+/* The device-side token count: every routing launch gets its address and the first token of its
+ * chunk (route.cuh reads it there); the other kernels need nothing of it. A caller built against
+ * the 0.1 header, whose struct ends before the field, is still accepted and has no count. */
+static void test_forward_device_tokens(void **state) {
+  fixture *fx = *state;
+  fake_device *fk = fake_open(need_plan(fx));
+  const uint64_t live = 0xA0000000u;
+  fk->plan.desc.max_tokens = MJ_CHUNK_TOKENS + 5;
+  for (int small = 0; small <= 1; small++) {
+    fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
+    const int64_t tokens[] = {37, MJ_CHUNK_TOKENS + 5};
+    for (int j = 0; j < 2; j++) {
+      size_t need = 0;
+      assert_int_equal(moejit_workspace_size(&fk->plan, tokens[j], &need), MOEJIT_OK);
+      moejit_forward_args a;
+      valid_args(&a, tokens[j]);
+      a.device_tokens = (const int32_t *)(uintptr_t)live;
+      fk->nlaunch = 0;
+      assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
+                       MOEJIT_OK);
+      int routed = 0;
+      for (int i = 0; i < fk->nlaunch; i++) {
+        const launch_record *r = &fk->launch[i];
+        if (r->fn != FAKE_FN_COUNT && r->fn != FAKE_FN_SCATTER && r->fn != FAKE_FN_SMALL)
+          continue;
+        /* chunks of MJ_CHUNK_TOKENS: the second one's launches come after the first's combine */
+        int chunk = 0;
+        for (int k = 0; k < i; k++)
+          chunk += fk->launch[k].fn == FAKE_FN_COMBINE;
+        assert_int_equal(r->live, live);
+        assert_int_equal(r->live_base, chunk * MJ_CHUNK_TOKENS);
+        routed++;
+      }
+      /* small routing only when the chunk's slots fit: one launch each, else count and scatter */
+      assert_true(routed >= (j == 0 ? 1 : 2));
+    }
+  }
+  /* The 0.1 struct: the field past its end is never read (garbage there changes nothing). */
+  fk->plan.small_slots = MJ_SMALL_SLOTS;
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, 37, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, 37);
+  a.device_tokens = (const int32_t *)(uintptr_t)0xA0000001u; /* misaligned: rejected if read */
+  a.struct_size = offsetof(moejit_forward_args, device_tokens);
+  fk->nlaunch = 0;
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM), MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 4);
+  assert_ptr_equal(fk->launch[0].fn, FAKE_FN_SMALL);
+  assert_int_equal(fk->launch[0].live, 0);
+  fake_close(fk);
+}
+
 static void test_forward_launch_failure(void **state) {
   fixture *fx = *state;
   fake_device *fk = fake_open(need_plan(fx));
@@ -1224,6 +1290,7 @@ int main(void) {
       cmocka_unit_test(test_forward_launches),
       cmocka_unit_test(test_forward_small_routing),
       cmocka_unit_test(test_forward_pdl),
+      cmocka_unit_test(test_forward_device_tokens),
       cmocka_unit_test(test_forward_launch_failure),
       cmocka_unit_test(test_forward_check_fake),
       cmocka_unit_test(test_status_names),

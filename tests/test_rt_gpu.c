@@ -560,7 +560,16 @@ typedef struct host_layer {
   float *dense;           /* [T, G] */
   float *logits;          /* [T, G], rounded to logits_dtype */
   int32_t *map;           /* [G] when global_experts */
+  int use_live;           /* 1: the forward gets args.device_tokens, holding live (any int32) */
+  int64_t live;
 } host_layer;
+
+/* The tokens a forward of L computes: T, or the device-side count clamped to [0, T]. */
+static int64_t live_tokens(const host_layer *L) {
+  if (!L->use_live)
+    return L->T;
+  return L->live < 0 ? 0 : L->live < L->T ? L->live : L->T;
+}
 
 static uint64_t rng_state;
 static float urand(void) { /* [0, 1) */
@@ -674,6 +683,8 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
     CU_OK(MemsetD8(dids, 0xFF, ids_bytes));
     CU_OK(MemsetD8(dwt, 0xFF, w_bytes));
   }
+  int32_t live = (int32_t)L->live;
+  CUdeviceptr dlive = L->use_live ? upload(&live, sizeof live) : 0;
   size_t ws_bytes = 0;
   assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
   CU_OK(MemAlloc(&y, (size_t)(T * H) * act));
@@ -692,6 +703,7 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   a.down_proj = ptr(dw2);
   a.down_proj_bias = ptr(db2);
   a.y = ptr(y);
+  a.device_tokens = L->use_live ? (const int32_t *)ptr(dlive) : NULL;
   moejit_status st = moejit_forward(plan, &a, ptr(ws), ws_bytes, NULL);
   if (st != MOEJIT_OK)
     print_message("forward: %s\n", moejit_last_error(g_ctx));
@@ -699,10 +711,14 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   *bad_slots = -1;
   st = moejit_forward_check(plan, ptr(ws), NULL, bad_slots);
   assert_true(st == MOEJIT_OK || st == MOEJIT_ERR_BAD_EXPERT_ID);
-  if (logits) { /* the ids and weights handed back */
+  if (logits) { /* the ids and weights handed back: the computed tokens', the rest untouched */
     void *gids = download(dids, ids_bytes), *gw = download(dwt, w_bytes);
     for (int64_t s = 0; s < T * K; s++) {
       int64_t got = d->ids_dtype == MOEJIT_I64 ? ((int64_t *)gids)[s] : ((int32_t *)gids)[s];
+      if (s >= live_tokens(L) * K) {
+        assert_int_equal(got, -1); /* the poison */
+        continue;
+      }
       if (got != L->ids[s])
         fail_msg("logits routing: slot %lld chose %lld, the reference %d", (long long)s,
                  (long long)got, L->ids[s]);
@@ -722,6 +738,8 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
     CU_OK(MemFree(bufs[i]));
   if (dmap)
     CU_OK(MemFree(dmap));
+  if (dlive)
+    CU_OK(MemFree(dlive));
   free(ids);
   free(w);
   free(lg);
@@ -730,12 +748,21 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   return out;
 }
 
-/* The GPU's output against the CPU reference over `samples` tokens (all when samples >= T). */
+/* The GPU's output against the CPU reference over `samples` tokens (all when samples >= T): a
+ * forward of the tokens it computes (live_tokens), whose rows past those must be zeros. */
 static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   const moejit_layer_desc *d = &L->d;
-  int64_t T = L->T, H = d->hidden;
+  int64_t T = live_tokens(L), H = d->hidden;
   float *y = gpu_forward(L, bad_slots);
+  for (int64_t i = T * H; i < L->T * H; i++)
+    if (y[i] != 0.0f)
+      fail_msg("token %lld of %lld, past the device-side count %lld: y = %g, not 0",
+               (long long)(i / H), (long long)L->T, (long long)T, (double)y[i]);
   int64_t n = samples < T ? samples : T;
+  if (n == 0) {
+    free(y);
+    return 0.0;
+  }
   int64_t *tok = malloc((size_t)n * sizeof *tok);
   float *got = malloc((size_t)(n * H) * sizeof *got), *want = malloc((size_t)(n * H) * sizeof *want);
   assert_true(tok && got && want);
@@ -915,6 +942,122 @@ static void test_capacity(void **state) {
   make_layer(&L, &d, 256, 1, 110);
   expect_match("capacity 12 + expert_map", &L, 256);
   free_layer(&L);
+}
+
+/* The device-side token count (args.device_tokens) through every routing form: y's first n rows
+ * are a forward of n tokens (capacity counted over their slots alone), the rest zeros; the slots
+ * past them are neither routed nor flagged, whatever their ids; logits routing writes the ids and
+ * weights of the n tokens only (gpu_forward checks). 300 tokens route in one launch, 1000 through
+ * count, scan and scatter (and, with logits, the top-k kernel). */
+static void test_device_tokens(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const struct {
+    moejit_routing routing;
+    int64_t T, live, capacity;
+    const char *what;
+  } cases[] = {
+      {MOEJIT_ROUTING_TOPK, 300, 77, 0, "device tokens 77 of 300, top-k"},
+      {MOEJIT_ROUTING_TOPK, 1000, 613, 0, "device tokens 613 of 1000, top-k"},
+      {MOEJIT_ROUTING_DENSE, 300, 1, 0, "device tokens 1 of 300, dense"},
+      {MOEJIT_ROUTING_LOGITS, 300, 77, 0, "device tokens 77 of 300, logits"},
+      {MOEJIT_ROUTING_LOGITS, 1000, 613, 0, "device tokens 613 of 1000, logits"},
+      {MOEJIT_ROUTING_TOPK, 300, 150, 20, "device tokens 150 of 300, capacity 20"},
+      {MOEJIT_ROUTING_TOPK, 300, 5000, 0, "device tokens 5000 (all 300)"},
+      {MOEJIT_ROUTING_LOGITS, 300, -4, 0, "device tokens -4 (none of 300)"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.routing = cases[i].routing;
+    d.expert_capacity = cases[i].capacity;
+    host_layer L;
+    make_layer(&L, &d, cases[i].T, 0, 120 + i);
+    L.use_live = 1;
+    L.live = cases[i].live;
+    /* ids past the count that would be flagged, were they read */
+    for (int64_t s = live_tokens(&L) * d.top_k; d.routing == MOEJIT_ROUTING_TOPK && s < L.T * d.top_k;
+         s++)
+      L.ids[s] = s % 2 ? -1 : (int32_t)(L.G + s);
+    expect_match(cases[i].what, &L, 300);
+    free_layer(&L);
+  }
+}
+
+/* One CUDA graph captured at T tokens with a device-side count serves every count: replayed with
+ * n = T, 1, 0, 3, T / 2, past T and negative, y's first min(max(n, 0), T) rows equal, bit for bit,
+ * an eager forward of that many tokens on the configuration the graph's T picked, and match the
+ * CPU reference; the other rows are zeros. At 64 tokens (one routing launch, the decode tile) and
+ * 1024 (count, scan and scatter; on sm_90a, the wgmma kernels). */
+static void device_token_graph(int64_t T) {
+  moejit_layer_desc d = gpt_oss(32, T);
+  moejit_plan *plan = make_plan(&d);
+  mj_synth_layer L;
+  mj_err err;
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, T, 130 + T, &L, &err), MOEJIT_OK);
+  CUstream s;
+  CU_OK(StreamCreate(&s, MJ_CU_STREAM_NON_BLOCKING));
+  CUdeviceptr count;
+  CU_OK(MemAlloc(&count, 4));
+  moejit_forward_args a;
+  mj_synth_layer_args(&L, &a);
+  a.device_tokens = (const int32_t *)ptr(count);
+  CUgraph graph;
+  CUgraphExec exec;
+  CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
+  assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, s), MOEJIT_OK);
+  CU_OK(StreamEndCapture(s, &graph));
+  CU_OK(GraphInstantiate(&exec, graph, 0));
+  int tuned;
+  const int cfg = mj_rt_pick(plan, T, &tuned);
+  const size_t row = (size_t)d.hidden * 2, bytes = (size_t)T * row;
+  const int64_t counts[] = {T, 1, 0, 3, T / 2, T + 100, -5};
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    const int32_t n = (int32_t)counts[i];
+    const int64_t live = n < 0 ? 0 : n < T ? n : T;
+    CU_OK(MemcpyHtoD(count, &n, sizeof n));
+    CU_OK(MemsetD8(L.y, 0xFF, bytes));
+    CU_OK(GraphLaunch(exec, s));
+    CU_OK(StreamSynchronize(s));
+    unsigned char *got = download(L.y, bytes);
+    for (size_t b = (size_t)live * row; b < bytes; b++)
+      if (got[b] != 0)
+        fail_msg("T=%lld, count %d: byte %zu of y (token %zu) is %d, not 0", (long long)T, n, b,
+                 b / row, got[b]);
+    if (live > 0) {
+      mj_synth_layer view = L;
+      view.tokens = live;
+      moejit_forward_args e;
+      mj_synth_layer_args(&view, &e);
+      CU_OK(MemsetD8(L.y, 0xFF, bytes));
+      assert_int_equal(
+          mj_rt_forward_with(plan, &e, ptr(L.workspace), L.workspace_bytes, s, cfg), MOEJIT_OK);
+      CU_OK(StreamSynchronize(s));
+      void *eager = download(L.y, (size_t)live * row);
+      assert_memory_equal(got, eager, (size_t)live * row);
+      free(eager);
+      mj_check_result r;
+      assert_int_equal(mj_check_sampled(&g_syn, &view, live < 16 ? live : 16, &r, &err), MOEJIT_OK);
+      print_message("device tokens: graph of T=%-5lld %-20s count %-5d rel error %.3g (tolerance "
+                    "%.0e)\n",
+                    (long long)T, plan->configs[cfg].name, n, r.rel_error, r.tolerance);
+      assert_int_equal(r.nonfinite, 0);
+      assert_true(r.rel_error <= r.tolerance);
+    }
+    free(got);
+  }
+  CU_OK(GraphExecDestroy(exec));
+  CU_OK(GraphDestroy(graph));
+  CU_OK(MemFree(count));
+  CU_OK(StreamDestroy(s));
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
+}
+
+static void test_device_token_graphs(void **state) {
+  (void)state;
+  NEED_GPU();
+  device_token_graph(64);
+  device_token_graph(1024);
 }
 
 static void test_weight_on_input_and_f32_bias(void **state) {
@@ -1151,6 +1294,8 @@ int main(void) {
       cmocka_unit_test(test_router_logits),
       cmocka_unit_test(test_expert_map),
       cmocka_unit_test(test_capacity),
+      cmocka_unit_test(test_device_tokens),
+      cmocka_unit_test(test_device_token_graphs),
       cmocka_unit_test(test_weight_on_input_and_f32_bias),
       cmocka_unit_test(test_f32_paths_and_seed_workloads),
       cmocka_unit_test(test_unfused_and_stages),

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # The header this binding mirrors: MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH.
-ABI_VERSION = 100
+ABI_VERSION = 200
 
 _log = logging.getLogger("moejit")
 
@@ -151,6 +151,7 @@ class ForwardArgs(ctypes.Structure):
         ("down_proj", ctypes.c_void_p),  # [E, I, H]
         ("down_proj_bias", ctypes.c_void_p),  # [E, H]
         ("y", ctypes.c_void_p),  # [T, H] dtype, written
+        ("device_tokens", ctypes.c_void_p),  # const int32_t * [1], optional
     ]
 
 

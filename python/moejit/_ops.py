@@ -116,6 +116,7 @@ def experts(
     limit: float = 7.0,
     routing: Optional[str] = None,
     check: bool = False,
+    num_tokens: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The GPT-OSS expert layer (yamoe / GptOssExperts argument order), dropless.
 
@@ -144,6 +145,10 @@ def experts(
     routing: None (from the shape, as above), "topk" or "dense": the form of routing_weights.
     f32 layers use TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is set (as torch's
     own f32 matmuls do), exact f32 FFMA otherwise (torch's default).
+    num_tokens: an int32 tensor of one element on the same device, read by the GPU when the forward
+    runs: only the first n = min(max(num_tokens, 0), T) tokens are computed (their routing alone
+    is read) and rows [n, T) of the result are zeros. A CUDA graph captured at the largest batch T
+    then serves every smaller one: write the count into num_tokens, then replay.
     No autograd: the result has no grad_fn. check=True additionally waits for the forward and
     raises MoejitError (MOEJIT_ERR_BAD_EXPERT_ID) if an id was outside [0, E).
     Raises MoejitError when the library rejects the layer (e.g. H not a multiple of 8).
@@ -194,6 +199,11 @@ def experts(
     form = _routing_form(routing, width, top_k, n_experts, weights)
     for name, t in (("hidden_states", x), ("gate_up_proj", w1), ("down_proj", w2)):
         _check_aligned(name, t, _VECTOR_ALIGN)
+    if num_tokens is not None:
+        count = _check_tensor("num_tokens", num_tokens, device)
+        _check_dtype("num_tokens", count, (torch.int32,))
+        if count.numel() != 1:
+            raise _fail("num_tokens", f"has {count.numel()} elements; expected one (an int32 count)")
 
     y = torch.empty(lead + (hidden,), dtype=x.dtype, device=device)
     if tokens == 0:
@@ -226,6 +236,7 @@ def experts(
     args.down_proj = w2.data_ptr()
     args.down_proj_bias = b2.data_ptr()
     args.y = y.data_ptr()
+    args.device_tokens = num_tokens.data_ptr() if num_tokens is not None else None
     plan.forward(args, ws_ptr, nbytes, stream)
     if check:
         plan.check(ws_ptr, stream)

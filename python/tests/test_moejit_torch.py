@@ -425,6 +425,44 @@ def test_grad_requiring_input_is_refused() -> None:
 
 
 @needs_cuda
+def test_num_tokens_is_checked() -> None:
+    for bad, match in ((torch.tensor([3], device="cuda"), "num_tokens.*int32"),
+                       (torch.tensor([3, 4], dtype=torch.int32, device="cuda"), "num_tokens.*one"),
+                       (torch.tensor([3], dtype=torch.int32), "num_tokens.*CUDA")):
+        with pytest.raises(ValueError, match=match):
+            with torch.no_grad():
+                moejit.experts(*_args().values(), num_tokens=bad)
+
+
+def test_num_tokens_serves_smaller_batches_from_one_graph(lib_on_gpu: None) -> None:
+    """One graph captured at 48 tokens, replayed with counts 48, 5, 0 and 100: the first
+    min(count, 48) rows match the reference of that many tokens, the others are zeros."""
+    hidden, inter, n_experts, top_k = SMALL
+    m = make_module(hidden, inter, n_experts, torch.bfloat16)
+    x = make_x(48, hidden, torch.bfloat16)
+    ids, w = make_routing(48, n_experts, top_k, dense=False, ids_dtype=torch.int32,
+                          weights_dtype=torch.float32)
+    args = (m.gate_up_proj, m.gate_up_proj_bias, m.down_proj, m.down_proj_bias)
+    count = torch.tensor([48], dtype=torch.int32, device="cuda")
+    with torch.no_grad():
+        moejit.experts(x, ids, w, *args, num_tokens=count)  # compiles outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = moejit.experts(x, ids, w, *args, num_tokens=count)
+        for n in (48, 5, 0, 100):
+            count.fill_(n)
+            y.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            live = min(n, 48)
+            assert torch.equal(y[live:], torch.zeros_like(y[live:]))
+            if live:
+                want = RefGptOssExperts(m)(x[:live], ids[:live], w[:live])
+                err = rel_error(y[:live], want)
+                assert err <= TOLERANCE[torch.bfloat16], f"count {n}: {err:.3g}"
+
+
+@needs_cuda
 def test_zero_tokens_gives_an_empty_output() -> None:
     y = _call(_args(tokens=0))
     assert y.shape == (0, 64) and y.dtype == torch.bfloat16
