@@ -19,7 +19,8 @@
 static const char bench_usage[] =
     "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"
     "                    [--json FILE|-] [--bw-bytes SIZE] [--no-floor] [--cublas PATH]\n"
-    "                    [--check N] [--seed S] [--config NAME] [layer options]\n"
+    "                    [--check N] [--seed S] [--config NAME] [--graph-tokens N]\n"
+    "                    [layer options]\n"
     "\n"
     "Times the layer's forward on this GPU for each token count and sets it beside its floor:\n"
     "the time the GPU needs just to read the weights the call touches, or to do its FLOPs at\n"
@@ -36,6 +37,10 @@ static const char bench_usage[] =
     "flushed between calls. Default --tokens: 1,8,64,512,4096,16384,65536.\n"
     "--config NAME runs every row on that one GEMM configuration (a name `moejit tune` prints,\n"
     "such as mma_m16n128k64s4w1x4z2 or wg_m128n192s4c1) instead of the plan's pick.\n"
+    "--graph-tokens N runs each row of T tokens as a forward of N tokens (N >= every T) whose\n"
+    "device-side count (moejit_forward_args.device_tokens) is T: what a serving engine does that\n"
+    "captures one graph at its largest batch. The row still counts T tokens and their experts;\n"
+    "its config is the one N picks; JSON: graph_tokens.\n"
     "\n"
     "Columns (JSON fields):\n"
     "  tokens          T\n"
@@ -83,6 +88,7 @@ typedef struct bench_opts {
   int64_t bw_bytes;
   const char *json;   /* NULL, "-" or a path */
   const char *cublas; /* NULL: the default search */
+  int64_t graph_tokens; /* > 0: every row is a forward of this many tokens, the row's T on device */
 } bench_opts;
 
 /* The floor's two rates, or why there is no floor. */
@@ -111,6 +117,7 @@ typedef struct bench {
   CUevent *ev; /* nev events: pairs around the timed calls */
   int nev;
   bench_opts o;
+  CUdeviceptr count; /* with --graph-tokens: the device-side token count */
   FILE *out; /* the table: stdout, or stderr when the JSON lines take stdout */
 } bench;
 
@@ -159,6 +166,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
   o->floor = 1;
   o->bw_bytes = (int64_t)4 << 30;
   o->json = o->cublas = NULL;
+  o->graph_tokens = 0;
   *nrest = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -172,7 +180,7 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       continue;
     }
     if (strcmp(a, "--warmup") && strcmp(a, "--bw-bytes") && strcmp(a, "--json") &&
-        strcmp(a, "--cublas")) {
+        strcmp(a, "--cublas") && strcmp(a, "--graph-tokens")) {
       rest[(*nrest)++] = argv[i];
       continue;
     }
@@ -189,6 +197,10 @@ static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *n
       if (parse_size(a, v, 0, 10000, &x))
         return 2;
       o->warmup = (int)x;
+    } else if (!strcmp(a, "--graph-tokens")) {
+      if (parse_size(a, v, 1, INT32_MAX, &x))
+        return 2;
+      o->graph_tokens = x;
     } else if (parse_size(a, v, 1 << 20, (int64_t)1 << 40, &x)) {
       return 2;
     } else {
@@ -556,6 +568,14 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   mj_synth_layer_args(&view, &a);
   if (!ms)
     return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  if (b->o.graph_tokens) { /* a forward of graph_tokens tokens, computing the row's T */
+    mj_synth_layer full = b->layer;
+    const int32_t n = (int32_t)tokens;
+    full.tokens = b->o.graph_tokens;
+    mj_synth_layer_args(&full, &a);
+    a.device_tokens = (const int32_t *)(uintptr_t)b->count;
+    MJ_CU(b->cu, MemcpyHtoD(b->count, &n, sizeof n), err);
+  }
   /* an eager call first: the modules' first launch, and errors before any capture */
   if ((st = forward_once(b, &a, NULL, err)) != MOEJIT_OK)
     goto fail;
@@ -593,7 +613,7 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   if (isfinite(f->bw_tbps) && isfinite(f->gemm_tflops))
     r->floor_ms = fmax(r->weight_bytes / (f->bw_tbps * 1e12), r->flops / (f->gemm_tflops * 1e12)) *
                   1e3;
-  r->config = picked_config(b->plan, tokens, &r->tuned);
+  r->config = picked_config(b->plan, b->o.graph_tokens ? b->o.graph_tokens : tokens, &r->tuned);
 fail:
   if (exec)
     b->cu->GraphExecDestroy(exec);
@@ -671,6 +691,8 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
   fputs(", \"config\": ", f);
   json_str(f, r->config);
   fprintf(f, ", \"tuned\": %s", r->tuned ? "true" : "false");
+  if (o->graph_tokens)
+    fprintf(f, ", \"graph_tokens\": %lld", (long long)o->graph_tokens);
   if (r->checked) {
     json_num(f, "check_rel_error", r->rel_error);
     fprintf(f, ", \"check_ok\": %s", r->check_ok ? "true" : "false");
@@ -819,6 +841,8 @@ static void bench_close(bench *b) {
   free(b->ev);
   if (b->stream)
     b->cu->StreamDestroy(b->stream);
+  if (b->count)
+    b->cu->MemFree(b->count);
   if (b->layer.host_ids)
     mj_synth_layer_destroy(&b->syn, &b->layer);
   mj_synth_close(&b->syn);
@@ -846,12 +870,19 @@ static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *r
     fprintf(stderr, "moejit bench: synthetic layer: %s: %s\n", moejit_status_name(st), err.msg);
     return 1;
   }
+  if (b->o.graph_tokens && b->cu->MemAlloc(&b->count, sizeof(int32_t)) != MJ_CU_SUCCESS) {
+    fprintf(stderr, "moejit bench: cannot allocate the device-side token count\n");
+    return 1;
+  }
   fprintf(out, "timing   %s, %d warm-up calls, then the median of ",
           b->o.eager ? "eager moejit_forward calls" : "CUDA graph replays", b->o.warmup);
   if (L->repeat > 0)
     fprintf(out, "%d\n", L->repeat);
   else
     fprintf(out, "50 (20 above 16384 tokens)\n");
+  if (b->o.graph_tokens)
+    fprintf(out, "rows     forwards of %lld tokens, the row's count on the device\n",
+            (long long)b->o.graph_tokens);
   print_header(out);
   for (int i = 0; i < L->ntokens; i++) {
     row r;
@@ -891,6 +922,14 @@ int cmd_bench(int argc, char **argv) {
   static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
   if ((rc = cli_token_list(argc, argv, &L, defaults, 7, "bench")) != 0)
     return rc;
+  if (b.o.graph_tokens) { /* every row runs inside a forward of that many tokens */
+    if (b.o.graph_tokens < L.tokens) {
+      fprintf(stderr, "moejit bench: --graph-tokens %lld is below the largest --tokens, %lld\n",
+              (long long)b.o.graph_tokens, (long long)L.tokens);
+      return 2;
+    }
+    L.tokens = b.o.graph_tokens;
+  }
   L.desc.max_tokens = L.tokens; /* one plan, sized for the largest row */
   if (L.check < 0)
     L.check = 0;
