@@ -365,6 +365,29 @@ static void test_cuda_graph(void **state) {
   moejit_plan_destroy(plan);
 }
 
+/* One moejit_forward of a on L's workspace captured on stream s and instantiated. */
+static CUgraphExec capture_forward(moejit_plan *plan, const moejit_forward_args *a,
+                                   const mj_synth_layer *L, CUstream s, CUgraph *graph) {
+  CUgraphExec exec;
+  CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
+  assert_int_equal(moejit_forward(plan, a, ptr(L->workspace), L->workspace_bytes, s), MOEJIT_OK);
+  CU_OK(StreamEndCapture(s, graph));
+  CU_OK(GraphInstantiate(&exec, *graph, 0));
+  return exec;
+}
+
+/* y of view's tokens (on the device) against the CPU reference, up to 16 sampled tokens. */
+static void expect_reference(const mj_synth_layer *view, const char *what, const char *config) {
+  mj_check_result r;
+  mj_err err;
+  assert_int_equal(
+      mj_check_sampled(&g_syn, view, view->tokens < 16 ? view->tokens : 16, &r, &err), MOEJIT_OK);
+  print_message("%-36s T=%-5lld %-24s rel error %.3g (tolerance %.0e)\n", what,
+                (long long)view->tokens, config, r.rel_error, r.tolerance);
+  assert_int_equal(r.nonfinite, 0);
+  assert_true(r.rel_error <= r.tolerance);
+}
+
 /* Decode batch sizes: one CUDA graph captured per token count of the list, from one plan and one
  * workspace, then each replayed (out of order, y poisoned before each) and compared with the CPU
  * reference on every token and bitwise with an eager forward of the same count. */
@@ -388,10 +411,7 @@ static void decode_graphs(int64_t experts) {
     eager[i] = forward_output(plan, &view, s);
     moejit_forward_args a;
     mj_synth_layer_args(&view, &a);
-    CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
-    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, s), MOEJIT_OK);
-    CU_OK(StreamEndCapture(s, &graph[i]));
-    CU_OK(GraphInstantiate(&exec[i], graph[i], 0));
+    exec[i] = capture_forward(plan, &a, &L, s, &graph[i]);
   }
   for (int j = 0; j < N; j++) {
     int i = order[j];
@@ -404,16 +424,10 @@ static void decode_graphs(int64_t experts) {
     void *replayed = download(L.y, bytes);
     assert_memory_equal(eager[i], replayed, bytes);
     free(replayed);
-    mj_check_result r;
-    assert_int_equal(mj_check_sampled(&g_syn, &view, tokens[i] < 16 ? tokens[i] : 16, &r, &err),
-                     MOEJIT_OK);
     int tuned;
-    print_message("decode E=%-4lld T=%-4lld %-24s graph replay: rel error %.3g (tolerance %.0e)\n",
-                  (long long)experts, (long long)tokens[i],
-                  plan->configs[mj_rt_pick(plan, tokens[i], &tuned)].name, r.rel_error,
-                  r.tolerance);
-    assert_int_equal(r.nonfinite, 0);
-    assert_true(r.rel_error <= r.tolerance);
+    char what[64];
+    snprintf(what, sizeof what, "decode E=%lld graph replay", (long long)experts);
+    expect_reference(&view, what, plan->configs[mj_rt_pick(plan, tokens[i], &tuned)].name);
   }
   for (int i = 0; i < N; i++) {
     CU_OK(GraphExecDestroy(exec[i]));
@@ -1002,11 +1016,7 @@ static void device_token_graph(int64_t T) {
   mj_synth_layer_args(&L, &a);
   a.device_tokens = (const int32_t *)ptr(count);
   CUgraph graph;
-  CUgraphExec exec;
-  CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
-  assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, s), MOEJIT_OK);
-  CU_OK(StreamEndCapture(s, &graph));
-  CU_OK(GraphInstantiate(&exec, graph, 0));
+  CUgraphExec exec = capture_forward(plan, &a, &L, s, &graph);
   int tuned;
   const int cfg = mj_rt_pick(plan, T, &tuned);
   const size_t row = (size_t)d.hidden * 2, bytes = (size_t)T * row;
@@ -1035,13 +1045,9 @@ static void device_token_graph(int64_t T) {
       void *eager = download(L.y, (size_t)live * row);
       assert_memory_equal(got, eager, (size_t)live * row);
       free(eager);
-      mj_check_result r;
-      assert_int_equal(mj_check_sampled(&g_syn, &view, live < 16 ? live : 16, &r, &err), MOEJIT_OK);
-      print_message("device tokens: graph of T=%-5lld %-20s count %-5d rel error %.3g (tolerance "
-                    "%.0e)\n",
-                    (long long)T, plan->configs[cfg].name, n, r.rel_error, r.tolerance);
-      assert_int_equal(r.nonfinite, 0);
-      assert_true(r.rel_error <= r.tolerance);
+      char what[64];
+      snprintf(what, sizeof what, "device tokens %d, graph of %lld", n, (long long)T);
+      expect_reference(&view, what, plan->configs[cfg].name);
     }
     free(got);
   }
