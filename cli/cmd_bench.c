@@ -559,20 +559,19 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   moejit_status st = MOEJIT_OK;
   const moejit_layer_desc *d = &b->plan->desc;
   mj_synth_layer view = b->layer; /* the first `tokens` tokens of the layer */
+  mj_synth_layer full = b->layer; /* with --graph-tokens, the forward's: that many tokens */
   moejit_forward_args a;
   CUgraphExec exec = NULL;
   float *ms = calloc((size_t)repeat, sizeof *ms);
   int64_t bad = 0;
   memset(r, 0, sizeof *r);
   view.tokens = tokens;
-  mj_synth_layer_args(&view, &a);
+  full.tokens = b->o.graph_tokens;
+  mj_synth_layer_args(b->o.graph_tokens ? &full : &view, &a);
   if (!ms)
     return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
-  if (b->o.graph_tokens) { /* a forward of graph_tokens tokens, computing the row's T */
-    mj_synth_layer full = b->layer;
+  if (b->o.graph_tokens) { /* the forward of graph_tokens tokens computes the row's T */
     const int32_t n = (int32_t)tokens;
-    full.tokens = b->o.graph_tokens;
-    mj_synth_layer_args(&full, &a);
     a.device_tokens = (const int32_t *)(uintptr_t)b->count;
     MJ_CU(b->cu, MemcpyHtoD(b->count, &n, sizeof n), err);
   }

@@ -32,6 +32,10 @@ __device__ __forceinline__ int mj_live_tokens(const int *live, int live_base, in
   const long long n = (long long)*live - live_base;
   return n < 0 ? 0 : n < tokens ? (int)n : tokens;
 }
+// The same in slots, of a launch's nslots = tokens * kTopK: the first slots are the first tokens'.
+__device__ __forceinline__ int mj_live_slots(const int *live, int live_base, int nslots) {
+  return mj_live_tokens(live, live_base, nslots / kTopK) * kTopK;
+}
 
 // Where slot s goes: its local expert, or kExperts for a bad id, or -1 for no row without a flag.
 // ids is not __restrict__: moejit_route_small_logits reads ids its own block has just written.
@@ -130,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) count[e] = 0;
   __syncthreads();
   int s = blockIdx.x * kChunk + threadIdx.x;
-  if (s < mj_live_tokens(live, live_base, nslots / kTopK) * kTopK) {
+  if (s < mj_live_slots(live, live_base, nslots)) {
     int e = mj_route_expert(ids, expert_map, s);
     if (e >= 0) atomicAdd(&count[e], 1);
   }
@@ -193,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
     const int *__restrict__ expert_off, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
-  const int nlive = mj_live_tokens(live, live_base, nslots / kTopK) * kTopK;
+  const int nlive = mj_live_slots(live, live_base, nslots);
   __shared__ int next[kExperts];
   const int lane = threadIdx.x;
   for (int e = lane; e < kExperts; e += 32) next[e] = chunk_base[(mj_i64)blockIdx.x * kExperts + e];
@@ -369,9 +373,8 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
     float *__restrict__ slot_weight, const int *live, int live_base) {
   mj_pdl_begin<MJ_PDL>();
-  mj_route_small(ids, expert_map, weights, nslots,
-                 mj_live_tokens(live, live_base, nslots / kTopK) * kTopK, block_m, capacity,
-                 expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
+  mj_route_small(ids, expert_map, weights, nslots, mj_live_slots(live, live_base, nslots), block_m,
+                 capacity, expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
 }
 
 #if MJ_ROUTE_LOGITS
