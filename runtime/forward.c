@@ -264,7 +264,8 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted;
     int tokens = (int)a->tokens;
     void *gather_args[] = {&x, &slot_pos, &tokens, &x_sorted};
-    if ((st = launch_kernel(plan, &plan->gather, (unsigned)((tokens + 7) / 8), 1, 1, stream,
+    int64_t chunks = (int64_t)tokens * (d->hidden / 8); /* a thread per 16 bytes of x */
+    if ((st = launch_kernel(plan, &plan->gather, (unsigned)((chunks + 255) / 256), 1, 1, stream,
                             gather_args, pdl, err)))
       goto fail;
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,

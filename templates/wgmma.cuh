@@ -426,24 +426,26 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 
 #if MJ_WGMMA_GATHER
 // The permuted copy GEMM1 reads: x_sorted[slot_pos[t * kTopK + k]] = x[t] for each of the token's
-// slots that has a row. One warp per token reads its row once (16 bytes a lane) and writes it kTopK
-// times: grid = ceil(tokens / 8), block = 256. Under programmatic dependent launch (the forward's
-// own choice; without it the wait returns at once) it starts while routing runs and waits for it.
+// slots that has a row. One thread per 16 bytes of x: it loads them, then stores them kTopK times,
+// so that every load of a small batch is in flight at once (a warp a token, looping along the row,
+// took 9 us at 8 tokens: eleven load latencies in a row). grid = ceil(tokens * kK / 8 / 256),
+// block = 256. Under programmatic dependent launch (the forward's own choice; without it the wait
+// returns at once) it starts while routing runs: x, the caller's, is read before the wait,
+// slot_pos after it.
 extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restrict__ x,
                                                                 const int *__restrict__ slot_pos,
                                                                 int tokens, T *__restrict__ xs) {
+  constexpr int kChunks = kK / 8;  // 16-byte chunks of a row
+  const mj_i64 i = (mj_i64)blockIdx.x * 256 + threadIdx.x;
+  const int t = (int)(i / kChunks), c = (int)(i % kChunks);
+  mj_v16 v;
+  if (t < tokens) v = ((const mj_v16 *)(x + (mj_i64)t * kK))[c];
   mj_pdl_begin<1>();
-  const int t = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (t >= tokens) return;
-  int row[kTopK];
 #pragma unroll
-  for (int k = 0; k < kTopK; ++k) row[k] = slot_pos[(mj_i64)t * kTopK + k];
-  const mj_v16 *src = (const mj_v16 *)(x + (mj_i64)t * kK);
-  for (int c = lane; c < kK / 8; c += 32) {
-    const mj_v16 v = src[c];
-#pragma unroll
-    for (int k = 0; k < kTopK; ++k)
-      if (row[k] >= 0) ((mj_v16 *)(xs + (mj_i64)row[k] * kK))[c] = v;
+  for (int k = 0; k < kTopK; ++k) {
+    const int row = slot_pos[(mj_i64)t * kTopK + k];
+    if (row >= 0) ((mj_v16 *)(xs + (mj_i64)row * kK))[c] = v;
   }
 }
 #endif
