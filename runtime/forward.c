@@ -153,7 +153,8 @@ fail:
 /* One wgmma GEMM: a = the rows it multiplies ([nslots, k]), w = the experts' weights [E, k, n]. */
 static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, const mj_gemm_config *c,
                                   const mj_layout *l, CUdeviceptr a, CUdeviceptr w, int64_t n,
-                                  int64_t k, wgmma_params *params, CUstream stream, mj_err *err) {
+                                  int64_t k, wgmma_params *params, CUstream stream, int pdl,
+                                  mj_err *err) {
   moejit_status st;
   mj_cu *cu = &plan->ctx->cu;
   int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
@@ -174,7 +175,7 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
   int64_t items = l->max_tiles * ((n + c->bn - 1) / c->bn), slots = (int64_t)c->ctas * plan->ctx->sm_count;
   unsigned grid = (unsigned)(items < slots ? items : slots);
   void *args[] = {&ta, &tb, params};
-  return launch_kernel(plan, kern, grid, 1, 1, stream, args, 0, err);
+  return launch_kernel(plan, kern, grid, 1, 1, stream, args, pdl, err);
 }
 
 /* gemm.cuh's block order for a GEMM of n columns: slab-major once its blocks fill the GPU more than
@@ -259,6 +260,12 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                    "configuration %s splits GEMM2 along K and takes at most %d slots, got %lld",
                    c->name, MJ_SPLIT_SLOTS, (long long)l.nslots);
   int wg = c->kind == MJ_GEMM_WGMMA;
+  /* The wgmma GEMMs under programmatic dependent launch: GEMM2 (and combine after it) with 64-row
+   * tiles only, the weight-streaming regime, where starting GEMM2's weight loads under GEMM1's tail
+   * took 0.5-2.4 % off forwards of 8 to 512 tokens (H100). GEMM1, waiting on the gather, lost up to
+   * 2 % at 8 tokens with it; and with 128-row tiles the early start cost prefill forwards 1 % (GEMM2)
+   * to 7 % (GEMM1): the persistent blocks then start staggered instead of in step. */
+  int wg_pdl = pdl && wg && c->bm == 64;
   if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
     /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */
     CUdeviceptr x = DPTR(a->x), x_sorted = ws + l.x_sorted;
@@ -271,7 +278,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, h};
     if ((st = launch_wgmma(plan, &plan->gemm1[cfg], c, &l, x_sorted, DPTR(a->gate_up_proj),
-                           2 * d->intermediate, d->hidden, &p1, stream, err)) != MOEJIT_OK)
+                           2 * d->intermediate, d->hidden, &p1, stream, 0, err)) != MOEJIT_OK)
       goto fail;
   } else if (stages & MOEJIT_STAGE_GEMM1) {
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
@@ -295,7 +302,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     wgmma_params p2 = {DPTR(a->down_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, y_slot};
     if ((st = launch_wgmma(plan, &plan->gemm2[cfg], c, &l, h, DPTR(a->down_proj), d->hidden,
-                           d->intermediate, &p2, stream, err)) != MOEJIT_OK)
+                           d->intermediate, &p2, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;
   } else if (stages & MOEJIT_STAGE_GEMM2) {
     gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
@@ -317,7 +324,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     void *combine_args[] = {&y_slot, &slot_pos, &y, &split_stride};
     const mj_kernel *k = c->splits > 1 ? &plan->combine_split : &plan->combine;
     if ((st = launch_kernel(plan, k, (unsigned)a->tokens, (unsigned)((d->hidden + 1023) / 1024), 1,
-                            stream, combine_args, pdl && !wg, err)))
+                            stream, combine_args, wg ? wg_pdl : pdl, err)))
       goto fail;
   }
 fail:

@@ -165,8 +165,8 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
   if (!wg) {
     mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
     mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
-    mj_spec_int(s, "pdl", 1);
   }
+  mj_spec_int(s, "pdl", 1);
 }
 
 void mj_rt_modules_free(mj_module_src *mods, int n) {

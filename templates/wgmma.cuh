@@ -18,7 +18,15 @@
 // Grid: persistent, one block per SM, walking work items i = blockIdx.x, + gridDim.x, ... . Items
 // are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column slabs
 // in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per group.
+// MJ_PDL (optional): programmatic dependent launch. The producer loads the weights of its first
+// kStages k blocks before griddepcontrol.wait, as they and the tile list (from routing, which
+// finished before the kernel ahead of this one passed its own wait) are safe to read while the
+// kernel ahead still runs; only A (x_sorted from moejit_gather, h from GEMM1) waits.
 #pragma once
+
+#ifndef MJ_PDL
+#define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
+#endif
 
 struct alignas(64) mj_tmap { mj_u64 opaque[16]; };
 struct alignas(16) mj_v16 { mj_u32 v[4]; };
@@ -363,6 +371,29 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
   if (mine > 0 && (mine - 1) % 2 != c) named_sync(1 + c);
 }
 
+// The weight boxes of item it's k block kb into ring stage s.
+__device__ __forceinline__ void load_b(const mj_tmap *tmap_b, unsigned char *smem_b, int s,
+                                       const Item &it, int kb, mj_u64 *full) {
+#pragma unroll
+  for (int j = 0; j < kBBoxes; ++j)
+    mj_tma_3d(smem_b + s * kBBytes + j * kBK * 128, tmap_b, it.n0 + 64 * j, kb * kBK, it.e, &full[s]);
+}
+
+// The weights of the block's first k blocks, up to one per stage, into fresh stages 0, 1, ...,
+// each stage's full barrier told to expect its A too; returns how many.
+__device__ __forceinline__ int load_early(const WgParams &p, int items, const mj_tmap *tmap_b,
+                                          unsigned char *smem_b, mj_u64 *full) {
+  int q = 0;
+  for (int i = blockIdx.x; i < items && q < kStages; i += gridDim.x) {
+    const Item it = decode_item(p, i);
+    for (int kb = 0; kb < kKT && q < kStages; ++kb, ++q) {
+      mj_mbar_expect_tx(&full[q], kABytes + kBBytes);
+      load_b(tmap_b, smem_b, q, it, kb, full);
+    }
+  }
+  return q;
+}
+
 // Registers: the producer warpgroup gives back all but 40 a thread to the consumers (setmaxnreg):
 // 232 each for two consumers in one block, 216 for one consumer in each of two blocks.
 static constexpr int kConsumerRegs = kConsumers == 2 ? 232 : kCtas == 2 ? 216 : 0;
@@ -398,18 +429,22 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     if (threadIdx.x == 0) {
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_a) : "memory");
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
+      // Under MJ_PDL the weights of the first `early` k blocks (fresh stages 0, 1, ...: no empty
+      // wait) go out before the wait, their A after it.
+      const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full) : 0;
+      mj_pdl_begin<MJ_PDL>();
       RingPos pos(0);
+      int q = 0;
       for (int i = blockIdx.x; i < items; i += gridDim.x) {
         const Item it = decode_item(p, i);
-        for (int kb = 0; kb < kKT; ++kb) {
+        for (int kb = 0; kb < kKT; ++kb, ++q) {
           const int s = pos.s;
-          mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
-          mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
+          if (q >= early) {
+            mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
+            mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
+            load_b(&tmap_b, smem_b, s, it, kb, full);
+          }
           mj_tma_2d(smem_a + s * kABytes, &tmap_a, kb * kBK, it.r0, &full[s]);
-#pragma unroll
-          for (int j = 0; j < kBBoxes; ++j)
-            mj_tma_3d(smem_b + s * kBBytes + j * kBK * 128, &tmap_b, it.n0 + 64 * j, kb * kBK, it.e,
-                      &full[s]);
           pos.next();
         }
       }

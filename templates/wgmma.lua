@@ -7,7 +7,8 @@
 -- stages, group_m (m-tiles of one expert that share each weight slab while it is in L2; optional,
 -- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
 -- other's MMAs; optional, 1), pingpong (1 with bm=128: the two consumer warpgroups take whole
--- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0).
+-- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0), pdl (optional, 0/1,
+-- default 0: programmatic dependent launch, the weights' first stages loaded before the wait).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 
@@ -59,6 +60,7 @@ return function(spec)
   if pingpong ~= 0 and not (pingpong == 1 and bm == 128 and ctas == 1) then
     error("spec.pingpong must be 0, or 1 with bm=128 and ctas=1, got " .. tostring(spec.pingpong))
   end
+  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
   local group_m = spec.group_m or 16
   if math.type(group_m) ~= "integer" or group_m < 1 then error("spec.group_m must be a positive integer") end
   return table.concat({
@@ -80,7 +82,7 @@ return function(spec)
       { "kCtas", "int", ctas },
       { "kPingPong", "bool", pingpong == 1 },
     }),
-    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0"),
+    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl == 1 and "\n#define MJ_PDL 1" or ""),
     wgmma_fn(bn, ab),
     '#include "wgmma.cuh"',
     "",
