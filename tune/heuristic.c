@@ -7,45 +7,51 @@
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
 };
 
-/* f16 / bf16 on sm_90a: the 16-row mma.sync tile with GEMM2 split along K for about one row per
- * expert, in two: at one token, GPT-OSS's GEMM2 is then 4 tiles x 23 slabs x 2 = 184 blocks, one
- * wave of two blocks per SM, where three splits (276 blocks) left 12 for a second wave (forward
- * 0.083 vs 0.092 ms with E = 32 or 128; at 8 tokens, E = 128, 0.548 vs 0.543). Then wgmma tiles
- * of one and two consumer warpgroups. From two rows per expert up, the 64-row wgmma tile, whose
- * weights stream in by TMA, beats the 16-row tile although most of its rows are empty; 128 columns
- * spread the weights of few experts over more blocks. Past 32 rows, the ping-pong tile (128 x 128
- * a consumer warpgroup, the two taking whole items in turn) beats two blocks of 64 x 192 a SM
- * (wg_m64n192s3c2, the pick before) by up to 8 % (forward, moejit bench --config on the H100: E = 32
- * and 2048 tokens 0.898 against 0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at
- * 128 rows; with 4 stages up to 64 rows (E = 32 and 512 tokens 0.598 against 0.607 with 5, E = 128
- * and 2048 tokens 2.394 against 2.448) and 5 above (at 128 rows 4 lose: 0.723 against 0.693, 2.797
- * against 2.667). Past 256 rows the cooperative 128 x 192 tile, whose slabs divide both GEMMs of
- * GPT-OSS (5760 and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong
- * GEMM1 read 6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
+/* f16 / bf16 on sm_90a, by rows per expert (forwards on the H100, moejit bench --config, E = 32
+ * and 128, top-4; figures E = 32 | E = 128, ms).
+ * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
+ *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
+ *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain).
+ * - Two tokens: wgmma, 64 rows x 192 columns, 4 stages: 0.137 | 0.147, against 0.138 | 0.151.
+ * - Up to one row per expert on average (3 to 8 tokens at E = 32, to 32 at E = 128): 64 x 256, 3
+ *   stages, one block a SM; at 8 tokens 0.3734 | 0.5268 against 0.3805 | 0.5415 for 64 x 128 in two
+ *   blocks a SM, and against the 16-row tile's 0.3889 | 0.5311.
+ * - To 32 rows: 64 x 128, two blocks a SM (64 tokens: 0.5445 | 1.952). Its weights stream in by
+ *   TMA, which beats the 16-row mma.sync tile although most of its rows are empty.
+ * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
+ *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
+ *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
+ *   64 rows (E = 32 and 512 tokens 0.598 against 0.607 with 5, E = 128 and 2048 tokens 2.394
+ *   against 2.448) and 5 above (at 128 rows 4 lose: 0.723 against 0.693, 2.797 against 2.667).
+ * - Past 256 rows the cooperative 128 x 192 tile, whose slabs divide both GEMMs of GPT-OSS (5760
+ *   and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong GEMM1 read
+ *   6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n128k64s4w1x4z2", 16, 128, 64, 4, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0},
-    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0},
-    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1},
-    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1},
-    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0},
+    {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
+    {"wg_m64n192s4c1", 64, 192, 64, 4, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 8},
+    {"wg_m64n256s3c1", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0},
+    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0},
+    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0},
+    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0},
+    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0, 0},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0},
+    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
 };
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
@@ -107,7 +113,8 @@ int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64
                  int64_t experts) {
   int64_t avg = (tokens * top_k + experts - 1) / experts;
   for (int i = 0; i < count; i++)
-    if (avg <= configs[i].max_avg_rows)
+    if (avg <= configs[i].max_avg_rows &&
+        (configs[i].max_slots == 0 || tokens * top_k <= configs[i].max_slots))
       return i;
   return count - 1;
 }

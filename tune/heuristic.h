@@ -26,12 +26,16 @@ typedef struct mj_gemm_config {
   int ctas;          /* MJ_GEMM_WGMMA: resident blocks per SM (1, or 2 for 64-row tiles) */
   int splits;        /* MJ_GEMM_SYNC: GEMM2 split along K into this many partial sums (0, 1: no) */
   int pingpong;      /* MJ_GEMM_WGMMA, bm 128: the two consumers take whole items in turn ("pp") */
+  /* And, when not 0, while T * K (the slots) is at most this: the first entries of a table tell
+   * forwards of one or two tokens apart, which T * K / E rounded up cannot. */
+  int64_t max_slots;
 } mj_gemm_config;
 
 /* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
 mj_math mj_tune_math(moejit_dtype dtype, int exact_f32);
 const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma" */
-/* The heuristic's configurations for a math path, ordered by max_avg_rows: the portable table. */
+/* The heuristic's configurations for a math path, ordered by max_avg_rows (and max_slots within
+ * one max_avg_rows): the portable table. */
 const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count);
 /* Whether an arch ("sm_90a") runs the wgmma template: Hopper's arch-specific target only. */
 int mj_tune_arch_wgmma(const char *arch);
