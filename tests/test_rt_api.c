@@ -407,6 +407,20 @@ static void test_plan_configurations(void **state) {
     assert_int_equal(plan->tuned[b], 0);
     assert_int_equal(plan->pick[b], mj_tune_pick(heur, nheur, (int64_t)1 << b, K, E));
   }
+  /* max_slots: an entry with a slot bound takes only forwards of at most that many slots, so that
+   * one and two tokens, the same rows per expert rounded up, can take different entries. */
+  static const mj_gemm_config bounded[] = {
+      {"one", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
+      {"few", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0},
+      {"rest", 64, 128, 64, 3, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 2, 0, 0, 0},
+  };
+  assert_int_equal(mj_tune_pick(bounded, 3, 1, 4, 32), 0);
+  assert_int_equal(mj_tune_pick(bounded, 3, 2, 4, 32), 1);
+  assert_int_equal(mj_tune_pick(bounded, 3, 8, 4, 32), 1);
+  assert_int_equal(mj_tune_pick(bounded, 3, 9, 4, 32), 2);
+  int nwg = 0;
+  const mj_gemm_config *wg = mj_tune_gemm_configs_for(MJ_MATH_MMA, "sm_90a", &nwg);
+  assert_int_not_equal(mj_tune_pick(wg, nwg, 1, 4, 32), mj_tune_pick(wg, nwg, 2, 4, 32));
   /* Buckets are powers of two: T goes to the smallest 2^b >= T. */
   assert_int_equal(mj_rt_bucket(1), 0);
   assert_int_equal(mj_rt_bucket(2), 1);
