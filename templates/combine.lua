@@ -9,7 +9,6 @@ local prelude = require("prelude")
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
   local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
-  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
   local consts = {
     { "kHidden", "int", prelude.need_int(spec, "hidden", 8) },
     { "kTopK", "int", prelude.need_int(spec, "top_k", 1, 32) },
@@ -23,7 +22,7 @@ return function(spec)
   end
   local defines = { "#define MJ_COMBINE_ACTIVATION " .. (activation and "1" or "0") }
   if splits > 1 then defines[#defines + 1] = "#define MJ_COMBINE_SPLITS " .. splits end
-  if pdl == 1 then defines[#defines + 1] = "#define MJ_PDL 1" end
+  defines[#defines + 1] = prelude.pdl_define(spec)
   return table.concat({
     prelude.header("combine", spec),
     "typedef " .. dt.ctype .. " T;",

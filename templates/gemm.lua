@@ -42,7 +42,6 @@ return function(spec)
   local bk = prelude.need_int(spec, "bk", 8, 128)
   local stages = prelude.need_int(spec, "stages", 2, 8)
   local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
-  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
   local defines = { "#define MJ_GEMM_PATH " .. math_.path }
   if splits > 1 then
     if mode ~= modes.down then
@@ -57,7 +56,7 @@ return function(spec)
     end
     defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits
   end
-  if pdl == 1 then defines[#defines + 1] = "#define MJ_PDL 1" end
+  defines[#defines + 1] = prelude.pdl_define(spec)
   local consts = {
     { "kMode", "int", mode },
     { "kN", "int", n },

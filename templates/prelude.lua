@@ -69,4 +69,11 @@ function M.need_int(spec, key, lo, hi)
   return v
 end
 
+-- spec.pdl (optional, 0/1, default 0): "#define MJ_PDL 1" for programmatic dependent launch
+-- (prelude.cuh's mj_pdl_begin), or nil.
+function M.pdl_define(spec)
+  if spec.pdl == nil or M.need_int(spec, "pdl", 0, 1) == 0 then return nil end
+  return "#define MJ_PDL 1"
+end
+
 return M

@@ -29,7 +29,7 @@ return function(spec)
     error("spec.routing must be topk, dense or logits, got " .. tostring(spec.routing))
   end
   local logits = spec.routing == "logits"
-  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
+  local pdl = prelude.pdl_define(spec)
   local types = {
     "typedef " .. (logits and "int" or id_type) .. " IdT;",
     "typedef " .. (logits and "float" or weight.ctype) .. " WeightT;",
@@ -43,7 +43,7 @@ return function(spec)
   return table.concat({
     prelude.header("route", spec),
     table.concat(types, "\n"),
-    "#define MJ_ROUTE_LOGITS " .. (logits and "1" or "0") .. (pdl == 1 and "\n#define MJ_PDL 1" or ""),
+    "#define MJ_ROUTE_LOGITS " .. (logits and "1" or "0") .. (pdl and "\n" .. pdl or ""),
     prelude.constants({
       { "kExperts", "int", experts },
       { "kGlobalExperts", "int", global },

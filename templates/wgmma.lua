@@ -60,7 +60,7 @@ return function(spec)
   if pingpong ~= 0 and not (pingpong == 1 and bm == 128 and ctas == 1) then
     error("spec.pingpong must be 0, or 1 with bm=128 and ctas=1, got " .. tostring(spec.pingpong))
   end
-  local pdl = spec.pdl == nil and 0 or prelude.need_int(spec, "pdl", 0, 1)
+  local pdl = prelude.pdl_define(spec)
   local group_m = spec.group_m or 16
   if math.type(group_m) ~= "integer" or group_m < 1 then error("spec.group_m must be a positive integer") end
   return table.concat({
@@ -82,7 +82,7 @@ return function(spec)
       { "kCtas", "int", ctas },
       { "kPingPong", "bool", pingpong == 1 },
     }),
-    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl == 1 and "\n#define MJ_PDL 1" or ""),
+    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl and "\n" .. pdl or ""),
     wgmma_fn(bn, ab),
     '#include "wgmma.cuh"',
     "",
