@@ -264,7 +264,9 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
    * tiles only, the weight-streaming regime, where starting GEMM2's weight loads under GEMM1's tail
    * took 0.5-2.4 % off forwards of 8 to 512 tokens (H100). GEMM1, waiting on the gather, lost up to
    * 2 % at 8 tokens with it; and with 128-row tiles the early start cost prefill forwards 1 % (GEMM2)
-   * to 7 % (GEMM1): the persistent blocks then start staggered instead of in step. */
+   * to 7 % (GEMM1): the persistent blocks then start staggered instead of in step. GEMM1's module
+   * is built with pdl all the same: its launch_dependents is what lets GEMM2's blocks in as GEMM1's
+   * leave, rather than once all of them have. */
   int wg_pdl = pdl && wg && c->bm == 64;
   if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
     /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */
