@@ -158,7 +158,7 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
   moejit_status st;
   mj_cu *cu = &plan->ctx->cu;
   int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
-  /* A: the rows [nslots, k], boxes of 64 x bm (wgmma.cuh's A operand). B: the experts' weights
+  /* A: the rows [nslots, k], boxes of 64 x a_rows (wgmma.cuh's A operand, kARows). B: the experts' weights
    * [experts, k, n] in boxes of 64 x 64 x 1, three dimensions so that k and n tails read zeros
    * rather than the next expert's rows. */
   mj_tmap ta, tb;
@@ -167,7 +167,7 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
                            b_dims[3] = {(unsigned long long)n, (unsigned long long)k,
                                         (unsigned long long)plan->desc.experts},
                            b_strides[2] = {(unsigned long long)n * 2, (unsigned long long)(n * k) * 2};
-  const unsigned a_box[2] = {64, (unsigned)c->bm}, b_box[3] = {64, 64, 1};
+  const unsigned a_box[2] = {64, (unsigned)mj_tune_wgmma_a_rows(c)}, b_box[3] = {64, 64, 1};
   if ((st = encode_tmap(cu, &ta, dtype, a, 2, a_dims, a_strides, a_box, err)) != MOEJIT_OK ||
       (st = encode_tmap(cu, &tb, dtype, w, 3, b_dims, b_strides, b_box, err)) != MOEJIT_OK)
     return st;
@@ -260,13 +260,13 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                    "configuration %s splits GEMM2 along K and takes at most %d slots, got %lld",
                    c->name, MJ_SPLIT_SLOTS, (long long)l.nslots);
   int wg = c->kind == MJ_GEMM_WGMMA;
-  /* The wgmma GEMMs under programmatic dependent launch: GEMM2 (and combine after it) with 64-row
-   * tiles only, the weight-streaming regime, where starting GEMM2's weight loads under GEMM1's tail
-   * took 0.5-2.4 % off forwards of 8 to 512 tokens (H100). GEMM1, waiting on the gather, lost up to
-   * 2 % at 8 tokens with it; and with 128-row tiles the early start cost prefill forwards 1 % (GEMM2)
-   * to 7 % (GEMM1): the persistent blocks then start staggered instead of in step. GEMM1's module
-   * is built with pdl all the same: its launch_dependents is what lets GEMM2's blocks in as GEMM1's
-   * leave, rather than once all of them have. */
+  /* The wgmma GEMMs under programmatic dependent launch: with 64-row tiles only, the
+   * weight-streaming regime, where each loads the weights of its first stages before its wait (GEMM1
+   * under the gather, GEMM2 under GEMM1's tail, which took 0.5-2.4 % off forwards of 8 to 512
+   * tokens on the H100, GEMM1 0.1-0.6 % more). With 128-row tiles the early start cost prefill
+   * forwards 1 % (GEMM2) to 7 % (GEMM1): the persistent blocks then start staggered instead of in
+   * step. Their modules are built with pdl all the same: GEMM1's launch_dependents is what lets
+   * GEMM2's blocks in as GEMM1's leave, rather than once all of them have. */
   int wg_pdl = pdl && wg && c->bm == 64;
   if ((stages & MOEJIT_STAGE_GEMM1) && wg) {
     /* x rows in sorted order, so GEMM1 reads its A tiles by TMA like GEMM2 reads h */
@@ -280,7 +280,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, h};
     if ((st = launch_wgmma(plan, &plan->gemm1[cfg], c, &l, x_sorted, DPTR(a->gate_up_proj),
-                           2 * d->intermediate, d->hidden, &p1, stream, 0, err)) != MOEJIT_OK)
+                           2 * d->intermediate, d->hidden, &p1, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;
   } else if (stages & MOEJIT_STAGE_GEMM1) {
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,

@@ -160,6 +160,8 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
     mj_spec_int(s, "ctas", c->ctas);
   if (wg && c->pingpong)
     mj_spec_int(s, "pingpong", 1);
+  if (wg)
+    mj_spec_int(s, "a_rows", mj_tune_wgmma_a_rows(c));
   if (mode == 2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
   if (!wg) {

@@ -1,11 +1,13 @@
 // wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
-// kBM, kBN, kStages, kGroupM, kCtas, kPingPong and mj_wgmma (one m64 x kBN x k16 step).
+// kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong and mj_wgmma (one m64 x kBN x k16 step).
 //
 // The work: for every tile of the device-side tile list (expert e, rows [r0, r1) of the sorted
 // order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
 // A is x_sorted [rows, kK] (kMode 1: the rows of x in sorted order, written by moejit_gather) or
-// h [rows, kK] (kMode 2), read by TMA through tensor map tmap_a (2D: {kK, row capacity}); W[e] is
+// h [rows, kK] (kMode 2), read by TMA through tensor map tmap_a (2D: {kK, row capacity}) in boxes of
+// kARows rows, only those that hold the tile's rows (the stage's rows past them keep whatever an
+// earlier load left there: they meet only accumulator rows that are never stored); W[e] is
 // read through tmap_b (3D: {kN, kK, experts}) in 64-column boxes, so K and N tails, the columns of
 // a last box past kBN (a slab need not be whole boxes) and rows past the last are zeros.
 // kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
@@ -49,6 +51,7 @@ static constexpr int kThreads = 128 * (1 + kConsumers);
 static constexpr int kNT = (kN + kBN - 1) / kBN;    // column slabs
 static constexpr int kKT = (kK + kBK - 1) / kBK;    // k blocks
 static constexpr int kABytes = kBM * kBK * 2;
+static constexpr int kABoxBytes = kARows * kBK * 2;  // one TMA box of A
 static constexpr int kBBoxes = (kBN + 63) / 64;     // 64-column TMA boxes of a weight slab
 static constexpr int kBBytes = kBK * 64 * 2 * kBBoxes;
 static constexpr int kAcc = kBN / 2;                // accumulators per consumer thread
@@ -65,6 +68,7 @@ static_assert(kStageLdF * 4 <= kStageLd * 2, "a kMode 2 part fits a kMode 1 stag
 static_assert(sizeof(T) == 2, "wgmma takes 16-bit operands");
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
 static_assert(kBN % 16 == 0 && kBN <= 256, "a slab is a multiple of 16 columns, at most 256");
+static_assert(kARows % 8 == 0 && kBM % kARows == 0, "A boxes are whole 8-row swizzle groups of a tile");
 
 // ---- mbarriers, TMA and wgmma (PTX) -------------------------------------------------------------
 
@@ -371,6 +375,18 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
   if (mine > 0 && (mine - 1) % 2 != c) named_sync(1 + c);
 }
 
+// The bytes of A that item it loads per k block: the boxes that hold its rows.
+__device__ __forceinline__ int a_bytes(const Item &it) {
+  return (it.r1 - it.r0 + kARows - 1) / kARows * kABoxBytes;
+}
+
+// The A boxes of item it's k block kb into ring stage s.
+__device__ __forceinline__ void load_a(const mj_tmap *tmap_a, unsigned char *smem_a, int s,
+                                       const Item &it, int kb, mj_u64 *full) {
+  for (int r = 0; r < it.r1 - it.r0; r += kARows)
+    mj_tma_2d(smem_a + s * kABytes + r * 128, tmap_a, kb * kBK, it.r0 + r, &full[s]);
+}
+
 // The weight boxes of item it's k block kb into ring stage s.
 __device__ __forceinline__ void load_b(const mj_tmap *tmap_b, unsigned char *smem_b, int s,
                                        const Item &it, int kb, mj_u64 *full) {
@@ -387,7 +403,7 @@ __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj
   for (int i = blockIdx.x; i < items && q < kStages; i += gridDim.x) {
     const Item it = decode_item(p, i);
     for (int kb = 0; kb < kKT && q < kStages; ++kb, ++q) {
-      mj_mbar_expect_tx(&full[q], kABytes + kBBytes);
+      mj_mbar_expect_tx(&full[q], a_bytes(it) + kBBytes);
       load_b(tmap_b, smem_b, q, it, kb, full);
     }
   }
@@ -441,10 +457,10 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
           const int s = pos.s;
           if (q >= early) {
             mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
-            mj_mbar_expect_tx(&full[s], kABytes + kBBytes);
+            mj_mbar_expect_tx(&full[s], a_bytes(it) + kBBytes);
             load_b(&tmap_b, smem_b, s, it, kb, full);
           }
-          mj_tma_2d(smem_a + s * kABytes, &tmap_a, kb * kBK, it.r0, &full[s]);
+          load_a(&tmap_a, smem_a, s, it, kb, full);
           pos.next();
         }
       }

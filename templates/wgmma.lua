@@ -8,7 +8,9 @@
 -- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
 -- other's MMAs; optional, 1), pingpong (1 with bm=128: the two consumer warpgroups take whole
 -- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0), pdl (optional, 0/1,
--- default 0: programmatic dependent launch, the weights' first stages loaded before the wait).
+-- default 0: programmatic dependent launch, the weights' first stages loaded before the wait),
+-- a_rows (optional, default bm: rows of one TMA box of A, a multiple of 8 that divides bm; a tile
+-- loads only the boxes that hold its rows, the host's tensor map has boxes of that many rows).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 
@@ -51,7 +53,7 @@ return function(spec)
   if bm ~= 64 and bm ~= 128 then error("spec.bm must be 64 or 128, got " .. bm) end
   local bn = prelude.need_int(spec, "bn", 64, 256)
   if bn % 16 ~= 0 then error("spec.bn must be a multiple of 16, got " .. bn) end
-  local stages = prelude.need_int(spec, "stages", 2, 8)
+  local stages = prelude.need_int(spec, "stages", 2, 16)
   local ctas = spec.ctas or 1
   if ctas ~= 1 and not (ctas == 2 and bm == 64) then
     error("spec.ctas must be 1, or 2 with bm=64, got " .. tostring(ctas))
@@ -59,6 +61,10 @@ return function(spec)
   local pingpong = spec.pingpong or 0
   if pingpong ~= 0 and not (pingpong == 1 and bm == 128 and ctas == 1) then
     error("spec.pingpong must be 0, or 1 with bm=128 and ctas=1, got " .. tostring(spec.pingpong))
+  end
+  local a_rows = spec.a_rows or bm
+  if math.type(a_rows) ~= "integer" or a_rows < 8 or a_rows % 8 ~= 0 or bm % a_rows ~= 0 then
+    error("spec.a_rows must be a multiple of 8 that divides bm=" .. bm .. ", got " .. tostring(spec.a_rows))
   end
   local pdl = prelude.pdl_define(spec)
   local group_m = spec.group_m or 16
@@ -77,6 +83,7 @@ return function(spec)
       { "kWeightOnInput", "bool", (spec.weight_on_input or 0) == 1 },
       { "kBM", "int", bm },
       { "kBN", "int", bn },
+      { "kARows", "int", a_rows },
       { "kStages", "int", stages },
       { "kGroupM", "int", group_m },
       { "kCtas", "int", ctas },

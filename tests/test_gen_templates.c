@@ -568,6 +568,7 @@ static void test_bad_wgmma_specs(void **state) {
       {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 16"},
       {"ctas", NULL, 2, "ctas"}, /* two blocks per SM need bm = 64 */
       {"pingpong", NULL, 2, "pingpong"},
+      {"a_rows", NULL, 48, "a_rows"}, /* does not divide bm = 128 */
   };
   for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {
     mj_spec spec;
@@ -589,6 +590,8 @@ static void test_bad_wgmma_specs(void **state) {
       mj_spec_int(&spec, "ctas", bad[4].v);
     if (which == 5)
       mj_spec_int(&spec, "pingpong", bad[5].v);
+    if (which == 6)
+      mj_spec_int(&spec, "a_rows", bad[6].v);
     moejit_status st = mj_gen_render(gen, "wgmma", &spec, &src, &err);
     if (which < 0) {
       assert_int_equal(st, MOEJIT_OK);

@@ -193,14 +193,14 @@ static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens,
 
 /* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, wgmma
  * tiles the table does not hold (240 and 256 columns: weight slabs that are not whole 64-column
- * boxes, or run past N; two blocks of 64 x 192 a SM; ping-pong at 6 stages), on GPT-OSS shapes and
+ * boxes, or run past N; two blocks of 64 x 192 a SM; ping-pong at 6 stages; 64 x 64 with 12 stages), on GPT-OSS shapes and
  * on an odd shape whose N and K are not multiples of the tiles (tails). */
 static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   plan_configs(make_plan(&d), d, tokens, what);
   if (!mj_tune_arch_wgmma(g_ctx->arch))
     return;
   static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1",
-                                     "wg_m64n192s3c2", "wg_m128n128s6pp"};
+                                     "wg_m64n192s3c2", "wg_m128n128s6pp", "wg_m64n64s12c1"};
   enum { nwide = sizeof wide / sizeof wide[0] };
   mj_gemm_config c[nwide];
   mj_math math;

@@ -17,12 +17,14 @@ static const mj_gemm_config mma_configs[] = {
  * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
  *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
  *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain).
- * - Two tokens: wgmma, 64 rows x 192 columns, 4 stages: 0.137 | 0.147, against 0.138 | 0.151.
- * - Up to one row per expert on average (3 to 8 tokens at E = 32, to 32 at E = 128): 64 x 256, 3
- *   stages, one block a SM; at 8 tokens 0.3734 | 0.5268 against 0.3805 | 0.5415 for 64 x 128 in two
- *   blocks a SM, and against the 16-row tile's 0.3889 | 0.5311.
- * - To 32 rows: 64 x 128, two blocks a SM (64 tokens: 0.5445 | 1.952). Its weights stream in by
- *   TMA, which beats the 16-row mma.sync tile although most of its rows are empty.
+ * - Two tokens: wgmma, 64 rows x 192 columns, 4 stages: 0.1336 | 0.1473, against 0.1366 | 0.1478
+ *   for the tile below.
+ * - To 32 rows: 64 x 128, two blocks a SM, 3 stages. Since a 64-row tile reads only the 8-row A
+ *   boxes that hold its rows (mj_tune_wgmma_a_rows) it beats every other 64-row tile from 8 tokens
+ *   to 64: at 8 tokens 0.3689 | 0.5083 against 0.3749 | 0.5196 for 64 x 256 with 3 stages, one
+ *   block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens 0.5392 | 1.909
+ *   against 0.5481 | 1.925. Its weights stream in by TMA, which beats the 16-row mma.sync tile
+ *   although most of its rows are empty.
  * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
  *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
  *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
@@ -34,7 +36,6 @@ static const mj_gemm_config mma_configs[] = {
 static const mj_gemm_config wgmma_configs[] = {
     {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
     {"wg_m64n192s4c1", 64, 192, 64, 4, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 8},
-    {"wg_m64n256s3c1", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0},
     {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0},
     {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0},
@@ -96,6 +97,8 @@ int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
     return 32 * c->wm * c->wn;
   return (c->bm / c->tm) * (c->bn / c->tn);
 }
+
+int mj_tune_wgmma_a_rows(const mj_gemm_config *c) { return c->bm == 64 ? 8 : c->bm; }
 
 size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
   size_t elem = dtype == MOEJIT_F32 ? 4 : 2;
@@ -175,7 +178,7 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   if (p.bm <= 0 || p.bn <= 0 || p.bk <= 0 || p.stages < 2 || (p.wm <= 0 && p.tm <= 0))
     return -1;
   if (p.kind == MJ_GEMM_WGMMA) {
-    if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 8 ||
+    if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 16 ||
         p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1) || (p.pingpong && p.bm != 128))
       return -1;
     p.wm = 0;

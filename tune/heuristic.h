@@ -43,6 +43,10 @@ int mj_tune_arch_wgmma(const char *arch);
  * from a few dozen rows per expert up; elsewhere the portable table. */
 const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, int *count);
 int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math);
+/* Rows of one TMA box of a wgmma GEMM's A operand (the spec's a_rows; the host's tensor map box).
+ * A tile of r rows loads ceil(r / a_rows) boxes, so the tiles of few rows that small batches make
+ * (one or two rows of an expert) read 8 rows of A from L2 per k block rather than 64. */
+int mj_tune_wgmma_a_rows(const mj_gemm_config *c);
 /* Dynamic shared memory of the GEMM kernel for this configuration (gemm.cuh's layout, or
  * wgmma.cuh's: the stage ring, GEMM1's output staging and 1024 bytes of alignment slack). */
 size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype);
