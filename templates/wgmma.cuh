@@ -17,9 +17,10 @@
 //
 // Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups, which
 // share each item (64 rows each) or, with kPingPong (kBM = 128), take whole items in turn.
-// Grid: persistent, one block per SM, walking work items i = blockIdx.x, + gridDim.x, ... . Items
-// are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column slabs
-// in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per group.
+// Grid: persistent, one block per SM, walking work items i = blockIdx.x, + g, ... (g: item_blocks).
+// Items are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column
+// slabs in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per
+// group; and the blocks at work at one time read neighbouring slabs of the same k rows.
 // MJ_PDL (optional): programmatic dependent launch. The producer loads the weights of its first
 // kStages k blocks before griddepcontrol.wait, as they and the tile list (from routing, which
 // finished before the kernel ahead of this one passed its own wait) are safe to read while the
@@ -128,6 +129,18 @@ __device__ __forceinline__ void mj_fence_acc(float (&d)[kAcc]) {
 }
 
 // ---- the work list ------------------------------------------------------------------------------
+
+// How many blocks take items: all of them, but with 64-row tiles (the weight-streaming regime of
+// small batches) and items for two rounds, only as many as share them evenly: else a second round
+// that some blocks ran while the others had left read the weights at a fraction of HBM's rate. Two
+// tokens (2 blocks a SM, 64 x 128: 315 items on 264 blocks at E = 32), H100: 0.1358 -> 0.1303 ms
+// at E = 32, 0.1479 -> 0.1437 at 128. With more rounds the last is a smaller part of the time,
+// and the blocks left idle cost more than it: 64 tokens at E = 32, 6 rounds, 0.5372 -> 0.5470.
+__device__ __forceinline__ int item_blocks(int items) {
+  const int g = gridDim.x;
+  if (kBM != 64 || items <= g || items > 2 * g) return g;
+  return (items + 1) / 2;
+}
 
 struct Item { int e, r0, r1, n0; };
 
@@ -333,7 +346,8 @@ __device__ __forceinline__ void consume_together(const WgParams &p, int items, i
                                                  mj_u64 *empty, unsigned char *stage) {
   RingPos pos(0);
   float acc[1][kAcc];
-  for (int i = blockIdx.x; i < items; i += gridDim.x) {
+  const int g = item_blocks(items);
+  for (int i = blockIdx.x < g ? blockIdx.x : items; i < items; i += g) {
     const Item it = decode_item(p, i);
     const Rows rows = load_rows(p, it, cw);
     finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
@@ -400,7 +414,8 @@ __device__ __forceinline__ void load_b(const mj_tmap *tmap_b, unsigned char *sme
 __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj_tmap *tmap_b,
                                           unsigned char *smem_b, mj_u64 *full) {
   int q = 0;
-  for (int i = blockIdx.x; i < items && q < kStages; i += gridDim.x) {
+  const int g = item_blocks(items);
+  for (int i = blockIdx.x < g ? blockIdx.x : items; i < items && q < kStages; i += g) {
     const Item it = decode_item(p, i);
     for (int kb = 0; kb < kKT && q < kStages; ++kb, ++q) {
       mj_mbar_expect_tx(&full[q], a_bytes(it) + kBBytes);
@@ -451,7 +466,8 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       mj_pdl_begin<MJ_PDL>();
       RingPos pos(0);
       int q = 0;
-      for (int i = blockIdx.x; i < items; i += gridDim.x) {
+      const int g = item_blocks(items);
+      for (int i = blockIdx.x < g ? blockIdx.x : items; i < items; i += g) {
         const Item it = decode_item(p, i);
         for (int kb = 0; kb < kKT; ++kb, ++q) {
           const int s = pos.s;

@@ -17,14 +17,14 @@ static const mj_gemm_config mma_configs[] = {
  * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
  *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
  *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain).
- * - Two tokens: wgmma, 64 rows x 192 columns, 4 stages: 0.1336 | 0.1473, against 0.1366 | 0.1478
- *   for the tile below.
- * - To 32 rows: 64 x 128, two blocks a SM, 3 stages. Since a 64-row tile reads only the 8-row A
- *   boxes that hold its rows (mj_tune_wgmma_a_rows) it beats every other 64-row tile from 8 tokens
- *   to 64: at 8 tokens 0.3689 | 0.5083 against 0.3749 | 0.5196 for 64 x 256 with 3 stages, one
- *   block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens 0.5392 | 1.909
- *   against 0.5481 | 1.925. Its weights stream in by TMA, which beats the 16-row mma.sync tile
- *   although most of its rows are empty.
+ * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages. Since a 64-row tile reads
+ *   only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows) and two tokens' items are
+ *   shared evenly (wgmma.cuh's item_blocks), it beats every other 64-row tile from 2 tokens to 64:
+ *   at 2 tokens 0.1303 | 0.1437 against 0.1325 | 0.1470 for 64 x 192 with 4 stages, one block a SM
+ *   (the pick before); at 8 tokens 0.3689 | 0.5083 against 0.3749 | 0.5196 for 64 x 256 with 3
+ *   stages, one block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens
+ *   0.5392 | 1.909 against 0.5481 | 1.925. Its weights stream in by TMA, which beats the 16-row
+ *   mma.sync tile although most of its rows are empty.
  * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
  *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
  *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
@@ -35,7 +35,6 @@ static const mj_gemm_config mma_configs[] = {
  *   6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
 static const mj_gemm_config wgmma_configs[] = {
     {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
-    {"wg_m64n192s4c1", 64, 192, 64, 4, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 8},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0},
     {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0},
     {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0},
