@@ -17,7 +17,7 @@
 //
 // Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups, which
 // share each item (64 rows each) or, with kPingPong (kBM = 128), take whole items in turn.
-// Grid: persistent, one block per SM, walking work items i = blockIdx.x, + g, ... (g: item_blocks).
+// Grid: persistent, one block per SM, walking work items i = blockIdx.x, + g, ... (BlockItems).
 // Items are ordered expert by expert; within an expert, groups of kGroupM m-tiles take the column
 // slabs in turn, so the group's A rows stay in L2 while each weight slab is read from HBM once per
 // group; and the blocks at work at one time read neighbouring slabs of the same k rows.
@@ -141,6 +141,17 @@ __device__ __forceinline__ int item_blocks(int items) {
   if (kBM != 64 || items <= g || items > 2 * g) return g;
   return (items + 1) / 2;
 }
+
+// This block's items, the list the producer and every consumer walk: item j is blockIdx.x + j g,
+// g = item_blocks(items), of count (none for a block from g or items on).
+struct BlockItems {
+  int first, step, count;
+  __device__ __forceinline__ explicit BlockItems(int items)
+      : first(blockIdx.x), step(item_blocks(items)) {
+    count = first < min(step, items) ? (items - 1 - first) / step + 1 : 0;
+  }
+  __device__ __forceinline__ int operator[](int j) const { return first + j * step; }
+};
 
 struct Item { int e, r0, r1, n0; };
 
@@ -346,9 +357,9 @@ __device__ __forceinline__ void consume_together(const WgParams &p, int items, i
                                                  mj_u64 *empty, unsigned char *stage) {
   RingPos pos(0);
   float acc[1][kAcc];
-  const int g = item_blocks(items);
-  for (int i = blockIdx.x < g ? blockIdx.x : items; i < items; i += g) {
-    const Item it = decode_item(p, i);
+  const BlockItems mine(items);
+  for (int j = 0; j < mine.count; ++j) {
+    const Item it = decode_item(p, mine[j]);
     const Rows rows = load_rows(p, it, cw);
     finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
     epilogue(p, it, cw, acc[0], rows, stage);
@@ -372,10 +383,10 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
                                                  mj_u64 *empty, unsigned char *stage) {
-  const int mine = (int)blockIdx.x < items ? (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+  const BlockItems mine(items);
   float acc[2][kAcc];
-  for (int j = c; j < mine; j += 2) {
-    const Item it = decode_item(p, blockIdx.x + j * gridDim.x);
+  for (int j = c; j < mine.count; j += 2) {
+    const Item it = decode_item(p, mine[j]);
     const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
     if (j > 0) named_sync(1 + c);
     RingPos pos((unsigned)j * kKT);
@@ -386,7 +397,7 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
     epilogue(p, it, 1, acc[1], rows1, stage);
   }
   // The consumer that did not take the block's last item answers the other's last arrival.
-  if (mine > 0 && (mine - 1) % 2 != c) named_sync(1 + c);
+  if (mine.count > 0 && (mine.count - 1) % 2 != c) named_sync(1 + c);
 }
 
 // The bytes of A that item it loads per k block: the boxes that hold its rows.
@@ -414,9 +425,9 @@ __device__ __forceinline__ void load_b(const mj_tmap *tmap_b, unsigned char *sme
 __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj_tmap *tmap_b,
                                           unsigned char *smem_b, mj_u64 *full) {
   int q = 0;
-  const int g = item_blocks(items);
-  for (int i = blockIdx.x < g ? blockIdx.x : items; i < items && q < kStages; i += g) {
-    const Item it = decode_item(p, i);
+  const BlockItems mine(items);
+  for (int j = 0; j < mine.count && q < kStages; ++j) {
+    const Item it = decode_item(p, mine[j]);
     for (int kb = 0; kb < kKT && q < kStages; ++kb, ++q) {
       mj_mbar_expect_tx(&full[q], a_bytes(it) + kBBytes);
       load_b(tmap_b, smem_b, q, it, kb, full);
@@ -466,9 +477,9 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       mj_pdl_begin<MJ_PDL>();
       RingPos pos(0);
       int q = 0;
-      const int g = item_blocks(items);
-      for (int i = blockIdx.x < g ? blockIdx.x : items; i < items; i += g) {
-        const Item it = decode_item(p, i);
+      const BlockItems mine(items);
+      for (int j = 0; j < mine.count; ++j) {
+        const Item it = decode_item(p, mine[j]);
         for (int kb = 0; kb < kKT; ++kb, ++q) {
           const int s = pos.s;
           if (q >= early) {
