@@ -16,7 +16,8 @@ typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */
 #define MJ_ARGS_V1_SIZE offsetof(moejit_forward_args, device_tokens)
 
 typedef struct wgmma_params { /* wgmma.cuh's WgParams, field for field */
-  CUdeviceptr bias, sorted_slot, slot_weight, tiles, num_tiles, expert_off, out;
+  CUdeviceptr bias, sorted_slot, slot_weight, tiles, num_tiles, expert_off, out, ready;
+  int wait_ready;
 } wgmma_params;
 
 
@@ -201,6 +202,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   CUdeviceptr ids = DPTR(a->topk_ids), weights = DPTR(a->routing_weights),
               map = DPTR(a->expert_map);
   CUdeviceptr flags = ws + l.flags, num_tiles = ws + l.num_tiles, expert_off = ws + l.expert_off,
+              ready = ws + l.ready,
               chunk_counts = ws + l.chunk_counts, chunk_base = ws + l.chunk_base,
               tiles = ws + l.tiles, sorted_slot = ws + l.sorted_slot, slot_pos = ws + l.slot_pos,
               slot_weight = ws + l.slot_weight, h = ws + l.h, y_slot = ws + l.y_slot;
@@ -220,10 +222,10 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     void *logits_args[] = {&logits,   &tokens,    &ids_ws,      &w_ws,     &ids,
                            &weights,  &map,       &block_m,     &capacity, &expert_off,
                            &tiles,    &num_tiles, &flags,       &sorted_slot, &slot_pos,
-                           &slot_weight, &live, &live_base};
+                           &slot_weight, &live, &live_base, &ready};
     void *args[] = {&ids,        &map,        &weights, &nslots,    &block_m,
                     &capacity,   &expert_off, &tiles,   &num_tiles, &flags,
-                    &sorted_slot, &slot_pos,  &slot_weight, &live, &live_base};
+                    &sorted_slot, &slot_pos,  &slot_weight, &live, &live_base, &ready};
     if ((st = launch_kernel(plan, &plan->small, 1, 1, 1, stream,
                             d->routing == MOEJIT_ROUTING_LOGITS ? logits_args : args, 0, err)))
       goto fail;
@@ -245,7 +247,8 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                             pdl && d->routing == MOEJIT_ROUTING_LOGITS, err)))
       goto fail;
     void *scan_args[] = {&chunk_counts, &nchunks,   &block_m,   &capacity, &chunk_base,
-                         &expert_off,   &tiles,     &num_tiles, &flags,    &accumulate};
+                         &expert_off,   &tiles,     &num_tiles, &flags,    &accumulate,
+                         &ready};
     if ((st = launch_kernel(plan, &plan->scan, 1, 1, 1, stream, scan_args, pdl, err)))
       goto fail;
     void *scatter_args[] = {&ids,        &map,        &weights,     &nslots,   &capacity,
@@ -278,7 +281,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                             gather_args, pdl, err)))
       goto fail;
     wgmma_params p1 = {DPTR(a->gate_up_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
-                       expert_off, h};
+                       expert_off, h, ready, 0};
     if ((st = launch_wgmma(plan, &plan->gemm1[cfg], c, &l, x_sorted, DPTR(a->gate_up_proj),
                            2 * d->intermediate, d->hidden, &p1, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;
@@ -301,8 +304,13 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
       goto fail;
   }
   if ((stages & MOEJIT_STAGE_GEMM2) && wg) {
+    /* A chained configuration's GEMM2, launched right after its GEMM1 under programmatic
+     * dependent launch: each item waits for its own expert's h rather than for all of GEMM1
+     * (wgmma.cuh, kChain). Otherwise it waits for GEMM1 as a whole (griddepcontrol.wait, or the
+     * stream's order), as GEMM1 may have run in an earlier call. */
+    int chained = wg_pdl && c->chain && (stages & MOEJIT_STAGE_GEMM1);
     wgmma_params p2 = {DPTR(a->down_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
-                       expert_off, y_slot};
+                       expert_off, y_slot, ready, chained};
     if ((st = launch_wgmma(plan, &plan->gemm2[cfg], c, &l, h, DPTR(a->down_proj), d->hidden,
                            d->intermediate, &p2, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;

@@ -13,7 +13,7 @@
 #include "tune/heuristic.h"
 #include "tune/records.h"
 
-#define MJ_MAX_GEMM_CONFIGS 96
+#define MJ_MAX_GEMM_CONFIGS 128
 #define MJ_BUCKETS 21       /* token buckets 1, 2, 4, ..., 2^20 (and above) */
 #define MJ_MAX_EXACT 16     /* tuned exact token counts a plan honours */
 #define MJ_ROUTE_CHUNK 256
@@ -93,8 +93,8 @@ struct moejit_plan {
 
 /* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
 typedef struct mj_layout {
-  size_t flags, num_tiles, expert_off, chunk_counts, chunk_base, tiles, sorted_slot, slot_pos,
-      slot_weight, route_ids, route_w, gate_up, x_sorted, h, y_slot, total;
+  size_t flags, num_tiles, expert_off, ready, chunk_counts, chunk_base, tiles, sorted_slot,
+      slot_pos, slot_weight, route_ids, route_w, gate_up, x_sorted, h, y_slot, total;
   int64_t nslots, nchunks, max_tiles;
 } mj_layout;
 

@@ -162,6 +162,8 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
     mj_spec_int(s, "pingpong", 1);
   if (wg)
     mj_spec_int(s, "a_rows", mj_tune_wgmma_a_rows(c));
+  if (wg && c->chain)
+    mj_spec_int(s, "chain", 1);
   if (mode == 2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
   if (!wg) {
@@ -353,6 +355,7 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(flags, 4 * sizeof(int));
   MJ_PLACE_(num_tiles, sizeof(int));
   MJ_PLACE_(expert_off, (size_t)(d->experts + 1) * sizeof(int));
+  MJ_PLACE_(ready, (size_t)d->experts * sizeof(int));
   MJ_PLACE_(chunk_counts, (size_t)l->nchunks * (size_t)(d->experts + 1) * sizeof(int));
   MJ_PLACE_(chunk_base, (size_t)l->nchunks * (size_t)d->experts * sizeof(int));
   MJ_PLACE_(tiles, (size_t)l->max_tiles * 4 * sizeof(int));
@@ -580,14 +583,17 @@ static void apply_records(moejit_plan *plan) {
   int nheur = 0;
   const char *arch = plan->wgmma ? ctx->arch : "";
   const mj_gemm_config *heur = mj_tune_gemm_configs_for(plan->math, arch, &nheur);
-  for (int i = 0; i < nheur; i++)
-    add_config(plan, &heur[i]);
+  /* the plan's index of each table entry: a configuration the table names twice (for two ranges
+   * of rows) is in the plan once */
+  int at[MJ_MAX_GEMM_CONFIGS];
+  for (int i = 0; i < nheur && i < MJ_MAX_GEMM_CONFIGS; i++)
+    at[i] = add_config(plan, &heur[i]);
   for (int b = 0; b < MJ_BUCKETS; b++) {
-    plan->pick[b] = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
+    int i = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
     /* a GEMM2 split along K takes at most MJ_SPLIT_SLOTS slots: the next entry serves beyond */
-    while (heur[plan->pick[b]].splits > 1 && ((int64_t)1 << b) * d->top_k > MJ_SPLIT_SLOTS &&
-           plan->pick[b] + 1 < nheur)
-      plan->pick[b]++;
+    while (heur[i].splits > 1 && ((int64_t)1 << b) * d->top_k > MJ_SPLIT_SLOTS && i + 1 < nheur)
+      i++;
+    plan->pick[b] = at[i];
   }
   if (!ctx->records_path[0])
     return;

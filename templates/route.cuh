@@ -14,6 +14,9 @@
 // list cuts each expert's rows into tiles of block_m rows: {expert, row_begin, row_end, first}, with
 // `first` the index of that expert's first tile (a kernel that walks one expert's tiles starts there).
 // A slot without a row gets slot_pos = -1.
+// The kernels that write the tile list (scan, small) also zero ready[kExperts]: the count of each
+// expert's GEMM1 items whose h rows are stored, which the wgmma GEMMs of small batches use to chain
+// GEMM2's items to GEMM1's (wgmma.cuh, kChain).
 //
 // Every kernel also takes `live` and `live_base`: with live == NULL it routes all its slots; else
 // only the slots of this launch's first *live - live_base tokens (clamped to [0, tokens]): the
@@ -149,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
 extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
     const int *__restrict__ chunk_counts, int nchunks, int block_m, int capacity,
     int *__restrict__ chunk_base, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
-    int *__restrict__ num_tiles, int *__restrict__ flags, int accumulate) {
+    int *__restrict__ num_tiles, int *__restrict__ flags, int accumulate, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
   __shared__ int total[kExperts + 1];
   __shared__ int off[kExperts + 1];
@@ -179,6 +182,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
   }
   __syncthreads();
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) expert_off[e] = off[e];
+  for (int e = threadIdx.x; e < kExperts; e += blockDim.x) ready[e] = 0;
   for (int e = threadIdx.x; e < kExperts; e += blockDim.x) {
     for (int t = tile0[e]; t < tile0[e + 1]; ++t) {
       int begin = off[e] + (t - tile0[e]) * block_m;
@@ -250,7 +254,7 @@ __device__ __forceinline__ void mj_route_small(
     const IdT *ids, const int *__restrict__ expert_map, const WeightT *weights, int nslots,
     int nlive, int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ sorted_slot,
-    int *__restrict__ slot_pos, float *__restrict__ slot_weight) {
+    int *__restrict__ slot_pos, float *__restrict__ slot_weight, int *__restrict__ ready) {
   // count[w * kCountLd + e]: expert e's slots in warp w, at most 64, so a byte each
   __shared__ __align__(16) unsigned char count[kSmallWarps * kCountLd];
   __shared__ int row0[kExperts];
@@ -337,6 +341,7 @@ __device__ __forceinline__ void mj_route_small(
     const int r0 = excl >> 16, t0 = excl & 0xffff;
     row0[x] = r0;
     expert_off[x] = r0;
+    ready[x] = 0;
     for (int t = 0; t < ntiles; ++t)
       tiles[t0 + t] = mj_int4{x, r0 + t * block_m, min(r0 + (t + 1) * block_m, r0 + kept), t0};
   }
@@ -371,10 +376,11 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     const WeightT *__restrict__ weights, int nslots, int block_m, int capacity,
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight, const int *live, int live_base) {
+    float *__restrict__ slot_weight, const int *live, int live_base, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
   mj_route_small(ids, expert_map, weights, nslots, mj_live_slots(live, live_base, nslots), block_m,
-                 capacity, expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
+                 capacity, expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight,
+                 ready);
 }
 
 #if MJ_ROUTE_LOGITS
@@ -386,7 +392,7 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_l
     UserWeightT *user_w, const int *__restrict__ expert_map, int block_m, int capacity,
     int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight, const int *live, int live_base) {
+    float *__restrict__ slot_weight, const int *live, int live_base, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
   const int nslots = tokens * kTopK, ntok = mj_live_tokens(live, live_base, tokens);
   if (nslots > kSmallSlots) __trap();  // before any write; the host never launches it so
@@ -394,6 +400,6 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_l
     mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
   __syncthreads();
   mj_route_small(ids_out, expert_map, w_out, nslots, ntok * kTopK, block_m, capacity, expert_off,
-                 tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight);
+                 tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight, ready);
 }
 #endif

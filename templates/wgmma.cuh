@@ -1,6 +1,7 @@
 // wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
-// kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong and mj_wgmma (one m64 x kBN x k16 step).
+// kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong, kChain and mj_wgmma (one m64 x kBN x k16
+// step).
 //
 // The work: for every tile of the device-side tile list (expert e, rows [r0, r1) of the sorted
 // order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
@@ -25,6 +26,11 @@
 // kStages k blocks before griddepcontrol.wait, as they and the tile list (from routing, which
 // finished before the kernel ahead of this one passed its own wait) are safe to read while the
 // kernel ahead still runs; only A (x_sorted from moejit_gather, h from GEMM1) waits.
+// kChain (the weight-streaming regime): GEMM1 counts each expert's finished items in p.ready
+// (zeroed by routing); GEMM2 launched with p.wait_ready (right after GEMM1, under MJ_PDL) then
+// skips griddepcontrol.wait and loads an item's A once its expert's count is complete. Its items
+// thus stream their weights while GEMM1's last items, of other experts, still run: the tail of a
+// GEMM whose items do not fill its last round, where most SMs would otherwise wait.
 #pragma once
 
 #ifndef MJ_PDL
@@ -44,6 +50,8 @@ struct WgParams {
   const int *num_tiles;     // [1]
   const int *expert_off;    // [experts + 1]
   void *out;
+  int *ready;               // [experts]: GEMM1 items done per expert (kChain)
+  int wait_ready;           // GEMM2: wait on ready rather than on the kernel ahead (kChain)
 };
 
 static constexpr int kBK = 64;                      // one 128-byte swizzle row of 16-bit elements
@@ -165,6 +173,47 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
   const int jj = j - g * kGroupM * kNT;
   const mj_int4 mt = p.tiles[first + g * kGroupM + jj % gm];
   return Item{e, mt.y, mt.z, (jj / gm) * kBN};
+}
+
+// ---- chaining GEMM2's items to GEMM1's (kChain) -----------------------------------------------
+
+// GEMM1's items reach the count through a thread of the producer warpgroup (the counter), so that
+// the consumers never wait on a fence at the GPU's scope (one after each item's stores cost 1 % at
+// 64 tokens, E = 128, on the H100). done[0..1] ("stored") and done[2..3] ("counted") are mbarriers:
+// the threads that stored the block's item j arrive on stored[j % 2] (release at the block's scope);
+// the counter waits for that phase (acquire), adds the item to its expert's count behind
+// fence.acq_rel.gpu (cumulative: it covers the stores the wait has shown it) and arrives on
+// counted[j % 2], which the consumers wait for before they arrive on that barrier for item j + 2.
+__device__ __forceinline__ void item_stored(int j, mj_u64 *done) {
+  if (j >= 2) mj_mbar_wait(&done[2 + (j & 1)], ((j >> 1) - 1) & 1);
+  mj_mbar_arrive(&done[j & 1]);
+}
+
+__device__ __forceinline__ void count_items(const WgParams &p, int items, mj_u64 *done) {
+  const BlockItems mine(items);
+  for (int j = 0; j < mine.count; ++j) {
+    const int e = p.tiles[mine[j] / kNT].x;
+    mj_mbar_wait(&done[j & 1], (j >> 1) & 1);
+    asm volatile("fence.acq_rel.gpu;\n"
+                 "red.relaxed.gpu.global.add.s32 [%0], 1;\n" :: "l"(p.ready + e) : "memory");
+    mj_mbar_arrive(&done[2 + (j & 1)]);
+  }
+}
+
+// GEMM2's producer, before the first A load of an item of expert e: waits until GEMM1 has stored
+// all of e's h rows (its tiles times GEMM1's column slabs, 2 kK columns in kBN-wide slabs), then
+// orders its TMA reads (the async proxy) after what it has seen.
+__device__ __forceinline__ void wait_ready(const WgParams &p, int e) {
+  constexpr int kNT1 = (2 * kK + kBN - 1) / kBN;
+  const int need = (p.expert_off[e + 1] - p.expert_off[e] + kBM - 1) / kBM * kNT1;
+  for (;;) {
+    int done;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n"
+                 : "=r"(done) : "l"(p.ready + e) : "memory");
+    if (done >= need) break;
+    __nanosleep(100);
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
 
 // ---- epilogues ----------------------------------------------------------------------------------
@@ -354,7 +403,8 @@ __device__ __forceinline__ void finish_item(float (&acc)[kM][kAcc], mj_u64 *empt
 __device__ __forceinline__ void consume_together(const WgParams &p, int items, int cw,
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
-                                                 mj_u64 *empty, unsigned char *stage) {
+                                                 mj_u64 *empty, mj_u64 *done,
+                                                 unsigned char *stage) {
   RingPos pos(0);
   float acc[1][kAcc];
   const BlockItems mine(items);
@@ -363,6 +413,7 @@ __device__ __forceinline__ void consume_together(const WgParams &p, int items, i
     const Rows rows = load_rows(p, it, cw);
     finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
     epilogue(p, it, cw, acc[0], rows, stage);
+    if (kChain && kMode == 1) item_stored(j, done);
   }
 }
 
@@ -382,7 +433,8 @@ __device__ __forceinline__ void named_arrive(int id) {
 __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, int c,
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
-                                                 mj_u64 *empty, unsigned char *stage) {
+                                                 mj_u64 *empty, mj_u64 *done,
+                                                 unsigned char *stage) {
   const BlockItems mine(items);
   float acc[2][kAcc];
   for (int j = c; j < mine.count; j += 2) {
@@ -395,6 +447,7 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
     finish_item(acc, empty, last);
     epilogue(p, it, 0, acc[0], rows0, stage);
     epilogue(p, it, 1, acc[1], rows1, stage);
+    if (kChain && kMode == 1) item_stored(j, done);
   }
   // The consumer that did not take the block's last item answers the other's last arrival.
   if (mine.count > 0 && (mine.count - 1) % 2 != c) named_sync(1 + c);
@@ -444,7 +497,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, kCtas)
 moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_tmap tmap_b,
              const WgParams p) {
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) mj_u64 full[kStages], empty[kStages];
+  __shared__ __align__(8) mj_u64 full[kStages], empty[kStages], done[4];
   // Swizzled TMA boxes want 1024-byte alignment; the host asks for 1024 bytes of slack.
   unsigned char *base = smem_raw + ((1024 - (mj_smem_addr(smem_raw) & 1023)) & 1023);
   unsigned char *smem_a = base;
@@ -460,6 +513,9 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       mj_mbar_init(&full[s], 1);
       mj_mbar_init(&empty[s], kPingPong ? 4 : kConsumers * 4);
     }
+    // an item's storing threads (chained GEMM1): its consumer warpgroups; the counter thread
+    for (int i = 0; i < 4; ++i)
+      mj_mbar_init(&done[i], i < 2 ? (kPingPong ? 128 : 128 * kConsumers) : 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -474,9 +530,15 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       // Under MJ_PDL the weights of the first `early` k blocks (fresh stages 0, 1, ...: no empty
       // wait) go out before the wait, their A after it.
       const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full) : 0;
-      mj_pdl_begin<MJ_PDL>();
+      // chained: each item waits for its own expert's h (wait_ready) instead of the whole GEMM1
+      const bool chained = kChain && kMode == 2 && p.wait_ready;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if (chained) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+      else
+#endif
+        mj_pdl_begin<MJ_PDL>();
       RingPos pos(0);
-      int q = 0;
+      int q = 0, ready_e = -1;  // ready_e: the last expert seen ready
       const BlockItems mine(items);
       for (int j = 0; j < mine.count; ++j) {
         const Item it = decode_item(p, mine[j]);
@@ -487,18 +549,24 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
             mj_mbar_expect_tx(&full[s], a_bytes(it) + kBBytes);
             load_b(&tmap_b, smem_b, s, it, kb, full);
           }
+          if (chained && kb == 0 && it.e != ready_e) {
+            wait_ready(p, it.e);
+            ready_e = it.e;
+          }
           load_a(&tmap_a, smem_a, s, it, kb, full);
           pos.next();
         }
       }
+    } else if (kChain && kMode == 1 && threadIdx.x == 32) {
+      count_items(p, items, done);
     }
   } else {
     if (kConsumerRegs) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(kConsumerRegs));
     unsigned char *stage = stage_out + ((wg - 1) * 4 + ((threadIdx.x >> 5) & 3)) * kWarpStage;
     if (kPingPong)
-      consume_pingpong(p, items, wg - 1, smem_a, smem_b, full, empty, stage);
+      consume_pingpong(p, items, wg - 1, smem_a, smem_b, full, empty, done, stage);
     else
-      consume_together(p, items, wg - 1, smem_a, smem_b, full, empty, stage);
+      consume_together(p, items, wg - 1, smem_a, smem_b, full, empty, done, stage);
   }
 }
 

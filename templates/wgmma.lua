@@ -10,7 +10,9 @@
 -- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0), pdl (optional, 0/1,
 -- default 0: programmatic dependent launch, the weights' first stages loaded before the wait),
 -- a_rows (optional, default bm: rows of one TMA box of A, a multiple of 8 that divides bm; a tile
--- loads only the boxes that hold its rows, the host's tensor map has boxes of that many rows).
+-- loads only the boxes that hold its rows, the host's tensor map has boxes of that many rows),
+-- chain (optional, 0/1, default 0: GEMM1 counts each expert's finished items and GEMM2, launched
+-- after it under programmatic dependent launch, waits for its items' experts alone).
 -- The gate_up module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 local prelude = require("prelude")
 
@@ -66,6 +68,10 @@ return function(spec)
   if math.type(a_rows) ~= "integer" or a_rows < 8 or a_rows % 8 ~= 0 or bm % a_rows ~= 0 then
     error("spec.a_rows must be a multiple of 8 that divides bm=" .. bm .. ", got " .. tostring(spec.a_rows))
   end
+  local chain = spec.chain or 0
+  if chain ~= 0 and chain ~= 1 then
+    error("spec.chain must be 0 or 1, got " .. tostring(spec.chain))
+  end
   local pdl = prelude.pdl_define(spec)
   local group_m = spec.group_m or 16
   if math.type(group_m) ~= "integer" or group_m < 1 then error("spec.group_m must be a positive integer") end
@@ -88,6 +94,7 @@ return function(spec)
       { "kGroupM", "int", group_m },
       { "kCtas", "int", ctas },
       { "kPingPong", "bool", pingpong == 1 },
+      { "kChain", "bool", chain == 1 },
     }),
     "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl and "\n" .. pdl or ""),
     wgmma_fn(bn, ab),

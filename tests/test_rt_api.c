@@ -410,9 +410,9 @@ static void test_plan_configurations(void **state) {
   /* max_slots: an entry with a slot bound takes only forwards of at most that many slots, so that
    * one and two tokens, the same rows per expert rounded up, can take different entries. */
   static const mj_gemm_config bounded[] = {
-      {"one", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
-      {"few", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0},
-      {"rest", 64, 128, 64, 3, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 2, 0, 0, 0},
+      {"one", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4, 0},
+      {"few", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0, 0},
+      {"rest", 64, 128, 64, 3, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 2, 0, 0, 0, 0},
   };
   assert_int_equal(mj_tune_pick(bounded, 3, 1, 4, 32), 0);
   assert_int_equal(mj_tune_pick(bounded, 3, 2, 4, 32), 1);
@@ -456,12 +456,40 @@ static void test_plan_fits_splits(void **state) {
   moejit_plan_destroy(plan);
 }
 
+/* sm_90a's table names one configuration for two ranges of rows (around the chained one): the plan
+ * holds it once, and every bucket's pick is the plan's index of the table's entry for it. */
+static void test_plan_table_repeats(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d = small_desc();
+  d.dtype = MOEJIT_BF16;
+  d.exact_f32 = 0;
+  int nwg = 0, distinct = 0;
+  const mj_gemm_config *wg = mj_tune_gemm_configs_for(MJ_MATH_MMA, "sm_90a", &nwg);
+  for (int i = 0; i < nwg; i++) {
+    int seen = 0;
+    for (int j = 0; j < i; j++)
+      seen |= !strcmp(wg[i].name, wg[j].name);
+    distinct += !seen;
+  }
+  assert_true(distinct < nwg);
+  moejit_plan *plan = NULL;
+  if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+    fail_msg("plan: %s", moejit_last_error(fx->ctx));
+  assert_int_equal(plan->ngemm, distinct);
+  for (int b = 0; b < MJ_BUCKETS; b++) {
+    const mj_gemm_config *want = &wg[mj_tune_pick(wg, nwg, (int64_t)1 << b, d.top_k, d.experts)];
+    assert_int_equal(plan->pick[b], mj_rt_config_index(plan, want));
+    assert_string_equal(plan->configs[plan->pick[b]].name, want->name);
+  }
+  moejit_plan_destroy(plan);
+}
+
 /* Configuration names: each one of the tuner's search space (sm_90a's wgmma and ping-pong tiles
  * too) parses back to itself, and names outside what the kernels take are refused. */
 static void test_config_names(void **state) {
   (void)state;
   static const mj_math maths[] = {MJ_MATH_MMA, MJ_MATH_TF32, MJ_MATH_FFMA};
-  int pingpong = 0;
+  int pingpong = 0, chain = 0;
   for (int a = 0; a < 2; a++)
     for (int m = 0; m < 3; m++) {
       mj_gemm_config space[MJ_MAX_GEMM_CONFIGS], back;
@@ -481,10 +509,12 @@ static void test_config_names(void **state) {
         assert_int_equal(back.kind, space[i].kind);
         assert_int_equal(back.ctas, space[i].ctas);
         assert_int_equal(back.pingpong, space[i].pingpong);
+        assert_int_equal(back.chain, space[i].chain);
         pingpong += space[i].pingpong;
+        chain += space[i].chain;
       }
     }
-  assert_true(pingpong > 0);
+  assert_true(pingpong > 0 && chain > 0);
   mj_gemm_config c;
   mj_math math;
   assert_int_equal(mj_tune_config_parse("wg_m128n128s5pp", &c, &math), 0);
@@ -492,8 +522,17 @@ static void test_config_names(void **state) {
   assert_int_equal(c.ctas, 1);
   assert_int_equal(c.bm, 128);
   assert_int_equal(c.stages, 5);
-  static const char *const bad[] = {"wg_m64n128s5pp", "wg_m128n128s5ppc1", "wg_m128n128s5p",
-                                    "wg_m128n128s5ppz2", "wg_m128n192s4c2"};
+  assert_int_equal(c.chain, 0);
+  assert_int_equal(mj_tune_config_parse("wg_m64n128s3c2ch", &c, &math), 0);
+  assert_int_equal(c.chain, 1);
+  assert_int_equal(c.ctas, 2);
+  assert_string_equal(c.name, "wg_m64n128s3c2ch");
+  /* chained GEMM2s are for 64-row wgmma tiles alone, and ch comes once, last */
+  static const char *const bad[] = {"wg_m64n128s5pp",        "wg_m128n128s5ppc1",
+                                    "wg_m128n128s5p",        "wg_m128n128s5ppz2",
+                                    "wg_m128n192s4c2",       "wg_m128n128s5ppch",
+                                    "wg_m128n192s4c1ch",     "mma_m16n64k64s6w1x4ch",
+                                    "wg_m64n128s3c2chch",    "wg_m64n128s3chc2"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     if (mj_tune_config_parse(bad[i], &c, &math) == 0)
       fail_msg("%s parsed", bad[i]);
@@ -1298,6 +1337,7 @@ int main(void) {
       cmocka_unit_test(test_workspace_size),
       cmocka_unit_test(test_plan_configurations),
       cmocka_unit_test(test_plan_fits_splits),
+      cmocka_unit_test(test_plan_table_repeats),
       cmocka_unit_test(test_config_names),
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),

@@ -161,8 +161,10 @@ static void test_gpt_oss_e128(void **state) {
   gpt_oss_tokens(128);
 }
 
-/* Every GEMM configuration of the plan forced one at a time, with y poisoned (NaN) before each
- * forward so an unwritten row cannot pass. Destroys the plan. */
+/* Every GEMM configuration of the plan forced one at a time, with y and the workspace poisoned
+ * (NaN) before each forward, so that neither a row left unwritten nor one read before it is written
+ * (a chained GEMM2 ahead of its expert's h, say) can pass on the last configuration's rows, which
+ * hold the same numbers. Destroys the plan. */
 static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens, const char *what) {
   mj_synth_layer L;
   mj_err err;
@@ -177,6 +179,7 @@ static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens,
       continue;
     }
     CU_OK(MemsetD8(L.y, 0xFF, ybytes));
+    CU_OK(MemsetD8(L.workspace, 0xFF, L.workspace_bytes));
     assert_int_equal(mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, c),
                      MOEJIT_OK);
     CU_OK(CtxSynchronize());

@@ -7,9 +7,9 @@
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
 };
 
 /* f16 / bf16 on sm_90a, by rows per expert (forwards on the H100, moejit bench --config, E = 32
@@ -25,6 +25,13 @@ static const mj_gemm_config mma_configs[] = {
  *   stages, one block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens
  *   0.5392 | 1.909 against 0.5481 | 1.925. Its weights stream in by TMA, which beats the 16-row
  *   mma.sync tile although most of its rows are empty.
+ * - From three tokens to 8 rows per expert, the same tile with GEMM2 chained to GEMM1 ("ch"):
+ *   GEMM2's items wait for their own expert's h, so they stream their weights while GEMM1's last
+ *   round, which few blocks run, still does (at 3 tokens 0.1768 | 0.2264 -> 0.1725 | 0.2085; at 8
+ *   tokens 0.3688 | 0.5093 -> 0.3643 | 0.4943; at 64 tokens 0.5381 | 1.9092 -> 0.5359 | 1.8996).
+ *   At two tokens, whose items item_blocks already shares evenly, it loses at E = 32 (0.1303 ->
+ *   0.1340; 0.1454 -> 0.1439 at E = 128); from 9 to 32 rows it ties or loses (E = 128, 384 and 512
+ *   tokens: 2.1590 -> 2.1628, 2.1822 -> 2.1914), as GEMM2's blocks then start and end staggered.
  * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
  *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
  *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
@@ -34,24 +41,26 @@ static const mj_gemm_config mma_configs[] = {
  *   and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong GEMM1 read
  *   6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4},
-    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0},
-    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0},
-    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0},
-    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0, 0},
+    {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4, 0},
+    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 2, 0, 0, 8, 0},
+    {"wg_m64n128s3c2ch", 64, 128, 64, 3, 0, 0, 0, 0, 8, MJ_GEMM_WGMMA, 2, 0, 0, 0, 1},
+    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0, 0},
+    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0, 0},
+    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0, 0},
+    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0, 0, 0},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0, 0},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0},
+    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
 };
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
@@ -136,6 +145,10 @@ void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
     size_t len = strlen(c->name);
     snprintf(c->name + len, sizeof c->name - len, "z%d", c->splits);
   }
+  if (c->kind == MJ_GEMM_WGMMA && c->chain) {
+    size_t len = strlen(c->name);
+    snprintf(c->name + len, sizeof c->name - len, "ch");
+  }
 }
 
 int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
@@ -152,6 +165,12 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     *z = '\0';
   } else {
     p.splits = 0;
+  }
+  /* and a trailing ch (GEMM2 chained to GEMM1) */
+  size_t len = strlen(base);
+  if (len > 2 && !strcmp(base + len - 2, "ch")) {
+    p.chain = 1;
+    base[len - 2] = '\0';
   }
   const char *whole = name;
   name = base;
@@ -178,11 +197,12 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     return -1;
   if (p.kind == MJ_GEMM_WGMMA) {
     if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 16 ||
-        p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1) || (p.pingpong && p.bm != 128))
+        p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1) || (p.pingpong && p.bm != 128) ||
+        (p.chain && p.bm != 64))
       return -1;
     p.wm = 0;
   }
-  if (p.kind == MJ_GEMM_WGMMA && p.splits)
+  if ((p.kind == MJ_GEMM_WGMMA && p.splits) || (p.kind != MJ_GEMM_WGMMA && p.chain))
     return -1;
   mj_tune_config_name(&p, m);
   if (strcmp(p.name, whole) != 0) /* one spelling per configuration */
@@ -227,7 +247,8 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
   const space *sp = &spaces[math];
   int n = 0;
   /* per shape and depth, up to three forms: one block a SM; two (64 rows); ping-pong (128 x 128:
-   * a consumer holds all 128 rows, and 128 accumulators a thread is as many as fit) */
+   * a consumer holds all 128 rows, and 128 accumulators a thread is as many as fit); the 64-row
+   * forms both with GEMM2 chained to GEMM1 and without */
   if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch))
     for (int i = 0; i < 2; i++)
       for (int j = 0; j < 4; j++)
@@ -252,6 +273,11 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
               continue;
             mj_tune_config_name(&c, math);
             out[n++] = c;
+            if (c.bm == 64 && n < max) {
+              c.chain = 1;
+              mj_tune_config_name(&c, math);
+              out[n++] = c;
+            }
           }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)

@@ -29,6 +29,10 @@ typedef struct mj_gemm_config {
   /* And, when not 0, while T * K (the slots) is at most this: the first entries of a table tell
    * forwards of one or two tokens apart, which T * K / E rounded up cannot. */
   int64_t max_slots;
+  /* MJ_GEMM_WGMMA, bm 64 ("ch"): GEMM2's items wait for their own expert's rows of h, which GEMM1
+   * counts, rather than for all of GEMM1 (wgmma.cuh's kChain); they then stream their weights
+   * under GEMM1's last round. */
+  int chain;
 } mj_gemm_config;
 
 /* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
