@@ -17,9 +17,10 @@ static const mj_gemm_config mma_configs[] = {
  * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
  *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
  *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain).
- * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages. Since a 64-row tile reads
- *   only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows) and two tokens' items are
- *   shared evenly (wgmma.cuh's item_blocks), it beats every other 64-row tile from 2 tokens to 64:
+ * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages (chained in between, below).
+ *   Since a 64-row tile reads only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows)
+ *   and two tokens' items are shared evenly (wgmma.cuh's item_blocks), it beats every other
+ *   64-row tile from 2 tokens to 64:
  *   at 2 tokens 0.1303 | 0.1437 against 0.1325 | 0.1470 for 64 x 192 with 4 stages, one block a SM
  *   (the pick before); at 8 tokens 0.3689 | 0.5083 against 0.3749 | 0.5196 for 64 x 256 with 3
  *   stages, one block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens
@@ -27,11 +28,12 @@ static const mj_gemm_config mma_configs[] = {
  *   mma.sync tile although most of its rows are empty.
  * - From three tokens to 8 rows per expert, the same tile with GEMM2 chained to GEMM1 ("ch"):
  *   GEMM2's items wait for their own expert's h, so they stream their weights while GEMM1's last
- *   round, which few blocks run, still does (at 3 tokens 0.1768 | 0.2264 -> 0.1725 | 0.2085; at 8
- *   tokens 0.3688 | 0.5093 -> 0.3643 | 0.4943; at 64 tokens 0.5381 | 1.9092 -> 0.5359 | 1.8996).
- *   At two tokens, whose items item_blocks already shares evenly, it loses at E = 32 (0.1303 ->
- *   0.1340; 0.1454 -> 0.1439 at E = 128); from 9 to 32 rows it ties or loses (E = 128, 384 and 512
- *   tokens: 2.1590 -> 2.1628, 2.1822 -> 2.1914), as GEMM2's blocks then start and end staggered.
+ *   round, which few blocks run, still does. Unchained -> chained (a219ef7): 3 tokens 0.1770 |
+ *   0.2265 -> 0.1725 | 0.2084; 8 tokens 0.3687 | 0.5088 -> 0.3642 | 0.4944; 64 tokens 0.5393 |
+ *   1.9092 -> 0.5363 | 1.8991. At two tokens, whose items item_blocks already shares evenly, it
+ *   gains nothing (0.1304 | 0.1439 -> 0.1316 | 0.1441); past 8 rows it ties or loses at E = 128
+ *   (384 tokens 2.1598 -> 2.1652, 512 tokens 2.1805 -> 2.1894), where GEMM2's blocks then start
+ *   and end staggered, though it still gains at E = 32 (96 tokens 0.5450 -> 0.5402).
  * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
  *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
  *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
