@@ -307,7 +307,9 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     /* A chained configuration's GEMM2, launched right after its GEMM1 under programmatic
      * dependent launch: each item waits for its own expert's h rather than for all of GEMM1
      * (wgmma.cuh, kChain). Otherwise it waits for GEMM1 as a whole (griddepcontrol.wait, or the
-     * stream's order), as GEMM1 may have run in an earlier call. */
+     * stream's order), as GEMM1 may have run in an earlier call. Chained, GEMM2 never waits for
+     * GEMM1 as a whole, so the combine's wait covers GEMM1 only through h: a kernel after it that
+     * read anything else GEMM1 writes would need a wait of its own. */
     int chained = wg_pdl && c->chain && (stages & MOEJIT_STAGE_GEMM1);
     wgmma_params p2 = {DPTR(a->down_proj_bias), sorted_slot, slot_weight, tiles, num_tiles,
                        expert_off, y_slot, ready, chained};

@@ -586,7 +586,9 @@ static void apply_records(moejit_plan *plan) {
   /* the plan's index of each table entry: a configuration the table names twice (for two ranges
    * of rows) is in the plan once */
   int at[MJ_MAX_GEMM_CONFIGS];
-  for (int i = 0; i < nheur && i < MJ_MAX_GEMM_CONFIGS; i++)
+  if (nheur > MJ_MAX_GEMM_CONFIGS) /* never with today's tables; then no add_config can fail */
+    nheur = MJ_MAX_GEMM_CONFIGS;
+  for (int i = 0; i < nheur; i++)
     at[i] = add_config(plan, &heur[i]);
   for (int b = 0; b < MJ_BUCKETS; b++) {
     int i = mj_tune_pick(heur, nheur, (int64_t)1 << b, d->top_k, d->experts);
