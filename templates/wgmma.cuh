@@ -180,11 +180,13 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
 // GEMM1's items reach the count through a thread of the producer warpgroup (the counter), so that
 // the consumers never wait on a fence at the GPU's scope (one after each item's stores cost 1 % at
 // 64 tokens, E = 128, on the H100). done[0..1] ("stored") and done[2..3] ("counted") are mbarriers:
-// the threads that stored the block's item j arrive on stored[j % 2] (release at the block's scope);
+// the threads that stored the block's item j arrive on stored[j % 2] (release at the block's scope)
+// after fence.proxy.async (GEMM2 reads h by TMA, the async proxy; it fences on its side too);
 // the counter waits for that phase (acquire), adds the item to its expert's count behind
 // fence.acq_rel.gpu (cumulative: it covers the stores the wait has shown it) and arrives on
 // counted[j % 2], which the consumers wait for before they arrive on that barrier for item j + 2.
 __device__ __forceinline__ void item_stored(int j, mj_u64 *done) {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
   if (j >= 2) mj_mbar_wait(&done[2 + (j & 1)], ((j >> 1) - 1) & 1);
   mj_mbar_arrive(&done[j & 1]);
 }
