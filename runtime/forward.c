@@ -159,9 +159,9 @@ static moejit_status launch_wgmma(moejit_plan *plan, const mj_kernel *kern, cons
   moejit_status st;
   mj_cu *cu = &plan->ctx->cu;
   int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
-  /* A: the rows [nslots, k], boxes of 64 x a_rows (wgmma.cuh's A operand, kARows). B: the experts' weights
-   * [experts, k, n] in boxes of 64 x 64 x 1, three dimensions so that k and n tails read zeros
-   * rather than the next expert's rows. */
+  /* A: the rows [nslots, k], boxes of 64 x a_rows (wgmma.cuh's A operand, kARows). B: the
+   * experts' weights [experts, k, n] in boxes of 64 x 64 x 1, three dimensions so that k and n
+   * tails read zeros rather than the next expert's rows. */
   mj_tmap ta, tb;
   const unsigned long long a_dims[2] = {(unsigned long long)k, (unsigned long long)l->nslots},
                            a_strides[1] = {(unsigned long long)k * 2},

@@ -103,11 +103,16 @@ __device__ __forceinline__ float mj_swiglu(float gate, float up, float alpha, fl
 // grid start its launch, so that its blocks are resident and waiting when this one ends instead of a
 // launch gap later. Every read of what an earlier kernel wrote comes after this call. Without the
 // launch attribute on the host side both instructions return at once; below sm_90 this is empty.
+// mj_pdl_trigger is the second half alone: the next grid may start its launch, with no wait (a
+// kernel that orders its reads of an earlier kernel's writes itself).
+template <int kOn> __device__ __forceinline__ void mj_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (kOn) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 template <int kOn> __device__ __forceinline__ void mj_pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (kOn) {
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  }
+  if (kOn) asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+  mj_pdl_trigger<kOn>();
 }

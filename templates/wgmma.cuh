@@ -534,10 +534,9 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full) : 0;
       // chained: each item waits for its own expert's h (wait_ready) instead of the whole GEMM1
       const bool chained = kChain && kMode == 2 && p.wait_ready;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      if (chained) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+      if (chained)
+        mj_pdl_trigger<1>();
       else
-#endif
         mj_pdl_begin<MJ_PDL>();
       RingPos pos(0);
       int q = 0, ready_e = -1;  // ready_e: the last expert seen ready
