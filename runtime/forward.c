@@ -10,6 +10,8 @@
 typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */
   CUdeviceptr a, w, bias, sorted_slot, slot_weight, tiles, num_tiles, out;
   int slab_major;
+  CUdeviceptr own_ids;
+  int own_slots;
 } gemm_params;
 
 /* moejit_forward_args of version 0.1, before device_tokens: still accepted */
@@ -286,11 +288,16 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                            2 * d->intermediate, d->hidden, &p1, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;
   } else if (stages & MOEJIT_STAGE_GEMM1) {
+    /* Few slots, one tile per expert: GEMM1's blocks, launched as routing starts, work out their
+     * tiles from the caller's ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE); that many tiles
+     * at most. A device-side token count leaves the ids' routing to the routing kernel. */
+    int own = pdl && mj_rt_can_self_route(d, c) && !a->device_tokens && nslots <= c->bm &&
+              nslots <= 32;
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h,
-                      slab_major(plan, &l, 2 * d->intermediate, c, 1)};
+                      slab_major(plan, &l, 2 * d->intermediate, c, 1), ids, own ? nslots : 0};
     void *g1_args[] = {&g1};
-    if ((st = launch_kernel(plan, &plan->gemm1[cfg], max_tiles,
+    if ((st = launch_kernel(plan, &plan->gemm1[cfg], own ? (unsigned)nslots : max_tiles,
                             (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1, stream, g1_args,
                             pdl, err)))
       goto fail;
@@ -319,7 +326,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   } else if (stages & MOEJIT_STAGE_GEMM2) {
     gemm_params g2 = {h, DPTR(a->down_proj), DPTR(a->down_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, y_slot,
-                      slab_major(plan, &l, d->hidden, c, c->splits > 1 ? c->splits : 1)};
+                      slab_major(plan, &l, d->hidden, c, c->splits > 1 ? c->splits : 1), 0, 0};
     /* split along K: blockIdx.z takes a slice of K and writes its own partial y_slot (a kernel
      * without splits reads only its first parameter) */
     long long split_stride = (long long)l.nslots * d->hidden;

@@ -148,5 +148,10 @@ void mj_rt_modules_free(mj_module_src *mods, int n);
 const char *mj_rt_dtype_name(moejit_dtype dt); /* "bf16", "i32", ... */
 /* The GEMM math path of a layer (dtype, exact_f32). */
 mj_math mj_rt_math(const moejit_layer_desc *desc);
+/* Whether the GEMM1 of configuration c is built to work out its tiles from the caller's ids
+ * (gemm.cuh, MJ_GEMM_SELF_ROUTE): mma.sync configurations of layers whose ids name their experts
+ * directly (top-k or dense routing, no expert map), without capacity and with the routing weight
+ * on the output. */
+int mj_rt_can_self_route(const moejit_layer_desc *desc, const mj_gemm_config *c);
 
 #endif

@@ -136,6 +136,11 @@ static void combine_spec(const moejit_layer_desc *d, mj_spec *s) {
 
 mj_math mj_rt_math(const moejit_layer_desc *d) { return mj_tune_math(d->dtype, d->exact_f32); }
 
+int mj_rt_can_self_route(const moejit_layer_desc *d, const mj_gemm_config *c) {
+  return c->kind != MJ_GEMM_WGMMA && d->routing != MOEJIT_ROUTING_LOGITS &&
+         d->global_experts == 0 && d->expert_capacity == 0 && !d->apply_router_weight_on_input;
+}
+
 static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int mode, mj_spec *s) {
   mj_math math = mj_rt_math(d);
   int tc = math != MJ_MATH_FFMA, wg = c->kind == MJ_GEMM_WGMMA;
@@ -171,6 +176,10 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
     mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
   }
   mj_spec_int(s, "pdl", 1);
+  if (mode == 1 && mj_rt_can_self_route(d, c)) { /* forward.c decides per call */
+    mj_spec_str(s, "self_route", mj_rt_dtype_name(d->ids_dtype));
+    mj_spec_int(s, "experts", d->experts);
+  }
 }
 
 void mj_rt_modules_free(mj_module_src *mods, int n) {

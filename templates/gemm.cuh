@@ -28,6 +28,19 @@
 // blocks on the same weights to reach the memory bandwidth. Without MJ_GEMM_SPLITS the kernel and
 // its one parameter are as before.
 // MJ_PDL (optional): programmatic dependent launch, see mj_pdl_begin.
+//
+// MJ_GEMM_SELF_ROUTE (optional, GEMM1 under MJ_PDL; needs RouteIdT and kRouteExperts): with
+// p.own_slots > 0 a block works out its own tile from the caller's ids (p.own_ids, that many
+// slots) instead of reading routing's, and starts on its weights at once, while routing still runs.
+// The host sets it only where routing's tile list is a function of the ids alone that the block can
+// compute: at most min(kBM, 32) slots, so each expert they name gets one tile; ids that name the
+// experts directly (no expert map, no capacity, no device-side token count) and no routing weight
+// read by GEMM1. Tile i is then the expert with the i-th smallest distinct id in [0, kRouteExperts)
+// among the slots, its rows follow the valid slots of smaller ids, and its slots come in increasing
+// order. Such a block waits for routing (griddepcontrol.wait) halfway through its K loop, before it
+// lets the next kernel start: GEMM2 reads routing's tile list before its own wait. A forward of one
+// token thus reads weights from its first microsecond on, where it otherwise waited for routing,
+// then for the tile count, the tile and the rows, one load after the other.
 #pragma once
 
 #ifndef MJ_PDL
@@ -36,6 +49,9 @@
 
 #ifndef MJ_GEMM_SPLITS
 #define MJ_GEMM_SPLITS 1
+#endif
+#ifndef MJ_GEMM_SELF_ROUTE
+#define MJ_GEMM_SELF_ROUTE 0
 #endif
 // The kernel's one parameter; the host fills the same fields in this order.
 struct GemmParams {
@@ -48,6 +64,8 @@ struct GemmParams {
   const int *num_tiles;     // [1]
   void *out;
   int slab_major;           // the order blocks take tiles and slabs in (above)
+  const void *own_ids;      // MJ_GEMM_SELF_ROUTE: the caller's ids [own_slots], else unread
+  int own_slots;            // 0, or at most min(kBM, 32): see MJ_GEMM_SELF_ROUTE
 };
 
 static constexpr int kSplits = MJ_GEMM_SPLITS;
@@ -231,6 +249,42 @@ __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, in
 }
 #endif
 
+#if MJ_GEMM_SELF_ROUTE
+static_assert(kMode != 2, "routing from the ids is GEMM1's");
+// Tile tile_i from the caller's ids (MJ_GEMM_SELF_ROUTE): {expert, first row, end row, 0}, or
+// expert -1 when the ids name fewer experts; a_row gets the tile's token rows (-1 past its end).
+// Warp 0 reads the ids; every thread gets the answer.
+__device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int *a_row) {
+  __shared__ mj_int4 tile;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const unsigned below = (1u << lane) - 1u;
+    const mj_i64 g = lane < p.own_slots ? (mj_i64)((const RouteIdT *)p.own_ids)[lane] : -1;
+    const bool valid = g >= 0 && g < kRouteExperts;
+    const unsigned peers = __match_any_sync(0xffffffffu, valid ? g : (mj_i64)-1);
+    const bool first = valid && (peers & below) == 0;  // an expert's lowest slot
+    int rank = 0, rows_before = 0;  // distinct valid ids below g; valid slots with ids below g
+    for (int j = 0; j < p.own_slots; ++j) {
+      const mj_i64 gj = __shfl_sync(0xffffffffu, g, j);
+      const int vj = __shfl_sync(0xffffffffu, (int)valid, j);
+      const int fj = __shfl_sync(0xffffffffu, (int)first, j);
+      rank += fj && gj < g;
+      rows_before += vj && gj < g;
+    }
+    for (int i = lane; i < kBM; i += 32) a_row[i] = -1;
+    __syncwarp();
+    const unsigned owner = __ballot_sync(0xffffffffu, first && rank == tile_i);
+    const mj_i64 e = owner ? __shfl_sync(0xffffffffu, g, __ffs(owner) - 1) : -1;
+    if (valid && g == e) a_row[__popc(peers & below)] = lane / kTopK;
+    if (lane == (owner ? __ffs(owner) - 1 : 0))
+      tile = owner ? mj_int4{(int)e, rows_before, rows_before + __popc(peers), 0}
+                   : mj_int4{-1, 0, 0, 0};
+  }
+  __syncthreads();
+  return tile;
+}
+#endif
+
 #if MJ_GEMM_SPLITS > 1
 // grid = (max_tiles, ceil(kN / kBN), kSplits); split_stride: floats between two partial y_slot
 // arrays, at least slots * kN and a multiple of 4 (combine reads them in 16-byte vectors).
@@ -252,15 +306,32 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   // A block with no tile still waits before it exits: were all of GEMM2 to end without waiting,
   // the kernels after it could start while GEMM1 still reads the workspace.
   constexpr bool kEarly = MJ_PDL && kMode == 2;
-  if (!kEarly) mj_pdl_begin<MJ_PDL>();
   const int l = blockIdx.x + gridDim.x * blockIdx.y;
   const int tile_i = p.slab_major ? l / gridDim.y : blockIdx.x;
   const int n0 = (p.slab_major ? l % gridDim.y : blockIdx.y) * kBN;
-  if (tile_i >= *p.num_tiles || n0 >= kN) {
-    if (kEarly) mj_pdl_begin<MJ_PDL>();
-    return;
+  __shared__ int a_row[kBM];
+  const bool own = MJ_GEMM_SELF_ROUTE && p.own_slots > 0;  // the tile from the ids (above)
+  mj_int4 tile;
+#if MJ_GEMM_SELF_ROUTE
+  if (own) {
+    tile = own_tile(p, tile_i, a_row);
+    if (tile.x < 0 || n0 >= kN) {
+      mj_pdl_begin<MJ_PDL>();
+      return;
+    }
   }
-  const mj_int4 tile = p.tiles[tile_i];
+#endif
+  if (!own) {
+    if (!kEarly) mj_pdl_begin<MJ_PDL>();
+    // The tile count and the tile: both loads in flight at once (tile_i < gridDim.x or, slab-major,
+    // < max_tiles: inside the list, if beyond its live part).
+    const int num_tiles = *p.num_tiles;
+    tile = p.tiles[tile_i];
+    if (tile_i >= num_tiles || n0 >= kN) {
+      if (kEarly) mj_pdl_begin<MJ_PDL>();
+      return;
+    }
+  }
   const int e = tile.x, r0 = tile.y, r1 = tile.z;
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
@@ -272,12 +343,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
       if (s < ktiles) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
     mj_pdl_begin<MJ_PDL>();
   }
-  __shared__ int a_row[kBM];
-  for (int i = threadIdx.x; i < kBM; i += kThreads) {
-    int r = r0 + i;
-    a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
+  if (!own) {
+    for (int i = threadIdx.x; i < kBM; i += kThreads) {
+      int r = r0 + i;
+      a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
+    }
+    __syncthreads();
   }
-  __syncthreads();
   // One cp.async group per stage; under kEarly the first group also holds the weights loaded above.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -298,6 +370,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
       load_b(Bs + s * kBK * kLdB, w, k_begin + pf * kBK, n0);
     }
     mj_cp_async_commit();
+    if (own && kt == ktiles / 2) mj_pdl_begin<MJ_PDL>();  // routing's end, for the next kernel
     int s = kt % kStages;
     compute_stage(acc, As + s * kBM * kLdA, Bs + s * kBK * kLdB);
   }

@@ -9,6 +9,9 @@
 -- floats between two of them (see gemm.cuh); combine, rendered with the same splits, sums them.
 -- pdl (optional, 0/1, default 0): griddepcontrol.wait and launch_dependents at the kernel's start
 -- on sm_90+. Left at their defaults, splits and pdl leave the source as it was without them.
+-- self_route (optional, "i32"|"i64", the caller's id type; GEMM1 with pdl 1 only) with experts (the
+-- ids' range): a forward of few slots may work out its tiles from the caller's ids and start before
+-- routing ends (gemm.cuh, MJ_GEMM_SELF_ROUTE).
 local prelude = require("prelude")
 
 -- gate_up: GEMM1 with bias and SwiGLU; gate_up_raw: GEMM1 with bias only (unfused plans);
@@ -56,7 +59,21 @@ return function(spec)
     end
     defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits
   end
-  defines[#defines + 1] = prelude.pdl_define(spec)
+  local pdl = prelude.pdl_define(spec)
+  defines[#defines + 1] = pdl
+  local route_experts
+  if spec.self_route ~= nil then
+    local id_type = prelude.id_types[spec.self_route]
+    if not id_type then
+      error("spec.self_route must be i32 or i64, got " .. tostring(spec.self_route))
+    end
+    if mode == modes.down or not pdl then
+      error("spec.self_route needs a GEMM1 mode (gate_up, gate_up_raw) and pdl 1")
+    end
+    route_experts = prelude.need_int(spec, "experts", 1, 1024)
+    defines[#defines + 1] = "#define MJ_GEMM_SELF_ROUTE 1"
+    defines[#defines + 1] = "typedef " .. id_type .. " RouteIdT;"
+  end
   local consts = {
     { "kMode", "int", mode },
     { "kN", "int", n },
@@ -70,6 +87,7 @@ return function(spec)
     { "kBK", "int", bk },
     { "kStages", "int", stages },
   }
+  if route_experts then consts[#consts + 1] = { "kRouteExperts", "int", route_experts } end
   local threads
   if math_.path ~= 0 then
     local wm, wn = prelude.need_int(spec, "wm", 1, 8), prelude.need_int(spec, "wn", 1, 8)

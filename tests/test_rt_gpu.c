@@ -1069,6 +1069,92 @@ static void test_device_token_graphs(void **state) {
   device_token_graph(1024);
 }
 
+/* A forward of few slots works out GEMM1's tiles from the caller's ids and starts before routing
+ * ends (gemm.cuh, MJ_GEMM_SELF_ROUTE); GEMM2 and the combine still read routing's. On the plan's
+ * 16-row mma.sync configuration (16 slots, one tile per expert), i32 and i64 ids: 4, 3 and 1
+ * tokens; ids with repeats inside a token and across tokens and out-of-range ids (flagged, they
+ * contribute nothing) at 4 and 2 tokens; a token whose ids are all out of range (no tile at all);
+ * and, for contrast, a device-side count of 3 (routing's tiles, not the ids'). y against the CPU
+ * reference. */
+static void test_self_routed_tiles(void **state) {
+  (void)state;
+  NEED_GPU();
+  for (int ids64 = 0; ids64 <= 1; ids64++) {
+    moejit_layer_desc d = gpt_oss(32, 4);
+    d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
+    moejit_plan *plan = make_plan(&d);
+    int cfg = -1;
+    for (int i = 0; i < plan->ngemm && cfg < 0; i++)
+      if (plan->configs[i].kind != MJ_GEMM_WGMMA && plan->configs[i].bm == 16)
+        cfg = i;
+    assert_true(cfg >= 0);
+    assert_true(mj_rt_can_self_route(&plan->desc, &plan->configs[cfg]));
+    mj_synth_layer L;
+    mj_err err;
+    assert_int_equal(mj_synth_layer_create(&g_syn, plan, 4, 77 + ids64, &L, &err), MOEJIT_OK);
+    CUdeviceptr count;
+    CU_OK(MemAlloc(&count, 4));
+    const size_t row = (size_t)d.hidden * 2;
+    static const struct {
+      int64_t tokens;
+      int ids;  /* 0: the layer's; 1: repeats and two bad ids; 2: token 0's all bad */
+      int32_t live;  /* device-side count, or -1 for none */
+      int64_t bad;
+      const char *what;
+    } cases[] = {
+        {4, 0, -1, 0, "self-routed, 4 tokens"},
+        {3, 0, -1, 0, "self-routed, 3 tokens"},
+        {1, 0, -1, 0, "self-routed, 1 token"},
+        {3, 0, 3, 0, "device count 3 of 4 (routed)"},
+        {4, 1, -1, 2, "self-routed, repeats + bad ids"},
+        {2, 1, -1, 0, "self-routed, repeats, 2 tokens"},
+        {1, 2, -1, 4, "self-routed, all ids bad"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      if (i == 0 || cases[i].ids != cases[i - 1].ids) {
+        int32_t ids[16];
+        memcpy(ids, L.host_ids, sizeof ids);
+        if (cases[i].ids == 1) {
+          ids[1] = ids[0]; /* a repeat inside token 0 */
+          ids[6] = ids[0]; /* token 1 shares token 0's expert */
+          ids[9] = 32;     /* out of range, in tokens 2 and 3 */
+          ids[14] = -3;
+        } else if (cases[i].ids == 2) {
+          ids[0] = 32;
+          ids[1] = -1;
+          ids[2] = 1000;
+          ids[3] = INT32_MIN;
+        }
+        if (i > 0)
+          assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+      }
+      mj_synth_layer view = L;
+      view.tokens = cases[i].tokens;
+      moejit_forward_args a;
+      mj_synth_layer_args(&view, &a);
+      if (cases[i].live >= 0) {
+        view.tokens = cases[i].live;
+        a.tokens = 4;
+        a.device_tokens = (const int32_t *)ptr(count);
+        CU_OK(MemcpyHtoD(count, &cases[i].live, 4));
+      }
+      CU_OK(MemsetD8(L.y, 0xFF, 4 * row));
+      assert_int_equal(mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, cfg),
+                       MOEJIT_OK);
+      int64_t bad = -1;
+      assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &bad),
+                       cases[i].bad ? MOEJIT_ERR_BAD_EXPERT_ID : MOEJIT_OK);
+      assert_int_equal(bad, cases[i].bad);
+      char what[80];
+      snprintf(what, sizeof what, "%s (%s)", cases[i].what, ids64 ? "i64" : "i32");
+      expect_reference(&view, what, plan->configs[cfg].name);
+    }
+    CU_OK(MemFree(count));
+    mj_synth_layer_destroy(&g_syn, &L);
+    moejit_plan_destroy(plan);
+  }
+}
+
 static void test_weight_on_input_and_f32_bias(void **state) {
   (void)state;
   NEED_GPU();
@@ -1305,6 +1391,7 @@ int main(void) {
       cmocka_unit_test(test_capacity),
       cmocka_unit_test(test_device_tokens),
       cmocka_unit_test(test_device_token_graphs),
+      cmocka_unit_test(test_self_routed_tiles),
       cmocka_unit_test(test_weight_on_input_and_f32_bias),
       cmocka_unit_test(test_f32_paths_and_seed_workloads),
       cmocka_unit_test(test_unfused_and_stages),
