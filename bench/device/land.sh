@@ -5,8 +5,9 @@
 # Builds, runs the GPU suite, writes the decode and prefill rows of `moejit bench` (graph replay,
 # floor measured in the same run) to $OUT/decode.jsonl and $OUT/prefill.jsonl, times a few rows
 # again with MOEJIT_PDL=0, runs compute-sanitizer (memcheck on the golden, CUDA graph, bad-id,
-# decode, every-configuration and device-side token count tests, leaving out the graphs of 1024
-# tokens that would take it past a call's 10 minutes; racecheck on the golden ones) and prints one forward's kernels at one
+# decode, every-configuration, device-side token count and self-routed tile tests, leaving out the
+# graphs of 1024 tokens that would take it past a call's 10 minutes; racecheck on the golden and
+# self-routed ones) and prints one forward's kernels at one
 # token (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
 # PART (optional): checks (the GPU suite, the sanitizers and the SASS counts of the wgmma kernels)
 # or figures (the bench rows and kernels.py), for two device calls of under 10 minutes each.
@@ -23,9 +24,9 @@ export MOEJIT_GOLDEN_DIR=$PWD/../.golden
 if [ "$PART" != figures ]; then
 ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
 grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
-MOEJIT_TEST_FILTER=golden,cuda_graph,bad_expert_ids,decode,every_config,device_tokens compute-sanitizer --tool memcheck \
+MOEJIT_TEST_FILTER=golden,cuda_graph,bad_expert_ids,decode,every_config,device_tokens,self_routed compute-sanitizer --tool memcheck \
   ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
-MOEJIT_TEST_FILTER=golden compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
+MOEJIT_TEST_FILTER=golden,self_routed compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
   grep -E "RACECHECK SUMMARY|PASSED|FAILED"
 echo "HGMMA per moejit_wgmma cubin (count of cubins, instructions):"
 PATH=/usr/local/cuda/bin:$PATH python3 ../bench/device/sass.py "$MOEJIT_CACHE_DIR" HGMMA |
