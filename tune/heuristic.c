@@ -16,7 +16,8 @@ static const mj_gemm_config mma_configs[] = {
  * and 128, top-4; figures E = 32 | E = 128, ms).
  * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
  *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
- *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain).
+ *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain). Its GEMM1
+ *   routes itself since 03d9735 (gemm.cuh, MJ_GEMM_SELF_ROUTE): 0.0811 | 0.0813 at 7d29b13.
  * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages (chained in between, below).
  *   Since a 64-row tile reads only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows)
  *   and two tokens' items are shared evenly (wgmma.cuh's item_blocks), it beats every other
