@@ -60,21 +60,20 @@ __global__ void __launch_bounds__(128) bulk_kernel(const char *in, long long byt
     const int s = c % kStages;
     asm volatile("mbarrier.arrive.expect_tx.shared.b64 _, [%0], %1;" ::"r"(smem_addr(&full[s])),
                  "r"(kChunk));
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-            smem_addr(ring + s * kChunk)),
-        "l"(src + (long long)c * kChunk), "r"(kChunk), "r"(smem_addr(&full[s]))
-        : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1], %2, [%3];"
+                 :: "r"(smem_addr(ring + s * kChunk)), "l"(src + (long long)c * kChunk),
+                 "r"(kChunk), "r"(smem_addr(&full[s]))
+                 : "memory");
   };
   if (threadIdx.x == 0)
     for (int c = 0; c < kStages && c < chunks; c++) issue(c);
   unsigned acc = 0;
   for (int c = 0; c < chunks; c++) {
     const int s = c % kStages;
-    asm volatile(
-        "{.reg .pred p; wait: mbarrier.try_wait.parity.shared.b64 p, [%0], %1; @!p bra wait;}" ::"r"(
-            smem_addr(&full[s])),
-        "r"((c / kStages) & 1));
+    asm volatile("{.reg .pred p; wait: mbarrier.try_wait.parity.shared.b64 p, [%0], %1;"
+                 " @!p bra wait;}"
+                 :: "r"(smem_addr(&full[s])), "r"((c / kStages) & 1));
     acc += ((const unsigned *)(ring + s * kChunk))[threadIdx.x * 4];
     __syncthreads();  // every thread is done with slot s before it is refilled
     if (threadIdx.x == 0 && c + kStages < chunks) issue(c + kStages);
@@ -82,7 +81,8 @@ __global__ void __launch_bounds__(128) bulk_kernel(const char *in, long long byt
   keep(acc, out);
 }
 
-// Block b reads strip b % 90 of expert b / 90: rows of 64 columns (128 bytes) of a [kH, kN1] matrix.
+// Block b reads strip b % 90 of expert b / 90: 64 columns (128 bytes) of each row of a [kH, kN1]
+// matrix.
 template <int kStages>
 __global__ void __launch_bounds__(128) strip_kernel(const char *w, unsigned *out) {
   constexpr int kBN = 64, kBK = 64, kStrips = kN1 / kBN, kSteps = kH / kBK;
@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(128) strip_kernel(const char *w, unsigned *out
     char *dst = ring + step % kStages * kStageBytes;
     for (int c = threadIdx.x; c < kStageBytes / 16; c += 128) {
       const int r = c / (kBN / 8), col = c % (kBN / 8) * 16;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst + r * kBN * 2 + col)),
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                   :: "r"(smem_addr(dst + r * kBN * 2 + col)),
                    "l"(base + (size_t)(step * kBK + r) * kN1 * 2 + col));
     }
   };
@@ -167,7 +168,8 @@ int main() {
   CHECK(cudaMalloc(&buf, buffer));
   CHECK(cudaMemset(buf, 0x5A, buffer));
   CHECK(cudaMalloc(&out, 1 << 20));
-  const long long gemm1 = (long long)kExperts * kH * kN1 * 2, gemm2 = (long long)kExperts * kH * kH * 2;
+  const long long gemm1 = (long long)kExperts * kH * kN1 * 2;
+  const long long gemm2 = (long long)kExperts * kH * kH * 2;
 
   row("empty", 0, replay_us([&] { empty_kernel<<<1, 32, 0, stream>>>(out); }, stream));
   constexpr int kStages = 6, kChunk = 16384, kRing = kStages * kChunk;
