@@ -121,7 +121,7 @@ static const layer_case grid[] = {
     {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK, 0},
     {"gpt-oss-120b f16 logits", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_F16,
      MOEJIT_ROUTING_LOGITS, MAP | BIAS_F32},
-    {"small f32 exact", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_BF16, MOEJIT_ROUTING_DENSE,
+    {"small f32 exact", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I64, MOEJIT_BF16, MOEJIT_ROUTING_DENSE,
      EXACT},
     {"tiny f32 tf32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE, CAPPED},
     {"odd bf16 unfused", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
@@ -212,6 +212,15 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
     assert_containsf(s, "#define MJ_GEMM_PATH %d", path);
     assert_true(strstr(s, path ? "kWM" : "kTM") != NULL);
     assert_null(strstr(s, path ? "kTM" : "kWM"));
+    /* GEMM1 routes itself from the caller's ids where the layer lets it (gemm.cuh,
+     * MJ_GEMM_SELF_ROUTE): ids naming the experts directly, no capacity, weight on the output */
+    const int self_route = mode == 1 && c->routing != MOEJIT_ROUTING_LOGITS &&
+                           !(c->options & (MAP | CAPPED | WEIGHT_IN));
+    assert_int_equal(strstr(s, "#define MJ_GEMM_SELF_ROUTE 1") != NULL, self_route);
+    if (self_route) {
+      assert_containsf(s, "typedef %s RouteIdT;", c->ids == MOEJIT_I64 ? "mj_i64" : "int");
+      assert_containsf(s, "static constexpr int kRouteExperts = %lld;", (long long)c->experts);
+    }
   }
 }
 
