@@ -36,7 +36,7 @@ static const char bench_usage[] =
     "then waits for the host's launches where they are slower than the kernels). Nothing is\n"
     "flushed between calls. Default --tokens: 1,8,64,512,4096,16384,65536.\n"
     "--config NAME runs every row on that one GEMM configuration (a name `moejit tune` prints,\n"
-    "such as mma_m16n64k64s6w1x4z2 or wg_m128n192s4c1) instead of the plan's pick.\n"
+    "such as gv_m1n64u6z2 or wg_m128n192s4c1) instead of the plan's pick.\n"
     "--graph-tokens N runs each row of T tokens as a forward of N tokens (N >= every T) whose\n"
     "device-side count (moejit_forward_args.device_tokens) is T: what a serving engine does that\n"
     "captures one graph at its largest batch. The row still counts T tokens and their experts;\n"

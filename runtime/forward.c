@@ -288,16 +288,17 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
                            2 * d->intermediate, d->hidden, &p1, stream, wg_pdl, err)) != MOEJIT_OK)
       goto fail;
   } else if (stages & MOEJIT_STAGE_GEMM1) {
-    /* Few slots, one tile per expert: GEMM1's blocks, launched as routing starts, work out their
-     * tiles from the caller's ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE); that many tiles
-     * at most. A device-side token count leaves the ids' routing to the routing kernel. */
-    int own = pdl && mj_rt_can_self_route(d, c) && !a->device_tokens && nslots <= c->bm &&
-              nslots <= 32;
+    /* Few slots: GEMM1's blocks, launched as routing starts, work out their tiles from the
+     * caller's ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE), or, where an expert has more
+     * slots than a tile has rows, take routing's: at most min(slots, max_tiles) tiles either way.
+     * A device-side token count leaves the ids' routing to the routing kernel. */
+    int own = pdl && mj_rt_can_self_route(d, c) && !a->device_tokens && nslots <= 32;
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h,
                       slab_major(plan, &l, 2 * d->intermediate, c, 1), ids, own ? nslots : 0};
     void *g1_args[] = {&g1};
-    if ((st = launch_kernel(plan, &plan->gemm1[cfg], own ? (unsigned)nslots : max_tiles,
+    unsigned own_tiles = (unsigned)nslots < max_tiles ? (unsigned)nslots : max_tiles;
+    if ((st = launch_kernel(plan, &plan->gemm1[cfg], own ? own_tiles : max_tiles,
                             (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1, stream, g1_args,
                             pdl, err)))
       goto fail;

@@ -143,12 +143,12 @@ int mj_rt_can_self_route(const moejit_layer_desc *d, const mj_gemm_config *c) {
 
 static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int mode, mj_spec *s) {
   mj_math math = mj_rt_math(d);
-  int tc = math != MJ_MATH_FFMA, wg = c->kind == MJ_GEMM_WGMMA;
+  int tc = math != MJ_MATH_FFMA, wg = c->kind == MJ_GEMM_WGMMA, gv = c->kind == MJ_GEMM_STREAM;
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", mj_rt_dtype_name(d->dtype));
   mj_spec_str(s, "bias", mj_rt_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
   if (!wg)
-    mj_spec_str(s, "math", mj_tune_math_name(math));
+    mj_spec_str(s, "math", gv ? "gv" : mj_tune_math_name(math));
   mj_spec_str(s, "mode", mode == 2 ? "down" : d->unfused ? "gate_up_raw" : "gate_up");
   mj_spec_int(s, "n", mode == 1 ? 2 * d->intermediate : d->hidden);
   mj_spec_int(s, "k", mode == 1 ? d->hidden : d->intermediate);
@@ -171,7 +171,7 @@ static void gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, int m
     mj_spec_int(s, "chain", 1);
   if (mode == 2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
-  if (!wg) {
+  if (!wg && !gv) {
     mj_spec_int(s, tc ? "wm" : "tm", tc ? c->wm : c->tm);
     mj_spec_int(s, tc ? "wn" : "tn", tc ? c->wn : c->tn);
   }

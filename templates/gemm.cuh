@@ -1,8 +1,16 @@
-// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list. Three math paths, all
+// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list. Four math paths, all
 // sm_80+: MJ_GEMM_PATH 1, mma.sync m16n8k16 for f16/bf16; 2, mma.sync m16n8k8 on TF32 for f32;
-// 0, exact fp32 FFMA for f32.
+// 0, exact fp32 FFMA for f32; 3, streamed FFMA for tiles of a few rows (below).
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
 // kBM, kBN, kBK, kStages, kThreads and kWM, kWN (tensor-core paths) or kTM, kTN (FFMA).
+//
+// Path 3 (streamed): for decode tiles of at most kBM (a few) rows, whose GEMMs are a read of the
+// weights and little math. No shared-memory ring: each thread loads 16-byte pieces of weight rows
+// straight into registers with non-caching loads, kStages of them at a time (a batch), the next
+// batch in flight while it multiplies the last one, and keeps kBM x kVec fp32 sums. The block's
+// kThreads threads are kBN / kVec column pieces times kLanes row lanes, lane l taking rows k = l,
+// l + kLanes, ...; shared memory sums the lanes at the end. The A values (x or h, a few rows) come
+// with each batch from global memory through L1. kBK only sets the split-K length.
 //
 // kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
 //   gathered from x by token = sorted_slot[row] / kTopK; with kWeightOnInput the product is scaled by
@@ -33,14 +41,16 @@
 // p.own_slots > 0 a block works out its own tile from the caller's ids (p.own_ids, that many
 // slots) instead of reading routing's, and starts on its weights at once, while routing still runs.
 // The host sets it only where routing's tile list is a function of the ids alone that the block can
-// compute: at most min(kBM, 32) slots, so each expert they name gets one tile; ids that name the
-// experts directly (no expert map, no capacity, no device-side token count) and no routing weight
-// read by GEMM1. Tile i is then the expert with the i-th smallest distinct id in [0, kRouteExperts)
-// among the slots, its rows follow the valid slots of smaller ids, and its slots come in increasing
-// order. Such a block waits for routing (griddepcontrol.wait) halfway through its K loop, before it
-// lets the next kernel start: GEMM2 reads routing's tile list before its own wait. A forward of one
-// token thus reads weights from its first microsecond on, where it otherwise waited for routing,
-// then for the tile count, the tile and the rows, one load after the other.
+// compute: at most 32 slots (a warp reads them); ids that name the experts directly (no expert map,
+// no capacity, no device-side token count) and no routing weight read by GEMM1. Where each expert
+// has at most kBM of the slots, it gets one tile, and tile i is the expert with the i-th smallest
+// distinct id in [0, kRouteExperts) among the slots, its rows follow the valid slots of smaller
+// ids, and its slots come in increasing order; otherwise (ids repeated within a token, kBM small)
+// every block takes routing's tile list after all, which the grid (min(slots, max_tiles) tiles)
+// covers too. A self-routed block waits for routing (griddepcontrol.wait) halfway through its K
+// loop, before it lets the next kernel start: GEMM2 reads routing's tile list before its own wait.
+// A forward of one token thus reads weights from its first microsecond on, where it otherwise
+// waited for routing, then for the tile count, the tile and the rows, one load after the other.
 #pragma once
 
 #ifndef MJ_PDL
@@ -78,7 +88,8 @@ static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
 static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
 static constexpr int kLdB = kBN + kVec;
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
-static_assert(kBK % kVec == 0 && kBN % kVec == 0, "tile edges must hold whole 16-byte copies");
+static_assert((MJ_GEMM_PATH == 3 || kBK % kVec == 0) && kBN % kVec == 0,
+              "tile edges must hold whole 16-byte copies");
 
 struct alignas(8) mj_float2 { float x, y; };
 struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
@@ -131,7 +142,7 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
   }
 }
 
-#if MJ_GEMM_PATH != 0
+#if MJ_GEMM_PATH == 1 || MJ_GEMM_PATH == 2
 static constexpr int kWTM = kBM / kWM, kWTN = kBN / kWN;  // one warp's tile
 static constexpr int kMT = kWTM / 16, kNT = kWTN / 8;
 static_assert(kWTM % 16 == 0 && kWTN % 16 == 0, "warp tiles are multiples of 16 x 16");
@@ -202,7 +213,130 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
 }
 #endif
 
-#if MJ_GEMM_PATH != 0
+#if MJ_GEMM_PATH == 3
+static constexpr int kPieces = kBN / kVec;         // 16-byte column pieces of a slab
+static constexpr int kLanes = kThreads / kPieces;  // row lanes
+static constexpr int kBatch = kStages;             // loads in flight a thread, a batch
+static_assert(kThreads % kPieces == 0 && kLanes >= 1, "threads are column pieces x row lanes");
+static_assert(kBM <= 8, "the streamed path keeps kBM x kVec sums a thread");
+
+union mj_piece { uint4 u; T v[kVec]; };
+
+// One batch a thread: rows k0, k0 + kLanes, ..., kBatch of them, of its weight piece and the A
+// values of those rows (zeros past k_end, kN or the tile's rows).
+struct mj_batch {
+  mj_piece w[kBatch];
+  T a[kBatch][kBM];
+};
+
+__device__ __forceinline__ void stream_weights(mj_batch &b, const T *w, int k0, int k_end,
+                                               bool col_ok) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const int k = k0 + u * kLanes;
+    if (col_ok && k < k_end)
+      b.w[u].u = mj_ld_stream16(w + (mj_i64)k * kN);
+    else
+      b.w[u].u = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+__device__ __forceinline__ void stream_a(mj_batch &b, const T *const (&arow)[kBM], int k0,
+                                         int k_end) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const int k = k0 + u * kLanes;
+#pragma unroll
+    for (int m = 0; m < kBM; ++m) b.a[u][m] = arow[m] && k < k_end ? arow[m][k] : T{};
+  }
+}
+
+// acc += batch b's products.
+__device__ __forceinline__ void stream_fma(float (&acc)[kBM][kVec], const mj_batch &b) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    float wv[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) wv[j] = mj_to_f32(b.w[u].v[j]);
+#pragma unroll
+    for (int m = 0; m < kBM; ++m) {
+      const float av = mj_to_f32(b.a[u][m]);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) acc[m][j] = fmaf(av, wv[j], acc[m][j]);
+    }
+  }
+}
+
+// The sums of rows [k_begin, k_end) of the tile's slab. a_row: the tile's A rows (-1: none). Under
+// kEarly (GEMM2 under PDL) the first two batches of weights are loaded before the wait for GEMM1,
+// which this function then makes; with own (a self-routed GEMM1) it makes routing's wait halfway.
+// Each batch's loads (weights and A values) are in flight while the one before is multiplied: two
+// batches in turn, so that no register waits for a load only to be copied.
+template <bool kEarly>
+__device__ __forceinline__ void stream_tile(float (&acc)[kBM][kVec], const T *__restrict__ a,
+                                            const T *__restrict__ w, const int *a_row, int k_begin,
+                                            int k_end, int n0, bool own) {
+  const int piece = threadIdx.x % kPieces, lane = threadIdx.x / kPieces;
+  const int col = n0 + piece * kVec;
+  const bool col_ok = col < kN;
+  w += col;
+  constexpr int kStep = kLanes * kBatch;
+  const int batches = (k_end - k_begin + kStep - 1) / kStep;
+  const int k0 = k_begin + lane;  // this thread's first row
+  mj_batch even, odd;
+  stream_weights(even, w, k0, k_end, col_ok);
+  if (kEarly && batches > 1) stream_weights(odd, w, k0 + kStep, k_end, col_ok);
+  if (kEarly) mj_pdl_begin<MJ_PDL>();
+  __syncthreads();  // a_row is written
+  const T *arow[kBM];
+#pragma unroll
+  for (int m = 0; m < kBM; ++m) arow[m] = a_row[m] >= 0 ? a + (mj_i64)a_row[m] * kK : nullptr;
+  stream_a(even, arow, k0, k_end);
+  if (kEarly && batches > 1) stream_a(odd, arow, k0 + kStep, k_end);
+#pragma unroll
+  for (int m = 0; m < kBM; ++m)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[m][j] = 0.0f;
+  const int half = batches / 2;
+  for (int b = 0; b < batches; b += 2) {
+    if (b + 1 < batches && (!kEarly || b > 0)) {
+      stream_weights(odd, w, k0 + (b + 1) * kStep, k_end, col_ok);
+      stream_a(odd, arow, k0 + (b + 1) * kStep, k_end);
+    }
+    if (own && b == (half & ~1)) mj_pdl_begin<MJ_PDL>();  // routing's end, for the next kernel
+    stream_fma(acc, even);
+    if (b + 1 >= batches) break;
+    if (b + 2 < batches) {
+      stream_weights(even, w, k0 + (b + 2) * kStep, k_end, col_ok);
+      stream_a(even, arow, k0 + (b + 2) * kStep, k_end);
+    }
+    stream_fma(acc, odd);
+  }
+}
+
+// Sums the row lanes through shared memory and writes the tile's outputs.
+__device__ __forceinline__ void stream_epilogue(const float (&acc)[kBM][kVec], const GemmParams &p,
+                                                int e, int r0, int r1, int n0) {
+  __shared__ float red[kLanes][kBM][kBN + 1];
+  const int piece = threadIdx.x % kPieces, lane = threadIdx.x / kPieces;
+#pragma unroll
+  for (int m = 0; m < kBM; ++m)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) red[lane][m][piece * kVec + j] = acc[m][j];
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBM * kBN / 2; i += kThreads) {
+    const int m = i / (kBN / 2), c = i % (kBN / 2) * 2;
+    if (r0 + m >= r1) continue;
+    float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll 4
+    for (int l = 0; l < kLanes; ++l) {
+      v0 += red[l][m][c];
+      v1 += red[l][m][c + 1];
+    }
+    emit(p, e, r0, r1, n0, m, c, v0, v1);
+  }
+}
+#elif MJ_GEMM_PATH != 0
 __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, int e, int r0, int r1,
                                          int n0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -252,7 +386,8 @@ __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, in
 #if MJ_GEMM_SELF_ROUTE
 static_assert(kMode != 2, "routing from the ids is GEMM1's");
 // Tile tile_i from the caller's ids (MJ_GEMM_SELF_ROUTE): {expert, first row, end row, 0}, or
-// expert -1 when the ids name fewer experts; a_row gets the tile's token rows (-1 past its end).
+// expert -1 when the ids name fewer experts, or -2 when an expert has more than kBM slots (the
+// block then takes routing's tile); a_row gets the tile's token rows (-1 past its end).
 // Warp 0 reads the ids; every thread gets the answer.
 __device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int *a_row) {
   __shared__ mj_int4 tile;
@@ -271,14 +406,16 @@ __device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int
       rank += fj && gj < g;
       rows_before += vj && gj < g;
     }
+    // an expert of more than kBM slots (ids repeated within a token) needs routing's tiles
+    const bool fits = __all_sync(0xffffffffu, !valid || __popc(peers) <= kBM);
     for (int i = lane; i < kBM; i += 32) a_row[i] = -1;
     __syncwarp();
-    const unsigned owner = __ballot_sync(0xffffffffu, first && rank == tile_i);
+    const unsigned owner = __ballot_sync(0xffffffffu, fits && first && rank == tile_i);
     const mj_i64 e = owner ? __shfl_sync(0xffffffffu, g, __ffs(owner) - 1) : -1;
     if (valid && g == e) a_row[__popc(peers & below)] = lane / kTopK;
     if (lane == (owner ? __ffs(owner) - 1 : 0))
       tile = owner ? mj_int4{(int)e, rows_before, rows_before + __popc(peers), 0}
-                   : mj_int4{-1, 0, 0, 0};
+                   : mj_int4{fits ? -1 : -2, 0, 0, 0};
   }
   __syncthreads();
   return tile;
@@ -310,12 +447,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   const int tile_i = p.slab_major ? l / gridDim.y : blockIdx.x;
   const int n0 = (p.slab_major ? l % gridDim.y : blockIdx.y) * kBN;
   __shared__ int a_row[kBM];
-  const bool own = MJ_GEMM_SELF_ROUTE && p.own_slots > 0;  // the tile from the ids (above)
+  bool own = MJ_GEMM_SELF_ROUTE && p.own_slots > 0;  // the tile from the ids (above)
   mj_int4 tile;
 #if MJ_GEMM_SELF_ROUTE
   if (own) {
     tile = own_tile(p, tile_i, a_row);
-    if (tile.x < 0 || n0 >= kN) {
+    own = tile.x != -2;
+    if (own && (tile.x < 0 || n0 >= kN)) {
       mj_pdl_begin<MJ_PDL>();
       return;
     }
@@ -333,6 +471,18 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     }
   }
   const int e = tile.x, r0 = tile.y, r1 = tile.z;
+#if MJ_GEMM_PATH == 3
+  if (!own)
+    for (int i = threadIdx.x; i < kBM; i += kThreads) {
+      int r = r0 + i;
+      a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
+    }
+  (void)ktiles;
+  float acc[kBM][kVec];
+  stream_tile<kEarly>(acc, p.a, p.w + (mj_i64)e * kK * kN, a_row, k_begin,
+                      min(kK, k_begin + kKSplit), n0, own);
+  stream_epilogue(acc, p, e, r0, r1, n0);
+#else
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
   T *Bs = As + kStages * kBM * kLdA;
@@ -375,4 +525,5 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     compute_stage(acc, As + s * kBM * kLdA, Bs + s * kBK * kLdB);
   }
   epilogue(acc, p, e, r0, r1, n0);
+#endif
 }

@@ -1,8 +1,11 @@
 -- gemm.lua: one grouped GEMM of the layer for one tile configuration.
 -- Spec: dtype ("f32"|"f16"|"bf16"), bias ("f32" or the dtype), math ("mma": f16/bf16 tensor
--- cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32), mode ("gate_up"|"down"), n, k (the
+-- cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32; "gv": weights streamed into registers
+-- and fp32 FFMA, any dtype, for tiles of at most 8 rows), mode ("gate_up"|"down"), n, k (the
 -- GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1), bm, bn, bk, stages, and wm, wn (warps
--- along M and N, tensor-core paths) or tm, tn (outputs per thread, FFMA). bias, math and
+-- along M and N, tensor-core paths) or tm, tn (outputs per thread, FFMA); gv takes neither, runs
+-- 128 threads, reads stages as its loads in flight a thread (2..16) and bk only as the split-K
+-- step. bias, math and
 -- weight_on_input are optional: the dtype, its exact path (mma or ffma), 0.
 -- splits (optional, default 1; above 1 with mode down only): split-K into that many partial
 -- y_slot arrays, gridDim.z = splits, and the kernel takes a second argument, the distance in
@@ -22,14 +25,18 @@ local maths = {
   mma = { path = 1, dtypes = { f16 = true, bf16 = true }, kstep = 16 },
   tf32 = { path = 2, dtypes = { f32 = true }, kstep = 8 },
   ffma = { path = 0, dtypes = { f32 = true }, kstep = 1 },
+  gv = { path = 3, dtypes = { f32 = true, f16 = true, bf16 = true }, kstep = 1 },
 }
+local kStreamThreads = 128  -- gemm.cuh's path 3: column pieces x row lanes
 
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
   local bias = prelude.dtype(spec.bias or spec.dtype)
   -- math defaults to the dtype's exact path: tensor cores for f16/bf16, FFMA for f32
   local math_ = maths[spec.math or (dt.mma and "mma" or "ffma")]
-  if not math_ then error("spec.math must be mma, tf32 or ffma, got " .. tostring(spec.math)) end
+  if not math_ then
+    error("spec.math must be mma, tf32, ffma or gv, got " .. tostring(spec.math))
+  end
   if not math_.dtypes[spec.dtype] then
     error(string.format("math %s does not take dtype %s", tostring(spec.math), spec.dtype))
   end
@@ -43,7 +50,7 @@ return function(spec)
   local bm = prelude.need_int(spec, "bm", 1, 256)
   local bn = prelude.need_int(spec, "bn", 8, 256)
   local bk = prelude.need_int(spec, "bk", 8, 128)
-  local stages = prelude.need_int(spec, "stages", 2, 8)
+  local stages = prelude.need_int(spec, "stages", 2, math_.path == 3 and 16 or 8)
   local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
   local defines = { "#define MJ_GEMM_PATH " .. math_.path }
   if splits > 1 then
@@ -89,7 +96,14 @@ return function(spec)
   }
   if route_experts then consts[#consts + 1] = { "kRouteExperts", "int", route_experts } end
   local threads
-  if math_.path ~= 0 then
+  if math_.path == 3 then
+    local pieces = bn // (16 // dt.bytes)
+    if bm > 8 or bn % (16 // dt.bytes) ~= 0 or kStreamThreads % pieces ~= 0 then
+      error(string.format("gv tile %dx%d: at most 8 rows, and %d threads must split into whole "
+        .. "16-byte column pieces of %d columns", bm, bn, kStreamThreads, bn))
+    end
+    threads = kStreamThreads
+  elseif math_.path ~= 0 then
     local wm, wn = prelude.need_int(spec, "wm", 1, 8), prelude.need_int(spec, "wn", 1, 8)
     if bm % (16 * wm) ~= 0 or bn % (16 * wn) ~= 0 or bk % math_.kstep ~= 0 then
       error(string.format("tile %dx%dx%d does not split into %dx%d warps of 16x16x%d", bm, bn, bk,

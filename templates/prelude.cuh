@@ -45,6 +45,13 @@ __device__ __forceinline__ void mj_cp_async16(void *smem, const void *gmem, int 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                :: "r"(mj_smem_addr(smem)), "l"(gmem), "r"(src_bytes));
 }
+// 16-byte load of data read once (weights): through the non-coherent path, not kept in L1.
+__device__ __forceinline__ uint4 mj_ld_stream16(const void *gmem) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(gmem));
+  return r;
+}
 __device__ __forceinline__ void mj_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void mj_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" :: "n"(N));

@@ -525,12 +525,12 @@ static void test_bad_tile_is_a_template_error(void **state) {
 }
 
 /* The sm_90a table of a fused 16-bit layer: wgmma modules (moejit_wgmma, and moejit_gather in
- * GEMM1's) beside the mma.sync decode tile and its split-K combine, all compiled by NVRTC. */
+ * GEMM1's) beside the streamed one-token tile and its split-K combine, all compiled by NVRTC. */
 static void wgmma_layer(fixture *fx, const layer_case *c) {
   require_nvrtc(fx);
   moejit_layer_desc d = desc_of(c);
   mj_err err;
-  int ncfg = 0, wg = 0;
+  int ncfg = 0, wg = 0, gv = 0;
   const mj_gemm_config *cfg = mj_tune_gemm_configs_for(mj_rt_math(&d), arches[1], &ncfg);
   mj_module_src *mods = NULL;
   int n = 0;
@@ -542,6 +542,11 @@ static void wgmma_layer(fixture *fx, const layer_case *c) {
     const mj_module_src *g1 = &mods[2 + 2 * i], *g2 = &mods[3 + 2 * i];
     check_cubin(&g1->cubin, g1->name);
     check_cubin(&g2->cubin, g2->name);
+    if (cfg[i].kind == MJ_GEMM_STREAM) {
+      gv++;
+      assert_contains(g1->source, "#define MJ_GEMM_PATH 3\n");
+      assert_contains(g2->source, "#define MJ_GEMM_PATH 3\n");
+    }
     if (cfg[i].kind != MJ_GEMM_WGMMA)
       continue;
     wg++;
@@ -552,6 +557,7 @@ static void wgmma_layer(fixture *fx, const layer_case *c) {
     assert_false(cubin_has(&g2->cubin, "moejit_gather"));
   }
   assert_true(wg >= 2);
+  assert_int_equal(gv, 1);
   mj_rt_modules_free(mods, n);
 }
 
@@ -776,11 +782,12 @@ static void test_route_small_variants(void **state) {
   render_refused(fx, "route", &spec, "spec.pdl=2");
 }
 
-/* The gemm spec of GEMM2 for a math path: bf16 tensor cores, f32 TF32 or exact f32 FFMA. */
+/* The gemm spec of GEMM2 for a math path: bf16 tensor cores, f32 TF32 or exact f32 FFMA, or bf16
+ * streamed (gv, which takes no warp or thread layout). */
 static void down_spec(mj_spec *s, const char *math, int k, int bk) {
   int ffma = !strcmp(math, "ffma");
   memset(s, 0, sizeof *s);
-  mj_spec_str(s, "dtype", strcmp(math, "mma") ? "f32" : "bf16");
+  mj_spec_str(s, "dtype", strcmp(math, "mma") && strcmp(math, "gv") ? "f32" : "bf16");
   mj_spec_str(s, "math", math);
   mj_spec_str(s, "mode", "down");
   mj_spec_int(s, "n", 2880);
@@ -792,6 +799,8 @@ static void down_spec(mj_spec *s, const char *math, int k, int bk) {
   mj_spec_int(s, "bn", 128);
   mj_spec_int(s, "bk", bk);
   mj_spec_int(s, "stages", 4);
+  if (!strcmp(math, "gv"))
+    return;
   mj_spec_int(s, ffma ? "tm" : "wm", ffma ? 1 : 1);
   mj_spec_int(s, ffma ? "tn" : "wn", ffma ? 8 : 4);
 }
@@ -846,6 +855,67 @@ static void test_gemm_split_k(void **state) {
   check_pdl_ptx(fx, plain, 0);
   free(plain);
   free(explicit_);
+}
+
+/* The streamed path (math gv) on every dtype, both GEMMs, split or not, self-routed: it compiles
+ * for both arches, streams its weights with non-caching 16-byte loads and uses no tensor core;
+ * tiles it cannot cut into 128 threads are template errors. */
+static void test_gemm_streamed(void **state) {
+  fixture *fx = *state;
+  require_nvrtc(fx);
+  static const struct {
+    const char *dtype, *mode;
+    int bm, bn, stages, splits;
+  } cases[] = {{"bf16", "gate_up", 1, 64, 6, 1}, {"bf16", "down", 1, 64, 6, 2},
+               {"f16", "gate_up_raw", 4, 128, 8, 1}, {"f16", "down", 8, 32, 2, 3},
+               {"f32", "gate_up", 2, 32, 16, 1}, {"f32", "down", 3, 64, 4, 2}};
+  const char *const entries[] = {"moejit_gemm", NULL};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    mj_spec spec;
+    down_spec(&spec, "gv", 2880, 8);
+    mj_spec_str(&spec, "dtype", cases[i].dtype);
+    mj_spec_str(&spec, "mode", cases[i].mode);
+    mj_spec_int(&spec, "bm", cases[i].bm);
+    mj_spec_int(&spec, "bn", cases[i].bn);
+    mj_spec_int(&spec, "stages", cases[i].stages);
+    mj_spec_int(&spec, "pdl", 1);
+    if (cases[i].splits > 1)
+      mj_spec_int(&spec, "splits", cases[i].splits);
+    if (strcmp(cases[i].mode, "down") != 0) {
+      mj_spec_str(&spec, "self_route", i % 2 ? "i32" : "i64");
+      mj_spec_int(&spec, "experts", 32);
+    }
+    char *src = render_ok(fx, "gemm", &spec);
+    assert_contains(src, "#define MJ_GEMM_PATH 3\n");
+    assert_contains(src, "static constexpr int kThreads = 128;");
+    assert_null(strstr(src, "kWM"));
+    assert_null(strstr(src, "kTM"));
+    compile_both(fx, src, "gemm_streamed", entries);
+    char *ptx = compile_ptx_for(fx, fx->ctx[0]->gen, src, "compute_90a");
+    assert_contains(ptx, "ld.global.nc.L1::no_allocate.v4.u32");
+    assert_contains(ptx, "griddepcontrol.wait");
+    assert_null(strstr(ptx, "mma.sync"));
+    assert_null(strstr(ptx, "cp.async"));
+    free(ptx);
+    free(src);
+  }
+  static const struct {
+    const char *dtype;
+    int bm, bn, stages;
+    const char *needle;
+  } bad[] = {{"bf16", 9, 64, 8, "at most 8 rows"},
+             {"bf16", 1, 48, 8, "16-byte column pieces of 48 columns"},
+             {"f32", 1, 20, 8, "16-byte column pieces of 20 columns"},
+             {"bf16", 1, 64, 17, "spec.stages=17"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    mj_spec spec;
+    down_spec(&spec, "gv", 2880, 8);
+    mj_spec_str(&spec, "dtype", bad[i].dtype);
+    mj_spec_int(&spec, "bm", bad[i].bm);
+    mj_spec_int(&spec, "bn", bad[i].bn);
+    mj_spec_int(&spec, "stages", bad[i].stages);
+    render_refused(fx, "gemm", &spec, bad[i].needle);
+  }
 }
 
 /* combine with splits sums each slot's partials; the unfused activation kernel comes along. */
@@ -936,6 +1006,7 @@ int main(void) {
       cmocka_unit_test(test_gemm_math_path),
       cmocka_unit_test(test_route_small_variants),
       cmocka_unit_test(test_gemm_split_k),
+      cmocka_unit_test(test_gemm_streamed),
       cmocka_unit_test(test_combine_splits),
       cmocka_unit_test(test_bad_split_specs),
       cmocka_unit_test(test_wgmma_layers),

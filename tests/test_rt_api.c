@@ -489,7 +489,7 @@ static void test_plan_table_repeats(void **state) {
 static void test_config_names(void **state) {
   (void)state;
   static const mj_math maths[] = {MJ_MATH_MMA, MJ_MATH_TF32, MJ_MATH_FFMA};
-  int pingpong = 0, chain = 0;
+  int pingpong = 0, chain = 0, streamed = 0;
   for (int a = 0; a < 2; a++)
     for (int m = 0; m < 3; m++) {
       mj_gemm_config space[MJ_MAX_GEMM_CONFIGS], back;
@@ -510,11 +510,13 @@ static void test_config_names(void **state) {
         assert_int_equal(back.ctas, space[i].ctas);
         assert_int_equal(back.pingpong, space[i].pingpong);
         assert_int_equal(back.chain, space[i].chain);
+        assert_int_equal(back.splits, space[i].splits);
         pingpong += space[i].pingpong;
         chain += space[i].chain;
+        streamed += space[i].kind == MJ_GEMM_STREAM;
       }
     }
-  assert_true(pingpong > 0 && chain > 0);
+  assert_true(pingpong > 0 && chain > 0 && streamed > 0);
   mj_gemm_config c;
   mj_math math;
   assert_int_equal(mj_tune_config_parse("wg_m128n128s5pp", &c, &math), 0);
@@ -527,12 +529,26 @@ static void test_config_names(void **state) {
   assert_int_equal(c.chain, 1);
   assert_int_equal(c.ctas, 2);
   assert_string_equal(c.name, "wg_m64n128s3c2ch");
+  /* the streamed path: rows, columns, loads a thread in flight, and a split of GEMM2 */
+  assert_int_equal(mj_tune_config_parse("gv_m1n64u6z2", &c, &math), 0);
+  assert_int_equal(c.kind, MJ_GEMM_STREAM);
+  assert_int_equal(math, MJ_MATH_MMA);
+  assert_int_equal(c.bm, 1);
+  assert_int_equal(c.bn, 64);
+  assert_int_equal(c.stages, 6);
+  assert_int_equal(c.splits, 2);
+  assert_int_equal(mj_tune_gemm_threads(&c, math), 128);
+  assert_int_equal((int)mj_tune_gemm_smem(&c, MOEJIT_BF16), 0);
   /* chained GEMM2s are for 64-row wgmma tiles alone, and ch comes once, last */
   static const char *const bad[] = {"wg_m64n128s5pp",        "wg_m128n128s5ppc1",
                                     "wg_m128n128s5p",        "wg_m128n128s5ppz2",
                                     "wg_m128n192s4c2",       "wg_m128n128s5ppch",
                                     "wg_m128n192s4c1ch",     "mma_m16n64k64s6w1x4ch",
-                                    "wg_m64n128s3c2chch",    "wg_m64n128s3chc2"};
+                                    "wg_m64n128s3c2chch",    "wg_m64n128s3chc2",
+                                    "gv_m9n64u8",            "gv_m0n64u8",
+                                    "gv_m1n48u8",            "gv_m1n64u17",
+                                    "gv_m1n64u1",            "gv_m1n64u8ch",
+                                    "gv_m1n64u8pp",          "gv_m1n64u08"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     if (mj_tune_config_parse(bad[i], &c, &math) == 0)
       fail_msg("%s parsed", bad[i]);

@@ -196,14 +196,16 @@ static void plan_configs(moejit_plan *plan, moejit_layer_desc d, int64_t tokens,
 
 /* Every configuration of the plan's table (mma.sync and, on sm_90a, wgmma) and, on sm_90a, wgmma
  * tiles the table does not hold (240 and 256 columns: weight slabs that are not whole 64-column
- * boxes, or run past N; two blocks of 64 x 192 a SM; ping-pong at 6 stages; 64 x 64 with 12 stages), on GPT-OSS shapes and
- * on an odd shape whose N and K are not multiples of the tiles (tails). */
+ * boxes, or run past N; two blocks of 64 x 192 a SM; ping-pong at 6 stages; 64 x 64 with 12
+ * stages) and streamed tiles of 4 rows x 128 columns and 2 x 32 with 4 loads a thread in flight,
+ * on GPT-OSS shapes and on an odd shape whose N and K are not multiples of the tiles (tails). */
 static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   plan_configs(make_plan(&d), d, tokens, what);
   if (!mj_tune_arch_wgmma(g_ctx->arch))
     return;
   static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1",
-                                     "wg_m64n192s3c2", "wg_m128n128s6pp", "wg_m64n64s12c1"};
+                                     "wg_m64n192s3c2", "wg_m128n128s6pp", "wg_m64n64s12c1",
+                                     "gv_m4n128u8",     "gv_m2n32u4"};
   enum { nwide = sizeof wide / sizeof wide[0] };
   mj_gemm_config c[nwide];
   mj_math math;
@@ -1082,19 +1084,25 @@ static void test_self_routed_tiles(void **state) {
   for (int ids64 = 0; ids64 <= 1; ids64++) {
     moejit_layer_desc d = gpt_oss(32, 4);
     d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
-    moejit_plan *plan = make_plan(&d);
-    int cfg = -1;
-    for (int i = 0; i < plan->ngemm && cfg < 0; i++)
-      if (plan->configs[i].kind != MJ_GEMM_WGMMA && plan->configs[i].bm == 16)
-        cfg = i;
-    assert_true(cfg >= 0);
-    assert_true(mj_rt_can_self_route(&plan->desc, &plan->configs[cfg]));
+    /* a 16-row mma.sync tile, which holds every slot of these forwards, and one-row streamed
+     * tiles, which send forwards with an expert repeated within a token to routing's tiles */
+    static const char *const names[] = {"mma_m16n64k64s6w1x4z2", "gv_m1n64u6z2"};
+    mj_gemm_config configs[2];
+    mj_math math;
+    for (int i = 0; i < 2; i++)
+      assert_int_equal(mj_tune_config_parse(names[i], &configs[i], &math), 0);
+    moejit_plan *plan = NULL;
+    assert_int_equal(mj_rt_plan_create_with(g_ctx, &d, configs, 2, &plan), MOEJIT_OK);
+    for (int i = 0; i < 2; i++)
+      assert_true(mj_rt_can_self_route(&plan->desc, &plan->configs[i]));
     /* without programmatic dependent launch (below sm_90, MOEJIT_PDL=0) routing makes the tiles */
     if (!plan->pdl)
       print_message("self-routed tiles: no PDL here, so these forwards take routing's tiles\n");
     mj_synth_layer L;
     mj_err err;
     assert_int_equal(mj_synth_layer_create(&g_syn, plan, 4, 77 + ids64, &L, &err), MOEJIT_OK);
+    int32_t layer_ids[16];
+    memcpy(layer_ids, L.host_ids, sizeof layer_ids);
     CUdeviceptr count;
     CU_OK(MemAlloc(&count, 4));
     const size_t row = (size_t)d.hidden * 2;
@@ -1113,10 +1121,11 @@ static void test_self_routed_tiles(void **state) {
         {2, 1, -1, 0, "self-routed, repeats, 2 tokens"},
         {1, 2, -1, 4, "self-routed, all ids bad"},
     };
+    for (int cfg = 0; cfg < 2; cfg++)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
       if (i == 0 || cases[i].ids != cases[i - 1].ids) {
         int32_t ids[16];
-        memcpy(ids, L.host_ids, sizeof ids);
+        memcpy(ids, layer_ids, sizeof ids);
         if (cases[i].ids == 1) {
           ids[1] = ids[0]; /* a repeat inside token 0 */
           ids[6] = ids[0]; /* token 1 shares token 0's expert */
@@ -1128,8 +1137,7 @@ static void test_self_routed_tiles(void **state) {
           ids[2] = 1000;
           ids[3] = INT32_MIN;
         }
-        if (i > 0)
-          assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+        assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
       }
       mj_synth_layer view = L;
       view.tokens = cases[i].tokens;

@@ -14,10 +14,17 @@ static const mj_gemm_config mma_configs[] = {
 
 /* f16 / bf16 on sm_90a, by rows per expert (forwards on the H100, moejit bench --config, E = 32
  * and 128, top-4; figures E = 32 | E = 128, ms).
- * - One token (4 slots): the 16-row mma.sync tile in 64-column slabs, 6 stages, GEMM2 split along K
- *   in two: 0.0818 | 0.0829, against 0.0849 | 0.0857 with 128-column slabs and 4 stages, and 0.089
- *   to 0.095 for every wgmma tile tried (their gather is one more launch in the chain). Its GEMM1
- *   routes itself since 03d9735 (gemm.cuh, MJ_GEMM_SELF_ROUTE): 0.0811 | 0.0813 at 7d29b13.
+ * - One token (4 slots): the streamed path (gemm.cuh's path 3) in one-row tiles of 64 columns, 6
+ *   loads a thread in flight, GEMM2 split along K in two: 0.0740 | 0.0740, against 0.0747 | 0.0748
+ *   with 8 loads, 0.0761 | 0.0760 with 4 (0.0759 | 0.0762 split in three), 0.0829 | 0.0828 with 2,
+ *   0.0858 | 0.0858 with 128 columns, 0.0876 | 0.0875 with 32, and 0.0812 | 0.0819 for the mma.sync
+ *   16-row tile it replaces (64-column slabs, 6 stages, GEMM2 split in two, GEMM1 self-routed as
+ *   this one is), whose shared-memory ring and tensor-core steps cost more per byte than registers
+ *   and FFMA where one row of the tile is real (the 128- and 32-column, 2-load and mma.sync figures
+ *   were taken before GEMM2 loaded two batches ahead of its wait). The wgmma tiles took 0.089 to
+ *   0.095 (their gather is one more launch in the chain). From two tokens on the streamed tiles
+ *   lose (2 | 8 | 64 tokens, gv_m4n64u6z2: 0.1324 | 0.3784 | 0.8736 at E = 32 against 0.1305 |
+ *   0.3640 | 0.5371 below).
  * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages (chained in between, below).
  *   Since a 64-row tile reads only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows)
  *   and two tokens' items are shared evenly (wgmma.cuh's item_blocks), it beats every other
@@ -44,7 +51,7 @@ static const mj_gemm_config mma_configs[] = {
  *   and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong GEMM1 read
  *   6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
 static const mj_gemm_config wgmma_configs[] = {
-    {"mma_m16n64k64s6w1x4z2", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4, 0},
+    {"gv_m1n64u6z2", 1, 64, 8, 6, 0, 0, 0, 0, 1, MJ_GEMM_STREAM, 0, 2, 0, 4, 0},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 2, 0, 0, 8, 0},
     {"wg_m64n128s3c2ch", 64, 128, 64, 3, 0, 0, 0, 0, 8, MJ_GEMM_WGMMA, 2, 0, 0, 0, 1},
     {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0, 0},
@@ -104,6 +111,8 @@ const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, i
 int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
   if (c->kind == MJ_GEMM_WGMMA) /* a producer warpgroup and one consumer per 64 rows */
     return 128 * (1 + c->bm / 64);
+  if (c->kind == MJ_GEMM_STREAM) /* gemm.lua's kStreamThreads */
+    return 128;
   if (math != MJ_MATH_FFMA)
     return 32 * c->wm * c->wn;
   return (c->bm / c->tm) * (c->bn / c->tn);
@@ -120,6 +129,8 @@ size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
     size_t b_cols = ((size_t)c->bn + 63) / 64 * 64;
     return (size_t)c->stages * ((size_t)c->bm + b_cols) * 64 * elem + staging + 1024;
   }
+  if (c->kind == MJ_GEMM_STREAM) /* registers, and static shared memory for the lanes' sums */
+    return 0;
   return (size_t)c->stages * ((size_t)c->bm * (c->bk + vec) + (size_t)c->bk * (c->bn + vec)) * elem;
 }
 
@@ -138,13 +149,15 @@ void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
     snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dpp", c->bm, c->bn, c->stages);
   else if (c->kind == MJ_GEMM_WGMMA)
     snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dc%d", c->bm, c->bn, c->stages, c->ctas);
+  else if (c->kind == MJ_GEMM_STREAM)
+    snprintf(c->name, sizeof c->name, "gv_m%dn%du%d", c->bm, c->bn, c->stages);
   else if (math != MJ_MATH_FFMA)
     snprintf(c->name, sizeof c->name, "%s_m%dn%dk%ds%dw%dx%d", math_names[math], c->bm, c->bn,
              c->bk, c->stages, c->wm, c->wn);
   else
     snprintf(c->name, sizeof c->name, "ffma_m%dn%dk%ds%dt%dx%d", c->bm, c->bn, c->bk, c->stages,
              c->tm, c->tn);
-  if (c->kind == MJ_GEMM_SYNC && c->splits > 1) { /* GEMM2 split along K */
+  if (c->kind != MJ_GEMM_WGMMA && c->splits > 1) { /* GEMM2 split along K */
     size_t len = strlen(c->name);
     snprintf(c->name + len, sizeof c->name - len, "z%d", c->splits);
   }
@@ -188,6 +201,12 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     p.bk = 64;
     p.wm = 1; /* passes the check below; unused */
   }
+  else if (sscanf(name, "gv_m%dn%du%d%c", &p.bm, &p.bn, &p.stages, &tail) == 3) {
+    m = MJ_MATH_MMA; /* offered to f16/bf16 layers (the template takes f32 too) */
+    p.kind = MJ_GEMM_STREAM;
+    p.bk = 8;
+    p.wm = 1; /* passes the check below; unused */
+  }
   else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
                   &tail) == 6)
     m = MJ_MATH_TF32;
@@ -202,6 +221,11 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     if ((p.bm != 64 && p.bm != 128) || p.bn % 16 != 0 || p.bn < 64 || p.bn > 256 || p.stages > 16 ||
         p.ctas < 1 || p.ctas > (p.bm == 64 ? 2 : 1) || (p.pingpong && p.bm != 128) ||
         (p.chain && p.bm != 64))
+      return -1;
+    p.wm = 0;
+  }
+  if (p.kind == MJ_GEMM_STREAM) {
+    if (p.bm > 8 || (p.bn != 32 && p.bn != 64 && p.bn != 128) || p.stages > 16)
       return -1;
     p.wm = 0;
   }
@@ -282,6 +306,24 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
               out[n++] = c;
             }
           }
+  /* the streamed path for tiles of one row (one token) and of up to four, 64 columns a block (32
+   * and 128 lose by 10 % and more at one token), 4, 6 or 8 loads a thread in flight, GEMM2 whole
+   * and split in two */
+  static const int gv_loads[] = {4, 6, 8};
+  if (math == MJ_MATH_MMA)
+    for (int i = 0; i < 12 && n < max; i++) {
+      mj_gemm_config c;
+      memset(&c, 0, sizeof c);
+      c.kind = MJ_GEMM_STREAM;
+      c.bm = i & 1 ? 4 : 1;
+      c.bn = 64;
+      c.bk = 8;
+      c.stages = gv_loads[i / 4];
+      c.splits = i & 2 ? 2 : 0;
+      c.max_avg_rows = INT64_MAX;
+      mj_tune_config_name(&c, math);
+      out[n++] = c;
+    }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {
