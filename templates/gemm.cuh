@@ -453,6 +453,9 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   if (own) {
     tile = own_tile(p, tile_i, a_row);
     own = tile.x != -2;
+    // routing's tile after all: every thread has read own_tile's answer (in shared memory, which
+    // a wide load may read beside a_row) before a_row is written again
+    if (!own) __syncthreads();
     if (own && (tile.x < 0 || n0 >= kN)) {
       mj_pdl_begin<MJ_PDL>();
       return;
