@@ -201,6 +201,9 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   const mj_gemm_config *c = &plan->configs[cfg];
   int nslots = (int)l.nslots, nchunks = (int)l.nchunks, block_m = c->bm;
   unsigned max_tiles = (unsigned)l.max_tiles;
+  /* the mma.sync and streamed GEMMs' grid: a tile holds one slot at least, so a forward of few
+   * slots has fewer tiles than the workspace's worst case (one token: 4 of 8 at one-row tiles) */
+  unsigned grid_tiles = (unsigned)nslots < max_tiles ? (unsigned)nslots : max_tiles;
   CUdeviceptr ids = DPTR(a->topk_ids), weights = DPTR(a->routing_weights),
               map = DPTR(a->expert_map);
   CUdeviceptr flags = ws + l.flags, num_tiles = ws + l.num_tiles, expert_off = ws + l.expert_off,
@@ -290,15 +293,14 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
   } else if (stages & MOEJIT_STAGE_GEMM1) {
     /* Few slots: GEMM1's blocks, launched as routing starts, work out their tiles from the
      * caller's ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE), or, where an expert has more
-     * slots than a tile has rows, take routing's: at most min(slots, max_tiles) tiles either way.
-     * A device-side token count leaves the ids' routing to the routing kernel. */
+     * slots than a tile has rows, take routing's: at most grid_tiles tiles either way. A
+     * device-side token count leaves the ids' routing to the routing kernel. */
     int own = pdl && mj_rt_can_self_route(d, c) && !a->device_tokens && nslots <= 32;
     gemm_params g1 = {DPTR(a->x), DPTR(a->gate_up_proj), DPTR(a->gate_up_proj_bias), sorted_slot,
                       slot_weight, tiles, num_tiles, d->unfused ? ws + l.gate_up : h,
                       slab_major(plan, &l, 2 * d->intermediate, c, 1), ids, own ? nslots : 0};
     void *g1_args[] = {&g1};
-    unsigned own_tiles = (unsigned)nslots < max_tiles ? (unsigned)nslots : max_tiles;
-    if ((st = launch_kernel(plan, &plan->gemm1[cfg], own ? own_tiles : max_tiles,
+    if ((st = launch_kernel(plan, &plan->gemm1[cfg], grid_tiles,
                             (unsigned)((2 * d->intermediate + c->bn - 1) / c->bn), 1, stream, g1_args,
                             pdl, err)))
       goto fail;
@@ -333,7 +335,7 @@ static moejit_status launch(moejit_plan *plan, const moejit_forward_args *a, CUd
     long long split_stride = (long long)l.nslots * d->hidden;
     void *g2_args[] = {&g2, &split_stride};
     unsigned splits = c->splits > 1 ? (unsigned)c->splits : 1;
-    if ((st = launch_kernel(plan, &plan->gemm2[cfg], max_tiles,
+    if ((st = launch_kernel(plan, &plan->gemm2[cfg], grid_tiles,
                             (unsigned)((d->hidden + c->bn - 1) / c->bn), splits, stream, g2_args, pdl,
                             err)))
       goto fail;

@@ -20,11 +20,12 @@
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
 //   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert, in kBN-column slabs. Grid
-// (max_tiles, ceil(kN / kBN), splits); block (x, y) works on tile x and slab y, or with slab_major
-// (the host's choice when the blocks fill the GPU more than twice over) on tile l / slabs and slab
-// l % slabs, l = x + max_tiles * y, so that the blocks the GPU issues together (x fastest) read
-// whole rows of one expert's weights rather than one slab each of many experts' (decode forwards
-// of 4 to 32 tokens 3-4 % faster on the H100).
+// (tiles, ceil(kN / kBN), splits), tiles = min(slots, max_tiles) (a tile holds a slot at least);
+// block (x, y) works on tile x and slab y, or with slab_major (the host's choice when the blocks
+// fill the GPU more than twice over) on tile l / slabs and slab l % slabs, l = x + tiles * y, so
+// that the blocks the GPU issues together (x fastest) read whole rows of one expert's weights
+// rather than one slab each of many experts' (decode forwards of 4 to 32 tokens 3-4 % faster on
+// the H100).
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 //
 // Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits, and the kernel takes a
@@ -47,7 +48,7 @@
 // distinct id in [0, kRouteExperts) among the slots, its rows follow the valid slots of smaller
 // ids, and its slots come in increasing order; otherwise (ids repeated within a token, kBM small)
 // every block takes routing's tile list after all, which the grid (min(slots, max_tiles) tiles)
-// covers too. A self-routed block waits for routing (griddepcontrol.wait) halfway through its K
+// covers as well. A self-routed block waits for routing (griddepcontrol.wait) halfway through its K
 // loop, before it lets the next kernel start: GEMM2 reads routing's tile list before its own wait.
 // A forward of one token thus reads weights from its first microsecond on, where it otherwise
 // waited for routing, then for the tile count, the tile and the rows, one load after the other.
@@ -423,7 +424,7 @@ __device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int
 #endif
 
 #if MJ_GEMM_SPLITS > 1
-// grid = (max_tiles, ceil(kN / kBN), kSplits); split_stride: floats between two partial y_slot
+// grid = (tiles, ceil(kN / kBN), kSplits); split_stride: floats between two partial y_slot
 // arrays, at least slots * kN and a multiple of 4 (combine reads them in 16-byte vectors).
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p_in,
                                                                     long long split_stride) {
@@ -432,7 +433,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   const int k_begin = blockIdx.z * kKSplit;
   const int ktiles = (min(kK, k_begin + kKSplit) - k_begin + kBK - 1) / kBK;
 #else
-// grid = (max_tiles, ceil(kN / kBN)).
+// grid = (tiles, ceil(kN / kBN)).
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
   constexpr int k_begin = 0, ktiles = (kK + kBK - 1) / kBK;
 #endif
