@@ -857,6 +857,15 @@ static void test_gemm_split_k(void **state) {
   free(explicit_);
 }
 
+/* The gemm spec of a streamed GEMM2 tile (math gv). */
+static void streamed_spec(mj_spec *s, const char *dtype, int bm, int bn, int stages) {
+  down_spec(s, "gv", 2880, 8);
+  mj_spec_str(s, "dtype", dtype);
+  mj_spec_int(s, "bm", bm);
+  mj_spec_int(s, "bn", bn);
+  mj_spec_int(s, "stages", stages);
+}
+
 /* The streamed path (math gv) on every dtype, both GEMMs, split or not, self-routed: it compiles
  * for both arches, streams its weights with non-caching 16-byte loads and uses no tensor core;
  * tiles it cannot cut into 128 threads are template errors. */
@@ -872,12 +881,8 @@ static void test_gemm_streamed(void **state) {
   const char *const entries[] = {"moejit_gemm", NULL};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     mj_spec spec;
-    down_spec(&spec, "gv", 2880, 8);
-    mj_spec_str(&spec, "dtype", cases[i].dtype);
+    streamed_spec(&spec, cases[i].dtype, cases[i].bm, cases[i].bn, cases[i].stages);
     mj_spec_str(&spec, "mode", cases[i].mode);
-    mj_spec_int(&spec, "bm", cases[i].bm);
-    mj_spec_int(&spec, "bn", cases[i].bn);
-    mj_spec_int(&spec, "stages", cases[i].stages);
     mj_spec_int(&spec, "pdl", 1);
     if (cases[i].splits > 1)
       mj_spec_int(&spec, "splits", cases[i].splits);
@@ -909,11 +914,7 @@ static void test_gemm_streamed(void **state) {
              {"bf16", 1, 64, 17, "spec.stages=17"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     mj_spec spec;
-    down_spec(&spec, "gv", 2880, 8);
-    mj_spec_str(&spec, "dtype", bad[i].dtype);
-    mj_spec_int(&spec, "bm", bad[i].bm);
-    mj_spec_int(&spec, "bn", bad[i].bn);
-    mj_spec_int(&spec, "stages", bad[i].stages);
+    streamed_spec(&spec, bad[i].dtype, bad[i].bm, bad[i].bn, bad[i].stages);
     render_refused(fx, "gemm", &spec, bad[i].needle);
   }
 }
