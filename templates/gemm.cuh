@@ -76,7 +76,7 @@ struct GemmParams {
   void *out;
   int slab_major;           // the order blocks take tiles and slabs in (above)
   const void *own_ids;      // MJ_GEMM_SELF_ROUTE: the caller's ids [own_slots], else unread
-  int own_slots;            // 0, or at most min(kBM, 32): see MJ_GEMM_SELF_ROUTE
+  int own_slots;            // 0, or at most 32: see MJ_GEMM_SELF_ROUTE
 };
 
 static constexpr int kSplits = MJ_GEMM_SPLITS;
@@ -475,12 +475,13 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     }
   }
   const int e = tile.x, r0 = tile.y, r1 = tile.z;
-#if MJ_GEMM_PATH == 3
+  // routing's tile: its A rows (a self-routed tile has them from own_tile); read after a barrier
   if (!own)
     for (int i = threadIdx.x; i < kBM; i += kThreads) {
       int r = r0 + i;
       a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
     }
+#if MJ_GEMM_PATH == 3
   (void)ktiles;
   float acc[kBM][kVec];
   stream_tile<kEarly>(acc, p.a, p.w + (mj_i64)e * kK * kN, a_row, k_begin,
@@ -497,13 +498,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
       if (s < ktiles) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
     mj_pdl_begin<MJ_PDL>();
   }
-  if (!own) {
-    for (int i = threadIdx.x; i < kBM; i += kThreads) {
-      int r = r0 + i;
-      a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
-    }
-    __syncthreads();
-  }
+  if (!own) __syncthreads();  // a_row is written
   // One cp.async group per stage; under kEarly the first group also holds the weights loaded above.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
