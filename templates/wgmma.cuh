@@ -220,22 +220,27 @@ __device__ __forceinline__ void wait_ready(const WgParams &p, int e) {
 
 // ---- epilogues ----------------------------------------------------------------------------------
 
-// The biases of columns c and c + 1 (c even, so one 4- or 8-byte load), zeros past kN.
-__device__ __forceinline__ mj_f32x2 bias_pair(const BiasT *b, int c) {
-  struct alignas(2 * sizeof(BiasT)) Pair { BiasT x, y; };
-  if (c >= kN) return mj_f32x2{0.0f, 0.0f};
-  const Pair v = *(const Pair *)(b + c);
-  return mj_f32x2{mj_to_f32(v.x), mj_to_f32(v.y)};
+// The biases of this lane's columns of an item's slab, loaded with its Rows before the main loop,
+// so that the epilogue never waits on a global load: pair[j] holds columns n0 + 8 j + 2 (lane % 4)
+// and the next one (one 4- or 8-byte load), zeros past kN. Loaded in the epilogue, a group of
+// steps at a time, they took a load latency per group while the block's tensor cores idled.
+struct alignas(2 * sizeof(BiasT)) BiasPair { BiasT x, y; };
+struct SlabBias { BiasPair pair[kJ]; };
+
+__device__ __forceinline__ SlabBias load_bias(const WgParams &p, const Item &it) {
+  const int lane = threadIdx.x & 31;
+  const BiasT *b = p.bias + (mj_i64)it.e * kN;
+  SlabBias out;
+#pragma unroll
+  for (int j = 0; j < kJ; ++j) {
+    const int c = it.n0 + 8 * j + 2 * (lane & 3);
+    out.pair[j] = c < kN ? *(const BiasPair *)(b + c) : BiasPair{};
+  }
+  return out;
 }
 
-// The biases of the kC 8-column steps from j0 of this lane's columns, loaded together before the
-// stores that use them: a load after a store through a generic pointer would wait for that store
-// (the compiler cannot tell them apart), one load latency per step instead of one per group.
-template <int kC>
-__device__ __forceinline__ void load_bias(const BiasT *b, int n0, int j0, mj_f32x2 (&out)[kC]) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int jj = 0; jj < kC; ++jj) out[jj] = bias_pair(b, n0 + 8 * (j0 + jj) + 2 * (lane & 3));
+__device__ __forceinline__ mj_f32x2 bias_f32(const SlabBias &bias, int j) {
+  return mj_f32x2{mj_to_f32(bias.pair[j].x), mj_to_f32(bias.pair[j].y)};
 }
 
 // mj_swiglu with the fast exponential and division (ex2.approx, rcp.approx), for 16-bit outputs:
@@ -271,26 +276,20 @@ __device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int
 // acc[4 j + 2 h + q]: row 16 w + lane / 4 + 8 h of the warpgroup's 64, column 8 j + 2 (lane % 4) + q.
 // stage: this warp's staging buffer (kWarpStage bytes); mb: which 64 rows of the item acc holds.
 __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int mb, float (&acc)[kAcc],
-                                         const Rows &rows, unsigned char *stage) {
+                                         const Rows &rows, const SlabBias &bias,
+                                         unsigned char *stage) {
   const int lane = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
-  const BiasT *b = p.bias + (mj_i64)it.e * kN;
   const float *wt = rows.wt;
   if (kMode == 1) {
     T *s = (T *)stage;  // this warp's 16 rows
-    constexpr int kC = 8;  // steps whose biases are loaded together
 #pragma unroll
-    for (int j0 = 0; j0 < kJ; j0 += kC) {
-      mj_f32x2 bias[kC];
-      load_bias(b, it.n0, j0, bias);
+    for (int j = 0; j < kJ; ++j) {
+      const mj_f32x2 b = bias_f32(bias, j);
 #pragma unroll
-      for (int jj = 0; jj < kC && j0 + jj < kJ; ++jj) {
-        const int j = j0 + jj;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float v0 = acc[4 * j + 2 * h] * wt[h], v1 = acc[4 * j + 2 * h + 1] * wt[h];
-          s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
-              mj_from_f32<T>(swiglu_fast(v0 + bias[jj].x, v1 + bias[jj].y));
-        }
+      for (int h = 0; h < 2; ++h) {
+        const float v0 = acc[4 * j + 2 * h] * wt[h], v1 = acc[4 * j + 2 * h + 1] * wt[h];
+        s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
+            mj_from_f32<T>(swiglu_fast(v0 + b.x, v1 + b.y));
       }
     }
     __syncwarp();
@@ -313,15 +312,14 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
     for (int part = 0; part < kParts; ++part) {
       const int j0 = part * kJPart, nj = kJ - j0 < kJPart ? kJ - j0 : kJPart;
       if (nj <= 0) break;
-      mj_f32x2 bias[kJPart];
-      load_bias(b, it.n0, j0, bias);
 #pragma unroll
       for (int jj = 0; jj < nj; ++jj) {
+        const mj_f32x2 b = bias_f32(bias, j0 + jj);
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           *(mj_f32x2 *)(s + ((lane >> 2) + 8 * h) * kStageLdF + 8 * jj + 2 * (lane & 3)) =
-              mj_f32x2{(acc[4 * (j0 + jj) + 2 * h] + bias[jj].x) * wt[h],
-                       (acc[4 * (j0 + jj) + 2 * h + 1] + bias[jj].y) * wt[h]};
+              mj_f32x2{(acc[4 * (j0 + jj) + 2 * h] + b.x) * wt[h],
+                       (acc[4 * (j0 + jj) + 2 * h + 1] + b.y) * wt[h]};
       }
       __syncwarp();
       constexpr int kChunks = 2 * kJPart;  // 16-byte chunks per staged row: kJPart rounds of 32
@@ -413,8 +411,9 @@ __device__ __forceinline__ void consume_together(const WgParams &p, int items, i
   for (int j = 0; j < mine.count; ++j) {
     const Item it = decode_item(p, mine[j]);
     const Rows rows = load_rows(p, it, cw);
+    const SlabBias bias = load_bias(p, it);
     finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
-    epilogue(p, it, cw, acc[0], rows, stage);
+    epilogue(p, it, cw, acc[0], rows, bias, stage);
     if (kChain && kMode == 1) item_stored(j, done);
   }
 }
@@ -442,13 +441,14 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
   for (int j = c; j < mine.count; j += 2) {
     const Item it = decode_item(p, mine[j]);
     const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
+    const SlabBias bias = load_bias(p, it);
     if (j > 0) named_sync(1 + c);
     RingPos pos((unsigned)j * kKT);
     const int last = main_loop(acc, 0, smem_a, smem_b, full, empty, pos);
     named_arrive(2 - c);  // the other consumer's main loop may start
     finish_item(acc, empty, last);
-    epilogue(p, it, 0, acc[0], rows0, stage);
-    epilogue(p, it, 1, acc[1], rows1, stage);
+    epilogue(p, it, 0, acc[0], rows0, bias, stage);
+    epilogue(p, it, 1, acc[1], rows1, bias, stage);
     if (kChain && kMode == 1) item_stored(j, done);
   }
   // The consumer that did not take the block's last item answers the other's last arrival.
