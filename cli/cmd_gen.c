@@ -10,14 +10,17 @@ static const char gen_usage[] =
     "usage: moejit gen [--kernel route|combine|gemm1|gemm2] [--config NAME] [layer options]\n"
     "\n"
     "Prints the CUDA source the templates generate for one kernel of the layer (default gemm1 of\n"
-    "the first tile configuration). --config names a configuration, as `moejit compile` lists.\n";
+    "the first tile configuration). --config NAME renders that configuration's GEMMs: one\n"
+    "`moejit compile` lists, or any name `moejit tune` prints for the layer's math.\n";
 
 static const char compile_usage[] =
-    "usage: moejit compile [--arch sm_80|sm_90a|...] [layer options]\n"
+    "usage: moejit compile [--arch sm_80|sm_90a|...] [--config NAME] [layer options]\n"
     "\n"
     "Renders and compiles every kernel of the layer with NVRTC for the arch (default sm_90a) and\n"
     "prints, per module: cubin bytes, registers, spill stores/loads, static shared memory and the\n"
-    "dynamic shared memory the plan gives it, and the compile time. No GPU is needed.\n";
+    "dynamic shared memory the plan gives it, and the compile time. No GPU is needed.\n"
+    "--config NAME compiles the GEMMs of that one configuration (any name `moejit tune` prints\n"
+    "for the layer's math) instead of the heuristic table's.\n";
 
 static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   moejit_ctx_options o;
@@ -28,26 +31,48 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   return moejit_create(ctx, &o);
 }
 
-/* The heuristic's configurations a plan of this layer compiles on the context's arch. */
-static const mj_gemm_config *layer_configs(const cli_layer *L, const moejit_ctx *ctx, int *n) {
+/* The configurations to build: the one --config names, kept in *one; else the heuristic's, which a
+ * plan of this layer compiles on the context's arch. Returns NULL after printing why when --config
+ * is not a configuration name or names one of another math. */
+static const mj_gemm_config *layer_configs(const cli_layer *L, const moejit_ctx *ctx,
+                                           mj_gemm_config *one, int *n, const char *cmd) {
+  mj_math math;
+  if (L->config) {
+    if (mj_tune_config_parse(L->config, one, &math) != 0) {
+      fprintf(stderr, "moejit %s: --config %s: not a configuration name (moejit tune prints them)\n",
+              cmd, L->config);
+      return NULL;
+    }
+    if (math != mj_rt_math(&L->desc)) {
+      fprintf(stderr, "moejit %s: --config %s: a %s configuration, and this layer's GEMMs are %s\n",
+              cmd, L->config, mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(&L->desc)));
+      return NULL;
+    }
+    *n = 1;
+    return one;
+  }
   return mj_tune_gemm_configs_for(mj_rt_math(&L->desc), L->desc.unfused ? "" : ctx->arch, n);
 }
 
 /* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
  * modules. Returns 0, or the exit status after printing why. */
 static int prepare(int argc, char **argv, const char *usage, const char *cmd, int flags,
-                   cli_layer *L, moejit_ctx **ctx, mj_module_src **mods, int *n) {
-  int rc = cli_parse(argc, argv, L, usage), ncfg = 0;
+                   cli_layer *L, moejit_ctx **ctx, mj_gemm_config *one,
+                   const mj_gemm_config **cfg, int *ncfg, mj_module_src **mods, int *n) {
+  int rc = cli_parse(argc, argv, L, usage);
   if (rc)
     return rc == 1 ? -1 : rc;
   mj_err err;
   moejit_status st = offline_ctx(L, ctx);
   if (st != MOEJIT_OK)
     return 1;
-  const mj_gemm_config *cfg = layer_configs(L, *ctx, &ncfg);
+  if (!(*cfg = layer_configs(L, *ctx, one, ncfg, cmd))) {
+    moejit_destroy(*ctx);
+    return 2;
+  }
   if ((st = mj_rt_check_desc(&L->desc, &err)) == MOEJIT_OK)
-    st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, cfg, ncfg, mods, n, &err)
-                   : mj_rt_build_modules(*ctx, &L->desc, cfg, ncfg, (*ctx)->arch, flags, mods, n,
+    st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, *cfg, *ncfg, mods, n, &err)
+                   : mj_rt_build_modules(*ctx, &L->desc, *cfg, *ncfg, (*ctx)->arch, flags, mods, n,
                                          &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit %s: %s: %s\n", cmd, moejit_status_name(st), err.msg);
@@ -61,8 +86,10 @@ int cmd_gen(int argc, char **argv) {
   cli_layer L;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
-  int n = 0;
-  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &mods, &n);
+  mj_gemm_config one;
+  const mj_gemm_config *cfg;
+  int n = 0, ncfg = 0;
+  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &one, &cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
   const char *kernel = L.kernel ? L.kernel : "gemm1";
@@ -71,7 +98,7 @@ int cmd_gen(int argc, char **argv) {
     const char *name = mods[i].name;
     size_t kl = strlen(kernel);
     if (strncmp(name, kernel, kl) == 0 && (name[kl] == '\0' || name[kl] == '_') &&
-        (!L.config || strcmp(name + kl + (name[kl] == '_'), L.config) == 0))
+        (!L.config || name[kl] == '\0' || strcmp(name + kl + 1, L.config) == 0))
       pick = &mods[i];
   }
   if (!pick) {
@@ -134,13 +161,14 @@ int cmd_compile(int argc, char **argv) {
   cli_layer L;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
+  mj_gemm_config one;
+  const mj_gemm_config *cfg;
   int n = 0, ncfg = 0;
   double t0 = cli_now();
-  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &mods,
-                   &n);
+  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &one,
+                   &cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
-  const mj_gemm_config *cfg = layer_configs(&L, ctx, &ncfg);
   double secs = cli_now() - t0;
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
