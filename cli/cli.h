@@ -29,6 +29,12 @@ int cli_parse(int argc, char **argv, cli_layer *L, const char *usage);
  * printing an error that names the command and the option. */
 int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults, int n,
                    const char *command);
+struct mj_gemm_config;
+struct mj_err;
+/* The configuration --config NAME names, for this layer: MOEJIT_OK, or MOEJIT_ERR_INVALID_ARG with
+ * err saying that NAME is not a configuration name or names one of another math than the layer's. */
+moejit_status cli_config(const char *name, const moejit_layer_desc *desc, struct mj_gemm_config *c,
+                         struct mj_err *err);
 /* Log callback printing to stderr (warnings always, info with --verbose). */
 void cli_log(void *user, moejit_log_level level, const char *msg);
 double cli_now(void);

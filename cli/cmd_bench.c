@@ -761,19 +761,13 @@ static moejit_status bench_plan(moejit_ctx *ctx, const moejit_layer_desc *desc, 
                                 moejit_plan **plan, mj_err *err) {
   moejit_status st;
   mj_gemm_config c;
-  mj_math math;
   if (!config) {
     if ((st = moejit_plan_create(ctx, desc, plan)) != MOEJIT_OK)
       return mj_errf(err, st, "plan: %s", moejit_last_error(ctx));
     return MOEJIT_OK;
   }
-  if (mj_tune_config_parse(config, &c, &math) != 0)
-    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
-                   "--config %s: not a configuration name (moejit tune prints them)", config);
-  if (math != mj_rt_math(desc))
-    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
-                   "--config %s: a %s configuration, and this layer's GEMMs are %s", config,
-                   mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(desc)));
+  if ((st = cli_config(config, desc, &c, err)) != MOEJIT_OK)
+    return st;
   if ((st = mj_rt_plan_create_with(ctx, desc, &c, 1, plan)) != MOEJIT_OK)
     return mj_errf(err, st, "plan with --config %s: %s", config, moejit_last_error(ctx));
   return MOEJIT_OK;

@@ -36,16 +36,10 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
  * is not a configuration name or names one of another math. */
 static const mj_gemm_config *layer_configs(const cli_layer *L, const moejit_ctx *ctx,
                                            mj_gemm_config *one, int *n, const char *cmd) {
-  mj_math math;
   if (L->config) {
-    if (mj_tune_config_parse(L->config, one, &math) != 0) {
-      fprintf(stderr, "moejit %s: --config %s: not a configuration name (moejit tune prints them)\n",
-              cmd, L->config);
-      return NULL;
-    }
-    if (math != mj_rt_math(&L->desc)) {
-      fprintf(stderr, "moejit %s: --config %s: a %s configuration, and this layer's GEMMs are %s\n",
-              cmd, L->config, mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(&L->desc)));
+    mj_err err;
+    if (cli_config(L->config, &L->desc, one, &err) != MOEJIT_OK) {
+      fprintf(stderr, "moejit %s: %s\n", cmd, err.msg);
       return NULL;
     }
     *n = 1;

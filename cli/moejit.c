@@ -196,6 +196,19 @@ int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults,
   return 0;
 }
 
+moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gemm_config *c,
+                         mj_err *err) {
+  mj_math math;
+  if (mj_tune_config_parse(name, c, &math) != 0)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: not a configuration name (moejit tune prints them)", name);
+  if (math != mj_rt_math(desc))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: a %s configuration, and this layer's GEMMs are %s", name,
+                   mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(desc)));
+  return MOEJIT_OK;
+}
+
 double cli_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
