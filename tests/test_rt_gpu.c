@@ -1072,9 +1072,9 @@ static void test_device_token_graphs(void **state) {
 }
 
 /* A forward of few slots works out GEMM1's tiles from the caller's ids and starts before routing
- * ends (gemm.cuh, MJ_GEMM_SELF_ROUTE); GEMM2 and the combine still read routing's. On the plan's
- * 16-row mma.sync configuration (16 slots, one tile per expert), i32 and i64 ids: 4, 3 and 1
- * tokens; ids with repeats inside a token and across tokens and out-of-range ids (flagged, they
+ * ends (gemm.cuh, MJ_GEMM_SELF_ROUTE); GEMM2 and the combine still read routing's. On a 16-row
+ * mma.sync configuration (16 slots, one tile per expert) and the one-row streamed one, i32 and i64
+ * ids: 4, 3 and 1 tokens; ids with repeats inside a token and across tokens and out-of-range ids (flagged, they
  * contribute nothing) at 4 and 2 tokens; a token whose ids are all out of range (no tile at all);
  * and, for contrast, a device-side count of 3 (routing's tiles, not the ids'). y against the CPU
  * reference. */
@@ -1121,44 +1121,45 @@ static void test_self_routed_tiles(void **state) {
         {2, 1, -1, 0, "self-routed, repeats, 2 tokens"},
         {1, 2, -1, 4, "self-routed, all ids bad"},
     };
-    for (int cfg = 0; cfg < 2; cfg++)
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-      if (i == 0 || cases[i].ids != cases[i - 1].ids) {
-        int32_t ids[16];
-        memcpy(ids, layer_ids, sizeof ids);
-        if (cases[i].ids == 1) {
-          ids[1] = ids[0]; /* a repeat inside token 0 */
-          ids[6] = ids[0]; /* token 1 shares token 0's expert */
-          ids[9] = 32;     /* out of range, in tokens 2 and 3 */
-          ids[14] = -3;
-        } else if (cases[i].ids == 2) {
-          ids[0] = 32;
-          ids[1] = -1;
-          ids[2] = 1000;
-          ids[3] = INT32_MIN;
+    for (int cfg = 0; cfg < 2; cfg++) {
+      for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (i == 0 || cases[i].ids != cases[i - 1].ids) {
+          int32_t ids[16];
+          memcpy(ids, layer_ids, sizeof ids);
+          if (cases[i].ids == 1) {
+            ids[1] = ids[0]; /* a repeat inside token 0 */
+            ids[6] = ids[0]; /* token 1 shares token 0's expert */
+            ids[9] = 32;     /* out of range, in tokens 2 and 3 */
+            ids[14] = -3;
+          } else if (cases[i].ids == 2) {
+            ids[0] = 32;
+            ids[1] = -1;
+            ids[2] = 1000;
+            ids[3] = INT32_MIN;
+          }
+          assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
         }
-        assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+        mj_synth_layer view = L;
+        view.tokens = cases[i].tokens;
+        moejit_forward_args a;
+        mj_synth_layer_args(&view, &a);
+        if (cases[i].live >= 0) {
+          view.tokens = cases[i].live;
+          a.tokens = 4;
+          a.device_tokens = (const int32_t *)ptr(count);
+          CU_OK(MemcpyHtoD(count, &cases[i].live, 4));
+        }
+        CU_OK(MemsetD8(L.y, 0xFF, 4 * row));
+        assert_int_equal(
+            mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, cfg), MOEJIT_OK);
+        int64_t bad = -1;
+        assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &bad),
+                         cases[i].bad ? MOEJIT_ERR_BAD_EXPERT_ID : MOEJIT_OK);
+        assert_int_equal(bad, cases[i].bad);
+        char what[80];
+        snprintf(what, sizeof what, "%s (%s)", cases[i].what, ids64 ? "i64" : "i32");
+        expect_reference(&view, what, plan->configs[cfg].name);
       }
-      mj_synth_layer view = L;
-      view.tokens = cases[i].tokens;
-      moejit_forward_args a;
-      mj_synth_layer_args(&view, &a);
-      if (cases[i].live >= 0) {
-        view.tokens = cases[i].live;
-        a.tokens = 4;
-        a.device_tokens = (const int32_t *)ptr(count);
-        CU_OK(MemcpyHtoD(count, &cases[i].live, 4));
-      }
-      CU_OK(MemsetD8(L.y, 0xFF, 4 * row));
-      assert_int_equal(mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, cfg),
-                       MOEJIT_OK);
-      int64_t bad = -1;
-      assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &bad),
-                       cases[i].bad ? MOEJIT_ERR_BAD_EXPERT_ID : MOEJIT_OK);
-      assert_int_equal(bad, cases[i].bad);
-      char what[80];
-      snprintf(what, sizeof what, "%s (%s)", cases[i].what, ids64 ? "i64" : "i32");
-      expect_reference(&view, what, plan->configs[cfg].name);
     }
     CU_OK(MemFree(count));
     mj_synth_layer_destroy(&g_syn, &L);
