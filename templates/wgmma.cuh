@@ -363,6 +363,15 @@ struct RingPos {
   }
 };
 
+// The item whose first k block ring position pos holds, as the producer wrote it beside the stage
+// (ring_items[s]) before it armed the stage's full barrier: read once that barrier's phase is done
+// (main_loop's own wait then passes at once). Decoding the item again from the tile list took the
+// consumers a chain of three dependent global loads, while the tensor cores idled, at every item.
+__device__ __forceinline__ Item stage_item(mj_u64 *full, const Item *ring_items, const RingPos &pos) {
+  mj_mbar_wait(&full[pos.s], pos.phase);
+  return ring_items[pos.s];
+}
+
 // The main loop of one item: every k block of MMAs into acc, kM 64-row accumulators on rows
 // [m0, m0 + 64 kM) of the stage's A, each stage released once the k block after it has been issued
 // and the one before has completed. Returns the last stage, still held: finish_item releases it.
@@ -404,12 +413,12 @@ __device__ __forceinline__ void consume_together(const WgParams &p, int items, i
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
                                                  mj_u64 *empty, mj_u64 *done,
-                                                 unsigned char *stage) {
+                                                 const Item *ring_items, unsigned char *stage) {
   RingPos pos(0);
   float acc[1][kAcc];
   const BlockItems mine(items);
   for (int j = 0; j < mine.count; ++j) {
-    const Item it = decode_item(p, mine[j]);
+    const Item it = stage_item(full, ring_items, pos);
     const Rows rows = load_rows(p, it, cw);
     const SlabBias bias = load_bias(p, it);
     finish_item(acc, empty, main_loop(acc, cw * 64, smem_a, smem_b, full, empty, pos));
@@ -435,15 +444,15 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
                                                  const unsigned char *smem_a,
                                                  const unsigned char *smem_b, mj_u64 *full,
                                                  mj_u64 *empty, mj_u64 *done,
-                                                 unsigned char *stage) {
+                                                 const Item *ring_items, unsigned char *stage) {
   const BlockItems mine(items);
   float acc[2][kAcc];
   for (int j = c; j < mine.count; j += 2) {
-    const Item it = decode_item(p, mine[j]);
-    const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
-    const SlabBias bias = load_bias(p, it);
     if (j > 0) named_sync(1 + c);
     RingPos pos((unsigned)j * kKT);
+    const Item it = stage_item(full, ring_items, pos);
+    const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
+    const SlabBias bias = load_bias(p, it);
     const int last = main_loop(acc, 0, smem_a, smem_b, full, empty, pos);
     named_arrive(2 - c);  // the other consumer's main loop may start
     finish_item(acc, empty, last);
@@ -478,12 +487,13 @@ __device__ __forceinline__ void load_b(const mj_tmap *tmap_b, unsigned char *sme
 // The weights of the block's first k blocks, up to one per stage, into fresh stages 0, 1, ...,
 // each stage's full barrier told to expect its A too; returns how many.
 __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj_tmap *tmap_b,
-                                          unsigned char *smem_b, mj_u64 *full) {
+                                          unsigned char *smem_b, mj_u64 *full, Item *ring_items) {
   int q = 0;
   const BlockItems mine(items);
   for (int j = 0; j < mine.count && q < kStages; ++j) {
     const Item it = decode_item(p, mine[j]);
     for (int kb = 0; kb < kKT && q < kStages; ++kb, ++q) {
+      if (kb == 0) ring_items[q] = it;
       mj_mbar_expect_tx(&full[q], a_bytes(it) + kBBytes);
       load_b(tmap_b, smem_b, q, it, kb, full);
     }
@@ -500,6 +510,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
              const WgParams p) {
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) mj_u64 full[kStages], empty[kStages], done[4];
+  __shared__ Item ring_items[kStages];  // the item of a stage that holds an item's first k block
   // Swizzled TMA boxes want 1024-byte alignment; the host asks for 1024 bytes of slack.
   unsigned char *base = smem_raw + ((1024 - (mj_smem_addr(smem_raw) & 1023)) & 1023);
   unsigned char *smem_a = base;
@@ -531,7 +542,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
       // Under MJ_PDL the weights of the first `early` k blocks (fresh stages 0, 1, ...: no empty
       // wait) go out before the wait, their A after it.
-      const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full) : 0;
+      const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full, ring_items) : 0;
       // chained: each item waits for its own expert's h (wait_ready) instead of the whole GEMM1
       const bool chained = kChain && kMode == 2 && p.wait_ready;
       if (chained)
@@ -547,6 +558,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
           const int s = pos.s;
           if (q >= early) {
             mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
+            if (kb == 0) ring_items[s] = it;         // (load_early wrote those of its stages)
             mj_mbar_expect_tx(&full[s], a_bytes(it) + kBBytes);
             load_b(&tmap_b, smem_b, s, it, kb, full);
           }
@@ -565,9 +577,9 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     if (kConsumerRegs) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(kConsumerRegs));
     unsigned char *stage = stage_out + ((wg - 1) * 4 + ((threadIdx.x >> 5) & 3)) * kWarpStage;
     if (kPingPong)
-      consume_pingpong(p, items, wg - 1, smem_a, smem_b, full, empty, done, stage);
+      consume_pingpong(p, items, wg - 1, smem_a, smem_b, full, empty, done, ring_items, stage);
     else
-      consume_together(p, items, wg - 1, smem_a, smem_b, full, empty, done, stage);
+      consume_together(p, items, wg - 1, smem_a, smem_b, full, empty, done, ring_items, stage);
   }
 }
 
