@@ -5,7 +5,7 @@
 -- (the GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1, optional), bm (64|128: one or
 -- two consumer warpgroups), bn (64..256, a multiple of 16; weights come in 64-column boxes),
 -- stages, group_m (m-tiles of one expert that share each weight slab while it is in L2; optional,
--- 16), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
+-- 24), ctas (blocks resident per SM: 1, or 2 with bm=64 so one block's epilogue overlaps the
 -- other's MMAs; optional, 1), pingpong (1 with bm=128: the two consumer warpgroups take whole
 -- items in turn, so one's epilogue overlaps the other's MMAs; optional, 0), pdl (optional, 0/1,
 -- default 0: programmatic dependent launch, the weights' first stages loaded before the wait),
@@ -73,7 +73,7 @@ return function(spec)
     error("spec.chain must be 0 or 1, got " .. tostring(spec.chain))
   end
   local pdl = prelude.pdl_define(spec)
-  local group_m = spec.group_m or 16
+  local group_m = spec.group_m or 24
   if math.type(group_m) ~= "integer" or group_m < 1 then error("spec.group_m must be a positive integer") end
   return table.concat({
     prelude.header("wgmma", spec),

@@ -256,6 +256,26 @@ static void test_skew_and_duplicates(void **state) {
   free(ids);
   mj_synth_layer_destroy(&g_syn, &L);
   moejit_plan_destroy(plan);
+
+  /* 6000 rows on one expert: 47 m-tiles of the 128-row wgmma tiles, more than one group of them
+   * (wgmma.cuh's decode_item: groups of 24 at most, here two of 24 and 23). Every token checked. */
+  d = gpt_oss(5, 3000);
+  d.hidden = 200;
+  d.intermediate = 136;
+  d.top_k = 2;
+  d.dtype = MOEJIT_F16;
+  plan = make_plan(&d);
+  assert_int_equal(mj_synth_layer_create(&g_syn, plan, 3000, 11, &L, &err), MOEJIT_OK);
+  n = L.tokens * d.top_k;
+  ids = malloc((size_t)n * sizeof *ids);
+  assert_non_null(ids);
+  for (int64_t i = 0; i < n; i++)
+    ids[i] = 3;
+  assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
+  run_and_check(plan, &L, 3000, "all slots on expert 3, groups");
+  free(ids);
+  mj_synth_layer_destroy(&g_syn, &L);
+  moejit_plan_destroy(plan);
 }
 
 /* Out-of-range ids never fault: they contribute nothing and moejit_forward_check counts them. */
