@@ -3,7 +3,7 @@
  * weights / HBM bandwidth, dropless FLOPs / dense GEMM rate), both rates measured in the same run
  * (a read-only reduction from templates/bench.lua; cuBLAS, loaded with dlopen). Rows go to stdout
  * and, with --json, to a JSON-lines file. Without a GPU it compiles the kernels and says so.
- * Uses tune/synth for the layer, tests/check for --check, the context's driver and NVRTC. */
+ * Uses tools/synth for the layer, tools/check for --check, the context's driver and NVRTC. */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,9 +12,9 @@
 #include <time.h>
 
 #include "cli/cli.h"
-#include "runtime/half.h"
+#include "base/half.h"
 #include "runtime/internal.h"
-#include "tests/check.h"
+#include "tools/check.h"
 
 static const char bench_usage[] =
     "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"

@@ -7,7 +7,7 @@
 
 #include "cli/cli.h"
 #include "runtime/internal.h"
-#include "tests/check.h"
+#include "tools/check.h"
 
 static const char run_usage[] =
     "usage: moejit run [--tokens N] [--repeat N] [--check N] [--seed S] [layer options]\n"

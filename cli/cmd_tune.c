@@ -6,8 +6,8 @@
 
 #include "cli/cli.h"
 #include "runtime/internal.h"
-#include "tests/check.h"
-#include "tune/tuner.h"
+#include "tools/check.h"
+#include "tools/tuner.h"
 
 static const char tune_usage[] =
     "usage: moejit tune [--tokens 1,8,64,512,4096,65536] [--budget SECONDS] [--repeat N]\n"

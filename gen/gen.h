@@ -1,11 +1,11 @@
 /* gen.h: kernel generation. A sandboxed Lua state renders a template module with a spec into a whole
- * CUDA translation unit; NVRTC (nvrtc.h) compiles it. Uses runtime/error.h only. */
+ * CUDA translation unit; NVRTC (nvrtc.h) compiles it. Uses base/error.h only. */
 #ifndef MJ_GEN_GEN_H
 #define MJ_GEN_GEN_H
 #include <stddef.h>
 
 #include "gen/spec.h"
-#include "runtime/error.h"
+#include "base/error.h"
 
 typedef struct mj_gen mj_gen;
 

@@ -5,7 +5,7 @@
 #define MJ_RUNTIME_DRIVER_H
 #include <stddef.h>
 
-#include "runtime/error.h"
+#include "base/error.h"
 
 typedef int CUresult;
 typedef int CUdevice;

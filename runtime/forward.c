@@ -4,7 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "runtime/half.h"
+#include "base/half.h"
 #include "runtime/internal.h"
 
 typedef struct gemm_params { /* gemm.cuh's GemmParams, field for field */

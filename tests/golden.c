@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "ref.h"
+#include "tools/ref.h"
 
 #ifndef MOEJIT_SOURCE_DIR
 #error "MOEJIT_SOURCE_DIR (the repository root) must be defined when compiling golden.c"

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "golden.h"
-#include "ref.h"
+#include "tools/ref.h"
 
 enum { MAX_CASES = 64 };
 

@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "tools/check.h"
 #include "golden.h"
-#include "ref.h"
+#include "tools/ref.h"
 #include "runtime/internal.h"
-#include "tune/tuner.h"
+#include "tools/tuner.h"
 
 static moejit_ctx *g_ctx;
 static mj_synth g_syn;

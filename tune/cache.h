@@ -10,7 +10,7 @@
 
 #include "gen/gen.h"
 #include "moejit.h"
-#include "runtime/error.h"
+#include "base/error.h"
 
 #define MJ_CACHE_MAGIC "MJCUBIN\0"
 #define MJ_CACHE_FORMAT 1u

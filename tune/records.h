@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "moejit.h"
-#include "runtime/error.h"
+#include "base/error.h"
 
 #define MJ_RECORDS_FILE "records.txt"
 

@@ -1,8 +1,8 @@
 /* synth.h: synthetic layers on the GPU for the tests, `moejit run` and the tuner: device buffers
  * filled with reproducible random values, and random top-k routing made on the host.
  * Uses gen/ (the synth template) and runtime/ (the context's driver). */
-#ifndef MJ_TUNE_SYNTH_H
-#define MJ_TUNE_SYNTH_H
+#ifndef MJ_TOOLS_SYNTH_H
+#define MJ_TOOLS_SYNTH_H
 #include <stdint.h>
 
 #include "runtime/internal.h"

@@ -1,8 +1,8 @@
 /* error.h: the detail buffer every internal call writes its failure into (argument, value, log),
- * and the formatting of log messages. Used by gen/, runtime/ and tune/; the context copies the
+ * and the formatting of log messages. Used by every layer; the context copies the
  * detail out through moejit_last_error. */
-#ifndef MJ_RUNTIME_ERROR_H
-#define MJ_RUNTIME_ERROR_H
+#ifndef MJ_BASE_ERROR_H
+#define MJ_BASE_ERROR_H
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>

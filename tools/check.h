@@ -1,8 +1,8 @@
 /* check.h: checks a synthetic layer's GPU output against the CPU reference on sampled tokens.
- * Used by the GPU suites and `moejit run`. Uses tune/synth and ref. */
-#ifndef MJ_CHECK_H
-#define MJ_CHECK_H
-#include "tune/synth.h"
+ * Used by the GPU suites and `moejit run`. Uses tools/synth and tools/ref. */
+#ifndef MJ_TOOLS_CHECK_H
+#define MJ_TOOLS_CHECK_H
+#include "tools/synth.h"
 
 typedef struct mj_check_result {
   int64_t sampled;  /* tokens compared */

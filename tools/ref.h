@@ -1,13 +1,13 @@
 /* ref.h: the CPU reference of the MoE layer, the oracle for every GPU kernel, plus host dtype
  * conversions and the error metric tests compare with. Uses only moejit.h for moejit_dtype. */
-#ifndef MJ_REF_H
-#define MJ_REF_H
+#ifndef MJ_TOOLS_REF_H
+#define MJ_TOOLS_REF_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "moejit.h"
-#include "runtime/half.h"
+#include "base/half.h"
 
 /* One layer in host memory; nothing is owned. */
 typedef struct mj_ref_layer {
@@ -52,4 +52,4 @@ double mj_rel_error(const float *got, const float *want, int64_t n);
  * 0 for a dtype that is not an activation type. */
 double mj_tolerance(moejit_dtype dt);
 
-#endif /* MJ_REF_H */
+#endif /* MJ_TOOLS_REF_H */

@@ -1,7 +1,7 @@
 /* synth.c: synthetic layers (see synth.h). */
-#include "tune/synth.h"
+#include "tools/synth.h"
 
-#include "runtime/half.h"
+#include "base/half.h"
 
 #include <math.h>
 #include <stdlib.h>

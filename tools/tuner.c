@@ -1,7 +1,7 @@
 /* tuner.c: the autotuner (see tuner.h). */
-#include "tune/tuner.h"
+#include "tools/tuner.h"
 
-#include "runtime/half.h"
+#include "base/half.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,10 +1,10 @@
 /* check.c: synthetic layer vs CPU reference on sampled tokens (see check.h). */
-#include "check.h"
+#include "tools/check.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-#include "ref.h"
+#include "tools/ref.h"
 
 moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64_t samples,
                                mj_check_result *r, mj_err *err) {

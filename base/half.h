@@ -1,7 +1,7 @@
 /* half.h: host conversions between f32 and f16/bf16 (round to nearest even), element access by
  * dtype and dtype sizes. Used by synthetic layers and by the CPU reference. */
-#ifndef MJ_RUNTIME_HALF_H
-#define MJ_RUNTIME_HALF_H
+#ifndef MJ_BASE_HALF_H
+#define MJ_BASE_HALF_H
 #include <stddef.h>
 #include <stdint.h>
 

@@ -1,5 +1,5 @@
 /* ref.c: the CPU reference of the MoE layer and host dtype conversions (see ref.h); uses libc, libm. */
-#include "ref.h"
+#include "tools/ref.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* half.c: host conversions between f32 and the 16-bit float types, and dtype sizes (see half.h). */
-#include "runtime/half.h"
+#include "base/half.h"
 
 #include <math.h>
 #include <string.h>
