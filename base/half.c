@@ -76,3 +76,8 @@ size_t mj_dtype_size(moejit_dtype dt) {
                                 [MOEJIT_I32] = 4, [MOEJIT_I64] = 8};
   return (unsigned)dt < sizeof size / sizeof size[0] ? size[dt] : 0;
 }
+
+const char *mj_dtype_name(moejit_dtype dt) {
+  static const char *const names[] = {"f32", "f16", "bf16", "i32", "i64"};
+  return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "?";
+}

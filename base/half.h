@@ -1,5 +1,5 @@
 /* half.h: host conversions between f32 and f16/bf16 (round to nearest even), element access by
- * dtype and dtype sizes. Used by synthetic layers and by the CPU reference. */
+ * dtype, dtype sizes and names. Used by every layer. */
 #ifndef MJ_BASE_HALF_H
 #define MJ_BASE_HALF_H
 #include <stddef.h>
@@ -19,5 +19,7 @@ float mj_load_f32(moejit_dtype dt, const void *base, int64_t i);
 void mj_store_f32(moejit_dtype dt, void *base, int64_t i, float v);
 /* Bytes per element: F32 4, F16 2, BF16 2, I32 4, I64 8; 0 for an unknown value. */
 size_t mj_dtype_size(moejit_dtype dt);
+/* "f32", "f16", "bf16", "i32", "i64"; "?" for an unknown value. */
+const char *mj_dtype_name(moejit_dtype dt);
 
 #endif

@@ -3,7 +3,7 @@
  * weights / HBM bandwidth, dropless FLOPs / dense GEMM rate), both rates measured in the same run
  * (a read-only reduction from templates/bench.lua; cuBLAS, loaded with dlopen). Rows go to stdout
  * and, with --json, to a JSON-lines file. Without a GPU it compiles the kernels and says so.
- * Uses tools/synth for the layer, tools/check for --check, the context's driver and NVRTC. */
+ * Uses tools/synth for the layer, tools/check for --check, tools/timing, the context's driver. */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,9 +12,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
-#include "base/half.h"
-#include "runtime/internal.h"
-#include "tools/check.h"
+#include "tools/tools.h"
 
 static const char bench_usage[] =
     "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"
@@ -30,13 +28,13 @@ static const char bench_usage[] =
     "token; --seed, default 1) is made for the largest count, and one plan with max_tokens = that\n"
     "count; a row of T tokens uses the layer's first T tokens. Per row: one eager forward, then\n"
     "ONE moejit_forward captured into a CUDA graph on a non-blocking stream, --warmup replays\n"
-    "(default 5), then --repeat replays (default 50; 20 for counts above 16384), each between its\n"
-    "own pair of CUDA events, all enqueued back to back with no host synchronisation in between;\n"
+    "(default 5), then --repeat replays (default 50; 20 for counts above 16384), a CUDA event\n"
+    "between each two, all enqueued back to back with no host synchronisation in between;\n"
     "the row's time is the median. --eager times moejit_forward calls instead of replays (the GPU\n"
     "then waits for the host's launches where they are slower than the kernels). Nothing is\n"
     "flushed between calls. Default --tokens: 1,8,64,512,4096,16384,65536.\n"
     "--config NAME runs every row on that one GEMM configuration (a name `moejit tune` prints,\n"
-    "such as gv_m1n64u6z2 or wg_m128n192s4c1) instead of the plan's pick.\n"
+    "such as stream_m1n64u6z2 or wg_m128n192s4c1) instead of the plan's pick.\n"
     "--graph-tokens N runs each row of T tokens as a forward of N tokens (N >= every T) whose\n"
     "device-side count (moejit_forward_args.device_tokens) is T: what a serving engine does that\n"
     "captures one graph at its largest batch. The row still counts T tokens and their experts;\n"
@@ -109,13 +107,12 @@ typedef struct row {
 /* What the timing helpers share; the context is current while they run. */
 typedef struct bench {
   moejit_ctx *ctx;
-  mj_cu *cu;
+  const mj_cu *cu;
+  moejit_device_info info;
   moejit_plan *plan;
   mj_synth syn;
   mj_synth_layer layer; /* for the largest count */
   CUstream stream;
-  CUevent *ev; /* nev events: pairs around the timed calls */
-  int nev;
   bench_opts o;
   CUdeviceptr count; /* with --graph-tokens: the device-side token count */
   FILE *out; /* the table: stdout, or stderr when the JSON lines take stdout */
@@ -216,69 +213,66 @@ static int repeat_for(const cli_layer *L, int64_t tokens) {
 
 /* ---- the bandwidth kernel ------------------------------------------------------------------- */
 
-/* Renders templates/bench.lua and compiles it for the context's arch. */
-static moejit_status bench_cubin(moejit_ctx *ctx, mj_cubin *cubin, mj_err *err) {
-  moejit_status st;
+/* The bandwidth kernel (templates/bench.lua): compiled, and loaded unless the context is
+ * offline. */
+static moejit_status bench_kernel(moejit_ctx *ctx, mj_kernel *k, CUmodule *mod, mj_err *err) {
+  static const char *const entries[] = {"moejit_bench_read", NULL};
+  mj_kernel *ks[] = {k};
   mj_spec spec;
-  char *source = NULL;
   memset(&spec, 0, sizeof spec);
-  memset(cubin, 0, sizeof *cubin);
-  if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
-    return st;
-  if ((st = mj_gen_render(ctx->gen, "bench", &spec, &source, err)) == MOEJIT_OK)
-    st = mj_gen_compile(&ctx->nv, ctx->gen, source, "bench", ctx->arch, 0, cubin, err);
-  free(source);
+  return mj_rt_module_open(ctx, "bench", &spec, entries, ks, mod, err);
+}
+
+/* A read of the whole buffer into the checksum, after the checksum is zeroed. */
+typedef struct bw_pass {
+  bench *b;
+  mj_kernel k;
+  CUdeviceptr buf, sum;
+  long long n;
+} bw_pass;
+
+static moejit_status bw_zero(void *user, CUstream stream, mj_err *err) {
+  bw_pass *p = user;
+  moejit_status st = MOEJIT_OK;
+  MJ_CU(p->b->cu, MemsetD32Async(p->sum, 0, 1, stream), err);
+fail:
   return st;
 }
 
-static int cmp_float(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(float *ms, int n) {
-  qsort(ms, (size_t)n, sizeof *ms, cmp_float);
-  return ms[n / 2];
+static moejit_status bw_read(void *user, CUstream stream, mj_err *err) {
+  bw_pass *p = user;
+  void *args[] = {&p->buf, &p->n, &p->sum};
+  unsigned blocks = (unsigned)(p->k.meta.blocks_per_sm * p->b->info.sm_count);
+  return mj_rt_launch_args(p->b->ctx, &p->k, blocks, 1, 1, args, stream, 0, err);
 }
 
 /* HBM read bandwidth, TB/s: the median of BW_PASSES reductions over bytes. */
 static moejit_status measure_bw(bench *b, double *tbps, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  mj_cu *cu = b->cu;
-  mj_cubin cubin = {0};
+  const mj_cu *cu = b->cu;
   CUmodule mod = NULL;
-  CUfunction fn = NULL;
-  CUdeviceptr buf = 0, sum = 0;
+  bw_pass p;
   float ms[BW_PASSES];
-  long long n = b->o.bw_bytes / 16;
-  if ((st = bench_cubin(b->ctx, &cubin, err)) != MOEJIT_OK)
+  memset(&p, 0, sizeof p);
+  p.b = b;
+  p.n = b->o.bw_bytes / 16;
+  if ((st = bench_kernel(b->ctx, &p.k, &mod, err)) != MOEJIT_OK)
     goto fail;
-  MJ_CU(cu, ModuleLoadData(&mod, cubin.data), err);
-  MJ_CU(cu, ModuleGetFunction(&fn, mod, "moejit_bench_read"), err);
-  MJ_CU(cu, MemAlloc(&buf, (size_t)n * 16), err);
-  MJ_CU(cu, MemAlloc(&sum, 4), err);
+  MJ_CU(cu, MemAlloc(&p.buf, (size_t)p.n * 16), err);
+  MJ_CU(cu, MemAlloc(&p.sum, 4), err);
   /* on the bench stream (a non-blocking one does not wait for the legacy stream's memsets) */
-  MJ_CU(cu, MemsetD32Async(buf, 0x5A5A5A5Au, (size_t)n * 4, b->stream), err);
-  void *args[] = {&buf, &n, &sum};
-  unsigned blocks = (unsigned)b->ctx->sm_count * 8;
-  for (int i = 0; i < FLOOR_WARMUP + BW_PASSES; i++) {
-    MJ_CU(cu, MemsetD32Async(sum, 0, 1, b->stream), err);
-    MJ_CU(cu, EventRecord(b->ev[0], b->stream), err);
-    MJ_CU(cu, LaunchKernel(fn, blocks, 1, 1, 256, 1, 1, 0, b->stream, args, NULL), err);
-    MJ_CU(cu, EventRecord(b->ev[1], b->stream), err);
-    MJ_CU(cu, EventSynchronize(b->ev[1]), err);
-    if (i >= FLOOR_WARMUP)
-      MJ_CU(cu, EventElapsedTime(&ms[i - FLOOR_WARMUP], b->ev[0], b->ev[1]), err);
-  }
-  *tbps = (double)n * 16 / (median(ms, BW_PASSES) * 1e-3) / 1e12;
+  MJ_CU(cu, MemsetD32Async(p.buf, 0x5A5A5A5Au, (size_t)p.n * 4, b->stream), err);
+  const mj_timed timed = {FLOOR_WARMUP, BW_PASSES, bw_read, bw_zero, &p};
+  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
+    goto fail;
+  *tbps = (double)p.n * 16 / (mj_median(ms, BW_PASSES) * 1e-3) / 1e12;
 fail:
-  if (sum)
-    cu->MemFree(sum);
-  if (buf)
-    cu->MemFree(buf);
+  if (p.sum)
+    cu->MemFree(p.sum);
+  if (p.buf)
+    cu->MemFree(p.buf);
   if (mod)
     cu->ModuleUnload(mod);
-  mj_cubin_free(&cubin);
   return st;
 }
 
@@ -371,48 +365,62 @@ static moejit_status cublas_load(const char *path, cublas *c, mj_err *err) {
     }                                                                                             \
   } while (0)
 
+/* One cuBLAS GEMM of the floor. */
+typedef struct gemm_call {
+  cublas *c;
+  void *handle;
+  const struct gemm_math *gm;
+  CUdeviceptr m[3]; /* A, B, C: [8192, 8192] each */
+} gemm_call;
+
+static moejit_status gemm_run(void *user, CUstream stream, mj_err *err) {
+  gemm_call *g = user;
+  moejit_status st = MOEJIT_OK;
+  float alpha = 1.0f, beta = 0.0f;
+  (void)stream; /* the handle's */
+  CUBLAS(g->c,
+         gemm_ex(g->handle, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &alpha,
+                 (void *)(uintptr_t)g->m[0], g->gm->cuda_type, GEMM_N, (void *)(uintptr_t)g->m[1],
+                 g->gm->cuda_type, GEMM_N, &beta, (void *)(uintptr_t)g->m[2], g->gm->cuda_type,
+                 GEMM_N, g->gm->compute, CUBLAS_GEMM_DEFAULT),
+         err);
+fail:
+  return st;
+}
+
 /* Dense GEMM rate, TFLOP/s: the median of GEMM_CALLS cuBLAS GEMMs of 8192^3 in the layer's math,
  * on random operands. cuBLAS uses the runtime API's current context: the device's primary context,
  * which moejit retains and the caller has made current. */
 static moejit_status measure_gemm(bench *b, const struct gemm_math *gm, double *tflops,
                                   mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  mj_cu *cu = b->cu;
+  const mj_cu *cu = b->cu;
   cublas c;
-  void *handle = NULL;
-  CUdeviceptr m[3] = {0, 0, 0}; /* A, B, C: [8192, 8192] each */
-  float ms[GEMM_CALLS], alpha = 1.0f, beta = 0.0f;
+  gemm_call g = {&c, NULL, gm, {0, 0, 0}};
+  float ms[GEMM_CALLS];
   int64_t elems = (int64_t)GEMM_N * GEMM_N;
   if ((st = cublas_load(b->o.cublas, &c, err)) != MOEJIT_OK)
     return st;
   for (int i = 0; i < 3; i++)
-    MJ_CU(cu, MemAlloc(&m[i], (size_t)elems * mj_dtype_size(gm->dtype)), err);
+    MJ_CU(cu, MemAlloc(&g.m[i], (size_t)elems * mj_dtype_size(gm->dtype)), err);
   for (int i = 0; i < 2; i++)
-    if ((st = mj_synth_fill(&b->syn, m[i], elems, gm->dtype, -1.0f, 1.0f, 1000 + i, b->stream,
+    if ((st = mj_synth_fill(&b->syn, g.m[i], elems, gm->dtype, -1.0f, 1.0f, 1000 + i, b->stream,
                             err)) != MOEJIT_OK)
       goto fail;
-  CUBLAS(&c, create(&handle), err);
-  CUBLAS(&c, set_stream(handle, b->stream), err);
-  for (int i = 0; i < FLOOR_WARMUP + GEMM_CALLS; i++) {
-    MJ_CU(cu, EventRecord(b->ev[0], b->stream), err);
-    CUBLAS(&c, gemm_ex(handle, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &alpha,
-                       (void *)(uintptr_t)m[0], gm->cuda_type, GEMM_N, (void *)(uintptr_t)m[1],
-                       gm->cuda_type, GEMM_N, &beta, (void *)(uintptr_t)m[2], gm->cuda_type,
-                       GEMM_N, gm->compute, CUBLAS_GEMM_DEFAULT),
-           err);
-    MJ_CU(cu, EventRecord(b->ev[1], b->stream), err);
-    MJ_CU(cu, EventSynchronize(b->ev[1]), err);
-    if (i >= FLOOR_WARMUP)
-      MJ_CU(cu, EventElapsedTime(&ms[i - FLOOR_WARMUP], b->ev[0], b->ev[1]), err);
-  }
-  *tflops = 2.0 * (double)GEMM_N * GEMM_N * GEMM_N / (median(ms, GEMM_CALLS) * 1e-3) / 1e12;
+  CUBLAS(&c, create(&g.handle), err);
+  CUBLAS(&c, set_stream(g.handle, b->stream), err);
+  const mj_timed timed = {FLOOR_WARMUP, GEMM_CALLS, gemm_run, NULL, &g};
+  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
+    goto fail;
+  *tflops = 2.0 * (double)GEMM_N * GEMM_N * GEMM_N / (mj_median(ms, GEMM_CALLS) * 1e-3) / 1e12;
 fail:
-  if (handle)
-    c.destroy(handle);
+  if (g.handle)
+    c.destroy(g.handle);
   for (int i = 0; i < 3; i++)
-    if (m[i])
-      cu->MemFree(m[i]);
+    if (g.m[i])
+      cu->MemFree(g.m[i]);
   return st;
+
 }
 
 /* Both rates; a failure leaves that rate NAN and its reason in the note (the rows still run). */
@@ -490,25 +498,17 @@ fail:
   return st;
 }
 
-/* ms[0..repeat): the calls between events ev[i] and ev[i + 1], enqueued back to back. */
-static moejit_status time_calls(bench *b, const moejit_forward_args *a, CUgraphExec exec,
-                                int repeat, float *ms, mj_err *err) {
-  moejit_status st = MOEJIT_OK;
-  mj_cu *cu = b->cu;
-  for (int i = 0; i < b->o.warmup; i++)
-    if ((st = forward_once(b, a, exec, err)) != MOEJIT_OK)
-      return st;
-  for (int i = 0; i < repeat; i++) {
-    MJ_CU(cu, EventRecord(b->ev[i], b->stream), err);
-    if ((st = forward_once(b, a, exec, err)) != MOEJIT_OK)
-      return st;
-  }
-  MJ_CU(cu, EventRecord(b->ev[repeat], b->stream), err);
-  MJ_CU(cu, EventSynchronize(b->ev[repeat]), err); /* a fault in the forwards surfaces here */
-  for (int i = 0; i < repeat; i++)
-    MJ_CU(cu, EventElapsedTime(&ms[i], b->ev[i], b->ev[i + 1]), err);
-fail:
-  return st;
+/* A row's forward as mj_time_runs times it: a replay, or an eager call. */
+typedef struct row_call {
+  bench *b;
+  const moejit_forward_args *a;
+  CUgraphExec exec;
+} row_call;
+
+static moejit_status row_forward(void *user, CUstream stream, mj_err *err) {
+  row_call *c = user;
+  (void)stream; /* the bench's */
+  return forward_once(c->b, c->a, c->exec, err);
 }
 
 /* One more call on a poisoned output, then --check sampled tokens against the CPU reference. */
@@ -533,7 +533,7 @@ fail:
 
 /* The GEMM configuration a forward of `tokens` runs. */
 static const char *picked_config(const moejit_plan *p, int64_t tokens, int *tuned) {
-  return p->configs[mj_rt_pick(p, tokens, tuned)].name;
+  return mj_rt_plan_config(p, mj_rt_pick(p, tokens, tuned))->name;
 }
 
 /* Distinct experts in [0, E) among the first `tokens` tokens' ids. */
@@ -557,7 +557,7 @@ static int64_t active_experts(const mj_synth_layer *L, int64_t tokens) {
 static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
                              const floor_rates *f, row *r, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  const moejit_layer_desc *d = &b->plan->desc;
+  const moejit_layer_desc *d = mj_rt_plan_desc(b->plan);
   mj_synth_layer view = b->layer; /* the first `tokens` tokens of the layer */
   mj_synth_layer full = b->layer; /* with --graph-tokens, the forward's: that many tokens */
   moejit_forward_args a;
@@ -581,7 +581,9 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   MJ_CU(b->cu, StreamSynchronize(b->stream), err);
   if (!b->o.eager && (st = capture(b, &a, &exec, err)) != MOEJIT_OK)
     goto fail;
-  if ((st = time_calls(b, &a, exec, repeat, ms, err)) != MOEJIT_OK)
+  row_call call = {b, &a, exec};
+  const mj_timed timed = {b->o.warmup, repeat, row_forward, NULL, &call};
+  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
     goto fail;
   if ((st = moejit_forward_check(b->plan, (void *)(uintptr_t)b->layer.workspace, b->stream,
                                  &bad)) != MOEJIT_OK) {
@@ -597,7 +599,7 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
     goto fail;
   r->tokens = tokens;
   r->repeat = repeat;
-  r->ms = median(ms, repeat);
+  r->ms = mj_median(ms, repeat);
   r->ms_min = ms[0];
   r->ms_max = ms[repeat - 1];
   r->flops = 2.0 * (double)tokens * (double)d->top_k * 3.0 * (double)d->hidden *
@@ -666,7 +668,7 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
           ", \"mode\": \"%s\", \"dtype\": \"%s\", \"hidden\": %lld, \"intermediate\": %lld, "
           "\"experts\": %lld, \"top_k\": %lld, \"routing\": \"%s\", \"unfused\": %s, \"seed\": "
           "%llu, \"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
-          o->eager ? "eager" : "graph", mj_rt_dtype_name(d->dtype), (long long)d->hidden,
+          o->eager ? "eager" : "graph", mj_dtype_name(d->dtype), (long long)d->hidden,
           (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
           d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? "true" : "false",
           (unsigned long long)L->seed, (long long)r->tokens, r->repeat, o->warmup);
@@ -768,7 +770,7 @@ static moejit_status bench_plan(moejit_ctx *ctx, const moejit_layer_desc *desc, 
   }
   if ((st = cli_config(config, desc, &c, err)) != MOEJIT_OK)
     return st;
-  if ((st = mj_rt_plan_create_with(ctx, desc, &c, 1, plan)) != MOEJIT_OK)
+  if ((st = mj_rt_plan_create_with(ctx, desc, &c, 1, plan, NULL)) != MOEJIT_OK)
     return mj_errf(err, st, "plan with --config %s: %s", config, moejit_last_error(ctx));
   return MOEJIT_OK;
 }
@@ -778,7 +780,8 @@ static int compile_only(const cli_layer *L, const char *why) {
   moejit_ctx_options o;
   moejit_ctx *ctx = NULL;
   moejit_plan *plan = NULL;
-  mj_cubin cubin = {0};
+  mj_kernel k;
+  CUmodule mod = NULL;
   mj_err err;
   int rc = 1;
   moejit_ctx_options_init(&o);
@@ -796,42 +799,35 @@ static int compile_only(const cli_layer *L, const char *why) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
-  if ((st = bench_cubin(ctx, &cubin, &err)) != MOEJIT_OK) {
+  if ((st = bench_kernel(ctx, &k, &mod, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: bandwidth kernel: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
-  printf("compiled for %s in %.2f s; nothing was timed: no GPU\n", ctx->arch, cli_now() - t0);
+  printf("compiled for %s in %.2f s; nothing was timed: no GPU\n", o.offline_arch,
+         cli_now() - t0);
   rc = 0;
 done:
-  mj_cubin_free(&cubin);
   moejit_plan_destroy(plan);
   moejit_destroy(ctx);
   return rc;
 }
 
-/* Plan, layer, stream and events for the rows; the context is current. */
-static moejit_status bench_open(bench *b, const cli_layer *L, int nev, mj_err *err) {
+/* Plan, layer and stream for the rows; the context is current. */
+static moejit_status bench_open(bench *b, const cli_layer *L, mj_err *err) {
   moejit_status st;
   double t0 = cli_now();
   if ((st = bench_plan(b->ctx, &L->desc, L->config, &b->plan, err)) != MOEJIT_OK)
     return st;
-  fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n", b->plan->nmodules,
-          cli_now() - t0);
+  fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n",
+          mj_rt_plan_modules(b->plan), cli_now() - t0);
   if ((st = mj_synth_open(b->ctx, &b->syn, err)) != MOEJIT_OK)
     return st;
   MJ_CU(b->cu, StreamCreate(&b->stream, MJ_CU_STREAM_NON_BLOCKING), err);
-  if (!(b->ev = calloc((size_t)nev, sizeof *b->ev)))
-    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
-  for (; b->nev < nev; b->nev++)
-    MJ_CU(b->cu, EventCreate(&b->ev[b->nev], 0), err);
 fail:
   return st;
 }
 
 static void bench_close(bench *b) {
-  for (int i = 0; i < b->nev; i++)
-    b->cu->EventDestroy(b->ev[i]);
-  free(b->ev);
   if (b->stream)
     b->cu->StreamDestroy(b->stream);
   if (b->count)
@@ -848,11 +844,8 @@ static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *r
   floor_rates fr;
   mj_err err;
   moejit_status st;
-  int nev = 2, failed_check = 0;
-  for (int i = 0; i < L->ntokens; i++)
-    if (repeat_for(L, L->token_list[i]) + 1 > nev)
-      nev = repeat_for(L, L->token_list[i]) + 1;
-  if ((st = bench_open(b, L, nev, &err)) != MOEJIT_OK) {
+  int failed_check = 0;
+  if ((st = bench_open(b, L, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
     return 1;
   }
@@ -951,25 +944,28 @@ int cmd_bench(int argc, char **argv) {
   time_t now = time(NULL);
   struct tm utc;
   strftime(ri.date, sizeof ri.date, "%Y-%m-%d", gmtime_r(&now, &utc));
-  ri.device = ctx->device_name;
+  moejit_device_info_init(&b.info);
+  moejit_device_info_get(ctx, &b.info);
+  ri.device = b.info.name;
   ri.command = command_line(argc, argv);
   const moejit_layer_desc *d = &L.desc;
-  fprintf(b.out, "device   %s (%s, %d SMs)\n", ctx->device_name, ctx->arch, ctx->sm_count);
+  fprintf(b.out, "device   %s (%s, %d SMs)\n", b.info.name, b.info.arch, b.info.sm_count);
   fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing%s, seed %llu\n",
           (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-          (long long)d->top_k, mj_rt_dtype_name(d->dtype),
+          (long long)d->top_k, mj_dtype_name(d->dtype),
           d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? ", unfused" : "",
           (unsigned long long)L.seed);
   b.ctx = ctx;
-  b.cu = &ctx->cu;
-  CUcontext popped;
-  if (ctx->cu.CtxPushCurrent(ctx->cuctx) != MJ_CU_SUCCESS) {
-    fprintf(stderr, "moejit bench: cannot make the GPU's context current\n");
+  b.cu = mj_rt_driver(ctx);
+  int pushed = 0;
+  mj_err err;
+  if (mj_rt_enter(ctx, &pushed, &err) != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: cannot make the GPU's context current: %s\n", err.msg);
     goto done;
   }
   rc = bench_gpu(&b, &L, json, &ri);
   bench_close(&b);
-  ctx->cu.CtxPopCurrent(&popped);
+  mj_rt_leave(ctx, pushed);
 done:
   if (json && json != stdout)
     fclose(json);

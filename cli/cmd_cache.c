@@ -10,9 +10,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "gen/hash.h"
-#include "tune/cache.h"
-#include "tune/records.h"
+#include "tools/tools.h"
 
 static const char cache_usage[] =
     "usage: moejit cache ls|verify|clear|export FILE|import FILE [--dir DIR]\n"

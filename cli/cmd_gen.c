@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "runtime/internal.h"
+#include "tools/tools.h"
 
 static const char gen_usage[] =
     "usage: moejit gen [--kernel route|combine|gemm1|gemm2] [--config NAME] [layer options]\n"
@@ -31,28 +31,28 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   return moejit_create(ctx, &o);
 }
 
-/* The configurations to build: the one --config names, kept in *one; else the heuristic's, which a
- * plan of this layer compiles on the context's arch. Returns NULL after printing why when --config
- * is not a configuration name or names one of another math. */
-static const mj_gemm_config *layer_configs(const cli_layer *L, const moejit_ctx *ctx,
-                                           mj_gemm_config *one, int *n, const char *cmd) {
+/* The configurations to build into cfg (room for MJ_MAX_GEMM_CONFIGS): the one --config names;
+ * else the heuristic's, which a plan of this layer compiles on arch. Returns their count, or -1
+ * after printing why when --config is not a configuration name or names one of another math. */
+static int layer_configs(const cli_layer *L, const char *arch, mj_gemm_config *cfg,
+                         const char *cmd) {
   if (L->config) {
     mj_err err;
-    if (cli_config(L->config, &L->desc, one, &err) != MOEJIT_OK) {
+    if (cli_config(L->config, &L->desc, cfg, &err) != MOEJIT_OK) {
       fprintf(stderr, "moejit %s: %s\n", cmd, err.msg);
-      return NULL;
+      return -1;
     }
-    *n = 1;
-    return one;
+    return 1;
   }
-  return mj_tune_gemm_configs_for(mj_rt_math(&L->desc), L->desc.unfused ? "" : ctx->arch, n);
+  return mj_tune_heuristic(mj_rt_math(&L->desc), L->desc.unfused ? "" : arch, cfg,
+                           MJ_MAX_GEMM_CONFIGS);
 }
 
 /* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
  * modules. Returns 0, or the exit status after printing why. */
 static int prepare(int argc, char **argv, const char *usage, const char *cmd, int flags,
-                   cli_layer *L, moejit_ctx **ctx, mj_gemm_config *one,
-                   const mj_gemm_config **cfg, int *ncfg, mj_module_src **mods, int *n) {
+                   cli_layer *L, moejit_ctx **ctx, moejit_device_info *info, mj_gemm_config *cfg,
+                   int *ncfg, mj_module_src **mods, int *n) {
   int rc = cli_parse(argc, argv, L, usage);
   if (rc)
     return rc == 1 ? -1 : rc;
@@ -60,13 +60,15 @@ static int prepare(int argc, char **argv, const char *usage, const char *cmd, in
   moejit_status st = offline_ctx(L, ctx);
   if (st != MOEJIT_OK)
     return 1;
-  if (!(*cfg = layer_configs(L, *ctx, one, ncfg, cmd))) {
+  moejit_device_info_init(info);
+  moejit_device_info_get(*ctx, info);
+  if ((*ncfg = layer_configs(L, info->arch, cfg, cmd)) < 0) {
     moejit_destroy(*ctx);
     return 2;
   }
   if ((st = mj_rt_check_desc(&L->desc, &err)) == MOEJIT_OK)
-    st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, *cfg, *ncfg, mods, n, &err)
-                   : mj_rt_build_modules(*ctx, &L->desc, *cfg, *ncfg, (*ctx)->arch, flags, mods, n,
+    st = flags < 0 ? mj_rt_render_modules(*ctx, &L->desc, cfg, *ncfg, mods, n, &err)
+                   : mj_rt_build_modules(*ctx, &L->desc, cfg, *ncfg, info->arch, flags, mods, n,
                                          &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit %s: %s: %s\n", cmd, moejit_status_name(st), err.msg);
@@ -80,10 +82,10 @@ int cmd_gen(int argc, char **argv) {
   cli_layer L;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
-  mj_gemm_config one;
-  const mj_gemm_config *cfg;
+  moejit_device_info info;
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
   int n = 0, ncfg = 0;
-  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &one, &cfg, &ncfg, &mods, &n);
+  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &info, cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
   const char *kernel = L.kernel ? L.kernel : "gemm1";
@@ -111,9 +113,12 @@ int cmd_gen(int argc, char **argv) {
 }
 
 /* Prints a row per kernel from the ptxas report in an NVRTC log: entry, registers, spills, static
- * shared memory. The report gives, per entry: "Compiling entry function 'X'", then
- * "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers, ...". */
-static void print_kernels(const char *module, size_t cubin, size_t dyn, const char *log) {
+ * shared memory, and the dynamic shared memory its launch contract gives it. The report gives, per
+ * entry: "Compiling entry function 'X'", then "N bytes stack frame, N bytes spill stores, N bytes
+ * spill loads", then "Used N registers, ...". */
+static void print_kernels(const mj_module_src *m) {
+  const char *module = m->name, *log = m->cubin.log;
+  size_t cubin = m->cubin.size;
   char entry[96] = "?";
   int stack = 0, sst = 0, sld = 0;
   for (const char *p = log; p && *p;) {
@@ -144,8 +149,9 @@ static void print_kernels(const char *module, size_t cubin, size_t dyn, const ch
           b--;
         sscanf(b, "%d", &smem);
       }
-      printf("%-26s %-22s %9zu %5d %6d %5d/%-5d %7d %9zu\n", module, entry, cubin, regs, stack, sst,
-             sld, smem, dyn);
+      const mj_kernel_meta *k = mj_gen_kernel(&m->meta, entry);
+      printf("%-26s %-22s %9zu %5d %6d %5d/%-5d %7d %9d\n", module, entry, cubin, regs, stack, sst,
+             sld, smem, k ? k->smem : 0);
     }
     p = eol ? eol + 1 : NULL;
   }
@@ -155,24 +161,23 @@ int cmd_compile(int argc, char **argv) {
   cli_layer L;
   moejit_ctx *ctx = NULL;
   mj_module_src *mods = NULL;
-  mj_gemm_config one;
-  const mj_gemm_config *cfg;
-  int n = 0, ncfg = 0;
+  moejit_device_info info;
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+  int n = 0, ncfg = 0, nv_major, nv_minor;
   double t0 = cli_now();
-  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &one,
-                   &cfg, &ncfg, &mods, &n);
+  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &info,
+                   cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
   double secs = cli_now() - t0;
+  mj_rt_nvrtc_version(ctx, &nv_major, &nv_minor);
   printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
          (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
-         mj_rt_dtype_name(L.desc.dtype), ctx->arch, ctx->nv.major, ctx->nv.minor);
+         mj_dtype_name(L.desc.dtype), info.arch, nv_major, nv_minor);
   printf("%-26s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
          "spill st/ld", "smem", "dyn smem");
   for (int i = 0; i < n; i++) {
-    int g = i - 2; /* GEMM modules come in pairs after route and combine; a split combine last */
-    size_t dyn = g >= 0 && g < 2 * ncfg ? mj_tune_gemm_smem(&cfg[g / 2], L.desc.dtype) : 0;
-    print_kernels(mods[i].name, mods[i].cubin.size, dyn, mods[i].cubin.log);
+    print_kernels(&mods[i]);
     if (L.verbose)
       printf("%s\n", mods[i].cubin.log);
   }

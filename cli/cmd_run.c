@@ -6,8 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "runtime/internal.h"
-#include "tools/check.h"
+#include "tools/tools.h"
 
 static const char run_usage[] =
     "usage: moejit run [--tokens N] [--repeat N] [--check N] [--seed S] [layer options]\n"
@@ -17,11 +16,6 @@ static const char run_usage[] =
     "median time of one forward (CUDA events) and its dropless TFLOP/s, then checks --check sampled\n"
     "tokens (default 32) against the CPU reference. Exit status 1 when the check fails.\n"
     "Without a GPU: compiles the layer's kernels for sm_90a (or --arch) and says no GPU was found.\n";
-
-static int cmp_float(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x > y) - (x < y);
-}
 
 static int compile_only(const cli_layer *L, const char *why) {
   moejit_ctx_options o;
@@ -42,14 +36,31 @@ static int compile_only(const cli_layer *L, const char *why) {
     moejit_destroy(ctx);
     return 1;
   }
-  printf("compiled %d modules for %s in %.2f s; nothing was run: no GPU\n", 2 + 2 * plan->ngemm,
-         ctx->arch, cli_now() - t0);
+  printf("compiled %d modules for %s in %.2f s; nothing was run: no GPU\n",
+         2 + 2 * mj_rt_plan_configs(plan), o.offline_arch, cli_now() - t0);
   moejit_plan_destroy(plan);
   moejit_destroy(ctx);
   return 0;
 }
 
 static char no_device_reason[1024];
+
+/* The forward `moejit run` times. */
+typedef struct run_call {
+  moejit_ctx *ctx;
+  moejit_plan *plan;
+  moejit_forward_args args;
+  const mj_synth_layer *layer;
+} run_call;
+
+static moejit_status forward(void *user, CUstream stream, mj_err *err) {
+  run_call *c = user;
+  moejit_status st = moejit_forward(c->plan, &c->args, (void *)(uintptr_t)c->layer->workspace,
+                                    c->layer->workspace_bytes, stream);
+  return st == MOEJIT_OK
+             ? st
+             : mj_errf(err, st, "%s", moejit_last_error(c->ctx));
+}
 
 static void capture_log(void *user, moejit_log_level level, const char *msg) {
   snprintf(no_device_reason, sizeof no_device_reason, "%s", msg);
@@ -81,55 +92,39 @@ int cmd_run(int argc, char **argv) {
   mj_synth syn = {0};
   mj_synth_layer layer = {0};
   mj_err err;
-  CUevent ev[2] = {NULL, NULL};
   float *ms = NULL;
   rc = 1;
   const moejit_layer_desc *d = &L.desc;
-  printf("device   %s (%s, %d SMs)\n", ctx->device_name, ctx->arch, ctx->sm_count);
+  moejit_device_info info;
+  moejit_device_info_init(&info);
+  moejit_device_info_get(ctx, &info);
+  printf("device   %s (%s, %d SMs)\n", info.name, info.arch, info.sm_count);
   printf("layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing, %lld tokens\n", (long long)d->hidden,
          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
-         mj_rt_dtype_name(d->dtype), d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
+         mj_dtype_name(d->dtype), d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
          (long long)L.tokens);
   double t0 = cli_now();
   if ((st = moejit_plan_create(ctx, d, &plan)) != MOEJIT_OK) {
     fprintf(stderr, "moejit run: plan: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
     goto done;
   }
-  printf("plan     %d modules built and loaded in %.3f s\n", plan->nmodules, cli_now() - t0);
+  printf("plan     %d modules built and loaded in %.3f s\n", mj_rt_plan_modules(plan),
+         cli_now() - t0);
   if ((st = mj_synth_open(ctx, &syn, &err)) != MOEJIT_OK ||
       (st = mj_synth_layer_create(&syn, plan, L.tokens, L.seed, &layer, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit run: synthetic layer: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
-  moejit_forward_args args;
-  mj_synth_layer_args(&layer, &args);
+  run_call call = {ctx, plan, {0}, &layer};
+  mj_synth_layer_args(&layer, &call.args);
   void *ws = (void *)(uintptr_t)layer.workspace;
-  mj_cu *cu = &ctx->cu;
-  CUcontext popped;
-  if (cu->CtxPushCurrent(ctx->cuctx) != MJ_CU_SUCCESS) {
-    fprintf(stderr, "moejit run: cannot make the GPU's context current\n");
+  if (!(ms = calloc((size_t)L.repeat, sizeof *ms))) {
+    fprintf(stderr, "moejit run: out of memory\n");
     goto done;
   }
-  ms = calloc((size_t)L.repeat, sizeof *ms);
-  if (!ms || cu->EventCreate(&ev[0], 0) || cu->EventCreate(&ev[1], 0)) {
-    fprintf(stderr, "moejit run: could not create events\n");
-    cu->CtxPopCurrent(&popped);
-    goto done;
-  }
-  for (int i = 0; i < 3 + L.repeat && st == MOEJIT_OK; i++) {
-    cu->EventRecord(ev[0], NULL);
-    st = moejit_forward(plan, &args, ws, layer.workspace_bytes, NULL);
-    cu->EventRecord(ev[1], NULL);
-    if (cu->EventSynchronize(ev[1]) != MJ_CU_SUCCESS) {
-      fprintf(stderr, "moejit run: the forward failed on the GPU\n");
-      st = MOEJIT_ERR_CUDA;
-    } else if (i >= 3) {
-      cu->EventElapsedTime(&ms[i - 3], ev[0], ev[1]);
-    }
-  }
-  cu->CtxPopCurrent(&popped);
-  if (st != MOEJIT_OK) {
-    fprintf(stderr, "moejit run: forward: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
+  const mj_timed timed = {3, L.repeat, forward, NULL, &call};
+  if ((st = mj_time_runs(ctx, NULL, &timed, ms, &err)) != MOEJIT_OK) {
+    fprintf(stderr, "moejit run: forward: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
   int64_t bad = 0;
@@ -137,8 +132,7 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "moejit run: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
     goto done;
   }
-  qsort(ms, (size_t)L.repeat, sizeof *ms, cmp_float);
-  double med = ms[L.repeat / 2];
+  double med = mj_median(ms, L.repeat);
   double flop = 2.0 * (double)L.tokens * (double)d->top_k *
                 (3.0 * (double)d->hidden * (double)d->intermediate);
   printf("forward  %.3f ms median of %d (min %.3f, max %.3f), %.1f TFLOP/s dropless\n", med,
@@ -161,10 +155,6 @@ int cmd_run(int argc, char **argv) {
   }
   rc = 0;
 done:
-  if (ev[0])
-    ctx->cu.EventDestroy(ev[0]);
-  if (ev[1])
-    ctx->cu.EventDestroy(ev[1]);
   free(ms);
   if (layer.host_ids)
     mj_synth_layer_destroy(&syn, &layer);

@@ -5,9 +5,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "runtime/internal.h"
-#include "tools/check.h"
-#include "tools/tuner.h"
+#include "tools/tools.h"
 
 static const char tune_usage[] =
     "usage: moejit tune [--tokens 1,8,64,512,4096,65536] [--budget SECONDS] [--repeat N]\n"
@@ -83,10 +81,14 @@ int cmd_tune(int argc, char **argv) {
     return 2;
   }
   const moejit_layer_desc *d = &L.desc;
+  moejit_device_info info;
+  moejit_device_info_init(&info);
+  moejit_device_info_get(ctx, &info);
+  const char *records = mj_rt_records_path(ctx);
   printf("tuning   H=%lld I=%lld E=%lld K=%lld %s on %s (%s, %d SMs)\n", (long long)d->hidden,
          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
-         mj_rt_dtype_name(d->dtype), ctx->device_name, ctx->arch, ctx->sm_count);
-  printf("records  %s\n", ctx->records_path[0] ? ctx->records_path : "(no cache folder: not saved)");
+         mj_dtype_name(d->dtype), info.name, info.arch, info.sm_count);
+  printf("records  %s\n", records[0] ? records : "(no cache folder: not saved)");
   tune_ui ui = {isatty(2), cli_now(), L.check < 0 ? 8 : L.check};
   mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed,
                          1, progress, check, &ui};

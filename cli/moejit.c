@@ -5,7 +5,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
-#include "runtime/internal.h"
+#include "tools/tools.h"
 
 const char *const cli_layer_help =
     "Layer options (defaults: gpt-oss-20b, bf16):\n"

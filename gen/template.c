@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -325,7 +326,99 @@ typedef struct render_call {
   const char *name;  /* module to render, or NULL for eval */
   const char *chunk; /* eval: Lua text */
   const mj_spec *spec;
+  mj_module_meta *meta; /* render: where the contract goes, or NULL */
 } render_call;
+
+/* The integer keys of a kernel's contract and where they go. */
+static const struct {
+  const char *key;
+  size_t offset;
+} meta_ints[] = {
+#define MJ_META_INT_(field) {#field, offsetof(mj_kernel_meta, field)}
+    MJ_META_INT_(threads),   MJ_META_INT_(smem),      MJ_META_INT_(static_smem),
+    MJ_META_INT_(per_block),
+    MJ_META_INT_(max_blocks), MJ_META_INT_(tile_rows), MJ_META_INT_(cols), MJ_META_INT_(tile_cols),
+    MJ_META_INT_(depth),     MJ_META_INT_(splits),    MJ_META_INT_(box_rows),
+    MJ_META_INT_(blocks_per_sm),
+    MJ_META_INT_(max_slots),
+#undef MJ_META_INT_
+};
+
+/* Copies a string field of the table at the top into buf; raises a Lua error naming the kernel when
+ * it is missing, not a string or too long. */
+static void meta_string(lua_State *L, const char *module, const char *kernel, const char *what,
+                        char *buf, size_t len) {
+  size_t n;
+  const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  if (!s || n == 0 || n >= len)
+    luaL_error(L, "templates/%s.lua: the contract of %s: %s must be a name of 1..%d bytes", module,
+               kernel, what, (int)len - 1);
+  memcpy(buf, s, n + 1);
+}
+
+/* Reads one kernel's contract, the table at the top of the stack. */
+static void read_kernel(lua_State *L, const char *module, mj_kernel_meta *k) {
+  memset(k, 0, sizeof *k);
+  lua_getfield(L, -1, "entry");
+  meta_string(L, module, "a kernel", "entry", k->entry, sizeof k->entry);
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) { /* every key must be one the runtime reads */
+    const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    int known = !strcmp(key, "entry");
+    if (!strcmp(key, "params")) {
+      known = 1;
+      if (!lua_istable(L, -1))
+        luaL_error(L, "templates/%s.lua: the contract of %s: params must be a list", module,
+                   k->entry);
+      k->nparams = (int)luaL_len(L, -1);
+      if (k->nparams > MJ_KERNEL_PARAMS)
+        luaL_error(L, "templates/%s.lua: the contract of %s has %d params, at most %d", module,
+                   k->entry, k->nparams, MJ_KERNEL_PARAMS);
+      for (int i = 0; i < k->nparams; i++) {
+        lua_geti(L, -1, i + 1);
+        meta_string(L, module, k->entry, "each param", k->params[i], sizeof k->params[i]);
+        lua_pop(L, 1);
+      }
+    }
+    for (size_t i = 0; !known && i < sizeof meta_ints / sizeof meta_ints[0]; i++) {
+      if (strcmp(key, meta_ints[i].key) != 0)
+        continue;
+      known = 1;
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > INT32_MAX)
+        luaL_error(L, "templates/%s.lua: the contract of %s: %s must be an integer >= 0", module,
+                   k->entry, key);
+      *(int *)((char *)k + meta_ints[i].offset) = (int)lua_tointeger(L, -1);
+    }
+    if (!known)
+      luaL_error(L, "templates/%s.lua: the contract of %s has an unknown key '%s'", module,
+                 k->entry, key);
+    lua_pop(L, 1);
+  }
+  if (k->threads < 1 || k->threads > 1024)
+    luaL_error(L, "templates/%s.lua: the contract of %s: threads=%d is outside [1, 1024]", module,
+               k->entry, k->threads);
+}
+
+/* Reads the contract, the value at the top of the stack, into rc->meta. */
+static void read_contract(lua_State *L, const render_call *rc) {
+  mj_module_meta *m = rc->meta;
+  if (!lua_istable(L, -1))
+    luaL_error(L, "templates/%s.lua returned no launch contract (a list of kernel tables) beside "
+                  "its source", rc->name);
+  int n = (int)luaL_len(L, -1);
+  if (n < 1 || n > MJ_MODULE_KERNELS)
+    luaL_error(L, "templates/%s.lua: the contract lists %d kernels, expected 1..%d", rc->name, n,
+               MJ_MODULE_KERNELS);
+  memset(m, 0, sizeof *m);
+  for (int i = 0; i < n; i++) {
+    if (lua_geti(L, -1, i + 1) != LUA_TTABLE)
+      luaL_error(L, "templates/%s.lua: the contract's kernel %d is not a table", rc->name, i + 1);
+    read_kernel(L, rc->name, &m->kernel[i]);
+    lua_pop(L, 1);
+  }
+  m->count = n;
+}
 
 static int render_protected(lua_State *L) {
   const render_call *rc = lua_touserdata(L, 1);
@@ -338,10 +431,13 @@ static int render_protected(lua_State *L) {
     if (!lua_isfunction(L, -1))
       return luaL_error(L, "templates/%s.lua must return function(spec) -> string", rc->name);
     push_spec(L, rc->spec);
-    lua_call(L, 1, 1);
-    if (lua_type(L, -1) != LUA_TSTRING)
+    lua_call(L, 1, 2);
+    if (lua_type(L, -2) != LUA_TSTRING)
       return luaL_error(L, "templates/%s.lua returned a %s, not a string", rc->name,
-                        luaL_typename(L, -1));
+                        luaL_typename(L, -2));
+    if (rc->meta)
+      read_contract(L, rc);
+    lua_pop(L, 1); /* the source is the result */
   } else {
     if (luaL_loadbufferx(L, rc->chunk, strlen(rc->chunk), "=eval", "t") != LUA_OK)
       return lua_error(L);
@@ -394,12 +490,19 @@ static moejit_status run(mj_gen *g, const render_call *rc, char **result, mj_err
 }
 
 moejit_status mj_gen_render(mj_gen *g, const char *name, const mj_spec *spec, char **source,
-                            mj_err *err) {
-  render_call rc = {name, NULL, spec};
+                            mj_module_meta *meta, mj_err *err) {
+  render_call rc = {name, NULL, spec, meta};
   return run(g, &rc, source, err);
 }
 
 moejit_status mj_gen_eval(mj_gen *g, const char *chunk, char **result, mj_err *err) {
-  render_call rc = {NULL, chunk, NULL};
+  render_call rc = {NULL, chunk, NULL, NULL};
   return run(g, &rc, result, err);
+}
+
+const mj_kernel_meta *mj_gen_kernel(const mj_module_meta *meta, const char *entry) {
+  for (int i = 0; i < meta->count; i++)
+    if (!strcmp(meta->kernel[i].entry, entry))
+      return &meta->kernel[i];
+  return NULL;
 }

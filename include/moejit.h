@@ -156,6 +156,16 @@ MOEJIT_API void moejit_ctx_options_init(moejit_ctx_options *opts);
 MOEJIT_API void moejit_layer_desc_init(moejit_layer_desc *desc);
 MOEJIT_API void moejit_forward_args_init(moejit_forward_args *args);
 
+/* What a context compiles for and runs on. */
+typedef struct moejit_device_info {
+  size_t struct_size;
+  int offline;            /* 1: the context compiles for arch and runs nothing */
+  char arch[16];          /* the target its plans compile for: "sm_90a", "sm_80", ... */
+  char name[128];         /* the GPU's name; "" offline */
+  int sm_count;           /* the GPU's multiprocessors; 0 offline */
+  int cc_major, cc_minor; /* its compute capability; 0.0 offline */
+} moejit_device_info;
+
 /* Creates a context: loads the driver (unless offline), retains the device's primary context, builds
  * the template sandbox. Does not compile. *ctx is NULL on failure, except that with
  * MOEJIT_ERR_NO_DEVICE a context is not returned either; the message goes to the log callback.
@@ -229,6 +239,11 @@ MOEJIT_API moejit_status moejit_workspace_view_get(const moejit_plan *plan, int6
  * MOEJIT_ERR_CUDA. */
 MOEJIT_API moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace,
                                               CUstream stream, int64_t *bad_slots);
+
+MOEJIT_API void moejit_device_info_init(moejit_device_info *info);
+/* Fills *info (set up by moejit_device_info_init). Returns MOEJIT_OK, or MOEJIT_ERR_INVALID_ARG for
+ * a NULL argument or a struct_size of no version. Never blocks. */
+MOEJIT_API moejit_status moejit_device_info_get(const moejit_ctx *ctx, moejit_device_info *info);
 
 MOEJIT_API const char *moejit_status_name(moejit_status s);   /* "MOEJIT_ERR_INVALID_ARG" */
 MOEJIT_API const char *moejit_status_string(moejit_status s); /* "invalid argument" */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/half.h"
 #include "runtime/internal.h"
 
 void moejit_ctx_options_init(moejit_ctx_options *opts) {
@@ -28,9 +29,36 @@ void moejit_forward_args_init(moejit_forward_args *args) {
   args->struct_size = sizeof *args;
 }
 
-const char *mj_rt_dtype_name(moejit_dtype dt) {
-  static const char *const names[] = {"f32", "f16", "bf16", "i32", "i64"};
-  return (unsigned)dt < sizeof names / sizeof names[0] ? names[dt] : "?";
+void moejit_device_info_init(moejit_device_info *info) {
+  memset(info, 0, sizeof *info);
+  info->struct_size = sizeof *info;
+}
+
+moejit_status moejit_device_info_get(const moejit_ctx *ctx, moejit_device_info *info) {
+  if (!ctx || !info || info->struct_size != sizeof *info)
+    return MOEJIT_ERR_INVALID_ARG;
+  moejit_device_info_init(info);
+  info->offline = ctx->offline;
+  snprintf(info->arch, sizeof info->arch, "%s", ctx->arch);
+  snprintf(info->name, sizeof info->name, "%s", ctx->device_name);
+  info->sm_count = ctx->sm_count;
+  info->cc_major = ctx->cc_major;
+  info->cc_minor = ctx->cc_minor;
+  return MOEJIT_OK;
+}
+
+const mj_cu *mj_rt_driver(const moejit_ctx *ctx) { return &ctx->cu; }
+
+void mj_rt_nvrtc_version(const moejit_ctx *ctx, int *major, int *minor) {
+  *major = ctx->nv.major;
+  *minor = ctx->nv.minor;
+}
+
+const char *mj_rt_records_path(const moejit_ctx *ctx) { return ctx->records_path; }
+
+void mj_rt_logger(const moejit_ctx *ctx, moejit_log_fn *log, void **user) {
+  *log = ctx->log;
+  *user = ctx->log_user;
 }
 
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err) {
@@ -80,6 +108,7 @@ static moejit_status open_device(moejit_ctx *ctx, int ordinal, mj_err *err) {
   MJ_CU(cu, DeviceGetAttribute(&ctx->cc_minor, MJ_CU_ATTR_CC_MINOR, ctx->dev), err);
   MJ_CU(cu, DeviceGetAttribute(&ctx->sm_count, MJ_CU_ATTR_SM_COUNT, ctx->dev), err);
   MJ_CU(cu, DeviceGetAttribute(&ctx->smem_optin, MJ_CU_ATTR_SMEM_OPTIN, ctx->dev), err);
+  MJ_CU(cu, DeviceGetAttribute(&ctx->smem_per_sm, MJ_CU_ATTR_SMEM_PER_SM, ctx->dev), err);
   if (ctx->cc_major < 8) {
     st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "%s has compute capability %d.%d; moejit needs 8.0+",
                  ctx->device_name, ctx->cc_major, ctx->cc_minor);
@@ -101,13 +130,10 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
   if (!out)
     return MOEJIT_ERR_INVALID_ARG;
   *out = NULL;
-  if (opts) {
-    /* the sizes this header has had: before cache_dir was appended, and now */
-    if (opts->struct_size != offsetof(moejit_ctx_options, cache_dir) &&
-        opts->struct_size != sizeof o)
-      return MOEJIT_ERR_INVALID_ARG;
-    memcpy(&o, opts, opts->struct_size);
-  }
+  /* the sizes this header has had: before cache_dir was appended, and now */
+  static const size_t sizes[] = {offsetof(moejit_ctx_options, cache_dir), sizeof o};
+  if (opts && mj_rt_upgrade(opts, opts->struct_size, sizes, 2, &o, sizeof o) != 0)
+    return MOEJIT_ERR_INVALID_ARG;
   moejit_ctx *ctx = calloc(1, sizeof *ctx);
   if (!ctx)
     return MOEJIT_ERR_OUT_OF_MEMORY;
@@ -128,6 +154,7 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
     }
     ctx->offline = 1;
     snprintf(ctx->arch, sizeof ctx->arch, "%s", o.offline_arch);
+    mj_rt_arch_smem(ctx->arch, &ctx->smem_optin, &ctx->smem_per_sm);
   } else if ((st = open_device(ctx, o.device, &err)) != MOEJIT_OK) {
     goto fail;
   }

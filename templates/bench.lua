@@ -3,6 +3,7 @@
 -- dropped and nothing but the sum is written. Spec: none.
 -- The body stays here rather than in a .cuh: every kernel's cache key hashes all the headers, and a
 -- benchmark-only header would change them all.
+-- Contract: moejit_bench_read, blocks_per_sm blocks an SM.
 local prelude = require("prelude")
 
 local body = [[
@@ -49,5 +50,6 @@ return function(spec)
     prelude.header("bench", spec),
     prelude.constants({ { "kUnroll", "int", 4 } }),
     body,
-  }, "\n")
+  }, "\n"), { { entry = "moejit_bench_read", threads = 256, blocks_per_sm = 8,
+    params = { "in", "n", "sum" } } }
 end

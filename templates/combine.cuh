@@ -1,6 +1,7 @@
 // combine.cuh: y[t] = sum over k = 0..kTopK-1, in that order, of y_slot[t * kTopK + k], in fp32,
 // cast to T. Slots with no row (expert id out of range) are skipped. Fixed order: reproducible.
-// Needs: T, kHidden, kTopK. grid = (tokens, ceil(kHidden / (4 * 256))), block = 256.
+// Needs: T, kHidden, kTopK, kThreads (the block, 4 columns a thread).
+// grid = (tokens, ceil(kHidden / (4 * kThreads))), block = kThreads.
 // With MJ_COMBINE_SPLITS = kSplits > 1 (GEMM2 split over K), a slot's row is the sum of its kSplits
 // partials y_slot + z * split_stride, z = 0, 1, ... in that order, before it joins the sum over k:
 // y[t] = sum_k (sum_z y_slot_z[t * kTopK + k]). MJ_PDL (optional): see mj_pdl_begin.
@@ -18,24 +19,20 @@ static constexpr int kSplits = MJ_COMBINE_SPLITS;
 
 struct alignas(16) mj_float4 { float x, y, z, w; };
 
-#if MJ_COMBINE_SPLITS > 1
-// split_stride: floats between two partial y_slot arrays, a multiple of 4 (16-byte loads).
-extern "C" __global__ void __launch_bounds__(256) moejit_combine(
-    const float *__restrict__ y_slot, const int *__restrict__ slot_pos, T *__restrict__ y,
+// split_stride (read with kSplits > 1 only): floats between two partial y_slot arrays, a multiple
+// of 4 (16-byte loads).
+extern "C" __global__ void __launch_bounds__(kThreads) moejit_combine(
+    const float *__restrict__ y_slot, const int *__restrict__ slot_row, T *__restrict__ y,
     long long split_stride) {
-#else
-extern "C" __global__ void __launch_bounds__(256) moejit_combine(
-    const float *__restrict__ y_slot, const int *__restrict__ slot_pos, T *__restrict__ y) {
-#endif
   mj_pdl_begin<MJ_PDL>();
   const int t = blockIdx.x;
-  const int c = (blockIdx.y * 256 + threadIdx.x) * 4;
+  const int c = (blockIdx.y * kThreads + threadIdx.x) * 4;
   if (c >= kHidden) return;
   mj_float4 acc = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 4
   for (int k = 0; k < kTopK; ++k) {
     mj_i64 s = (mj_i64)t * kTopK + k;
-    if (slot_pos[s] < 0) continue;
+    if (slot_row[s] < 0) continue;
     mj_float4 v = *(const mj_float4 *)(y_slot + s * kHidden + c);
 #if MJ_COMBINE_SPLITS > 1
 #pragma unroll
@@ -60,16 +57,16 @@ extern "C" __global__ void __launch_bounds__(256) moejit_combine(
 }
 
 #if MJ_COMBINE_ACTIVATION
-// Unfused plans: h[row, j] = swiglu(gu[row, 2j], gu[row, 2j + 1]) for the rows routing produced
-// (expert_off[kExperts] of them; the grid covers the most there can be).
-// Needs: kIntermediate, kExperts, kAlpha, kLimit. grid = ceil(max_rows * kIntermediate / 256).
-extern "C" __global__ void __launch_bounds__(256) moejit_activation(
-    const T *__restrict__ gu, const int *__restrict__ expert_off, T *__restrict__ h) {
+// Unfused plans: h[row, j] = swiglu(gate_up[row, 2j], gate_up[row, 2j + 1]) for the rows routing
+// produced (expert_offsets[kExperts] of them), grid-stride. Needs: kIntermediate, kExperts, kAlpha,
+// kLimit. block = kThreads.
+extern "C" __global__ void __launch_bounds__(kThreads) moejit_activation(
+    const T *__restrict__ gate_up, const int *__restrict__ expert_offsets, T *__restrict__ h) {
   mj_pdl_begin<MJ_PDL>();
-  const mj_i64 rows = expert_off[kExperts];
+  const mj_i64 rows = expert_offsets[kExperts];
   for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < rows * kIntermediate;
        i += (mj_i64)gridDim.x * blockDim.x) {
-    float gate = mj_to_f32(gu[2 * i]), up = mj_to_f32(gu[2 * i + 1]);
+    float gate = mj_to_f32(gate_up[2 * i]), up = mj_to_f32(gate_up[2 * i + 1]);
     h[i] = mj_from_f32<T>(mj_swiglu(gate, up, kAlpha, kLimit));
   }
 }

@@ -1,10 +1,14 @@
 -- combine.lua: the fixed-order sum of each token's top-k rows. Spec: dtype, hidden, top_k; for
 -- unfused plans also intermediate, experts, alpha, limit, which add the activation kernel.
 -- splits (optional, default 1): the split-K partials per slot that GEMM2 (rendered with the same
--- splits) leaves; above 1 the combine kernel takes their distance as a fourth argument.
+-- splits) leaves, split_stride floats apart (the kernel's last parameter, read with splits > 1).
 -- pdl (optional, 0/1, default 0): griddepcontrol.wait and launch_dependents at each kernel's start
 -- on sm_90+. At their defaults neither changes the source.
+-- Contract: moejit_combine, grid (tokens, ceil(cols / tile_cols)); moejit_activation (unfused),
+-- grid-stride over rows x cols elements, per_block a block, at most max_blocks.
 local prelude = require("prelude")
+
+local kThreads = 256 -- both kernels' block; combine sums 4 columns a thread
 
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
@@ -12,6 +16,7 @@ return function(spec)
   local consts = {
     { "kHidden", "int", prelude.need_int(spec, "hidden", 8) },
     { "kTopK", "int", prelude.need_int(spec, "top_k", 1, 32) },
+    { "kThreads", "int", kThreads },
   }
   local activation = spec.intermediate ~= nil
   if activation then
@@ -23,6 +28,14 @@ return function(spec)
   local defines = { "#define MJ_COMBINE_ACTIVATION " .. (activation and "1" or "0") }
   if splits > 1 then defines[#defines + 1] = "#define MJ_COMBINE_SPLITS " .. splits end
   defines[#defines + 1] = prelude.pdl_define(spec)
+  local kernels = { {
+    entry = "moejit_combine", threads = kThreads, cols = spec.hidden, tile_cols = 4 * kThreads,
+    params = { "y_slot", "slot_row", "y", "split_stride" },
+  } }
+  if activation then
+    kernels[2] = { entry = "moejit_activation", threads = kThreads, cols = spec.intermediate,
+      per_block = kThreads, max_blocks = 65536, params = { "gate_up", "expert_offsets", "h" } }
+  end
   return table.concat({
     prelude.header("combine", spec),
     "typedef " .. dt.ctype .. " T;",
@@ -30,5 +43,5 @@ return function(spec)
     prelude.constants(consts),
     '#include "combine.cuh"',
     "",
-  }, "\n")
+  }, "\n"), kernels
 end

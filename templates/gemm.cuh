@@ -1,10 +1,12 @@
-// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list. Four math paths, all
-// sm_80+: MJ_GEMM_PATH 1, mma.sync m16n8k16 for f16/bf16; 2, mma.sync m16n8k8 on TF32 for f32;
-// 0, exact fp32 FFMA for f32; 3, streamed FFMA for tiles of a few rows (below).
+// gemm.cuh: the grouped GEMMs of the layer on a device-side tile list. Four paths, all sm_80+,
+// MJ_GEMM_PATH one of: MJ_PATH_MMA, mma.sync m16n8k16 for f16/bf16; MJ_PATH_TF32, mma.sync m16n8k8
+// on TF32 for f32; MJ_PATH_FFMA, exact fp32 FFMA for f32; MJ_PATH_STREAM, streamed FFMA for tiles
+// of a few rows (below).
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
-// kBM, kBN, kBK, kStages, kThreads and kWM, kWN (tensor-core paths) or kTM, kTN (FFMA).
+// kBM, kBN, kBK, kStages, kThreads, kSmemBytes (the dynamic shared memory of its launch contract)
+// and kWM, kWN (tensor-core paths) or kTM, kTN (FFMA); with MJ_GEMM_SPLITS, kKSplit.
 //
-// Path 3 (streamed): for decode tiles of at most kBM (a few) rows, whose GEMMs are a read of the
+// The streamed path: for decode tiles of at most kBM (a few) rows, whose GEMMs are a read of the
 // weights and little math. No shared-memory ring: each thread loads 16-byte pieces of weight rows
 // straight into registers with non-caching loads, kStages of them at a time (a batch), the next
 // batch in flight while it multiplies the last one, and keeps kBM x kVec fp32 sums. The block's
@@ -13,12 +15,12 @@
 // with each batch from global memory through L1. kBK only sets the split-K length.
 //
 // kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
-//   gathered from x by token = sorted_slot[row] / kTopK; with kWeightOnInput the product is scaled by
+//   gathered from x by token = row_slot[row] / kTopK; with kWeightOnInput the product is scaled by
 //   weight[row] first (the same as scaling x[token], as the GEMM is linear in it).
 // kMode 3 (gate_up_raw, unfused plans): out = gu [rows, kN] in T, A[row] @ W[e] + b[e] (scaled as
 //   kMode 1 with kWeightOnInput), the activation left to moejit_activation.
 // kMode 2 (down): out = y_slot [slots, kN] in f32, y_slot[slot] = (A[row] @ W[e] + b[e]) * weight[row]
-//   (weight 1 with kWeightOnInput) with A = h in row order and slot = sorted_slot[row].
+//   (weight 1 with kWeightOnInput) with A = h in row order and slot = row_slot[row].
 // Tile i of the list covers rows [row_begin, row_end) of one expert, in kBN-column slabs. Grid
 // (tiles, ceil(kN / kBN), splits), tiles = min(slots, max_tiles) (a tile holds a slot at least);
 // block (x, y) works on tile x and slab y, or with slab_major (the host's choice when the blocks
@@ -28,14 +30,12 @@
 // the H100).
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 //
-// Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits, and the kernel takes a
-// second argument, split_stride (floats). Block z sums K range [z * kKSplit, min(kK, (z + 1) *
-// kKSplit)), kKSplit = ceil(ceil(kK / kSplits) / kBK) * kBK (the template refuses a split left
-// empty), and writes y_slot_z[slot] = (partial + (z == 0 ? b[e] : 0)) * weight[row] at
-// out + z * split_stride; combine adds the kSplits partials of a slot in z order. Decode batches
-// have few rows per expert, so the K loop is what one block does for long; splitting it puts more
-// blocks on the same weights to reach the memory bandwidth. Without MJ_GEMM_SPLITS the kernel and
-// its one parameter are as before.
+// Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits. Block z sums K range
+// [z * kKSplit, min(kK, (z + 1) * kKSplit)) (kKSplit whole kBK steps, none of the splits empty)
+// and writes y_slot_z[slot] = (partial + (z == 0 ? b[e] : 0)) * weight[row] at
+// out + z * split_stride (floats); combine adds the kSplits partials of a slot in z order. Decode
+// batches have few rows per expert, so the K loop is what one block does for long; splitting it
+// puts more blocks on the same weights to reach the memory bandwidth.
 // MJ_PDL (optional): programmatic dependent launch, see mj_pdl_begin.
 //
 // MJ_GEMM_SELF_ROUTE (optional, GEMM1 under MJ_PDL; needs RouteIdT and kRouteExperts): with
@@ -54,6 +54,11 @@
 // waited for routing, then for the tile count, the tile and the rows, one load after the other.
 #pragma once
 
+#define MJ_PATH_FFMA 0
+#define MJ_PATH_MMA 1
+#define MJ_PATH_TF32 2
+#define MJ_PATH_STREAM 3
+
 #ifndef MJ_PDL
 #define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
 #endif
@@ -64,13 +69,13 @@
 #ifndef MJ_GEMM_SELF_ROUTE
 #define MJ_GEMM_SELF_ROUTE 0
 #endif
-// The kernel's one parameter; the host fills the same fields in this order.
+// The kernel's parameters, gathered for the functions below.
 struct GemmParams {
   const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
   const T *w;               // [experts, kK, kN]
   const BiasT *bias;        // [experts, kN]
-  const int *sorted_slot;   // [rows]
-  const float *slot_weight; // [rows]
+  const int *row_slot;   // [rows]
+  const float *row_weight; // [rows]
   const mj_int4 *tiles;     // [max_tiles]
   const int *num_tiles;     // [1]
   void *out;
@@ -81,16 +86,22 @@ struct GemmParams {
 
 static constexpr int kSplits = MJ_GEMM_SPLITS;
 static_assert(kSplits == 1 || kMode == 2, "split-K is for GEMM2 (mode down) only");
-// K elements per split: whole kBK steps, so a split's last step never reads into the next split.
-static constexpr int kKSplit = ((kK + kSplits - 1) / kSplits + kBK - 1) / kBK * kBK;
-static_assert((kSplits - 1) * kKSplit < kK, "every split has K to sum");
+#if MJ_GEMM_SPLITS == 1
+static constexpr int kKSplit = kK;
+#endif
+static_assert(((kSplits - 1) * kKSplit < kK && kSplits * kKSplit >= kK && kKSplit % kBK == 0) ||
+                  kSplits == 1,
+              "splits of whole kBK steps cover K, and none is empty");
 
 static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
 static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
 static constexpr int kLdB = kBN + kVec;
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
-static_assert((MJ_GEMM_PATH == 3 || kBK % kVec == 0) && kBN % kVec == 0,
+static_assert((MJ_GEMM_PATH == MJ_PATH_STREAM || kBK % kVec == 0) && kBN % kVec == 0,
               "tile edges must hold whole 16-byte copies");
+static_assert(MJ_GEMM_PATH == MJ_PATH_STREAM ||
+                  kStages * (kBM * kLdA + kBK * kLdB) * (int)sizeof(T) <= kSmemBytes,
+              "the stage ring fits the dynamic shared memory of the launch contract");
 
 struct alignas(8) mj_float2 { float x, y; };
 struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
@@ -123,7 +134,7 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
   if (r >= r1 || c >= kN) return;
   const BiasT *b = p.bias + (mj_i64)e * kN;
   if (kMode != 2 && kWeightOnInput) {
-    float wt = p.slot_weight[r];
+    float wt = p.row_weight[r];
     v0 *= wt;
     v1 *= wt;
   }
@@ -138,12 +149,12 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
     o[0] = mj_from_f32<T>(v0);
     o[1] = mj_from_f32<T>(v1);
   } else {
-    float wt = kWeightOnInput ? 1.0f : p.slot_weight[r];
-    *(mj_float2 *)((float *)p.out + (mj_i64)p.sorted_slot[r] * kN + c) = mj_float2{v0 * wt, v1 * wt};
+    float wt = kWeightOnInput ? 1.0f : p.row_weight[r];
+    *(mj_float2 *)((float *)p.out + (mj_i64)p.row_slot[r] * kN + c) = mj_float2{v0 * wt, v1 * wt};
   }
 }
 
-#if MJ_GEMM_PATH == 1 || MJ_GEMM_PATH == 2
+#if MJ_GEMM_PATH == MJ_PATH_MMA || MJ_GEMM_PATH == MJ_PATH_TF32
 static constexpr int kWTM = kBM / kWM, kWTN = kBN / kWN;  // one warp's tile
 static constexpr int kMT = kWTM / 16, kNT = kWTN / 8;
 static_assert(kWTM % 16 == 0 && kWTN % 16 == 0, "warp tiles are multiples of 16 x 16");
@@ -152,7 +163,7 @@ static_assert(kWM * kWN * 32 == kThreads, "one warp per warp tile");
 struct Acc { float v[kMT][kNT][4]; };
 #endif
 
-#if MJ_GEMM_PATH == 1
+#if MJ_GEMM_PATH == MJ_PATH_MMA
 static_assert(kBK % 16 == 0, "m16n8k16 steps");
 
 __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
@@ -180,7 +191,7 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
       for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
   }
 }
-#elif MJ_GEMM_PATH == 2
+#elif MJ_GEMM_PATH == MJ_PATH_TF32
 static_assert(kBK % 8 == 0, "m16n8k8 steps");
 
 // TF32 fragments read straight from shared memory (ldmatrix moves 16-bit elements only):
@@ -214,7 +225,7 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
 }
 #endif
 
-#if MJ_GEMM_PATH == 3
+#if MJ_GEMM_PATH == MJ_PATH_STREAM
 static constexpr int kPieces = kBN / kVec;         // 16-byte column pieces of a slab
 static constexpr int kLanes = kThreads / kPieces;  // row lanes
 static constexpr int kBatch = kStages;             // loads in flight a thread, a batch
@@ -337,7 +348,7 @@ __device__ __forceinline__ void stream_epilogue(const float (&acc)[kBM][kVec], c
     emit(p, e, r0, r1, n0, m, c, v0, v1);
   }
 }
-#elif MJ_GEMM_PATH != 0
+#elif MJ_GEMM_PATH != MJ_PATH_FFMA
 __device__ __forceinline__ void epilogue(const Acc &acc, const GemmParams &p, int e, int r0, int r1,
                                          int n0) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -423,20 +434,19 @@ __device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int
 }
 #endif
 
-#if MJ_GEMM_SPLITS > 1
-// grid = (tiles, ceil(kN / kBN), kSplits); split_stride: floats between two partial y_slot
-// arrays, at least slots * kN and a multiple of 4 (combine reads them in 16-byte vectors).
-extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p_in,
-                                                                    long long split_stride) {
-  GemmParams p = p_in;
-  p.out = (float *)p_in.out + (mj_i64)blockIdx.z * split_stride;
-  const int k_begin = blockIdx.z * kKSplit;
+// grid = (tiles, ceil(kN / kBN), kSplits). split_stride (read with kSplits > 1 only): floats
+// between two partial y_slot arrays, at least slots * kN and a multiple of 4 (combine reads them
+// in 16-byte vectors).
+extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
+    const T *a, const T *w, const BiasT *bias, const int *row_slot, const float *row_weight,
+    const mj_int4 *tiles, const int *num_tiles, void *out, int slab_major, const void *own_ids,
+    int own_slots, long long split_stride) {
+  const GemmParams p = {a, w, bias, row_slot, row_weight, tiles, num_tiles,
+                        kSplits > 1 ? (void *)((float *)out + (mj_i64)blockIdx.z * split_stride)
+                                    : out,
+                        slab_major, own_ids, own_slots};
+  const int k_begin = kSplits > 1 ? blockIdx.z * kKSplit : 0;
   const int ktiles = (min(kK, k_begin + kKSplit) - k_begin + kBK - 1) / kBK;
-#else
-// grid = (tiles, ceil(kN / kBN)).
-extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmParams p) {
-  constexpr int k_begin = 0, ktiles = (kK + kBK - 1) / kBK;
-#endif
   // GEMM2 under programmatic dependent launch starts while GEMM1 still runs: its tile list (from
   // routing, which finished before GEMM1's blocks passed their own wait) and its weights (the
   // caller's) are safe to read at once, so the first stages of weights stream in before the wait
@@ -467,9 +477,9 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     if (!kEarly) mj_pdl_begin<MJ_PDL>();
     // The tile count and the tile: both loads in flight at once (tile_i < gridDim.x or, slab-major,
     // < max_tiles: inside the list, if beyond its live part).
-    const int num_tiles = *p.num_tiles;
+    const int ntiles = *p.num_tiles;
     tile = p.tiles[tile_i];
-    if (tile_i >= num_tiles || n0 >= kN) {
+    if (tile_i >= ntiles || n0 >= kN) {
       if (kEarly) mj_pdl_begin<MJ_PDL>();
       return;
     }
@@ -479,9 +489,9 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   if (!own)
     for (int i = threadIdx.x; i < kBM; i += kThreads) {
       int r = r0 + i;
-      a_row[i] = r < r1 ? (kMode != 2 ? p.sorted_slot[r] / kTopK : r) : -1;
+      a_row[i] = r < r1 ? (kMode != 2 ? p.row_slot[r] / kTopK : r) : -1;
     }
-#if MJ_GEMM_PATH == 3
+#if MJ_GEMM_PATH == MJ_PATH_STREAM
   (void)ktiles;
   float acc[kBM][kVec];
   stream_tile<kEarly>(acc, p.a, p.w + (mj_i64)e * kK * kN, a_row, k_begin,
@@ -491,11 +501,11 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
   T *Bs = As + kStages * kBM * kLdA;
-  const T *w = p.w + (mj_i64)e * kK * kN;
+  const T *w_e = p.w + (mj_i64)e * kK * kN;  // the expert's weights
   if (kEarly) {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s)
-      if (s < ktiles) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
+      if (s < ktiles) load_b(Bs + s * kBK * kLdB, w_e, k_begin + s * kBK, n0);
     mj_pdl_begin<MJ_PDL>();
   }
   if (!own) __syncthreads();  // a_row is written
@@ -504,7 +514,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < ktiles) {
       load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + s * kBK);
-      if (!kEarly) load_b(Bs + s * kBK * kLdB, w, k_begin + s * kBK, n0);
+      if (!kEarly) load_b(Bs + s * kBK * kLdB, w_e, k_begin + s * kBK, n0);
     }
     mj_cp_async_commit();
   }
@@ -516,7 +526,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(const GemmPar
     if (pf < ktiles) {
       int s = pf % kStages;
       load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + pf * kBK);
-      load_b(Bs + s * kBK * kLdB, w, k_begin + pf * kBK, n0);
+      load_b(Bs + s * kBK * kLdB, w_e, k_begin + pf * kBK, n0);
     }
     mj_cp_async_commit();
     if (own && kt == ktiles / 2) mj_pdl_begin<MJ_PDL>();  // routing's end, for the next kernel

@@ -1,71 +1,80 @@
--- gemm.lua: one grouped GEMM of the layer for one tile configuration.
--- Spec: dtype ("f32"|"f16"|"bf16"), bias ("f32" or the dtype), math ("mma": f16/bf16 tensor
--- cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32; "gv": weights streamed into registers
--- and fp32 FFMA, any dtype, for tiles of at most 8 rows), mode ("gate_up"|"down"), n, k (the
--- GEMM's N and K), top_k, alpha, limit, weight_on_input (0/1), bm, bn, bk, stages, and wm, wn (warps
--- along M and N, tensor-core paths) or tm, tn (outputs per thread, FFMA); gv takes neither, runs
--- 128 threads, reads stages as its loads in flight a thread (2..16) and bk only as the split-K
--- step. bias, math and
--- weight_on_input are optional: the dtype, its exact path (mma or ffma), 0.
--- splits (optional, default 1; above 1 with mode down only): split-K into that many partial
--- y_slot arrays, gridDim.z = splits, and the kernel takes a second argument, the distance in
--- floats between two of them (see gemm.cuh); combine, rendered with the same splits, sums them.
+-- gemm.lua: one grouped GEMM of the layer for one tile configuration (gemm.cuh), sm_80+.
+-- Spec: dtype ("f32"|"f16"|"bf16"), bias (optional: "f32" or the dtype), math ("mma": f16/bf16
+-- tensor cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32; "stream": weights streamed
+-- into registers and fp32 FFMA, any dtype, for tiles of at most 8 rows; optional: the dtype's exact
+-- path), stage ("gemm1"|"gemm2"), activation (gemm1, optional: "swiglu", the default, or "none",
+-- which leaves GEMM1's output before the activation for an unfused plan), hidden, intermediate
+-- (the layer's H and I: GEMM1 is [H] -> [2I], GEMM2 [I] -> [H]), top_k, alpha, limit,
+-- weight_on_input (0/1, optional), bm, bn, bk, stages, and wm, wn (warps along M and N, tensor-core
+-- paths) or tm, tn (outputs per thread, FFMA); the streamed path takes neither, runs 128 threads,
+-- reads stages as its loads in flight a thread (2..16) and bk only as the split-K step.
+-- splits (optional, gemm2 only): split-K into at most that many partial y_slot arrays,
+-- gridDim.z = splits; fewer when K leaves a split empty (the contract says how many); combine,
+-- rendered with the same splits, sums them.
 -- pdl (optional, 0/1, default 0): griddepcontrol.wait and launch_dependents at the kernel's start
--- on sm_90+. Left at their defaults, splits and pdl leave the source as it was without them.
--- self_route (optional, "i32"|"i64", the caller's id type; GEMM1 with pdl 1 only) with experts (the
+-- on sm_90+.
+-- self_route (optional, "i32"|"i64", the caller's id type; gemm1 with pdl 1 only) with experts (the
 -- ids' range): a forward of few slots may work out its tiles from the caller's ids and start before
 -- routing ends (gemm.cuh, MJ_GEMM_SELF_ROUTE).
+-- Contract: moejit_gemm, grid (tiles, ceil(cols / tile_cols), splits); self-routed (self_route),
+-- forwards of at most max_slots slots.
 local prelude = require("prelude")
 
--- gate_up: GEMM1 with bias and SwiGLU; gate_up_raw: GEMM1 with bias only (unfused plans);
--- down: GEMM2 with bias and the routing weight.
-local modes = { gate_up = 1, down = 2, gate_up_raw = 3 }
--- Which dtypes each math path takes, and its PATH number in gemm.cuh.
+-- gemm.cuh's kMode: 1 GEMM1 with bias and SwiGLU; 3 GEMM1 with bias alone (unfused plans);
+-- 2 GEMM2 with bias and the routing weight.
+local gemm1_modes = { swiglu = 1, none = 3 }
+-- Which dtypes each math path takes, and its MJ_GEMM_PATH in gemm.cuh.
 local maths = {
-  mma = { path = 1, dtypes = { f16 = true, bf16 = true }, kstep = 16 },
-  tf32 = { path = 2, dtypes = { f32 = true }, kstep = 8 },
-  ffma = { path = 0, dtypes = { f32 = true }, kstep = 1 },
-  gv = { path = 3, dtypes = { f32 = true, f16 = true, bf16 = true }, kstep = 1 },
+  mma = { path = "MJ_PATH_MMA", dtypes = { f16 = true, bf16 = true }, kstep = 16 },
+  tf32 = { path = "MJ_PATH_TF32", dtypes = { f32 = true }, kstep = 8 },
+  ffma = { path = "MJ_PATH_FFMA", dtypes = { f32 = true }, kstep = 1 },
+  stream = { path = "MJ_PATH_STREAM", dtypes = { f32 = true, f16 = true, bf16 = true }, kstep = 1 },
 }
-local kStreamThreads = 128  -- gemm.cuh's path 3: column pieces x row lanes
+local kStreamThreads = 128 -- the streamed path: column pieces x row lanes
+
+-- The kernel's parameters, by the names the runtime binds (gemm.cuh's signature).
+local params = { "a", "w", "bias", "row_slot", "row_weight", "tiles", "num_tiles", "out",
+  "slab_major", "own_ids", "own_slots", "split_stride" }
+
+-- K elements of one split: whole bk steps, so a split's last step never reads into the next one.
+local function split_len(k, splits, bk)
+  return ((k + splits - 1) // splits + bk - 1) // bk * bk
+end
 
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
   local bias = prelude.dtype(spec.bias or spec.dtype)
   -- math defaults to the dtype's exact path: tensor cores for f16/bf16, FFMA for f32
-  local math_ = maths[spec.math or (dt.mma and "mma" or "ffma")]
+  local math_name = spec.math or (dt.mma and "mma" or "ffma")
+  local math_ = maths[math_name]
   if not math_ then
-    error("spec.math must be mma, tf32, ffma or gv, got " .. tostring(spec.math))
+    error("spec.math must be mma, tf32, ffma or stream, got " .. tostring(spec.math))
   end
   if not math_.dtypes[spec.dtype] then
-    error(string.format("math %s does not take dtype %s", tostring(spec.math), spec.dtype))
+    error(string.format("math %s does not take dtype %s", math_name, spec.dtype))
   end
-  local mode = modes[spec.mode]
-  if not mode then
-    error("spec.mode must be gate_up, gate_up_raw or down, got " .. tostring(spec.mode))
+  local stream = math_name == "stream"
+  local gemm = prelude.gemm_shape(spec)
+  local mode = 2
+  if gemm.stage == 1 then
+    mode = gemm1_modes[spec.activation or "swiglu"]
+    if not mode then
+      error("spec.activation must be swiglu or none, got " .. tostring(spec.activation))
+    end
   end
-  local n = prelude.need_int(spec, "n", 8)
-  local k = prelude.need_int(spec, "k", 8)
-  if n % 8 ~= 0 or k % 8 ~= 0 then error(string.format("n=%d and k=%d must be multiples of 8", n, k)) end
+  local n, k = gemm.n, gemm.k
   local bm = prelude.need_int(spec, "bm", 1, 256)
   local bn = prelude.need_int(spec, "bn", 8, 256)
   local bk = prelude.need_int(spec, "bk", 8, 128)
-  local stages = prelude.need_int(spec, "stages", 2, math_.path == 3 and 16 or 8)
+  local stages = prelude.need_int(spec, "stages", 2, stream and 16 or 8)
   local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
-  local defines = { "#define MJ_GEMM_PATH " .. math_.path }
-  if splits > 1 then
-    if mode ~= modes.down then
-      error(string.format("spec.splits=%d needs mode down (only GEMM2's partial sums are summed "
-        .. "by combine), got mode %s", splits, spec.mode))
-    end
-    -- gemm.cuh's split length: ceil(k / splits) rounded up to whole bk steps
-    local kc = ((k + splits - 1) // splits + bk - 1) // bk * bk
-    if (splits - 1) * kc >= k then
-      error(string.format("spec.splits=%d leaves split %d empty: k=%d in steps of bk=%d gives "
-        .. "%d per split", splits, splits - 1, k, bk, kc))
-    end
-    defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits
+  if splits > 1 and mode ~= 2 then
+    error(string.format("spec.splits=%d needs stage gemm2 (only GEMM2's partial sums are summed "
+      .. "by combine)", splits))
   end
+  while splits > 1 and (splits - 1) * split_len(k, splits, bk) >= k do splits = splits - 1 end
+  local defines = { "#define MJ_GEMM_PATH " .. math_.path }
+  if splits > 1 then defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits end
   local pdl = prelude.pdl_define(spec)
   defines[#defines + 1] = pdl
   local route_experts
@@ -74,8 +83,8 @@ return function(spec)
     if not id_type then
       error("spec.self_route must be i32 or i64, got " .. tostring(spec.self_route))
     end
-    if mode == modes.down or not pdl then
-      error("spec.self_route needs a GEMM1 mode (gate_up, gate_up_raw) and pdl 1")
+    if mode == 2 or not pdl then
+      error("spec.self_route needs stage gemm1 and pdl 1")
     end
     route_experts = prelude.need_int(spec, "experts", 1, 1024)
     defines[#defines + 1] = "#define MJ_GEMM_SELF_ROUTE 1"
@@ -94,16 +103,18 @@ return function(spec)
     { "kBK", "int", bk },
     { "kStages", "int", stages },
   }
+  if splits > 1 then consts[#consts + 1] = { "kKSplit", "int", split_len(k, splits, bk) } end
   if route_experts then consts[#consts + 1] = { "kRouteExperts", "int", route_experts } end
   local threads
-  if math_.path == 3 then
-    local pieces = bn // (16 // dt.bytes)
-    if bm > 8 or bn % (16 // dt.bytes) ~= 0 or kStreamThreads % pieces ~= 0 then
-      error(string.format("gv tile %dx%d: at most 8 rows, and %d threads must split into whole "
-        .. "16-byte column pieces of %d columns", bm, bn, kStreamThreads, bn))
+  local vec = 16 // dt.bytes
+  if stream then
+    local pieces = bn // vec
+    if bm > 8 or bn % vec ~= 0 or kStreamThreads % pieces ~= 0 then
+      error(string.format("stream tile %dx%d: at most 8 rows, and %d threads must split into "
+        .. "whole 16-byte column pieces of %d columns", bm, bn, kStreamThreads, bn))
     end
     threads = kStreamThreads
-  elseif math_.path ~= 0 then
+  elseif math_name ~= "ffma" then
     local wm, wn = prelude.need_int(spec, "wm", 1, 8), prelude.need_int(spec, "wn", 1, 8)
     if bm % (16 * wm) ~= 0 or bn % (16 * wn) ~= 0 or bk % math_.kstep ~= 0 then
       error(string.format("tile %dx%dx%d does not split into %dx%d warps of 16x16x%d", bm, bn, bk,
@@ -124,7 +135,13 @@ return function(spec)
   if threads > 1024 or threads % 32 ~= 0 then
     error(string.format("the tile needs %d threads (a multiple of 32, at most 1024)", threads))
   end
+  -- dynamic: the stage ring of padded A and B tiles (the streamed path keeps its weights in
+  -- registers); static: the tile's A rows and tile, and the streamed path's lane sums
+  local smem = stream and 0 or stages * (bm * (bk + vec) + bk * (bn + vec)) * dt.bytes
+  local static_smem = 4 * bm + 16
+  if stream then static_smem = static_smem + (threads // (bn // vec)) * bm * (bn + 1) * 4 end
   consts[#consts + 1] = { "kThreads", "int", threads }
+  consts[#consts + 1] = { "kSmemBytes", "int", smem }
   return table.concat({
     prelude.header("gemm", spec),
     "typedef " .. dt.ctype .. " T;",
@@ -133,5 +150,9 @@ return function(spec)
     prelude.constants(consts),
     '#include "gemm.cuh"',
     "",
-  }, "\n")
+  }, "\n"), { {
+    entry = "moejit_gemm", threads = threads, smem = smem, static_smem = static_smem,
+    tile_rows = bm, cols = n, depth = k, tile_cols = bn, splits = splits, params = params,
+    max_slots = route_experts and 32 or nil, -- a self-routed tile list: a warp reads the ids
+  } }
 end

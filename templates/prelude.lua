@@ -69,6 +69,21 @@ function M.need_int(spec, key, lo, hi)
   return v
 end
 
+-- The GEMM a spec names: stage ("gemm1"|"gemm2") and the layer's hidden and intermediate sizes
+-- (multiples of 8). GEMM1 maps [hidden] to [2 * intermediate] (gate and up), GEMM2
+-- [intermediate] to [hidden]. Returns { stage = 1 or 2, n = N, k = K }.
+local stages = { gemm1 = 1, gemm2 = 2 }
+function M.gemm_shape(spec)
+  local stage = stages[spec.stage]
+  if not stage then error("spec.stage must be gemm1 or gemm2, got " .. tostring(spec.stage), 2) end
+  local hidden, inter = M.need_int(spec, "hidden", 8), M.need_int(spec, "intermediate", 8)
+  if hidden % 8 ~= 0 or inter % 8 ~= 0 then
+    error(string.format("hidden=%d and intermediate=%d must be multiples of 8", hidden, inter), 2)
+  end
+  if stage == 1 then return { stage = 1, n = 2 * inter, k = hidden } end
+  return { stage = 2, n = hidden, k = inter }
+end
+
 -- spec.pdl (optional, 0/1, default 0): "#define MJ_PDL 1" for programmatic dependent launch
 -- (prelude.cuh's mj_pdl_begin), or nil.
 function M.pdl_define(spec)

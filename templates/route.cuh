@@ -1,7 +1,9 @@
 // route.cuh: routing as a deterministic counting sort, all on the GPU, no host round trip.
 // Needs from the including template: kExperts (local experts), kGlobalExperts (ids' range),
-// kMapped (ids go through expert_map), kCapped (capacity mode), kTopK, kChunk, kDense, IdT,
-// WeightT, and with MJ_ROUTE_LOGITS: LogitT, UserIdT, UserWeightT. MJ_PDL (optional, 0 or 1).
+// kMapped (ids go through expert_map), kCapped (capacity mode), kTopK, kDense, IdT, WeightT, the
+// block sizes of its launch contract (kChunk slots a count or scatter block, kTopkThreads,
+// kScanThreads, kScatterThreads, kSmallThreads) and kSmallSlots, and with MJ_ROUTE_LOGITS: LogitT,
+// UserIdT, UserWeightT. MJ_PDL (optional, 0 or 1).
 //
 // Two ways to the same result: count + scan + scatter (any number of slots, three launches), or
 // moejit_route_small (one block, one launch, at most kSmallSlots slots: the decode regime).
@@ -9,19 +11,19 @@
 // Slots are the flattened positions s = t * kTopK + k. A slot's id g must lie in [0, kGlobalExperts)
 // (else it is counted in flags[0] and contributes nothing); its local expert is e = expert_map[g]
 // when kMapped (e < 0: another rank's expert, no row, no flag), else g. The slots of one expert end
-// up contiguous, in increasing s, at rows [expert_off[e], expert_off[e + 1]) of the sorted order;
+// up contiguous, in increasing s, at rows [expert_offsets[e], expert_offsets[e + 1]) of the sorted order;
 // with kCapped an expert keeps its first `capacity` slots (in s order) and drops the rest. The tile
-// list cuts each expert's rows into tiles of block_m rows: {expert, row_begin, row_end, first}, with
+// list cuts each expert's rows into tiles of tile_rows rows: {expert, row_begin, row_end, first}, with
 // `first` the index of that expert's first tile (a kernel that walks one expert's tiles starts there).
-// A slot without a row gets slot_pos = -1.
+// A slot without a row gets slot_row = -1.
 // The kernels that write the tile list (scan, small) also zero ready[kExperts]: the count of each
 // expert's GEMM1 items whose h rows are stored, which the wgmma GEMMs of small batches use to chain
 // GEMM2's items to GEMM1's (wgmma.cuh, kChain).
 //
-// Every kernel also takes `live` and `live_base`: with live == NULL it routes all its slots; else
-// only the slots of this launch's first *live - live_base tokens (clamped to [0, tokens]): the
+// Every kernel also takes `device_tokens` and `token_base`: with device_tokens == NULL it routes all its slots; else
+// only the slots of this launch's first *device_tokens - token_base tokens (clamped to [0, tokens]): the
 // others get no row and no flag, whatever their ids, as if they were another rank's. That is the
-// forward's device-side token count (moejit_forward_args.device_tokens); live_base is the first
+// forward's device-side token count (moejit_forward_args.device_tokens); token_base is the first
 // token of the chunk a launch routes.
 #pragma once
 
@@ -30,14 +32,14 @@
 #endif
 
 // The tokens of this launch that are routed (see above), of `tokens`.
-__device__ __forceinline__ int mj_live_tokens(const int *live, int live_base, int tokens) {
-  if (!live) return tokens;
-  const long long n = (long long)*live - live_base;
+__device__ __forceinline__ int mj_live_tokens(const int *device_tokens, int token_base, int tokens) {
+  if (!device_tokens) return tokens;
+  const long long n = (long long)*device_tokens - token_base;
   return n < 0 ? 0 : n < tokens ? (int)n : tokens;
 }
 // The same in slots, of a launch's nslots = tokens * kTopK: the first slots are the first tokens'.
-__device__ __forceinline__ int mj_live_slots(const int *live, int live_base, int nslots) {
-  return mj_live_tokens(live, live_base, nslots / kTopK) * kTopK;
+__device__ __forceinline__ int mj_live_slots(const int *device_tokens, int token_base, int nslots) {
+  return mj_live_tokens(device_tokens, token_base, nslots / kTopK) * kTopK;
 }
 
 // Where slot s goes: its local expert, or kExperts for a bad id, or -1 for no row without a flag.
@@ -54,13 +56,13 @@ __device__ __forceinline__ int mj_route_expert(const IdT *ids, const int *__rest
 #if MJ_ROUTE_LOGITS
 // Top-kTopK of token t's logits (ties: the lower id), then softmax over those K. One warp per
 // token, all 32 lanes calling; lane l owns ids l, l + 32, ... .
-// ids_out, w_out: [tokens, kTopK] (int32, f32) in the workspace; user_ids / user_w: the same, in the
+// route_ids, route_weights: [tokens, kTopK] (int32, f32) in the workspace; topk_ids / routing_weights: the same, in the
 // caller's types, when not NULL.
 template <typename UserId, typename UserW>
-__device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logits, int t, int lane,
-                                                int *ids_out, float *w_out, UserId *user_ids,
-                                                UserW *user_w) {
-  const LogitT *row = logits + (mj_i64)t * kGlobalExperts;
+__device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ router_logits, int t, int lane,
+                                                int *route_ids, float *route_weights, UserId *topk_ids,
+                                                UserW *routing_weights) {
+  const LogitT *row = router_logits + (mj_i64)t * kGlobalExperts;
   const float inf = __int_as_float(0x7f800000);
   unsigned taken = 0;  // bit j: id lane + 32 j already chosen
   float vals[kTopK];
@@ -107,23 +109,23 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ logit
     for (int k = 0; k < kTopK; ++k) {
       mj_i64 s = (mj_i64)t * kTopK + k;
       float w = vals[k] / sum;
-      ids_out[s] = picks[k];
-      w_out[s] = w;
-      if (user_ids) user_ids[s] = (UserId)picks[k];
-      if (user_w) user_w[s] = mj_from_f32<UserW>(w);
+      route_ids[s] = picks[k];
+      route_weights[s] = w;
+      if (topk_ids) topk_ids[s] = (UserId)picks[k];
+      if (routing_weights) routing_weights[s] = mj_from_f32<UserW>(w);
     }
   }
 }
 
 // grid = ceil(tokens / 4), block = 128: one warp per token.
-extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
-    const LogitT *__restrict__ logits, int tokens, int *__restrict__ ids_out,
-    float *__restrict__ w_out, UserIdT *user_ids, UserWeightT *user_w, const int *live,
-    int live_base) {
+extern "C" __global__ void __launch_bounds__(kTopkThreads) moejit_route_topk(
+    const LogitT *__restrict__ router_logits, int tokens, int *__restrict__ route_ids,
+    float *__restrict__ route_weights, UserIdT *topk_ids, UserWeightT *routing_weights, const int *device_tokens,
+    int token_base) {
   mj_pdl_begin<MJ_PDL>();
-  const int t = blockIdx.x * 4 + (threadIdx.x >> 5);
-  if (t >= mj_live_tokens(live, live_base, tokens)) return;
-  mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
+  const int t = blockIdx.x * (kTopkThreads / 32) + (threadIdx.x >> 5);  // a warp a token
+  if (t >= mj_live_tokens(device_tokens, token_base, tokens)) return;
+  mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids, routing_weights);
 }
 #endif
 
@@ -131,13 +133,13 @@ extern "C" __global__ void __launch_bounds__(128) moejit_route_topk(
 // grid = nchunks, block = kChunk threads. chunk_counts: [nchunks, kExperts + 1]
 extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map, int nslots,
-    int *__restrict__ chunk_counts, const int *live, int live_base) {
+    int *__restrict__ chunk_counts, const int *device_tokens, int token_base) {
   mj_pdl_begin<MJ_PDL>();
   __shared__ int count[kExperts + 1];
   for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) count[e] = 0;
   __syncthreads();
   int s = blockIdx.x * kChunk + threadIdx.x;
-  if (s < mj_live_slots(live, live_base, nslots)) {
+  if (s < mj_live_slots(device_tokens, token_base, nslots)) {
     int e = mj_route_expert(ids, expert_map, s);
     if (e >= 0) atomicAdd(&count[e], 1);
   }
@@ -147,11 +149,11 @@ extern "C" __global__ void __launch_bounds__(kChunk) moejit_route_count(
 }
 
 // One block: expert totals (capped), offsets, each chunk's rank base per expert, the tile list.
-// chunk_base: [nchunks, kExperts] (slots of that expert in earlier chunks); expert_off:
+// chunk_base: [nchunks, kExperts] (slots of that expert in earlier chunks); expert_offsets:
 // [kExperts + 1]; tiles: {expert, row_begin, row_end, index of the expert's first tile}.
-extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
-    const int *__restrict__ chunk_counts, int nchunks, int block_m, int capacity,
-    int *__restrict__ chunk_base, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
+extern "C" __global__ void __launch_bounds__(kScanThreads) moejit_route_scan(
+    const int *__restrict__ chunk_counts, int nchunks, int tile_rows, int capacity,
+    int *__restrict__ chunk_base, int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles,
     int *__restrict__ num_tiles, int *__restrict__ flags, int accumulate, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
   __shared__ int total[kExperts + 1];
@@ -173,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
       off[e] = rows;
       tile0[e] = ntiles;
       rows += kept;
-      ntiles += (kept + block_m - 1) / block_m;
+      ntiles += (kept + tile_rows - 1) / tile_rows;
     }
     off[kExperts] = rows;
     tile0[kExperts] = ntiles;
@@ -181,12 +183,12 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
     flags[0] = total[kExperts] + (accumulate ? flags[0] : 0);  // later chunks add up
   }
   __syncthreads();
-  for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) expert_off[e] = off[e];
+  for (int e = threadIdx.x; e <= kExperts; e += blockDim.x) expert_offsets[e] = off[e];
   for (int e = threadIdx.x; e < kExperts; e += blockDim.x) ready[e] = 0;
   for (int e = threadIdx.x; e < kExperts; e += blockDim.x) {
     for (int t = tile0[e]; t < tile0[e + 1]; ++t) {
-      int begin = off[e] + (t - tile0[e]) * block_m;
-      int end = min(begin + block_m, off[e + 1]);
+      int begin = off[e] + (t - tile0[e]) * tile_rows;
+      int end = min(begin + tile_rows, off[e + 1]);
       tiles[t] = mj_int4{e, begin, end, tile0[e]};
     }
   }
@@ -194,14 +196,14 @@ extern "C" __global__ void __launch_bounds__(256) moejit_route_scan(
 
 // One warp per chunk walks its slots in order, 32 at a time; lanes naming the same expert take
 // consecutive ranks by their lane order, so the sort is stable and the result reproducible.
-// grid = nchunks, block = 32. sorted_slot, slot_weight: [rows] by row; slot_pos: [nslots] by slot.
-extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
+// grid = nchunks, block = 32. row_slot, row_weight: [rows] by row; slot_row: [nslots] by slot.
+extern "C" __global__ void __launch_bounds__(kScatterThreads) moejit_route_scatter(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map,
     const WeightT *__restrict__ weights, int nslots, int capacity, const int *__restrict__ chunk_base,
-    const int *__restrict__ expert_off, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight, const int *live, int live_base) {
+    const int *__restrict__ expert_offsets, int *__restrict__ row_slot, int *__restrict__ slot_row,
+    float *__restrict__ row_weight, const int *device_tokens, int token_base) {
   mj_pdl_begin<MJ_PDL>();
-  const int nlive = mj_live_slots(live, live_base, nslots);
+  const int nlive = mj_live_slots(device_tokens, token_base, nslots);
   __shared__ int next[kExperts];
   const int lane = threadIdx.x;
   for (int e = lane; e < kExperts; e += 32) next[e] = chunk_base[(mj_i64)blockIdx.x * kExperts + e];
@@ -217,13 +219,13 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
     int rank = local ? next[e] + __popc(peers & ((1u << lane) - 1u)) : 0;
     bool kept = local && (!kCapped || rank < capacity);
     if (kept) {
-      int row = expert_off[e] + rank;
-      sorted_slot[row] = s;
-      slot_pos[s] = row;
+      int row = expert_offsets[e] + rank;
+      row_slot[row] = s;
+      slot_row[s] = row;
       mj_i64 widx = kDense ? (mj_i64)(s / kTopK) * kGlobalExperts + mj_load_id(ids, s) : (mj_i64)s;
-      slot_weight[row] = mj_to_f32(weights[widx]);
+      row_weight[row] = mj_to_f32(weights[widx]);
     } else if (active) {
-      slot_pos[s] = -1;
+      slot_row[s] = -1;
     }
     __syncwarp();
     if (local && lane == __ffs(peers) - 1) next[e] += __popc(peers);
@@ -241,9 +243,9 @@ extern "C" __global__ void __launch_bounds__(32) moejit_route_scatter(
 // per-expert row and tile offsets are one block-wide scan. Nothing depends on timing: the result
 // is the same on every run.
 
-static constexpr int kSmallThreads = 1024;
 static constexpr int kSmallWarps = kSmallThreads / 32;
-static constexpr int kSmallSlots = 2 * kSmallThreads;  // two slots for each thread
+static_assert(kSmallSlots == 2 * kSmallThreads, "two slots for each thread");
+static_assert(kScatterThreads == 32, "scatter is one warp a chunk");
 static constexpr int kCountLd = (kExperts + 3) / 4 * 4;  // a warp's row of the count table, bytes
 static_assert(kExperts <= kSmallThreads, "the scan gives each expert a thread");
 
@@ -252,9 +254,9 @@ static_assert(kExperts <= kSmallThreads, "the scan gives each expert a thread");
 // blockDim.x must be kSmallThreads and nslots at most kSmallSlots; slots from nlive on have no row.
 __device__ __forceinline__ void mj_route_small(
     const IdT *ids, const int *__restrict__ expert_map, const WeightT *weights, int nslots,
-    int nlive, int block_m, int capacity, int *__restrict__ expert_off, mj_int4 *__restrict__ tiles,
-    int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ sorted_slot,
-    int *__restrict__ slot_pos, float *__restrict__ slot_weight, int *__restrict__ ready) {
+    int nlive, int tile_rows, int capacity, int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles,
+    int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ row_slot,
+    int *__restrict__ slot_row, float *__restrict__ row_weight, int *__restrict__ ready) {
   // count[w * kCountLd + e]: expert e's slots in warp w, at most 64, so a byte each
   __shared__ __align__(16) unsigned char count[kSmallWarps * kCountLd];
   __shared__ int row0[kExperts];
@@ -314,7 +316,7 @@ __device__ __forceinline__ void mj_route_small(
 #pragma unroll 8
     for (int w = 0; w < kSmallWarps; ++w) kept += count[w * kCountLd + x];
     if (kCapped) kept = min(kept, capacity);
-    ntiles = (kept + block_m - 1) / block_m;
+    ntiles = (kept + tile_rows - 1) / tile_rows;
   }
   const int packed = kept << 16 | ntiles;
   int incl = packed;
@@ -340,46 +342,46 @@ __device__ __forceinline__ void mj_route_small(
   if (x < kExperts) {
     const int r0 = excl >> 16, t0 = excl & 0xffff;
     row0[x] = r0;
-    expert_off[x] = r0;
+    expert_offsets[x] = r0;
     ready[x] = 0;
     for (int t = 0; t < ntiles; ++t)
-      tiles[t0 + t] = mj_int4{x, r0 + t * block_m, min(r0 + (t + 1) * block_m, r0 + kept), t0};
+      tiles[t0 + t] = mj_int4{x, r0 + t * tile_rows, min(r0 + (t + 1) * tile_rows, r0 + kept), t0};
   }
   if (tid == 0) {
-    expert_off[kExperts] = total >> 16;
+    expert_offsets[kExperts] = total >> 16;
     *num_tiles = total & 0xffff;
     flags[0] = bad;
   }
   __syncthreads();
 
-  // Each slot: a row when its expert keeps it, else slot_pos -1.
+  // Each slot: a row when its expert keeps it, else slot_row -1.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     if (s[i] >= nslots) continue;
     if (row[i] && (!kCapped || rank[i] < capacity)) {
       const int r = row0[e[i]] + rank[i];
-      sorted_slot[r] = s[i];
-      slot_pos[s[i]] = r;
-      slot_weight[r] = wt[i];
+      row_slot[r] = s[i];
+      slot_row[s[i]] = r;
+      row_weight[r] = wt[i];
     } else {
-      slot_pos[s[i]] = -1;
+      slot_row[s[i]] = -1;
     }
   }
 }
 
 // One launch of routing for nslots <= kSmallSlots (tokens * kTopK): the same outputs as count,
-// scan and scatter (expert_off, tiles, num_tiles, flags[0], sorted_slot, slot_pos, slot_weight), and
+// scan and scatter (expert_offsets, tiles, num_tiles, flags[0], row_slot, slot_row, row_weight), and
 // no chunk_counts or chunk_base. grid = 1, block = kSmallThreads (1024), no dynamic shared memory.
 // With logits routing, ids and weights are the workspace's int32 / f32 copies, as for scatter.
 extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     const IdT *__restrict__ ids, const int *__restrict__ expert_map,
-    const WeightT *__restrict__ weights, int nslots, int block_m, int capacity,
-    int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
-    int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight, const int *live, int live_base, int *__restrict__ ready) {
+    const WeightT *__restrict__ weights, int nslots, int tile_rows, int capacity,
+    int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
+    int *__restrict__ flags, int *__restrict__ row_slot, int *__restrict__ slot_row,
+    float *__restrict__ row_weight, const int *device_tokens, int token_base, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
-  mj_route_small(ids, expert_map, weights, nslots, mj_live_slots(live, live_base, nslots), block_m,
-                 capacity, expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight,
+  mj_route_small(ids, expert_map, weights, nslots, mj_live_slots(device_tokens, token_base, nslots), tile_rows,
+                 capacity, expert_offsets, tiles, num_tiles, flags, row_slot, slot_row, row_weight,
                  ready);
 }
 
@@ -388,18 +390,18 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
 // after a barrier that makes those writes visible to the block, moejit_route_small on the
 // workspace copies. tokens * kTopK <= kSmallSlots. grid = 1, block = kSmallThreads (1024).
 extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_logits(
-    const LogitT *__restrict__ logits, int tokens, int *ids_out, float *w_out, UserIdT *user_ids,
-    UserWeightT *user_w, const int *__restrict__ expert_map, int block_m, int capacity,
-    int *__restrict__ expert_off, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
-    int *__restrict__ flags, int *__restrict__ sorted_slot, int *__restrict__ slot_pos,
-    float *__restrict__ slot_weight, const int *live, int live_base, int *__restrict__ ready) {
+    const LogitT *__restrict__ router_logits, int tokens, int *route_ids, float *route_weights, UserIdT *topk_ids,
+    UserWeightT *routing_weights, const int *__restrict__ expert_map, int tile_rows, int capacity,
+    int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
+    int *__restrict__ flags, int *__restrict__ row_slot, int *__restrict__ slot_row,
+    float *__restrict__ row_weight, const int *device_tokens, int token_base, int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
-  const int nslots = tokens * kTopK, ntok = mj_live_tokens(live, live_base, tokens);
+  const int nslots = tokens * kTopK, ntok = mj_live_tokens(device_tokens, token_base, tokens);
   if (nslots > kSmallSlots) __trap();  // before any write; the host never launches it so
   for (int t = threadIdx.x >> 5; t < ntok; t += kSmallThreads / 32)
-    mj_topk_softmax(logits, t, threadIdx.x & 31, ids_out, w_out, user_ids, user_w);
+    mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids, routing_weights);
   __syncthreads();
-  mj_route_small(ids_out, expert_map, w_out, nslots, ntok * kTopK, block_m, capacity, expert_off,
-                 tiles, num_tiles, flags, sorted_slot, slot_pos, slot_weight, ready);
+  mj_route_small(route_ids, expert_map, route_weights, nslots, ntok * kTopK, tile_rows, capacity, expert_offsets,
+                 tiles, num_tiles, flags, row_slot, slot_row, row_weight, ready);
 }
 #endif

@@ -1,5 +1,6 @@
 -- synth.lua: kernels that fill device buffers with reproducible random values, for synthetic
 -- layers (tests, `moejit run`, the tuner). Spec: none.
+-- Contract: moejit_fill_<dtype>, grid-stride over n elements: per_block a block, at most max_blocks.
 local prelude = require("prelude")
 
 local fill = [[
@@ -13,9 +14,12 @@ extern "C" __global__ void moejit_fill_%s(%s *__restrict__ out, mj_i64 n, float 
 
 return function(spec)
   local out = { prelude.header("synth", spec), '#include "synth.cuh"' }
+  local kernels = {}
   for _, name in ipairs({ "f32", "f16", "bf16" }) do
     local ctype = prelude.dtype(name).ctype
     out[#out + 1] = string.format(fill, name, ctype, ctype)
+    kernels[#kernels + 1] = { entry = "moejit_fill_" .. name, threads = 256, per_block = 256,
+      max_blocks = 65536, params = { "out", "n", "lo", "hi", "seed" } }
   end
-  return table.concat(out, "\n")
+  return table.concat(out, "\n"), kernels
 end

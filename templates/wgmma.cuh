@@ -1,7 +1,7 @@
 // wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
 // Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
-// kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong, kChain and mj_wgmma (one m64 x kBN x k16
-// step).
+// kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong, kChain, mj_wgmma (one m64 x kBN x k16
+// step) and its launch contract's kThreads and kSmemBytes (and kGatherThreads with kMode 1).
 //
 // The work: for every tile of the device-side tile list (expert e, rows [r0, r1) of the sorted
 // order, at most kBM of them) and every kBN-wide column slab n0, out[rows, n0..] = A[rows] @ W[e].
@@ -13,7 +13,7 @@
 // a last box past kBN (a slab need not be whole boxes) and rows past the last are zeros.
 // kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
 //   scaled by weight[r] first with kWeightOnInput; staged through shared memory, 16-byte stores.
-// kMode 2 (down): y_slot[sorted_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
+// kMode 2 (down): y_slot[row_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
 //   kWeightOnInput), staged through shared memory a part of the slab at a time, 16-byte stores.
 //
 // Block: one producer warpgroup (thread 0 issues every TMA) and kBM / 64 consumer warpgroups, which
@@ -42,14 +42,14 @@ struct alignas(64) mj_tmap { mj_u64 opaque[16]; };
 struct alignas(16) mj_v16 { mj_u32 v[4]; };
 struct alignas(8) mj_f32x2 { float x, y; };
 
-// The kernel's last parameter; the host fills the same seven pointers in this order.
+// The kernel's parameters but the tensor maps, gathered for the functions below.
 struct WgParams {
   const BiasT *bias;        // [experts, kN]
-  const int *sorted_slot;   // [rows]
-  const float *slot_weight; // [rows]
+  const int *row_slot;   // [rows]
+  const float *row_weight; // [rows]
   const mj_int4 *tiles;     // [max_tiles]: {expert, row_begin, row_end, the expert's first tile}
   const int *num_tiles;     // [1]
-  const int *expert_off;    // [experts + 1]
+  const int *expert_offsets;    // [experts + 1]
   void *out;
   int *ready;               // [experts]: GEMM1 items done per expert (kChain)
   int wait_ready;           // GEMM2: wait on ready rather than on the kernel ahead (kChain)
@@ -57,7 +57,7 @@ struct WgParams {
 
 static constexpr int kBK = 64;                      // one 128-byte swizzle row of 16-bit elements
 static constexpr int kConsumers = kBM / 64;         // consumer warpgroups, 64 rows each
-static constexpr int kThreads = 128 * (1 + kConsumers);
+static_assert(kThreads == 128 * (1 + kConsumers), "a producer warpgroup and the consumers");
 static constexpr int kNT = (kN + kBN - 1) / kBN;    // column slabs
 static constexpr int kKT = (kK + kBK - 1) / kBK;    // k blocks
 static constexpr int kABytes = kBM * kBK * 2;
@@ -167,7 +167,7 @@ struct Item { int e, r0, r1, n0; };
 __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
   const mj_int4 tile = p.tiles[i / kNT];     // a tile of the item's expert (items go expert by expert)
   const int e = tile.x, first = tile.w;
-  const int count = (p.expert_off[e + 1] - p.expert_off[e] + kBM - 1) / kBM;
+  const int count = (p.expert_offsets[e + 1] - p.expert_offsets[e] + kBM - 1) / kBM;
   const int j = i - first * kNT;              // the item within its expert
   // ng groups: the first count % ng of gs + 1 m-tiles, the others of gs. Groups of kGroupM and a
   // remainder read the expert's weights again for what may be a single m-tile (E = 32 and 16384
@@ -213,9 +213,9 @@ __device__ __forceinline__ void count_items(const WgParams &p, int items, mj_u64
 // GEMM2's producer, before the first A load of an item of expert e: waits until GEMM1 has stored
 // all of e's h rows (its tiles times GEMM1's column slabs, 2 kK columns in kBN-wide slabs), then
 // orders its TMA reads (the async proxy) after what it has seen.
-__device__ __forceinline__ void wait_ready(const WgParams &p, int e) {
+__device__ __forceinline__ void wait_expert(const WgParams &p, int e) {
   constexpr int kNT1 = (2 * kK + kBN - 1) / kBN;
-  const int need = (p.expert_off[e + 1] - p.expert_off[e] + kBM - 1) / kBM * kNT1;
+  const int need = (p.expert_offsets[e + 1] - p.expert_offsets[e] + kBM - 1) / kBM * kNT1;
   for (;;) {
     int done;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n"
@@ -275,9 +275,9 @@ __device__ __forceinline__ Rows load_rows(const WgParams &p, const Item &it, int
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = rbase + (lane >> 2) + 8 * h;
-    rows.wt[h] = !kApplyWeight ? 1.0f : r < it.r1 ? p.slot_weight[r] : 0.0f;
+    rows.wt[h] = !kApplyWeight ? 1.0f : r < it.r1 ? p.row_weight[r] : 0.0f;
   }
-  rows.slot = kMode == 2 && lane < 16 && rbase + lane < it.r1 ? p.sorted_slot[rbase + lane] : -1;
+  rows.slot = kMode == 2 && lane < 16 && rbase + lane < it.r1 ? p.row_slot[rbase + lane] : -1;
   return rows;
 }
 
@@ -517,24 +517,28 @@ __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj
 // 232 each for two consumers in one block, 216 for one consumer in each of two blocks.
 static constexpr int kConsumerRegs = kConsumers == 2 ? 232 : kCtas == 2 ? 216 : 0;
 
+// The stage ring, the staging of the consumer warps' output and the slack to align the ring.
+static_assert(kStages * (kABytes + kBBytes) + kConsumers * 4 * kWarpStage + 1024 <= kSmemBytes,
+              "the dynamic shared memory of the launch contract holds the block's layout");
+
 extern "C" __global__ void __launch_bounds__(kThreads, kCtas)
 moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_tmap tmap_b,
-             const WgParams p) {
+             const BiasT *bias, const int *row_slot, const float *row_weight,
+             const mj_int4 *tiles, const int *num_tiles, const int *expert_offsets, void *out,
+             int *ready, int wait_ready) {
+  const WgParams p = {bias,           row_slot, row_weight, tiles,     num_tiles,
+                      expert_offsets, out,      ready,      wait_ready};
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) mj_u64 full[kStages], empty[kStages], done[4];
   __shared__ Item ring_items[kStages];  // the item of a stage that holds an item's first k block
                                         // (for consume_together)
-  // Swizzled TMA boxes want 1024-byte alignment; the host asks for 1024 bytes of slack.
+  // Swizzled TMA boxes want 1024-byte alignment; kSmemBytes holds 1024 bytes of slack.
   unsigned char *base = smem_raw + ((1024 - (mj_smem_addr(smem_raw) & 1023)) & 1023);
   unsigned char *smem_a = base;
   unsigned char *smem_b = base + kStages * kABytes;
   unsigned char *stage_out = smem_b + kStages * kBBytes;
 
   if (threadIdx.x == 0) {
-    // the host's size (mj_tune_gemm_smem) covers the ring, the staging and the alignment slack
-    unsigned dyn;
-    asm("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(dyn));
-    if (dyn < kStages * (kABytes + kBBytes) + kConsumers * 4 * kWarpStage + 1024) __trap();
     for (int s = 0; s < kStages; ++s) {
       mj_mbar_init(&full[s], 1);
       mj_mbar_init(&empty[s], kPingPong ? 4 : kConsumers * 4);
@@ -576,7 +580,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
             load_b(&tmap_b, smem_b, s, it, kb, full);
           }
           if (chained && kb == 0 && it.e != ready_e) {
-            wait_ready(p, it.e);
+            wait_expert(p, it.e);
             ready_e = it.e;
           }
           load_a(&tmap_a, smem_a, s, it, kb, full);
@@ -597,18 +601,18 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 }
 
 #if MJ_WGMMA_GATHER
-// The permuted copy GEMM1 reads: x_sorted[slot_pos[t * kTopK + k]] = x[t] for each of the token's
+// The permuted copy GEMM1 reads: x_sorted[slot_row[t * kTopK + k]] = x[t] for each of the token's
 // slots that has a row. One thread per 16 bytes of x: it loads them, then stores them kTopK times,
 // so that every load of a small batch is in flight at once (a warp a token, looping along the row,
-// took 9 us at 8 tokens: eleven load latencies in a row). grid = ceil(tokens * kK / 8 / 256),
-// block = 256. Under programmatic dependent launch (the forward's own choice; without it the wait
-// returns at once) it starts while routing runs: x, the caller's, is read before the wait,
-// slot_pos after it.
-extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restrict__ x,
-                                                                const int *__restrict__ slot_pos,
-                                                                int tokens, T *__restrict__ xs) {
+// took 9 us at 8 tokens: eleven load latencies in a row). grid = ceil(tokens * kK / 8 / kGatherThreads),
+// block = kGatherThreads. Under programmatic dependent launch (the forward's own choice; without
+// it the wait returns at once) it starts while routing runs: x, the caller's, is read before the
+// wait, slot_row after it.
+extern "C" __global__ void __launch_bounds__(kGatherThreads) moejit_gather(
+    const T *__restrict__ x, const int *__restrict__ slot_row, int tokens,
+    T *__restrict__ x_sorted) {
   constexpr int kChunks = kK / 8;  // 16-byte chunks of a row
-  const mj_i64 i = (mj_i64)blockIdx.x * 256 + threadIdx.x;
+  const mj_i64 i = (mj_i64)blockIdx.x * kGatherThreads + threadIdx.x;
   const int t = (int)(i / kChunks), c = (int)(i % kChunks);
   mj_v16 v;
   if (t < tokens) v = ((const mj_v16 *)(x + (mj_i64)t * kK))[c];
@@ -616,8 +620,8 @@ extern "C" __global__ void __launch_bounds__(256) moejit_gather(const T *__restr
   if (t >= tokens) return;
 #pragma unroll
   for (int k = 0; k < kTopK; ++k) {
-    const int row = slot_pos[(mj_i64)t * kTopK + k];
-    if (row >= 0) ((mj_v16 *)(xs + (mj_i64)row * kK))[c] = v;
+    const int row = slot_row[(mj_i64)t * kTopK + k];
+    if (row >= 0) ((mj_v16 *)(x_sorted + (mj_i64)row * kK))[c] = v;
   }
 }
 #endif

@@ -92,14 +92,15 @@ static void spec_combine(mj_spec *s) {
   mj_spec_int(s, "top_k", 4);
 }
 
-/* A gate_up GEMM; dtype NULL leaves the key out. f32 takes the FFMA keys (tm, tn). */
+/* A GEMM1 (x -> gate and up, SwiGLU); dtype NULL leaves the key out. f32 takes the FFMA keys (tm,
+ * tn). */
 static void spec_gemm(mj_spec *s, const char *dtype) {
   memset(s, 0, sizeof *s);
   if (dtype)
     mj_spec_str(s, "dtype", dtype);
-  mj_spec_str(s, "mode", "gate_up");
-  mj_spec_int(s, "n", 5760);
-  mj_spec_int(s, "k", 2880);
+  mj_spec_str(s, "stage", "gemm1");
+  mj_spec_int(s, "hidden", 2880);
+  mj_spec_int(s, "intermediate", 2880);
   mj_spec_int(s, "top_k", 4);
   mj_spec_num(s, "alpha", 1.702);
   mj_spec_num(s, "limit", 7.0);
@@ -135,7 +136,7 @@ static void all_specs(named_spec out[NSPECS]) {
 static char *render_ok(mj_gen *g, const char *name, const mj_spec *spec) {
   mj_err err;
   char *src = NULL;
-  moejit_status st = mj_gen_render(g, name, spec, &src, &err);
+  moejit_status st = mj_gen_render(g, name, spec, &src, NULL, &err);
   if (st != MOEJIT_OK)
     fail_msg("render %s failed with %s: %s", name, moejit_status_name(st), err.msg);
   assert_non_null(src);
@@ -252,7 +253,7 @@ static void test_binary_chunks_refused(void **state) {
   free(src);
 
   src = (char *)"sentinel";
-  st = mj_gen_render(g, "bin", &spec, &src, &err);
+  st = mj_gen_render(g, "bin", &spec, &src, NULL, &err);
   assert_int_equal(st, MOEJIT_ERR_TEMPLATE);
   assert_null(src);
   assert_contains(err.msg, "binary");
@@ -319,7 +320,7 @@ static void test_instruction_budget(void **state) {
   spec_gemm(&spec, "bf16");
   mj_gen_set_limits(g, 0, 1); /* the hook looks every 1000 instructions */
   char *src = (char *)"sentinel";
-  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_null(src);
   assert_contains(err.msg, "budget");
   mj_gen_set_limits(g, 0, BIG_BUDGET);
@@ -395,7 +396,7 @@ static void test_errors_carry_chunk_names(void **state) {
   char *src = (char *)"sentinel";
 
   spec_gemm(&spec, NULL); /* no dtype */
-  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_null(src);
   assert_contains(err.msg, "templates/");
   assert_contains(err.msg, "dtype");
@@ -413,7 +414,7 @@ static void test_errors_carry_chunk_names(void **state) {
   /* A value of the wrong type names the key. */
   spec_gemm(&spec, "bf16");
   mj_spec_str(&spec, "bm", "sixty-four");
-  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(g, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_contains(err.msg, "templates/gemm.lua:");
   assert_contains(err.msg, "spec.bm");
 
@@ -423,10 +424,10 @@ static void test_errors_carry_chunk_names(void **state) {
   assert_contains(err.msg, "kX");
 
   memset(&spec, 0, sizeof spec);
-  assert_int_equal(mj_gen_render(g, "nosuch", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(g, "nosuch", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_contains(err.msg, "templates/nosuch.lua");
   /* prelude is a module, not a template: it returns a table. */
-  assert_int_equal(mj_gen_render(g, "prelude", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(g, "prelude", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_contains(err.msg, "templates/prelude.lua");
   assert_contains(err.msg, "function");
   /* eval chunks are named too. */
@@ -454,7 +455,7 @@ static void test_spec_overflow_refused(void **state) {
   assert_int_equal(spec.overflow, 1);
   mj_err err;
   char *src = (char *)"sentinel";
-  assert_int_equal(mj_gen_render(g, "synth", &spec, &src, &err), MOEJIT_ERR_INTERNAL);
+  assert_int_equal(mj_gen_render(g, "synth", &spec, &src, NULL, &err), MOEJIT_ERR_INTERNAL);
   assert_null(src);
   assert_contains(err.msg, "entries");
 }
@@ -512,13 +513,14 @@ static void test_render_is_pure(void **state) {
     free(elsewhere);
   }
   /* The two dtypes take different paths; a changed value changes the text. */
-  assert_contains(first[2], "#define MJ_GEMM_PATH 1"); /* bf16: tensor cores */
-  assert_contains(first[3], "#define MJ_GEMM_PATH 0"); /* f32 without a math key: exact FFMA */
+  assert_contains(first[2], "#define MJ_GEMM_PATH MJ_PATH_MMA\n"); /* bf16: tensor cores */
+  assert_contains(first[3], "#define MJ_GEMM_PATH MJ_PATH_FFMA\n"); /* f32, no math key */
   mj_spec changed = specs[2].spec;
-  mj_spec_int(&changed, "n", 5776);
+  mj_spec_int(&changed, "intermediate", 2888);
   char *diff = render_ok(g, "gemm", &changed);
   assert_string_not_equal(diff, first[2]);
-  assert_contains(diff, "n=5776");
+  assert_contains(diff, "intermediate=2888");
+  assert_contains(diff, "static constexpr int kN = 5776;");
   free(diff);
   for (int i = 0; i < NSPECS; i++)
     free(first[i]);

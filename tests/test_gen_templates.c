@@ -2,6 +2,7 @@
  * over a grid of layer shapes, and bad shapes, bad tiles and bad sources fail with the right status
  * and detail. Offline contexts, so no GPU is needed; NVRTC is (the compile tests fail without it).
  * Uses runtime/internal.h (mj_rt_build_modules), gen/ and cmocka. */
+#include <ctype.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/half.h"
 #include "runtime/internal.h"
 
 enum { NARCH = 2, EM_CUDA = 190 };
@@ -170,8 +172,11 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
   if (!s || strncmp(s, first, strlen(first)) != 0)
     fail_msg("%s: source starts \"%.120s\"", m->name, s ? s : "(null)");
   assert_null(strstr(s, "#include <"));
-  /* gemm.cuh's MJ_GEMM_PATH: 1 f16/bf16 tensor cores, 2 TF32, 0 exact FFMA */
-  int path = c->dtype != MOEJIT_F32 ? 1 : (c->options & EXACT) ? 0 : 2;
+  /* gemm.cuh's MJ_GEMM_PATH: f16/bf16 tensor cores, TF32, exact FFMA */
+  const char *path = c->dtype != MOEJIT_F32     ? "MJ_PATH_MMA"
+                     : (c->options & EXACT) ? "MJ_PATH_FFMA"
+                                            : "MJ_PATH_TF32";
+  int ffma = c->dtype == MOEJIT_F32 && (c->options & EXACT);
   int logits = c->routing == MOEJIT_ROUTING_LOGITS;
   if (strcmp(m->template_name, "route") == 0) {
     assert_containsf(s, "static constexpr int kExperts = %lld;", (long long)c->experts);
@@ -209,9 +214,9 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
                      ctype_of(c->options & BIAS_F32 ? MOEJIT_F32 : c->dtype));
     assert_containsf(s, "static constexpr bool kWeightOnInput = %s;",
                      c->options & WEIGHT_IN ? "true" : "false");
-    assert_containsf(s, "#define MJ_GEMM_PATH %d", path);
-    assert_true(strstr(s, path ? "kWM" : "kTM") != NULL);
-    assert_null(strstr(s, path ? "kTM" : "kWM"));
+    assert_containsf(s, "#define MJ_GEMM_PATH %s\n", path);
+    assert_true(strstr(s, ffma ? "kTM" : "kWM") != NULL);
+    assert_null(strstr(s, ffma ? "kWM" : "kTM"));
     /* GEMM1 routes itself from the caller's ids where the layer lets it (gemm.cuh,
      * MJ_GEMM_SELF_ROUTE): ids naming the experts directly, no capacity, weight on the output */
     const int self_route = mode == 1 && c->routing != MOEJIT_ROUTING_LOGITS &&
@@ -224,14 +229,85 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
   }
 }
 
+/* The parameter names of kernel `entry` as its definition in text declares them (the last
+ * identifier of each parameter), or -1 when text does not define it. */
+static int signature_params(const char *text, const char *entry, char names[][MJ_PARAM_LEN],
+                            int max) {
+  char pattern[MJ_NAME_LEN + 2];
+  snprintf(pattern, sizeof pattern, "%s(", entry);
+  for (const char *p = strstr(text, pattern); p; p = strstr(p + 1, pattern)) {
+    const char *from = p;
+    while (from > text && from[-1] != ';' && from[-1] != '}')
+      from--;
+    if (!memmem(from, (size_t)(p - from), "__global__", 10) || (p[-1] != ' ' && p[-1] != '\n'))
+      continue; /* a call or a mention, not the definition */
+    const char *id = NULL;
+    size_t idlen = 0;
+    int n = 0, depth = 0;
+    for (const char *q = p + strlen(pattern); *q; q++) {
+      if (*q == '(') {
+        depth++;
+      } else if ((*q == ',' || *q == ')') && depth == 0) {
+        if (id && n < max)
+          snprintf(names[n], MJ_PARAM_LEN, "%.*s", (int)idlen, id);
+        n += id != NULL;
+        id = NULL;
+        if (*q == ')')
+          return n;
+      } else if (*q == ')') {
+        depth--;
+      } else if ((*q == '_' || isalpha((unsigned char)*q)) &&
+                 !(isalnum((unsigned char)q[-1]) || q[-1] == '_')) {
+        id = q;
+        idlen = strspn(q, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+      }
+    }
+    return -1;
+  }
+  return -1;
+}
+
+/* A module's launch contract against its source: each kernel it lists is defined (in the source
+ * or a header) with exactly the parameters, in the order, the contract names; each name is one the
+ * runtime binds; the block and the shared memory are possible; the cubin, when built, holds it. */
+static void check_contract(const fixture *fx, const mj_module_src *m) {
+  int nh = 0;
+  const mj_gen_file *headers = mj_gen_headers(fx->ctx[0]->gen, &nh);
+  assert_true(m->meta.count >= 1);
+  for (int i = 0; i < m->meta.count; i++) {
+    const mj_kernel_meta *k = &m->meta.kernel[i];
+    char names[MJ_KERNEL_PARAMS][MJ_PARAM_LEN];
+    int n = signature_params(m->source, k->entry, names, MJ_KERNEL_PARAMS);
+    for (int h = 0; h < nh && n < 0; h++)
+      n = signature_params(headers[h].text, k->entry, names, MJ_KERNEL_PARAMS);
+    if (n != k->nparams)
+      fail_msg("%s: %s takes %d parameters, its contract names %d", m->name, k->entry, n,
+               k->nparams);
+    for (int j = 0; j < n; j++)
+      if (strcmp(names[j], k->params[j]) != 0)
+        fail_msg("%s: %s's parameter %d is %s, its contract says %s", m->name, k->entry, j + 1,
+                 names[j], k->params[j]);
+    mj_kernel bound;
+    mj_err err;
+    memset(&bound, 0, sizeof bound);
+    bound.meta = *k;
+    if (mj_rt_bind(&bound, &err) != MOEJIT_OK)
+      fail_msg("%s: %s", m->name, err.msg);
+    assert_true(k->threads >= 32 && k->threads <= 1024 && k->threads % 32 == 0);
+    assert_true(k->smem >= 0 && k->smem + k->static_smem <= 227 * 1024);
+    if (m->cubin.data && !cubin_has(&m->cubin, k->entry))
+      fail_msg("%s: the cubin has no %s", m->name, k->entry);
+  }
+}
+
 /* Renders and compiles every module of the layer for both arches and checks them. */
 static void build_and_check(fixture *fx, const layer_case *c) {
   require_nvrtc(fx);
   moejit_layer_desc d = desc_of(c);
   mj_err err;
   assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
-  int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+  int ncfg = mj_tune_heuristic(mj_rt_math(&d), "", cfg, MJ_MAX_GEMM_CONFIGS);
   mj_module_src *mods[NARCH] = {NULL, NULL};
   int n[NARCH] = {0, 0};
   for (int a = 0; a < NARCH; a++) {
@@ -249,6 +325,7 @@ static void build_and_check(fixture *fx, const layer_case *c) {
       char what[128];
       snprintf(what, sizeof what, "%s %s %s", c->name, arches[a], m->name);
       check_source(m, c);
+      check_contract(fx, m);
       check_cubin(&m->cubin, what);
       /* The entry points the plan looks up by name are in every cubin. */
       if (i == 0) {
@@ -289,7 +366,7 @@ static void build_and_check(fixture *fx, const layer_case *c) {
   }
   print_message("%-17s H=%-5lld I=%-5lld E=%-4lld K=%lld %-4s ids=%s %s: %d modules x %d arches\n",
                 c->name, (long long)c->hidden, (long long)c->intermediate, (long long)c->experts,
-                (long long)c->top_k, mj_rt_dtype_name(c->dtype), mj_rt_dtype_name(c->ids),
+                (long long)c->top_k, mj_dtype_name(c->dtype), mj_dtype_name(c->ids),
                 c->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", n[0], NARCH);
   for (int a = 0; a < NARCH; a++)
     mj_rt_modules_free(mods[a], n[a]);
@@ -367,15 +444,15 @@ static void test_gemm_math_path(void **state) {
     c.dtype = paths[p].dtype;
     c.options = paths[p].exact ? EXACT : 0;
     moejit_layer_desc d = desc_of(&c);
-    int ncfg = 0;
-    const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
+    mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+    int ncfg = mj_tune_heuristic(mj_rt_math(&d), "", cfg, MJ_MAX_GEMM_CONFIGS);
     mj_module_src *mods = NULL;
     int n = 0;
     mj_err err;
     int64_t compiles = fx->ctx[0]->compiles;
     moejit_status st = mj_rt_render_modules(fx->ctx[0], &d, cfg, ncfg, &mods, &n, &err);
     if (st != MOEJIT_OK)
-      fail_msg("render %s: %s", mj_rt_dtype_name(c.dtype), err.msg);
+      fail_msg("render %s: %s", mj_dtype_name(c.dtype), err.msg);
     /* Rendering alone compiles nothing. */
     for (int i = 0; i < n; i++)
       assert_null(mods[i].cubin.data);
@@ -402,7 +479,7 @@ static void test_synth_compiles(void **state) {
   memset(&spec, 0, sizeof spec);
   char *src = NULL;
   mj_err err;
-  moejit_status st = mj_gen_render(fx->ctx[0]->gen, "synth", &spec, &src, &err);
+  moejit_status st = mj_gen_render(fx->ctx[0]->gen, "synth", &spec, &src, NULL, &err);
   if (st != MOEJIT_OK)
     fail_msg("render synth: %s", err.msg);
   assert_true(strncmp(src, "// moejit: generated by templates/synth.lua\n// spec:", 52) == 0);
@@ -450,8 +527,8 @@ static void test_bad_shape_rejected_before_rendering(void **state) {
 
   /* The templates check again if the descriptor check is bypassed. */
   assert_int_equal(ctx->compiles, 0);
-  int ncfg = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs(mj_rt_math(&d), &ncfg);
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+  int ncfg = mj_tune_heuristic(mj_rt_math(&d), "", cfg, MJ_MAX_GEMM_CONFIGS);
   mj_module_src *mods = (mj_module_src *)&err;
   int n = -1;
   assert_int_equal(mj_rt_render_modules(ctx, &d, cfg, ncfg, &mods, &n, &err), MOEJIT_ERR_TEMPLATE);
@@ -466,9 +543,9 @@ static void test_bad_shape_rejected_before_rendering(void **state) {
 static void mma_tile_spec(mj_spec *s, int bm, int bn, int bk, int wm, int wn) {
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", "bf16");
-  mj_spec_str(s, "mode", "gate_up");
-  mj_spec_int(s, "n", 5760);
-  mj_spec_int(s, "k", 2880);
+  mj_spec_str(s, "stage", "gemm1");
+  mj_spec_int(s, "hidden", 2880);
+  mj_spec_int(s, "intermediate", 2880);
   mj_spec_int(s, "top_k", 4);
   mj_spec_num(s, "alpha", 1.702);
   mj_spec_num(s, "limit", 7.0);
@@ -489,27 +566,27 @@ static void test_bad_tile_is_a_template_error(void **state) {
 
   /* The control: a tile that splits renders. */
   mma_tile_spec(&spec, 64, 128, 32, 2, 2);
-  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_OK);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, NULL, &err), MOEJIT_OK);
   free(src);
 
   mma_tile_spec(&spec, 48, 128, 32, 2, 2); /* 48 rows do not split into 2 warps of 16 */
   src = (char *)"sentinel";
-  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_null(src);
   assert_contains(err.msg, "templates/gemm.lua:");
   assert_contains(err.msg, "48x128x32");
   assert_contains(err.msg, "2x2");
 
   mma_tile_spec(&spec, 256, 256, 32, 8, 8); /* 64 warps: 2048 threads */
-  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_contains(err.msg, "2048 threads");
 
   /* The FFMA path: 5 outputs per thread do not divide 64 rows. */
   memset(&spec, 0, sizeof spec);
   mj_spec_str(&spec, "dtype", "f32");
-  mj_spec_str(&spec, "mode", "down");
-  mj_spec_int(&spec, "n", 64);
-  mj_spec_int(&spec, "k", 96);
+  mj_spec_str(&spec, "stage", "gemm2");
+  mj_spec_int(&spec, "hidden", 64);
+  mj_spec_int(&spec, "intermediate", 96);
   mj_spec_int(&spec, "top_k", 2);
   mj_spec_num(&spec, "alpha", 1.702);
   mj_spec_num(&spec, "limit", 7.0);
@@ -519,7 +596,7 @@ static void test_bad_tile_is_a_template_error(void **state) {
   mj_spec_int(&spec, "stages", 3);
   mj_spec_int(&spec, "tm", 5);
   mj_spec_int(&spec, "tn", 4);
-  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(gen, "gemm", &spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_contains(err.msg, "64x64");
   assert_contains(err.msg, "5x4");
 }
@@ -530,8 +607,9 @@ static void wgmma_layer(fixture *fx, const layer_case *c) {
   require_nvrtc(fx);
   moejit_layer_desc d = desc_of(c);
   mj_err err;
-  int ncfg = 0, wg = 0, gv = 0;
-  const mj_gemm_config *cfg = mj_tune_gemm_configs_for(mj_rt_math(&d), arches[1], &ncfg);
+  int wg = 0, streamed = 0;
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+  int ncfg = mj_tune_heuristic(mj_rt_math(&d), arches[1], cfg, MJ_MAX_GEMM_CONFIGS);
   mj_module_src *mods = NULL;
   int n = 0;
   moejit_status st =
@@ -542,10 +620,12 @@ static void wgmma_layer(fixture *fx, const layer_case *c) {
     const mj_module_src *g1 = &mods[2 + 2 * i], *g2 = &mods[3 + 2 * i];
     check_cubin(&g1->cubin, g1->name);
     check_cubin(&g2->cubin, g2->name);
+    check_contract(fx, g1);
+    check_contract(fx, g2);
     if (cfg[i].kind == MJ_GEMM_STREAM) {
-      gv++;
-      assert_contains(g1->source, "#define MJ_GEMM_PATH 3\n");
-      assert_contains(g2->source, "#define MJ_GEMM_PATH 3\n");
+      streamed++;
+      assert_contains(g1->source, "#define MJ_GEMM_PATH MJ_PATH_STREAM\n");
+      assert_contains(g2->source, "#define MJ_GEMM_PATH MJ_PATH_STREAM\n");
     }
     if (cfg[i].kind != MJ_GEMM_WGMMA)
       continue;
@@ -557,7 +637,7 @@ static void wgmma_layer(fixture *fx, const layer_case *c) {
     assert_false(cubin_has(&g2->cubin, "moejit_gather"));
   }
   assert_true(wg >= 2);
-  assert_int_equal(gv, 1);
+  assert_int_equal(streamed, 1);
   mj_rt_modules_free(mods, n);
 }
 
@@ -579,7 +659,7 @@ static void test_bad_wgmma_specs(void **state) {
     int64_t v;
     const char *needle;
   } bad[] = {
-      {"dtype", "f32", 0, "f16 or bf16"},   {"mode", "gate_up_raw", 0, "gate_up or down"},
+      {"dtype", "f32", 0, "f16 or bf16"},   {"stage", "gemm3", 0, "gemm1 or gemm2"},
       {"bm", NULL, 96, "64 or 128"},        {"bn", NULL, 100, "multiple of 16"},
       {"ctas", NULL, 2, "ctas"}, /* two blocks per SM need bm = 64 */
       {"pingpong", NULL, 2, "pingpong"},
@@ -592,9 +672,9 @@ static void test_bad_wgmma_specs(void **state) {
     memset(&spec, 0, sizeof spec);
     const int which = (int)i - 1; /* -1: the control, a spec that renders */
     mj_spec_str(&spec, "dtype", which == 0 ? bad[0].str : "bf16");
-    mj_spec_str(&spec, "mode", which == 1 ? bad[1].str : "down");
-    mj_spec_int(&spec, "n", 2880);
-    mj_spec_int(&spec, "k", 2880);
+    mj_spec_str(&spec, "stage", which == 1 ? bad[1].str : "gemm2");
+    mj_spec_int(&spec, "hidden", 2880);
+    mj_spec_int(&spec, "intermediate", 2880);
     mj_spec_int(&spec, "top_k", 4);
     mj_spec_num(&spec, "alpha", 1.702);
     mj_spec_num(&spec, "limit", 7.0);
@@ -607,7 +687,7 @@ static void test_bad_wgmma_specs(void **state) {
       mj_spec_int(&spec, "pingpong", bad[5].v);
     if (which == 6)
       mj_spec_int(&spec, "a_rows", bad[6].v);
-    moejit_status st = mj_gen_render(gen, "wgmma", &spec, &src, &err);
+    moejit_status st = mj_gen_render(gen, "wgmma", &spec, &src, NULL, &err);
     if (which < 0) {
       assert_int_equal(st, MOEJIT_OK);
       free(src);
@@ -675,10 +755,20 @@ static void spec_set_str(mj_spec *s, const char *key, const char *v) {
 static char *render_ok(fixture *fx, const char *name, const mj_spec *spec) {
   char *src = NULL;
   mj_err err;
-  moejit_status st = mj_gen_render(fx->ctx[0]->gen, name, spec, &src, &err);
+  moejit_status st = mj_gen_render(fx->ctx[0]->gen, name, spec, &src, NULL, &err);
   if (st != MOEJIT_OK)
     fail_msg("render %s: %s: %s", name, moejit_status_name(st), err.msg);
   assert_null(strstr(src, "#include <"));
+  return src;
+}
+
+/* render_ok, with the launch contract into *meta. */
+static char *render_meta(fixture *fx, const char *name, const mj_spec *spec, mj_module_meta *meta) {
+  char *src = NULL;
+  mj_err err;
+  moejit_status st = mj_gen_render(fx->ctx[0]->gen, name, spec, &src, meta, &err);
+  if (st != MOEJIT_OK)
+    fail_msg("render %s: %s: %s", name, moejit_status_name(st), err.msg);
   return src;
 }
 
@@ -687,7 +777,7 @@ static void render_refused(fixture *fx, const char *name, const mj_spec *spec, c
   char *src = (char *)"sentinel";
   mj_err err;
   err.msg[0] = '\0';
-  assert_int_equal(mj_gen_render(fx->ctx[0]->gen, name, spec, &src, &err), MOEJIT_ERR_TEMPLATE);
+  assert_int_equal(mj_gen_render(fx->ctx[0]->gen, name, spec, &src, NULL, &err), MOEJIT_ERR_TEMPLATE);
   assert_null(src);
   assert_containsf(err.msg, "templates/%s.lua:", name);
   assert_contains(err.msg, needle);
@@ -783,15 +873,15 @@ static void test_route_small_variants(void **state) {
 }
 
 /* The gemm spec of GEMM2 for a math path: bf16 tensor cores, f32 TF32 or exact f32 FFMA, or bf16
- * streamed (gv, which takes no warp or thread layout). */
+ * streamed (which takes no warp or thread layout); k is its K, the layer's intermediate size. */
 static void down_spec(mj_spec *s, const char *math, int k, int bk) {
   int ffma = !strcmp(math, "ffma");
   memset(s, 0, sizeof *s);
-  mj_spec_str(s, "dtype", strcmp(math, "mma") && strcmp(math, "gv") ? "f32" : "bf16");
+  mj_spec_str(s, "dtype", strcmp(math, "mma") && strcmp(math, "stream") ? "f32" : "bf16");
   mj_spec_str(s, "math", math);
-  mj_spec_str(s, "mode", "down");
-  mj_spec_int(s, "n", 2880);
-  mj_spec_int(s, "k", k);
+  mj_spec_str(s, "stage", "gemm2");
+  mj_spec_int(s, "hidden", 2880);
+  mj_spec_int(s, "intermediate", k);
   mj_spec_int(s, "top_k", 4);
   mj_spec_num(s, "alpha", 1.702);
   mj_spec_num(s, "limit", 7.0);
@@ -799,7 +889,7 @@ static void down_spec(mj_spec *s, const char *math, int k, int bk) {
   mj_spec_int(s, "bn", 128);
   mj_spec_int(s, "bk", bk);
   mj_spec_int(s, "stages", 4);
-  if (!strcmp(math, "gv"))
+  if (!strcmp(math, "stream"))
     return;
   mj_spec_int(s, ffma ? "tm" : "wm", ffma ? 1 : 1);
   mj_spec_int(s, ffma ? "tn" : "wn", ffma ? 8 : 4);
@@ -813,8 +903,9 @@ static void combine_spec(mj_spec *s, const char *dtype) {
   mj_spec_int(s, "top_k", 4);
 }
 
-/* Split-K GEMM2 on every math path: gridDim.z splits and a second kernel argument, the stride of
- * the partial arrays; without splits (or with splits=1) the kernel keeps its one argument. */
+/* Split-K GEMM2 on every math path: the contract's splits (gridDim.z) and the kernel reads
+ * split_stride, the distance of the partial arrays; without splits (or with splits=1) it does
+ * not. */
 static void test_gemm_split_k(void **state) {
   fixture *fx = *state;
   require_nvrtc(fx);
@@ -829,11 +920,13 @@ static void test_gemm_split_k(void **state) {
     mj_spec_int(&spec, "splits", cases[i].splits);
     if (cases[i].pdl)
       mj_spec_int(&spec, "pdl", 1);
-    char *src = render_ok(fx, "gemm", &spec);
+    mj_module_meta meta;
+    char *src = render_meta(fx, "gemm", &spec, &meta);
     assert_containsf(src, "#define MJ_GEMM_SPLITS %d\n", cases[i].splits);
+    assert_int_equal(meta.kernel[0].splits, cases[i].splits);
     compile_both(fx, src, "gemm_split", entries);
     char *ptx = compile_ptx(fx, fx->ctx[0]->gen, src);
-    assert_contains(ptx, "moejit_gemm_param_1"); /* long long split_stride */
+    assert_contains(ptx, "[moejit_gemm_param_11]"); /* split_stride, a long long, is read */
     free(ptx);
     if (i == 1)
       check_pdl_ptx(fx, src, 1);
@@ -841,8 +934,10 @@ static void test_gemm_split_k(void **state) {
   }
   /* splits=1 and pdl=0 said out loud render what leaving them out renders, but for the spec line */
   mj_spec spec;
+  mj_module_meta meta;
   down_spec(&spec, "mma", 2880, 32);
-  char *plain = render_ok(fx, "gemm", &spec);
+  char *plain = render_meta(fx, "gemm", &spec, &meta);
+  assert_int_equal(meta.kernel[0].splits, 1);
   mj_spec_int(&spec, "splits", 1);
   mj_spec_int(&spec, "pdl", 0);
   char *explicit_ = render_ok(fx, "gemm", &spec);
@@ -850,48 +945,53 @@ static void test_gemm_split_k(void **state) {
   assert_string_equal(a, b);
   assert_contains(explicit_, " splits=1 pdl=0\n");
   char *ptx = compile_ptx(fx, fx->ctx[0]->gen, plain);
-  assert_null(strstr(ptx, "moejit_gemm_param_1"));
+  assert_null(strstr(ptx, "[moejit_gemm_param_11]")); /* split_stride is never read */
   free(ptx);
   check_pdl_ptx(fx, plain, 0);
   free(plain);
   free(explicit_);
 }
 
-/* The gemm spec of a streamed GEMM2 tile (math gv). */
+/* The gemm spec of a streamed GEMM2 tile. */
 static void streamed_spec(mj_spec *s, const char *dtype, int bm, int bn, int stages) {
-  down_spec(s, "gv", 2880, 8);
+  down_spec(s, "stream", 2880, 8);
   mj_spec_str(s, "dtype", dtype);
   mj_spec_int(s, "bm", bm);
   mj_spec_int(s, "bn", bn);
   mj_spec_int(s, "stages", stages);
 }
 
-/* The streamed path (math gv) on every dtype, both GEMMs, split or not, self-routed: it compiles
+/* The streamed path on every dtype, both GEMMs, split or not, self-routed: it compiles
  * for both arches, streams its weights with non-caching 16-byte loads and uses no tensor core;
  * tiles it cannot cut into 128 threads are template errors. */
 static void test_gemm_streamed(void **state) {
   fixture *fx = *state;
   require_nvrtc(fx);
   static const struct {
-    const char *dtype, *mode;
+    const char *dtype, *stage, *activation;
     int bm, bn, stages, splits;
-  } cases[] = {{"bf16", "gate_up", 1, 64, 6, 1}, {"bf16", "down", 1, 64, 6, 2},
-               {"f16", "gate_up_raw", 4, 128, 8, 1}, {"f16", "down", 8, 32, 2, 3},
-               {"f32", "gate_up", 2, 32, 16, 1}, {"f32", "down", 3, 64, 4, 2}};
+  } cases[] = {{"bf16", "gemm1", "swiglu", 1, 64, 6, 1}, {"bf16", "gemm2", NULL, 1, 64, 6, 2},
+               {"f16", "gemm1", "none", 4, 128, 8, 1},    {"f16", "gemm2", NULL, 8, 32, 2, 3},
+               {"f32", "gemm1", "swiglu", 2, 32, 16, 1},  {"f32", "gemm2", NULL, 3, 64, 4, 2}};
   const char *const entries[] = {"moejit_gemm", NULL};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     mj_spec spec;
     streamed_spec(&spec, cases[i].dtype, cases[i].bm, cases[i].bn, cases[i].stages);
-    mj_spec_str(&spec, "mode", cases[i].mode);
+    spec_set_str(&spec, "stage", cases[i].stage);
+    if (cases[i].activation)
+      mj_spec_str(&spec, "activation", cases[i].activation);
     mj_spec_int(&spec, "pdl", 1);
     if (cases[i].splits > 1)
       mj_spec_int(&spec, "splits", cases[i].splits);
-    if (strcmp(cases[i].mode, "down") != 0) {
+    if (cases[i].activation) {
       mj_spec_str(&spec, "self_route", i % 2 ? "i32" : "i64");
       mj_spec_int(&spec, "experts", 32);
     }
-    char *src = render_ok(fx, "gemm", &spec);
-    assert_contains(src, "#define MJ_GEMM_PATH 3\n");
+    mj_module_meta meta;
+    char *src = render_meta(fx, "gemm", &spec, &meta);
+    assert_contains(src, "#define MJ_GEMM_PATH MJ_PATH_STREAM\n");
+    assert_int_equal(meta.kernel[0].threads, 128);
+    assert_int_equal(meta.kernel[0].smem, 0); /* weights in registers */
     assert_contains(src, "static constexpr int kThreads = 128;");
     assert_null(strstr(src, "kWM"));
     assert_null(strstr(src, "kTM"));
@@ -919,7 +1019,8 @@ static void test_gemm_streamed(void **state) {
   }
 }
 
-/* combine with splits sums each slot's partials; the unfused activation kernel comes along. */
+/* combine with splits sums each slot's partials (it reads split_stride only then); the unfused
+ * activation kernel comes along. */
 static void test_combine_splits(void **state) {
   fixture *fx = *state;
   require_nvrtc(fx);
@@ -941,10 +1042,10 @@ static void test_combine_splits(void **state) {
     const char *const entries[] = {"moejit_combine", unfused ? "moejit_activation" : NULL, NULL};
     compile_both(fx, src, "combine_split", entries);
     char *ptx = compile_ptx(fx, fx->ctx[0]->gen, src);
-    assert_contains(ptx, "moejit_combine_param_3"); /* long long split_stride */
+    assert_contains(ptx, "[moejit_combine_param_3]"); /* long long split_stride, read */
     free(ptx);
     ptx = compile_ptx(fx, fx->ctx[0]->gen, plain);
-    assert_null(strstr(ptx, "moejit_combine_param_3"));
+    assert_null(strstr(ptx, "[moejit_combine_param_3]"));
     free(ptx);
     check_pdl_ptx(fx, src, 1);
     check_pdl_ptx(fx, plain, 0);
@@ -970,20 +1071,21 @@ static void test_bad_split_specs(void **state) {
   /* split-K is GEMM2's only: GEMM1 (fused or raw) has no partial sums to add up */
   mma_tile_spec(&spec, 64, 128, 32, 2, 2);
   mj_spec_int(&spec, "splits", 2);
-  render_refused(fx, "gemm", &spec, "spec.splits=2 needs mode down");
-  render_refused(fx, "gemm", &spec, "got mode gate_up");
+  render_refused(fx, "gemm", &spec, "spec.splits=2 needs stage gemm2");
   mma_tile_spec(&spec, 64, 128, 32, 2, 2);
-  spec_set_str(&spec, "mode", "gate_up_raw");
+  mj_spec_str(&spec, "activation", "none");
   mj_spec_int(&spec, "splits", 3);
-  render_refused(fx, "gemm", &spec, "got mode gate_up_raw");
+  render_refused(fx, "gemm", &spec, "spec.splits=3 needs stage gemm2");
 
-  /* 64 in steps of 32 cut three ways: 32 per split, and the third has nothing */
+  /* 64 in steps of 32 cut three ways would leave the third empty: the contract says two splits
+   * of 32, which the source builds */
+  mj_module_meta meta;
   down_spec(&spec, "mma", 64, 32);
   mj_spec_int(&spec, "splits", 3);
-  render_refused(fx, "gemm", &spec, "spec.splits=3 leaves split 2 empty");
-  down_spec(&spec, "mma", 64, 32);
-  mj_spec_int(&spec, "splits", 2);
-  char *src = render_ok(fx, "gemm", &spec); /* the control: two splits of 32 */
+  char *src = render_meta(fx, "gemm", &spec, &meta);
+  assert_int_equal(meta.kernel[0].splits, 2);
+  assert_contains(src, "#define MJ_GEMM_SPLITS 2\n");
+  assert_contains(src, "static constexpr int kKSplit = 32;");
   free(src);
 
   down_spec(&spec, "mma", 2880, 32);

@@ -395,8 +395,8 @@ static void test_workspace_size(void **state) {
 static void test_plan_configurations(void **state) {
   fixture *fx = *state;
   const moejit_plan *plan = need_plan(fx);
-  int nheur = 0;
-  const mj_gemm_config *heur = mj_tune_gemm_configs(mj_rt_math(&fx->desc), &nheur);
+  mj_gemm_config heur[MJ_MAX_GEMM_CONFIGS];
+  int nheur = mj_tune_heuristic(mj_rt_math(&fx->desc), "", heur, MJ_MAX_GEMM_CONFIGS);
   assert_int_equal(plan->ngemm, nheur);
   for (int i = 0; i < nheur; i++) {
     assert_string_equal(plan->configs[i].name, heur[i].name);
@@ -410,16 +410,16 @@ static void test_plan_configurations(void **state) {
   /* max_slots: an entry with a slot bound takes only forwards of at most that many slots, so that
    * one and two tokens, the same rows per expert rounded up, can take different entries. */
   static const mj_gemm_config bounded[] = {
-      {"one", 16, 64, 64, 6, 1, 4, 0, 0, 1, MJ_GEMM_SYNC, 0, 2, 0, 4, 0},
-      {"few", 64, 256, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 1, 0, 0, 0, 0},
-      {"rest", 64, 128, 64, 3, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 2, 0, 0, 0, 0},
+      {.name = "one", .bm = 16, .max_avg_rows = 1, .max_slots = 4},
+      {.name = "few", .bm = 64, .max_avg_rows = 1},
+      {.name = "rest", .bm = 64, .max_avg_rows = INT64_MAX},
   };
   assert_int_equal(mj_tune_pick(bounded, 3, 1, 4, 32), 0);
   assert_int_equal(mj_tune_pick(bounded, 3, 2, 4, 32), 1);
   assert_int_equal(mj_tune_pick(bounded, 3, 8, 4, 32), 1);
   assert_int_equal(mj_tune_pick(bounded, 3, 9, 4, 32), 2);
-  int nwg = 0;
-  const mj_gemm_config *wg = mj_tune_gemm_configs_for(MJ_MATH_MMA, "sm_90a", &nwg);
+  mj_gemm_config wg[MJ_MAX_GEMM_CONFIGS];
+  int nwg = mj_tune_heuristic(MJ_MATH_MMA, "sm_90a", wg, MJ_MAX_GEMM_CONFIGS);
   assert_int_not_equal(mj_tune_pick(wg, nwg, 1, 4, 32), mj_tune_pick(wg, nwg, 2, 4, 32));
   /* Buckets are powers of two: T goes to the smallest 2^b >= T. */
   assert_int_equal(mj_rt_bucket(1), 0);
@@ -430,29 +430,32 @@ static void test_plan_configurations(void **state) {
   assert_int_equal(mj_rt_bucket(INT64_MAX), MJ_BUCKETS - 1);
 }
 
-/* A GEMM2 split that would leave a split of the intermediate size empty is split fewer ways and
- * renamed; the tuner finds each candidate in its plan by mj_rt_config_index. */
+/* A GEMM2 split that would leave a split of the intermediate size empty is split fewer ways (as
+ * its template's contract says) and renamed; the tuner finds each candidate in its plan by the
+ * index plan creation gives back. */
 static void test_plan_fits_splits(void **state) {
   fixture *fx = *state;
   moejit_layer_desc d = small_desc();
   d.dtype = MOEJIT_BF16;
   d.exact_f32 = 0;
   d.intermediate = 64; /* one 64-wide K step: no split can have a second */
-  mj_gemm_config c[2], wide;
+  mj_gemm_config c[3];
   mj_math math;
   assert_int_equal(mj_tune_config_parse("mma_m16n128k64s4w1x4z3", &c[0], &math), 0);
   assert_int_equal(mj_tune_config_parse("mma_m16n128k64s4w1x4", &c[1], &math), 0);
-  assert_int_equal(mj_tune_config_parse("mma_m16n64k64s3w1x4", &wide, &math), 0);
+  assert_int_equal(mj_tune_config_parse("mma_m16n64k64s3w1x4", &c[2], &math), 0);
   moejit_plan *plan = NULL;
-  if (mj_rt_plan_create_with(fx->ctx, &d, c, 2, &plan) != MOEJIT_OK)
+  int at[3] = {-2, -2, -2};
+  if (mj_rt_plan_create_with(fx->ctx, &d, c, 3, &plan, at) != MOEJIT_OK)
     fail_msg("plan: %s", moejit_last_error(fx->ctx));
-  assert_int_equal(plan->ngemm, 1);
+  assert_int_equal(plan->ngemm, 2);
   assert_string_equal(plan->configs[0].name, "mma_m16n128k64s4w1x4");
   assert_int_equal(plan->configs[0].splits, 1);
   assert_int_equal(plan->splits, 1);
-  assert_int_equal(mj_rt_config_index(plan, &c[0]), 0);
-  assert_int_equal(mj_rt_config_index(plan, &c[1]), 0);
-  assert_int_equal(mj_rt_config_index(plan, &wide), -1);
+  assert_int_equal(at[0], 0);
+  assert_int_equal(at[1], 0);
+  assert_int_equal(at[2], 1);
+  assert_string_equal(plan->configs[1].name, "mma_m16n64k64s3w1x4");
   moejit_plan_destroy(plan);
 }
 
@@ -463,8 +466,9 @@ static void test_plan_table_repeats(void **state) {
   moejit_layer_desc d = small_desc();
   d.dtype = MOEJIT_BF16;
   d.exact_f32 = 0;
-  int nwg = 0, distinct = 0;
-  const mj_gemm_config *wg = mj_tune_gemm_configs_for(MJ_MATH_MMA, "sm_90a", &nwg);
+  int distinct = 0;
+  mj_gemm_config wg[MJ_MAX_GEMM_CONFIGS];
+  int nwg = mj_tune_heuristic(MJ_MATH_MMA, "sm_90a", wg, MJ_MAX_GEMM_CONFIGS);
   for (int i = 0; i < nwg; i++) {
     int seen = 0;
     for (int j = 0; j < i; j++)
@@ -478,7 +482,6 @@ static void test_plan_table_repeats(void **state) {
   assert_int_equal(plan->ngemm, distinct);
   for (int b = 0; b < MJ_BUCKETS; b++) {
     const mj_gemm_config *want = &wg[mj_tune_pick(wg, nwg, (int64_t)1 << b, d.top_k, d.experts)];
-    assert_int_equal(plan->pick[b], mj_rt_config_index(plan, want));
     assert_string_equal(plan->configs[plan->pick[b]].name, want->name);
   }
   moejit_plan_destroy(plan);
@@ -492,12 +495,11 @@ static void test_config_names(void **state) {
   int pingpong = 0, chain = 0, streamed = 0;
   for (int a = 0; a < 2; a++)
     for (int m = 0; m < 3; m++) {
-      mj_gemm_config space[MJ_MAX_GEMM_CONFIGS], back;
+      mj_gemm_config space[2 * MJ_MAX_GEMM_CONFIGS], back;
       mj_math math;
-      const moejit_dtype dt = maths[m] == MJ_MATH_MMA ? MOEJIT_BF16 : MOEJIT_F32;
-      int n = mj_tune_search_space(maths[m], dt, a ? "sm_90a" : "sm_80", 227 * 1024, space,
-                                   MJ_MAX_GEMM_CONFIGS);
-      assert_true(n > 0 && n < MJ_MAX_GEMM_CONFIGS);
+      int n = mj_tune_search_space(maths[m], a ? "sm_90a" : "sm_80", NULL, NULL, space,
+                                   2 * MJ_MAX_GEMM_CONFIGS);
+      assert_true(n > 0 && n < 2 * MJ_MAX_GEMM_CONFIGS);
       for (int i = 0; i < n; i++) {
         if (mj_tune_config_parse(space[i].name, &back, &math) != 0)
           fail_msg("%s does not parse", space[i].name);
@@ -530,25 +532,24 @@ static void test_config_names(void **state) {
   assert_int_equal(c.ctas, 2);
   assert_string_equal(c.name, "wg_m64n128s3c2ch");
   /* the streamed path: rows, columns, loads a thread in flight, and a split of GEMM2 */
-  assert_int_equal(mj_tune_config_parse("gv_m1n64u6z2", &c, &math), 0);
+  assert_int_equal(mj_tune_config_parse("stream_m1n64u6z2", &c, &math), 0);
   assert_int_equal(c.kind, MJ_GEMM_STREAM);
   assert_int_equal(math, MJ_MATH_MMA);
   assert_int_equal(c.bm, 1);
   assert_int_equal(c.bn, 64);
   assert_int_equal(c.stages, 6);
   assert_int_equal(c.splits, 2);
-  assert_int_equal(mj_tune_gemm_threads(&c, math), 128);
-  assert_int_equal((int)mj_tune_gemm_smem(&c, MOEJIT_BF16), 0);
   /* chained GEMM2s are for 64-row wgmma tiles alone, and ch comes once, last */
   static const char *const bad[] = {"wg_m64n128s5pp",        "wg_m128n128s5ppc1",
                                     "wg_m128n128s5p",        "wg_m128n128s5ppz2",
                                     "wg_m128n192s4c2",       "wg_m128n128s5ppch",
                                     "wg_m128n192s4c1ch",     "mma_m16n64k64s6w1x4ch",
                                     "wg_m64n128s3c2chch",    "wg_m64n128s3chc2",
-                                    "gv_m9n64u8",            "gv_m0n64u8",
-                                    "gv_m1n48u8",            "gv_m1n64u17",
-                                    "gv_m1n64u1",            "gv_m1n64u8ch",
-                                    "gv_m1n64u8pp",          "gv_m1n64u08"};
+                                    "stream_m9n64u8",        "stream_m0n64u8",
+                                    "stream_m1n48u8",        "stream_m1n64u17",
+                                    "stream_m1n64u1",        "stream_m1n64u8ch",
+                                    "stream_m1n64u8pp",      "stream_m1n64u08",
+                                    "gv_m1n64u6z2"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     if (mj_tune_config_parse(bad[i], &c, &math) == 0)
       fail_msg("%s parsed", bad[i]);
@@ -675,7 +676,7 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     r->live = u64_at(params[4]);
     r->live_base = int_at(params[5]);
   } else if (f == FAKE_FN_SCAN) { /* chunk_counts, nchunks, block_m, capacity, chunk_base,
-                                     expert_off, tiles, num_tiles, flags */
+                                     expert_offsets, tiles, num_tiles, flags */
     r->ptr[0] = u64_at(params[0]);
     r->ints[0] = int_at(params[1]);
     r->ints[1] = int_at(params[2]);
@@ -683,7 +684,7 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     for (int i = 0; i < 5; i++)
       r->ptr[1 + i] = u64_at(params[4 + i]);
   } else if (f == FAKE_FN_SCATTER) { /* ids, expert_map, weights, nslots, capacity, chunk_base,
-                                        expert_off, sorted_slot, slot_pos, slot_weight, live,
+                                        expert_offsets, row_slot, slot_row, row_weight, live,
                                         live_base */
     r->ptr[0] = u64_at(params[0]);
     r->ptr[6] = u64_at(params[1]);
@@ -697,22 +698,22 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     r->live = u64_at(params[10]);
     r->live_base = int_at(params[11]);
   } else if (f == FAKE_FN_SMALL) { /* ids, expert_map, weights, nslots, block_m, capacity,
-                                      expert_off, tiles, num_tiles, flags, sorted_slot, slot_pos,
-                                      slot_weight, live, live_base */
+                                      expert_offsets, tiles, num_tiles, flags, row_slot, slot_row,
+                                      row_weight, live, live_base */
     r->ptr[0] = u64_at(params[0]);
     r->ptr[1] = u64_at(params[2]);
     r->ints[0] = int_at(params[3]);
     r->ints[1] = int_at(params[4]);
-    for (int i = 0; i < 6; i++) /* tiles .. slot_weight */
+    for (int i = 0; i < 6; i++) /* tiles .. row_weight */
       r->ptr[2 + i] = u64_at(params[7 + i]);
     r->live = u64_at(params[13]);
     r->live_base = int_at(params[14]);
-  } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_pos, y */
+  } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_row, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
-  } else { /* a GEMM: one struct of eight pointers a, w, bias, sorted_slot, slot_weight, tiles,
-              num_tiles, out */
-    memcpy(r->ptr, params[0], 8 * sizeof(uint64_t));
+  } else { /* a GEMM: a, w, bias, row_slot, row_weight, tiles, num_tiles, out, ... */
+    for (int i = 0; i < 8; i++)
+      r->ptr[i] = u64_at(params[i]);
   }
   return fk->fail_launch_at == fk->nlaunch ? 700 : 0;
 }
@@ -762,12 +763,13 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->ctx.cu.GetErrorString = fake_error_string;
   fk->plan = *offline;
   fk->plan.ctx = &fk->ctx;
-  fk->plan.count.fn = FAKE_FN_COUNT;
-  fk->plan.scan.fn = FAKE_FN_SCAN;
-  fk->plan.scatter.fn = FAKE_FN_SCATTER;
+  fk->plan.route.count.fn = FAKE_FN_COUNT;
+  fk->plan.route.scan.fn = FAKE_FN_SCAN;
+  fk->plan.route.scatter.fn = FAKE_FN_SCATTER;
   fk->plan.combine.fn = FAKE_FN_COMBINE;
-  fk->plan.small.fn = FAKE_FN_SMALL;
-  fk->plan.small_slots = 0; /* the chunked routing kernels; test_forward_small_routing takes the other */
+  fk->plan.route.small.fn = FAKE_FN_SMALL;
+  /* the chunked routing kernels; test_forward_small_routing takes the other */
+  fk->plan.route.small.meta.max_slots = 0;
   for (int i = 0; i < fk->plan.ngemm; i++) {
     fk->plan.gemm1[i].fn = FAKE_FN_GEMM1(i);
     fk->plan.gemm2[i].fn = FAKE_FN_GEMM2(i);
@@ -950,12 +952,14 @@ static void check_forward(fake_device *fk, int64_t T) {
     assert_int_equal(fk->launch[i].block[1] * fk->launch[i].block[2], 1);
   }
 
-  const int64_t slots = T * K, chunks = (slots + MJ_ROUTE_CHUNK - 1) / MJ_ROUTE_CHUNK;
+  /* count and scatter blocks take route.lua's chunk of 256 slots */
+  assert_int_equal(p->route.count.meta.per_block, 256);
+  const int64_t slots = T * K, chunks = (slots + 255) / 256;
   /* routing */
   assert_int_equal(count->ptr[0], addr(a.topk_ids));
   assert_int_equal(count->ints[0], slots);
   assert_int_equal(count->grid[0], chunks);
-  assert_int_equal(count->block[0], p->count.threads);
+  assert_int_equal(count->block[0], p->route.count.meta.threads);
   assert_int_equal(scan->ints[0], chunks);
   assert_int_equal(scan->ints[1], c->bm);
   assert_int_equal(scan->grid[0], 1);
@@ -967,9 +971,14 @@ static void check_forward(fake_device *fk, int64_t T) {
   assert_int_equal(scan->ptr[0], count->ptr[1]);   /* chunk_counts */
   assert_int_equal(scatter->ptr[2], scan->ptr[1]); /* chunk_base */
 
-  /* GEMMs: the configuration the heuristic picks, enough tiles for every slot */
-  const unsigned threads = (unsigned)mj_tune_gemm_threads(c, p->math);
-  const unsigned smem = (unsigned)mj_tune_gemm_smem(c, MOEJIT_F32);
+  /* GEMMs: the configuration the heuristic picks, enough tiles for every slot, with the block and
+   * the shared memory of its contract: a warp per warp tile (TF32) or a thread per tm x tn outputs
+   * (FFMA), and the stage ring of padded f32 tiles */
+  const unsigned threads = (unsigned)(p->math == MJ_MATH_FFMA ? (c->bm / c->tm) * (c->bn / c->tn)
+                                                              : 32 * c->wm * c->wn);
+  const unsigned smem = (unsigned)(c->stages * (c->bm * (c->bk + 4) + c->bk * (c->bn + 4)) * 4);
+  assert_int_equal(p->gemm1[cfg].meta.threads, threads);
+  assert_int_equal(p->gemm2[cfg].meta.smem, smem);
   assert_true(g1->grid[0] >= (slots + c->bm - 1) / c->bm);
   assert_int_equal(g1->grid[1], (2 * I + c->bn - 1) / c->bn);
   assert_int_equal(g2->grid[1], (H + c->bn - 1) / c->bn);
@@ -984,16 +993,16 @@ static void check_forward(fake_device *fk, int64_t T) {
   assert_int_equal(g2->ptr[0], g1->ptr[7]); /* h */
   assert_int_equal(g2->ptr[1], addr(a.down_proj));
   assert_int_equal(g2->ptr[2], addr(a.down_proj_bias));
-  assert_int_equal(g1->ptr[3], scatter->ptr[3]); /* sorted_slot */
+  assert_int_equal(g1->ptr[3], scatter->ptr[3]); /* row_slot */
   assert_int_equal(g2->ptr[3], scatter->ptr[3]);
-  assert_int_equal(g1->ptr[4], scatter->ptr[5]); /* slot_weight */
+  assert_int_equal(g1->ptr[4], scatter->ptr[5]); /* row_weight */
   assert_int_equal(g1->ptr[5], scan->ptr[3]);    /* tiles */
   assert_int_equal(g1->ptr[6], scan->ptr[4]);    /* num_tiles */
 
   /* combine */
   assert_int_equal(comb->grid[0], T);
   assert_int_equal(comb->ptr[0], g2->ptr[7]);      /* y_slot */
-  assert_int_equal(comb->ptr[1], scatter->ptr[4]); /* slot_pos */
+  assert_int_equal(comb->ptr[1], scatter->ptr[4]); /* slot_row */
   assert_int_equal(comb->ptr[2], addr(a.y));
 
   /* workspace regions: 256-byte aligned, inside [ws, ws + need) */
@@ -1050,7 +1059,7 @@ static void test_forward_launches(void **state) {
 static void test_forward_small_routing(void **state) {
   fixture *fx = *state;
   fake_device *fk = fake_open(need_plan(fx));
-  fk->plan.small_slots = MJ_SMALL_SLOTS;
+  fk->plan.route.small.meta.max_slots = need_plan(fx)->route.small.meta.max_slots;
   const int64_t T = 37;
   moejit_forward_args a;
   fake_forward(fk, T, &a);
@@ -1067,11 +1076,11 @@ static void test_forward_small_routing(void **state) {
   assert_int_equal(small->ptr[4], WS_ADDR); /* flags at offset 0 */
   assert_int_equal(g1->ptr[5], small->ptr[2]); /* tiles */
   assert_int_equal(g1->ptr[6], small->ptr[3]); /* num_tiles */
-  assert_int_equal(g1->ptr[3], small->ptr[5]); /* sorted_slot */
-  assert_int_equal(g1->ptr[4], small->ptr[7]); /* slot_weight */
+  assert_int_equal(g1->ptr[3], small->ptr[5]); /* row_slot */
+  assert_int_equal(g1->ptr[4], small->ptr[7]); /* row_weight */
   assert_int_equal(g2->ptr[3], small->ptr[5]);
   assert_ptr_equal(fk->launch[3].fn, FAKE_FN_COMBINE);
-  assert_int_equal(fk->launch[3].ptr[1], small->ptr[6]); /* slot_pos */
+  assert_int_equal(fk->launch[3].ptr[1], small->ptr[6]); /* slot_row */
   fake_close(fk);
 }
 
@@ -1084,7 +1093,7 @@ static void test_forward_pdl(void **state) {
   fake_device *fk = fake_open(need_plan(fx));
   fk->plan.pdl = 1; /* as a plan on sm_90+ sets it */
   for (int small = 0; small <= 1; small++) {
-    fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
+    fk->plan.route.small.meta.max_slots = small ? need_plan(fx)->route.small.meta.max_slots : 0;
     moejit_forward_args a;
     const size_t need = fake_forward(fk, 37, &a);
     assert_int_equal(fk->nlaunch, small ? 4 : 6);
@@ -1123,7 +1132,7 @@ static void test_forward_device_tokens(void **state) {
   const uint64_t live = 0xA0000000u;
   fk->plan.desc.max_tokens = MJ_CHUNK_TOKENS + 5;
   for (int small = 0; small <= 1; small++) {
-    fk->plan.small_slots = small ? MJ_SMALL_SLOTS : 0;
+    fk->plan.route.small.meta.max_slots = small ? need_plan(fx)->route.small.meta.max_slots : 0;
     const int64_t tokens[] = {37, MJ_CHUNK_TOKENS + 5};
     for (int j = 0; j < 2; j++) {
       size_t need = 0;
@@ -1152,7 +1161,7 @@ static void test_forward_device_tokens(void **state) {
     }
   }
   /* The 0.1 struct: the field past its end is never read (garbage there changes nothing). */
-  fk->plan.small_slots = MJ_SMALL_SLOTS;
+  fk->plan.route.small.meta.max_slots = need_plan(fx)->route.small.meta.max_slots;
   size_t need = 0;
   assert_int_equal(moejit_workspace_size(&fk->plan, 37, &need), MOEJIT_OK);
   moejit_forward_args a;
@@ -1183,7 +1192,7 @@ static void test_forward_launch_failure(void **state) {
   const char *msg = moejit_last_error(&fk->ctx);
   assert_contains(msg, "LaunchKernel");
   assert_contains(msg, "CUDA_ERROR_ILLEGAL_ADDRESS");
-  assert_contains(msg, "forward.c:");
+  assert_contains(msg, "launch.c:");
   fake_close(fk);
 }
 

@@ -205,14 +205,14 @@ static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
     return;
   static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1",
                                      "wg_m64n192s3c2", "wg_m128n128s6pp", "wg_m64n64s12c1",
-                                     "gv_m4n128u8",     "gv_m2n32u4"};
+                                     "stream_m4n128u8", "stream_m2n32u4"};
   enum { nwide = sizeof wide / sizeof wide[0] };
   mj_gemm_config c[nwide];
   mj_math math;
   for (int i = 0; i < nwide; i++)
     assert_int_equal(mj_tune_config_parse(wide[i], &c[i], &math), 0);
   moejit_plan *plan = NULL;
-  moejit_status st = mj_rt_plan_create_with(g_ctx, &d, c, nwide, &plan);
+  moejit_status st = mj_rt_plan_create_with(g_ctx, &d, c, nwide, &plan, NULL);
   if (st != MOEJIT_OK)
     print_message("plan: %s: %s\n", moejit_status_name(st), moejit_last_error(g_ctx));
   assert_int_equal(st, MOEJIT_OK);
@@ -904,7 +904,7 @@ static void test_router_logits(void **state) {
     host_layer L;
     make_layer(&L, &d, 300, 0, 70 + i);
     char what[64];
-    snprintf(what, sizeof what, "logits %s (ties: lower id)", mj_rt_dtype_name(logit_types[i]));
+    snprintf(what, sizeof what, "logits %s (ties: lower id)", mj_dtype_name(logit_types[i]));
     expect_match(what, &L, 300);
     free_layer(&L);
   }
@@ -1106,13 +1106,13 @@ static void test_self_routed_tiles(void **state) {
     d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
     /* a 16-row mma.sync tile, which holds every slot of these forwards, and one-row streamed
      * tiles, which send forwards with an expert repeated within a token to routing's tiles */
-    static const char *const names[] = {"mma_m16n64k64s6w1x4z2", "gv_m1n64u6z2"};
+    static const char *const names[] = {"mma_m16n64k64s6w1x4z2", "stream_m1n64u6z2"};
     mj_gemm_config configs[2];
     mj_math math;
     for (int i = 0; i < 2; i++)
       assert_int_equal(mj_tune_config_parse(names[i], &configs[i], &math), 0);
     moejit_plan *plan = NULL;
-    assert_int_equal(mj_rt_plan_create_with(g_ctx, &d, configs, 2, &plan), MOEJIT_OK);
+    assert_int_equal(mj_rt_plan_create_with(g_ctx, &d, configs, 2, &plan, NULL), MOEJIT_OK);
     for (int i = 0; i < 2; i++)
       assert_true(mj_rt_can_self_route(&plan->desc, &plan->configs[i]));
     /* without programmatic dependent launch (below sm_90, MOEJIT_PDL=0) routing makes the tiles */
@@ -1198,7 +1198,7 @@ static void test_weight_on_input_and_f32_bias(void **state) {
     host_layer L;
     make_layer(&L, &d, 200, 0, 120 + i);
     char what[64];
-    snprintf(what, sizeof what, "router weight on input, %s", mj_rt_dtype_name(types[i]));
+    snprintf(what, sizeof what, "router weight on input, %s", mj_dtype_name(types[i]));
     expect_match(what, &L, 200);
     free_layer(&L);
   }
@@ -1208,7 +1208,7 @@ static void test_weight_on_input_and_f32_bias(void **state) {
     host_layer L;
     make_layer(&L, &d, 200, 0, 130 + i);
     char what[64];
-    snprintf(what, sizeof what, "f32 biases, %s weights", mj_rt_dtype_name(types[i]));
+    snprintf(what, sizeof what, "f32 biases, %s weights", mj_dtype_name(types[i]));
     expect_match(what, &L, 200);
     free_layer(&L);
   }

@@ -8,67 +8,42 @@
 #include <string.h>
 
 moejit_status mj_synth_open(moejit_ctx *ctx, mj_synth *s, mj_err *err) {
-  moejit_status st;
+  static const char *const entries[] = {"moejit_fill_f32", "moejit_fill_f16", "moejit_fill_bf16",
+                                        NULL};
+  mj_kernel *k[] = {&s->fill[MOEJIT_F32], &s->fill[MOEJIT_F16], &s->fill[MOEJIT_BF16]};
   mj_spec spec;
-  char *source = NULL;
-  mj_cubin cubin = {0};
-  int pushed = 0;
   memset(s, 0, sizeof *s);
   memset(&spec, 0, sizeof spec);
   s->ctx = ctx;
-  if (ctx->offline)
+  if (mj_rt_driver(ctx)->lib == NULL)
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "synthetic layers need a GPU");
-  if (!ctx->nv.lib && (st = mj_gen_nvrtc_load(&ctx->nv, err)) != MOEJIT_OK)
-    return st;
-  if ((st = mj_gen_render(ctx->gen, "synth", &spec, &source, err)) != MOEJIT_OK)
-    goto fail;
-  if ((st = mj_gen_compile(&ctx->nv, ctx->gen, source, "synth", ctx->arch, 0, &cubin, err)) !=
-      MOEJIT_OK)
-    goto fail;
-  MJ_CU(&ctx->cu, CtxPushCurrent(ctx->cuctx), err);
-  pushed = 1;
-  MJ_CU(&ctx->cu, ModuleLoadData(&s->module, cubin.data), err);
-  static const char *const names[] = {"moejit_fill_f32", "moejit_fill_f16", "moejit_fill_bf16"};
-  for (int i = 0; i < 3; i++)
-    MJ_CU(&ctx->cu, ModuleGetFunction(&s->fill[i], s->module, names[i]), err);
-fail:
-  if (pushed) {
-    CUcontext popped;
-    ctx->cu.CtxPopCurrent(&popped);
-  }
-  free(source);
-  mj_cubin_free(&cubin);
-  if (st != MOEJIT_OK)
-    mj_synth_close(s);
-  return st;
+  return mj_rt_module_open(ctx, "synth", &spec, entries, k, &s->module, err);
 }
 
 void mj_synth_close(mj_synth *s) {
-  if (s->module && s->ctx && s->ctx->cu.CtxPushCurrent(s->ctx->cuctx) == MJ_CU_SUCCESS) {
-    CUcontext popped;
-    s->ctx->cu.ModuleUnload(s->module);
-    s->ctx->cu.CtxPopCurrent(&popped);
+  int pushed = 0;
+  mj_err err;
+  if (s->module && s->ctx && mj_rt_enter(s->ctx, &pushed, &err) == MOEJIT_OK) {
+    mj_rt_driver(s->ctx)->ModuleUnload(s->module);
+    mj_rt_leave(s->ctx, pushed);
   }
   memset(s, 0, sizeof *s);
 }
 
 moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moejit_dtype dtype,
                             float lo, float hi, uint64_t seed, CUstream stream, mj_err *err) {
-  moejit_status st = MOEJIT_OK;
   if ((unsigned)dtype > MOEJIT_BF16)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "dtype=%d cannot be filled", (int)dtype);
+  const mj_kernel *k = &s->fill[dtype];
   long long nn = n;
   unsigned long long sd = seed;
   void *args[] = {&out, &nn, &lo, &hi, &sd};
-  int64_t blocks = (n + 255) / 256;
-  if (blocks > 65536)
-    blocks = 65536;
+  int64_t blocks = (n + k->meta.per_block - 1) / k->meta.per_block;
+  if (blocks > k->meta.max_blocks)
+    blocks = k->meta.max_blocks;
   if (blocks < 1)
     return MOEJIT_OK;
-  MJ_CU(&s->ctx->cu,
-        LaunchKernel(s->fill[dtype], (unsigned)blocks, 1, 1, 256, 1, 1, 0, stream, args, NULL), err);
-fail:
-  return st;
+  return mj_rt_launch_args(s->ctx, k, (unsigned)blocks, 1, 1, args, stream, 0, err);
 }
 
 static uint64_t splitmix(uint64_t *state) {
@@ -108,8 +83,8 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
                                     uint64_t seed, mj_synth_layer *L, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   moejit_ctx *ctx = s->ctx;
-  mj_cu *cu = &ctx->cu;
-  const moejit_layer_desc *d = &plan->desc;
+  const mj_cu *cu = mj_rt_driver(ctx);
+  const moejit_layer_desc *d = mj_rt_plan_desc(plan);
   int64_t T = tokens, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
   size_t act = mj_dtype_size(d->dtype);
   void *hw = NULL;
@@ -126,8 +101,8 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
     goto fail;
   }
   mj_synth_routing(T, K, E, seed, L->host_ids, L->host_weights);
-  MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
-  pushed = 1;
+  if ((st = mj_rt_enter(ctx, &pushed, err)) != MOEJIT_OK)
+    goto fail;
   if ((st = moejit_workspace_size(plan, T, &L->workspace_bytes)) != MOEJIT_OK) {
     mj_errf(err, st, "workspace size: %s", moejit_last_error(ctx));
     goto fail;
@@ -189,10 +164,7 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   MJ_CU(cu, MemcpyHtoD(L->weights, hw, (size_t)wn * mj_dtype_size(d->weights_dtype)), err);
   MJ_CU(cu, CtxSynchronize(), err);
 fail:
-  if (pushed) {
-    CUcontext popped;
-    cu->CtxPopCurrent(&popped);
-  }
+  mj_rt_leave(ctx, pushed);
   free(hw);
   free(dense);
   if (st != MOEJIT_OK)
@@ -201,15 +173,16 @@ fail:
 }
 
 void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
-  mj_cu *cu = &s->ctx->cu;
-  CUcontext popped;
-  if (cu->CtxPushCurrent(s->ctx->cuctx) == MJ_CU_SUCCESS) {
+  const mj_cu *cu = mj_rt_driver(s->ctx);
+  int pushed = 0;
+  mj_err err;
+  if (mj_rt_enter(s->ctx, &pushed, &err) == MOEJIT_OK) {
     CUdeviceptr bufs[] = {L->x,    L->ids,       L->weights, L->gate_up, L->gate_up_bias,
                           L->down, L->down_bias, L->y,       L->workspace};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
       if (bufs[i])
         cu->MemFree(bufs[i]);
-    cu->CtxPopCurrent(&popped);
+    mj_rt_leave(s->ctx, pushed);
   }
   free(L->host_ids);
   free(L->host_weights);
@@ -241,15 +214,14 @@ static moejit_status upload_ids(const mj_cu *cu, mj_synth_layer *L, const int32_
 
 moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
                                      mj_err *err) {
-  moejit_status st = MOEJIT_OK;
-  mj_cu *cu = &s->ctx->cu;
+  moejit_status st;
+  int pushed = 0;
   if (L->desc.routing != MOEJIT_ROUTING_TOPK)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "set_ids needs top-k routing");
-  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
-  st = upload_ids(cu, L, ids, err);
-  CUcontext popped;
-  cu->CtxPopCurrent(&popped);
-fail:
+  if ((st = mj_rt_enter(s->ctx, &pushed, err)) != MOEJIT_OK)
+    return st;
+  st = upload_ids(mj_rt_driver(s->ctx), L, ids, err);
+  mj_rt_leave(s->ctx, pushed);
   return st;
 }
 
@@ -281,7 +253,7 @@ void mj_synth_host_free(mj_synth_host *h) {
 moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, const int64_t *tokens,
                                 int64_t n, mj_synth_host *h, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  mj_cu *cu = &s->ctx->cu;
+  const mj_cu *cu = mj_rt_driver(s->ctx);
   const moejit_layer_desc *d = &L->desc;
   int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
   size_t act = mj_dtype_size(d->dtype);
@@ -301,8 +273,8 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of host memory downloading the layer");
     goto fail;
   }
-  MJ_CU(cu, CtxPushCurrent(s->ctx->cuctx), err);
-  pushed = 1;
+  if ((st = mj_rt_enter(s->ctx, &pushed, err)) != MOEJIT_OK)
+    goto fail;
   MJ_CU(cu, CtxSynchronize(), err);
   MJ_CU(cu, MemcpyDtoH(h->gate_up, L->gate_up, (size_t)(E * H * 2 * I) * act), err);
   MJ_CU(cu, MemcpyDtoH(h->gate_up_bias, L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
@@ -318,10 +290,7 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
     memcpy(h->weights + i * K, L->host_weights + t * K, (size_t)K * sizeof(float));
   }
 fail:
-  if (pushed) {
-    CUcontext popped;
-    cu->CtxPopCurrent(&popped);
-  }
+  mj_rt_leave(s->ctx, pushed);
   if (st != MOEJIT_OK)
     mj_synth_host_free(h);
   return st;

@@ -1,16 +1,16 @@
 /* synth.h: synthetic layers on the GPU for the tests, `moejit run` and the tuner: device buffers
  * filled with reproducible random values, and random top-k routing made on the host.
- * Uses gen/ (the synth template) and runtime/ (the context's driver). */
+ * Uses runtime/runtime.h (the synth template's module, the context's driver). */
 #ifndef MJ_TOOLS_SYNTH_H
 #define MJ_TOOLS_SYNTH_H
 #include <stdint.h>
 
-#include "runtime/internal.h"
+#include "runtime/runtime.h"
 
 typedef struct mj_synth {
   moejit_ctx *ctx;
   CUmodule module;
-  CUfunction fill[3]; /* by moejit_dtype: F32, F16, BF16 */
+  mj_kernel fill[3]; /* by moejit_dtype: F32, F16, BF16 */
 } mj_synth;
 
 /* Compiles and loads the fill kernels for the context's device. */

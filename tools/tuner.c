@@ -1,12 +1,15 @@
-/* tuner.c: the autotuner (see tuner.h). */
+/* tuner.c: the autotuner (see tuner.h), in four steps: the candidates (the heuristic's table and
+ * the search space, those whose kernels fit the device), the spill filter (candidates whose GEMMs
+ * use local memory are dropped), timing each token count, and recording the winners. */
 #include "tools/tuner.h"
-
-#include "base/half.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "base/half.h"
+#include "tools/timing.h"
 
 #define FLUSH_BYTES ((size_t)256 << 20) /* over the L2 of any current GPU */
 
@@ -16,9 +19,77 @@ static double now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_float(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return (x > y) - (x < y);
+/* One tuning run: the layer, its candidates and the plan that holds them. */
+typedef struct tuning {
+  moejit_ctx *ctx;
+  const mj_tune_options *o;
+  moejit_layer_desc d;
+  mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
+  int n;
+  mj_gemm_config heur[MJ_MAX_GEMM_CONFIGS];
+  int nheur;
+  moejit_plan *plan;
+  int at[MJ_MAX_GEMM_CONFIGS];     /* space[i]'s index into the plan's configurations */
+  int usable[MJ_MAX_GEMM_CONFIGS]; /* 0: it spills, or the plan holds it as an earlier candidate */
+  mj_synth syn;
+  mj_synth_layer L;
+  CUdeviceptr flush;
+  double start;
+} tuning;
+
+/* Whether a candidate's kernels fit the device, by their launch contracts. */
+static int fits(void *user, const mj_gemm_config *c) {
+  tuning *t = user;
+  return mj_rt_config_fits(t->ctx, &t->d, c);
+}
+
+/* The heuristic's table first, so its picks are timed on the same footing, then the search space:
+ * the wgmma kernels where the plan can take them (sm_90a and a fused 16-bit layer). */
+static void candidates(tuning *t) {
+  moejit_device_info info;
+  moejit_device_info_init(&info);
+  moejit_device_info_get(t->ctx, &info);
+  const char *arch = t->d.unfused ? "" : info.arch;
+  mj_math math = mj_rt_math(&t->d);
+  mj_gemm_config extra[MJ_MAX_GEMM_CONFIGS];
+  t->nheur = mj_tune_heuristic(math, arch, t->heur, MJ_MAX_GEMM_CONFIGS);
+  t->n = 0;
+  for (int i = 0; i < t->nheur; i++)
+    t->space[t->n++] = t->heur[i];
+  int nextra = mj_tune_search_space(math, arch, fits, t, extra, MJ_MAX_GEMM_CONFIGS);
+  for (int i = 0; i < nextra && t->n < MJ_MAX_GEMM_CONFIGS; i++) {
+    int dup = 0;
+    for (int j = 0; j < t->n && !dup; j++)
+      dup = !strcmp(t->space[j].name, extra[i].name);
+    if (!dup)
+      t->space[t->n++] = extra[i];
+  }
+}
+
+/* Candidates whose GEMMs spill to local memory are dropped, and one that the plan holds as an
+ * earlier candidate is timed once. */
+static moejit_status drop_spills(tuning *t, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  const mj_cu *cu = mj_rt_driver(t->ctx);
+  for (int i = 0; i < t->n; i++) {
+    int local1 = 0, local2 = 0;
+    if (t->at[i] < 0)
+      return mj_errf(err, MOEJIT_ERR_INTERNAL, "candidate %s is missing from its plan",
+                     t->space[i].name);
+    MJ_CU(cu,
+          FuncGetAttribute(&local1, MJ_CU_FUNC_LOCAL_SIZE_BYTES,
+                           mj_rt_plan_gemm(t->plan, t->at[i], MOEJIT_STAGE_GEMM1)->fn),
+          err);
+    MJ_CU(cu,
+          FuncGetAttribute(&local2, MJ_CU_FUNC_LOCAL_SIZE_BYTES,
+                           mj_rt_plan_gemm(t->plan, t->at[i], MOEJIT_STAGE_GEMM2)->fn),
+          err);
+    t->usable[i] = local1 == 0 && local2 == 0;
+    for (int j = 0; j < i && t->usable[i]; j++)
+      t->usable[i] = t->at[j] != t->at[i];
+  }
+fail:
+  return st;
 }
 
 /* Candidates worth timing at this token count: tiles no taller than needed for the rows an expert
@@ -32,204 +103,185 @@ static int worth_timing(const mj_gemm_config *c, const moejit_layer_desc *d, int
   return c->bm <= cap && (c->splits < 2 || tokens * d->top_k <= MJ_SPLIT_SLOTS);
 }
 
-/* Median time of one forward with configuration cfg; L2 flushed before each run. */
-static moejit_status time_config(moejit_plan *plan, const moejit_forward_args *a,
-                                 const mj_synth_layer *L, int cfg, int repeat, CUdeviceptr flush,
-                                 CUevent ev[2], float *median, mj_err *err) {
+/* The forward of one candidate that mj_time_runs times, after an L2 flush. */
+typedef struct timed_forward {
+  tuning *t;
+  moejit_forward_args a;
+  int cfg, flushes;
+} timed_forward;
+
+static moejit_status flush_l2(void *user, CUstream stream, mj_err *err) {
+  timed_forward *f = user;
   moejit_status st = MOEJIT_OK;
-  mj_cu *cu = &plan->ctx->cu;
-  float ms[64];
+  MJ_CU(mj_rt_driver(f->t->ctx),
+        MemsetD32Async(f->t->flush, (unsigned)f->flushes++, FLUSH_BYTES / 4, stream), err);
+fail:
+  return st;
+}
+
+static moejit_status forward(void *user, CUstream stream, mj_err *err) {
+  timed_forward *f = user;
+  const mj_synth_layer *L = &f->t->L;
+  moejit_status st = mj_rt_forward_with(f->t->plan, &f->a, (void *)(uintptr_t)L->workspace,
+                                        L->workspace_bytes, stream, f->cfg);
+  if (st != MOEJIT_OK)
+    return mj_errf(err, st, "forward with %s: %s", mj_rt_plan_config(f->t->plan, f->cfg)->name,
+                   moejit_last_error(f->t->ctx));
+  return MOEJIT_OK;
+}
+
+/* Times the candidates for one token count into r and has the winner checked. */
+static moejit_status time_count(tuning *t, int64_t T, int repeat, int *done_steps, int total,
+                                mj_tune_result *r, mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  const mj_tune_options *o = t->o;
+  const moejit_layer_desc *d = &t->d;
+  memset(r, 0, sizeof *r);
+  r->tokens = T;
+  timed_forward f = {t, {0}, 0, 0};
+  mj_synth_layer_args(&t->L, &f.a);
+  f.a.tokens = T;
+  int hidx = mj_tune_pick(t->heur, t->nheur, (int64_t)1 << mj_rt_bucket(T), d->top_k, d->experts);
+  int best = -1;
+  float best_ms = 0.0f, ms[64];
   if (repeat > 64)
     repeat = 64;
-  void *ws = (void *)(uintptr_t)L->workspace;
-  for (int i = -1; i < repeat; i++) {
-    MJ_CU(cu, MemsetD32Async(flush, (unsigned)i, FLUSH_BYTES / 4, NULL), err);
-    MJ_CU(cu, EventRecord(ev[0], NULL), err);
-    if ((st = mj_rt_forward_with(plan, a, ws, L->workspace_bytes, NULL, cfg)) != MOEJIT_OK)
-      return mj_errf(err, st, "forward with %s: %s", plan->configs[cfg].name,
-                     moejit_last_error(plan->ctx));
-    MJ_CU(cu, EventRecord(ev[1], NULL), err);
-    MJ_CU(cu, EventSynchronize(ev[1]), err);
-    if (i >= 0)
-      MJ_CU(cu, EventElapsedTime(&ms[i], ev[0], ev[1]), err);
+  for (int i = 0; i < t->n; i++) {
+    int worth = t->usable[i] && worth_timing(&t->space[i], d, T);
+    if (i != hidx && !worth)
+      continue;
+    if (o->budget_s > 0 && now() - t->start > o->budget_s && i != hidx && best >= 0)
+      continue; /* out of budget: keep the best so far, still time the heuristic's pick */
+    f.cfg = t->at[i];
+    const mj_timed timed = {1, repeat, forward, flush_l2, &f};
+    if ((st = mj_time_runs(t->ctx, NULL, &timed, ms, err)) != MOEJIT_OK)
+      return st;
+    float m = (float)mj_median(ms, repeat);
+    r->candidates++;
+    if (i == hidx) {
+      memcpy(r->heuristic, t->space[i].name, sizeof r->heuristic);
+      r->heuristic_ms = m;
+    }
+    if (t->usable[i] && (best < 0 || m < best_ms)) {
+      best = i;
+      best_ms = m;
+    }
+    if (o->progress && worth) {
+      char what[64];
+      snprintf(what, sizeof what, "%.40s %.4f ms", t->space[i].name, m);
+      o->progress(o->user, "time", ++*done_steps, total, what);
+    }
   }
-  qsort(ms, (size_t)repeat, sizeof ms[0], cmp_float);
-  *median = ms[repeat / 2];
+  if (best < 0)
+    return mj_errf(err, MOEJIT_ERR_INTERNAL, "no candidate could be timed for %lld tokens",
+                   (long long)T);
+  memcpy(r->config, t->space[best].name, sizeof r->config);
+  r->ms = best_ms;
+  if (!o->check)
+    return MOEJIT_OK;
+  /* The winner's output, on a poisoned y, checked against the reference by the caller. */
+  const mj_cu *cu = mj_rt_driver(t->ctx);
+  int pushed = 0;
+  if ((st = mj_rt_enter(t->ctx, &pushed, err)) != MOEJIT_OK)
+    return st;
+  MJ_CU(cu, MemsetD8(t->L.y, 0xFF, (size_t)(T * d->hidden) * mj_dtype_size(d->dtype)), err);
+  f.cfg = t->at[best];
+  if ((st = forward(&f, NULL, err)) != MOEJIT_OK)
+    goto fail;
+  MJ_CU(cu, CtxSynchronize(), err);
+  mj_synth_layer view = t->L;
+  view.tokens = T;
+  r->checked = o->check(o->user, &t->syn, &view, &r->rel_error) == 0 ? 1 : -1;
 fail:
+  mj_rt_leave(t->ctx, pushed);
+  return st;
+}
+
+/* Merges the winners that passed their check into the context's records. */
+static moejit_status record(tuning *t, const mj_tune_result *results, mj_err *err) {
+  const char *path = mj_rt_records_path(t->ctx);
+  int nrecs = 0;
+  if (!t->o->write_records || !path[0])
+    return MOEJIT_OK;
+  mj_record *recs = calloc((size_t)t->o->ntokens, sizeof *recs);
+  if (!recs)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  for (int i = 0; i < t->o->ntokens; i++) {
+    if (t->o->check && results[i].checked != 1)
+      continue; /* a winner that failed its check is not recorded */
+    mj_rt_record_key(t->ctx, &t->d, results[i].tokens, &recs[nrecs]);
+    snprintf(recs[nrecs].config, sizeof recs[nrecs].config, "%s", results[i].config);
+    recs[nrecs].ms = results[i].ms;
+    recs[nrecs].heuristic_ms = results[i].heuristic_ms;
+    nrecs++;
+  }
+  moejit_log_fn log;
+  void *log_user;
+  mj_rt_logger(t->ctx, &log, &log_user);
+  moejit_status st = nrecs > 0 ? mj_tune_records_merge(path, recs, nrecs, log, log_user, err)
+                               : MOEJIT_OK;
+  free(recs);
   return st;
 }
 
 moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_tune_options *o,
                           mj_tune_result *results, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  moejit_plan *plan = NULL;
-  mj_synth syn = {0};
-  mj_synth_layer L = {0};
-  mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
-  /* at[i]: space[i]'s index into the plan's configurations (a split the layer cannot take is
-   * split fewer ways there, and may coincide with another candidate) */
-  int usable[MJ_MAX_GEMM_CONFIGS], at[MJ_MAX_GEMM_CONFIGS];
-  CUdeviceptr flush = 0;
-  CUevent ev[2] = {NULL, NULL};
-  mj_record *recs = NULL;
-  int pushed = 0, nrecs = 0, repeat = o->repeat > 0 ? o->repeat : 5;
-  if (ctx->offline)
+  int pushed = 0, repeat = o->repeat > 0 ? o->repeat : 5;
+  if (mj_rt_driver(ctx)->lib == NULL)
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "tuning needs a GPU (the context is offline)");
   if (o->ntokens < 1 || o->ntokens > MJ_TUNE_MAX_TOKENS)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "tokens: %d counts given, expected 1..%d",
                    o->ntokens, MJ_TUNE_MAX_TOKENS);
-  moejit_layer_desc d = *desc;
-  d.max_tokens = 1;
+  tuning *t = calloc(1, sizeof *t);
+  if (!t)
+    return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
+  t->ctx = ctx;
+  t->o = o;
+  t->d = *desc;
+  t->d.max_tokens = 1;
   for (int i = 0; i < o->ntokens; i++) {
-    if (o->tokens[i] < 1)
-      return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "tokens[%d]=%lld: expected >= 1", i,
-                     (long long)o->tokens[i]);
-    if (o->tokens[i] > d.max_tokens)
-      d.max_tokens = o->tokens[i];
+    if (o->tokens[i] < 1) {
+      st = mj_errf(err, MOEJIT_ERR_INVALID_ARG, "tokens[%d]=%lld: expected >= 1", i,
+                   (long long)o->tokens[i]);
+      goto done;
+    }
+    if (o->tokens[i] > t->d.max_tokens)
+      t->d.max_tokens = o->tokens[i];
   }
-
-  /* The heuristic's table first, so its picks are timed on the same footing. */
-  int nheur = 0, n = 0;
-  /* wgmma kernels where the plan can take them: sm_90a and a fused 16-bit layer */
-  const char *arch = d.unfused ? "" : ctx->arch;
-  const mj_gemm_config *heur = mj_tune_gemm_configs_for(mj_rt_math(&d), arch, &nheur);
-  for (int i = 0; i < nheur; i++)
-    space[n++] = heur[i];
-  mj_gemm_config extra[MJ_MAX_GEMM_CONFIGS];
-  int nextra = mj_tune_search_space(mj_rt_math(&d), d.dtype, arch, (size_t)ctx->smem_optin, extra,
-                                    MJ_MAX_GEMM_CONFIGS);
-  for (int i = 0; i < nextra && n < MJ_MAX_GEMM_CONFIGS; i++) {
-    int dup = 0;
-    for (int j = 0; j < n && !dup; j++)
-      dup = !strcmp(space[j].name, extra[i].name);
-    if (!dup)
-      space[n++] = extra[i];
-  }
+  candidates(t);
   if (o->progress)
-    o->progress(o->user, "compile", 0, 2 * n + 2, "compiling the candidates");
-  if ((st = mj_rt_plan_create_with(ctx, &d, space, n, &plan)) != MOEJIT_OK) {
+    o->progress(o->user, "compile", 0, 2 * t->n + 2, "compiling the candidates");
+  if ((st = mj_rt_plan_create_with(ctx, &t->d, t->space, t->n, &t->plan, t->at)) != MOEJIT_OK) {
     mj_errf(err, st, "compiling the candidates: %s", moejit_last_error(ctx));
     goto done;
   }
   if (o->progress)
-    o->progress(o->user, "compile", 2 * n + 2, 2 * n + 2, "compiled");
-  mj_cu *cu = &ctx->cu;
-  MJ_CU(cu, CtxPushCurrent(ctx->cuctx), err);
-  pushed = 1;
-  /* Candidates that spill to local memory are dropped, and one that the plan holds as an earlier
-   * candidate is timed once. */
-  for (int i = 0; i < n; i++) {
-    int local1 = 0, local2 = 0;
-    if ((at[i] = mj_rt_config_index(plan, &space[i])) < 0) {
-      st = mj_errf(err, MOEJIT_ERR_INTERNAL, "candidate %s is missing from its plan", space[i].name);
-      goto done;
-    }
-    MJ_CU(cu, FuncGetAttribute(&local1, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm1[at[i]].fn), err);
-    MJ_CU(cu, FuncGetAttribute(&local2, MJ_CU_FUNC_LOCAL_SIZE_BYTES, plan->gemm2[at[i]].fn), err);
-    usable[i] = local1 == 0 && local2 == 0;
-    for (int j = 0; j < i && usable[i]; j++)
-      usable[i] = at[j] != at[i];
-  }
-  if ((st = mj_synth_open(ctx, &syn, err)) != MOEJIT_OK ||
-      (st = mj_synth_layer_create(&syn, plan, d.max_tokens, o->seed, &L, err)) != MOEJIT_OK)
+    o->progress(o->user, "compile", 2 * t->n + 2, 2 * t->n + 2, "compiled");
+  if ((st = mj_rt_enter(ctx, &pushed, err)) != MOEJIT_OK || (st = drop_spills(t, err)) ||
+      (st = mj_synth_open(ctx, &t->syn, err)) != MOEJIT_OK ||
+      (st = mj_synth_layer_create(&t->syn, t->plan, t->d.max_tokens, o->seed, &t->L, err)))
     goto done;
-  MJ_CU(cu, MemAlloc(&flush, FLUSH_BYTES), err);
-  MJ_CU(cu, EventCreate(&ev[0], 0), err);
-  MJ_CU(cu, EventCreate(&ev[1], 0), err);
-
+  const mj_cu *cu = mj_rt_driver(ctx);
+  MJ_CU(cu, MemAlloc(&t->flush, FLUSH_BYTES), err);
   int total = 0, done_steps = 0;
-  for (int t = 0; t < o->ntokens; t++)
-    for (int i = 0; i < n; i++)
-      total += usable[i] && worth_timing(&space[i], &d, o->tokens[t]);
-  double start = now();
-  for (int t = 0; t < o->ntokens; t++) {
-    int64_t T = o->tokens[t];
-    mj_tune_result *r = &results[t];
-    memset(r, 0, sizeof *r);
-    r->tokens = T;
-    moejit_forward_args a;
-    mj_synth_layer_args(&L, &a);
-    a.tokens = T;
-    int hidx = mj_tune_pick(heur, nheur, (int64_t)1 << mj_rt_bucket(T), d.top_k, d.experts);
-    int best = -1;
-    float best_ms = 0.0f;
-    for (int i = 0; i < n; i++) {
-      int timed = i == hidx || (usable[i] && worth_timing(&space[i], &d, T));
-      if (!timed)
-        continue;
-      if (o->budget_s > 0 && now() - start > o->budget_s && i != hidx && best >= 0)
-        continue; /* out of budget: keep the best so far, still time the heuristic's pick */
-      float ms = 0.0f;
-      if ((st = time_config(plan, &a, &L, at[i], repeat, flush, ev, &ms, err)) != MOEJIT_OK)
-        goto done;
-      r->candidates++;
-      if (i == hidx) {
-        memcpy(r->heuristic, space[i].name, sizeof r->heuristic);
-        r->heuristic_ms = ms;
-      }
-      if (usable[i] && (best < 0 || ms < best_ms)) {
-        best = i;
-        best_ms = ms;
-      }
-      if (o->progress && usable[i] && worth_timing(&space[i], &d, T)) {
-        char what[64];
-        snprintf(what, sizeof what, "%.40s %.4f ms", space[i].name, ms);
-        o->progress(o->user, "time", ++done_steps, total, what);
-      }
-    }
-    if (best < 0) {
-      st = mj_errf(err, MOEJIT_ERR_INTERNAL, "no candidate could be timed for %lld tokens",
-                   (long long)T);
-      goto done;
-    }
-    memcpy(r->config, space[best].name, sizeof r->config);
-    r->ms = best_ms;
-    /* The winner's output, checked against the reference by the caller. */
-    if (o->check) {
-      MJ_CU(cu, MemsetD8(L.y, 0xFF, (size_t)(T * d.hidden) * mj_dtype_size(d.dtype)), err);
-      if ((st = mj_rt_forward_with(plan, &a, (void *)(uintptr_t)L.workspace, L.workspace_bytes,
-                                   NULL, at[best])) != MOEJIT_OK)
-        goto done;
-      MJ_CU(cu, CtxSynchronize(), err);
-      mj_synth_layer view = L;
-      view.tokens = T;
-      r->checked = o->check(o->user, &syn, &view, &r->rel_error) == 0 ? 1 : -1;
-    }
-  }
-  if (o->write_records && ctx->records_path[0]) {
-    recs = calloc((size_t)o->ntokens, sizeof *recs);
-    if (!recs) {
-      st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
-      goto done;
-    }
-    for (int t = 0; t < o->ntokens; t++) {
-      if (o->check && results[t].checked != 1)
-        continue; /* a winner that failed its check is not recorded */
-      mj_rt_record_key(ctx, &d, results[t].tokens, &recs[nrecs]);
-      snprintf(recs[nrecs].config, sizeof recs[nrecs].config, "%s", results[t].config);
-      recs[nrecs].ms = results[t].ms;
-      recs[nrecs].heuristic_ms = results[t].heuristic_ms;
-      nrecs++;
-    }
-    if (nrecs > 0)
-      st = mj_tune_records_merge(ctx->records_path, recs, nrecs, ctx->log, ctx->log_user, err);
-  }
+  for (int i = 0; i < o->ntokens; i++)
+    for (int j = 0; j < t->n; j++)
+      total += t->usable[j] && worth_timing(&t->space[j], &t->d, o->tokens[i]);
+  t->start = now();
+  for (int i = 0; i < o->ntokens && st == MOEJIT_OK; i++)
+    st = time_count(t, o->tokens[i], repeat, &done_steps, total, &results[i], err);
+  if (st == MOEJIT_OK)
+    st = record(t, results, err);
 done:
 fail:
-  if (ev[0])
-    ctx->cu.EventDestroy(ev[0]);
-  if (ev[1])
-    ctx->cu.EventDestroy(ev[1]);
-  if (flush)
-    ctx->cu.MemFree(flush);
-  if (L.host_ids)
-    mj_synth_layer_destroy(&syn, &L);
-  mj_synth_close(&syn);
-  if (pushed) {
-    CUcontext popped;
-    ctx->cu.CtxPopCurrent(&popped);
-  }
-  moejit_plan_destroy(plan);
-  free(recs);
+  if (t->flush)
+    mj_rt_driver(ctx)->MemFree(t->flush);
+  if (t->L.host_ids)
+    mj_synth_layer_destroy(&t->syn, &t->L);
+  mj_synth_close(&t->syn);
+  mj_rt_leave(ctx, pushed);
+  moejit_plan_destroy(t->plan);
+  free(t);
   return st;
 }

@@ -3,10 +3,10 @@
  * candidate's whole forward with CUDA events on a synthetic routed layer (L2 flushed before every
  * timed run, median of repeats), keeps the fastest per token count, has the winner checked by the
  * caller's check (the CPU reference), and merges the winners into the tuning records.
- * Uses runtime/ (plans, forced configurations), tools/synth, tune/records. */
+ * Uses runtime/runtime.h (plans, forced configurations), tools/synth, tools/timing, tune/records. */
 #ifndef MJ_TOOLS_TUNER_H
 #define MJ_TOOLS_TUNER_H
-#include "runtime/internal.h"
+#include "runtime/runtime.h"
 #include "tools/synth.h"
 
 #define MJ_TUNE_MAX_TOKENS 32

@@ -5,73 +5,58 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The heuristic's tables, one a math path (and sm_90a's for f16/bf16): each entry is chosen while
+ * T * K / E (rows per expert) is at most its max_avg_rows (and, where set, T * K at most its
+ * max_slots); names are derived (mj_tune_config_name). */
+#define MMA(m, n, k, s, wm_, wn_, rows)                                                            \
+  {.kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .wm = wm_, .wn = wn_,             \
+   .max_avg_rows = rows}
+#define FFMA(m, n, k, s, tm_, tn_, rows)                                                           \
+  {.kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .tm = tm_, .tn = tn_,             \
+   .max_avg_rows = rows}
+
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
-    {"mma_m16n128k64s4w1x4", 16, 128, 64, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
-    {"mma_m64n128k32s4w2x2", 64, 128, 32, 4, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
-    {"mma_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    MMA(16, 128, 64, 4, 1, 4, 24),
+    MMA(64, 128, 32, 4, 2, 2, 96),
+    MMA(128, 128, 32, 3, 2, 4, INT64_MAX),
 };
 
-/* f16 / bf16 on sm_90a, by rows per expert (forwards on the H100, moejit bench --config, E = 32
- * and 128, top-4; figures E = 32 | E = 128, ms).
- * - One token (4 slots): the streamed path (gemm.cuh's path 3) in one-row tiles of 64 columns, 6
- *   loads a thread in flight, GEMM2 split along K in two: 0.0740 | 0.0740, against 0.0747 | 0.0748
- *   with 8 loads, 0.0761 | 0.0760 with 4 (0.0759 | 0.0762 split in three), 0.0829 | 0.0828 with 2,
- *   0.0858 | 0.0858 with 128 columns, 0.0876 | 0.0875 with 32, and 0.0812 | 0.0819 for the mma.sync
- *   16-row tile it replaces (64-column slabs, 6 stages, GEMM2 split in two, GEMM1 self-routed as
- *   this one is), whose shared-memory ring and tensor-core steps cost more per byte than registers
- *   and FFMA where one row of the tile is real (the 128- and 32-column, 2-load and mma.sync figures
- *   were taken before GEMM2 loaded two batches ahead of its wait). The wgmma tiles took 0.089 to
- *   0.095 (their gather is one more launch in the chain). From two tokens on the streamed tiles
- *   lose (2 | 8 | 64 tokens, gv_m4n64u6z2: 0.1324 | 0.3784 | 0.8736 at E = 32 against 0.1305 |
- *   0.3640 | 0.5371 below).
- * - From two tokens to 32 rows: 64 x 128, two blocks a SM, 3 stages (chained in between, below).
- *   Since a 64-row tile reads only the 8-row A boxes that hold its rows (mj_tune_wgmma_a_rows)
- *   and two tokens' items are shared evenly (wgmma.cuh's item_blocks), it beats every other
- *   64-row tile from 2 tokens to 64:
- *   at 2 tokens 0.1303 | 0.1437 against 0.1325 | 0.1470 for 64 x 192 with 4 stages, one block a SM
- *   (the pick before); at 8 tokens 0.3689 | 0.5083 against 0.3749 | 0.5196 for 64 x 256 with 3
- *   stages, one block a SM (the pick before), 0.3768 | 0.5125 for 64 x 64 with 12; at 64 tokens
- *   0.5392 | 1.909 against 0.5481 | 1.925. Its weights stream in by TMA, which beats the 16-row
- *   mma.sync tile although most of its rows are empty.
- * - From three tokens to 8 rows per expert, the same tile with GEMM2 chained to GEMM1 ("ch"):
- *   GEMM2's items wait for their own expert's h, so they stream their weights while GEMM1's last
- *   round, which few blocks run, still does. Unchained -> chained (a219ef7): 3 tokens 0.1770 |
- *   0.2265 -> 0.1725 | 0.2084; 8 tokens 0.3687 | 0.5088 -> 0.3642 | 0.4944; 64 tokens 0.5393 |
- *   1.9092 -> 0.5363 | 1.8991. At two tokens, whose items item_blocks already shares evenly, it
- *   gains nothing (0.1304 | 0.1439 -> 0.1316 | 0.1441); past 8 rows it ties or loses at E = 128
- *   (384 tokens 2.1598 -> 2.1652, 512 tokens 2.1805 -> 2.1894), where GEMM2's blocks then start
- *   and end staggered, though it still gains at E = 32 (96 tokens 0.5450 -> 0.5402).
- * - Past 32 rows the ping-pong tile (128 x 128 a consumer warpgroup, the two taking whole items in
- *   turn) beats two blocks of 64 x 192 a SM by up to 8 % (E = 32 and 2048 tokens 0.898 against
- *   0.968 ms, E = 128 and 2048 tokens 2.448 against 2.590) and ties at 128 rows; with 4 stages up to
- *   64 rows (E = 32 and 512 tokens 0.598 against 0.607 with 5, E = 128 and 2048 tokens 2.394
- *   against 2.448) and 5 above (at 128 rows 4 lose: 0.723 against 0.693, 2.797 against 2.667).
- * - Past 256 rows the cooperative 128 x 192 tile, whose slabs divide both GEMMs of GPT-OSS (5760
- *   and 2880), wins: E = 32, 16384 tokens 5.70 against 6.74 ms, where the ping-pong GEMM1 read
- *   6.9 GB from HBM against 2.5 (bench/device/kernels.py). */
+/* f16 / bf16 on sm_90a, by rows per expert; what each entry beat: docs/experiments.md#wgmma-tiles.
+ * One token, the streamed path; two tokens to 32 rows, 64 x 128 tiles two blocks an SM (GEMM2
+ * chained to GEMM1 from three tokens to 8 rows); to 256 rows the ping-pong 128 x 128 tile; then
+ * the cooperative 128 x 192 tile. */
 static const mj_gemm_config wgmma_configs[] = {
-    {"gv_m1n64u6z2", 1, 64, 8, 6, 0, 0, 0, 0, 1, MJ_GEMM_STREAM, 0, 2, 0, 4, 0},
-    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 1, MJ_GEMM_WGMMA, 2, 0, 0, 8, 0},
-    {"wg_m64n128s3c2ch", 64, 128, 64, 3, 0, 0, 0, 0, 8, MJ_GEMM_WGMMA, 2, 0, 0, 0, 1},
-    {"wg_m64n128s3c2", 64, 128, 64, 3, 0, 0, 0, 0, 32, MJ_GEMM_WGMMA, 2, 0, 0, 0, 0},
-    {"wg_m128n128s4pp", 128, 128, 64, 4, 0, 0, 0, 0, 64, MJ_GEMM_WGMMA, 1, 0, 1, 0, 0},
-    {"wg_m128n128s5pp", 128, 128, 64, 5, 0, 0, 0, 0, 256, MJ_GEMM_WGMMA, 1, 0, 1, 0, 0},
-    {"wg_m128n192s4c1", 128, 192, 64, 4, 0, 0, 0, 0, INT64_MAX, MJ_GEMM_WGMMA, 1, 0, 0, 0, 0},
+    {.kind = MJ_GEMM_STREAM, .bm = 1, .bn = 64, .bk = 8, .stages = 6, .splits = 2,
+     .max_avg_rows = 1, .max_slots = 4},
+    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2,
+     .max_avg_rows = 1, .max_slots = 8},
+    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2, .chain = 1,
+     .max_avg_rows = 8},
+    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2,
+     .max_avg_rows = 32},
+    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 128, .bk = 64, .stages = 4, .ctas = 1, .pingpong = 1,
+     .max_avg_rows = 64},
+    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 128, .bk = 64, .stages = 5, .ctas = 1, .pingpong = 1,
+     .max_avg_rows = 256},
+    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 192, .bk = 64, .stages = 4, .ctas = 1,
+     .max_avg_rows = INT64_MAX},
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
 static const mj_gemm_config tf32_configs[] = {
-    {"tf32_m16n128k32s4w1x4", 16, 128, 32, 4, 1, 4, 0, 0, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
-    {"tf32_m64n128k32s3w2x2", 64, 128, 32, 3, 2, 2, 0, 0, 96, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
-    {"tf32_m128n128k32s3w2x4", 128, 128, 32, 3, 2, 4, 0, 0, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    MMA(16, 128, 32, 4, 1, 4, 24),
+    MMA(64, 128, 32, 3, 2, 2, 96),
+    MMA(128, 128, 32, 3, 2, 4, INT64_MAX),
 };
 
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
-    {"ffma_m16n128k16s3t1x8", 16, 128, 16, 3, 0, 0, 1, 8, 24, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
-    {"ffma_m64n64k16s3t4x4", 64, 64, 16, 3, 0, 0, 4, 4, INT64_MAX, MJ_GEMM_SYNC, 0, 0, 0, 0, 0},
+    FFMA(16, 128, 16, 3, 1, 8, 24),
+    FFMA(64, 64, 16, 3, 4, 4, INT64_MAX),
 };
+#undef MMA
+#undef FFMA
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
 
@@ -83,55 +68,28 @@ mj_math mj_tune_math(moejit_dtype dtype, int exact_f32) {
 
 const char *mj_tune_math_name(mj_math math) { return math_names[math]; }
 
-const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count) {
-  switch (math) {
-  case MJ_MATH_MMA:
-    *count = (int)(sizeof mma_configs / sizeof mma_configs[0]);
-    return mma_configs;
-  case MJ_MATH_TF32:
-    *count = (int)(sizeof tf32_configs / sizeof tf32_configs[0]);
-    return tf32_configs;
-  case MJ_MATH_FFMA:
-    break;
-  }
-  *count = (int)(sizeof ffma_configs / sizeof ffma_configs[0]);
-  return ffma_configs;
-}
-
 int mj_tune_arch_wgmma(const char *arch) { return arch && !strcmp(arch, "sm_90a"); }
 
-const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, int *count) {
+#define COUNT(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+int mj_tune_heuristic(mj_math math, const char *arch, mj_gemm_config *out, int max) {
+  static const struct {
+    const mj_gemm_config *configs;
+    int count;
+  } tables[] = {[MJ_MATH_MMA] = {mma_configs, COUNT(mma_configs)},
+                [MJ_MATH_TF32] = {tf32_configs, COUNT(tf32_configs)},
+                [MJ_MATH_FFMA] = {ffma_configs, COUNT(ffma_configs)}};
+  const mj_gemm_config *t = tables[math].configs;
+  int n = tables[math].count;
   if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch)) {
-    *count = (int)(sizeof wgmma_configs / sizeof wgmma_configs[0]);
-    return wgmma_configs;
+    t = wgmma_configs;
+    n = COUNT(wgmma_configs);
   }
-  return mj_tune_gemm_configs(math, count);
-}
-
-int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math) {
-  if (c->kind == MJ_GEMM_WGMMA) /* a producer warpgroup and one consumer per 64 rows */
-    return 128 * (1 + c->bm / 64);
-  if (c->kind == MJ_GEMM_STREAM) /* gemm.lua's kStreamThreads */
-    return 128;
-  if (math != MJ_MATH_FFMA)
-    return 32 * c->wm * c->wn;
-  return (c->bm / c->tm) * (c->bn / c->tn);
-}
-
-int mj_tune_wgmma_a_rows(const mj_gemm_config *c) { return c->bm == 64 ? 8 : c->bm; }
-
-size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype) {
-  size_t elem = dtype == MOEJIT_F32 ? 4 : 2;
-  size_t vec = 16 / elem;
-  if (c->kind == MJ_GEMM_WGMMA) {
-    /* weights come in 64-column boxes, so a slab's stage is rounded up to whole boxes */
-    size_t staging = (size_t)(c->bm / 64) * 4 * 16 * (size_t)(c->bn / 2 + 8) * elem;
-    size_t b_cols = ((size_t)c->bn + 63) / 64 * 64;
-    return (size_t)c->stages * ((size_t)c->bm + b_cols) * 64 * elem + staging + 1024;
+  for (int i = 0; i < n && i < max; i++) {
+    out[i] = t[i];
+    mj_tune_config_name(&out[i], math);
   }
-  if (c->kind == MJ_GEMM_STREAM) /* registers, and static shared memory for the lanes' sums */
-    return 0;
-  return (size_t)c->stages * ((size_t)c->bm * (c->bk + vec) + (size_t)c->bk * (c->bn + vec)) * elem;
+  return n < max ? n : max;
 }
 
 int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64_t top_k,
@@ -150,7 +108,7 @@ void mj_tune_config_name(mj_gemm_config *c, mj_math math) {
   else if (c->kind == MJ_GEMM_WGMMA)
     snprintf(c->name, sizeof c->name, "wg_m%dn%ds%dc%d", c->bm, c->bn, c->stages, c->ctas);
   else if (c->kind == MJ_GEMM_STREAM)
-    snprintf(c->name, sizeof c->name, "gv_m%dn%du%d", c->bm, c->bn, c->stages);
+    snprintf(c->name, sizeof c->name, "stream_m%dn%du%d", c->bm, c->bn, c->stages);
   else if (math != MJ_MATH_FFMA)
     snprintf(c->name, sizeof c->name, "%s_m%dn%dk%ds%dw%dx%d", math_names[math], c->bm, c->bn,
              c->bk, c->stages, c->wm, c->wn);
@@ -201,7 +159,7 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     p.bk = 64;
     p.wm = 1; /* passes the check below; unused */
   }
-  else if (sscanf(name, "gv_m%dn%du%d%c", &p.bm, &p.bn, &p.stages, &tail) == 3) {
+  else if (sscanf(name, "stream_m%dn%du%d%c", &p.bm, &p.bn, &p.stages, &tail) == 3) {
     m = MJ_MATH_MMA; /* offered to f16/bf16 layers (the template takes f32 too) */
     p.kind = MJ_GEMM_STREAM;
     p.bk = 8;
@@ -269,7 +227,17 @@ static const space spaces[] = {
  * columns divide GPT-OSS's 5760 and 2880 like 192 do, in fewer, wider slabs. */
 static const int wg_bm[] = {64, 128}, wg_bn[] = {128, 192, 240, 256}, wg_stages[] = {3, 4, 5, 6};
 
-int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, size_t smem_limit,
+/* Appends c, named, to out when keep keeps it; returns the new count. */
+static int offer(mj_gemm_config *c, mj_math math, int (*keep)(void *, const mj_gemm_config *),
+                 void *user, mj_gemm_config *out, int n, int max) {
+  mj_tune_config_name(c, math);
+  if (n < max && (!keep || keep(user, c)))
+    out[n++] = *c;
+  return n;
+}
+
+int mj_tune_search_space(mj_math math, const char *arch,
+                         int (*keep)(void *user, const mj_gemm_config *c), void *user,
                          mj_gemm_config *out, int max) {
   const space *sp = &spaces[math];
   int n = 0;
@@ -293,23 +261,16 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
             c.ctas = form == 1 ? 2 : 1;
             c.pingpong = form == 2;
             c.max_avg_rows = INT64_MAX;
-            /* the block's own barriers (static, under 256 bytes) come on top, and each resident
-             * block keeps 1 KB of the SM's 228 KB for itself */
-            size_t block = mj_tune_gemm_smem(&c, dtype) + 256;
-            if (block > smem_limit || (block + 1024) * (size_t)c.ctas > 228 * 1024)
-              continue;
-            mj_tune_config_name(&c, math);
-            out[n++] = c;
-            if (c.bm == 64 && n < max) {
+            n = offer(&c, math, keep, user, out, n, max);
+            if (c.bm == 64) {
               c.chain = 1;
-              mj_tune_config_name(&c, math);
-              out[n++] = c;
+              n = offer(&c, math, keep, user, out, n, max);
             }
           }
   /* the streamed path for tiles of one row (one token) and of up to four, 64 columns a block (32
    * and 128 lose by 10 % and more at one token), 4, 6 or 8 loads a thread in flight, GEMM2 whole
    * and split in two */
-  static const int gv_loads[] = {4, 6, 8};
+  static const int stream_loads[] = {4, 6, 8};
   if (math == MJ_MATH_MMA)
     for (int i = 0; i < 12 && n < max; i++) {
       mj_gemm_config c;
@@ -318,11 +279,10 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
       c.bm = i & 1 ? 4 : 1;
       c.bn = 64;
       c.bk = 8;
-      c.stages = gv_loads[i / 4];
+      c.stages = stream_loads[i / 4];
       c.splits = i & 2 ? 2 : 0;
       c.max_avg_rows = INT64_MAX;
-      mj_tune_config_name(&c, math);
-      out[n++] = c;
+      n = offer(&c, math, keep, user, out, n, max);
     }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
@@ -341,15 +301,11 @@ int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, siz
           c.tn = sp->shapes[i].b;
         }
         c.max_avg_rows = INT64_MAX;
-        if (mj_tune_gemm_smem(&c, dtype) + 1024 > smem_limit)
-          continue;
-        mj_tune_config_name(&c, math);
-        out[n++] = c;
-        if (c.bm == 16 && n < max) { /* decode tiles also split GEMM2 along K, for more blocks (in
-                                      * as many parts as the table's: a plan has one split count) */
+        n = offer(&c, math, keep, user, out, n, max);
+        if (c.bm == 16) { /* decode tiles also split GEMM2 along K, for more blocks (in as many
+                           * parts as the table's: a plan has one split count) */
           c.splits = 2;
-          mj_tune_config_name(&c, math);
-          out[n++] = c;
+          n = offer(&c, math, keep, user, out, n, max);
         }
       }
   return n;

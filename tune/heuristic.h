@@ -13,12 +13,13 @@ typedef enum mj_math { MJ_MATH_MMA = 0, MJ_MATH_TF32 = 1, MJ_MATH_FFMA = 2 } mj_
 
 /* Which template a configuration instantiates: gemm (mma.sync / FFMA, sm_80+), wgmma (sm_90a:
  * TMA + wgmma, warp-specialised, persistent), or gemm's streamed path (sm_80+, any dtype: weights
- * loaded straight into registers and fp32 FFMA, for tiles of at most 8 rows; "gv"). */
+ * loaded straight into registers and fp32 FFMA, for tiles of at most 8 rows; "stream" in names,
+ * specs and gemm.cuh's MJ_PATH_STREAM). */
 typedef enum mj_gemm_kind { MJ_GEMM_SYNC = 0, MJ_GEMM_WGMMA = 1, MJ_GEMM_STREAM = 2 } mj_gemm_kind;
 
 typedef struct mj_gemm_config {
   char name[40]; /* "mma_m64n128k32s4w2x2", "tf32_...w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4",
-                  * "gv_m1n64u6" */
+                  * "stream_m1n64u6" */
   int bm, bn, bk, stages; /* MJ_GEMM_STREAM: stages is the loads in flight a thread ("u"), bk 8 */
   int wm, wn; /* tensor-core paths: warps along M and N */
   int tm, tn; /* FFMA path: outputs per thread along M and N */
@@ -41,30 +42,22 @@ typedef struct mj_gemm_config {
 /* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
 mj_math mj_tune_math(moejit_dtype dtype, int exact_f32);
 const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma" */
-/* The heuristic's configurations for a math path, ordered by max_avg_rows (and max_slots within
- * one max_avg_rows): the portable table. */
-const mj_gemm_config *mj_tune_gemm_configs(mj_math math, int *count);
 /* Whether an arch ("sm_90a") runs the wgmma template: Hopper's arch-specific target only. */
 int mj_tune_arch_wgmma(const char *arch);
-/* The heuristic's table for a math path on an arch: on sm_90a, f16/bf16 layers take wgmma kernels
- * from a few dozen rows per expert up; elsewhere the portable table. */
-const mj_gemm_config *mj_tune_gemm_configs_for(mj_math math, const char *arch, int *count);
-int mj_tune_gemm_threads(const mj_gemm_config *c, mj_math math);
-/* Rows of one TMA box of a wgmma GEMM's A operand (the spec's a_rows; the host's tensor map box).
- * A tile of r rows loads ceil(r / a_rows) boxes, so the tiles of few rows that small batches make
- * (one or two rows of an expert) read 8 rows of A from L2 per k block rather than 64. */
-int mj_tune_wgmma_a_rows(const mj_gemm_config *c);
-/* Dynamic shared memory of the GEMM kernel for this configuration (gemm.cuh's layout, or
- * wgmma.cuh's: the stage ring, GEMM1's output staging and 1024 bytes of alignment slack). */
-size_t mj_tune_gemm_smem(const mj_gemm_config *c, moejit_dtype dtype);
+/* The heuristic's table for a math path on an arch, named, into out: on sm_90a, f16/bf16 layers
+ * take wgmma kernels from a few rows per expert up; elsewhere the portable table. Ordered by
+ * max_avg_rows (and max_slots within one max_avg_rows). Returns the count (at most max). */
+int mj_tune_heuristic(mj_math math, const char *arch, mj_gemm_config *out, int max);
 /* Writes the configuration's name (it encodes every field) into c->name. */
 void mj_tune_config_name(mj_gemm_config *c, mj_math math);
 /* Parses a name back; returns 0 and its math path, or -1 when it is not one. max_avg_rows is 0. */
 int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math);
 /* The tuner's search space for a math path on an arch (wgmma shapes too on sm_90a): every
- * configuration (named) whose shared memory fits in smem_limit bytes. Returns the count written
+ * configuration, named, that keep (NULL: all) keeps; whether a configuration fits a device is
+ * its kernels' launch contracts' to say (runtime/build.c, mj_rt_fits). Returns the count written
  * (at most max). */
-int mj_tune_search_space(mj_math math, moejit_dtype dtype, const char *arch, size_t smem_limit,
+int mj_tune_search_space(mj_math math, const char *arch,
+                         int (*keep)(void *user, const mj_gemm_config *c), void *user,
                          mj_gemm_config *out, int max);
 /* Index into the table for a forward of `tokens` tokens. */
 int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64_t top_k,

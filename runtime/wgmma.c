@@ -1,0 +1,81 @@
+/* wgmma.c: the sm_90a GEMMs of templates/wgmma.lua (persistent, warp-specialised, TMA + wgmma):
+ * their spec, the tensor maps they read A and the weights through, the gather of x into sorted
+ * order that GEMM1 reads, and the launch of each GEMM. */
+#include <string.h>
+
+#include "base/half.h"
+#include "runtime/internal.h"
+
+void mj_rt_wgmma_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit_stage stage,
+                      mj_spec *s) {
+  memset(s, 0, sizeof *s);
+  mj_spec_str(s, "dtype", mj_dtype_name(d->dtype));
+  mj_spec_str(s, "bias", mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
+  mj_spec_str(s, "stage", stage == MOEJIT_STAGE_GEMM1 ? "gemm1" : "gemm2");
+  mj_spec_int(s, "hidden", d->hidden);
+  mj_spec_int(s, "intermediate", d->intermediate);
+  mj_spec_int(s, "top_k", d->top_k);
+  mj_spec_num(s, "alpha", d->alpha);
+  mj_spec_num(s, "limit", d->limit);
+  mj_spec_int(s, "weight_on_input", d->apply_router_weight_on_input);
+  mj_spec_int(s, "bm", c->bm);
+  mj_spec_int(s, "bn", c->bn);
+  mj_spec_int(s, "stages", c->stages);
+  mj_spec_int(s, "ctas", c->ctas);
+  if (c->pingpong)
+    mj_spec_int(s, "pingpong", 1);
+  if (c->chain)
+    mj_spec_int(s, "chain", 1);
+  mj_spec_int(s, "pdl", 1);
+}
+
+/* A tensor map over 16-bit elements, 128-byte swizzled boxes (box[0] = 64 elements = 128 bytes),
+ * rows of dims[0] elements; strides[i] is dimension i + 1's, in bytes. */
+static moejit_status encode_tmap(const mj_cu *cu, mj_tmap *m, int dtype, CUdeviceptr p,
+                                 unsigned rank, const unsigned long long *dims,
+                                 const unsigned long long *strides, const unsigned *box,
+                                 mj_err *err) {
+  moejit_status st = MOEJIT_OK;
+  static const unsigned estr[3] = {1, 1, 1};
+  MJ_CU(cu,
+        TensorMapEncodeTiled(m, dtype, rank, (void *)(uintptr_t)p, dims, strides, box, estr, 0,
+                             MJ_CU_TMAP_SWIZZLE_128B, MJ_CU_TMAP_L2_256B, 0),
+        err);
+fail:
+  return st;
+}
+
+moejit_status mj_rt_gather(const moejit_plan *plan, const mj_values *v, CUstream stream, int pdl,
+                           mj_err *err) {
+  const mj_kernel *k = &plan->gather;
+  return mj_rt_launch(plan->ctx, k,
+                      (unsigned)mj_ceil_div((int64_t)v->tokens * k->meta.cols, k->meta.per_block),
+                      1, 1, v, stream, pdl, err);
+}
+
+moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, mj_values *v,
+                          const mj_layout *l, CUstream stream, int pdl, mj_err *err) {
+  moejit_status st;
+  const moejit_ctx *ctx = plan->ctx;
+  int gemm1 = stage == MOEJIT_STAGE_GEMM1;
+  const mj_kernel *k = gemm1 ? &plan->gemm1[cfg] : &plan->gemm2[cfg];
+  unsigned long long n = (unsigned long long)k->meta.cols, kk = (unsigned long long)k->meta.depth;
+  int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
+  v->a = gemm1 ? v->x_sorted : v->h;
+  v->out = gemm1 ? v->h : v->y_slot;
+  /* A: the rows [nslots, K], boxes of 64 x box_rows. B: the experts' weights [experts, K, N] in
+   * boxes of 64 x 64 x 1, three dimensions so that K and N tails read zeros rather than the next
+   * expert's rows. */
+  const unsigned long long a_dims[2] = {kk, (unsigned long long)l->nslots}, a_strides[1] = {kk * 2},
+                           b_dims[3] = {n, kk, (unsigned long long)plan->desc.experts},
+                           b_strides[2] = {n * 2, n * kk * 2};
+  const unsigned a_box[2] = {64, (unsigned)k->meta.box_rows}, b_box[3] = {64, 64, 1};
+  if ((st = encode_tmap(&ctx->cu, &v->tmap_a, dtype, v->a, 2, a_dims, a_strides, a_box, err)) ||
+      (st = encode_tmap(&ctx->cu, &v->tmap_b, dtype, v->w, 3, b_dims, b_strides, b_box, err)))
+    return st;
+  /* persistent: blocks_per_sm blocks an SM, or fewer when the worst-case item list is shorter */
+  int64_t items = l->max_tiles * mj_ceil_div(k->meta.cols, k->meta.tile_cols),
+          resident = (int64_t)k->meta.blocks_per_sm * ctx->sm_count;
+  return mj_rt_launch(ctx, k, (unsigned)(items < resident ? items : resident), 1, 1, v, stream, pdl,
+                      err);
+}
