@@ -26,8 +26,7 @@
 // block (x, y) works on tile x and slab y, or with slab_major (the host's choice when the blocks
 // fill the GPU more than twice over) on tile l / slabs and slab l % slabs, l = x + tiles * y, so
 // that the blocks the GPU issues together (x fastest) read whole rows of one expert's weights
-// rather than one slab each of many experts' (decode forwards of 4 to 32 tokens 3-4 % faster on
-// the H100).
+// rather than one slab each of many experts' (docs/experiments.md#slab-major).
 // A tile beyond *num_tiles exits at once (the grid is sized for the worst case).
 //
 // Split-K (kMode 2 only, MJ_GEMM_SPLITS = kSplits > 1): grid.z = kSplits. Block z sums K range

@@ -141,10 +141,8 @@ __device__ __forceinline__ void mj_fence_acc(float (&d)[kAcc]) {
 
 // How many blocks take items: all of them, but with 64-row tiles (the weight-streaming regime of
 // small batches) and items for two rounds, only as many as share them evenly: else a second round
-// that some blocks ran while the others had left read the weights at a fraction of HBM's rate. Two
-// tokens (2 blocks a SM, 64 x 128: 315 items on 264 blocks at E = 32), H100: 0.1358 -> 0.1303 ms
-// at E = 32, 0.1479 -> 0.1437 at 128. With more rounds the last is a smaller part of the time,
-// and the blocks left idle cost more than it: 64 tokens at E = 32, 6 rounds, 0.5372 -> 0.5470.
+// that some blocks ran while the others had left read the weights at a fraction of HBM's rate.
+// With more rounds the last is a smaller part of the time (docs/experiments.md#item-blocks).
 __device__ __forceinline__ int item_blocks(int items) {
   const int g = gridDim.x;
   if (kBM != 64 || items <= g || items > 2 * g) return g;
@@ -169,10 +167,9 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
   const int e = tile.x, first = tile.w;
   const int count = (p.expert_offsets[e + 1] - p.expert_offsets[e] + kBM - 1) / kBM;
   const int j = i - first * kNT;              // the item within its expert
-  // ng groups: the first count % ng of gs + 1 m-tiles, the others of gs. Groups of kGroupM and a
-  // remainder read the expert's weights again for what may be a single m-tile (E = 32 and 16384
-  // tokens, 16 or 17 tiles an expert: GEMM1 read 2.45 GB from HBM with groups of 16, 1.79 GB with
-  // one group of up to 24).
+  // ng groups: the first count % ng of gs + 1 m-tiles, the others of gs: groups of kGroupM and a
+  // remainder would read the expert's weights again for what may be a single m-tile
+  // (docs/experiments.md#group-m).
   const int ng = (count + kGroupM - 1) / kGroupM;
   const int gs = count / ng, big = count % ng, big_items = big * (gs + 1) * kNT;
   const int gm = j < big_items ? gs + 1 : gs;
@@ -186,8 +183,8 @@ __device__ __forceinline__ Item decode_item(const WgParams &p, int i) {
 // ---- chaining GEMM2's items to GEMM1's (kChain) -----------------------------------------------
 
 // GEMM1's items reach the count through a thread of the producer warpgroup (the counter), so that
-// the consumers never wait on a fence at the GPU's scope (one after each item's stores cost 1 % at
-// 64 tokens, E = 128, on the H100). done[0..1] ("stored") and done[2..3] ("counted") are mbarriers:
+// the consumers never wait on a fence at the GPU's scope (docs/experiments.md#chain).
+// done[0..1] ("stored") and done[2..3] ("counted") are mbarriers:
 // the threads that stored the block's item j arrive on stored[j % 2] (release at the block's scope)
 // after fence.proxy.async (GEMM2 reads h by TMA, the async proxy; it fences on its side too);
 // the counter waits for that phase (acquire), adds the item to its expert's count behind
@@ -229,9 +226,8 @@ __device__ __forceinline__ void wait_expert(const WgParams &p, int e) {
 // ---- epilogues ----------------------------------------------------------------------------------
 
 // The biases of this lane's columns of an item's slab, loaded with its Rows before the main loop,
-// so that the epilogue never waits on a global load: pair[j] holds columns n0 + 8 j + 2 (lane % 4)
-// and the next one (one 4- or 8-byte load), zeros past kN. Loaded in the epilogue, a group of
-// steps at a time, they took a load latency per group while the block's tensor cores idled.
+// so that the epilogue never waits on a global load (docs/experiments.md#bias-preload): pair[j]
+// holds columns n0 + 8 j + 2 (lane % 4) and the next one (one 4- or 8-byte load), zeros past kN.
 struct alignas(2 * sizeof(BiasT)) BiasPair { BiasT x, y; };
 struct SlabBias { BiasPair pair[kJ]; };
 
@@ -373,9 +369,9 @@ struct RingPos {
 
 // The item whose first k block ring position pos holds, as the producer wrote it beside the stage
 // (ring_items[s]) before it armed the stage's full barrier: read once that barrier's phase is done
-// (main_loop's own wait then passes at once). Decoding the item again from the tile list took
-// consume_together's consumers a chain of three dependent global loads, while the tensor cores
-// idled, at every item. (consume_pingpong decodes it under the other consumer's main loop.)
+// (main_loop's own wait then passes at once), not decoded again from the tile list, three
+// dependent global loads (docs/experiments.md#ring-items). consume_pingpong decodes it under the
+// other consumer's main loop.
 __device__ __forceinline__ Item stage_item(mj_u64 *full, const Item *ring_items, const RingPos &pos) {
   mj_mbar_wait(&full[pos.s], pos.phase);
   return ring_items[pos.s];
@@ -459,7 +455,7 @@ __device__ __forceinline__ void consume_pingpong(const WgParams &p, int items, i
   for (int j = c; j < mine.count; j += 2) {
     // Decoded from the tile list, with its rows and bias loaded, while the other consumer's main
     // loop runs: ring_items would make this wait for the item's first stage after named_sync
-    // (gpt-oss-120b at 4096 tokens, wg_m128n128s5pp: 2.57 -> 2.69 ms).
+    // (docs/experiments.md#pingpong).
     const Item it = decode_item(p, mine[j]);
     const Rows rows0 = load_rows(p, it, 0), rows1 = load_rows(p, it, 1);
     const SlabBias bias = load_bias(p, it);
@@ -603,9 +599,8 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 #if MJ_WGMMA_GATHER
 // The permuted copy GEMM1 reads: x_sorted[slot_row[t * kTopK + k]] = x[t] for each of the token's
 // slots that has a row. One thread per 16 bytes of x: it loads them, then stores them kTopK times,
-// so that every load of a small batch is in flight at once (a warp a token, looping along the row,
-// took 9 us at 8 tokens: eleven load latencies in a row). grid = ceil(tokens * kK / 8 / kGatherThreads),
-// block = kGatherThreads. Under programmatic dependent launch (the forward's own choice; without
+// so that every load of a small batch is in flight at once (docs/experiments.md#gather).
+// grid = ceil(tokens * kK / 8 / kGatherThreads), block = kGatherThreads. Under programmatic dependent launch (the forward's own choice; without
 // it the wait returns at once) it starts while routing runs: x, the caller's, is read before the
 // wait, slot_row after it.
 extern "C" __global__ void __launch_bounds__(kGatherThreads) moejit_gather(

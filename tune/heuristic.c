@@ -267,9 +267,9 @@ int mj_tune_search_space(mj_math math, const char *arch,
               n = offer(&c, math, keep, user, out, n, max);
             }
           }
-  /* the streamed path for tiles of one row (one token) and of up to four, 64 columns a block (32
-   * and 128 lose by 10 % and more at one token), 4, 6 or 8 loads a thread in flight, GEMM2 whole
-   * and split in two */
+  /* the streamed path for tiles of one row (one token) and of up to four, 64 columns a block
+   * (docs/experiments.md#one-token), 4, 6 or 8 loads a thread in flight, GEMM2 whole and split in
+   * two */
   static const int stream_loads[] = {4, 6, 8};
   if (math == MJ_MATH_MMA)
     for (int i = 0; i < 12 && n < max; i++) {
