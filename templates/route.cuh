@@ -11,17 +11,19 @@
 // Slots are the flattened positions s = t * kTopK + k. A slot's id g must lie in [0, kGlobalExperts)
 // (else it is counted in flags[0] and contributes nothing); its local expert is e = expert_map[g]
 // when kMapped (e < 0: another rank's expert, no row, no flag), else g. The slots of one expert end
-// up contiguous, in increasing s, at rows [expert_offsets[e], expert_offsets[e + 1]) of the sorted order;
-// with kCapped an expert keeps its first `capacity` slots (in s order) and drops the rest. The tile
-// list cuts each expert's rows into tiles of tile_rows rows: {expert, row_begin, row_end, first}, with
-// `first` the index of that expert's first tile (a kernel that walks one expert's tiles starts there).
+// up contiguous, in increasing s, at rows [expert_offsets[e], expert_offsets[e + 1]) of the sorted
+// order; with kCapped an expert keeps its first `capacity` slots (in s order) and drops the rest.
+// The tile list cuts each expert's rows into tiles of tile_rows rows: {expert, row_begin, row_end,
+// first}, with `first` the index of that expert's first tile (a kernel that walks one expert's
+// tiles starts there).
 // A slot without a row gets slot_row = -1.
 // The kernels that write the tile list (scan, small) also zero ready[kExperts]: the count of each
 // expert's GEMM1 items whose h rows are stored, which the wgmma GEMMs of small batches use to chain
 // GEMM2's items to GEMM1's (wgmma.cuh, kChain).
 //
-// Every kernel also takes `device_tokens` and `token_base`: with device_tokens == NULL it routes all its slots; else
-// only the slots of this launch's first *device_tokens - token_base tokens (clamped to [0, tokens]): the
+// Every kernel also takes `device_tokens` and `token_base`: with device_tokens == NULL it routes
+// all its slots; else only the slots of this launch's first *device_tokens - token_base tokens
+// (clamped to [0, tokens]): the
 // others get no row and no flag, whatever their ids, as if they were another rank's. That is the
 // forward's device-side token count (moejit_forward_args.device_tokens); token_base is the first
 // token of the chunk a launch routes.
@@ -32,7 +34,8 @@
 #endif
 
 // The tokens of this launch that are routed (see above), of `tokens`.
-__device__ __forceinline__ int mj_live_tokens(const int *device_tokens, int token_base, int tokens) {
+__device__ __forceinline__ int mj_live_tokens(const int *device_tokens, int token_base,
+                                              int tokens) {
   if (!device_tokens) return tokens;
   const long long n = (long long)*device_tokens - token_base;
   return n < 0 ? 0 : n < tokens ? (int)n : tokens;
@@ -56,12 +59,12 @@ __device__ __forceinline__ int mj_route_expert(const IdT *ids, const int *__rest
 #if MJ_ROUTE_LOGITS
 // Top-kTopK of token t's logits (ties: the lower id), then softmax over those K. One warp per
 // token, all 32 lanes calling; lane l owns ids l, l + 32, ... .
-// route_ids, route_weights: [tokens, kTopK] (int32, f32) in the workspace; topk_ids / routing_weights: the same, in the
-// caller's types, when not NULL.
+// route_ids, route_weights: [tokens, kTopK] (int32, f32) in the workspace; topk_ids /
+// routing_weights: the same, in the caller's types, when not NULL.
 template <typename UserId, typename UserW>
-__device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ router_logits, int t, int lane,
-                                                int *route_ids, float *route_weights, UserId *topk_ids,
-                                                UserW *routing_weights) {
+__device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ router_logits, int t,
+                                                int lane, int *route_ids, float *route_weights,
+                                                UserId *topk_ids, UserW *routing_weights) {
   const LogitT *row = router_logits + (mj_i64)t * kGlobalExperts;
   const float inf = __int_as_float(0x7f800000);
   unsigned taken = 0;  // bit j: id lane + 32 j already chosen
@@ -120,12 +123,14 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ route
 // grid = ceil(tokens / 4), block = 128: one warp per token.
 extern "C" __global__ void __launch_bounds__(kTopkThreads) moejit_route_topk(
     const LogitT *__restrict__ router_logits, int tokens, int *__restrict__ route_ids,
-    float *__restrict__ route_weights, UserIdT *topk_ids, UserWeightT *routing_weights, const int *device_tokens,
+    float *__restrict__ route_weights, UserIdT *topk_ids, UserWeightT *routing_weights,
+    const int *device_tokens,
     int token_base) {
   mj_pdl_begin<MJ_PDL>();
   const int t = blockIdx.x * (kTopkThreads / 32) + (threadIdx.x >> 5);  // a warp a token
   if (t >= mj_live_tokens(device_tokens, token_base, tokens)) return;
-  mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids, routing_weights);
+  mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids,
+                  routing_weights);
 }
 #endif
 
@@ -254,9 +259,10 @@ static_assert(kExperts <= kSmallThreads, "the scan gives each expert a thread");
 // blockDim.x must be kSmallThreads and nslots at most kSmallSlots; slots from nlive on have no row.
 __device__ __forceinline__ void mj_route_small(
     const IdT *ids, const int *__restrict__ expert_map, const WeightT *weights, int nslots,
-    int nlive, int tile_rows, int capacity, int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles,
-    int *__restrict__ num_tiles, int *__restrict__ flags, int *__restrict__ row_slot,
-    int *__restrict__ slot_row, float *__restrict__ row_weight, int *__restrict__ ready) {
+    int nlive, int tile_rows, int capacity, int *__restrict__ expert_offsets,
+    mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles, int *__restrict__ flags,
+    int *__restrict__ row_slot, int *__restrict__ slot_row, float *__restrict__ row_weight,
+    int *__restrict__ ready) {
   // count[w * kCountLd + e]: expert e's slots in warp w, at most 64, so a byte each
   __shared__ __align__(16) unsigned char count[kSmallWarps * kCountLd];
   __shared__ int row0[kExperts];
@@ -378,11 +384,12 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
     const WeightT *__restrict__ weights, int nslots, int tile_rows, int capacity,
     int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ row_slot, int *__restrict__ slot_row,
-    float *__restrict__ row_weight, const int *device_tokens, int token_base, int *__restrict__ ready) {
+    float *__restrict__ row_weight, const int *device_tokens, int token_base,
+    int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
-  mj_route_small(ids, expert_map, weights, nslots, mj_live_slots(device_tokens, token_base, nslots), tile_rows,
-                 capacity, expert_offsets, tiles, num_tiles, flags, row_slot, slot_row, row_weight,
-                 ready);
+  mj_route_small(ids, expert_map, weights, nslots,
+                 mj_live_slots(device_tokens, token_base, nslots), tile_rows, capacity,
+                 expert_offsets, tiles, num_tiles, flags, row_slot, slot_row, row_weight, ready);
 }
 
 #if MJ_ROUTE_LOGITS
@@ -390,18 +397,21 @@ extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small(
 // after a barrier that makes those writes visible to the block, moejit_route_small on the
 // workspace copies. tokens * kTopK <= kSmallSlots. grid = 1, block = kSmallThreads (1024).
 extern "C" __global__ void __launch_bounds__(kSmallThreads) moejit_route_small_logits(
-    const LogitT *__restrict__ router_logits, int tokens, int *route_ids, float *route_weights, UserIdT *topk_ids,
-    UserWeightT *routing_weights, const int *__restrict__ expert_map, int tile_rows, int capacity,
+    const LogitT *__restrict__ router_logits, int tokens, int *route_ids, float *route_weights,
+    UserIdT *topk_ids, UserWeightT *routing_weights, const int *__restrict__ expert_map,
+    int tile_rows, int capacity,
     int *__restrict__ expert_offsets, mj_int4 *__restrict__ tiles, int *__restrict__ num_tiles,
     int *__restrict__ flags, int *__restrict__ row_slot, int *__restrict__ slot_row,
-    float *__restrict__ row_weight, const int *device_tokens, int token_base, int *__restrict__ ready) {
+    float *__restrict__ row_weight, const int *device_tokens, int token_base,
+    int *__restrict__ ready) {
   mj_pdl_begin<MJ_PDL>();
   const int nslots = tokens * kTopK, ntok = mj_live_tokens(device_tokens, token_base, tokens);
   if (nslots > kSmallSlots) __trap();  // before any write; the host never launches it so
   for (int t = threadIdx.x >> 5; t < ntok; t += kSmallThreads / 32)
-    mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids, routing_weights);
+    mj_topk_softmax(router_logits, t, threadIdx.x & 31, route_ids, route_weights, topk_ids,
+                    routing_weights);
   __syncthreads();
-  mj_route_small(route_ids, expert_map, route_weights, nslots, ntok * kTopK, tile_rows, capacity, expert_offsets,
-                 tiles, num_tiles, flags, row_slot, slot_row, row_weight, ready);
+  mj_route_small(route_ids, expert_map, route_weights, nslots, ntok * kTopK, tile_rows, capacity,
+                 expert_offsets, tiles, num_tiles, flags, row_slot, slot_row, row_weight, ready);
 }
 #endif

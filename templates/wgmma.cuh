@@ -600,9 +600,9 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 // The permuted copy GEMM1 reads: x_sorted[slot_row[t * kTopK + k]] = x[t] for each of the token's
 // slots that has a row. One thread per 16 bytes of x: it loads them, then stores them kTopK times,
 // so that every load of a small batch is in flight at once (docs/experiments.md#gather).
-// grid = ceil(tokens * kK / 8 / kGatherThreads), block = kGatherThreads. Under programmatic dependent launch (the forward's own choice; without
-// it the wait returns at once) it starts while routing runs: x, the caller's, is read before the
-// wait, slot_row after it.
+// grid = ceil(tokens * kK / 8 / kGatherThreads), block = kGatherThreads. Under programmatic
+// dependent launch (the forward's own choice; without it the wait returns at once) it starts while
+// routing runs: x, the caller's, is read before the wait, slot_row after it.
 extern "C" __global__ void __launch_bounds__(kGatherThreads) moejit_gather(
     const T *__restrict__ x, const int *__restrict__ slot_row, int tokens,
     T *__restrict__ x_sorted) {
