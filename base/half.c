@@ -18,7 +18,8 @@ static float bits_f32(uint32_t u) {
 
 uint16_t mj_f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
   u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even; a carry into the exponent is right */
   return (uint16_t)(u >> 16);
 }
@@ -33,13 +34,16 @@ static uint32_t shift_rne(uint32_t m, int shift) {
 
 uint16_t mj_f32_to_f16(float f) {
   uint32_t u = f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); /* quiet NaN */
-  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to infinity */
+  if (a > 0x7f800000u)
+    return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); /* quiet NaN */
+  if (a >= 0x477ff000u)
+    return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to infinity */
   if (a >= 0x38800000u) /* normal: rebias the exponent 127 -> 15, round off 13 bits */
     return (uint16_t)(sign | shift_rne(a - 0x38000000u, 13));
   /* subnormal f16 (unit 2^-24): value = m * 2^(e - 150), so the count is m >> (126 - e) */
   int e = (int)(a >> 23);
-  if (e < 102) return (uint16_t)sign; /* below 2^-25: rounds to zero */
+  if (e < 102)
+    return (uint16_t)sign; /* below 2^-25: rounds to zero */
   return (uint16_t)(sign | shift_rne((a & 0x7fffffu) | 0x800000u, 126 - e));
 }
 
@@ -49,7 +53,8 @@ float mj_f16_to_f32(uint16_t h) {
     float v = (float)m * 0x1p-24f; /* exact */
     return sign ? -v : v;
   }
-  if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13));
+  if (e == 0x1f)
+    return bits_f32(sign | 0x7f800000u | (m << 13));
   return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
 }
 
@@ -72,8 +77,8 @@ void mj_store_f32(moejit_dtype dt, void *base, int64_t i, float v) {
 }
 
 size_t mj_dtype_size(moejit_dtype dt) {
-  static const size_t size[] = {[MOEJIT_F32] = 4, [MOEJIT_F16] = 2, [MOEJIT_BF16] = 2,
-                                [MOEJIT_I32] = 4, [MOEJIT_I64] = 8};
+  static const size_t size[] = {
+      [MOEJIT_F32] = 4, [MOEJIT_F16] = 2, [MOEJIT_BF16] = 2, [MOEJIT_I32] = 4, [MOEJIT_I64] = 8};
   return (unsigned)dt < sizeof size / sizeof size[0] ? size[dt] : 0;
 }
 

@@ -5,9 +5,8 @@
 
 const char *moejit_status_name(moejit_status s) {
   switch (s) {
-#define MJ_NAME_(name, value, message)                                                            \
-  case name:                                                                                      \
-    return #name;
+#define MJ_NAME_(name, value, message)                                                             \
+  case name: return #name;
     MOEJIT_STATUS_LIST(MJ_NAME_)
 #undef MJ_NAME_
   }
@@ -16,9 +15,8 @@ const char *moejit_status_name(moejit_status s) {
 
 const char *moejit_status_string(moejit_status s) {
   switch (s) {
-#define MJ_MESSAGE_(name, value, message)                                                         \
-  case name:                                                                                      \
-    return message;
+#define MJ_MESSAGE_(name, value, message)                                                          \
+  case name: return message;
     MOEJIT_STATUS_LIST(MJ_MESSAGE_)
 #undef MJ_MESSAGE_
   }

@@ -7,12 +7,12 @@
 
 typedef struct cli_layer {
   moejit_layer_desc desc;
-  const char *arch; /* --arch, or NULL */
-  int64_t tokens;   /* --tokens: the largest of the list */
+  const char *arch;       /* --arch, or NULL */
+  int64_t tokens;         /* --tokens: the largest of the list */
   int64_t token_list[32]; /* --tokens 1,8,64 */
   int ntokens;
-  double budget;    /* --budget seconds (tune) */
-  const char *dir;  /* --dir (cache) */
+  double budget;   /* --budget seconds (tune) */
+  const char *dir; /* --dir (cache) */
   int repeat, check, verbose;
   uint64_t seed;
   const char *kernel, *config;
@@ -32,7 +32,8 @@ int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults,
 struct mj_gemm_config;
 struct mj_err;
 /* The configuration --config NAME names, for this layer: MOEJIT_OK, or MOEJIT_ERR_INVALID_ARG with
- * err saying that NAME is not a configuration name or names one of another math than the layer's. */
+ * err saying that NAME is not a configuration name or names one of another math than the layer's.
+ */
 moejit_status cli_config(const char *name, const moejit_layer_desc *desc, struct mj_gemm_config *c,
                          struct mj_err *err);
 /* Log callback printing to stderr (warnings always, info with --verbose). */

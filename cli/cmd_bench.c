@@ -84,8 +84,8 @@ typedef struct bench_opts {
   int eager;
   int floor; /* measure BW and GEMM_RATE */
   int64_t bw_bytes;
-  const char *json;   /* NULL, "-" or a path */
-  const char *cublas; /* NULL: the default search */
+  const char *json;     /* NULL, "-" or a path */
+  const char *cublas;   /* NULL: the default search */
   int64_t graph_tokens; /* > 0: every row is a forward of this many tokens, the row's T on device */
 } bench_opts;
 
@@ -115,7 +115,7 @@ typedef struct bench {
   CUstream stream;
   bench_opts o;
   CUdeviceptr count; /* with --graph-tokens: the device-side token count */
-  FILE *out; /* the table: stdout, or stderr when the JSON lines take stdout */
+  FILE *out;         /* the table: stdout, or stderr when the JSON lines take stdout */
 } bench;
 
 /* The reason moejit_create gives for MOEJIT_ERR_NO_DEVICE, caught from its log. */
@@ -349,20 +349,22 @@ static moejit_status cublas_load(const char *path, cublas *c, mj_err *err) {
   *(void **)&c->gemm_ex = dlsym(c->lib, "cublasGemmEx");
   *(void **)&c->status_string = dlsym(c->lib, "cublasGetStatusString");
   if (!c->create || !c->destroy || !c->set_stream || !c->gemm_ex)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "%s lacks cublasCreate_v2, cublasDestroy_v2, "
-                   "cublasSetStream_v2 or cublasGemmEx", c->path);
+    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                   "%s lacks cublasCreate_v2, cublasDestroy_v2, "
+                   "cublasSetStream_v2 or cublasGemmEx",
+                   c->path);
   return MOEJIT_OK;
 }
 
 /* Runs a cuBLAS call; on failure names it, its status and the library, and jumps to fail. */
-#define CUBLAS(c, call, err)                                                                      \
-  do {                                                                                            \
-    int s_ = (c)->call;                                                                           \
-    if (s_ != 0) {                                                                                \
-      st = mj_errf((err), MOEJIT_ERR_CUDA, "%s failed: status %d (%s) in %s", #call, s_,          \
-                   (c)->status_string ? (c)->status_string(s_) : "?", (c)->path);                 \
-      goto fail;                                                                                  \
-    }                                                                                             \
+#define CUBLAS(c, call, err)                                                                       \
+  do {                                                                                             \
+    int s_ = (c)->call;                                                                            \
+    if (s_ != 0) {                                                                                 \
+      st = mj_errf((err), MOEJIT_ERR_CUDA, "%s failed: status %d (%s) in %s", #call, s_,           \
+                   (c)->status_string ? (c)->status_string(s_) : "?", (c)->path);                  \
+      goto fail;                                                                                   \
+    }                                                                                              \
   } while (0)
 
 /* One cuBLAS GEMM of the floor. */
@@ -420,7 +422,6 @@ fail:
     if (g.m[i])
       cu->MemFree(g.m[i]);
   return st;
-
 }
 
 /* Both rates; a failure leaves that rate NAN and its reason in the note (the rows still run). */
@@ -602,8 +603,8 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   r->ms = mj_median(ms, repeat);
   r->ms_min = ms[0];
   r->ms_max = ms[repeat - 1];
-  r->flops = 2.0 * (double)tokens * (double)d->top_k * 3.0 * (double)d->hidden *
-             (double)d->intermediate;
+  r->flops =
+      2.0 * (double)tokens * (double)d->top_k * 3.0 * (double)d->hidden * (double)d->intermediate;
   if ((r->active = active_experts(&b->layer, tokens)) < 0) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto fail;
@@ -612,8 +613,8 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
                     (double)mj_dtype_size(d->dtype);
   r->floor_ms = NAN; /* fmax would drop a missing (NAN) rate and give half a floor */
   if (isfinite(f->bw_tbps) && isfinite(f->gemm_tflops))
-    r->floor_ms = fmax(r->weight_bytes / (f->bw_tbps * 1e12), r->flops / (f->gemm_tflops * 1e12)) *
-                  1e3;
+    r->floor_ms =
+        fmax(r->weight_bytes / (f->bw_tbps * 1e12), r->flops / (f->gemm_tflops * 1e12)) * 1e3;
   r->config = picked_config(b->plan, b->o.graph_tokens ? b->o.graph_tokens : tokens, &r->tuned);
 fail:
   if (exec)
@@ -789,8 +790,7 @@ static int compile_only(const cli_layer *L, const char *why) {
   o.log = cli_log;
   o.log_user = (void *)&L->verbose;
   printf("no GPU found (%s)\n", why);
-  printf("compiling the layer's kernels and the bandwidth kernel for %s instead\n",
-         o.offline_arch);
+  printf("compiling the layer's kernels and the bandwidth kernel for %s instead\n", o.offline_arch);
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
@@ -803,8 +803,7 @@ static int compile_only(const cli_layer *L, const char *why) {
     fprintf(stderr, "moejit bench: bandwidth kernel: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
-  printf("compiled for %s in %.2f s; nothing was timed: no GPU\n", o.offline_arch,
-         cli_now() - t0);
+  printf("compiled for %s in %.2f s; nothing was timed: no GPU\n", o.offline_arch, cli_now() - t0);
   rc = 0;
 done:
   moejit_plan_destroy(plan);
@@ -818,8 +817,8 @@ static moejit_status bench_open(bench *b, const cli_layer *L, mj_err *err) {
   double t0 = cli_now();
   if ((st = bench_plan(b->ctx, &L->desc, L->config, &b->plan, err)) != MOEJIT_OK)
     return st;
-  fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n",
-          mj_rt_plan_modules(b->plan), cli_now() - t0);
+  fprintf(b->out, "plan     %d modules built and loaded in %.3f s\n", mj_rt_plan_modules(b->plan),
+          cli_now() - t0);
   if ((st = mj_synth_open(b->ctx, &b->syn, err)) != MOEJIT_OK)
     return st;
   MJ_CU(b->cu, StreamCreate(&b->stream, MJ_CU_STREAM_NON_BLOCKING), err);

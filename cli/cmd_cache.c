@@ -42,8 +42,8 @@ static int is_cubin_name(const char *name, uint8_t key[16]) {
 }
 
 /* Calls fn for each cubin file of dir; returns the count or -1 when the folder cannot be read. */
-static int each_cubin(const char *dir, void (*fn)(void *, const char *, const char *, const uint8_t *),
-                      void *user) {
+static int each_cubin(const char *dir,
+                      void (*fn)(void *, const char *, const char *, const uint8_t *), void *user) {
   char sub[4200];
   snprintf(sub, sizeof sub, "%s/cubin", dir);
   DIR *d = opendir(sub);
@@ -139,7 +139,8 @@ static void export_one(void *user, const char *path, const char *name, const uin
   free(file);
 }
 
-/* Writes an imported cache file next to its place, checks it as a read would, then renames it in. */
+/* Writes an imported cache file next to its place, checks it as a read would, then renames it in.
+ */
 static int import_cubin(const char *dir, const uint8_t key[16], const void *file, size_t len) {
   char path[4200], tmp[4300];
   mj_tune_cache_path(dir, key, path, sizeof path);
@@ -290,7 +291,8 @@ int cmd_cache(int argc, char **argv) {
     int nrec = 0;
     mj_err err;
     mj_tune_records_load(records, &recs, &nrec, cli_log, NULL, &err);
-    printf("%d cubins, %lld bytes; %d tuning records in %s\n", n < 0 ? 0 : n, w.bytes, nrec, records);
+    printf("%d cubins, %lld bytes; %d tuning records in %s\n", n < 0 ? 0 : n, w.bytes, nrec,
+           records);
     for (int r = 0; r < nrec; r++) {
       char line[512];
       mj_tune_record_format(&recs[r], line, sizeof line);

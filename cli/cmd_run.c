@@ -57,9 +57,7 @@ static moejit_status forward(void *user, CUstream stream, mj_err *err) {
   run_call *c = user;
   moejit_status st = moejit_forward(c->plan, &c->args, (void *)(uintptr_t)c->layer->workspace,
                                     c->layer->workspace_bytes, stream);
-  return st == MOEJIT_OK
-             ? st
-             : mj_errf(err, st, "%s", moejit_last_error(c->ctx));
+  return st == MOEJIT_OK ? st : mj_errf(err, st, "%s", moejit_last_error(c->ctx));
 }
 
 static void capture_log(void *user, moejit_log_level level, const char *msg) {

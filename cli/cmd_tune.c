@@ -90,8 +90,8 @@ int cmd_tune(int argc, char **argv) {
          mj_dtype_name(d->dtype), info.name, info.arch, info.sm_count);
   printf("records  %s\n", records[0] ? records : "(no cache folder: not saved)");
   tune_ui ui = {isatty(2), cli_now(), L.check < 0 ? 8 : L.check};
-  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed,
-                         1, progress, check, &ui};
+  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed, 1,
+                         progress,     check,     &ui};
   mj_tune_result res[32];
   double t0 = cli_now();
   st = mj_tune_run(ctx, d, &opt, res, &err);

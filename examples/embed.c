@@ -26,7 +26,10 @@ static void print_log(void *user, moejit_log_level level, const char *msg) {
 }
 
 static uint16_t bf16(float f) { /* round to nearest even */
-  union { float f; uint32_t u; } v = {f};
+  union {
+    float f;
+    uint32_t u;
+  } v = {f};
   return (uint16_t)((v.u + 0x7FFF + ((v.u >> 16) & 1)) >> 16);
 }
 

@@ -1,5 +1,5 @@
-/* gen.h: kernel generation. A sandboxed Lua state renders a template module with a spec into a whole
- * CUDA translation unit; NVRTC (nvrtc.h) compiles it. Uses base/error.h only. */
+/* gen.h: kernel generation. A sandboxed Lua state renders a template module with a spec into a
+ * whole CUDA translation unit; NVRTC (nvrtc.h) compiles it. Uses base/error.h only. */
 #ifndef MJ_GEN_GEN_H
 #define MJ_GEN_GEN_H
 #include <stddef.h>
@@ -23,8 +23,8 @@ void mj_gen_close(mj_gen *gen);
 
 #define MJ_MODULE_KERNELS 6 /* kernels of one module at most */
 #define MJ_KERNEL_PARAMS 24 /* parameters of one kernel at most */
-#define MJ_NAME_LEN 40       /* an entry name's bytes at most, NUL included */
-#define MJ_PARAM_LEN 24      /* a parameter name's */
+#define MJ_NAME_LEN 40      /* an entry name's bytes at most, NUL included */
+#define MJ_PARAM_LEN 24     /* a parameter name's */
 
 /* One kernel's launch contract, as its template states it: what the runtime launches it with.
  * The grid rules that read the integers below live beside each family's launch (runtime/). */

@@ -109,7 +109,8 @@ moejit_status mj_gen_compile(const mj_nvrtc *nv, const mj_gen *gen, const char *
   snprintf(unit, sizeof unit, "%s.cu", name);
   int r = nv->CreateProgram(&prog, source, unit, nh, hdr_text, hdr_name);
   if (r != 0) {
-    st = mj_errf(err, MOEJIT_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", unit, nv->GetErrorString(r));
+    st =
+        mj_errf(err, MOEJIT_ERR_COMPILE, "nvrtcCreateProgram(%s): %s", unit, nv->GetErrorString(r));
     goto fail;
   }
   char arch_opt[64];

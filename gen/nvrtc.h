@@ -21,7 +21,8 @@ typedef struct mj_nvrtc {
   const char *(*GetErrorString)(int result);
 } mj_nvrtc;
 
-/* Loads libnvrtc.so.13 (else .12) from the loader's path, else from /usr/local/cuda/lib64. MOEJIT_ERR_NO_COMPILER with the reason. */
+/* Loads libnvrtc.so.13 (else .12) from the loader's path, else from /usr/local/cuda/lib64.
+ * MOEJIT_ERR_NO_COMPILER with the reason. */
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err);
 void mj_gen_nvrtc_unload(mj_nvrtc *nv);
 
@@ -37,7 +38,8 @@ typedef struct mj_cubin {
 } mj_cubin;
 
 /* Compiles `source` (named name.cu in messages) for arch ("sm_80", "sm_90a") with the generator's
- * headers. On MOEJIT_ERR_COMPILE the NVRTC log is in err and in out->log. Free with mj_cubin_free. */
+ * headers. On MOEJIT_ERR_COMPILE the NVRTC log is in err and in out->log. Free with mj_cubin_free.
+ */
 moejit_status mj_gen_compile(const mj_nvrtc *nv, const mj_gen *gen, const char *source,
                              const char *name, const char *arch, int flags, mj_cubin *out,
                              mj_err *err);

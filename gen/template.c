@@ -148,7 +148,7 @@ static int open_sandbox(lua_State *L) {
     luaL_requiref(L, lib->name, lib->func, 1);
     lua_pop(L, 1);
   }
-  static const char *const removed[] = {"load", "loadfile", "dofile", "require",
+  static const char *const removed[] = {"load",  "loadfile",       "dofile", "require",
                                         "print", "collectgarbage", NULL};
   for (const char *const *name = removed; *name; name++) {
     lua_pushnil(L);
@@ -301,15 +301,9 @@ static void push_spec(lua_State *L, const mj_spec *spec) {
   for (int i = 0; i < spec->count; i++) {
     const mj_spec_entry *e = &spec->e[i];
     switch (e->kind) {
-    case MJ_SPEC_INT:
-      lua_pushinteger(L, (lua_Integer)e->i);
-      break;
-    case MJ_SPEC_NUM:
-      lua_pushnumber(L, e->n);
-      break;
-    case MJ_SPEC_STR:
-      lua_pushstring(L, e->s);
-      break;
+    case MJ_SPEC_INT: lua_pushinteger(L, (lua_Integer)e->i); break;
+    case MJ_SPEC_NUM: lua_pushnumber(L, e->n); break;
+    case MJ_SPEC_STR: lua_pushstring(L, e->s); break;
     }
     lua_setfield(L, -2, e->key);
   }
@@ -334,12 +328,12 @@ static const struct {
   const char *key;
   size_t offset;
 } meta_ints[] = {
-#define MJ_META_INT_(field) {#field, offsetof(mj_kernel_meta, field)}
-    MJ_META_INT_(threads),   MJ_META_INT_(smem),      MJ_META_INT_(static_smem),
-    MJ_META_INT_(per_block),
-    MJ_META_INT_(max_blocks), MJ_META_INT_(tile_rows), MJ_META_INT_(cols), MJ_META_INT_(tile_cols),
-    MJ_META_INT_(depth),     MJ_META_INT_(splits),    MJ_META_INT_(box_rows),
-    MJ_META_INT_(blocks_per_sm),
+#define MJ_META_INT_(field)                                                                        \
+  { #field, offsetof(mj_kernel_meta, field) }
+    MJ_META_INT_(threads),   MJ_META_INT_(smem),       MJ_META_INT_(static_smem),
+    MJ_META_INT_(per_block), MJ_META_INT_(max_blocks), MJ_META_INT_(tile_rows),
+    MJ_META_INT_(cols),      MJ_META_INT_(tile_cols),  MJ_META_INT_(depth),
+    MJ_META_INT_(splits),    MJ_META_INT_(box_rows),   MJ_META_INT_(blocks_per_sm),
     MJ_META_INT_(max_slots),
 #undef MJ_META_INT_
 };
@@ -404,8 +398,10 @@ static void read_kernel(lua_State *L, const char *module, mj_kernel_meta *k) {
 static void read_contract(lua_State *L, const render_call *rc) {
   mj_module_meta *m = rc->meta;
   if (!lua_istable(L, -1))
-    luaL_error(L, "templates/%s.lua returned no launch contract (a list of kernel tables) beside "
-                  "its source", rc->name);
+    luaL_error(L,
+               "templates/%s.lua returned no launch contract (a list of kernel tables) beside "
+               "its source",
+               rc->name);
   int n = (int)luaL_len(L, -1);
   if (n < 1 || n > MJ_MODULE_KERNELS)
     luaL_error(L, "templates/%s.lua: the contract lists %d kernels, expected 1..%d", rc->name, n,

@@ -2,10 +2,10 @@
  * layers (GPT-OSS form).
  *
  * The library generates CUDA C++ from embedded Lua templates for the exact layer shape, compiles it
- * with NVRTC and launches it through the CUDA Driver API on the caller's stream. The driver and NVRTC
- * are loaded with dlopen, so this header needs no CUDA toolkit and the library starts on a machine
- * without a GPU (moejit_create then reports MOEJIT_ERR_NO_DEVICE, unless the options name an
- * offline target architecture).
+ * with NVRTC and launches it through the CUDA Driver API on the caller's stream. The driver and
+ * NVRTC are loaded with dlopen, so this header needs no CUDA toolkit and the library starts on a
+ * machine without a GPU (moejit_create then reports MOEJIT_ERR_NO_DEVICE, unless the options name
+ * an offline target architecture).
  *
  * Ownership: every handle is created and destroyed by the library; every device buffer (weights,
  * activations, workspace) is allocated and freed by the caller. Destroy functions accept NULL.
@@ -38,18 +38,18 @@ extern "C" {
 typedef struct CUstream_st *CUstream;
 
 /* X(name, value, message). Codes are appended, never renumbered. */
-#define MOEJIT_STATUS_LIST(X)                                                                     \
-  X(MOEJIT_OK, 0, "success")                                                                      \
-  X(MOEJIT_ERR_INVALID_ARG, 1, "invalid argument")                                                \
-  X(MOEJIT_ERR_UNSUPPORTED, 2, "option not supported by this version")                            \
-  X(MOEJIT_ERR_NO_DEVICE, 3, "no CUDA driver or GPU found")                                       \
-  X(MOEJIT_ERR_NO_COMPILER, 4, "NVRTC could not be loaded")                                       \
-  X(MOEJIT_ERR_COMPILE, 5, "NVRTC failed to compile a generated kernel")                          \
-  X(MOEJIT_ERR_TEMPLATE, 6, "a kernel template failed to render")                                 \
-  X(MOEJIT_ERR_CUDA, 7, "a CUDA driver call failed")                                              \
-  X(MOEJIT_ERR_OUT_OF_MEMORY, 8, "out of host memory")                                            \
-  X(MOEJIT_ERR_BAD_EXPERT_ID, 9, "an expert id was outside [0, experts)")                         \
-  X(MOEJIT_ERR_IO, 10, "a file could not be read or written")                                     \
+#define MOEJIT_STATUS_LIST(X)                                                                      \
+  X(MOEJIT_OK, 0, "success")                                                                       \
+  X(MOEJIT_ERR_INVALID_ARG, 1, "invalid argument")                                                 \
+  X(MOEJIT_ERR_UNSUPPORTED, 2, "option not supported by this version")                             \
+  X(MOEJIT_ERR_NO_DEVICE, 3, "no CUDA driver or GPU found")                                        \
+  X(MOEJIT_ERR_NO_COMPILER, 4, "NVRTC could not be loaded")                                        \
+  X(MOEJIT_ERR_COMPILE, 5, "NVRTC failed to compile a generated kernel")                           \
+  X(MOEJIT_ERR_TEMPLATE, 6, "a kernel template failed to render")                                  \
+  X(MOEJIT_ERR_CUDA, 7, "a CUDA driver call failed")                                               \
+  X(MOEJIT_ERR_OUT_OF_MEMORY, 8, "out of host memory")                                             \
+  X(MOEJIT_ERR_BAD_EXPERT_ID, 9, "an expert id was outside [0, experts)")                          \
+  X(MOEJIT_ERR_IO, 10, "a file could not be read or written")                                      \
   X(MOEJIT_ERR_INTERNAL, 11, "internal error")
 
 typedef enum moejit_status {
@@ -68,25 +68,29 @@ typedef enum moejit_dtype {
 
 /* How the routing reaches moejit_forward. */
 typedef enum moejit_routing {
-  MOEJIT_ROUTING_TOPK = 0,   /* topk_ids [T, K] + routing_weights [T, K] */
-  MOEJIT_ROUTING_DENSE = 1,  /* topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]] */
-  MOEJIT_ROUTING_LOGITS = 2  /* router_logits [T, E]: top-K (ties: lower id), softmax over the K */
+  MOEJIT_ROUTING_TOPK = 0,  /* topk_ids [T, K] + routing_weights [T, K] */
+  MOEJIT_ROUTING_DENSE = 1, /* topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]] */
+  MOEJIT_ROUTING_LOGITS = 2 /* router_logits [T, E]: top-K (ties: lower id), softmax over the K */
 } moejit_routing;
 
-typedef enum moejit_log_level { MOEJIT_LOG_DEBUG = 0, MOEJIT_LOG_INFO, MOEJIT_LOG_WARN } moejit_log_level;
+typedef enum moejit_log_level {
+  MOEJIT_LOG_DEBUG = 0,
+  MOEJIT_LOG_INFO,
+  MOEJIT_LOG_WARN
+} moejit_log_level;
 
 typedef void (*moejit_log_fn)(void *user, moejit_log_level level, const char *message);
 
 typedef struct moejit_ctx_options {
   size_t struct_size;
-  int device;                 /* CUDA device ordinal; default 0 */
+  int device; /* CUDA device ordinal; default 0 */
   /* Offline target ("sm_80", "sm_90a", ...): plans compile for it and load nothing, so no GPU or
    * driver is needed; moejit_forward then returns MOEJIT_ERR_NO_DEVICE. NULL: the device's own. */
   const char *offline_arch;
   /* A folder of template sources used instead of the embedded ones (template development).
    * NULL: $MOEJIT_TEMPLATE_DIR, read once here, else the embedded templates. */
   const char *template_dir;
-  moejit_log_fn log;          /* optional; the library never prints */
+  moejit_log_fn log; /* optional; the library never prints */
   void *log_user;
   /* The cubin cache and tuning records folder. NULL: $MOEJIT_CACHE_DIR, else
    * $XDG_CACHE_HOME/moejit, else ~/.cache/moejit, read once here. "" : no disk cache. */
@@ -105,28 +109,28 @@ typedef struct moejit_layer_desc {
   moejit_dtype ids_dtype;     /* MOEJIT_I32 or MOEJIT_I64 */
   moejit_dtype weights_dtype; /* routing weights: MOEJIT_F32, MOEJIT_F16 or MOEJIT_BF16 */
   moejit_routing routing;
-  float alpha;                /* SwiGLU alpha, default 1.702 */
-  float limit;                /* SwiGLU clamp, default 7.0 */
-  int64_t expert_capacity;    /* 0: dropless; C > 0: each expert takes its first C slots in the
-                                 order of t * K + k and the others contribute nothing */
-  int64_t global_experts;     /* 0: ids are local experts. G > 0: ids are global in [0, G) and
-                                 args->expert_map [G] maps them to a local expert or -1 (another
-                                 rank's: contributes nothing, costs nothing) */
+  float alpha;             /* SwiGLU alpha, default 1.702 */
+  float limit;             /* SwiGLU clamp, default 7.0 */
+  int64_t expert_capacity; /* 0: dropless; C > 0: each expert takes its first C slots in the
+                              order of t * K + k and the others contribute nothing */
+  int64_t global_experts;  /* 0: ids are local experts. G > 0: ids are global in [0, G) and
+                              args->expert_map [G] maps them to a local expert or -1 (another
+                              rank's: contributes nothing, costs nothing) */
   int apply_router_weight_on_input; /* scale x by the routing weight before GEMM1, not the output */
-  moejit_dtype logits_dtype;  /* router_logits with MOEJIT_ROUTING_LOGITS: F32 (default), F16, BF16 */
-  int bias_f32;               /* 1: both biases are f32 while x and the weights are f16 or bf16 */
-  int exact_f32;              /* f32 layers: exact FFMA GEMMs; 0 (default): TF32 tensor cores */
-  int unfused;                /* 1: GEMM1 writes its output before the activation (workspace
-                                 `gate_up`), and the activation runs as a launch of its own, so a
-                                 caller can run the stages one by one (moejit_forward_stages) and
-                                 work on the intermediates in between (LoRA, as vLLM does) */
+  moejit_dtype logits_dtype; /* router_logits (MOEJIT_ROUTING_LOGITS): F32 (default), F16, BF16 */
+  int bias_f32;              /* 1: both biases are f32 while x and the weights are f16 or bf16 */
+  int exact_f32;             /* f32 layers: exact FFMA GEMMs; 0 (default): TF32 tensor cores */
+  int unfused;               /* 1: GEMM1 writes its output before the activation (workspace
+                                `gate_up`), and the activation runs as a launch of its own, so a
+                                caller can run the stages one by one (moejit_forward_stages) and
+                                work on the intermediates in between (LoRA, as vLLM does) */
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */
 typedef struct moejit_forward_args {
   size_t struct_size;
-  int64_t tokens;                /* T, 0..max_tokens */
-  const void *x;                 /* [T, H] dtype */
+  int64_t tokens; /* T, 0..max_tokens */
+  const void *x;  /* [T, H] dtype */
   /* TOPK / DENSE routing: inputs. LOGITS routing: optional outputs (NULL: not written), the
    * chosen ids and their softmax weights, [T, K], in ids_dtype and weights_dtype. */
   const void *topk_ids;          /* [T, K] ids_dtype */
@@ -166,8 +170,8 @@ typedef struct moejit_device_info {
   int cc_major, cc_minor; /* its compute capability; 0.0 offline */
 } moejit_device_info;
 
-/* Creates a context: loads the driver (unless offline), retains the device's primary context, builds
- * the template sandbox. Does not compile. *ctx is NULL on failure, except that with
+/* Creates a context: loads the driver (unless offline), retains the device's primary context,
+ * builds the template sandbox. Does not compile. *ctx is NULL on failure, except that with
  * MOEJIT_ERR_NO_DEVICE a context is not returned either; the message goes to the log callback.
  * Returns MOEJIT_OK, MOEJIT_ERR_INVALID_ARG, MOEJIT_ERR_NO_DEVICE, MOEJIT_ERR_CUDA,
  * MOEJIT_ERR_OUT_OF_MEMORY, MOEJIT_ERR_TEMPLATE. */
@@ -175,8 +179,8 @@ MOEJIT_API moejit_status moejit_create(moejit_ctx **ctx, const moejit_ctx_option
 MOEJIT_API void moejit_destroy(moejit_ctx *ctx);
 
 /* Does every expensive step: renders the kernels for the layer, compiles them with NVRTC (may take
- * seconds), loads the modules. The plan is immutable afterwards: one plan may launch from many threads
- * and streams at once. The context must outlive the plan. Not thread-safe on one context.
+ * seconds), loads the modules. The plan is immutable afterwards: one plan may launch from many
+ * threads and streams at once. The context must outlive the plan. Not thread-safe on one context.
  * Returns MOEJIT_OK, MOEJIT_ERR_INVALID_ARG, MOEJIT_ERR_UNSUPPORTED, MOEJIT_ERR_NO_COMPILER,
  * MOEJIT_ERR_COMPILE, MOEJIT_ERR_TEMPLATE, MOEJIT_ERR_CUDA, MOEJIT_ERR_OUT_OF_MEMORY. */
 MOEJIT_API moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
@@ -201,7 +205,7 @@ typedef enum moejit_stage {
   MOEJIT_STAGE_ROUTE = 1,      /* routing: rows sorted by expert, the tile list, bad-id flags */
   MOEJIT_STAGE_GEMM1 = 2,      /* x @ gate_up_proj + bias (and SwiGLU unless the plan is unfused) */
   MOEJIT_STAGE_ACTIVATION = 4, /* unfused plans: SwiGLU of GEMM1's output into h */
-  MOEJIT_STAGE_GEMM2 = 8,      /* h @ down_proj + bias, times the routing weight, one row per slot */
+  MOEJIT_STAGE_GEMM2 = 8,      /* h @ down_proj + bias, times the routing weight, a row a slot */
   MOEJIT_STAGE_COMBINE = 16,   /* each token's K rows summed in a fixed order into y */
   MOEJIT_STAGE_ALL = 31
 } moejit_stage;
@@ -234,8 +238,8 @@ MOEJIT_API void moejit_workspace_view_init(moejit_workspace_view *view);
 MOEJIT_API moejit_status moejit_workspace_view_get(const moejit_plan *plan, int64_t tokens,
                                                    moejit_workspace_view *view);
 
-/* Reads the flags the last forward on this workspace left (blocks on `stream`). Returns MOEJIT_OK, or
- * MOEJIT_ERR_BAD_EXPERT_ID with the count of such slots in *bad_slots (may be NULL), or
+/* Reads the flags the last forward on this workspace left (blocks on `stream`). Returns MOEJIT_OK,
+ * or MOEJIT_ERR_BAD_EXPERT_ID with the count of such slots in *bad_slots (may be NULL), or
  * MOEJIT_ERR_CUDA. */
 MOEJIT_API moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace,
                                               CUstream stream, int64_t *bad_slots);
@@ -247,8 +251,8 @@ MOEJIT_API moejit_status moejit_device_info_get(const moejit_ctx *ctx, moejit_de
 
 MOEJIT_API const char *moejit_status_name(moejit_status s);   /* "MOEJIT_ERR_INVALID_ARG" */
 MOEJIT_API const char *moejit_status_string(moejit_status s); /* "invalid argument" */
-/* Detail of the last failure on this context: the argument and its value, the NVRTC log, the failing
- * driver call. Valid until the next call on the context. Never NULL. */
+/* Detail of the last failure on this context: the argument and its value, the NVRTC log, the
+ * failing driver call. Valid until the next call on the context. Never NULL. */
 MOEJIT_API const char *moejit_last_error(const moejit_ctx *ctx);
 /* MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH of the library actually loaded. */
 MOEJIT_API int moejit_version(void);

@@ -39,14 +39,15 @@ static moejit_status compile_one(compile_job *job, mj_module_src *m, mj_err *err
     int nh = 0;
     const mj_gen_file *headers = mj_gen_headers(ctx->gen, &nh);
     mj_gen_compile_options(job->arch, job->flags, options, sizeof options);
-    mj_tune_cache_key(m->source, headers, nh, options, ctx->nv.major, ctx->nv.minor, job->arch, key);
+    mj_tune_cache_key(m->source, headers, nh, options, ctx->nv.major, ctx->nv.minor, job->arch,
+                      key);
     if (mj_tune_cache_acquire(ctx->cache, key, &m->cubin.data, &m->cubin.size)) {
       m->cubin.log = calloc(1, 1);
       return m->cubin.log ? MOEJIT_OK : mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     }
   }
-  moejit_status st = mj_gen_compile(&ctx->nv, ctx->gen, m->source, m->name, job->arch, job->flags,
-                                    &m->cubin, err);
+  moejit_status st =
+      mj_gen_compile(&ctx->nv, ctx->gen, m->source, m->name, job->arch, job->flags, &m->cubin, err);
   pthread_mutex_lock(&job->lock);
   ctx->compiles++;
   pthread_mutex_unlock(&job->lock);
@@ -183,7 +184,6 @@ moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *d,
   return st;
 }
 
-
 moejit_status mj_rt_load_module(moejit_ctx *ctx, const mj_module_src *m, const char *const *entries,
                                 mj_kernel *const *k, CUmodule *mod, mj_err *err) {
   moejit_status st = MOEJIT_OK;
@@ -270,9 +270,9 @@ int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *d, const mj_gemm
     mj_err err;
     memset(&m, 0, sizeof m);
     gemm_module(d, c, stages[g], &m);
-    int ok = mj_gen_render(ctx->gen, m.template_name, &m.spec, &m.source, &m.meta, &err) ==
-                 MOEJIT_OK &&
-             mj_rt_fits(ctx, &m.meta.kernel[0]);
+    int ok =
+        mj_gen_render(ctx->gen, m.template_name, &m.spec, &m.source, &m.meta, &err) == MOEJIT_OK &&
+        mj_rt_fits(ctx, &m.meta.kernel[0]);
     free(m.source);
     if (!ok)
       return 0;

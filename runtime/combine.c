@@ -34,6 +34,6 @@ moejit_status mj_rt_activation(const moejit_plan *plan, const mj_values *v, cons
 moejit_status mj_rt_combine(const moejit_plan *plan, const mj_kernel *k, const mj_values *v,
                             CUstream stream, int pdl, mj_err *err) {
   return mj_rt_launch(plan->ctx, k, (unsigned)v->tokens,
-                      (unsigned)mj_ceil_div(k->meta.cols, k->meta.tile_cols), 1, v, stream,
-                      pdl, err);
+                      (unsigned)mj_ceil_div(k->meta.cols, k->meta.tile_cols), 1, v, stream, pdl,
+                      err);
 }

@@ -75,7 +75,8 @@ moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err) {
 
 const char *moejit_last_error(const moejit_ctx *ctx) { return ctx ? ctx->err.msg : "ctx is NULL"; }
 
-/* "sm_90a" for Hopper (wgmma, setmaxnreg need the arch-specific target), else "sm_<major><minor>". */
+/* "sm_90a" for Hopper (wgmma, setmaxnreg need the arch-specific target), else "sm_<major><minor>".
+ */
 static void arch_of(int major, int minor, char *buf, size_t len) {
   snprintf(buf, len, "sm_%d%d%s", major, minor, major == 9 && minor == 0 ? "a" : "");
 }
@@ -147,9 +148,10 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
   }
   if (o.offline_arch) {
     if (!arch_is_valid(o.offline_arch)) {
-      st = mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
-                   "opts->offline_arch=\"%s\" is not an arch such as \"sm_80\" or \"sm_90a\" (8.0+)",
-                   o.offline_arch);
+      st =
+          mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
+                  "opts->offline_arch=\"%s\" is not an arch such as \"sm_80\" or \"sm_90a\" (8.0+)",
+                  o.offline_arch);
       goto fail;
     }
     ctx->offline = 1;

@@ -19,10 +19,10 @@ int mj_rt_upgrade(const void *in, size_t in_size, const size_t *sizes, int n, vo
 
 moejit_status mj_rt_desc_full(const moejit_layer_desc *d, moejit_layer_desc *full, mj_err *err) {
   /* the sizes this header has had, each ending at a field appended later */
-  static const size_t sizes[] = {
-      offsetof(moejit_layer_desc, logits_dtype), offsetof(moejit_layer_desc, bias_f32),
-      offsetof(moejit_layer_desc, exact_f32), offsetof(moejit_layer_desc, unfused),
-      sizeof(moejit_layer_desc)};
+  static const size_t sizes[] = {offsetof(moejit_layer_desc, logits_dtype),
+                                 offsetof(moejit_layer_desc, bias_f32),
+                                 offsetof(moejit_layer_desc, exact_f32),
+                                 offsetof(moejit_layer_desc, unfused), sizeof(moejit_layer_desc)};
   if (!d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
   moejit_layer_desc_init(full);
@@ -108,8 +108,8 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
   if (d->unfused != 0 && d->unfused != 1)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->unfused=%d is not 0 or 1", d->unfused);
   if (d->apply_router_weight_on_input != 0 && d->apply_router_weight_on_input != 1)
-    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->apply_router_weight_on_input=%d is not 0 or 1",
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->apply_router_weight_on_input=%d is not 0 or 1",
                    d->apply_router_weight_on_input);
   return MOEJIT_OK;
 }
-

@@ -21,13 +21,14 @@ moejit_status mj_rt_driver_load(mj_cu *cu, mj_err *err) {
   if (!cu->lib)
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "no CUDA driver: dlopen(libcuda.so.1) failed: %s",
                    dlerror());
-#define MJ_CU_LOAD_(field, symbol, params)                                                        \
-  *(void **)(&cu->field) = dlsym(cu->lib, symbol);                                                \
-  if (!cu->field) /* an older driver: the entry point's first version */                          \
-    *(void **)(&cu->field) = dlsym_unversioned(cu->lib, symbol);                                  \
-  if (!cu->field) {                                                                               \
-    mj_rt_driver_unload(cu);                                                                      \
-    return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "the CUDA driver lacks %s (driver too old)", symbol); \
+#define MJ_CU_LOAD_(field, symbol, params)                                                         \
+  *(void **)(&cu->field) = dlsym(cu->lib, symbol);                                                 \
+  if (!cu->field) /* an older driver: the entry point's first version */                           \
+    *(void **)(&cu->field) = dlsym_unversioned(cu->lib, symbol);                                   \
+  if (!cu->field) {                                                                                \
+    mj_rt_driver_unload(cu);                                                                       \
+    return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "the CUDA driver lacks %s (driver too old)",         \
+                   symbol);                                                                        \
   }
   MJ_CU_FUNCTIONS(MJ_CU_LOAD_)
 #undef MJ_CU_LOAD_

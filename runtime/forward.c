@@ -294,8 +294,8 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
   for (int64_t t0 = 0; t0 < args->tokens && st == MOEJIT_OK; t0 += MJ_CHUNK_TOKENS) {
     moejit_forward_args a;
     chunk_args(&plan->desc, args, t0, &a);
-    st = run_chunk(plan, &a, DPTR(workspace), stream, cfg >= 0 ? cfg : mj_rt_pick(plan, a.tokens, NULL),
-                   stages, t0, &err);
+    st = run_chunk(plan, &a, DPTR(workspace), stream,
+                   cfg >= 0 ? cfg : mj_rt_pick(plan, a.tokens, NULL), stages, t0, &err);
   }
   mj_rt_leave(ctx, pushed);
   return st == MOEJIT_OK ? st : mj_rt_fail(ctx, st, &err);
@@ -318,8 +318,9 @@ moejit_status moejit_forward_stages(moejit_plan *plan, const moejit_forward_args
   return forward(plan, args, workspace, workspace_bytes, stream, -1, stages);
 }
 
-moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
-                                 size_t workspace_bytes, CUstream stream, int config) {
+moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args,
+                                 void *workspace, size_t workspace_bytes, CUstream stream,
+                                 int config) {
   if (plan && (config < 0 || config >= plan->ngemm))
     return MOEJIT_ERR_INVALID_ARG;
   return forward(plan, args, workspace, workspace_bytes, stream, config, MOEJIT_STAGE_ALL);
@@ -349,11 +350,12 @@ moejit_status moejit_forward_check(moejit_plan *plan, const void *workspace, CUs
   if (bad_slots)
     *bad_slots = flags[0];
   if (flags[0] != 0)
-    return mj_rt_fail(ctx,
-                      mj_errf(&err, MOEJIT_ERR_BAD_EXPERT_ID,
-                              "%d slot(s) named an expert outside [0, %lld); they contributed nothing",
-                              flags[0], (long long)plan->desc.experts),
-                      &err);
+    return mj_rt_fail(
+        ctx,
+        mj_errf(&err, MOEJIT_ERR_BAD_EXPERT_ID,
+                "%d slot(s) named an expert outside [0, %lld); they contributed nothing", flags[0],
+                (long long)plan->desc.experts),
+        &err);
   return MOEJIT_OK;
 fail:
   mj_rt_leave(ctx, pushed);

@@ -37,9 +37,9 @@ struct moejit_ctx {
   int smem_per_sm; /* shared memory of an SM (offline: the arch's) */
   char device_name[128];
   mj_gen *gen;
-  mj_nvrtc nv;      /* loaded on first plan */
-  int64_t compiles; /* NVRTC compiles so far (tests prove forwards add none) */
-  mj_cache *cache;  /* cubins: memory, and disk when a folder is usable */
+  mj_nvrtc nv;             /* loaded on first plan */
+  int64_t compiles;        /* NVRTC compiles so far (tests prove forwards add none) */
+  mj_cache *cache;         /* cubins: memory, and disk when a folder is usable */
   char records_path[4096]; /* "" when there is no cache folder */
   pthread_mutex_t err_lock;
   mj_err err; /* the last failure, for moejit_last_error */
@@ -55,7 +55,7 @@ typedef struct mj_values {
   /* the workspace's (mj_layout) */
   CUdeviceptr flags, num_tiles, expert_offsets, ready, chunk_counts, chunk_base, tiles, row_slot,
       slot_row, row_weight, route_ids, route_weights, gate_up, x_sorted, h, y_slot;
-  CUdeviceptr ids, weights;           /* what routing reads: the caller's, or route_ids/_weights */
+  CUdeviceptr ids, weights; /* what routing reads: the caller's, or route_ids/_weights */
   CUdeviceptr a, w, bias, out, own_ids; /* the GEMM being launched: its A, weights, bias, output */
   int tokens, nslots, nchunks, tile_rows, capacity, accumulate, token_base, slab_major, own_slots,
       wait_ready;
@@ -84,9 +84,9 @@ struct moejit_plan {
   moejit_ctx *ctx;
   moejit_layer_desc desc;
   mj_math math;
-  int wgmma; /* 1: some configuration is a wgmma one (x_sorted, the gather) */
-  int pdl;   /* 1: whole forwards launch with programmatic dependent launch (sm_90+, unless
-                MOEJIT_PDL=0 in the environment) */
+  int wgmma;  /* 1: some configuration is a wgmma one (x_sorted, the gather) */
+  int pdl;    /* 1: whole forwards launch with programmatic dependent launch (sm_90+, unless
+                 MOEJIT_PDL=0 in the environment) */
   int splits; /* the split count (> 1) of the configurations that split GEMM2 along K, or 1; one
                  per plan, as combine_split sums exactly that many partials */
   mj_route_kernels route;
@@ -105,7 +105,7 @@ struct moejit_plan {
   int nmodules;
 };
 
-/* ---- layout.c ---------------------------------------------------------------------------------- */
+/* ---- layout.c -------------------------------------------------------------------------------- */
 
 /* Workspace layout for `tokens` tokens; every offset is 256-byte aligned. flags sit at offset 0. */
 typedef struct mj_layout {
@@ -116,7 +116,7 @@ typedef struct mj_layout {
 
 void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
 
-/* ---- ctx.c, desc.c ----------------------------------------------------------------------------- */
+/* ---- ctx.c, desc.c --------------------------------------------------------------------------- */
 /* Copies err into the context's last error (under its lock) and logs it at DEBUG. Returns s. */
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
 #define mj_rt_log(ctx, level, ...) mj_logf((ctx)->log, (ctx)->log_user, (level), __VA_ARGS__)
@@ -130,7 +130,7 @@ int mj_rt_upgrade(const void *in, size_t in_size, const size_t *sizes, int n, vo
  * MOEJIT_ERR_INVALID_ARG for a struct_size of no version. */
 moejit_status mj_rt_desc_full(const moejit_layer_desc *desc, moejit_layer_desc *full, mj_err *err);
 
-/* ---- build.c ----------------------------------------------------------------------------------- */
+/* ---- build.c --------------------------------------------------------------------------------- */
 /* Loads a compiled module (the context current) into *mod and fills the kernel of each entry
  * named in entries (NULL-terminated; k[i] for entries[i]; an entry the module lacks is an error)
  * from its contract, with its shared memory set. */
@@ -139,7 +139,7 @@ moejit_status mj_rt_load_module(moejit_ctx *ctx, const mj_module_src *m, const c
 /* A block's and an SM's shared memory on an arch, for offline contexts. */
 void mj_rt_arch_smem(const char *arch, int *block, int *sm);
 
-/* ---- the kernel families: spec and launch ------------------------------------------------------ */
+/* ---- the kernel families: spec and launch ---------------------------------------------------- */
 
 /* route.c */
 void mj_rt_route_spec(const moejit_layer_desc *desc, mj_spec *spec);

@@ -14,8 +14,8 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
     tokens = MJ_CHUNK_TOKENS;
   l->nslots = tokens * d->top_k;
   l->nchunks = mj_ceil_div(l->nslots, plan->route.count.meta.per_block);
-  l->max_tiles = mj_ceil_div(l->nslots, plan->min_bm) +
-                 (l->nslots < d->experts ? l->nslots : d->experts);
+  l->max_tiles =
+      mj_ceil_div(l->nslots, plan->min_bm) + (l->nslots < d->experts ? l->nslots : d->experts);
   size_t at = 0;
 #define MJ_PLACE_(field, bytes)                                                                    \
   l->field = at;                                                                                   \

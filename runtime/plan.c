@@ -44,7 +44,7 @@ const mj_kernel *mj_rt_plan_gemm(const moejit_plan *plan, int i, moejit_stage st
   return stage == MOEJIT_STAGE_GEMM1 ? &plan->gemm1[i] : &plan->gemm2[i];
 }
 
-/* ---- configurations ---------------------------------------------------------------------------- */
+/* ---- configurations -------------------------------------------------------------------------- */
 
 /* The configuration as this layer runs it: a GEMM2 split along K takes as many parts as the
  * layer's K (intermediate) allows, which its template's contract says, and is renamed. */
@@ -162,8 +162,8 @@ static moejit_status apply_records(moejit_plan *plan, const mj_gemm_config *heur
 static moejit_status pick_configs(moejit_plan *plan, mj_err *err) {
   const moejit_layer_desc *d = &plan->desc;
   mj_gemm_config heur[MJ_MAX_GEMM_CONFIGS];
-  int nheur = mj_tune_heuristic(plan->math, plan->wgmma ? plan->ctx->arch : "", heur,
-                                MJ_MAX_GEMM_CONFIGS);
+  int nheur =
+      mj_tune_heuristic(plan->math, plan->wgmma ? plan->ctx->arch : "", heur, MJ_MAX_GEMM_CONFIGS);
   /* the plan's index of each table entry: a configuration the table names twice (for two ranges
    * of rows) is in the plan once */
   int at[MJ_MAX_GEMM_CONFIGS];
@@ -181,7 +181,7 @@ static moejit_status pick_configs(moejit_plan *plan, mj_err *err) {
   return apply_records(plan, heur, nheur, err);
 }
 
-/* ---- modules ----------------------------------------------------------------------------------- */
+/* ---- modules --------------------------------------------------------------------------------- */
 
 /* Loads a module's kernels into the plan (entries NULL-terminated, k[i] for entries[i]), their
  * parameters bound to the forward's values. */
@@ -215,8 +215,11 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   int logits = d->routing == MOEJIT_ROUTING_LOGITS;
   mj_route_kernels *r = &plan->route;
   const char *route[] = {logits ? "moejit_route_small_logits" : "moejit_route_small",
-                         "moejit_route_count", "moejit_route_scan", "moejit_route_scatter",
-                         logits ? "moejit_route_topk" : NULL, NULL};
+                         "moejit_route_count",
+                         "moejit_route_scan",
+                         "moejit_route_scatter",
+                         logits ? "moejit_route_topk" : NULL,
+                         NULL};
   mj_kernel *route_k[] = {&r->small, &r->count, &r->scan, &r->scatter, &r->topk};
   const char *combine[] = {"moejit_combine", d->unfused ? "moejit_activation" : NULL, NULL};
   mj_kernel *combine_k[] = {&plan->combine, &plan->activation};
@@ -246,7 +249,7 @@ fail:
   return st;
 }
 
-/* ---- the plan ---------------------------------------------------------------------------------- */
+/* ---- the plan -------------------------------------------------------------------------------- */
 
 static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
                                  const mj_gemm_config *configs, int nconfigs, moejit_plan **out,
@@ -298,7 +301,8 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   }
   if ((st = build(plan, err)) != MOEJIT_OK)
     goto fail;
-  mj_rt_log(ctx, MOEJIT_LOG_INFO, "plan: H=%lld I=%lld E=%lld K=%lld %s, %d GEMM configurations for %s",
+  mj_rt_log(ctx, MOEJIT_LOG_INFO,
+            "plan: H=%lld I=%lld E=%lld K=%lld %s, %d GEMM configurations for %s",
             (long long)desc->hidden, (long long)desc->intermediate, (long long)desc->experts,
             (long long)desc->top_k, mj_dtype_name(desc->dtype), plan->ngemm, ctx->arch);
   *out = plan;
@@ -314,8 +318,8 @@ moejit_status moejit_plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
 }
 
 moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *desc,
-                                     const mj_gemm_config *configs, int nconfigs,
-                                     moejit_plan **out, int *at) {
+                                     const mj_gemm_config *configs, int nconfigs, moejit_plan **out,
+                                     int *at) {
   if (nconfigs < 1 || nconfigs > MJ_MAX_GEMM_CONFIGS)
     return MOEJIT_ERR_INVALID_ARG;
   return plan_create(ctx, desc, configs, nconfigs, out, at);

@@ -36,15 +36,14 @@ moejit_status mj_rt_route(const moejit_plan *plan, mj_values *v, const mj_layout
     return mj_rt_launch(ctx, &k->small, 1, 1, 1, v, stream, 0, err);
   /* logits: top-k and softmax into the workspace, which the rest of routing reads; the caller's
    * ids and weights get copies when given */
-  if (logits && (st = mj_rt_launch(ctx, &k->topk,
-                                   (unsigned)mj_ceil_div(v->tokens, k->topk.meta.per_block), 1, 1,
-                                   v, stream, 0, err)))
+  if (logits &&
+      (st = mj_rt_launch(ctx, &k->topk, (unsigned)mj_ceil_div(v->tokens, k->topk.meta.per_block), 1,
+                         1, v, stream, 0, err)))
     return st;
   if ((st = mj_rt_launch(ctx, &k->count, (unsigned)mj_ceil_div(v->nslots, k->count.meta.per_block),
                          1, 1, v, stream, pdl && logits, err)) ||
       (st = mj_rt_launch(ctx, &k->scan, 1, 1, 1, v, stream, pdl, err)))
     return st;
-  return mj_rt_launch(ctx, &k->scatter,
-                      (unsigned)mj_ceil_div(v->nslots, k->scatter.meta.per_block), 1, 1, v, stream,
-                      pdl, err);
+  return mj_rt_launch(ctx, &k->scatter, (unsigned)mj_ceil_div(v->nslots, k->scatter.meta.per_block),
+                      1, 1, v, stream, pdl, err);
 }

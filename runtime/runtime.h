@@ -17,8 +17,9 @@
 #include "tune/records.h"
 
 #define MJ_MAX_GEMM_CONFIGS 128
-#define MJ_SPLIT_SLOTS 8192 /* a configuration that splits GEMM2 along K takes at most this many
-                               slots: the workspace holds the extra partial sums for that many */
+#define MJ_SPLIT_SLOTS                                                                             \
+  8192 /* a configuration that splits GEMM2 along K takes at most this many                        \
+          slots: the workspace holds the extra partial sums for that many */
 
 /* Makes ctx's CUDA context current for the calls up to mj_rt_leave, if it is not already;
  * *pushed says whether mj_rt_leave must pop it. MOEJIT_ERR_CUDA. */
@@ -52,11 +53,11 @@ typedef struct mj_module_src {
  * split combine when a configuration splits GEMM2) without compiling. On success *mods (count *n)
  * is owned by the caller, freed with mj_rt_modules_free. */
 moejit_status mj_rt_render_modules(moejit_ctx *ctx, const moejit_layer_desc *desc,
-                                   const mj_gemm_config *configs, int nconfigs, mj_module_src **mods,
-                                   int *n, mj_err *err);
+                                   const mj_gemm_config *configs, int nconfigs,
+                                   mj_module_src **mods, int *n, mj_err *err);
 /* Renders and compiles every module of a layer for arch (no loading): the plan's first half, also
- * used by `moejit compile`. flags: MJ_COMPILE_*. On success *mods (count *n) is owned by the caller,
- * freed with mj_rt_modules_free. */
+ * used by `moejit compile`. flags: MJ_COMPILE_*. On success *mods (count *n) is owned by the
+ * caller, freed with mj_rt_modules_free. */
 moejit_status mj_rt_build_modules(moejit_ctx *ctx, const moejit_layer_desc *desc,
                                   const mj_gemm_config *configs, int nconfigs, const char *arch,
                                   int flags, mj_module_src **mods, int *n, mj_err *err);
@@ -82,7 +83,8 @@ const char *mj_rt_records_path(const moejit_ctx *ctx);
 /* The context's log callback and its user pointer (both NULL without one). */
 void mj_rt_logger(const moejit_ctx *ctx, moejit_log_fn *log, void **user);
 
-/* Validates a layer descriptor: MOEJIT_ERR_INVALID_ARG / MOEJIT_ERR_UNSUPPORTED naming the field. */
+/* Validates a layer descriptor: MOEJIT_ERR_INVALID_ARG / MOEJIT_ERR_UNSUPPORTED naming the field.
+ */
 moejit_status mj_rt_check_desc(const moejit_layer_desc *desc, mj_err *err);
 /* A plan over an explicit list of GEMM configurations (the tuner's candidates), picking
  * configuration 0 for every bucket until told otherwise; no records are read. at (may be NULL):
@@ -92,8 +94,9 @@ moejit_status mj_rt_plan_create_with(moejit_ctx *ctx, const moejit_layer_desc *d
                                      const mj_gemm_config *configs, int nconfigs,
                                      moejit_plan **plan, int *at);
 /* moejit_forward with the GEMM configuration forced (index into plan->configs). */
-moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
-                                 size_t workspace_bytes, CUstream stream, int config);
+moejit_status mj_rt_forward_with(moejit_plan *plan, const moejit_forward_args *args,
+                                 void *workspace, size_t workspace_bytes, CUstream stream,
+                                 int config);
 /* The configuration (index into plan->configs) a forward of `tokens` runs: a tuned exact count,
  * else the token bucket's; *tuned (when not NULL) says whether a record chose it. */
 int mj_rt_pick(const moejit_plan *plan, int64_t tokens, int *tuned);

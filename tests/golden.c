@@ -30,28 +30,34 @@ static int cmp_name(const void *a, const void *b) { return strcmp(a, b); }
 static int is_case_dir(const char *root, const char *name) {
   char path[DIR_LEN + FILE_LEN];
   struct stat st;
-  if (snprintf(path, sizeof path, "%s/%s/meta.txt", root, name) >= (int)sizeof path) return 0;
+  if (snprintf(path, sizeof path, "%s/%s/meta.txt", root, name) >= (int)sizeof path)
+    return 0;
   return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 int mj_golden_list(const char *root, char names[][64], int max) {
   DIR *dir = root ? opendir(root) : NULL;
-  if (!dir) return -1;
+  if (!dir)
+    return -1;
   char(*all)[64] = NULL; /* every case found: [n][64], sorted before the first max are copied */
   int n = 0, cap = 0, rc = -1;
   for (struct dirent *d; (d = readdir(dir)) != NULL;) {
-    if (d->d_name[0] == '.' || strlen(d->d_name) >= 64 || !is_case_dir(root, d->d_name)) continue;
+    if (d->d_name[0] == '.' || strlen(d->d_name) >= 64 || !is_case_dir(root, d->d_name))
+      continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 16;
       void *grown = realloc(all, (size_t)cap * sizeof *all);
-      if (!grown) goto done;
+      if (!grown)
+        goto done;
       all = grown;
     }
     strcpy(all[n++], d->d_name);
   }
-  if (n > 0) qsort(all, (size_t)n, sizeof *all, cmp_name);
+  if (n > 0)
+    qsort(all, (size_t)n, sizeof *all, cmp_name);
   rc = n < max ? n : (max > 0 ? max : 0);
-  if (rc > 0) memcpy(names, all, (size_t)rc * sizeof *all);
+  if (rc > 0)
+    memcpy(names, all, (size_t)rc * sizeof *all);
 done:
   free(all);
   closedir(dir);
@@ -59,7 +65,8 @@ done:
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
+  if (!err || errlen == 0)
+    return;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
@@ -68,18 +75,29 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 /* a * b, or -1 when either is negative or the product overflows int64. */
 static int64_t mul(int64_t a, int64_t b) {
-  if (a < 0 || b < 0 || (b != 0 && a > INT64_MAX / b)) return -1;
+  if (a < 0 || b < 0 || (b != 0 && a > INT64_MAX / b))
+    return -1;
   return a * b;
 }
 
 /* Parses meta.txt ("key value" lines; unknown keys ignored) into g's shapes and dtype. */
 static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
-  static const struct { const char *name; moejit_dtype dt; } dtypes[] = {
-      {"f32", MOEJIT_F32}, {"f16", MOEJIT_F16}, {"bf16", MOEJIT_BF16}};
-  struct { const char *key; int64_t *dst; } ints[] = {
-      {"tokens", &g->tokens}, {"hidden", &g->hidden}, {"intermediate", &g->intermediate},
-      {"experts", &g->experts}, {"top_k", &g->top_k}};
-  struct { const char *key; float *dst; } floats[] = {{"alpha", &g->alpha}, {"limit", &g->limit}};
+  static const struct {
+    const char *name;
+    moejit_dtype dt;
+  } dtypes[] = {{"f32", MOEJIT_F32}, {"f16", MOEJIT_F16}, {"bf16", MOEJIT_BF16}};
+  struct {
+    const char *key;
+    int64_t *dst;
+  } ints[] = {{"tokens", &g->tokens},
+              {"hidden", &g->hidden},
+              {"intermediate", &g->intermediate},
+              {"experts", &g->experts},
+              {"top_k", &g->top_k}};
+  struct {
+    const char *key;
+    float *dst;
+  } floats[] = {{"alpha", &g->alpha}, {"limit", &g->limit}};
   enum { NINT = sizeof ints / sizeof ints[0], NFLOAT = sizeof floats / sizeof floats[0] };
   int seen_int[NINT] = {0}, seen_float[NFLOAT] = {0}, seen_dtype = 0;
 
@@ -92,10 +110,12 @@ static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
   }
   int rc = -1;
   while (fgets(line, sizeof line, f)) {
-    if (sscanf(line, "%63s %255s", key, value) != 2) continue;
+    if (sscanf(line, "%63s %255s", key, value) != 2)
+      continue;
     char *end;
     for (int i = 0; i < NINT; i++) {
-      if (strcmp(key, ints[i].key) != 0) continue;
+      if (strcmp(key, ints[i].key) != 0)
+        continue;
       long long v = strtoll(value, &end, 10);
       if (*end || v <= 0) {
         set_err(err, errlen, "%s: %s=%s is not a positive integer", path, key, value);
@@ -105,7 +125,8 @@ static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
       seen_int[i] = 1;
     }
     for (int i = 0; i < NFLOAT; i++) {
-      if (strcmp(key, floats[i].key) != 0) continue;
+      if (strcmp(key, floats[i].key) != 0)
+        continue;
       *floats[i].dst = strtof(value, &end);
       if (*end) {
         set_err(err, errlen, "%s: %s=%s is not a number", path, key, value);
@@ -116,7 +137,8 @@ static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
     if (strcmp(key, "dtype") == 0) {
       seen_dtype = 0;
       for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-        if (strcmp(value, dtypes[i].name) == 0) g->dtype = dtypes[i].dt, seen_dtype = 1;
+        if (strcmp(value, dtypes[i].name) == 0)
+          g->dtype = dtypes[i].dt, seen_dtype = 1;
       if (!seen_dtype) {
         set_err(err, errlen, "%s: dtype=%s is not f32, f16 or bf16", path, value);
         goto done;
@@ -160,7 +182,8 @@ static void *read_array(const char *dir, const char *file, const char *shape, in
   void *buf = NULL;
   long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
   if (size != bytes) {
-    set_err(err, errlen, "%s: %ld bytes, expected %lld for %s", path, size, (long long)bytes, shape);
+    set_err(err, errlen, "%s: %ld bytes, expected %lld for %s", path, size, (long long)bytes,
+            shape);
     goto done;
   }
   rewind(f);
@@ -180,7 +203,8 @@ done:
 }
 
 int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, size_t errlen) {
-  if (!g) return -1;
+  if (!g)
+    return -1;
   memset(g, 0, sizeof *g);
   if (!root || !name) {
     set_err(err, errlen, "golden: root and name are required");
@@ -192,7 +216,8 @@ int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, 
     return -1;
   }
   snprintf(g->name, sizeof g->name, "%s", name);
-  if (read_meta(dir, g, err, errlen) != 0) goto fail;
+  if (read_meta(dir, g, err, errlen) != 0)
+    goto fail;
 
   const int64_t T = g->tokens, H = g->hidden, I = g->intermediate, E = g->experts, K = g->top_k;
   const int64_t ds = (int64_t)mj_dtype_size(g->dtype);
@@ -209,8 +234,8 @@ int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, 
             read_array(dir, "gate_up_proj_bias.bin", "[E, 2I] dtype", mul(gu, ds), err, errlen)) ||
       !(g->down_proj = read_array(dir, "down_proj.bin", "[E, I, H] dtype",
                                   mul(mul(mul(E, I), H), ds), err, errlen)) ||
-      !(g->down_proj_bias =
-            read_array(dir, "down_proj_bias.bin", "[E, H] dtype", mul(mul(E, H), ds), err, errlen)) ||
+      !(g->down_proj_bias = read_array(dir, "down_proj_bias.bin", "[E, H] dtype",
+                                       mul(mul(E, H), ds), err, errlen)) ||
       !(g->expected = read_array(dir, "expected.bin", "[T, H] f32", mul(th, 4), err, errlen)))
     goto fail;
   return 0;
@@ -220,7 +245,8 @@ fail:
 }
 
 void mj_golden_free(mj_golden *g) {
-  if (!g) return;
+  if (!g)
+    return;
   free(g->x);
   free(g->gate_up_proj);
   free(g->gate_up_proj_bias);

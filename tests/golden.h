@@ -1,4 +1,5 @@
-/* golden.h: reader of the golden test vectors in shared/golden/ (format: shared/golden/README.md). */
+/* golden.h: reader of the golden test vectors in shared/golden/ (format: shared/golden/README.md).
+ */
 #ifndef MJ_GOLDEN_H
 #define MJ_GOLDEN_H
 
@@ -9,19 +10,19 @@
 
 /* One case, loaded into host memory owned by the struct (release with mj_golden_free). */
 typedef struct mj_golden {
-  char name[64];                                   /* the case's folder name */
+  char name[64];                                        /* the case's folder name */
   int64_t tokens, hidden, intermediate, experts, top_k; /* T H I E K */
   float alpha, limit;
-  moejit_dtype dtype;                              /* F32, F16 or BF16 */
-  void *x;                                         /* [T, H] dtype */
-  void *gate_up_proj;                              /* [E, H, 2I] dtype: gate even, up odd columns */
-  void *gate_up_proj_bias;                         /* [E, 2I] dtype */
-  void *down_proj;                                 /* [E, I, H] dtype */
-  void *down_proj_bias;                            /* [E, H] dtype */
-  int32_t *topk_ids;                               /* [T, K] */
-  float *topk_weights;                             /* [T, K] */
-  float *dense_weights;                            /* [T, E] */
-  float *expected;                                 /* [T, H] */
+  moejit_dtype dtype;      /* F32, F16 or BF16 */
+  void *x;                 /* [T, H] dtype */
+  void *gate_up_proj;      /* [E, H, 2I] dtype: gate even, up odd columns */
+  void *gate_up_proj_bias; /* [E, 2I] dtype */
+  void *down_proj;         /* [E, I, H] dtype */
+  void *down_proj_bias;    /* [E, H] dtype */
+  int32_t *topk_ids;       /* [T, K] */
+  float *topk_weights;     /* [T, K] */
+  float *dense_weights;    /* [T, E] */
+  float *expected;         /* [T, H] */
 } mj_golden;
 
 /* $MOEJIT_GOLDEN_DIR when set and not empty, else MOEJIT_SOURCE_DIR "/../shared/golden"
@@ -33,9 +34,9 @@ const char *mj_golden_root(void);
  * max; the first max in sorted order), or -1 if root cannot be read or memory runs out. */
 int mj_golden_list(const char *root, char names[][64], int max);
 
-/* Loads case `name` under root into *g (overwritten). Every file's size is checked against the shapes
- * in meta.txt. Returns 0, or -1 with *g zeroed and a message naming the file and the fault in
- * err[errlen] (err may be NULL). Arrays are read as little-endian, the host's order. */
+/* Loads case `name` under root into *g (overwritten). Every file's size is checked against the
+ * shapes in meta.txt. Returns 0, or -1 with *g zeroed and a message naming the file and the fault
+ * in err[errlen] (err may be NULL). Arrays are read as little-endian, the host's order. */
 int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, size_t errlen);
 
 /* Frees the arrays and zeroes *g; accepts NULL and a zeroed struct. */

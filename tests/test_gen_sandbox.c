@@ -20,7 +20,7 @@
 #define BIG_BUDGET 200000000L
 #define BIG_MEM ((size_t)64 << 20)
 
-/* ---- helpers ---------------------------------------------------------------------------------- */
+/* ---- helpers --------------------------------------------------------------------------------- */
 
 static int gen_setup(void **state) {
   mj_err err;
@@ -174,13 +174,13 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return 0;
 }
 
-/* ---- what the sandbox leaves out -------------------------------------------------------------- */
+/* ---- what the sandbox leaves out ------------------------------------------------------------- */
 
 static void test_removed_globals(void **state) {
   mj_gen *g = *state;
-  static const char *const removed[] = {"io",    "os",       "debug",  "package",
-                                        "load",  "loadfile", "dofile", "print",
-                                        "utf8",  "coroutine", "collectgarbage", "string.dump"};
+  static const char *const removed[] = {"io",   "os",        "debug",          "package",
+                                        "load", "loadfile",  "dofile",         "print",
+                                        "utf8", "coroutine", "collectgarbage", "string.dump"};
   for (size_t i = 0; i < sizeof removed / sizeof removed[0]; i++) {
     char chunk[128];
     snprintf(chunk, sizeof chunk, "return tostring(%s)", removed[i]);
@@ -265,7 +265,7 @@ static void test_binary_chunks_refused(void **state) {
   mj_gen_close(g);
 }
 
-/* ---- one emit cannot change what the next one sees -------------------------------------------- */
+/* ---- one emit cannot change what the next one sees ------------------------------------------- */
 
 static void test_fresh_environment_per_emit(void **state) {
   mj_gen *g = *state;
@@ -273,8 +273,9 @@ static void test_fresh_environment_per_emit(void **state) {
   assert_eval(g, "return tostring(x_global) .. tostring(string.upper ~= nil)", "niltrue");
 
   assert_eval(g, "math.pi = 3; table.concat = nil; _G.y = 1; return tostring(y)", "1");
-  assert_eval(g, "return tostring(math.pi > 3.14) .. tostring(table.concat ~= nil) .. "
-                 "tostring(rawget(_G, 'y'))",
+  assert_eval(g,
+              "return tostring(math.pi > 3.14) .. tostring(table.concat ~= nil) .. "
+              "tostring(rawget(_G, 'y'))",
               "truetruenil");
 
   /* Replacing a base function does not outlive the emit either. */
@@ -289,8 +290,9 @@ static void test_fresh_environment_per_emit(void **state) {
 
   /* A module's tables are loaded afresh: poisoning prelude's dtype table in one emit does not
    * reach the next render. */
-  assert_eval(g, "local p = require('prelude'); p.dtypes.f32.ctype = 'double'; "
-                 "return require('prelude').dtypes.f32.ctype",
+  assert_eval(g,
+              "local p = require('prelude'); p.dtypes.f32.ctype = 'double'; "
+              "return require('prelude').dtypes.f32.ctype",
               "double");
   mj_spec spec;
   spec_gemm(&spec, "f32");
@@ -300,7 +302,7 @@ static void test_fresh_environment_per_emit(void **state) {
   free(src);
 }
 
-/* ---- limits ----------------------------------------------------------------------------------- */
+/* ---- limits ---------------------------------------------------------------------------------- */
 
 static void test_instruction_budget(void **state) {
   mj_gen *g = *state;
@@ -387,7 +389,7 @@ static void test_memory_cap(void **state) {
   assert_eval(g, "return #string.rep('x', 16 << 20)", "16777216");
 }
 
-/* ---- errors name the template file and line --------------------------------------------------- */
+/* ---- errors name the template file and line -------------------------------------------------- */
 
 static void test_errors_carry_chunk_names(void **state) {
   mj_gen *g = *state;
@@ -460,7 +462,7 @@ static void test_spec_overflow_refused(void **state) {
   assert_contains(err.msg, "entries");
 }
 
-/* ---- rendering is a pure function of (template, spec) ----------------------------------------- */
+/* ---- rendering is a pure function of (template, spec) ---------------------------------------- */
 
 /* Checks the header lines: the template name, then the spec's keys in insertion order. */
 static void check_header(const char *src, const char *name, const mj_spec *spec) {
@@ -513,7 +515,7 @@ static void test_render_is_pure(void **state) {
     free(elsewhere);
   }
   /* The two dtypes take different paths; a changed value changes the text. */
-  assert_contains(first[2], "#define MJ_GEMM_PATH MJ_PATH_MMA\n"); /* bf16: tensor cores */
+  assert_contains(first[2], "#define MJ_GEMM_PATH MJ_PATH_MMA\n");  /* bf16: tensor cores */
   assert_contains(first[3], "#define MJ_GEMM_PATH MJ_PATH_FFMA\n"); /* f32, no math key */
   mj_spec changed = specs[2].spec;
   mj_spec_int(&changed, "intermediate", 2888);
@@ -527,7 +529,7 @@ static void test_render_is_pure(void **state) {
   mj_gen_close(other);
 }
 
-/* ---- a folder of templates -------------------------------------------------------------------- */
+/* ---- a folder of templates ------------------------------------------------------------------- */
 
 static void test_template_dir(void **state) {
   mj_gen *embedded = *state, *folder = NULL, *empty = NULL;

@@ -28,19 +28,29 @@ static float bits_f32(uint32_t u) {
 }
 
 static mj_ref_layer golden_layer(const mj_golden *g) {
-  return (mj_ref_layer){.tokens = g->tokens, .hidden = g->hidden, .intermediate = g->intermediate,
-                        .experts = g->experts, .top_k = g->top_k, .dtype = g->dtype,
-                        .alpha = g->alpha, .limit = g->limit, .x = g->x,
-                        .gate_up_proj = g->gate_up_proj, .gate_up_proj_bias = g->gate_up_proj_bias,
-                        .down_proj = g->down_proj, .down_proj_bias = g->down_proj_bias,
-                        .topk_ids = g->topk_ids, .topk_weights = g->topk_weights};
+  return (mj_ref_layer){.tokens = g->tokens,
+                        .hidden = g->hidden,
+                        .intermediate = g->intermediate,
+                        .experts = g->experts,
+                        .top_k = g->top_k,
+                        .dtype = g->dtype,
+                        .alpha = g->alpha,
+                        .limit = g->limit,
+                        .x = g->x,
+                        .gate_up_proj = g->gate_up_proj,
+                        .gate_up_proj_bias = g->gate_up_proj_bias,
+                        .down_proj = g->down_proj,
+                        .down_proj_bias = g->down_proj_bias,
+                        .topk_ids = g->topk_ids,
+                        .topk_weights = g->topk_weights};
 }
 
 static void test_golden_case(void **state) {
   const golden_case *c = *state;
   mj_golden g;
   char err[512];
-  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0) fail_msg("%s", err);
+  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0)
+    fail_msg("%s", err);
 
   /* the dense routing form names the same weights */
   for (int64_t t = 0; t < g.tokens; t++)
@@ -56,9 +66,10 @@ static void test_golden_case(void **state) {
   assert_int_equal(mj_ref_forward(&L, NULL, g.tokens, out), 0);
   const double error = mj_rel_error(out, g.expected, g.tokens * g.hidden);
   const double tol = mj_tolerance(g.dtype);
-  print_message("%-10s T=%-4lld H=%-4lld I=%-4lld E=%-3lld K=%lld  rel error %.3e (tolerance %.0e)\n",
-                g.name, (long long)g.tokens, (long long)g.hidden, (long long)g.intermediate,
-                (long long)g.experts, (long long)g.top_k, error, tol);
+  print_message(
+      "%-10s T=%-4lld H=%-4lld I=%-4lld E=%-3lld K=%lld  rel error %.3e (tolerance %.0e)\n", g.name,
+      (long long)g.tokens, (long long)g.hidden, (long long)g.intermediate, (long long)g.experts,
+      (long long)g.top_k, error, tol);
   free(out);
   mj_golden_free(&g);
   assert_true(error <= tol);
@@ -79,7 +90,7 @@ static void test_conversions(void **state) {
   assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F808000u)), 0x3F80); /* tie, even below */
   assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F818000u)), 0x3F82); /* tie, odd below: up */
   assert_int_equal(mj_f32_to_bf16(bits_f32(0x3F808001u)), 0x3F81); /* above the tie */
-  assert_int_equal(mj_f32_to_bf16(bits_f32(0x7F7FFFFFu)), 0x7F80);  /* FLT_MAX rounds to inf */
+  assert_int_equal(mj_f32_to_bf16(bits_f32(0x7F7FFFFFu)), 0x7F80); /* FLT_MAX rounds to inf */
   assert_int_equal(mj_f32_to_bf16(-0.0f), 0x8000);
   assert_int_equal(mj_f32_to_bf16(INFINITY), 0x7F80);
   assert_true(isnan(mj_bf16_to_f32(mj_f32_to_bf16(NAN))));
@@ -95,11 +106,11 @@ static void test_conversions(void **state) {
   assert_int_equal(mj_f32_to_f16(0x1p-24f), 0x0001);
   assert_true(mj_f16_to_f32(0x0001) == 0x1p-24f);
   assert_true(mj_f16_to_f32(0x8001) == -0x1p-24f);
-  assert_int_equal(mj_f32_to_f16(0x1p-25f), 0x0000);       /* tie with 0: even */
-  assert_int_equal(mj_f32_to_f16(0x1.8p-25f), 0x0001);     /* above the tie */
-  assert_int_equal(mj_f32_to_f16(0x1.8p-24f), 0x0002);     /* tie between 1 and 2 units */
-  assert_int_equal(mj_f32_to_f16(0x1.ff8p-15f), 0x03FF);   /* largest subnormal */
-  assert_int_equal(mj_f32_to_f16(0x1.ffcp-15f), 0x0400);   /* its tie with 2^-14: up */
+  assert_int_equal(mj_f32_to_f16(0x1p-25f), 0x0000);     /* tie with 0: even */
+  assert_int_equal(mj_f32_to_f16(0x1.8p-25f), 0x0001);   /* above the tie */
+  assert_int_equal(mj_f32_to_f16(0x1.8p-24f), 0x0002);   /* tie between 1 and 2 units */
+  assert_int_equal(mj_f32_to_f16(0x1.ff8p-15f), 0x03FF); /* largest subnormal */
+  assert_int_equal(mj_f32_to_f16(0x1.ffcp-15f), 0x0400); /* its tie with 2^-14: up */
   assert_int_equal(mj_f32_to_f16(0x1p-14f), 0x0400);
   assert_int_equal(mj_f32_to_f16(1.0f + 0x1p-11f), 0x3C00); /* tie, even below */
   assert_int_equal(mj_f32_to_f16(1.0f + 0x3p-11f), 0x3C02); /* tie, odd below: up */
@@ -112,8 +123,10 @@ static void test_conversions(void **state) {
   /* every finite 16-bit value survives the round trip through f32 */
   for (uint32_t h = 0; h < 0x10000u; h++) {
     const float bf = mj_bf16_to_f32((uint16_t)h), hf = mj_f16_to_f32((uint16_t)h);
-    if (!isnan(bf)) assert_int_equal(mj_f32_to_bf16(bf), h);
-    if (!isnan(hf)) assert_int_equal(mj_f32_to_f16(hf), h);
+    if (!isnan(bf))
+      assert_int_equal(mj_f32_to_bf16(bf), h);
+    if (!isnan(hf))
+      assert_int_equal(mj_f32_to_f16(hf), h);
   }
 
   /* typed access */
@@ -139,13 +152,13 @@ static void test_conversions(void **state) {
 /* A tiny layer with deterministic values: T=2, H=8, I=8, E=3, K=2, f32. */
 enum { T_ = 2, H_ = 8, I_ = 8, E_ = 3, K_ = 2 };
 typedef struct tiny_layer {
-  float x[T_ * H_];                  /* [T, H] */
-  float gate_up[E_ * H_ * 2 * I_];   /* [E, H, 2I] */
-  float gate_up_bias[E_ * 2 * I_];   /* [E, 2I] */
-  float down[E_ * I_ * H_];          /* [E, I, H] */
-  float down_bias[E_ * H_];          /* [E, H] */
-  int32_t ids[T_ * K_];              /* [T, K] */
-  float weights[T_ * K_];            /* [T, K] */
+  float x[T_ * H_];                /* [T, H] */
+  float gate_up[E_ * H_ * 2 * I_]; /* [E, H, 2I] */
+  float gate_up_bias[E_ * 2 * I_]; /* [E, 2I] */
+  float down[E_ * I_ * H_];        /* [E, I, H] */
+  float down_bias[E_ * H_];        /* [E, H] */
+  int32_t ids[T_ * K_];            /* [T, K] */
+  float weights[T_ * K_];          /* [T, K] */
 } tiny_layer;
 
 static void fill(float *a, int n, uint32_t *seed) {
@@ -169,11 +182,21 @@ static void tiny_init(tiny_layer *t) {
 }
 
 static mj_ref_layer tiny_layer_of(const tiny_layer *t) {
-  return (mj_ref_layer){.tokens = T_, .hidden = H_, .intermediate = I_, .experts = E_, .top_k = K_,
-                        .dtype = MOEJIT_F32, .alpha = 1.702f, .limit = 7.0f, .x = t->x,
-                        .gate_up_proj = t->gate_up, .gate_up_proj_bias = t->gate_up_bias,
-                        .down_proj = t->down, .down_proj_bias = t->down_bias,
-                        .topk_ids = t->ids, .topk_weights = t->weights};
+  return (mj_ref_layer){.tokens = T_,
+                        .hidden = H_,
+                        .intermediate = I_,
+                        .experts = E_,
+                        .top_k = K_,
+                        .dtype = MOEJIT_F32,
+                        .alpha = 1.702f,
+                        .limit = 7.0f,
+                        .x = t->x,
+                        .gate_up_proj = t->gate_up,
+                        .gate_up_proj_bias = t->gate_up_bias,
+                        .down_proj = t->down,
+                        .down_proj_bias = t->down_bias,
+                        .topk_ids = t->ids,
+                        .topk_weights = t->weights};
 }
 
 static void test_bad_id_contributes_nothing(void **state) {
@@ -190,7 +213,8 @@ static void test_bad_id_contributes_nothing(void **state) {
     bad.ids[1] = bad_ids[b];
     mj_ref_layer Lb = tiny_layer_of(&bad);
     assert_int_equal(mj_ref_forward(&Lb, NULL, T_, got), 0);
-    for (int i = 0; i < T_ * H_; i++) assert_true(got[i] == want[i]);
+    for (int i = 0; i < T_ * H_; i++)
+      assert_true(got[i] == want[i]);
   }
 }
 
@@ -229,7 +253,7 @@ int main(void) {
     tests[ntests++] = (struct CMUnitTest){names[i], test_golden_case, NULL, NULL, &cases[i]};
   }
   if (n <= 0)
-    tests[ntests++] = (struct CMUnitTest){"golden_root", test_golden_root_missing, NULL, NULL,
-                                          (void *)root};
+    tests[ntests++] =
+        (struct CMUnitTest){"golden_root", test_golden_root_missing, NULL, NULL, (void *)root};
   return _cmocka_run_group_tests("ref_golden", tests, ntests, NULL, NULL);
 }

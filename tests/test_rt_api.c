@@ -102,7 +102,7 @@ static void assert_contains(const char *haystack, const char *needle) {
     fail_msg("\"%s\" not found in \"%s\"", needle, haystack ? haystack : "(null)");
 }
 
-/* ---- contexts --------------------------------------------------------------------------------- */
+/* ---- contexts -------------------------------------------------------------------------------- */
 
 static void test_create_bad_args(void **state) {
   (void)state;
@@ -121,8 +121,8 @@ static void test_create_bad_args(void **state) {
   assert_int_equal(moejit_create(&ctx, &opts), MOEJIT_ERR_INVALID_ARG);
   assert_null(ctx);
 
-  static const char *const bad[] = {"sm_70", "foo", "sm_9x", "", "sm_", "sm_75", "SM_90",
-                                    "sm_90aa", "sm_a0", "compute_90", "sm_123456"};
+  static const char *const bad[] = {"sm_70", "foo",     "sm_9x", "",           "sm_",      "sm_75",
+                                    "SM_90", "sm_90aa", "sm_a0", "compute_90", "sm_123456"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     log_capture log = {0};
     moejit_ctx_options_init(&opts);
@@ -141,8 +141,8 @@ static void test_create_bad_args(void **state) {
     assert_true(log.count >= 1);
     assert_contains(log.last, needle);
   }
-  static const char *const good[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "sm_100a",
-                                     "sm_120"};
+  static const char *const good[] = {"sm_80",  "sm_86",   "sm_89", "sm_90",
+                                     "sm_90a", "sm_100a", "sm_120"};
   for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
     moejit_ctx_options_init(&opts);
     opts.offline_arch = good[i];
@@ -189,7 +189,7 @@ static void test_destroy_null(void **state) {
   assert_true(moejit_last_error(NULL)[0] != '\0');
 }
 
-/* ---- layer descriptors ------------------------------------------------------------------------ */
+/* ---- layer descriptors ----------------------------------------------------------------------- */
 
 /* Data, not branches: the fields a case may change, by offset and kind. */
 typedef enum { F_I64, F_ENUM, F_INT, F_FLOAT, F_SIZE } field_kind;
@@ -325,8 +325,8 @@ static void test_desc_validation(void **state) {
     plan = (moejit_plan *)fx;
     moejit_status st = moejit_plan_create(fx->ctx, &d, &plan);
     if (st != c->want)
-      fail_msg("desc->%s=%g gave %s, expected %s (%s)", c->field, c->value,
-               moejit_status_name(st), moejit_status_name(c->want), moejit_last_error(fx->ctx));
+      fail_msg("desc->%s=%g gave %s, expected %s (%s)", c->field, c->value, moejit_status_name(st),
+               moejit_status_name(c->want), moejit_last_error(fx->ctx));
     assert_null(plan);
     char needle[128];
     snprintf(needle, sizeof needle, "desc->%s", c->needle);
@@ -342,10 +342,19 @@ static void test_desc_validation(void **state) {
   static const struct {
     const char *field;
     double value;
-  } edges[] = {{"hidden", 8},      {"hidden", 1 << 20},   {"intermediate", 8}, {"experts", 1},
-               {"experts", 1024},  {"top_k", 1},          {"top_k", E},       {"max_tokens", 1},
-               {"ids_dtype", MOEJIT_I64}, {"weights_dtype", MOEJIT_BF16},
-               {"routing", MOEJIT_ROUTING_DENSE}, {"alpha", -3.5}, {"limit", 1e-3}};
+  } edges[] = {{"hidden", 8},
+               {"hidden", 1 << 20},
+               {"intermediate", 8},
+               {"experts", 1},
+               {"experts", 1024},
+               {"top_k", 1},
+               {"top_k", E},
+               {"max_tokens", 1},
+               {"ids_dtype", MOEJIT_I64},
+               {"weights_dtype", MOEJIT_BF16},
+               {"routing", MOEJIT_ROUTING_DENSE},
+               {"alpha", -3.5},
+               {"limit", 1e-3}};
   for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
     moejit_layer_desc d = base;
     set_field(&d, edges[i].field, edges[i].value);
@@ -354,7 +363,7 @@ static void test_desc_validation(void **state) {
   }
 }
 
-/* ---- workspace -------------------------------------------------------------------------------- */
+/* ---- workspace ------------------------------------------------------------------------------- */
 
 static void test_workspace_size(void **state) {
   fixture *fx = *state;
@@ -540,22 +549,18 @@ static void test_config_names(void **state) {
   assert_int_equal(c.stages, 6);
   assert_int_equal(c.splits, 2);
   /* chained GEMM2s are for 64-row wgmma tiles alone, and ch comes once, last */
-  static const char *const bad[] = {"wg_m64n128s5pp",        "wg_m128n128s5ppc1",
-                                    "wg_m128n128s5p",        "wg_m128n128s5ppz2",
-                                    "wg_m128n192s4c2",       "wg_m128n128s5ppch",
-                                    "wg_m128n192s4c1ch",     "mma_m16n64k64s6w1x4ch",
-                                    "wg_m64n128s3c2chch",    "wg_m64n128s3chc2",
-                                    "stream_m9n64u8",        "stream_m0n64u8",
-                                    "stream_m1n48u8",        "stream_m1n64u17",
-                                    "stream_m1n64u1",        "stream_m1n64u8ch",
-                                    "stream_m1n64u8pp",      "stream_m1n64u08",
-                                    "gv_m1n64u6z2"};
+  static const char *const bad[] = {
+      "wg_m64n128s5pp",     "wg_m128n128s5ppc1", "wg_m128n128s5p",    "wg_m128n128s5ppz2",
+      "wg_m128n192s4c2",    "wg_m128n128s5ppch", "wg_m128n192s4c1ch", "mma_m16n64k64s6w1x4ch",
+      "wg_m64n128s3c2chch", "wg_m64n128s3chc2",  "stream_m9n64u8",    "stream_m0n64u8",
+      "stream_m1n48u8",     "stream_m1n64u17",   "stream_m1n64u1",    "stream_m1n64u8ch",
+      "stream_m1n64u8pp",   "stream_m1n64u08",   "gv_m1n64u6z2"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     if (mj_tune_config_parse(bad[i], &c, &math) == 0)
       fail_msg("%s parsed", bad[i]);
 }
 
-/* ---- forward on an offline plan --------------------------------------------------------------- */
+/* ---- forward on an offline plan -------------------------------------------------------------- */
 
 static void test_forward_offline(void **state) {
   fixture *fx = *state;
@@ -600,12 +605,12 @@ typedef struct launch_record {
 typedef struct fake_device {
   moejit_ctx ctx;
   moejit_plan plan;
-  CUcontext current;  /* what CtxGetCurrent reports */
+  CUcontext current; /* what CtxGetCurrent reports */
   int pushes, pops, gets, syncs;
   int fail_launch_at; /* 1-based; 0: never */
   int nlaunch;
   launch_record launch[MAX_LAUNCHES];
-  int flags0;         /* what the workspace's flags[0] holds, for forward_check */
+  int flags0; /* what the workspace's flags[0] holds, for forward_check */
   uint64_t copied_from;
   size_t copied_bytes;
 } fake_device;
@@ -974,8 +979,8 @@ static void check_forward(fake_device *fk, int64_t T) {
   /* GEMMs: the configuration the heuristic picks, enough tiles for every slot, with the block and
    * the shared memory of its contract: a warp per warp tile (TF32) or a thread per tm x tn outputs
    * (FFMA), and the stage ring of padded f32 tiles */
-  const unsigned threads = (unsigned)(p->math == MJ_MATH_FFMA ? (c->bm / c->tm) * (c->bn / c->tn)
-                                                              : 32 * c->wm * c->wn);
+  const unsigned threads =
+      (unsigned)(p->math == MJ_MATH_FFMA ? (c->bm / c->tm) * (c->bn / c->tn) : 32 * c->wm * c->wn);
   const unsigned smem = (unsigned)(c->stages * (c->bm * (c->bk + 4) + c->bk * (c->bn + 4)) * 4);
   assert_int_equal(p->gemm1[cfg].meta.threads, threads);
   assert_int_equal(p->gemm2[cfg].meta.smem, smem);
@@ -1006,16 +1011,17 @@ static void check_forward(fake_device *fk, int64_t T) {
   assert_int_equal(comb->ptr[2], addr(a.y));
 
   /* workspace regions: 256-byte aligned, inside [ws, ws + need) */
-  const uint64_t ws_regions[] = {count->ptr[1], scan->ptr[1], scan->ptr[2], scan->ptr[3],
-                                 scan->ptr[4],  scan->ptr[5], scatter->ptr[3], scatter->ptr[4],
-                                 scatter->ptr[5], g1->ptr[7], g2->ptr[7]};
+  const uint64_t ws_regions[] = {count->ptr[1],   scan->ptr[1], scan->ptr[2],    scan->ptr[3],
+                                 scan->ptr[4],    scan->ptr[5], scatter->ptr[3], scatter->ptr[4],
+                                 scatter->ptr[5], g1->ptr[7],   g2->ptr[7]};
   for (size_t i = 0; i < sizeof ws_regions / sizeof ws_regions[0]; i++) {
     assert_int_equal((ws_regions[i] - WS_ADDR) % 256, 0);
     assert_true(ws_regions[i] >= WS_ADDR && ws_regions[i] < WS_ADDR + need);
     for (size_t j = 0; j < i; j++)
       assert_true(ws_regions[i] != ws_regions[j]);
   }
-  /* h [slots, I] and y_slot [slots, H] in f32 fit and do not overlap; nor do the per-slot arrays. */
+  /* h [slots, I] and y_slot [slots, H] in f32 fit and do not overlap; nor do the per-slot arrays.
+   */
   const uint64_t h = g1->ptr[7], y_slot = g2->ptr[7];
   const uint64_t h_end = h + (uint64_t)slots * I * 4, y_end = y_slot + (uint64_t)slots * H * 4;
   assert_true(h_end <= WS_ADDR + need);
@@ -1073,7 +1079,7 @@ static void test_forward_small_routing(void **state) {
   assert_int_equal(small->ptr[1], addr(a.routing_weights));
   assert_int_equal(small->ints[0], T * K);
   assert_int_equal(small->ints[1], c->bm);
-  assert_int_equal(small->ptr[4], WS_ADDR); /* flags at offset 0 */
+  assert_int_equal(small->ptr[4], WS_ADDR);    /* flags at offset 0 */
   assert_int_equal(g1->ptr[5], small->ptr[2]); /* tiles */
   assert_int_equal(g1->ptr[6], small->ptr[3]); /* num_tiles */
   assert_int_equal(g1->ptr[3], small->ptr[5]); /* row_slot */
@@ -1223,7 +1229,7 @@ static void test_forward_check_fake(void **state) {
   fake_close(fk);
 }
 
-/* ---- statuses, version, defaults -------------------------------------------------------------- */
+/* ---- statuses, version, defaults ------------------------------------------------------------- */
 
 static void test_status_names(void **state) {
   (void)state;

@@ -1,6 +1,7 @@
 /* test_rt_gpu.c: the GPU suite: golden cases and GPT-OSS shapes through moejit_forward against the
  * CPU reference, out-of-range ids, reproducibility, CUDA graphs, two plans on two streams, argument
- * checks on a device plan, and no compilation on the launch path. Every test skips without a GPU. */
+ * checks on a device plan, and no compilation on the launch path. Every test skips without a GPU.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -21,10 +22,10 @@
 static moejit_ctx *g_ctx;
 static mj_synth g_syn;
 
-#define NEED_GPU()                                                                                \
-  do {                                                                                            \
-    if (!g_ctx)                                                                                   \
-      skip();                                                                                     \
+#define NEED_GPU()                                                                                 \
+  do {                                                                                             \
+    if (!g_ctx)                                                                                    \
+      skip();                                                                                      \
   } while (0)
 
 #define CU_OK(call) assert_int_equal(g_ctx->cu.call, MJ_CU_SUCCESS)
@@ -123,7 +124,8 @@ static void run_and_check(moejit_plan *plan, mj_synth_layer *L, int64_t samples,
   moejit_forward_args a;
   mj_err err;
   mj_synth_layer_args(L, &a);
-  assert_int_equal(moejit_forward(plan, &a, ptr(L->workspace), L->workspace_bytes, NULL), MOEJIT_OK);
+  assert_int_equal(moejit_forward(plan, &a, ptr(L->workspace), L->workspace_bytes, NULL),
+                   MOEJIT_OK);
   CU_OK(CtxSynchronize());
   mj_check_result r;
   assert_int_equal(mj_check_sampled(&g_syn, L, samples, &r, &err), MOEJIT_OK);
@@ -204,7 +206,7 @@ static void each_config(moejit_layer_desc d, int64_t tokens, const char *what) {
   if (!mj_tune_arch_wgmma(g_ctx->arch))
     return;
   static const char *const wide[] = {"wg_m128n240s4c1", "wg_m128n256s3c1", "wg_m64n240s4c1",
-                                     "wg_m64n192s3c2", "wg_m128n128s6pp", "wg_m64n64s12c1",
+                                     "wg_m64n192s3c2",  "wg_m128n128s6pp", "wg_m64n64s12c1",
                                      "stream_m4n128u8", "stream_m2n32u4"};
   enum { nwide = sizeof wide / sizeof wide[0] };
   mj_gemm_config c[nwide];
@@ -300,7 +302,8 @@ static void test_bad_expert_ids(void **state) {
     assert_int_equal(mj_synth_layer_set_ids(&g_syn, &L, ids, &err), MOEJIT_OK);
     moejit_forward_args a;
     mj_synth_layer_args(&L, &a);
-    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL), MOEJIT_OK);
+    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL),
+                     MOEJIT_OK);
     int64_t count = 0;
     assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &count),
                      MOEJIT_ERR_BAD_EXPERT_ID);
@@ -405,8 +408,8 @@ static CUgraphExec capture_forward(moejit_plan *plan, const moejit_forward_args 
 static void expect_reference(const mj_synth_layer *view, const char *what, const char *config) {
   mj_check_result r;
   mj_err err;
-  assert_int_equal(
-      mj_check_sampled(&g_syn, view, view->tokens < 16 ? view->tokens : 16, &r, &err), MOEJIT_OK);
+  assert_int_equal(mj_check_sampled(&g_syn, view, view->tokens < 16 ? view->tokens : 16, &r, &err),
+                   MOEJIT_OK);
   print_message("%-36s T=%-5lld %-24s rel error %.3g (tolerance %.0e)\n", what,
                 (long long)view->tokens, config, r.rel_error, r.tolerance);
   assert_int_equal(r.nonfinite, 0);
@@ -554,7 +557,8 @@ static void test_forward_validation(void **state) {
   b = a, b.topk_ids = NULL, expect_invalid(plan, &b, ws, wb, "topk_ids");
   b = a, b.down_proj_bias = NULL, expect_invalid(plan, &b, ws, wb, "down_proj_bias");
   b = a, b.x = (const char *)a.x + 2, expect_invalid(plan, &b, ws, wb, "16-byte aligned");
-  b = a, b.gate_up_proj = (const char *)a.gate_up_proj + 8, expect_invalid(plan, &b, ws, wb, "gate_up_proj");
+  b = a, b.gate_up_proj = (const char *)a.gate_up_proj + 8;
+  expect_invalid(plan, &b, ws, wb, "gate_up_proj");
   b = a, b.router_logits = a.x, expect_invalid(plan, &b, ws, wb, "router_logits");
   b = a, b.expert_map = (const int32_t *)a.topk_ids, expect_invalid(plan, &b, ws, wb, "expert_map");
   expect_invalid(plan, &a, NULL, wb, "workspace is NULL");
@@ -587,19 +591,19 @@ static void test_f32_gpt_oss(void **state) {
   }
 }
 
-/* ---- layer options (routing forms, expert map, capacity, weight on input, f32 biases, TF32) ---- */
+/* ---- layer options (routing forms, expert map, capacity, weight on input, f32 biases, TF32) -- */
 
 /* A random layer in host memory, with its routing in every form the options need. */
 typedef struct host_layer {
   moejit_layer_desc d;
-  int64_t T, G;           /* tokens; experts the ids and logits range over */
+  int64_t T, G; /* tokens; experts the ids and logits range over */
   void *x, *w1, *b1, *w2, *b2;
-  int32_t *ids;           /* [T, K] top-k form (from the logits when routing by logits) */
-  float *wk;              /* [T, K] */
-  float *dense;           /* [T, G] */
-  float *logits;          /* [T, G], rounded to logits_dtype */
-  int32_t *map;           /* [G] when global_experts */
-  int use_live;           /* 1: the forward gets args.device_tokens, holding live (any int32) */
+  int32_t *ids;  /* [T, K] top-k form (from the logits when routing by logits) */
+  float *wk;     /* [T, K] */
+  float *dense;  /* [T, G] */
+  float *logits; /* [T, G], rounded to logits_dtype */
+  int32_t *map;  /* [G] when global_experts */
+  int use_live;  /* 1: the forward gets args.device_tokens, holding live (any int32) */
   int64_t live;
 } host_layer;
 
@@ -625,7 +629,8 @@ static void *rand_array(moejit_dtype dt, int64_t n, float scale) {
 }
 
 /* ids: random in [0, G), duplicates within a token allowed when dup; weights: softmax. */
-static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int dup, uint64_t seed) {
+static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int dup,
+                       uint64_t seed) {
   memset(L, 0, sizeof *L);
   rng_state = seed;
   L->d = *d;
@@ -707,14 +712,17 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   }
   int64_t nw = d->routing == MOEJIT_ROUTING_DENSE ? T * G : T * K;
   for (int64_t i = 0; i < nw; i++)
-    mj_store_f32(d->weights_dtype, w, i, d->routing == MOEJIT_ROUTING_DENSE ? L->dense[i] : L->wk[i]);
+    mj_store_f32(d->weights_dtype, w, i,
+                 d->routing == MOEJIT_ROUTING_DENSE ? L->dense[i] : L->wk[i]);
   for (int64_t i = 0; logits && i < T * G; i++)
     mj_store_f32(d->logits_dtype, lg, i, L->logits[i]);
   size_t ids_bytes = (size_t)(T * K) * mj_dtype_size(d->ids_dtype);
   size_t w_bytes = (size_t)nw * mj_dtype_size(d->weights_dtype);
   size_t lg_bytes = logits ? (size_t)(T * G) * mj_dtype_size(d->logits_dtype) : 0;
-  CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act), dw1 = upload(L->w1, (size_t)(E * H * 2 * I) * act),
-              db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz), dw2 = upload(L->w2, (size_t)(E * I * H) * act),
+  CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act),
+              dw1 = upload(L->w1, (size_t)(E * H * 2 * I) * act),
+              db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz),
+              dw2 = upload(L->w2, (size_t)(E * I * H) * act),
               db2 = upload(L->b2, (size_t)(E * H) * bsz), dids = upload(ids, ids_bytes),
               dwt = upload(w, w_bytes), dlg = upload(lg, lg_bytes),
               dmap = L->map ? upload(L->map, (size_t)G * 4) : 0, y = 0, ws = 0;
@@ -803,15 +811,33 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
     return 0.0;
   }
   int64_t *tok = malloc((size_t)n * sizeof *tok);
-  float *got = malloc((size_t)(n * H) * sizeof *got), *want = malloc((size_t)(n * H) * sizeof *want);
+  float *got = malloc((size_t)(n * H) * sizeof *got),
+        *want = malloc((size_t)(n * H) * sizeof *want);
   assert_true(tok && got && want);
   for (int64_t i = 0; i < n; i++) {
     tok[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
     memcpy(got + i * H, y + tok[i] * H, (size_t)H * sizeof *got);
   }
-  mj_ref_layer ref = {T, H, d->intermediate, d->experts, d->top_k, d->dtype, d->alpha, d->limit,
-                      L->x, L->w1, L->b1, L->w2, L->b2, L->ids, L->wk, L->map, d->global_experts,
-                      d->expert_capacity, d->apply_router_weight_on_input, d->bias_f32};
+  mj_ref_layer ref = {T,
+                      H,
+                      d->intermediate,
+                      d->experts,
+                      d->top_k,
+                      d->dtype,
+                      d->alpha,
+                      d->limit,
+                      L->x,
+                      L->w1,
+                      L->b1,
+                      L->w2,
+                      L->b2,
+                      L->ids,
+                      L->wk,
+                      L->map,
+                      d->global_experts,
+                      d->expert_capacity,
+                      d->apply_router_weight_on_input,
+                      d->bias_f32};
   assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
   double rel = mj_rel_error(got, want, n * H);
   free(y);
@@ -869,8 +895,8 @@ static void test_golden_cases(void **state) {
     double tol = mj_tolerance(g.dtype);
     double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
     double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
-    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1, e2,
-                  tol);
+    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1,
+                  e2, tol);
     assert_true(e1 <= tol);
     assert_true(e2 <= tol);
     mj_golden_free(&g);
@@ -886,7 +912,8 @@ static void expect_match(const char *what, host_layer *L, int64_t samples) {
   int64_t bad = 0;
   double rel = run_layer(L, samples, &bad);
   double tol = tolerance_of(&L->d);
-  print_message("%-44s T=%-4lld rel error %.3g (tolerance %.0e)\n", what, (long long)L->T, rel, tol);
+  print_message("%-44s T=%-4lld rel error %.3g (tolerance %.0e)\n", what, (long long)L->T, rel,
+                tol);
   assert_true(rel <= tol);
   assert_int_equal(bad, 0);
 }
@@ -1014,8 +1041,8 @@ static void test_device_tokens(void **state) {
     L.use_live = 1;
     L.live = cases[i].live;
     /* ids past the count that would be flagged, were they read */
-    for (int64_t s = live_tokens(&L) * d.top_k; d.routing == MOEJIT_ROUTING_TOPK && s < L.T * d.top_k;
-         s++)
+    for (int64_t s = live_tokens(&L) * d.top_k;
+         d.routing == MOEJIT_ROUTING_TOPK && s < L.T * d.top_k; s++)
       L.ids[s] = s % 2 ? -1 : (int32_t)(L.G + s);
     expect_match(cases[i].what, &L, 300);
     free_layer(&L);
@@ -1064,8 +1091,8 @@ static void device_token_graph(int64_t T) {
       moejit_forward_args e;
       mj_synth_layer_args(&view, &e);
       CU_OK(MemsetD8(L.y, 0xFF, bytes));
-      assert_int_equal(
-          mj_rt_forward_with(plan, &e, ptr(L.workspace), L.workspace_bytes, s, cfg), MOEJIT_OK);
+      assert_int_equal(mj_rt_forward_with(plan, &e, ptr(L.workspace), L.workspace_bytes, s, cfg),
+                       MOEJIT_OK);
       CU_OK(StreamSynchronize(s));
       void *eager = download(L.y, (size_t)live * row);
       assert_memory_equal(got, eager, (size_t)live * row);
@@ -1094,10 +1121,10 @@ static void test_device_token_graphs(void **state) {
 /* A forward of few slots works out GEMM1's tiles from the caller's ids and starts before routing
  * ends (gemm.cuh, MJ_GEMM_SELF_ROUTE); GEMM2 and the combine still read routing's. On a 16-row
  * mma.sync configuration (16 slots, one tile per expert) and the one-row streamed one, i32 and i64
- * ids: 4, 3 and 1 tokens; ids with repeats inside a token and across tokens and out-of-range ids (flagged, they
- * contribute nothing) at 4 and 2 tokens; a token whose ids are all out of range (no tile at all);
- * and, for contrast, a device-side count of 3 (routing's tiles, not the ids'). y against the CPU
- * reference. */
+ * ids: 4, 3 and 1 tokens; ids with repeats inside a token and across tokens and out-of-range ids
+ * (flagged, they contribute nothing) at 4 and 2 tokens; a token whose ids are all out of range (no
+ * tile at all); and, for contrast, a device-side count of 3 (routing's tiles, not the ids'). y
+ * against the CPU reference. */
 static void test_self_routed_tiles(void **state) {
   (void)state;
   NEED_GPU();
@@ -1128,8 +1155,8 @@ static void test_self_routed_tiles(void **state) {
     const size_t row = (size_t)d.hidden * 2;
     static const struct {
       int64_t tokens;
-      int ids;  /* 0: the layer's; 1: repeats and two bad ids; 2: token 0's all bad */
-      int32_t live;  /* device-side count, or -1 for none */
+      int ids;      /* 0: the layer's; 1: repeats and two bad ids; 2: token 0's all bad */
+      int32_t live; /* device-side count, or -1 for none */
       int64_t bad;
       const char *what;
     } cases[] = {
@@ -1171,7 +1198,8 @@ static void test_self_routed_tiles(void **state) {
         }
         CU_OK(MemsetD8(L.y, 0xFF, 4 * row));
         assert_int_equal(
-            mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, cfg), MOEJIT_OK);
+            mj_rt_forward_with(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL, cfg),
+            MOEJIT_OK);
         int64_t bad = -1;
         assert_int_equal(moejit_forward_check(plan, ptr(L.workspace), NULL, &bad),
                          cases[i].bad ? MOEJIT_ERR_BAD_EXPERT_ID : MOEJIT_OK);
@@ -1241,7 +1269,8 @@ static void test_f32_paths_and_seed_workloads(void **state) {
       host_layer L;
       make_layer(&L, &d, tokens[t], 1, 150 + 2 * e + t);
       char what[64];
-      snprintf(what, sizeof what, "openai_moe f32 E=%lld top-2 dense (TF32)", (long long)experts[e]);
+      snprintf(what, sizeof what, "openai_moe f32 E=%lld top-2 dense (TF32)",
+               (long long)experts[e]);
       expect_match(what, &L, 4);
       free_layer(&L);
     }
@@ -1285,10 +1314,10 @@ static void test_unfused_and_stages(void **state) {
   CU_OK(MemcpyDtoH(&rows, L.workspace + v.expert_offsets + 16 * sizeof(int32_t), sizeof rows));
   assert_int_equal(rows, L.tokens * d.top_k);
   CU_OK(MemsetD8(L.workspace + v.gate_up, 0, (size_t)rows * 2 * d.intermediate * 2));
-  assert_int_equal(moejit_forward_stages(plan, &a, ws, L.workspace_bytes, NULL,
-                                         MOEJIT_STAGE_ACTIVATION | MOEJIT_STAGE_GEMM2 |
-                                             MOEJIT_STAGE_COMBINE),
-                   MOEJIT_OK);
+  assert_int_equal(
+      moejit_forward_stages(plan, &a, ws, L.workspace_bytes, NULL,
+                            MOEJIT_STAGE_ACTIVATION | MOEJIT_STAGE_GEMM2 | MOEJIT_STAGE_COMBINE),
+      MOEJIT_OK);
   mj_synth_host h;
   int64_t tok[4] = {0, 77, 128, 255};
   assert_int_equal(mj_synth_download(&g_syn, &L, tok, 4, &h, &err), MOEJIT_OK);
@@ -1391,7 +1420,8 @@ static void test_tuner(void **state) {
     assert_int_equal(mj_synth_layer_create(&syn, plan, tokens[i], 60 + i, &L, &err), MOEJIT_OK);
     moejit_forward_args a;
     mj_synth_layer_args(&L, &a);
-    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL), MOEJIT_OK);
+    assert_int_equal(moejit_forward(plan, &a, ptr(L.workspace), L.workspace_bytes, NULL),
+                     MOEJIT_OK);
     mj_check_result r;
     assert_int_equal(mj_check_sampled(&syn, &L, 32, &r, &err), MOEJIT_OK);
     assert_true(r.nonfinite == 0 && r.rel_error <= r.tolerance);

@@ -187,9 +187,9 @@ static void test_file_round_trip_and_damage(void **state) {
   assert_true(n > sizeof payload);
   struct {
     const char *what;
-    size_t cut;    /* length kept, or 0 for all */
-    long flip;     /* byte to flip, -1 none */
-    int append;    /* trailing bytes */
+    size_t cut; /* length kept, or 0 for all */
+    long flip;  /* byte to flip, -1 none */
+    int append; /* trailing bytes */
     mj_cache_file_status want;
   } cases[] = {
       {"zero length", 1, -1, 0, MJ_CACHE_FILE_SHORT},
@@ -281,7 +281,8 @@ static void test_concurrent_processes(void **state) {
       moejit_ctx *ctx = NULL;
       moejit_plan *plan = NULL;
       moejit_layer_desc d = small_layer();
-      int ok = moejit_create(&ctx, &o) == MOEJIT_OK && moejit_plan_create(ctx, &d, &plan) == MOEJIT_OK;
+      int ok =
+          moejit_create(&ctx, &o) == MOEJIT_OK && moejit_plan_create(ctx, &d, &plan) == MOEJIT_OK;
       moejit_plan_destroy(plan);
       moejit_destroy(ctx);
       _exit(ok ? 0 : 1);
@@ -502,9 +503,9 @@ static void test_plan_follows_records(void **state) {
   d.max_tokens = 1024;
   mj_record recs[5];
   recs[0] = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5);
-  recs[1] = record("sm_90a", 300, "mma_m64n64k32s3w2x2", 0.7); /* an exact count */
-  recs[2] = record("sm_90a", 8, "ffma_m64n64k16s3t4x4", 0.2);  /* not a bf16 config */
-  recs[3] = record("sm_90a", 16, "mma_m8n128k32s4w1x4", 0.2);  /* not in the search space */
+  recs[1] = record("sm_90a", 300, "mma_m64n64k32s3w2x2", 0.7);  /* an exact count */
+  recs[2] = record("sm_90a", 8, "ffma_m64n64k16s3t4x4", 0.2);   /* not a bf16 config */
+  recs[3] = record("sm_90a", 16, "mma_m8n128k32s4w1x4", 0.2);   /* not in the search space */
   recs[4] = record("sm_90a", 32, "tf32_m64n128k32s3w2x2", 0.2); /* another math path's key */
   snprintf(recs[4].kernel, sizeof recs[4].kernel, "gemm_tf32");
   for (int i = 0; i < 5; i++) {

@@ -1,4 +1,5 @@
-/* ref.c: the CPU reference of the MoE layer and host dtype conversions (see ref.h); uses libc, libm. */
+/* ref.c: the CPU reference of the MoE layer and host dtype conversions (see ref.h); uses libc,
+ * libm. */
 #include "tools/ref.h"
 
 #include <math.h>
@@ -14,7 +15,10 @@ static void load_row(moejit_dtype dt, const void *base, int64_t off, int64_t n, 
   const uint16_t *h = (const uint16_t *)base + off;
   switch (dt) {
   case MOEJIT_F32: memcpy(dst, (const float *)base + off, (size_t)n * sizeof *dst); break;
-  case MOEJIT_F16: for (int64_t j = 0; j < n; j++) dst[j] = mj_f16_to_f32(h[j]); break;
+  case MOEJIT_F16:
+    for (int64_t j = 0; j < n; j++)
+      dst[j] = mj_f16_to_f32(h[j]);
+    break;
   case MOEJIT_BF16:
     for (int64_t j = 0; j < n; j++) { /* mj_bf16_to_f32, inline: this loop is the hot one */
       const uint32_t u = (uint32_t)h[j] << 16;
@@ -42,20 +46,24 @@ static int layer_ok(const mj_ref_layer *L) {
 }
 
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out) {
-  if (!L || !out || ntokens < 0 || !layer_ok(L)) return -1;
-  if (!tokens && ntokens != L->tokens) return -1;
+  if (!L || !out || ntokens < 0 || !layer_ok(L))
+    return -1;
+  if (!tokens && ntokens != L->tokens)
+    return -1;
   const int64_t H = L->hidden, I = L->intermediate, I2 = 2 * L->intermediate, E = L->experts,
                 K = L->top_k;
   for (int64_t r = 0; tokens && r < ntokens; r++)
-    if (tokens[r] < 0 || tokens[r] >= L->tokens) return -1;
+    if (tokens[r] < 0 || tokens[r] >= L->tokens)
+      return -1;
 
   const int64_t row_n = I2 > H ? I2 : H;
-  double *xd = malloc((size_t)(H + I2 + H) * sizeof *xd); /* xd: [H], gu: [2I], y: [H] */
+  double *xd = malloc((size_t)(H + I2 + H) * sizeof *xd);   /* xd: [H], gu: [2I], y: [H] */
   float *fbuf = malloc((size_t)(row_n + I) * sizeof *fbuf); /* row: [max(2I, H)], h: [I] */
   int rc = -1;
-  uint8_t *kept = NULL; /* [T * K]: the slot keeps a row */
+  uint8_t *kept = NULL;  /* [T * K]: the slot keeps a row */
   int64_t *taken = NULL; /* [E]: slots each expert has taken so far */
-  if (!xd || !fbuf) goto done;
+  if (!xd || !fbuf)
+    goto done;
   double *gu = xd + H, *y = gu + I2;
   float *row = fbuf, *h = fbuf + row_n;
 
@@ -65,23 +73,28 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
   const moejit_dtype bias_dt = L->bias_f32 ? MOEJIT_F32 : L->dtype;
   kept = malloc((size_t)(L->tokens * K) + 1);
   taken = calloc((size_t)E, sizeof *taken);
-  if (!kept || !taken) goto done;
+  if (!kept || !taken)
+    goto done;
   for (int64_t s = 0; s < L->tokens * K; s++) {
     const int64_t g = L->topk_ids[s];
     int64_t e = g < 0 || g >= G ? -1 : L->expert_map ? L->expert_map[g] : g;
     kept[s] = e >= 0 && e < E && (L->capacity <= 0 || taken[e] < L->capacity);
-    if (e >= 0 && e < E) taken[e]++;
+    if (e >= 0 && e < E)
+      taken[e]++;
   }
 
   for (int64_t r = 0; r < ntokens; r++) {
     const int64_t t = tokens ? tokens[r] : r;
     float *o = out + r * H; /* [H] */
-    for (int64_t j = 0; j < H; j++) o[j] = 0.0f;
+    for (int64_t j = 0; j < H; j++)
+      o[j] = 0.0f;
     load_row(L->dtype, L->x, t * H, H, row);
-    for (int64_t j = 0; j < H; j++) xd[j] = row[j];
+    for (int64_t j = 0; j < H; j++)
+      xd[j] = row[j];
 
     for (int64_t k = 0; k < K; k++) {
-      if (!kept[t * K + k]) continue;
+      if (!kept[t * K + k])
+        continue;
       const int64_t g = L->topk_ids[t * K + k], e = L->expert_map ? L->expert_map[g] : g;
       const double w = L->topk_weights[t * K + k];
       /* router weight on input: x scaled by w before GEMM1, the output unweighted */
@@ -89,11 +102,13 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
 
       /* gu = x[t] @ gate_up_proj[e] + bias, one contiguous weight row of 2I at a time */
       load_row(bias_dt, L->gate_up_proj_bias, e * I2, I2, row);
-      for (int64_t j = 0; j < I2; j++) gu[j] = row[j];
+      for (int64_t j = 0; j < I2; j++)
+        gu[j] = row[j];
       for (int64_t i = 0; i < H; i++) {
         const double xi = xd[i] * w_in;
         load_row(L->dtype, L->gate_up_proj, (e * H + i) * I2, I2, row);
-        for (int64_t j = 0; j < I2; j++) gu[j] += xi * row[j];
+        for (int64_t j = 0; j < I2; j++)
+          gu[j] += xi * row[j];
       }
 
       for (int64_t i = 0; i < I; i++) {
@@ -104,14 +119,17 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
 
       /* y = h @ down_proj[e] + bias, one contiguous weight row of H at a time */
       load_row(bias_dt, L->down_proj_bias, e * H, H, row);
-      for (int64_t j = 0; j < H; j++) y[j] = row[j];
+      for (int64_t j = 0; j < H; j++)
+        y[j] = row[j];
       for (int64_t i = 0; i < I; i++) {
         const double hi = h[i];
         load_row(L->dtype, L->down_proj, (e * I + i) * H, H, row);
-        for (int64_t j = 0; j < H; j++) y[j] += hi * row[j];
+        for (int64_t j = 0; j < H; j++)
+          y[j] += hi * row[j];
       }
 
-      for (int64_t j = 0; j < H; j++) o[j] += (float)(y[j] * w_out);
+      for (int64_t j = 0; j < H; j++)
+        o[j] += (float)(y[j] * w_out);
     }
   }
   rc = 0;
@@ -126,7 +144,8 @@ done:
 double mj_rel_error(const float *got, const float *want, int64_t n) {
   double max_diff = 0.0, max_want = 0.0;
   for (int64_t i = 0; i < n; i++) {
-    if (isnan(got[i])) return INFINITY;
+    if (isnan(got[i]))
+      return INFINITY;
     max_diff = fmax(max_diff, fabs((double)got[i] - (double)want[i]));
     max_want = fmax(max_want, fabs((double)want[i]));
   }

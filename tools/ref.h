@@ -12,31 +12,32 @@
 /* One layer in host memory; nothing is owned. */
 typedef struct mj_ref_layer {
   int64_t tokens, hidden, intermediate, experts, top_k; /* T H I E K */
-  moejit_dtype dtype;              /* storage of x, the weights, the biases: F32, F16 or BF16 */
-  float alpha, limit;              /* SwiGLU: 1.702, 7.0 in GPT-OSS */
-  const void *x;                   /* [T, H] dtype */
-  const void *gate_up_proj;        /* [E, H, 2I] dtype: gate = even columns, up = odd */
-  const void *gate_up_proj_bias;   /* [E, 2I] dtype */
-  const void *down_proj;           /* [E, I, H] dtype */
-  const void *down_proj_bias;      /* [E, H] dtype */
-  const int32_t *topk_ids;         /* [T, K] */
-  const float *topk_weights;       /* [T, K] */
+  moejit_dtype dtype;            /* storage of x, the weights, the biases: F32, F16 or BF16 */
+  float alpha, limit;            /* SwiGLU: 1.702, 7.0 in GPT-OSS */
+  const void *x;                 /* [T, H] dtype */
+  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd */
+  const void *gate_up_proj_bias; /* [E, 2I] dtype */
+  const void *down_proj;         /* [E, I, H] dtype */
+  const void *down_proj_bias;    /* [E, H] dtype */
+  const int32_t *topk_ids;       /* [T, K] */
+  const float *topk_weights;     /* [T, K] */
   /* Options (zero: off). */
-  const int32_t *expert_map;       /* [global_experts]: ids are global, mapped to local or -1 */
+  const int32_t *expert_map; /* [global_experts]: ids are global, mapped to local or -1 */
   int64_t global_experts;
-  int64_t capacity;                /* > 0: an expert keeps its first `capacity` slots (t*K+k order) */
-  int weight_on_input;             /* x scaled by the weight before GEMM1; the output unweighted */
-  int bias_f32;                    /* the biases are f32 arrays */
+  int64_t capacity;    /* > 0: an expert keeps its first `capacity` slots (t*K+k order) */
+  int weight_on_input; /* x scaled by the weight before GEMM1; the output unweighted */
+  int bias_f32;        /* the biases are f32 arrays */
 } mj_ref_layer;
 
-/* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not accumulated
- * into). tokens == NULL means all T tokens in order, and then ntokens must equal T.
- * Per slot (t, k) with e = topk_ids[t, k]: gu = x[t] @ gate_up_proj[e] + bias, accumulated in double
+/* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not
+ * accumulated into). tokens == NULL means all T tokens in order, and then ntokens must equal T. Per
+ * slot (t, k) with e = topk_ids[t, k]: gu = x[t] @ gate_up_proj[e] + bias, accumulated in double
  * from the stored inputs; gate = min(gu_even, limit), up = clamp(gu_odd, -limit, limit);
- * h = (up + 1) * gate * sigmoid(alpha * gate), rounded to dtype as the GPU stores it (F32: to float);
- * y = h @ down_proj[e] + bias, accumulated in double; out[t] = sum over k = 0..K-1, in that order, in
- * float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E) contributes nothing.
- * Allocates O(H + I) scratch. Returns 0, or -1 on a bad argument or out of memory. */
+ * h = (up + 1) * gate * sigmoid(alpha * gate), rounded to dtype as the GPU stores it (F32: to
+ * float); y = h @ down_proj[e] + bias, accumulated in double; out[t] = sum over k = 0..K-1, in that
+ * order, in float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E)
+ * contributes nothing. Allocates O(H + I) scratch. Returns 0, or -1 on a bad argument or out of
+ * memory. */
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
 
 /* GPT-OSS router: per token the top_k largest logits (ties: the lower id) and the softmax over

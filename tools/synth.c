@@ -177,7 +177,7 @@ void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
   int pushed = 0;
   mj_err err;
   if (mj_rt_enter(s->ctx, &pushed, &err) == MOEJIT_OK) {
-    CUdeviceptr bufs[] = {L->x,    L->ids,       L->weights, L->gate_up, L->gate_up_bias,
+    CUdeviceptr bufs[] = {L->x,    L->ids,       L->weights, L->gate_up,  L->gate_up_bias,
                           L->down, L->down_bias, L->y,       L->workspace};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
       if (bufs[i])
@@ -282,10 +282,14 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
   MJ_CU(cu, MemcpyDtoH(h->down_bias, L->down_bias, (size_t)(E * H) * act), err);
   for (int64_t i = 0; i < n; i++) {
     int64_t t = tokens[i];
-    MJ_CU(cu, MemcpyDtoH((char *)h->x + (size_t)(i * H) * act, L->x + (size_t)(t * H) * act,
-                         (size_t)H * act), err);
-    MJ_CU(cu, MemcpyDtoH((char *)h->y + (size_t)(i * H) * act, L->y + (size_t)(t * H) * act,
-                         (size_t)H * act), err);
+    MJ_CU(cu,
+          MemcpyDtoH((char *)h->x + (size_t)(i * H) * act, L->x + (size_t)(t * H) * act,
+                     (size_t)H * act),
+          err);
+    MJ_CU(cu,
+          MemcpyDtoH((char *)h->y + (size_t)(i * H) * act, L->y + (size_t)(t * H) * act,
+                     (size_t)H * act),
+          err);
     memcpy(h->ids + i * K, L->host_ids + t * K, (size_t)K * sizeof(int32_t));
     memcpy(h->weights + i * K, L->host_weights + t * K, (size_t)K * sizeof(float));
   }

@@ -33,8 +33,8 @@ typedef struct mj_synth_layer {
   int64_t tokens;
   CUdeviceptr x, ids, weights, gate_up, gate_up_bias, down, down_bias, y, workspace;
   size_t workspace_bytes;
-  int32_t *host_ids;    /* [T, K] */
-  float *host_weights;  /* [T, K] */
+  int32_t *host_ids;   /* [T, K] */
+  float *host_weights; /* [T, K] */
 } mj_synth_layer;
 
 /* Values: x in [-1, 1), gate_up in +-1/sqrt(H), down in +-1/sqrt(I), biases in +-0.1. */

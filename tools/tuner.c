@@ -218,8 +218,8 @@ static moejit_status record(tuning *t, const mj_tune_result *results, mj_err *er
   moejit_log_fn log;
   void *log_user;
   mj_rt_logger(t->ctx, &log, &log_user);
-  moejit_status st = nrecs > 0 ? mj_tune_records_merge(path, recs, nrecs, log, log_user, err)
-                               : MOEJIT_OK;
+  moejit_status st =
+      nrecs > 0 ? mj_tune_records_merge(path, recs, nrecs, log, log_user, err) : MOEJIT_OK;
   free(recs);
   return st;
 }

@@ -82,9 +82,10 @@ moejit_status mj_tune_cache_open(mj_cache **out, const char *dir, moejit_log_fn 
     char sub[4096];
     snprintf(sub, sizeof sub, "%s/cubin", dir);
     if (make_dirs(sub) != 0 || access(sub, W_OK | X_OK) != 0) {
-      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cache directory %s cannot be created or written (%s); kernels are compiled in "
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN,
+              "cache directory %s cannot be created or written (%s); kernels are compiled in "
               "memory only",
-           dir, strerror(errno));
+              dir, strerror(errno));
     } else if (!(c->dir = strdup(dir))) {
       mj_tune_cache_close(c);
       return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory opening the cubin cache");
@@ -214,7 +215,8 @@ done:
   return st;
 }
 
-int mj_tune_cache_write_file(const char *dir, const uint8_t key[16], const void *data, size_t size) {
+int mj_tune_cache_write_file(const char *dir, const uint8_t key[16], const void *data,
+                             size_t size) {
   char path[4096], tmp[4200];
   file_header h;
   memset(&h, 0, sizeof h);
@@ -261,8 +263,7 @@ static void *copy(const void *data, size_t size) {
   return p;
 }
 
-static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t size,
-                    int to_disk);
+static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t size, int to_disk);
 
 int mj_tune_cache_acquire(mj_cache *c, const uint8_t key[16], void **data, size_t *size) {
   *data = NULL;
@@ -310,8 +311,9 @@ int mj_tune_cache_acquire(mj_cache *c, const uint8_t key[16], void **data, size_
       pthread_mutex_lock(&c->lock);
       c->stats.damaged++;
       pthread_mutex_unlock(&c->lock);
-      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cache file %s is damaged (%s); recompiling and replacing it", path,
-           mj_tune_cache_file_error(fs));
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN,
+              "cache file %s is damaged (%s); recompiling and replacing it", path,
+              mj_tune_cache_file_error(fs));
     }
   }
   pthread_mutex_lock(&c->lock);
@@ -321,7 +323,8 @@ int mj_tune_cache_acquire(mj_cache *c, const uint8_t key[16], void **data, size_
 }
 
 /* Stores in the table and wakes waiters; with to_disk, also writes the file. */
-static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t size, int to_disk) {
+static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t size,
+                    int to_disk) {
   pthread_mutex_lock(&c->lock);
   entry *e = find(c, key);
   if (e) {
@@ -339,8 +342,9 @@ static void publish(mj_cache *c, const uint8_t key[16], const void *data, size_t
     c->warned_write = 1;
     pthread_mutex_unlock(&c->lock);
     if (first)
-      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN, "cannot write to the cache directory %s (%s); compiled kernels stay in memory",
-           c->dir, strerror(errno));
+      mj_logf(c->log, c->log_user, MOEJIT_LOG_WARN,
+              "cannot write to the cache directory %s (%s); compiled kernels stay in memory",
+              c->dir, strerror(errno));
   }
 }
 

@@ -53,12 +53,12 @@ mj_cache_stats mj_tune_cache_stats(const mj_cache *c);
 typedef enum mj_cache_file_status {
   MJ_CACHE_FILE_OK = 0,
   MJ_CACHE_FILE_IO,
-  MJ_CACHE_FILE_SHORT,         /* shorter than its header, or than the length it names */
+  MJ_CACHE_FILE_SHORT, /* shorter than its header, or than the length it names */
   MJ_CACHE_FILE_BAD_MAGIC,
   MJ_CACHE_FILE_BAD_VERSION,
-  MJ_CACHE_FILE_BAD_KEY,       /* the header's key is not the file's name / the key asked for */
+  MJ_CACHE_FILE_BAD_KEY, /* the header's key is not the file's name / the key asked for */
   MJ_CACHE_FILE_BAD_CHECKSUM,
-  MJ_CACHE_FILE_LONG,          /* bytes after the payload */
+  MJ_CACHE_FILE_LONG, /* bytes after the payload */
 } mj_cache_file_status;
 const char *mj_tune_cache_file_error(mj_cache_file_status s);
 

@@ -9,11 +9,15 @@
  * T * K / E (rows per expert) is at most its max_avg_rows (and, where set, T * K at most its
  * max_slots); names are derived (mj_tune_config_name). */
 #define MMA(m, n, k, s, wm_, wn_, rows)                                                            \
-  {.kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .wm = wm_, .wn = wn_,             \
-   .max_avg_rows = rows}
+  {                                                                                                \
+    .kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .wm = wm_, .wn = wn_,            \
+    .max_avg_rows = rows                                                                           \
+  }
 #define FFMA(m, n, k, s, tm_, tn_, rows)                                                           \
-  {.kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .tm = tm_, .tn = tn_,             \
-   .max_avg_rows = rows}
+  {                                                                                                \
+    .kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .tm = tm_, .tn = tn_,            \
+    .max_avg_rows = rows                                                                           \
+  }
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
@@ -27,19 +31,59 @@ static const mj_gemm_config mma_configs[] = {
  * chained to GEMM1 from three tokens to 8 rows); to 256 rows the ping-pong 128 x 128 tile; then
  * the cooperative 128 x 192 tile. */
 static const mj_gemm_config wgmma_configs[] = {
-    {.kind = MJ_GEMM_STREAM, .bm = 1, .bn = 64, .bk = 8, .stages = 6, .splits = 2,
-     .max_avg_rows = 1, .max_slots = 4},
-    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2,
-     .max_avg_rows = 1, .max_slots = 8},
-    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2, .chain = 1,
+    {.kind = MJ_GEMM_STREAM,
+     .bm = 1,
+     .bn = 64,
+     .bk = 8,
+     .stages = 6,
+     .splits = 2,
+     .max_avg_rows = 1,
+     .max_slots = 4},
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 64,
+     .bn = 128,
+     .bk = 64,
+     .stages = 3,
+     .ctas = 2,
+     .max_avg_rows = 1,
+     .max_slots = 8},
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 64,
+     .bn = 128,
+     .bk = 64,
+     .stages = 3,
+     .ctas = 2,
+     .chain = 1,
      .max_avg_rows = 8},
-    {.kind = MJ_GEMM_WGMMA, .bm = 64, .bn = 128, .bk = 64, .stages = 3, .ctas = 2,
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 64,
+     .bn = 128,
+     .bk = 64,
+     .stages = 3,
+     .ctas = 2,
      .max_avg_rows = 32},
-    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 128, .bk = 64, .stages = 4, .ctas = 1, .pingpong = 1,
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 128,
+     .bn = 128,
+     .bk = 64,
+     .stages = 4,
+     .ctas = 1,
+     .pingpong = 1,
      .max_avg_rows = 64},
-    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 128, .bk = 64, .stages = 5, .ctas = 1, .pingpong = 1,
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 128,
+     .bn = 128,
+     .bk = 64,
+     .stages = 5,
+     .ctas = 1,
+     .pingpong = 1,
      .max_avg_rows = 256},
-    {.kind = MJ_GEMM_WGMMA, .bm = 128, .bn = 192, .bk = 64, .stages = 4, .ctas = 1,
+    {.kind = MJ_GEMM_WGMMA,
+     .bm = 128,
+     .bn = 192,
+     .bk = 64,
+     .stages = 4,
+     .ctas = 1,
      .max_avg_rows = INT64_MAX},
 };
 
@@ -158,15 +202,13 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     p.kind = MJ_GEMM_WGMMA;
     p.bk = 64;
     p.wm = 1; /* passes the check below; unused */
-  }
-  else if (sscanf(name, "stream_m%dn%du%d%c", &p.bm, &p.bn, &p.stages, &tail) == 3) {
+  } else if (sscanf(name, "stream_m%dn%du%d%c", &p.bm, &p.bn, &p.stages, &tail) == 3) {
     m = MJ_MATH_MMA; /* offered to f16/bf16 layers (the template takes f32 too) */
     p.kind = MJ_GEMM_STREAM;
     p.bk = 8;
     p.wm = 1; /* passes the check below; unused */
-  }
-  else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
-                  &tail) == 6)
+  } else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
+                    &tail) == 6)
     m = MJ_MATH_TF32;
   else if (sscanf(name, "ffma_m%dn%dk%ds%dt%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.tm, &p.tn,
                   &tail) == 6)
@@ -197,15 +239,16 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   return 0;
 }
 
-/* The search space, as data: tile shapes with their warp (or thread) layout, times BK and stages. */
+/* The search space, as data: tile shapes with their warp (or thread) layout, times BK and stages.
+ */
 typedef struct shape {
   int bm, bn, a, b; /* wm, wn (tensor cores) or tm, tn (FFMA) */
 } shape;
 
 static const shape mma_shapes[] = {
-    {16, 64, 1, 4},   {16, 128, 1, 4},  {16, 256, 1, 8},  {32, 128, 2, 2},
-    {32, 256, 2, 4},  {64, 64, 2, 2},   {64, 128, 2, 2},  {64, 256, 2, 4},
-    {128, 64, 4, 1},  {128, 128, 2, 4}, {128, 256, 2, 4},
+    {16, 64, 1, 4},  {16, 128, 1, 4},  {16, 256, 1, 8},  {32, 128, 2, 2},
+    {32, 256, 2, 4}, {64, 64, 2, 2},   {64, 128, 2, 2},  {64, 256, 2, 4},
+    {128, 64, 4, 1}, {128, 128, 2, 4}, {128, 256, 2, 4},
 };
 static const shape ffma_shapes[] = {
     {16, 128, 1, 8}, {32, 64, 2, 4}, {64, 64, 4, 4}, {64, 128, 4, 8}, {128, 128, 8, 8},
@@ -249,7 +292,8 @@ int mj_tune_search_space(mj_math math, const char *arch,
       for (int j = 0; j < 4; j++)
         for (int s = 0; s < 4; s++)
           for (int form = 0; form < 3 && n < max; form++) {
-            if ((form == 1 && wg_bm[i] != 64) || (form == 2 && (wg_bm[i] != 128 || wg_bn[j] != 128)))
+            if ((form == 1 && wg_bm[i] != 64) ||
+                (form == 2 && (wg_bm[i] != 128 || wg_bn[j] != 128)))
               continue;
             mj_gemm_config c;
             memset(&c, 0, sizeof c);

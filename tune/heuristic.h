@@ -21,15 +21,15 @@ typedef struct mj_gemm_config {
   char name[40]; /* "mma_m64n128k32s4w2x2", "tf32_...w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4",
                   * "stream_m1n64u6" */
   int bm, bn, bk, stages; /* MJ_GEMM_STREAM: stages is the loads in flight a thread ("u"), bk 8 */
-  int wm, wn; /* tensor-core paths: warps along M and N */
-  int tm, tn; /* FFMA path: outputs per thread along M and N */
+  int wm, wn;             /* tensor-core paths: warps along M and N */
+  int tm, tn;             /* FFMA path: outputs per thread along M and N */
   /* Chosen while T * K / E is at most this; the last entry takes everything above. */
   int64_t max_avg_rows;
   mj_gemm_kind kind; /* MJ_GEMM_WGMMA: bk is 64 and wm, wn, tm, tn are unused */
   int ctas;          /* MJ_GEMM_WGMMA: resident blocks per SM (1, or 2 for 64-row tiles) */
   /* MJ_GEMM_SYNC, MJ_GEMM_STREAM: GEMM2 split along K into that many partial sums (0, 1: no) */
   int splits;
-  int pingpong;      /* MJ_GEMM_WGMMA, bm 128: the two consumers take whole items in turn ("pp") */
+  int pingpong; /* MJ_GEMM_WGMMA, bm 128: the two consumers take whole items in turn ("pp") */
   /* And, when not 0, while T * K (the slots) is at most this: the first entries of a table tell
    * forwards of one or two tokens apart, which T * K / E rounded up cannot. */
   int64_t max_slots;

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HEADER                                                                                    \
+#define HEADER                                                                                     \
   "# moejit tuning records: arch sms hidden intermediate experts top_k dtype kernel bucket "       \
   "version config ms heuristic_ms\n"
 
@@ -105,8 +105,8 @@ moejit_status mj_tune_records_load(const char *path, mj_record **out, int *n, mo
   return st;
 }
 
-moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int n, moejit_log_fn log,
-                                    void *log_user, mj_err *err) {
+moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int n,
+                                    moejit_log_fn log, void *log_user, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   char lock_path[4200], tmp[4200];
   mj_record *all = NULL;

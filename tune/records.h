@@ -16,11 +16,11 @@ typedef struct mj_record {
   int sms;
   int64_t hidden, intermediate, experts, top_k;
   char dtype[8];
-  char kernel[16];   /* "gemm": the GEMM1 + GEMM2 tile configuration */
-  int64_t bucket;    /* tokens: a power of two, or an exact count the user tuned */
+  char kernel[16]; /* "gemm": the GEMM1 + GEMM2 tile configuration */
+  int64_t bucket;  /* tokens: a power of two, or an exact count the user tuned */
   char version[16];
-  char config[40];   /* mj_tune_config_name */
-  double ms;         /* measured forward time with it */
+  char config[40];     /* mj_tune_config_name */
+  double ms;           /* measured forward time with it */
   double heuristic_ms; /* the heuristic's time on the same data (0: not measured) */
 } mj_record;
 
@@ -37,7 +37,7 @@ moejit_status mj_tune_records_load(const char *path, mj_record **out, int *n, mo
                                    void *log_user, mj_err *err);
 /* Merges records into the file under an exclusive lock (path + ".lock"): a line with the same key
  * is replaced, all others are kept; written to a temporary file and renamed into place. */
-moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int n, moejit_log_fn log,
-                                    void *log_user, mj_err *err);
+moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int n,
+                                    moejit_log_fn log, void *log_user, mj_err *err);
 
 #endif
