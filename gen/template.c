@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/field.h"
 #include "gen/embedded.h"
 
 #define MJ_LUA_MEM_CAP ((size_t)64 << 20)
@@ -324,18 +325,14 @@ typedef struct render_call {
 } render_call;
 
 /* The integer keys of a kernel's contract and where they go. */
-static const struct {
-  const char *key;
-  size_t offset;
-} meta_ints[] = {
-#define MJ_META_INT_(field)                                                                        \
-  { #field, offsetof(mj_kernel_meta, field) }
-    MJ_META_INT_(threads),   MJ_META_INT_(smem),       MJ_META_INT_(static_smem),
-    MJ_META_INT_(per_block), MJ_META_INT_(max_blocks), MJ_META_INT_(tile_rows),
-    MJ_META_INT_(cols),      MJ_META_INT_(tile_cols),  MJ_META_INT_(depth),
-    MJ_META_INT_(splits),    MJ_META_INT_(box_rows),   MJ_META_INT_(blocks_per_sm),
-    MJ_META_INT_(max_slots),
-#undef MJ_META_INT_
+static const mj_field meta_ints[] = {
+    MJ_FIELD(mj_kernel_meta, threads),     MJ_FIELD(mj_kernel_meta, smem),
+    MJ_FIELD(mj_kernel_meta, static_smem), MJ_FIELD(mj_kernel_meta, per_block),
+    MJ_FIELD(mj_kernel_meta, max_blocks),  MJ_FIELD(mj_kernel_meta, tile_rows),
+    MJ_FIELD(mj_kernel_meta, cols),        MJ_FIELD(mj_kernel_meta, tile_cols),
+    MJ_FIELD(mj_kernel_meta, depth),       MJ_FIELD(mj_kernel_meta, splits),
+    MJ_FIELD(mj_kernel_meta, box_rows),    MJ_FIELD(mj_kernel_meta, blocks_per_sm),
+    MJ_FIELD(mj_kernel_meta, max_slots),
 };
 
 /* Copies a string field of the table at the top into buf; raises a Lua error naming the kernel when
@@ -375,14 +372,14 @@ static void read_kernel(lua_State *L, const char *module, mj_kernel_meta *k) {
         lua_pop(L, 1);
       }
     }
-    for (size_t i = 0; !known && i < sizeof meta_ints / sizeof meta_ints[0]; i++) {
-      if (strcmp(key, meta_ints[i].key) != 0)
-        continue;
+    const mj_field *f =
+        known ? NULL : mj_field_find(meta_ints, sizeof meta_ints / sizeof meta_ints[0], key);
+    if (f) {
       known = 1;
       if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > INT32_MAX)
         luaL_error(L, "templates/%s.lua: the contract of %s: %s must be an integer >= 0", module,
                    k->entry, key);
-      *(int *)((char *)k + meta_ints[i].offset) = (int)lua_tointeger(L, -1);
+      *(int *)((char *)k + f->offset) = (int)lua_tointeger(L, -1);
     }
     if (!known)
       luaL_error(L, "templates/%s.lua: the contract of %s has an unknown key '%s'", module,

@@ -11,14 +11,11 @@ int mj_rt_can_self_route(const moejit_layer_desc *d, const mj_gemm_config *c) {
          d->global_experts == 0 && d->expert_capacity == 0 && !d->apply_router_weight_on_input;
 }
 
-void mj_rt_gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit_stage stage,
-                     mj_spec *s) {
-  mj_math math = mj_rt_math(d);
-  int stream = c->kind == MJ_GEMM_STREAM, tc = math != MJ_MATH_FFMA;
+void mj_rt_gemm_shape_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit_stage stage,
+                           mj_spec *s) {
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", mj_dtype_name(d->dtype));
   mj_spec_str(s, "bias", mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
-  mj_spec_str(s, "math", stream ? "stream" : mj_tune_math_name(math));
   mj_spec_str(s, "stage", stage == MOEJIT_STAGE_GEMM1 ? "gemm1" : "gemm2");
   if (stage == MOEJIT_STAGE_GEMM1 && d->unfused)
     mj_spec_str(s, "activation", "none");
@@ -30,8 +27,16 @@ void mj_rt_gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit
   mj_spec_int(s, "weight_on_input", d->apply_router_weight_on_input);
   mj_spec_int(s, "bm", c->bm);
   mj_spec_int(s, "bn", c->bn);
-  mj_spec_int(s, "bk", c->bk);
   mj_spec_int(s, "stages", c->stages);
+}
+
+void mj_rt_gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit_stage stage,
+                     mj_spec *s) {
+  mj_math math = mj_rt_math(d);
+  int stream = c->kind == MJ_GEMM_STREAM, tc = math != MJ_MATH_FFMA;
+  mj_rt_gemm_shape_spec(d, c, stage, s);
+  mj_spec_str(s, "math", stream ? "stream" : mj_tune_math_name(math));
+  mj_spec_int(s, "bk", c->bk);
   if (stage == MOEJIT_STAGE_GEMM2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
   if (!stream) {

@@ -151,7 +151,11 @@ moejit_status mj_rt_activation(const moejit_plan *plan, const mj_values *v, cons
                                CUstream stream, int pdl, mj_err *err);
 moejit_status mj_rt_combine(const moejit_plan *plan, const mj_kernel *k, const mj_values *v,
                             CUstream stream, int pdl, mj_err *err);
-/* gemm.c: the mma.sync, FFMA and streamed GEMMs (templates/gemm.lua) */
+/* gemm.c: the mma.sync, FFMA and streamed GEMMs (templates/gemm.lua); the spec keys both GEMM
+ * templates take (dtype, bias, stage, the layer's sizes and SwiGLU, the tile), which
+ * mj_rt_gemm_spec and mj_rt_wgmma_spec start from */
+void mj_rt_gemm_shape_spec(const moejit_layer_desc *desc, const mj_gemm_config *c,
+                           moejit_stage stage, mj_spec *spec);
 void mj_rt_gemm_spec(const moejit_layer_desc *desc, const mj_gemm_config *c, moejit_stage stage,
                      mj_spec *spec);
 /* Whether the GEMM1 of configuration c is built to work out its tiles from the caller's ids

@@ -3,72 +3,67 @@
  * context's CUDA context. Uses runtime/driver. */
 #include <string.h>
 
+#include "base/field.h"
 #include "runtime/internal.h"
 
 /* The forward's values by the names the templates' contracts give them. */
-static const struct {
-  const char *name;
-  size_t offset;
-} values[] = {
-#define MJ_VALUE_(field)                                                                           \
-  { #field, offsetof(mj_values, field) }
-    MJ_VALUE_(tmap_a),
-    MJ_VALUE_(tmap_b),
-    MJ_VALUE_(x),
-    MJ_VALUE_(topk_ids),
-    MJ_VALUE_(routing_weights),
-    MJ_VALUE_(router_logits),
-    MJ_VALUE_(expert_map),
-    MJ_VALUE_(device_tokens),
-    MJ_VALUE_(y),
-    MJ_VALUE_(flags),
-    MJ_VALUE_(num_tiles),
-    MJ_VALUE_(expert_offsets),
-    MJ_VALUE_(ready),
-    MJ_VALUE_(chunk_counts),
-    MJ_VALUE_(chunk_base),
-    MJ_VALUE_(tiles),
-    MJ_VALUE_(row_slot),
-    MJ_VALUE_(slot_row),
-    MJ_VALUE_(row_weight),
-    MJ_VALUE_(route_ids),
-    MJ_VALUE_(route_weights),
-    MJ_VALUE_(gate_up),
-    MJ_VALUE_(x_sorted),
-    MJ_VALUE_(h),
-    MJ_VALUE_(y_slot),
-    MJ_VALUE_(ids),
-    MJ_VALUE_(weights),
-    MJ_VALUE_(a),
-    MJ_VALUE_(w),
-    MJ_VALUE_(bias),
-    MJ_VALUE_(out),
-    MJ_VALUE_(own_ids),
-    MJ_VALUE_(tokens),
-    MJ_VALUE_(nslots),
-    MJ_VALUE_(nchunks),
-    MJ_VALUE_(tile_rows),
-    MJ_VALUE_(capacity),
-    MJ_VALUE_(accumulate),
-    MJ_VALUE_(token_base),
-    MJ_VALUE_(slab_major),
-    MJ_VALUE_(own_slots),
-    MJ_VALUE_(wait_ready),
-    MJ_VALUE_(split_stride),
-#undef MJ_VALUE_
+#define V(field) MJ_FIELD(mj_values, field)
+static const mj_field values[] = {
+    V(tmap_a),
+    V(tmap_b),
+    V(x),
+    V(topk_ids),
+    V(routing_weights),
+    V(router_logits),
+    V(expert_map),
+    V(device_tokens),
+    V(y),
+    V(flags),
+    V(num_tiles),
+    V(expert_offsets),
+    V(ready),
+    V(chunk_counts),
+    V(chunk_base),
+    V(tiles),
+    V(row_slot),
+    V(slot_row),
+    V(row_weight),
+    V(route_ids),
+    V(route_weights),
+    V(gate_up),
+    V(x_sorted),
+    V(h),
+    V(y_slot),
+    V(ids),
+    V(weights),
+    V(a),
+    V(w),
+    V(bias),
+    V(out),
+    V(own_ids),
+    V(tokens),
+    V(nslots),
+    V(nchunks),
+    V(tile_rows),
+    V(capacity),
+    V(accumulate),
+    V(token_base),
+    V(slab_major),
+    V(own_slots),
+    V(wait_ready),
+    V(split_stride),
 };
+#undef V
 
 moejit_status mj_rt_bind(mj_kernel *k, mj_err *err) {
   for (int i = 0; i < k->meta.nparams; i++) {
-    size_t j = 0;
-    while (j < sizeof values / sizeof values[0] && strcmp(values[j].name, k->meta.params[i]) != 0)
-      j++;
-    if (j == sizeof values / sizeof values[0])
+    const mj_field *f = mj_field_find(values, sizeof values / sizeof values[0], k->meta.params[i]);
+    if (!f)
       return mj_errf(err, MOEJIT_ERR_TEMPLATE,
                      "kernel %s takes a parameter '%s' (its contract's param %d), and a forward "
                      "has no value of that name",
                      k->meta.entry, k->meta.params[i], i + 1);
-    k->arg[i] = (uint16_t)values[j].offset;
+    k->arg[i] = (uint16_t)f->offset;
   }
   return MOEJIT_OK;
 }

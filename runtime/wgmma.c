@@ -8,19 +8,7 @@
 
 void mj_rt_wgmma_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit_stage stage,
                       mj_spec *s) {
-  memset(s, 0, sizeof *s);
-  mj_spec_str(s, "dtype", mj_dtype_name(d->dtype));
-  mj_spec_str(s, "bias", mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
-  mj_spec_str(s, "stage", stage == MOEJIT_STAGE_GEMM1 ? "gemm1" : "gemm2");
-  mj_spec_int(s, "hidden", d->hidden);
-  mj_spec_int(s, "intermediate", d->intermediate);
-  mj_spec_int(s, "top_k", d->top_k);
-  mj_spec_num(s, "alpha", d->alpha);
-  mj_spec_num(s, "limit", d->limit);
-  mj_spec_int(s, "weight_on_input", d->apply_router_weight_on_input);
-  mj_spec_int(s, "bm", c->bm);
-  mj_spec_int(s, "bn", c->bn);
-  mj_spec_int(s, "stages", c->stages);
+  mj_rt_gemm_shape_spec(d, c, stage, s);
   mj_spec_int(s, "ctas", c->ctas);
   if (c->pingpong)
     mj_spec_int(s, "pingpong", 1);

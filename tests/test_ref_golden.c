@@ -27,22 +27,24 @@ static float bits_f32(uint32_t u) {
   return f;
 }
 
+/* A reference layer of the GPT-OSS form over the given tensors, with no options. */
+static mj_ref_layer ref_layer(int64_t T, int64_t H, int64_t I, int64_t E, int64_t K,
+                              moejit_dtype dtype, float alpha, float limit, const void *x,
+                              const void *w1, const void *b1, const void *w2, const void *b2,
+                              const int32_t *ids, const float *weights) {
+  mj_ref_layer r;
+  memset(&r, 0, sizeof r);
+  r.tokens = T, r.hidden = H, r.intermediate = I, r.experts = E, r.top_k = K;
+  r.dtype = dtype, r.alpha = alpha, r.limit = limit;
+  r.x = x, r.gate_up_proj = w1, r.gate_up_proj_bias = b1, r.down_proj = w2, r.down_proj_bias = b2;
+  r.topk_ids = ids, r.topk_weights = weights;
+  return r;
+}
+
 static mj_ref_layer golden_layer(const mj_golden *g) {
-  return (mj_ref_layer){.tokens = g->tokens,
-                        .hidden = g->hidden,
-                        .intermediate = g->intermediate,
-                        .experts = g->experts,
-                        .top_k = g->top_k,
-                        .dtype = g->dtype,
-                        .alpha = g->alpha,
-                        .limit = g->limit,
-                        .x = g->x,
-                        .gate_up_proj = g->gate_up_proj,
-                        .gate_up_proj_bias = g->gate_up_proj_bias,
-                        .down_proj = g->down_proj,
-                        .down_proj_bias = g->down_proj_bias,
-                        .topk_ids = g->topk_ids,
-                        .topk_weights = g->topk_weights};
+  return ref_layer(g->tokens, g->hidden, g->intermediate, g->experts, g->top_k, g->dtype, g->alpha,
+                   g->limit, g->x, g->gate_up_proj, g->gate_up_proj_bias, g->down_proj,
+                   g->down_proj_bias, g->topk_ids, g->topk_weights);
 }
 
 static void test_golden_case(void **state) {
@@ -182,21 +184,8 @@ static void tiny_init(tiny_layer *t) {
 }
 
 static mj_ref_layer tiny_layer_of(const tiny_layer *t) {
-  return (mj_ref_layer){.tokens = T_,
-                        .hidden = H_,
-                        .intermediate = I_,
-                        .experts = E_,
-                        .top_k = K_,
-                        .dtype = MOEJIT_F32,
-                        .alpha = 1.702f,
-                        .limit = 7.0f,
-                        .x = t->x,
-                        .gate_up_proj = t->gate_up,
-                        .gate_up_proj_bias = t->gate_up_bias,
-                        .down_proj = t->down,
-                        .down_proj_bias = t->down_bias,
-                        .topk_ids = t->ids,
-                        .topk_weights = t->weights};
+  return ref_layer(T_, H_, I_, E_, K_, MOEJIT_F32, 1.702f, 7.0f, t->x, t->gate_up, t->gate_up_bias,
+                   t->down, t->down_bias, t->ids, t->weights);
 }
 
 static void test_bad_id_contributes_nothing(void **state) {

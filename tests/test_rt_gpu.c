@@ -818,26 +818,10 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
     tok[i] = n == 1 ? 0 : i * (T - 1) / (n - 1);
     memcpy(got + i * H, y + tok[i] * H, (size_t)H * sizeof *got);
   }
-  mj_ref_layer ref = {T,
-                      H,
-                      d->intermediate,
-                      d->experts,
-                      d->top_k,
-                      d->dtype,
-                      d->alpha,
-                      d->limit,
-                      L->x,
-                      L->w1,
-                      L->b1,
-                      L->w2,
-                      L->b2,
-                      L->ids,
-                      L->wk,
-                      L->map,
-                      d->global_experts,
-                      d->expert_capacity,
-                      d->apply_router_weight_on_input,
-                      d->bias_f32};
+  mj_ref_layer ref = mj_ref_layer_of(d, T); /* and the layer's tensors: */
+  ref.x = L->x, ref.topk_ids = L->ids, ref.topk_weights = L->wk, ref.expert_map = L->map;
+  ref.gate_up_proj = L->w1, ref.gate_up_proj_bias = L->b1;
+  ref.down_proj = L->w2, ref.down_proj_bias = L->b2;
   assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
   double rel = mj_rel_error(got, want, n * H);
   free(y);

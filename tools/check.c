@@ -35,26 +35,17 @@ moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto done;
   }
-  mj_ref_layer ref = {n,
-                      H,
-                      d->intermediate,
-                      d->experts,
-                      d->top_k,
-                      d->dtype,
-                      d->alpha,
-                      d->limit,
-                      h.x,
-                      h.gate_up,
-                      h.gate_up_bias,
-                      h.down,
-                      h.down_bias,
-                      h.ids,
-                      h.weights,
-                      NULL,
-                      0,
-                      0,
-                      d->apply_router_weight_on_input,
-                      d->bias_f32};
+  /* a synthetic layer's ids name its local experts */
+  mj_ref_layer ref = mj_ref_layer_of(d, n);
+  ref.global_experts = 0;
+  ref.capacity = 0;
+  ref.x = h.x;
+  ref.gate_up_proj = h.gate_up;
+  ref.gate_up_proj_bias = h.gate_up_bias;
+  ref.down_proj = h.down;
+  ref.down_proj_bias = h.down_bias;
+  ref.topk_ids = h.ids;
+  ref.topk_weights = h.weights;
   if (mj_ref_forward(&ref, NULL, n, want) != 0) {
     st = mj_errf(err, MOEJIT_ERR_INTERNAL, "the CPU reference rejected the layer");
     goto done;

@@ -193,3 +193,14 @@ void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const f
       w[k] = (float)(v[k] / sum);
   }
 }
+
+mj_ref_layer mj_ref_layer_of(const moejit_layer_desc *d, int64_t tokens) {
+  mj_ref_layer r;
+  memset(&r, 0, sizeof r);
+  r.tokens = tokens, r.hidden = d->hidden, r.intermediate = d->intermediate;
+  r.experts = d->experts, r.top_k = d->top_k, r.dtype = d->dtype;
+  r.alpha = d->alpha, r.limit = d->limit;
+  r.global_experts = d->global_experts, r.capacity = d->expert_capacity;
+  r.weight_on_input = d->apply_router_weight_on_input, r.bias_f32 = d->bias_f32;
+  return r;
+}

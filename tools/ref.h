@@ -40,6 +40,11 @@ typedef struct mj_ref_layer {
  * memory. */
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
 
+/* The reference layer of a descriptor for `tokens` tokens: its sizes, dtype, SwiGLU parameters
+ * and options (global experts, capacity, weight on input, f32 biases); the pointers are the
+ * caller's to set. */
+mj_ref_layer mj_ref_layer_of(const moejit_layer_desc *desc, int64_t tokens);
+
 /* GPT-OSS router: per token the top_k largest logits (ties: the lower id) and the softmax over
  * those K, into ids [T, K] and weights [T, K]. logits: [T, E]. */
 void mj_ref_route_logits(int64_t tokens, int64_t experts, int64_t top_k, const float *logits,

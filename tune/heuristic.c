@@ -18,6 +18,19 @@
     .kind = MJ_GEMM_SYNC, .bm = m, .bn = n, .bk = k, .stages = s, .tm = tm_, .tn = tn_,            \
     .max_avg_rows = rows                                                                           \
   }
+/* a wgmma tile: m x n, s stages, b blocks an SM, pingpong, GEMM2 chained; chosen up to rows rows
+ * an expert and, where slots > 0, that many slots */
+#define WG(m, n, s, b, pp, ch, rows, slots)                                                        \
+  {                                                                                                \
+    .kind = MJ_GEMM_WGMMA, .bm = m, .bn = n, .bk = 64, .stages = s, .ctas = b, .pingpong = pp,     \
+    .chain = ch, .max_avg_rows = rows, .max_slots = slots                                          \
+  }
+/* a streamed tile: m x n, u loads a thread in flight, GEMM2 split z ways */
+#define STREAM(m, n, u, z, rows, slots)                                                            \
+  {                                                                                                \
+    .kind = MJ_GEMM_STREAM, .bm = m, .bn = n, .bk = 8, .stages = u, .splits = z,                   \
+    .max_avg_rows = rows, .max_slots = slots                                                       \
+  }
 
 /* f16 / bf16: mma.sync m16n8k16. A 16-row tile for decode, 64 and 128 rows for prefill. */
 static const mj_gemm_config mma_configs[] = {
@@ -31,60 +44,13 @@ static const mj_gemm_config mma_configs[] = {
  * chained to GEMM1 from three tokens to 8 rows); to 256 rows the ping-pong 128 x 128 tile; then
  * the cooperative 128 x 192 tile. */
 static const mj_gemm_config wgmma_configs[] = {
-    {.kind = MJ_GEMM_STREAM,
-     .bm = 1,
-     .bn = 64,
-     .bk = 8,
-     .stages = 6,
-     .splits = 2,
-     .max_avg_rows = 1,
-     .max_slots = 4},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 64,
-     .bn = 128,
-     .bk = 64,
-     .stages = 3,
-     .ctas = 2,
-     .max_avg_rows = 1,
-     .max_slots = 8},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 64,
-     .bn = 128,
-     .bk = 64,
-     .stages = 3,
-     .ctas = 2,
-     .chain = 1,
-     .max_avg_rows = 8},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 64,
-     .bn = 128,
-     .bk = 64,
-     .stages = 3,
-     .ctas = 2,
-     .max_avg_rows = 32},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 128,
-     .bn = 128,
-     .bk = 64,
-     .stages = 4,
-     .ctas = 1,
-     .pingpong = 1,
-     .max_avg_rows = 64},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 128,
-     .bn = 128,
-     .bk = 64,
-     .stages = 5,
-     .ctas = 1,
-     .pingpong = 1,
-     .max_avg_rows = 256},
-    {.kind = MJ_GEMM_WGMMA,
-     .bm = 128,
-     .bn = 192,
-     .bk = 64,
-     .stages = 4,
-     .ctas = 1,
-     .max_avg_rows = INT64_MAX},
+    STREAM(1, 64, 6, 2, 1, 4),
+    WG(64, 128, 3, 2, 0, 0, 1, 8),
+    WG(64, 128, 3, 2, 0, 1, 8, 0),
+    WG(64, 128, 3, 2, 0, 0, 32, 0),
+    WG(128, 128, 4, 1, 1, 0, 64, 0),
+    WG(128, 128, 5, 1, 1, 0, 256, 0),
+    WG(128, 192, 4, 1, 0, 0, INT64_MAX, 0),
 };
 
 /* f32 on TF32 tensor cores: mma.sync m16n8k8. */
@@ -101,6 +67,8 @@ static const mj_gemm_config ffma_configs[] = {
 };
 #undef MMA
 #undef FFMA
+#undef WG
+#undef STREAM
 
 static const char *const math_names[] = {"mma", "tf32", "ffma"};
 
