@@ -7,8 +7,8 @@
 # tree with tests/device.sh (so .deps must be carried), then per round and build runs `moejit
 # bench` for gpt-oss-20b and gpt-oss-120b at 1, 8, 64, 512, 4096 and 16384 tokens (graph replay,
 # floor measured in the same run), JSON lines to $OUT/ab-{old,new}.jsonl (commit: $OLD_COMMIT and
-# $NEW_COMMIT, default old and new), and prints one row per model and token count: each run's ms
-# in order, and new / old of the medians.
+# $NEW_COMMIT, default old and new) and every run's table to $OUT/ab.log, and prints one row per
+# model and token count: each run's ms in order, and new / old of the medians.
 set -eu
 OLD=${1:?usage: ab.sh OLD_TREE [ROUNDS]}
 ROUNDS=${2:-2}
@@ -21,8 +21,8 @@ export LD_LIBRARY_PATH=$root/.deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib6
 cmake -S "$OLD" -B "$OLD/build-dev" -G Ninja -DCMAKE_PREFIX_PATH="$root/.deps/usr" \
   -DCMAKE_C_FLAGS="-I$root/.deps/usr/include/x86_64-linux-gnu" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMOEJIT_BUILD_TESTS=OFF >/dev/null
-ninja -C "$OLD/build-dev" moejit_cli >"$OUT/old-build.log" 2>&1 || { tail -20 "$OUT/old-build.log"; exit 1; }
-rm -f "$OUT/ab-old.jsonl" "$OUT/ab-new.jsonl"
+ninja -C "$OLD/build-dev" moejit_cli >/tmp/ab-old-build.log 2>&1 || { tail -20 /tmp/ab-old-build.log; exit 1; }
+rm -f "$OUT/ab-old.jsonl" "$OUT/ab-new.jsonl" "$OUT/ab.log"
 for round in $(seq "$ROUNDS"); do
   for which in old new; do
     bin=$root/build-dev/moejit
@@ -31,8 +31,9 @@ for round in $(seq "$ROUNDS"); do
       commit=${NEW_COMMIT:-new}
       [ "$which" = old ] && commit=${OLD_COMMIT:-old}
       MOEJIT_CACHE_DIR=/tmp/ab-cache-$which MOEJIT_COMMIT=$commit "$bin" bench --model "$model" \
-        --tokens 1,8,64,512,4096,16384 --json "$OUT/ab-$which.jsonl" >"$OUT/ab-$which-$round-$model.txt" 2>&1 ||
-        { tail -5 "$OUT/ab-$which-$round-$model.txt"; exit 1; }
+        --tokens 1,8,64,512,4096,16384 --json "$OUT/ab-$which.jsonl" >/tmp/ab-run.txt 2>&1 ||
+        { tail -5 /tmp/ab-run.txt; exit 1; }
+      { echo "== $which, round $round, $model"; cat /tmp/ab-run.txt; } >>"$OUT/ab.log"
     done
   done
 done
