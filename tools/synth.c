@@ -239,14 +239,10 @@ void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *a) {
 }
 
 void mj_synth_host_free(mj_synth_host *h) {
-  free(h->x);
-  free(h->gate_up);
-  free(h->gate_up_bias);
-  free(h->down);
-  free(h->down_bias);
-  free(h->y);
-  free(h->ids);
-  free(h->weights);
+  void *bufs[] = {h->x,         h->gate_up, h->gate_up_bias, h->down,
+                  h->down_bias, h->y,       h->ids,          h->weights};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    free(bufs[i]);
   memset(h, 0, sizeof *h);
 }
 
