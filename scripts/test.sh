@@ -2,7 +2,8 @@
 # test.sh: installs what is needed, builds moejit and runs every cmocka suite with ctest.
 # Without a GPU the GPU suites skip; the CPU suites (templates rendered and compiled with NVRTC for
 # sm_80 and sm_90a, the sandbox, the API's validation, the CPU reference against the golden vectors)
-# run everywhere; then the Python binding's tests. The golden vectors are read from ../shared/golden (or $MOEJIT_GOLDEN_DIR).
+# run everywhere; then the Python binding's tests. The golden vectors are read from ../shared/golden
+# and ../shared/golden-mxfp4 (or $MOEJIT_GOLDEN_DIR, $MOEJIT_GOLDEN_MXFP4_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh

@@ -25,6 +25,11 @@ const char *mj_golden_root(void) {
   return env && *env ? env : MOEJIT_SOURCE_DIR "/../shared/golden";
 }
 
+const char *mj_golden_mxfp4_root(void) {
+  const char *env = getenv("MOEJIT_GOLDEN_MXFP4_DIR");
+  return env && *env ? env : MOEJIT_SOURCE_DIR "/../shared/golden-mxfp4";
+}
+
 static int cmp_name(const void *a, const void *b) { return strcmp(a, b); }
 
 static int is_case_dir(const char *root, const char *name) {
@@ -134,6 +139,13 @@ static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
       }
       seen_float[i] = 1;
     }
+    if (strcmp(key, "weights") == 0) {
+      if (strcmp(value, "mxfp4") != 0) {
+        set_err(err, errlen, "%s: weights=%s is not mxfp4", path, value);
+        goto done;
+      }
+      g->mxfp4 = 1;
+    }
     if (strcmp(key, "dtype") == 0) {
       seen_dtype = 0;
       for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
@@ -238,6 +250,23 @@ int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, 
                                        mul(mul(E, H), ds), err, errlen)) ||
       !(g->expected = read_array(dir, "expected.bin", "[T, H] f32", mul(th, 4), err, errlen)))
     goto fail;
+  if (g->mxfp4 && (H % 32 != 0 || I % 32 != 0)) {
+    set_err(err, errlen, "%s: an MXFP4 case needs H=%lld and I=%lld multiples of 32", dir,
+            (long long)H, (long long)I);
+    goto fail;
+  }
+  /* MXFP4: a block of 32 weights is 16 bytes and one scale byte */
+  const int64_t gu_blocks = mul(gu, H / 32), down_blocks = mul(mul(E, H), I / 32);
+  if (g->mxfp4 &&
+      (!(g->gate_up_proj_blocks = read_array(dir, "gate_up_proj_blocks.bin", "[E, 2I, H/32, 16] u8",
+                                             mul(gu_blocks, 16), err, errlen)) ||
+       !(g->gate_up_proj_scales = read_array(dir, "gate_up_proj_scales.bin", "[E, 2I, H/32] u8",
+                                             gu_blocks, err, errlen)) ||
+       !(g->down_proj_blocks = read_array(dir, "down_proj_blocks.bin", "[E, H, I/32, 16] u8",
+                                          mul(down_blocks, 16), err, errlen)) ||
+       !(g->down_proj_scales =
+             read_array(dir, "down_proj_scales.bin", "[E, H, I/32] u8", down_blocks, err, errlen))))
+    goto fail;
   return 0;
 fail:
   mj_golden_free(g);
@@ -256,5 +285,9 @@ void mj_golden_free(mj_golden *g) {
   free(g->topk_weights);
   free(g->dense_weights);
   free(g->expected);
+  free(g->gate_up_proj_blocks);
+  free(g->gate_up_proj_scales);
+  free(g->down_proj_blocks);
+  free(g->down_proj_scales);
   memset(g, 0, sizeof *g);
 }

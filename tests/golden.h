@@ -1,5 +1,5 @@
-/* golden.h: reader of the golden test vectors in shared/golden/ (format: shared/golden/README.md).
- */
+/* golden.h: reader of the golden test vectors in shared/golden/ and shared/golden-mxfp4/ (format:
+ * their README.md). */
 #ifndef MJ_GOLDEN_H
 #define MJ_GOLDEN_H
 
@@ -23,11 +23,20 @@ typedef struct mj_golden {
   float *topk_weights;     /* [T, K] */
   float *dense_weights;    /* [T, E] */
   float *expected;         /* [T, H] */
+  /* MXFP4 cases (meta.txt: weights mxfp4), beside gate_up_proj and down_proj dequantised: */
+  int mxfp4;
+  uint8_t *gate_up_proj_blocks; /* [E, 2I, H/32, 16] */
+  uint8_t *gate_up_proj_scales; /* [E, 2I, H/32] */
+  uint8_t *down_proj_blocks;    /* [E, H, I/32, 16] */
+  uint8_t *down_proj_scales;    /* [E, H, I/32] */
 } mj_golden;
 
 /* $MOEJIT_GOLDEN_DIR when set and not empty, else MOEJIT_SOURCE_DIR "/../shared/golden"
  * (MOEJIT_SOURCE_DIR, the repository root, is a compile definition). */
 const char *mj_golden_root(void);
+/* The same for the MXFP4 cases: $MOEJIT_GOLDEN_MXFP4_DIR, else
+ * MOEJIT_SOURCE_DIR "/../shared/golden-mxfp4". */
+const char *mj_golden_mxfp4_root(void);
 
 /* Writes the names of the case folders under root (those holding a meta.txt), sorted, into
  * names[0..max); names of 64 characters or more are skipped. Returns how many were written (at most

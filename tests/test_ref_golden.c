@@ -77,6 +77,60 @@ static void test_golden_case(void **state) {
   assert_true(error <= tol);
 }
 
+/* An MXFP4 case: the decode gives exactly the dequantised bf16 weights the case carries (made by
+ * another decoder); the reference on the MXFP4 weights and on those bf16 weights both meet the
+ * expected output, and agree with each other to fp32 rounding (the same sums, in double, taken in
+ * another order). */
+static void test_mxfp4_case(void **state) {
+  const golden_case *c = *state;
+  mj_golden g;
+  char err[512];
+  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_true(g.mxfp4);
+  const int64_t T = g.tokens, H = g.hidden, I = g.intermediate, E = g.experts;
+  for (int64_t e = 0; e < E; e++) /* gate_up_proj [E, H, 2I] against blocks [E, 2I, H/32, 16] */
+    for (int64_t n = 0; n < 2 * I; n++)
+      for (int64_t k = 0; k < H; k++) {
+        const int64_t r = e * 2 * I + n;
+        const double w =
+            mj_ref_mxfp4(g.gate_up_proj_blocks + r * H / 2, g.gate_up_proj_scales + r * H / 32, k);
+        const float want = mj_load_f32(g.dtype, g.gate_up_proj, (e * H + k) * 2 * I + n);
+        if (w != (double)want)
+          fail_msg("%s: gate_up (e %lld, k %lld, n %lld) decodes to %g, the case says %g", g.name,
+                   (long long)e, (long long)k, (long long)n, w, (double)want);
+      }
+  for (int64_t e = 0; e < E; e++) /* down_proj [E, I, H] against blocks [E, H, I/32, 16] */
+    for (int64_t n = 0; n < H; n++)
+      for (int64_t k = 0; k < I; k++) {
+        const int64_t r = e * H + n;
+        const double w =
+            mj_ref_mxfp4(g.down_proj_blocks + r * I / 2, g.down_proj_scales + r * I / 32, k);
+        assert_true(w == (double)mj_load_f32(g.dtype, g.down_proj, (e * I + k) * H + n));
+      }
+
+  float *mx = malloc((size_t)(2 * T * H) * sizeof *mx), *bf = mx + T * H; /* [T, H] each */
+  assert_non_null(mx);
+  mj_ref_layer L = golden_layer(&g);
+  assert_int_equal(mj_ref_forward(&L, NULL, T, bf), 0);
+  L.mxfp4 = 1;
+  L.gate_up_proj = g.gate_up_proj_blocks, L.gate_up_proj_scales = g.gate_up_proj_scales;
+  L.down_proj = g.down_proj_blocks, L.down_proj_scales = g.down_proj_scales;
+  assert_int_equal(mj_ref_forward(&L, NULL, T, mx), 0);
+  const double error = mj_rel_error(mx, g.expected, T * H),
+               bf_error = mj_rel_error(bf, g.expected, T * H), apart = mj_rel_error(mx, bf, T * H),
+               tol = mj_tolerance(g.dtype);
+  print_message("%-9s T=%-4lld H=%-4lld I=%-4lld E=%-3lld K=%lld  rel error %.3e, dequantised "
+                "bf16 %.3e, apart %.1e (tolerance %.0e)\n",
+                g.name, (long long)T, (long long)H, (long long)I, (long long)E, (long long)g.top_k,
+                error, bf_error, apart, tol);
+  free(mx);
+  mj_golden_free(&g);
+  assert_true(error <= tol);
+  assert_true(bf_error <= tol);
+  assert_true(apart <= 1e-5);
+}
+
 static void test_golden_root_missing(void **state) {
   const char *root = *state;
   fail_msg("golden vectors not found at %s (required: set MOEJIT_GOLDEN_DIR or check out "
@@ -225,24 +279,59 @@ static void test_token_subset_and_bad_args(void **state) {
   assert_int_equal(mj_ref_forward(&L, NULL, T_, all), -1);
 }
 
-int main(void) {
-  static char names[MAX_CASES][64];
-  static golden_case cases[MAX_CASES];
-  struct CMUnitTest tests[MAX_CASES + 3] = {
-      cmocka_unit_test(test_conversions),
-      cmocka_unit_test(test_bad_id_contributes_nothing),
-      cmocka_unit_test(test_token_subset_and_bad_args),
-  };
-  size_t ntests = 3;
-  const char *root = mj_golden_root();
+static void test_mxfp4_decode(void **state) {
+  (void)state;
+  /* one block: codes 0..15 in order (element 2b low nibble, 2b + 1 high), scale 127: x1 */
+  uint8_t block[16], scale = 127;
+  for (int b = 0; b < 16; b++)
+    block[b] = (uint8_t)((2 * b) % 16 | ((2 * b + 1) % 16) << 4);
+  static const double e2m1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
+  for (int k = 0; k < 32; k++)
+    assert_true(mj_ref_mxfp4(block, &scale, k) == e2m1[k % 16]);
+  assert_true(signbit(mj_ref_mxfp4(block, &scale, 8))); /* code 8 is -0 */
+  /* the scale is a power of two from 2^-127 (byte 0) to 2^128 (byte 255) */
+  scale = 130;
+  assert_true(mj_ref_mxfp4(block, &scale, 7) == 48.0);
+  scale = 0;
+  assert_true(mj_ref_mxfp4(block, &scale, 2) == ldexp(1.0, -127));
+  scale = 255;
+  assert_true(mj_ref_mxfp4(block, &scale, 15) == -6.0 * ldexp(1.0, 128));
+  /* a layer of MXFP4 weights needs H and I multiples of 32 and both scales */
+  tiny_layer t;
+  tiny_init(&t);
+  mj_ref_layer L = tiny_layer_of(&t);
+  float out[T_ * H_];
+  L.mxfp4 = 1;
+  L.gate_up_proj_scales = L.down_proj_scales = &scale;
+  assert_int_equal(mj_ref_forward(&L, NULL, T_, out), -1); /* H_ is not a multiple of 32 */
+}
+
+/* Adds a test per case folder under root (fn), or one that fails naming the root when it has
+ * none. */
+static void add_cases(const char *root, void (*fn)(void **), char (*names)[64], golden_case *cases,
+                      struct CMUnitTest *tests, size_t *ntests) {
   const int n = mj_golden_list(root, names, MAX_CASES);
   for (int i = 0; i < n; i++) {
     cases[i].root = root;
     memcpy(cases[i].name, names[i], sizeof cases[i].name);
-    tests[ntests++] = (struct CMUnitTest){names[i], test_golden_case, NULL, NULL, &cases[i]};
+    tests[(*ntests)++] = (struct CMUnitTest){names[i], fn, NULL, NULL, &cases[i]};
   }
   if (n <= 0)
-    tests[ntests++] =
+    tests[(*ntests)++] =
         (struct CMUnitTest){"golden_root", test_golden_root_missing, NULL, NULL, (void *)root};
+}
+
+int main(void) {
+  static char names[2][MAX_CASES][64];
+  static golden_case cases[2][MAX_CASES];
+  struct CMUnitTest tests[2 * MAX_CASES + 4] = {
+      cmocka_unit_test(test_conversions),
+      cmocka_unit_test(test_bad_id_contributes_nothing),
+      cmocka_unit_test(test_token_subset_and_bad_args),
+      cmocka_unit_test(test_mxfp4_decode),
+  };
+  size_t ntests = 4;
+  add_cases(mj_golden_root(), test_golden_case, names[0], cases[0], tests, &ntests);
+  add_cases(mj_golden_mxfp4_root(), test_mxfp4_case, names[1], cases[1], tests, &ntests);
   return _cmocka_run_group_tests("ref_golden", tests, ntests, NULL, NULL);
 }

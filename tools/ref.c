@@ -42,7 +42,39 @@ static float round_to(moejit_dtype dt, double v) {
 static int layer_ok(const mj_ref_layer *L) {
   return L->tokens >= 0 && L->hidden > 0 && L->intermediate > 0 && L->experts > 0 && L->top_k > 0 &&
          is_activation(L->dtype) && L->x && L->gate_up_proj && L->gate_up_proj_bias &&
-         L->down_proj && L->down_proj_bias && L->topk_ids && L->topk_weights;
+         L->down_proj && L->down_proj_bias && L->topk_ids && L->topk_weights &&
+         (!L->mxfp4 || (L->hidden % 32 == 0 && L->intermediate % 32 == 0 &&
+                        L->gate_up_proj_scales && L->down_proj_scales));
+}
+
+double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k) {
+  static const double e2m1[16] = {0.0,  0.5,  1.0,  1.5,  2.0,  3.0,  4.0,  6.0,
+                                  -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0};
+  const uint8_t byte = blocks[k / 32 * 16 + k % 32 / 2];
+  return ldexp(e2m1[k % 2 ? byte >> 4 : byte & 15], (int)scales[k / 32] - 127);
+}
+
+/* One GEMM of a slot: out[n] += sum over k of in[k] * W(e, k, n), W the expert's [K, N] weights:
+ * rows of N in the layer's dtype (one contiguous row of N a k, row a scratch [N]), or MXFP4
+ * blocks and scales out-major (one contiguous row of K an n). */
+static void expert_gemm(const mj_ref_layer *L, const void *w, const uint8_t *scales, int64_t e,
+                        int64_t K, int64_t N, const double *in, double *out, float *row) {
+  if (!L->mxfp4) {
+    for (int64_t k = 0; k < K; k++) {
+      load_row(L->dtype, w, (e * K + k) * N, N, row);
+      for (int64_t n = 0; n < N; n++)
+        out[n] += in[k] * row[n];
+    }
+    return;
+  }
+  for (int64_t n = 0; n < N; n++) {
+    const int64_t r = e * N + n; /* the weight row of output n */
+    const uint8_t *b = (const uint8_t *)w + r * (K / 2), *sc = scales + r * (K / 32);
+    double acc = 0.0;
+    for (int64_t k = 0; k < K; k++)
+      acc += in[k] * mj_ref_mxfp4(b, sc, k);
+    out[n] += acc;
+  }
 }
 
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out) {
@@ -57,14 +89,15 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
       return -1;
 
   const int64_t row_n = I2 > H ? I2 : H;
-  double *xd = malloc((size_t)(H + I2 + H) * sizeof *xd);   /* xd: [H], gu: [2I], y: [H] */
+  /* xd: [H], gu: [2I], y: [H], xs: [H] (x times the input weight), hd: [I] (h) */
+  double *xd = malloc((size_t)(H + I2 + H + H + I) * sizeof *xd);
   float *fbuf = malloc((size_t)(row_n + I) * sizeof *fbuf); /* row: [max(2I, H)], h: [I] */
   int rc = -1;
   uint8_t *kept = NULL;  /* [T * K]: the slot keeps a row */
   int64_t *taken = NULL; /* [E]: slots each expert has taken so far */
   if (!xd || !fbuf)
     goto done;
-  double *gu = xd + H, *y = gu + I2;
+  double *gu = xd + H, *y = gu + I2, *xs = y + H, *hd = xs + H;
   float *row = fbuf, *h = fbuf + row_n;
 
   /* Which slots keep a row: an id in range, a local expert, within the expert's capacity (slots
@@ -100,16 +133,13 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
       /* router weight on input: x scaled by w before GEMM1, the output unweighted */
       const double w_in = L->weight_on_input ? w : 1.0, w_out = L->weight_on_input ? 1.0 : w;
 
-      /* gu = x[t] @ gate_up_proj[e] + bias, one contiguous weight row of 2I at a time */
+      /* gu = x[t] @ gate_up_proj[e] + bias */
       load_row(bias_dt, L->gate_up_proj_bias, e * I2, I2, row);
       for (int64_t j = 0; j < I2; j++)
         gu[j] = row[j];
-      for (int64_t i = 0; i < H; i++) {
-        const double xi = xd[i] * w_in;
-        load_row(L->dtype, L->gate_up_proj, (e * H + i) * I2, I2, row);
-        for (int64_t j = 0; j < I2; j++)
-          gu[j] += xi * row[j];
-      }
+      for (int64_t i = 0; i < H; i++)
+        xs[i] = xd[i] * w_in;
+      expert_gemm(L, L->gate_up_proj, L->gate_up_proj_scales, e, H, I2, xs, gu, row);
 
       for (int64_t i = 0; i < I; i++) {
         const double gate = fmin(gu[2 * i], L->limit);
@@ -117,16 +147,13 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
         h[i] = round_to(L->dtype, (up + 1.0) * gate / (1.0 + exp(-(double)L->alpha * gate)));
       }
 
-      /* y = h @ down_proj[e] + bias, one contiguous weight row of H at a time */
+      /* y = h @ down_proj[e] + bias */
       load_row(bias_dt, L->down_proj_bias, e * H, H, row);
       for (int64_t j = 0; j < H; j++)
         y[j] = row[j];
-      for (int64_t i = 0; i < I; i++) {
-        const double hi = h[i];
-        load_row(L->dtype, L->down_proj, (e * I + i) * H, H, row);
-        for (int64_t j = 0; j < H; j++)
-          y[j] += hi * row[j];
-      }
+      for (int64_t i = 0; i < I; i++)
+        hd[i] = h[i];
+      expert_gemm(L, L->down_proj, L->down_proj_scales, e, I, H, hd, y, row);
 
       for (int64_t j = 0; j < H; j++)
         o[j] += (float)(y[j] * w_out);

@@ -27,7 +27,18 @@ typedef struct mj_ref_layer {
   int64_t capacity;    /* > 0: an expert keeps its first `capacity` slots (t*K+k order) */
   int weight_on_input; /* x scaled by the weight before GEMM1; the output unweighted */
   int bias_f32;        /* the biases are f32 arrays */
+  /* MXFP4 expert weights, as the gpt-oss checkpoints hold them: with mxfp4, gate_up_proj is the
+   * blocks [E, 2I, H/32, 16] and down_proj [E, H, I/32, 16] (u8, out-major, K contiguous, element
+   * 2b in the low nibble of byte b, e2m1 codes), and these their e8m0 scales (weight = e2m1 code x
+   * 2^(scale - 127)); H and I multiples of 32. */
+  int mxfp4;
+  const uint8_t *gate_up_proj_scales; /* [E, 2I, H/32] */
+  const uint8_t *down_proj_scales;    /* [E, H, I/32] */
 } mj_ref_layer;
+
+/* The value of MXFP4 weight `k` of a row of blocks (K elements, blocks of 32 in 16 bytes) and its
+ * scales: e2m1 code x 2^(scale - 127), in double (exact: no scale byte overflows a double). */
+double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k);
 
 /* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not
  * accumulated into). tokens == NULL means all T tokens in order, and then ntokens must equal T. Per
@@ -36,8 +47,10 @@ typedef struct mj_ref_layer {
  * h = (up + 1) * gate * sigmoid(alpha * gate), rounded to dtype as the GPU stores it (F32: to
  * float); y = h @ down_proj[e] + bias, accumulated in double; out[t] = sum over k = 0..K-1, in that
  * order, in float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E)
- * contributes nothing. Allocates O(H + I) scratch. Returns 0, or -1 on a bad argument or out of
- * memory. */
+ * contributes nothing. With mxfp4 the weights are decoded from their blocks and scales
+ * (mj_ref_mxfp4); the sums are the same, taken output by output. Allocates O(H + I) scratch.
+ * Returns 0, or -1 on a bad argument (mxfp4 with H or I not a multiple of 32, or no scales) or out
+ * of memory. */
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
 
 /* The reference layer of a descriptor for `tokens` tokens: its sizes, dtype, SwiGLU parameters
