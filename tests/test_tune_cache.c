@@ -221,6 +221,54 @@ static void test_file_round_trip_and_damage(void **state) {
   }
 }
 
+/* Files named like a cubin that are not one: a FIFO (opening it for reading would wait for a
+ * writer: the reader and the cache treat it as a miss at once; alarm() fails a hang), a folder,
+ * and a sparse file whose header names a cubin of 6 GiB (refused before any allocation). */
+static void test_hostile_files(void **state) {
+  (void)state;
+  char dir[300], sub[320], path[600];
+  fresh_dir(dir, sizeof dir);
+  snprintf(sub, sizeof sub, "%s/cubin", dir);
+  mkdir(sub, 0755);
+  uint8_t key[16];
+  mj_hash h;
+  mj_hash_init(&h, 2);
+  mj_hash_str(&h, "hostile");
+  mj_hash_final(&h, key);
+  mj_tune_cache_path(dir, key, path, sizeof path);
+  void *data = (void *)1;
+  size_t size = 1;
+  alarm(20);
+  assert_int_equal(mkfifo(path, 0644), 0);
+  assert_int_equal(mj_tune_cache_read_file(path, key, &data, &size, NULL),
+                   MJ_CACHE_FILE_NOT_REGULAR);
+  assert_null(data);
+  mj_cache *c = NULL;
+  mj_err err;
+  assert_int_equal(mj_tune_cache_open(&c, dir, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(mj_tune_cache_acquire(c, key, &data, &size), 0); /* a miss, not a hang */
+  mj_tune_cache_abandon(c, key);
+  mj_tune_cache_close(c);
+  unlink(path);
+  assert_int_equal(mkdir(path, 0755), 0);
+  assert_int_equal(mj_tune_cache_read_file(path, key, &data, &size, NULL),
+                   MJ_CACHE_FILE_NOT_REGULAR);
+  rmdir(path);
+  alarm(0);
+
+  unsigned char payload[64] = {1};
+  assert_int_equal(mj_tune_cache_write_file(dir, key, payload, sizeof payload), 0);
+  const uint64_t claim = (uint64_t)6 << 30; /* the header's length field: bytes 32..39 */
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, &claim, sizeof claim, 32), (ssize_t)sizeof claim);
+  assert_int_equal(ftruncate(fd, (off_t)(56 + claim)), 0);
+  close(fd);
+  assert_int_equal(mj_tune_cache_read_file(path, key, &data, &size, NULL), MJ_CACHE_FILE_TOO_LARGE);
+  assert_null(data);
+  unlink(path);
+}
+
 /* A plan over a damaged file recompiles that one module, replaces the file and warns. */
 static void test_damaged_files_recompiled(void **state) {
   (void)state;
@@ -538,6 +586,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_sensitivity),
       cmocka_unit_test(test_file_round_trip_and_damage),
+      cmocka_unit_test(test_hostile_files),
       cmocka_unit_test(test_damaged_files_recompiled),
       cmocka_unit_test(test_concurrent_processes),
       cmocka_unit_test(test_unwritable_dir),

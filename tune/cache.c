@@ -150,7 +150,9 @@ const char *mj_tune_cache_file_error(mj_cache_file_status s) {
                                      "written by another cache format version",
                                      "its key does not match its name",
                                      "checksum mismatch",
-                                     "trailing bytes after the cubin"};
+                                     "trailing bytes after the cubin",
+                                     "not a regular file",
+                                     "names a cubin larger than any kernel's (64 MiB)"};
   return (unsigned)s < sizeof text / sizeof text[0] ? text[s] : "unknown";
 }
 
@@ -162,13 +164,22 @@ mj_cache_file_status mj_tune_cache_read_file(const char *path, const uint8_t *ex
   void *buf = NULL;
   *data = NULL;
   *size = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return MJ_CACHE_FILE_IO;
+  /* Non-blocking until it is known to be a regular file: opening a FIFO for reading blocks until
+   * a writer comes. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   struct stat sb;
-  if (fstat(fileno(f), &sb) != 0) {
-    st = MJ_CACHE_FILE_IO;
-    goto done;
+  if (fd < 0)
+    return MJ_CACHE_FILE_IO;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    st = fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode) ? MJ_CACHE_FILE_NOT_REGULAR : MJ_CACHE_FILE_IO;
+    close(fd);
+    return st;
+  }
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return MJ_CACHE_FILE_IO;
   }
   if ((size_t)sb.st_size < sizeof h || fread(&h, 1, sizeof h, f) != sizeof h) {
     st = MJ_CACHE_FILE_SHORT;
@@ -186,6 +197,10 @@ mj_cache_file_status mj_tune_cache_read_file(const char *path, const uint8_t *ex
   }
   if (expect_key && memcmp(expect_key, h.key, 16) != 0) {
     st = MJ_CACHE_FILE_BAD_KEY;
+    goto done;
+  }
+  if (h.length > MJ_CACHE_MAX_CUBIN) {
+    st = MJ_CACHE_FILE_TOO_LARGE;
     goto done;
   }
   if ((uint64_t)sb.st_size < sizeof h + h.length || h.length == 0) {

@@ -14,6 +14,9 @@
 
 #define MJ_CACHE_MAGIC "MJCUBIN\0"
 #define MJ_CACHE_FORMAT 1u
+/* The largest cubin a file may hold: the kernels' are well under a megabyte, so a header naming
+ * more is damage, refused before anything is allocated or read. */
+#define MJ_CACHE_MAX_CUBIN ((uint64_t)64 << 20)
 
 typedef struct mj_cache mj_cache;
 
@@ -58,14 +61,17 @@ typedef enum mj_cache_file_status {
   MJ_CACHE_FILE_BAD_VERSION,
   MJ_CACHE_FILE_BAD_KEY, /* the header's key is not the file's name / the key asked for */
   MJ_CACHE_FILE_BAD_CHECKSUM,
-  MJ_CACHE_FILE_LONG, /* bytes after the payload */
+  MJ_CACHE_FILE_LONG,        /* bytes after the payload */
+  MJ_CACHE_FILE_NOT_REGULAR, /* a FIFO, a device, a folder: never opened for reading */
+  MJ_CACHE_FILE_TOO_LARGE,   /* names a cubin of more than MJ_CACHE_MAX_CUBIN bytes */
 } mj_cache_file_status;
 const char *mj_tune_cache_file_error(mj_cache_file_status s);
 
 /* Path of a key's file under dir. */
 void mj_tune_cache_path(const char *dir, const uint8_t key[16], char *buf, size_t len);
-/* Reads and checks one file. expect_key may be NULL (then the key is only reported). On OK *data
- * (malloc'd) and *size hold the cubin. */
+/* Reads and checks one file: a regular file (anything else is refused without blocking on it) of
+ * one cubin of at most MJ_CACHE_MAX_CUBIN bytes. expect_key may be NULL (then the key is only
+ * reported). On OK *data (malloc'd) and *size hold the cubin. */
 mj_cache_file_status mj_tune_cache_read_file(const char *path, const uint8_t *expect_key,
                                              void **data, size_t *size, uint8_t key_out[16]);
 /* Writes a key's file under dir: temporary file, fsync, rename. Returns 0 or -1 (errno kept). */
