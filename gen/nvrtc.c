@@ -14,8 +14,11 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
                                       "libnvrtc.so",
                                       NULL};
   memset(nv, 0, sizeof *nv);
+  /* Never unloaded once loaded (RTLD_NODELETE): each load of NVRTC allocates what it never frees
+   * (about 71 KB of its C++ runtime), so unloading and loading it again with every context would
+   * grow the process by that much a context. */
   for (const char *const *n = names; *n && !nv->lib; n++)
-    nv->lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL);
+    nv->lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (!nv->lib)
     return mj_errf(err, MOEJIT_ERR_NO_COMPILER,
                    "NVRTC not found (dlopen libnvrtc.so.13/.12: %s); install the CUDA toolkit's "
