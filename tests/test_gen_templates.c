@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <dlfcn.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,26 +498,6 @@ static void test_synth_compiles(void **state) {
     assert_null(cubin.data);
   }
   free(src);
-}
-
-/* Loading NVRTC again after unloading it costs nothing: each load of the library allocates what
- * it never frees (its C++ runtime's emergency pool), so a context that unloaded it would leave
- * that behind, and create/destroy cycles grew the process (about 72 KB a cycle). */
-static void test_nvrtc_reload_does_not_grow(void **state) {
-  fixture *fx = *state;
-  require_nvrtc(fx);
-  mj_nvrtc nv;
-  mj_err err;
-  assert_int_equal(mj_gen_nvrtc_load(&nv, &err), MOEJIT_OK);
-  mj_gen_nvrtc_unload(&nv);
-  const size_t before = mallinfo2().uordblks;
-  for (int i = 0; i < 4; i++) {
-    assert_int_equal(mj_gen_nvrtc_load(&nv, &err), MOEJIT_OK);
-    mj_gen_nvrtc_unload(&nv);
-  }
-  const size_t after = mallinfo2().uordblks;
-  if (after > before + 4096)
-    fail_msg("4 loads of NVRTC grew the heap by %zu bytes", after - before);
 }
 
 /* ---- failures, each at its layer ------------------------------------------------------------- */
@@ -1130,7 +1109,6 @@ int main(void) {
       cmocka_unit_test(test_bad_tile_is_a_template_error),
       cmocka_unit_test(test_broken_source_is_a_compile_error),
       cmocka_unit_test(test_synth_compiles),
-      cmocka_unit_test(test_nvrtc_reload_does_not_grow),
       cmocka_unit_test(test_gemm_math_path),
       cmocka_unit_test(test_route_small_variants),
       cmocka_unit_test(test_gemm_split_k),
