@@ -7,12 +7,12 @@
 
 typedef struct mj_field {
   const char *name;
-  size_t offset;
+  size_t offset, size;
 } mj_field;
 
 /* An entry for member `field` of struct type `type`. */
 #define MJ_FIELD(type, field)                                                                      \
-  { #field, offsetof(type, field) }
+  { #field, offsetof(type, field), sizeof(((type *)0)->field) }
 
 /* The entry of table[0..n) named `name`, or NULL. */
 static inline const mj_field *mj_field_find(const mj_field *table, size_t n, const char *name) {

@@ -77,8 +77,6 @@ static const char bench_usage[] =
     "for sm_90a (or --arch), prints \"no GPU found (...)\", times nothing, writes no JSON and\n"
     "exits 0.\n";
 
-enum { BW_PASSES = 10, GEMM_CALLS = 10, GEMM_N = 8192, FLOOR_WARMUP = 3 };
-
 typedef struct bench_opts {
   int warmup;
   int eager;
@@ -211,236 +209,23 @@ static int repeat_for(const cli_layer *L, int64_t tokens) {
   return L->repeat > 0 ? L->repeat : tokens > 16384 ? 20 : 50;
 }
 
-/* ---- the bandwidth kernel ------------------------------------------------------------------- */
-
-/* The bandwidth kernel (templates/bench.lua): compiled, and loaded unless the context is
- * offline. */
-static moejit_status bench_kernel(moejit_ctx *ctx, mj_kernel *k, CUmodule *mod, mj_err *err) {
-  static const char *const entries[] = {"moejit_bench_read", NULL};
-  mj_kernel *ks[] = {k};
-  mj_spec spec;
-  memset(&spec, 0, sizeof spec);
-  return mj_rt_module_open(ctx, "bench", &spec, entries, ks, mod, err);
-}
-
-/* A read of the whole buffer into the checksum, after the checksum is zeroed. */
-typedef struct bw_pass {
-  bench *b;
-  mj_kernel k;
-  CUdeviceptr buf, sum;
-  long long n;
-} bw_pass;
-
-static moejit_status bw_zero(void *user, CUstream stream, mj_err *err) {
-  bw_pass *p = user;
-  moejit_status st = MOEJIT_OK;
-  MJ_CU(p->b->cu, MemsetD32Async(p->sum, 0, 1, stream), err);
-fail:
-  return st;
-}
-
-static moejit_status bw_read(void *user, CUstream stream, mj_err *err) {
-  bw_pass *p = user;
-  void *args[] = {&p->buf, &p->n, &p->sum};
-  unsigned blocks = (unsigned)(p->k.meta.blocks_per_sm * p->b->info.sm_count);
-  return mj_rt_launch_args(p->b->ctx, &p->k, blocks, 1, 1, args, stream, 0, err);
-}
-
-/* HBM read bandwidth, TB/s: the median of BW_PASSES reductions over bytes. */
-static moejit_status measure_bw(bench *b, double *tbps, mj_err *err) {
-  moejit_status st = MOEJIT_OK;
-  const mj_cu *cu = b->cu;
-  CUmodule mod = NULL;
-  bw_pass p;
-  float ms[BW_PASSES];
-  memset(&p, 0, sizeof p);
-  p.b = b;
-  p.n = b->o.bw_bytes / 16;
-  if ((st = bench_kernel(b->ctx, &p.k, &mod, err)) != MOEJIT_OK)
-    goto fail;
-  MJ_CU(cu, MemAlloc(&p.buf, (size_t)p.n * 16), err);
-  MJ_CU(cu, MemAlloc(&p.sum, 4), err);
-  /* on the bench stream (a non-blocking one does not wait for the legacy stream's memsets) */
-  MJ_CU(cu, MemsetD32Async(p.buf, 0x5A5A5A5Au, (size_t)p.n * 4, b->stream), err);
-  const mj_timed timed = {FLOOR_WARMUP, BW_PASSES, bw_read, bw_zero, &p};
-  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
-    goto fail;
-  *tbps = (double)p.n * 16 / (mj_median(ms, BW_PASSES) * 1e-3) / 1e12;
-fail:
-  if (p.sum)
-    cu->MemFree(p.sum);
-  if (p.buf)
-    cu->MemFree(p.buf);
-  if (mod)
-    cu->ModuleUnload(mod);
-  return st;
-}
-
-/* ---- cuBLAS, loaded with dlopen ------------------------------------------------------------- */
-
-/* The few cuBLAS declarations used, from cublas_api.h and library_types.h. */
-typedef int (*cublas_create_fn)(void **handle);
-typedef int (*cublas_destroy_fn)(void *handle);
-typedef int (*cublas_set_stream_fn)(void *handle, CUstream stream);
-typedef int (*cublas_gemm_ex_fn)(void *handle, int transa, int transb, int m, int n, int k,
-                                 const void *alpha, const void *A, int atype, int lda,
-                                 const void *B, int btype, int ldb, const void *beta, void *C,
-                                 int ctype, int ldc, int compute, int algo);
-typedef const char *(*cublas_status_string_fn)(int status);
-enum { CUBLAS_OP_N = 0, CUBLAS_GEMM_DEFAULT = -1 };
-
-/* The GEMM of the floor per layer math: cudaDataType of A, B, C and the cublasComputeType_t. */
-static const struct gemm_math {
-  moejit_dtype dtype;
-  int exact_f32;
-  int cuda_type, compute;
-  const char *name;
-} gemm_maths[] = {
-    {MOEJIT_BF16, 0, 14 /* CUDA_R_16BF */, 68 /* CUBLAS_COMPUTE_32F */, "bf16"},
-    {MOEJIT_BF16, 1, 14, 68, "bf16"},
-    {MOEJIT_F16, 0, 2 /* CUDA_R_16F */, 68, "f16"},
-    {MOEJIT_F16, 1, 2, 68, "f16"},
-    {MOEJIT_F32, 0, 0 /* CUDA_R_32F */, 77 /* CUBLAS_COMPUTE_32F_FAST_TF32 */, "tf32"},
-    {MOEJIT_F32, 1, 0, 68, "f32"},
-};
-
-static const struct gemm_math *gemm_math_of(const moejit_layer_desc *d) {
-  for (size_t i = 0; i < sizeof gemm_maths / sizeof gemm_maths[0]; i++)
-    if (gemm_maths[i].dtype == d->dtype && gemm_maths[i].exact_f32 == !!d->exact_f32)
-      return &gemm_maths[i];
-  return &gemm_maths[0];
-}
-
-typedef struct cublas {
-  void *lib;
-  char path[256];
-  cublas_create_fn create;
-  cublas_destroy_fn destroy;
-  cublas_set_stream_fn set_stream;
-  cublas_gemm_ex_fn gemm_ex;
-  cublas_status_string_fn status_string; /* optional (cuBLAS 11.4+) */
-} cublas;
-
-/* dlopen of --cublas, else the usual names. MOEJIT_ERR_UNSUPPORTED naming what was tried. The
- * library stays loaded until the command exits: it carries its own CUDA runtime, and unloading
- * that mid-process buys nothing in a command about to exit. */
-static moejit_status cublas_load(const char *path, cublas *c, mj_err *err) {
-  static const char *const names[] = {"libcublas.so.13", "libcublas.so.12",
-                                      "/usr/local/cuda/lib64/libcublas.so.13",
-                                      "/usr/local/cuda/lib64/libcublas.so.12"};
-  const char *const *list = path ? &path : names;
-  int n = path ? 1 : (int)(sizeof names / sizeof names[0]);
-  const char *why = "not found";
-  memset(c, 0, sizeof *c);
-  for (int i = 0; i < n && !c->lib; i++) {
-    c->lib = dlopen(list[i], RTLD_NOW | RTLD_LOCAL);
-    if (c->lib)
-      snprintf(c->path, sizeof c->path, "%s", list[i]);
-    else
-      why = dlerror();
-  }
-  if (!c->lib)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED, "no cuBLAS: dlopen(%s%s) failed: %s",
-                   path ? path : "libcublas.so.13, .so.12", path ? "" : ", /usr/local/cuda/lib64",
-                   why ? why : "?");
-  *(void **)&c->create = dlsym(c->lib, "cublasCreate_v2");
-  *(void **)&c->destroy = dlsym(c->lib, "cublasDestroy_v2");
-  *(void **)&c->set_stream = dlsym(c->lib, "cublasSetStream_v2");
-  *(void **)&c->gemm_ex = dlsym(c->lib, "cublasGemmEx");
-  *(void **)&c->status_string = dlsym(c->lib, "cublasGetStatusString");
-  if (!c->create || !c->destroy || !c->set_stream || !c->gemm_ex)
-    return mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
-                   "%s lacks cublasCreate_v2, cublasDestroy_v2, "
-                   "cublasSetStream_v2 or cublasGemmEx",
-                   c->path);
-  return MOEJIT_OK;
-}
-
-/* Runs a cuBLAS call; on failure names it, its status and the library, and jumps to fail. */
-#define CUBLAS(c, call, err)                                                                       \
-  do {                                                                                             \
-    int s_ = (c)->call;                                                                            \
-    if (s_ != 0) {                                                                                 \
-      st = mj_errf((err), MOEJIT_ERR_CUDA, "%s failed: status %d (%s) in %s", #call, s_,           \
-                   (c)->status_string ? (c)->status_string(s_) : "?", (c)->path);                  \
-      goto fail;                                                                                   \
-    }                                                                                              \
-  } while (0)
-
-/* One cuBLAS GEMM of the floor. */
-typedef struct gemm_call {
-  cublas *c;
-  void *handle;
-  const struct gemm_math *gm;
-  CUdeviceptr m[3]; /* A, B, C: [8192, 8192] each */
-} gemm_call;
-
-static moejit_status gemm_run(void *user, CUstream stream, mj_err *err) {
-  gemm_call *g = user;
-  moejit_status st = MOEJIT_OK;
-  float alpha = 1.0f, beta = 0.0f;
-  (void)stream; /* the handle's */
-  CUBLAS(g->c,
-         gemm_ex(g->handle, CUBLAS_OP_N, CUBLAS_OP_N, GEMM_N, GEMM_N, GEMM_N, &alpha,
-                 (void *)(uintptr_t)g->m[0], g->gm->cuda_type, GEMM_N, (void *)(uintptr_t)g->m[1],
-                 g->gm->cuda_type, GEMM_N, &beta, (void *)(uintptr_t)g->m[2], g->gm->cuda_type,
-                 GEMM_N, g->gm->compute, CUBLAS_GEMM_DEFAULT),
-         err);
-fail:
-  return st;
-}
-
-/* Dense GEMM rate, TFLOP/s: the median of GEMM_CALLS cuBLAS GEMMs of 8192^3 in the layer's math,
- * on random operands. cuBLAS uses the runtime API's current context: the device's primary context,
- * which moejit retains and the caller has made current. */
-static moejit_status measure_gemm(bench *b, const struct gemm_math *gm, double *tflops,
-                                  mj_err *err) {
-  moejit_status st = MOEJIT_OK;
-  const mj_cu *cu = b->cu;
-  cublas c;
-  gemm_call g = {&c, NULL, gm, {0, 0, 0}};
-  float ms[GEMM_CALLS];
-  int64_t elems = (int64_t)GEMM_N * GEMM_N;
-  if ((st = cublas_load(b->o.cublas, &c, err)) != MOEJIT_OK)
-    return st;
-  for (int i = 0; i < 3; i++)
-    MJ_CU(cu, MemAlloc(&g.m[i], (size_t)elems * mj_dtype_size(gm->dtype)), err);
-  for (int i = 0; i < 2; i++)
-    if ((st = mj_synth_fill(&b->syn, g.m[i], elems, gm->dtype, -1.0f, 1.0f, 1000 + i, b->stream,
-                            err)) != MOEJIT_OK)
-      goto fail;
-  CUBLAS(&c, create(&g.handle), err);
-  CUBLAS(&c, set_stream(g.handle, b->stream), err);
-  const mj_timed timed = {FLOOR_WARMUP, GEMM_CALLS, gemm_run, NULL, &g};
-  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
-    goto fail;
-  *tflops = 2.0 * (double)GEMM_N * GEMM_N * GEMM_N / (mj_median(ms, GEMM_CALLS) * 1e-3) / 1e12;
-fail:
-  if (g.handle)
-    c.destroy(g.handle);
-  for (int i = 0; i < 3; i++)
-    if (g.m[i])
-      cu->MemFree(g.m[i]);
-  return st;
-}
-
 /* Both rates; a failure leaves that rate NAN and its reason in the note (the rows still run). */
 static void measure_floor(bench *b, const moejit_layer_desc *d, floor_rates *f) {
   FILE *out = b->out;
   mj_err err;
   f->bw_tbps = f->gemm_tflops = NAN;
   f->note[0] = '\0';
-  const struct gemm_math *gm = gemm_math_of(d);
-  f->gemm_math = gm->name;
+  f->gemm_math = mj_floor_gemm_math(d);
   if (!b->o.floor) {
     snprintf(f->note, sizeof f->note, "not measured (--no-floor)");
     return;
   }
-  if (measure_bw(b, &f->bw_tbps, &err) != MOEJIT_OK) {
+  if (mj_floor_bandwidth(b->ctx, b->stream, b->o.bw_bytes, &f->bw_tbps, &err) != MOEJIT_OK) {
     f->bw_tbps = NAN;
     snprintf(f->note, sizeof f->note, "no bandwidth: %.440s", err.msg);
   }
-  if (measure_gemm(b, gm, &f->gemm_tflops, &err) != MOEJIT_OK) {
+  if (mj_floor_gemm(b->ctx, &b->syn, b->stream, d, b->o.cublas, &f->gemm_tflops, &err) !=
+      MOEJIT_OK) {
     size_t used = strlen(f->note);
     f->gemm_tflops = NAN;
     snprintf(f->note + used, sizeof f->note - used, "%sno GEMM rate: %.440s", used ? "; " : "",
@@ -448,10 +233,10 @@ static void measure_floor(bench *b, const moejit_layer_desc *d, floor_rates *f) 
   }
   if (isfinite(f->bw_tbps))
     fprintf(out, "floor    HBM read %.3f TB/s (reduction over %.2f GiB, median of %d)\n",
-            f->bw_tbps, (double)b->o.bw_bytes / (1 << 30), BW_PASSES);
+            f->bw_tbps, (double)b->o.bw_bytes / (1 << 30), MJ_FLOOR_BW_PASSES);
   if (isfinite(f->gemm_tflops))
-    fprintf(out, "floor    %s GEMM %.1f TFLOP/s (cuBLAS %d^3, median of %d)\n", gm->name,
-            f->gemm_tflops, GEMM_N, GEMM_CALLS);
+    fprintf(out, "floor    %s GEMM %.1f TFLOP/s (cuBLAS %d^3, median of %d)\n", f->gemm_math,
+            f->gemm_tflops, MJ_FLOOR_GEMM_N, MJ_FLOOR_GEMM_CALLS);
   if (f->note[0])
     fprintf(out, "floor    not given: %s\n", f->note);
 }
@@ -499,7 +284,7 @@ fail:
   return st;
 }
 
-/* A row's forward as mj_time_runs times it: a replay, or an eager call. */
+/* A row's forward as mj_timing_run times it: a replay, or an eager call. */
 typedef struct row_call {
   bench *b;
   const moejit_forward_args *a;
@@ -583,8 +368,8 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   if (!b->o.eager && (st = capture(b, &a, &exec, err)) != MOEJIT_OK)
     goto fail;
   row_call call = {b, &a, exec};
-  const mj_timed timed = {b->o.warmup, repeat, row_forward, NULL, &call};
-  if ((st = mj_time_runs(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
+  const mj_timing timed = {b->o.warmup, repeat, row_forward, NULL, &call};
+  if ((st = mj_timing_run(b->ctx, b->stream, &timed, ms, err)) != MOEJIT_OK)
     goto fail;
   if ((st = moejit_forward_check(b->plan, (void *)(uintptr_t)b->layer.workspace, b->stream,
                                  &bad)) != MOEJIT_OK) {
@@ -600,7 +385,7 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
     goto fail;
   r->tokens = tokens;
   r->repeat = repeat;
-  r->ms = mj_median(ms, repeat);
+  r->ms = mj_timing_median(ms, repeat);
   r->ms_min = ms[0];
   r->ms_max = ms[repeat - 1];
   r->flops =
@@ -781,8 +566,6 @@ static int compile_only(const cli_layer *L, const char *why) {
   moejit_ctx_options o;
   moejit_ctx *ctx = NULL;
   moejit_plan *plan = NULL;
-  mj_kernel k;
-  CUmodule mod = NULL;
   mj_err err;
   int rc = 1;
   moejit_ctx_options_init(&o);
@@ -799,7 +582,7 @@ static int compile_only(const cli_layer *L, const char *why) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
-  if ((st = bench_kernel(ctx, &k, &mod, &err)) != MOEJIT_OK) {
+  if ((st = mj_floor_compile(ctx, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: bandwidth kernel: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }

@@ -120,8 +120,8 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "moejit run: out of memory\n");
     goto done;
   }
-  const mj_timed timed = {3, L.repeat, forward, NULL, &call};
-  if ((st = mj_time_runs(ctx, NULL, &timed, ms, &err)) != MOEJIT_OK) {
+  const mj_timing timed = {3, L.repeat, forward, NULL, &call};
+  if ((st = mj_timing_run(ctx, NULL, &timed, ms, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit run: forward: %s: %s\n", moejit_status_name(st), err.msg);
     goto done;
   }
@@ -130,7 +130,7 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "moejit run: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));
     goto done;
   }
-  double med = mj_median(ms, L.repeat);
+  double med = mj_timing_median(ms, L.repeat);
   double flop = 2.0 * (double)L.tokens * (double)d->top_k *
                 (3.0 * (double)d->hidden * (double)d->intermediate);
   printf("forward  %.3f ms median of %d (min %.3f, max %.3f), %.1f TFLOP/s dropless\n", med,

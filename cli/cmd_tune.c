@@ -90,11 +90,11 @@ int cmd_tune(int argc, char **argv) {
          mj_dtype_name(d->dtype), info.name, info.arch, info.sm_count);
   printf("records  %s\n", records[0] ? records : "(no cache folder: not saved)");
   tune_ui ui = {isatty(2), cli_now(), L.check < 0 ? 8 : L.check};
-  mj_tune_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed, 1,
-                         progress,     check,     &ui};
-  mj_tune_result res[32];
+  mj_tuner_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed, 1,
+                          progress,     check,     &ui};
+  mj_tuner_result res[32];
   double t0 = cli_now();
-  st = mj_tune_run(ctx, d, &opt, res, &err);
+  st = mj_tuner_run(ctx, d, &opt, res, &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit tune: %s: %s\n", moejit_status_name(st), err.msg);
     moejit_destroy(ctx);
@@ -104,7 +104,7 @@ int cmd_tune(int argc, char **argv) {
          "speedup", "cands", "check");
   rc = 0;
   for (int i = 0; i < L.ntokens; i++) {
-    const mj_tune_result *r = &res[i];
+    const mj_tuner_result *r = &res[i];
     char chk[48];
     if (r->checked == 1)
       snprintf(chk, sizeof chk, "ok (%.2g)", r->rel_error);

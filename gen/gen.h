@@ -43,6 +43,7 @@ typedef struct mj_kernel_meta {
   int depth;         /* a GEMM's K: the length of its sums (the extent of its tensor maps) */
   int splits;        /* blocks along z: K split into that many partial sums */
   int box_rows;      /* rows of one TMA box of A */
+  int box_cols;      /* elements of one TMA box's row (its swizzle width) */
   int blocks_per_sm; /* resident blocks per SM of a persistent grid */
   int max_slots;     /* slots one launch takes at most */
   int nparams;

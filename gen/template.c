@@ -326,13 +326,13 @@ typedef struct render_call {
 
 /* The integer keys of a kernel's contract and where they go. */
 static const mj_field meta_ints[] = {
-    MJ_FIELD(mj_kernel_meta, threads),     MJ_FIELD(mj_kernel_meta, smem),
-    MJ_FIELD(mj_kernel_meta, static_smem), MJ_FIELD(mj_kernel_meta, per_block),
-    MJ_FIELD(mj_kernel_meta, max_blocks),  MJ_FIELD(mj_kernel_meta, tile_rows),
-    MJ_FIELD(mj_kernel_meta, cols),        MJ_FIELD(mj_kernel_meta, tile_cols),
-    MJ_FIELD(mj_kernel_meta, depth),       MJ_FIELD(mj_kernel_meta, splits),
-    MJ_FIELD(mj_kernel_meta, box_rows),    MJ_FIELD(mj_kernel_meta, blocks_per_sm),
-    MJ_FIELD(mj_kernel_meta, max_slots),
+    MJ_FIELD(mj_kernel_meta, threads),       MJ_FIELD(mj_kernel_meta, smem),
+    MJ_FIELD(mj_kernel_meta, static_smem),   MJ_FIELD(mj_kernel_meta, per_block),
+    MJ_FIELD(mj_kernel_meta, max_blocks),    MJ_FIELD(mj_kernel_meta, tile_rows),
+    MJ_FIELD(mj_kernel_meta, cols),          MJ_FIELD(mj_kernel_meta, tile_cols),
+    MJ_FIELD(mj_kernel_meta, depth),         MJ_FIELD(mj_kernel_meta, splits),
+    MJ_FIELD(mj_kernel_meta, box_rows),      MJ_FIELD(mj_kernel_meta, box_cols),
+    MJ_FIELD(mj_kernel_meta, blocks_per_sm), MJ_FIELD(mj_kernel_meta, max_slots),
 };
 
 /* Copies a string field of the table at the top into buf; raises a Lua error naming the kernel when

@@ -263,6 +263,15 @@ void mj_rt_arch_smem(const char *arch, int *block, int *sm) {
     }
 }
 
+/* Whether a kernel's contract fits the context's device: its shared memory within a block's and,
+ * with blocks_per_sm, that many blocks within an SM's. */
+static int fits(const moejit_ctx *ctx, const mj_kernel_meta *k) {
+  /* the driver keeps 1 KB of an SM's shared memory for each resident block */
+  int64_t block = (int64_t)k->smem + k->static_smem;
+  int64_t resident = k->blocks_per_sm > 1 ? k->blocks_per_sm : 1;
+  return block <= ctx->smem_optin && (block + 1024) * resident <= ctx->smem_per_sm;
+}
+
 int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *d, const mj_gemm_config *c) {
   static const moejit_stage stages[] = {MOEJIT_STAGE_GEMM1, MOEJIT_STAGE_GEMM2};
   for (int g = 0; g < 2; g++) {
@@ -272,17 +281,10 @@ int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *d, const mj_gemm
     gemm_module(d, c, stages[g], &m);
     int ok =
         mj_gen_render(ctx->gen, m.template_name, &m.spec, &m.source, &m.meta, &err) == MOEJIT_OK &&
-        mj_rt_fits(ctx, &m.meta.kernel[0]);
+        fits(ctx, &m.meta.kernel[0]);
     free(m.source);
     if (!ok)
       return 0;
   }
   return 1;
-}
-
-int mj_rt_fits(const moejit_ctx *ctx, const mj_kernel_meta *k) {
-  /* the driver keeps 1 KB of an SM's shared memory for each resident block */
-  int64_t block = (int64_t)k->smem + k->static_smem;
-  int64_t resident = k->blocks_per_sm > 1 ? k->blocks_per_sm : 1;
-  return block <= ctx->smem_optin && (block + 1024) * resident <= ctx->smem_per_sm;
 }

@@ -139,6 +139,8 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
   if (!ctx)
     return MOEJIT_ERR_OUT_OF_MEMORY;
   pthread_mutex_init(&ctx->err_lock, NULL);
+  const char *pdl_env = getenv("MOEJIT_PDL"); /* read once, here */
+  ctx->pdl_off = pdl_env && !strcmp(pdl_env, "0");
   ctx->log = o.log;
   ctx->log_user = o.log_user;
   const char *tdir = o.template_dir ? o.template_dir : getenv("MOEJIT_TEMPLATE_DIR");

@@ -112,21 +112,16 @@ static moejit_status stage_route(const moejit_plan *plan, chunk *c, int accumula
 
 static moejit_status stage_gemm1(const moejit_plan *plan, chunk *c, CUstream s, mj_err *err) {
   moejit_status st;
-  c->v.w = DPTR(c->args->gate_up_proj);
-  c->v.bias = DPTR(c->args->gate_up_proj_bias);
   if (!c->wgmma) /* GEMM1 of few slots may route itself, where nothing else needs routing first */
     return mj_rt_gemm(plan, c->cfg, MOEJIT_STAGE_GEMM1, &c->v, &c->l,
                       c->pdl && !c->args->device_tokens, s, c->pdl, err);
   /* the x rows in sorted order, which GEMM1 reads by TMA as GEMM2 reads h */
   if ((st = mj_rt_gather(plan, &c->v, s, c->pdl, err)))
     return st;
-  c->v.wait_ready = 0;
-  return mj_rt_wgmma(plan, c->cfg, MOEJIT_STAGE_GEMM1, &c->v, &c->l, s, c->wg_pdl, err);
+  return mj_rt_wgmma(plan, c->cfg, MOEJIT_STAGE_GEMM1, &c->v, &c->l, 0, s, c->wg_pdl, err);
 }
 
 static moejit_status stage_gemm2(const moejit_plan *plan, chunk *c, CUstream s, mj_err *err) {
-  c->v.w = DPTR(c->args->down_proj);
-  c->v.bias = DPTR(c->args->down_proj_bias);
   if (!c->wgmma)
     return mj_rt_gemm(plan, c->cfg, MOEJIT_STAGE_GEMM2, &c->v, &c->l, 0, s, c->pdl, err);
   /* A chained configuration's GEMM2, launched right after its GEMM1 under programmatic dependent
@@ -135,8 +130,8 @@ static moejit_status stage_gemm2(const moejit_plan *plan, chunk *c, CUstream s, 
    * may have run in an earlier call. Chained, GEMM2 never waits for GEMM1 as a whole, so the
    * combine's wait covers GEMM1 only through h: a kernel after it that read anything else GEMM1
    * writes would need a wait of its own. */
-  c->v.wait_ready = c->wg_pdl && plan->configs[c->cfg].chain && (c->stages & MOEJIT_STAGE_GEMM1);
-  return mj_rt_wgmma(plan, c->cfg, MOEJIT_STAGE_GEMM2, &c->v, &c->l, s, c->wg_pdl, err);
+  int chained = c->wg_pdl && plan->configs[c->cfg].chain && (c->stages & MOEJIT_STAGE_GEMM1);
+  return mj_rt_wgmma(plan, c->cfg, MOEJIT_STAGE_GEMM2, &c->v, &c->l, chained, s, c->wg_pdl, err);
 }
 
 static moejit_status stage_combine(const moejit_plan *plan, chunk *c, CUstream s, mj_err *err) {
@@ -171,6 +166,10 @@ static moejit_status run_chunk(const moejit_plan *plan, const moejit_forward_arg
   v->expert_map = DPTR(a->expert_map);
   v->device_tokens = DPTR(a->device_tokens);
   v->y = DPTR(a->y);
+  v->gate_up_proj = DPTR(a->gate_up_proj);
+  v->gate_up_proj_bias = DPTR(a->gate_up_proj_bias);
+  v->down_proj = DPTR(a->down_proj);
+  v->down_proj_bias = DPTR(a->down_proj_bias);
 #define MJ_WS_(field) v->field = ws + c.l.field
   MJ_WS_(flags);
   MJ_WS_(num_tiles);
@@ -192,11 +191,10 @@ static moejit_status run_chunk(const moejit_plan *plan, const moejit_forward_arg
   v->tokens = (int)a->tokens;
   v->nslots = (int)c.l.nslots;
   v->nchunks = (int)c.l.nchunks;
-  v->tile_rows = config->bm;
+  v->tile_rows = plan->gemm1[cfg].meta.tile_rows; /* routing cuts the GEMMs' tiles */
   v->capacity = d->expert_capacity > 0 ? (int)d->expert_capacity : 0;
   v->token_base = (int)t0; /* the device-side token count, read by every routing kernel */
-  /* a GEMM2 split along K writes each split's partial y_slot this far from the last */
-  v->split_stride = (long long)c.l.nslots * d->hidden;
+  v->split_stride = c.l.split_stride;
   /* Programmatic dependent launch for each kernel of a whole forward but its first, which follows
    * the caller's work; a staged forward leaves the caller room for kernels of its own in between,
    * and those need not wait for ours (nor ours for them) with griddepcontrol. */

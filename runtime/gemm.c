@@ -68,15 +68,17 @@ moejit_status mj_rt_gemm(const moejit_plan *plan, int cfg, moejit_stage stage, m
    * workspace's worst case */
   int64_t tiles = l->nslots < l->max_tiles ? l->nslots : l->max_tiles;
   v->a = gemm1 ? v->x : v->h;
+  v->w = gemm1 ? v->gate_up_proj : v->down_proj;
+  v->bias = gemm1 ? v->gate_up_proj_bias : v->down_proj_bias;
   v->out = gemm1 ? (d->unfused ? v->gate_up : v->h) : v->y_slot;
   v->slab_major = slab_major(plan, l, k);
   /* Few slots: GEMM1's blocks, launched as routing starts, work out their tiles from the caller's
    * ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE), or, where an expert has more slots than
    * a tile has rows, take routing's. */
-  v->own_ids = v->topk_ids;
   v->own_slots = gemm1 && self_route && k->meta.max_slots > 0 && l->nslots <= k->meta.max_slots
                      ? (int)l->nslots
                      : 0;
+  v->own_ids = v->own_slots ? v->topk_ids : 0;
   return mj_rt_launch(plan->ctx, k, (unsigned)tiles,
                       (unsigned)mj_ceil_div(k->meta.cols, k->meta.tile_cols),
                       k->meta.splits > 1 ? (unsigned)k->meta.splits : 1, v, stream, pdl, err);

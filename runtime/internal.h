@@ -39,6 +39,7 @@ struct moejit_ctx {
   mj_gen *gen;
   mj_nvrtc nv;             /* loaded on first plan */
   int64_t compiles;        /* NVRTC compiles so far (tests prove forwards add none) */
+  int pdl_off;             /* MOEJIT_PDL=0 in the environment when the context was made */
   mj_cache *cache;         /* cubins: memory, and disk when a folder is usable */
   char records_path[4096]; /* "" when there is no cache folder */
   pthread_mutex_t err_lock;
@@ -51,7 +52,8 @@ struct moejit_ctx {
 typedef struct mj_values {
   mj_tmap tmap_a, tmap_b; /* the wgmma GEMM's A rows and weights */
   /* the caller's (moejit_forward_args) */
-  CUdeviceptr x, topk_ids, routing_weights, router_logits, expert_map, device_tokens, y;
+  CUdeviceptr x, topk_ids, routing_weights, router_logits, expert_map, device_tokens, y,
+      gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias;
   /* the workspace's (mj_layout) */
   CUdeviceptr flags, num_tiles, expert_offsets, ready, chunk_counts, chunk_base, tiles, row_slot,
       slot_row, row_weight, route_ids, route_weights, gate_up, x_sorted, h, y_slot;
@@ -62,6 +64,8 @@ typedef struct mj_values {
   long long split_stride;
 } mj_values;
 
+/* The bytes of the value named `name` a kernel parameter binds to, or 0 when there is none. */
+size_t mj_rt_value_size(const char *name);
 /* Resolves k->meta's parameter names to members of mj_values. MOEJIT_ERR_TEMPLATE naming the
  * kernel and the parameter when the runtime has no value of that name. */
 moejit_status mj_rt_bind(mj_kernel *k, mj_err *err);
@@ -86,7 +90,7 @@ struct moejit_plan {
   mj_math math;
   int wgmma;  /* 1: some configuration is a wgmma one (x_sorted, the gather) */
   int pdl;    /* 1: whole forwards launch with programmatic dependent launch (sm_90+, unless
-                 MOEJIT_PDL=0 in the environment) */
+                 the context was made with MOEJIT_PDL=0 in the environment) */
   int splits; /* the split count (> 1) of the configurations that split GEMM2 along K, or 1; one
                  per plan, as combine_split sums exactly that many partials */
   mj_route_kernels route;
@@ -112,6 +116,7 @@ typedef struct mj_layout {
   size_t flags, num_tiles, expert_offsets, ready, chunk_counts, chunk_base, tiles, row_slot,
       slot_row, row_weight, route_ids, route_weights, gate_up, x_sorted, h, y_slot, total;
   int64_t nslots, nchunks, max_tiles;
+  int64_t split_stride; /* floats from one split's partial y_slot to the next */
 } mj_layout;
 
 void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
@@ -141,11 +146,17 @@ void mj_rt_arch_smem(const char *arch, int *block, int *sm);
 
 /* ---- the kernel families: spec and launch ---------------------------------------------------- */
 
-/* route.c */
+/* Each family's launch reads the values forward.c set from the caller's arguments, the workspace's
+ * layout and the chunk (tokens, nslots, nchunks, tile_rows, capacity, token_base, split_stride),
+ * sets the values that belong to its own kernels (named below), and returns mj_rt_launch's
+ * statuses. */
+
+/* route.c: sets ids and weights (the caller's, or the top-k kernel's copies under logits routing)
+ * and accumulate (a later chunk adds its bad ids to the flags). */
 void mj_rt_route_spec(const moejit_layer_desc *desc, mj_spec *spec);
 moejit_status mj_rt_route(const moejit_plan *plan, mj_values *v, const mj_layout *l, int accumulate,
                           CUstream stream, int pdl, mj_err *err);
-/* combine.c */
+/* combine.c: sets nothing. */
 void mj_rt_combine_spec(const moejit_layer_desc *desc, int splits, mj_spec *spec);
 moejit_status mj_rt_activation(const moejit_plan *plan, const mj_values *v, const mj_layout *l,
                                CUstream stream, int pdl, mj_err *err);
@@ -163,6 +174,8 @@ void mj_rt_gemm_spec(const moejit_layer_desc *desc, const mj_gemm_config *c, moe
  * their experts directly (top-k or dense routing, no expert map), without capacity and with the
  * routing weight on the output. */
 int mj_rt_can_self_route(const moejit_layer_desc *desc, const mj_gemm_config *c);
+/* Sets a, w, bias, out (by stage), slab_major, own_ids and own_slots (GEMM1 routes itself where
+ * self_route allows and the slots fit the contract's max_slots). */
 moejit_status mj_rt_gemm(const moejit_plan *plan, int cfg, moejit_stage stage, mj_values *v,
                          const mj_layout *l, int self_route, CUstream stream, int pdl, mj_err *err);
 /* wgmma.c: the sm_90a GEMMs (templates/wgmma.lua) and the gather GEMM1 reads */
@@ -170,7 +183,9 @@ void mj_rt_wgmma_spec(const moejit_layer_desc *desc, const mj_gemm_config *c, mo
                       mj_spec *spec);
 moejit_status mj_rt_gather(const moejit_plan *plan, const mj_values *v, CUstream stream, int pdl,
                            mj_err *err);
+/* Sets a, w, bias, out (by stage), tmap_a, tmap_b and wait_ready (chained: GEMM2 waits for its
+ * own experts' rows of h, not for GEMM1 as a whole; wgmma.cuh's kChain). */
 moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, mj_values *v,
-                          const mj_layout *l, CUstream stream, int pdl, mj_err *err);
+                          const mj_layout *l, int chained, CUstream stream, int pdl, mj_err *err);
 
 #endif

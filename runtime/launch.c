@@ -10,6 +10,10 @@
 #define V(field) MJ_FIELD(mj_values, field)
 static const mj_field values[] = {
     V(tmap_a),
+    V(gate_up_proj),
+    V(gate_up_proj_bias),
+    V(down_proj),
+    V(down_proj_bias),
     V(tmap_b),
     V(x),
     V(topk_ids),
@@ -55,6 +59,11 @@ static const mj_field values[] = {
 };
 #undef V
 
+size_t mj_rt_value_size(const char *name) {
+  const mj_field *f = mj_field_find(values, sizeof values / sizeof values[0], name);
+  return f ? f->size : 0;
+}
+
 moejit_status mj_rt_bind(mj_kernel *k, mj_err *err) {
   for (int i = 0; i < k->meta.nparams; i++) {
     const mj_field *f = mj_field_find(values, sizeof values / sizeof values[0], k->meta.params[i]);
@@ -99,6 +108,9 @@ moejit_status mj_rt_enter(moejit_ctx *ctx, int *pushed, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   CUcontext cur = NULL;
   *pushed = 0;
+  if (ctx->offline)
+    return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "the context is offline (%s): it has no device",
+                   ctx->arch);
   MJ_CU(&ctx->cu, CtxGetCurrent(&cur), err);
   if (cur != ctx->cuctx) {
     MJ_CU(&ctx->cu, CtxPushCurrent(ctx->cuctx), err);

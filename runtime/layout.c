@@ -37,6 +37,7 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   MJ_PLACE_(x_sorted, plan->wgmma ? (size_t)l->nslots * (size_t)d->hidden * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
   int64_t split_slots = l->nslots < MJ_SPLIT_SLOTS ? l->nslots : MJ_SPLIT_SLOTS;
+  l->split_stride = l->nslots * d->hidden; /* a split GEMM2's partials follow y_slot's rows */
   MJ_PLACE_(y_slot, (size_t)(l->nslots + (plan->splits - 1) * split_slots) * (size_t)d->hidden *
                         sizeof(float));
 #undef MJ_PLACE_

@@ -128,11 +128,10 @@ static moejit_status apply_records(moejit_plan *plan, const mj_gemm_config *heur
      * that fits this device. */
     const mj_gemm_config *c = record_config(recs[i].config, space, nspace, heur, nheur);
     if (!c || !mj_rt_config_fits(ctx, d, c)) {
-      mj_rt_log(ctx, MOEJIT_LOG_WARN,
-                "%s: the record for %lld tokens names '%s', not a %s configuration that fits this "
-                "device; ignored",
+      mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s: the record for %lld tokens names '%s', %s; ignored",
                 ctx->records_path, (long long)recs[i].bucket, recs[i].config,
-                mj_tune_math_name(plan->math));
+                c ? "whose kernels do not fit this device"
+                  : "which is no configuration of its math");
       continue;
     }
     int64_t t = recs[i].bucket;
@@ -203,10 +202,6 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
   const moejit_layer_desc *d = &plan->desc;
   mj_module_src *mods = NULL;
   int nmods = 0, pushed = 0;
-  plan->min_bm = INT_MAX;
-  for (int i = 0; i < plan->ngemm; i++)
-    if (plan->configs[i].bm < plan->min_bm)
-      plan->min_bm = plan->configs[i].bm;
   if ((st = mj_rt_build_modules(ctx, d, plan->configs, plan->ngemm, ctx->arch, 0, &mods, &nmods,
                                 err)) != MOEJIT_OK)
     goto fail;
@@ -238,6 +233,11 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
       goto fail;
     gathered |= wg;
   }
+  /* the shortest tile of the GEMMs' contracts sizes the workspace's tile list */
+  plan->min_bm = INT_MAX;
+  for (int i = 0; i < plan->ngemm; i++)
+    if (plan->gemm1[i].meta.tile_rows < plan->min_bm)
+      plan->min_bm = plan->gemm1[i].meta.tile_rows;
   const char *split_combine[] = {"moejit_combine", NULL};
   mj_kernel *split_combine_k[] = {&plan->combine_split};
   if (plan->splits > 1 &&
@@ -274,8 +274,7 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   plan->math = mj_rt_math(desc);
   /* whether the plan may take wgmma configurations: sm_90a and a fused f16/bf16 layer */
   plan->wgmma = plan->math == MJ_MATH_MMA && !desc->unfused && mj_tune_arch_wgmma(ctx->arch);
-  const char *pdl_env = getenv("MOEJIT_PDL");
-  plan->pdl = !ctx->offline && ctx->cc_major >= 9 && !(pdl_env && !strcmp(pdl_env, "0"));
+  plan->pdl = !ctx->offline && ctx->cc_major >= 9 && !ctx->pdl_off;
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++) {
       int idx;
@@ -329,14 +328,13 @@ void moejit_plan_destroy(moejit_plan *plan) {
   if (!plan)
     return;
   moejit_ctx *ctx = plan->ctx;
-  if (plan->nmodules && ctx->cu.lib) {
+  if (plan->nmodules && ctx->cu.lib) { /* unloaded even if the context cannot be made current */
     int pushed = 0;
     mj_err err;
-    if (mj_rt_enter(ctx, &pushed, &err) == MOEJIT_OK) {
-      for (int i = 0; i < plan->nmodules; i++)
-        ctx->cu.ModuleUnload(plan->modules[i]);
-      mj_rt_leave(ctx, pushed);
-    }
+    mj_rt_enter(ctx, &pushed, &err);
+    for (int i = 0; i < plan->nmodules; i++)
+      ctx->cu.ModuleUnload(plan->modules[i]);
+    mj_rt_leave(ctx, pushed);
   }
   free(plan);
 }

@@ -33,17 +33,20 @@ moejit_status mj_rt_route(const moejit_plan *plan, mj_values *v, const mj_layout
   /* few slots: count, scan and scatter (and top-k) in one block, one launch; a later chunk adds
    * its bad ids to the flags, which the three kernels do */
   if (l->nslots <= k->small.meta.max_slots && !accumulate)
-    return mj_rt_launch(ctx, &k->small, 1, 1, 1, v, stream, 0, err);
+    return mj_rt_launch(ctx, &k->small, (unsigned)k->small.meta.max_blocks, 1, 1, v, stream, 0,
+                        err);
   /* logits: top-k and softmax into the workspace, which the rest of routing reads; the caller's
    * ids and weights get copies when given */
   if (logits &&
       (st = mj_rt_launch(ctx, &k->topk, (unsigned)mj_ceil_div(v->tokens, k->topk.meta.per_block), 1,
                          1, v, stream, 0, err)))
     return st;
-  if ((st = mj_rt_launch(ctx, &k->count, (unsigned)mj_ceil_div(v->nslots, k->count.meta.per_block),
-                         1, 1, v, stream, pdl && logits, err)) ||
-      (st = mj_rt_launch(ctx, &k->scan, 1, 1, 1, v, stream, pdl, err)))
+  /* count and scatter: a block a chunk of per_block slots (l->nchunks, which the layout counts
+   * with count's per_block; scatter's is the same chunk) */
+  if ((st = mj_rt_launch(ctx, &k->count, (unsigned)l->nchunks, 1, 1, v, stream, pdl && logits,
+                         err)) ||
+      (st = mj_rt_launch(ctx, &k->scan, (unsigned)k->scan.meta.max_blocks, 1, 1, v, stream, pdl,
+                         err)))
     return st;
-  return mj_rt_launch(ctx, &k->scatter, (unsigned)mj_ceil_div(v->nslots, k->scatter.meta.per_block),
-                      1, 1, v, stream, pdl, err);
+  return mj_rt_launch(ctx, &k->scatter, (unsigned)l->nchunks, 1, 1, v, stream, pdl, err);
 }

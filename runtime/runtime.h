@@ -68,11 +68,9 @@ void mj_rt_modules_free(mj_module_src *mods, int n);
 moejit_status mj_rt_module_open(moejit_ctx *ctx, const char *template_name, const mj_spec *spec,
                                 const char *const *entries, mj_kernel *const *k, CUmodule *mod,
                                 mj_err *err);
-/* Whether a kernel's contract fits the context's device: its shared memory within a block's and,
- * with blocks_per_sm, that many blocks within an SM's. */
-int mj_rt_fits(const moejit_ctx *ctx, const mj_kernel_meta *k);
-/* Whether both GEMMs of configuration c, rendered for the layer, fit the context's device (a
- * configuration whose template refuses the layer does not). */
+/* Whether both GEMMs of configuration c, rendered for the layer, fit the context's device: their
+ * contracts' shared memory within a block's and, with blocks_per_sm, within an SM's for that many
+ * blocks (a configuration whose template refuses the layer does not). */
 int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_gemm_config *c);
 
 /* The context's driver table (loaded unless the context is offline), NVRTC version (0.0 before

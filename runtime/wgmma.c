@@ -42,7 +42,7 @@ moejit_status mj_rt_gather(const moejit_plan *plan, const mj_values *v, CUstream
 }
 
 moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, mj_values *v,
-                          const mj_layout *l, CUstream stream, int pdl, mj_err *err) {
+                          const mj_layout *l, int chained, CUstream stream, int pdl, mj_err *err) {
   moejit_status st;
   const moejit_ctx *ctx = plan->ctx;
   int gemm1 = stage == MOEJIT_STAGE_GEMM1;
@@ -50,14 +50,18 @@ moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, 
   unsigned long long n = (unsigned long long)k->meta.cols, kk = (unsigned long long)k->meta.depth;
   int dtype = plan->desc.dtype == MOEJIT_BF16 ? MJ_CU_TMAP_BFLOAT16 : MJ_CU_TMAP_FLOAT16;
   v->a = gemm1 ? v->x_sorted : v->h;
+  v->w = gemm1 ? v->gate_up_proj : v->down_proj;
+  v->bias = gemm1 ? v->gate_up_proj_bias : v->down_proj_bias;
   v->out = gemm1 ? v->h : v->y_slot;
-  /* A: the rows [nslots, K], boxes of 64 x box_rows. B: the experts' weights [experts, K, N] in
-   * boxes of 64 x 64 x 1, three dimensions so that K and N tails read zeros rather than the next
-   * expert's rows. */
+  v->wait_ready = chained;
+  /* A: the rows [nslots, K], boxes of box_cols x box_rows. B: the experts' weights
+   * [experts, K, N] in boxes of box_cols x box_cols x 1 (a k block of box_cols rows), three
+   * dimensions so that K and N tails read zeros rather than the next expert's rows. */
   const unsigned long long a_dims[2] = {kk, (unsigned long long)l->nslots}, a_strides[1] = {kk * 2},
                            b_dims[3] = {n, kk, (unsigned long long)plan->desc.experts},
                            b_strides[2] = {n * 2, n * kk * 2};
-  const unsigned a_box[2] = {64, (unsigned)k->meta.box_rows}, b_box[3] = {64, 64, 1};
+  const unsigned bc = (unsigned)k->meta.box_cols;
+  const unsigned a_box[2] = {bc, (unsigned)k->meta.box_rows}, b_box[3] = {bc, bc, 1};
   if ((st = encode_tmap(&ctx->cu, &v->tmap_a, dtype, v->a, 2, a_dims, a_strides, a_box, err)) ||
       (st = encode_tmap(&ctx->cu, &v->tmap_b, dtype, v->w, 3, b_dims, b_strides, b_box, err)))
     return st;

@@ -120,7 +120,7 @@ __device__ __forceinline__ void mj_topk_softmax(const LogitT *__restrict__ route
   }
 }
 
-// grid = ceil(tokens / 4), block = 128: one warp per token.
+// grid = ceil(tokens / (kTopkThreads / 32)), block = kTopkThreads: one warp per token.
 extern "C" __global__ void __launch_bounds__(kTopkThreads) moejit_route_topk(
     const LogitT *__restrict__ router_logits, int tokens, int *__restrict__ route_ids,
     float *__restrict__ route_weights, UserIdT *topk_ids, UserWeightT *routing_weights,

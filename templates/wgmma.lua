@@ -99,7 +99,8 @@ return function(spec)
   local smem, static_smem = smem_bytes(bm, bn, stages, dt.bytes)
   local kernels = { {
     entry = "moejit_wgmma", threads = threads, smem = smem, static_smem = static_smem,
-    tile_rows = bm, cols = n, depth = k, tile_cols = bn, box_rows = a_rows, blocks_per_sm = ctas,
+    tile_rows = bm, cols = n, depth = k, tile_cols = bn, box_rows = a_rows, box_cols = 64,
+    blocks_per_sm = ctas,
     params = params,
   } }
   if mode == 1 then

@@ -230,10 +230,27 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
   }
 }
 
+/* The bytes a parameter declaration passes: a pointer 8, mj_tmap 128, a 64-bit integer 8, int,
+ * unsigned or float 4; 0 for anything else. */
+static int param_width(const char *decl, size_t len) {
+  char d[256];
+  snprintf(d, sizeof d, "%.*s", (int)(len < sizeof d ? len : sizeof d - 1), decl);
+  if (strchr(d, '*'))
+    return 8;
+  if (strstr(d, "mj_tmap"))
+    return 128;
+  if (strstr(d, "long long") || strstr(d, "mj_i64") || strstr(d, "mj_u64"))
+    return 8;
+  if (strstr(d, "int") || strstr(d, "float") || strstr(d, "unsigned"))
+    return 4;
+  return 0;
+}
+
 /* The parameter names of kernel `entry` as its definition in text declares them (the last
- * identifier of each parameter), or -1 when text does not define it. */
+ * identifier of each parameter) and the bytes each passes (param_width), or -1 when text does not
+ * define it. */
 static int signature_params(const char *text, const char *entry, char names[][MJ_PARAM_LEN],
-                            int max) {
+                            int *widths, int max) {
   char pattern[MJ_NAME_LEN + 2];
   snprintf(pattern, sizeof pattern, "%s(", entry);
   for (const char *p = strstr(text, pattern); p; p = strstr(p + 1, pattern)) {
@@ -242,17 +259,20 @@ static int signature_params(const char *text, const char *entry, char names[][MJ
       from--;
     if (!memmem(from, (size_t)(p - from), "__global__", 10) || (p[-1] != ' ' && p[-1] != '\n'))
       continue; /* a call or a mention, not the definition */
-    const char *id = NULL;
+    const char *id = NULL, *decl = p + strlen(pattern);
     size_t idlen = 0;
     int n = 0, depth = 0;
-    for (const char *q = p + strlen(pattern); *q; q++) {
+    for (const char *q = decl; *q; q++) {
       if (*q == '(') {
         depth++;
       } else if ((*q == ',' || *q == ')') && depth == 0) {
-        if (id && n < max)
+        if (id && n < max) {
           snprintf(names[n], MJ_PARAM_LEN, "%.*s", (int)idlen, id);
+          widths[n] = param_width(decl, (size_t)(q - decl));
+        }
         n += id != NULL;
         id = NULL;
+        decl = q + 1;
         if (*q == ')')
           return n;
       } else if (*q == ')') {
@@ -270,7 +290,8 @@ static int signature_params(const char *text, const char *entry, char names[][MJ
 
 /* A module's launch contract against its source: each kernel it lists is defined (in the source
  * or a header) with exactly the parameters, in the order, the contract names; each name is one the
- * runtime binds; the block and the shared memory are possible; the cubin, when built, holds it. */
+ * runtime binds, to a value of the parameter's width; the block and the shared memory are
+ * possible; the cubin, when built, holds it. */
 static void check_contract(const fixture *fx, const mj_module_src *m) {
   int nh = 0;
   const mj_gen_file *headers = mj_gen_headers(fx->ctx[0]->gen, &nh);
@@ -278,9 +299,10 @@ static void check_contract(const fixture *fx, const mj_module_src *m) {
   for (int i = 0; i < m->meta.count; i++) {
     const mj_kernel_meta *k = &m->meta.kernel[i];
     char names[MJ_KERNEL_PARAMS][MJ_PARAM_LEN];
-    int n = signature_params(m->source, k->entry, names, MJ_KERNEL_PARAMS);
+    int widths[MJ_KERNEL_PARAMS];
+    int n = signature_params(m->source, k->entry, names, widths, MJ_KERNEL_PARAMS);
     for (int h = 0; h < nh && n < 0; h++)
-      n = signature_params(headers[h].text, k->entry, names, MJ_KERNEL_PARAMS);
+      n = signature_params(headers[h].text, k->entry, names, widths, MJ_KERNEL_PARAMS);
     if (n != k->nparams)
       fail_msg("%s: %s takes %d parameters, its contract names %d", m->name, k->entry, n,
                k->nparams);
@@ -288,6 +310,9 @@ static void check_contract(const fixture *fx, const mj_module_src *m) {
       if (strcmp(names[j], k->params[j]) != 0)
         fail_msg("%s: %s's parameter %d is %s, its contract says %s", m->name, k->entry, j + 1,
                  names[j], k->params[j]);
+      else if ((size_t)widths[j] != mj_rt_value_size(names[j]))
+        fail_msg("%s: %s's parameter %s passes %d bytes, the value it binds to has %zu", m->name,
+                 k->entry, names[j], widths[j], mj_rt_value_size(names[j]));
     mj_kernel bound;
     mj_err err;
     memset(&bound, 0, sizeof bound);

@@ -47,12 +47,17 @@ static mj_ref_layer golden_layer(const mj_golden *g) {
                    g->down_proj_bias, g->topk_ids, g->topk_weights);
 }
 
-static void test_golden_case(void **state) {
+/* Loads the test's case into *g; a case that does not load fails the test, naming the fault. */
+static void load_case(void **state, mj_golden *g) {
   const golden_case *c = *state;
-  mj_golden g;
   char err[512];
-  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0)
+  if (mj_golden_load(c->root, c->name, g, err, sizeof err) != 0)
     fail_msg("%s", err);
+}
+
+static void test_golden_case(void **state) {
+  mj_golden g;
+  load_case(state, &g);
 
   /* the dense routing form names the same weights */
   for (int64_t t = 0; t < g.tokens; t++)
@@ -82,11 +87,8 @@ static void test_golden_case(void **state) {
  * expected output, and agree with each other to fp32 rounding (the same sums, in double, taken in
  * another order). */
 static void test_mxfp4_case(void **state) {
-  const golden_case *c = *state;
   mj_golden g;
-  char err[512];
-  if (mj_golden_load(c->root, c->name, &g, err, sizeof err) != 0)
-    fail_msg("%s", err);
+  load_case(state, &g);
   assert_true(g.mxfp4);
   const int64_t T = g.tokens, H = g.hidden, I = g.intermediate, E = g.experts;
   for (int64_t e = 0; e < E; e++) /* gate_up_proj [E, H, 2I] against blocks [E, 2I, H/32, 16] */

@@ -1376,10 +1376,10 @@ static void test_tuner(void **state) {
   moejit_layer_desc d = option_desc(MOEJIT_BF16);
   d.max_tokens = 512;
   static const int64_t tokens[] = {8, 300};
-  mj_tune_options opt = {tokens, 2, 0.0, 3, 5, 1, NULL, tune_check, NULL};
-  mj_tune_result res[2];
+  mj_tuner_options opt = {tokens, 2, 0.0, 3, 5, 1, NULL, tune_check, NULL};
+  mj_tuner_result res[2];
   mj_err err;
-  moejit_status st = mj_tune_run(ctx, &d, &opt, res, &err);
+  moejit_status st = mj_tuner_run(ctx, &d, &opt, res, &err);
   if (st != MOEJIT_OK)
     print_message("tune: %s\n", err.msg);
   assert_int_equal(st, MOEJIT_OK);

@@ -15,7 +15,9 @@ moejit_status mj_synth_open(moejit_ctx *ctx, mj_synth *s, mj_err *err) {
   memset(s, 0, sizeof *s);
   memset(&spec, 0, sizeof spec);
   s->ctx = ctx;
-  if (mj_rt_driver(ctx)->lib == NULL)
+  moejit_device_info info;
+  moejit_device_info_init(&info);
+  if (moejit_device_info_get(ctx, &info) != MOEJIT_OK || info.offline)
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "synthetic layers need a GPU");
   return mj_rt_module_open(ctx, "synth", &spec, entries, k, &s->module, err);
 }

@@ -8,13 +8,13 @@ static int cmp_float(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-double mj_median(float *ms, int n) {
+double mj_timing_median(float *ms, int n) {
   qsort(ms, (size_t)n, sizeof *ms, cmp_float);
   return ms[n / 2];
 }
 
-moejit_status mj_time_runs(moejit_ctx *ctx, CUstream stream, const mj_timed *t, float *ms,
-                           mj_err *err) {
+moejit_status mj_timing_run(moejit_ctx *ctx, CUstream stream, const mj_timing *t, float *ms,
+                            mj_err *err) {
   moejit_status st = MOEJIT_OK;
   const mj_cu *cu = mj_rt_driver(ctx);
   /* run i lies between events start[i] and end[i]: its own pair around the prepare step's gap,

@@ -1,5 +1,6 @@
 /* tools.h: what the moejit command uses beside the public API, in one header: the tuner, synthetic
- * layers, the CPU reference and its sampled check, CUDA-event timing; and, from the layers below,
+ * layers, the CPU reference and its sampled check, CUDA-event timing, the floor's rates; and, from
+ * the layers below,
  * the configuration names and tables, the cubin cache and the records (`moejit cache`), the
  * modules of a layer rendered and compiled offline (`moejit gen`, `moejit compile`) and plans over
  * given configurations (`moejit bench --config`). Contexts and plans stay opaque. */
@@ -11,6 +12,7 @@
 #include "moejit.h"
 #include "runtime/runtime.h"
 #include "tools/check.h"
+#include "tools/floor.h"
 #include "tools/ref.h"
 #include "tools/synth.h"
 #include "tools/timing.h"

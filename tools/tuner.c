@@ -22,7 +22,7 @@ static double now(void) {
 /* One tuning run: the layer, its candidates and the plan that holds them. */
 typedef struct tuning {
   moejit_ctx *ctx;
-  const mj_tune_options *o;
+  const mj_tuner_options *o;
   moejit_layer_desc d;
   mj_gemm_config space[MJ_MAX_GEMM_CONFIGS];
   int n;
@@ -103,7 +103,7 @@ static int worth_timing(const mj_gemm_config *c, const moejit_layer_desc *d, int
   return c->bm <= cap && (c->splits < 2 || tokens * d->top_k <= MJ_SPLIT_SLOTS);
 }
 
-/* The forward of one candidate that mj_time_runs times, after an L2 flush. */
+/* The forward of one candidate that mj_timing_run times, after an L2 flush. */
 typedef struct timed_forward {
   tuning *t;
   moejit_forward_args a;
@@ -132,9 +132,9 @@ static moejit_status forward(void *user, CUstream stream, mj_err *err) {
 
 /* Times the candidates for one token count into r and has the winner checked. */
 static moejit_status time_count(tuning *t, int64_t T, int repeat, int *done_steps, int total,
-                                mj_tune_result *r, mj_err *err) {
+                                mj_tuner_result *r, mj_err *err) {
   moejit_status st = MOEJIT_OK;
-  const mj_tune_options *o = t->o;
+  const mj_tuner_options *o = t->o;
   const moejit_layer_desc *d = &t->d;
   memset(r, 0, sizeof *r);
   r->tokens = T;
@@ -153,10 +153,10 @@ static moejit_status time_count(tuning *t, int64_t T, int repeat, int *done_step
     if (o->budget_s > 0 && now() - t->start > o->budget_s && i != hidx && best >= 0)
       continue; /* out of budget: keep the best so far, still time the heuristic's pick */
     f.cfg = t->at[i];
-    const mj_timed timed = {1, repeat, forward, flush_l2, &f};
-    if ((st = mj_time_runs(t->ctx, NULL, &timed, ms, err)) != MOEJIT_OK)
+    const mj_timing timed = {1, repeat, forward, flush_l2, &f};
+    if ((st = mj_timing_run(t->ctx, NULL, &timed, ms, err)) != MOEJIT_OK)
       return st;
-    float m = (float)mj_median(ms, repeat);
+    float m = (float)mj_timing_median(ms, repeat);
     r->candidates++;
     if (i == hidx) {
       memcpy(r->heuristic, t->space[i].name, sizeof r->heuristic);
@@ -198,7 +198,7 @@ fail:
 }
 
 /* Merges the winners that passed their check into the context's records. */
-static moejit_status record(tuning *t, const mj_tune_result *results, mj_err *err) {
+static moejit_status record(tuning *t, const mj_tuner_result *results, mj_err *err) {
   const char *path = mj_rt_records_path(t->ctx);
   int nrecs = 0;
   if (!t->o->write_records || !path[0])
@@ -224,15 +224,17 @@ static moejit_status record(tuning *t, const mj_tune_result *results, mj_err *er
   return st;
 }
 
-moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_tune_options *o,
-                          mj_tune_result *results, mj_err *err) {
+moejit_status mj_tuner_run(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                           const mj_tuner_options *o, mj_tuner_result *results, mj_err *err) {
   moejit_status st = MOEJIT_OK;
   int pushed = 0, repeat = o->repeat > 0 ? o->repeat : 5;
-  if (mj_rt_driver(ctx)->lib == NULL)
+  moejit_device_info info;
+  moejit_device_info_init(&info);
+  if (moejit_device_info_get(ctx, &info) != MOEJIT_OK || info.offline)
     return mj_errf(err, MOEJIT_ERR_NO_DEVICE, "tuning needs a GPU (the context is offline)");
-  if (o->ntokens < 1 || o->ntokens > MJ_TUNE_MAX_TOKENS)
+  if (o->ntokens < 1 || o->ntokens > MJ_TUNER_MAX_TOKENS)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "tokens: %d counts given, expected 1..%d",
-                   o->ntokens, MJ_TUNE_MAX_TOKENS);
+                   o->ntokens, MJ_TUNER_MAX_TOKENS);
   tuning *t = calloc(1, sizeof *t);
   if (!t)
     return mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");

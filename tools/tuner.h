@@ -10,9 +10,9 @@
 #include "runtime/runtime.h"
 #include "tools/synth.h"
 
-#define MJ_TUNE_MAX_TOKENS 32
+#define MJ_TUNER_MAX_TOKENS 32
 
-typedef struct mj_tune_result {
+typedef struct mj_tuner_result {
   int64_t tokens;
   char config[40];    /* the winner */
   double ms;          /* its median forward time */
@@ -21,9 +21,9 @@ typedef struct mj_tune_result {
   int candidates;   /* timed for this token count */
   double rel_error; /* the check of the winner */
   int checked;      /* 1: the check ran and passed; 0: not run (budget); -1: failed */
-} mj_tune_result;
+} mj_tuner_result;
 
-typedef struct mj_tune_options {
+typedef struct mj_tuner_options {
   const int64_t *tokens; /* token counts to tune, each its own record */
   int ntokens;
   double budget_s; /* wall-clock budget for the timing; 0 = none */
@@ -36,10 +36,10 @@ typedef struct mj_tune_options {
    * and the error it saw. */
   int (*check)(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel_error);
   void *user;
-} mj_tune_options;
+} mj_tuner_options;
 
 /* results[ntokens] are filled in the order of o->tokens. MOEJIT_ERR_NO_DEVICE offline. */
-moejit_status mj_tune_run(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_tune_options *o,
-                          mj_tune_result *results, mj_err *err);
+moejit_status mj_tuner_run(moejit_ctx *ctx, const moejit_layer_desc *desc,
+                           const mj_tuner_options *o, mj_tuner_result *results, mj_err *err);
 
 #endif

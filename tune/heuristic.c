@@ -19,13 +19,14 @@
     .max_avg_rows = rows                                                                           \
   }
 /* a wgmma tile: m x n, s stages, b blocks an SM, pingpong, GEMM2 chained; chosen up to rows rows
- * an expert and, where slots > 0, that many slots */
+ * an expert and, where slots > 0, that many slots. WG(128, 192, 4, 1, 0, 0, ...) is named
+ * wg_m128n192s4c1; WG(64, 128, 3, 2, 0, 1, ...) wg_m64n128s3c2ch (heuristic.h has the grammar). */
 #define WG(m, n, s, b, pp, ch, rows, slots)                                                        \
   {                                                                                                \
     .kind = MJ_GEMM_WGMMA, .bm = m, .bn = n, .bk = 64, .stages = s, .ctas = b, .pingpong = pp,     \
     .chain = ch, .max_avg_rows = rows, .max_slots = slots                                          \
   }
-/* a streamed tile: m x n, u loads a thread in flight, GEMM2 split z ways */
+/* a streamed tile: m x n, u loads a thread in flight, GEMM2 split z ways: stream_m1n64u6z2 */
 #define STREAM(m, n, u, z, rows, slots)                                                            \
   {                                                                                                \
     .kind = MJ_GEMM_STREAM, .bm = m, .bn = n, .bk = 8, .stages = u, .splits = z,                   \

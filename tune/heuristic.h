@@ -17,9 +17,17 @@ typedef enum mj_math { MJ_MATH_MMA = 0, MJ_MATH_TF32 = 1, MJ_MATH_FFMA = 2 } mj_
  * specs and gemm.cuh's MJ_PATH_STREAM). */
 typedef enum mj_gemm_kind { MJ_GEMM_SYNC = 0, MJ_GEMM_WGMMA = 1, MJ_GEMM_STREAM = 2 } mj_gemm_kind;
 
+/* A GEMM tile configuration. Its name spells every field (mj_tune_config_name, parsed back by
+ * mj_tune_config_parse):
+ *   mma_m<bm>n<bn>k<bk>s<stages>w<wm>x<wn>[z<splits>]  mma.sync, f16/bf16 ("tf32_" for TF32)
+ *   ffma_m<bm>n<bn>k<bk>s<stages>t<tm>x<tn>[z<splits>] exact f32 FFMA
+ *   wg_m<bm>n<bn>s<stages>c<blocks an SM>[ch]          wgmma, sm_90a ("ch": GEMM2 chained)
+ *   wg_m<bm>n<bn>s<stages>pp                           wgmma, the two consumers in turn
+ *   stream_m<bm>n<bn>u<loads in flight>[z<splits>]     the streamed path
+ * z<splits>: GEMM2 split along K. */
 typedef struct mj_gemm_config {
-  char name[40]; /* "mma_m64n128k32s4w2x2", "tf32_...w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4",
-                  * "stream_m1n64u6" */
+  char name[40];          /* "mma_m64n128k32s4w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4c1",
+                           * "wg_m128n128s5pp", "stream_m1n64u6z2" */
   int bm, bn, bk, stages; /* MJ_GEMM_STREAM: stages is the loads in flight a thread ("u"), bk 8 */
   int wm, wn;             /* tensor-core paths: warps along M and N */
   int tm, tn;             /* FFMA path: outputs per thread along M and N */
@@ -54,8 +62,8 @@ void mj_tune_config_name(mj_gemm_config *c, mj_math math);
 int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math);
 /* The tuner's search space for a math path on an arch (wgmma shapes too on sm_90a): every
  * configuration, named, that keep (NULL: all) keeps; whether a configuration fits a device is
- * its kernels' launch contracts' to say (runtime/build.c, mj_rt_fits). Returns the count written
- * (at most max). */
+ * its kernels' launch contracts' to say (runtime/build.c, mj_rt_config_fits). Returns the count
+ * written (at most max). */
 int mj_tune_search_space(mj_math math, const char *arch,
                          int (*keep)(void *user, const mj_gemm_config *c), void *user,
                          mj_gemm_config *out, int max);

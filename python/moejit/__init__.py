@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._module import GptOssExperts
     from ._ops import experts
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ABI_VERSION",
@@ -67,7 +67,7 @@ def library_path() -> str:
 
 
 def library_version() -> str:
-    """moejit_version_string() of the library loaded ("0.2.0")."""
+    """moejit_version_string() of the library loaded ("0.3.0")."""
     return load_library().version_string
 
 

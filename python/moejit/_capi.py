@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # The header this binding mirrors: MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH.
-ABI_VERSION = 200
+ABI_VERSION = 300
 
 _log = logging.getLogger("moejit")
 
