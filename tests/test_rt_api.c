@@ -600,6 +600,10 @@ typedef struct launch_record {
   int pdl;         /* launched by cuLaunchKernelEx with programmatic stream serialisation */
   uint64_t live;   /* routing kernels: the device-side token count's address, and the chunk's */
   int live_base;   /* first token */
+  /* the wgmma GEMMs: wait_ready, and the two tensor maps encoded before the launch */
+  int wait_ready;
+  unsigned long long tmap_dims[2][3];
+  unsigned tmap_box[2][3], tmap_rank[2];
 } launch_record;
 
 typedef struct fake_device {
@@ -611,6 +615,9 @@ typedef struct fake_device {
   int nlaunch;
   launch_record launch[MAX_LAUNCHES];
   int flags0; /* what the workspace's flags[0] holds, for forward_check */
+  int ntmaps; /* tensor maps encoded since the last launch, and theirs dims and boxes */
+  unsigned long long tmap_dims[2][3];
+  unsigned tmap_box[2][3], tmap_rank[2];
   uint64_t copied_from;
   size_t copied_bytes;
 } fake_device;
@@ -623,6 +630,7 @@ static fake_device *the_fake;
 #define FAKE_FN_SCATTER ((CUfunction)(uintptr_t)0x13)
 #define FAKE_FN_COMBINE ((CUfunction)(uintptr_t)0x14)
 #define FAKE_FN_SMALL ((CUfunction)(uintptr_t)0x15)
+#define FAKE_FN_GATHER ((CUfunction)(uintptr_t)0x16)
 #define FAKE_FN_GEMM1(i) ((CUfunction)(uintptr_t)(0x20 + (i)))
 #define FAKE_FN_GEMM2(i) ((CUfunction)(uintptr_t)(0x30 + (i)))
 #define FAKE_CUCTX ((CUcontext)(uintptr_t)0xC0)
@@ -671,7 +679,9 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   assert_null(extra);
   launch_record *r = &fk->launch[fk->nlaunch++];
   memset(r, 0, sizeof *r);
-  *r = (launch_record){f, {gx, gy, gz}, {bx, by, bz}, smem, s, {0}, {0, 0, 0, 0}, 0, 0, 0};
+  r->fn = f, r->smem = smem, r->stream = s;
+  r->grid[0] = gx, r->grid[1] = gy, r->grid[2] = gz;
+  r->block[0] = bx, r->block[1] = by, r->block[2] = bz;
   /* Parameter lists by kernel (see forward.c and the .cuh signatures). */
   if (f == FAKE_FN_COUNT) { /* ids, expert_map, nslots, chunk_counts, live, live_base */
     r->ptr[0] = u64_at(params[0]);
@@ -716,11 +726,37 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_row, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
+  } else if (f == FAKE_FN_GATHER) { /* x, slot_row, tokens, x_sorted */
+    r->ptr[0] = u64_at(params[0]);
+    r->ints[0] = int_at(params[2]);
+  } else if (fk->ntmaps == 2) { /* a wgmma GEMM: tmap_a, tmap_b, bias, ..., ready, wait_ready */
+    r->ptr[0] = u64_at(params[2]);
+    r->wait_ready = int_at(params[10]);
+    memcpy(r->tmap_dims, fk->tmap_dims, sizeof r->tmap_dims);
+    memcpy(r->tmap_box, fk->tmap_box, sizeof r->tmap_box);
+    memcpy(r->tmap_rank, fk->tmap_rank, sizeof r->tmap_rank);
   } else { /* a GEMM: a, w, bias, row_slot, row_weight, tiles, num_tiles, out, ... */
     for (int i = 0; i < 8; i++)
       r->ptr[i] = u64_at(params[i]);
   }
+  fk->ntmaps = 0;
   return fk->fail_launch_at == fk->nlaunch ? 700 : 0;
+}
+
+static CUresult fake_tmap(mj_tmap *map, int dtype, unsigned rank, void *address,
+                          const unsigned long long *dims, const unsigned long long *strides,
+                          const unsigned *box, const unsigned *element_strides, int interleave,
+                          int swizzle, int l2_promotion, int oob_fill) {
+  fake_device *fk = the_fake;
+  assert_true(fk->ntmaps < 2 && rank <= 3);
+  memset(map, 0, sizeof *map);
+  fk->tmap_rank[fk->ntmaps] = rank;
+  for (unsigned i = 0; i < rank; i++) {
+    fk->tmap_dims[fk->ntmaps][i] = dims[i];
+    fk->tmap_box[fk->ntmaps][i] = box[i];
+  }
+  fk->ntmaps++;
+  return 0;
 }
 
 static CUresult fake_copy(void *dst, CUdeviceptr src, size_t n, CUstream s) {
@@ -763,6 +799,8 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->ctx.cu.LaunchKernel = fake_launch;
   fk->ctx.cu.LaunchKernelEx = fake_launch_ex;
   fk->ctx.cu.MemcpyDtoHAsync = fake_copy;
+  fk->ctx.cu.TensorMapEncodeTiled = fake_tmap;
+  fk->ctx.sm_count = 132;
   fk->ctx.cu.StreamSynchronize = fake_sync;
   fk->ctx.cu.GetErrorName = fake_error_name;
   fk->ctx.cu.GetErrorString = fake_error_string;
@@ -773,6 +811,7 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->plan.route.scatter.fn = FAKE_FN_SCATTER;
   fk->plan.combine.fn = FAKE_FN_COMBINE;
   fk->plan.route.small.fn = FAKE_FN_SMALL;
+  fk->plan.gather.fn = FAKE_FN_GATHER;
   /* the chunked routing kernels; test_forward_small_routing takes the other */
   fk->plan.route.small.meta.max_slots = 0;
   for (int i = 0; i < fk->plan.ngemm; i++) {
@@ -1034,6 +1073,85 @@ static void check_forward(fake_device *fk, int64_t T) {
     assert_true(end <= h || per_slot[i] >= h_end);
     assert_true(end <= y_slot || per_slot[i] >= y_end);
   }
+}
+
+/* The sm_90a table's wgmma GEMMs as an offline bf16 plan launches them on a fake driver (132
+ * SMs), against the rules written out here: the gather a thread a 16-byte chunk of x; a
+ * persistent grid of min(items, blocks a SM x 132); a producer warpgroup and a consumer a 64 rows;
+ * the shared memory of the stage ring (A rows and 64-column weight boxes), GEMM1's output staging
+ * and 1 KB of alignment; A read in boxes of 8 rows (64-row tiles) or the tile's rows, the weights
+ * in 64 x 64 boxes of [E, K, N]; programmatic dependent launch and the chained wait with 64-row
+ * tiles only. */
+static void test_forward_wgmma_launches(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256, d.intermediate = 192, d.experts = 8, d.top_k = 4, d.max_tokens = 4096;
+  moejit_plan *plan = NULL;
+  if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+    fail_msg("plan: %s", moejit_last_error(fx->ctx));
+  fake_device *fk = fake_open(plan);
+  fk->plan.pdl = 1;
+  static const int64_t tokens[] = {2, 3, 16, 64, 128, 4096};
+  int seen_chained = 0, seen_pingpong = 0, seen_128 = 0;
+  for (size_t t = 0; t < sizeof tokens / sizeof tokens[0]; t++) {
+    const int64_t T = tokens[t], slots = T * d.top_k;
+    const int cfg = mj_rt_pick(&fk->plan, T, NULL);
+    const mj_gemm_config *c = &fk->plan.configs[cfg];
+    if (c->kind != MJ_GEMM_WGMMA)
+      continue;
+    moejit_forward_args a;
+    fake_forward(fk, T, &a);
+    const launch_record *gather = NULL, *g[2] = {NULL, NULL};
+    for (int i = 0; i < fk->nlaunch; i++) {
+      const launch_record *r = &fk->launch[i];
+      if (r->fn == FAKE_FN_GATHER)
+        gather = r;
+      else if (r->fn == FAKE_FN_GEMM1(cfg))
+        g[0] = r;
+      else if (r->fn == FAKE_FN_GEMM2(cfg))
+        g[1] = r;
+    }
+    assert_true(gather && g[0] && g[1]);
+    assert_int_equal(gather->grid[0], (T * d.hidden / 8 + 255) / 256);
+    assert_int_equal(gather->block[0], 256);
+    assert_int_equal(gather->ints[0], T);
+    const int64_t max_tiles =
+        (slots + fk->plan.min_bm - 1) / fk->plan.min_bm + (slots < d.experts ? slots : d.experts);
+    const int bc = (c->bn + 63) / 64 * 64;
+    const unsigned smem = (unsigned)(c->stages * (c->bm + bc) * 64 * 2 +
+                                     (c->bm / 64) * 4 * 16 * (c->bn / 2 + 8) * 2 + 1024);
+    const int chained = c->bm == 64 && c->chain;
+    for (int s = 0; s < 2; s++) {
+      const int64_t n = s == 0 ? 2 * d.intermediate : d.hidden;
+      const int64_t k = s == 0 ? d.hidden : d.intermediate;
+      const int64_t items = max_tiles * ((n + c->bn - 1) / c->bn), resident = c->ctas * 132;
+      const launch_record *r = g[s];
+      assert_int_equal(r->grid[0], items < resident ? items : resident);
+      assert_int_equal(r->grid[1] * r->grid[2], 1);
+      assert_int_equal(r->block[0], 128 * (1 + c->bm / 64));
+      assert_int_equal(r->smem, smem);
+      assert_int_equal(r->pdl, c->bm == 64);
+      assert_int_equal(r->wait_ready, s == 1 && chained);
+      assert_int_equal(r->ptr[0], s == 0 ? addr(a.gate_up_proj_bias) : addr(a.down_proj_bias));
+      assert_int_equal(r->tmap_rank[0], 2);
+      assert_true(r->tmap_dims[0][0] == (unsigned long long)k &&
+                  r->tmap_dims[0][1] == (unsigned long long)slots);
+      assert_int_equal(r->tmap_box[0][0], 64);
+      assert_int_equal(r->tmap_box[0][1], c->bm == 64 ? 8 : c->bm);
+      assert_int_equal(r->tmap_rank[1], 3);
+      assert_true(r->tmap_dims[1][0] == (unsigned long long)n &&
+                  r->tmap_dims[1][1] == (unsigned long long)k &&
+                  r->tmap_dims[1][2] == (unsigned long long)d.experts);
+      assert_true(r->tmap_box[1][0] == 64 && r->tmap_box[1][1] == 64 && r->tmap_box[1][2] == 1);
+    }
+    seen_chained += chained;
+    seen_pingpong += c->pingpong;
+    seen_128 += c->bm == 128 && !c->pingpong;
+  }
+  assert_true(seen_chained && seen_pingpong && seen_128);
+  fake_close(fk);
+  moejit_plan_destroy(plan);
 }
 
 static void test_forward_launches(void **state) {
@@ -1373,6 +1491,7 @@ int main(void) {
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),
       cmocka_unit_test(test_forward_launches),
+      cmocka_unit_test(test_forward_wgmma_launches),
       cmocka_unit_test(test_forward_small_routing),
       cmocka_unit_test(test_forward_pdl),
       cmocka_unit_test(test_forward_device_tokens),
