@@ -135,7 +135,7 @@ static moejit_status apply_records(moejit_plan *plan, const mj_gemm_config *heur
       continue;
     }
     int64_t t = recs[i].bucket;
-    if (c->splits > 1 && t * d->top_k > MJ_SPLIT_SLOTS) {
+    if (c->splits > 1 && t > MJ_SPLIT_SLOTS / d->top_k) { /* t * top_k slots, unmultiplied */
       mj_rt_log(ctx, MOEJIT_LOG_WARN,
                 "%s: the record for %lld tokens names '%s', which splits GEMM2 and takes at most "
                 "%d slots; ignored",

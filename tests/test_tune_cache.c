@@ -503,6 +503,163 @@ static void test_records_format_and_merge(void **state) {
   free(all);
 }
 
+/* Lines an attacker or a damaged disk writes: each is refused or read exactly, never misread. */
+static void test_records_hostile_lines(void **state) {
+  (void)state;
+  mj_record r = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 1e300), back;
+  char line[512], good[512];
+  /* times read back bit for bit, from the largest to the smallest (subnormal) */
+  const double times[] = {1e300, 1e-300, 0.1, 1.0 / 3.0, 5e-324, 123456.789};
+  for (size_t i = 0; i < sizeof times / sizeof *times; i++) {
+    r.ms = times[i];
+    r.heuristic_ms = times[(i + 1) % 6];
+    mj_tune_record_format(&r, line, sizeof line);
+    assert_int_equal(mj_tune_record_parse(line, &back), 0);
+    assert_true(back.ms == r.ms && back.heuristic_ms == r.heuristic_ms);
+  }
+  r.ms = 0.5;
+  r.heuristic_ms = 0.25;
+  mj_tune_record_format(&r, good, sizeof good);
+  assert_non_null(strstr(good, " 0.5 0.25")); /* and in the fewest digits */
+
+  /* one word of the good line replaced: each must be refused */
+  static const struct {
+    int word;
+    const char *text;
+  } bad[] = {
+      {1, "4294967297"},
+      {1, "2147483648"},
+      {1, "0"},
+      {1, "-132"},
+      {1, "+132"},
+      {1, "0x84"},
+      {1, "132abc"},
+      {2, "99999999999999999999"},
+      {8, "9223372036854775808"},
+      {11, "nan"},
+      {11, "inf"},
+      {11, "-inf"},
+      {11, "1e999"},
+      {11, "0"},
+      {11, "-1"},
+      {12, "NaN"},
+      {12, "-0.5"},
+      {0, "sm_90a_and_more_than_16"},
+      {6, "bfloat16"},
+      {10, "a_config_name_longer_than_forty_characters_x"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char out[600] = "";
+    const char *p = good;
+    for (int w = 0; w < 13; w++) {
+      size_t n = strcspn(p, " ");
+      strcat(out, w ? " " : "");
+      if (w == bad[i].word)
+        strcat(out, bad[i].text);
+      else
+        strncat(out, p, n);
+      p += n + (p[n] == ' ');
+    }
+    assert_int_equal(mj_tune_record_parse(out, &back), -1);
+  }
+  /* the largest values that fit are read */
+  r.sms = 2147483647;
+  r.bucket = INT64_MAX;
+  mj_tune_record_format(&r, line, sizeof line);
+  assert_int_equal(mj_tune_record_parse(line, &back), 0);
+  assert_true(back.sms == 2147483647 && back.bucket == INT64_MAX);
+
+  /* a NUL byte spoils its own line only */
+  char dir[300], path[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/records.txt", dir);
+  FILE *f = fopen(path, "wb");
+  fputs("sm_90a 132", f);
+  fputc('\0', f);
+  fputs(" junk\n", f);
+  fprintf(f, "%s\n%s", good, good); /* the last line without its newline */
+  fclose(f);
+  logbook book = {0};
+  mj_record *all = NULL;
+  int n = 0;
+  mj_err err;
+  assert_int_equal(mj_tune_records_load(path, &all, &n, log_cb, &book, &err), MOEJIT_OK);
+  assert_int_equal(n, 2);
+  assert_int_equal(book.warnings, 1);
+  assert_non_null(strstr(book.last, "records.txt:1: holds a NUL byte"));
+  free(all);
+}
+
+/* Merging many records into many keeps one line per key, the newest, in the file's order. */
+static void test_records_large_merge(void **state) {
+  (void)state;
+  char dir[300], path[400];
+  fresh_dir(dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/records.txt", dir);
+  enum { N = 40000 };
+  mj_record *recs = malloc(N * sizeof *recs);
+  assert_non_null(recs);
+  for (int i = 0; i < N; i++)
+    recs[i] = record("sm_90a", 1 + 2 * i, "mma_m32n128k32s3w2x2", 1.0);
+  mj_err err;
+  assert_int_equal(mj_tune_records_merge(path, recs, N, NULL, NULL, &err), MOEJIT_OK);
+  /* the second half again with new times, and as many new keys, one of them given twice */
+  for (int i = 0; i < N; i++) {
+    recs[i] =
+        record("sm_90a", i < N / 2 ? 1 + 2 * (N / 2 + i) : 2 * i, "mma_m64n128k32s4w2x2", 2.0 + i);
+  }
+  recs[N - 1] = recs[N - 2];
+  recs[N - 1].ms = 7.0;
+  assert_int_equal(mj_tune_records_merge(path, recs, N, NULL, NULL, &err), MOEJIT_OK);
+  mj_record *all = NULL;
+  int n = 0;
+  assert_int_equal(mj_tune_records_load(path, &all, &n, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(n, N + N / 2 - 1);
+  for (int i = 0; i < N; i++) { /* the old keys first, in their order, the second half replaced */
+    assert_int_equal(all[i].bucket, 1 + 2 * i);
+    assert_true(all[i].ms == (i < N / 2 ? 1.0 : 2.0 + (i - N / 2)));
+  }
+  for (int i = N; i < n; i++)
+    assert_int_equal(all[i].bucket, 2 * (N / 2 + (i - N)));
+  assert_true(all[n - 1].ms == 7.0); /* the last given of a key wins */
+  free(all);
+  free(recs);
+}
+
+/* The records file is replaced only where it is a regular file; a link is written through. */
+static void test_records_file_kinds(void **state) {
+  (void)state;
+  char dir[300], path[400], real[400];
+  fresh_dir(dir, sizeof dir);
+  mj_record r = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5);
+  mj_err err;
+  snprintf(path, sizeof path, "%s/fifo", dir);
+  assert_int_equal(mkfifo(path, 0644), 0);
+  mj_record *all = NULL;
+  int n = 0;
+  assert_int_equal(mj_tune_records_load(path, &all, &n, NULL, NULL, &err), MOEJIT_ERR_IO);
+  assert_non_null(strstr(err.msg, "not a regular file")); /* at once: a FIFO blocks an open */
+  assert_int_equal(mj_tune_records_merge(path, &r, 1, NULL, NULL, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_non_null(strstr(err.msg, "is a FIFO; not replaced"));
+  struct stat sb;
+  assert_true(lstat(path, &sb) == 0 && S_ISFIFO(sb.st_mode));
+  assert_int_equal(mj_tune_records_merge(dir, &r, 1, NULL, NULL, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_non_null(strstr(err.msg, "is a folder"));
+  snprintf(path, sizeof path, "%s/link", dir);
+  snprintf(real, sizeof real, "%s/real.txt", dir);
+  assert_int_equal(symlink("nowhere", path), 0);
+  assert_int_equal(mj_tune_records_merge(path, &r, 1, NULL, NULL, &err), MOEJIT_ERR_INVALID_ARG);
+  unlink(path);
+  assert_int_equal(symlink("real.txt", path), 0);
+  FILE *f = fopen(real, "w");
+  fclose(f);
+  assert_int_equal(mj_tune_records_merge(path, &r, 1, NULL, NULL, &err), MOEJIT_OK);
+  assert_true(lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)); /* still the link */
+  assert_int_equal(mj_tune_records_load(real, &all, &n, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(n, 1);
+  free(all);
+}
+
 static void test_records_concurrent_writers(void **state) {
   (void)state;
   char dir[300], path[400];
@@ -549,20 +706,29 @@ static void test_plan_follows_records(void **state) {
   d.experts = 16;
   d.top_k = 4;
   d.max_tokens = 1024;
-  mj_record recs[5];
+  mj_gemm_config space[2 * MJ_MAX_GEMM_CONFIGS];
+  int nspace =
+      mj_tune_search_space(MJ_MATH_MMA, "sm_90a", NULL, NULL, space, 2 * MJ_MAX_GEMM_CONFIGS);
+  const char *split = NULL; /* a configuration that splits GEMM2 */
+  for (int i = 0; i < nspace && !split; i++)
+    if (space[i].splits > 1)
+      split = space[i].name;
+  assert_non_null(split);
+  mj_record recs[6];
   recs[0] = record("sm_90a", 64, "mma_m32n128k32s3w2x2", 0.5);
   recs[1] = record("sm_90a", 300, "mma_m64n64k32s3w2x2", 0.7);  /* an exact count */
   recs[2] = record("sm_90a", 8, "ffma_m64n64k16s3t4x4", 0.2);   /* not a bf16 config */
   recs[3] = record("sm_90a", 16, "mma_m8n128k32s4w1x4", 0.2);   /* not in the search space */
   recs[4] = record("sm_90a", 32, "tf32_m64n128k32s3w2x2", 0.2); /* another math path's key */
   snprintf(recs[4].kernel, sizeof recs[4].kernel, "gemm_tf32");
-  for (int i = 0; i < 5; i++) {
+  recs[5] = record("sm_90a", INT64_MAX, split, 0.2); /* too many slots to split: ignored */
+  for (int i = 0; i < 6; i++) {
     recs[i].hidden = 256;
     recs[i].intermediate = 192;
     recs[i].experts = 16;
   }
   mj_err err;
-  assert_int_equal(mj_tune_records_merge(path, recs, 5, NULL, NULL, &err), MOEJIT_OK);
+  assert_int_equal(mj_tune_records_merge(path, recs, 6, NULL, NULL, &err), MOEJIT_OK);
   logbook book = {0};
   moejit_ctx *ctx = offline_ctx(dir, &book);
   moejit_plan *plan = NULL;
@@ -575,7 +741,9 @@ static void test_plan_follows_records(void **state) {
   assert_int_equal(plan->nexact, 1);
   assert_int_equal(plan->exact_tokens[0], 300);
   assert_string_equal(plan->configs[plan->exact_pick[0]].name, "mma_m64n64k32s3w2x2");
-  assert_int_equal(book.warnings, 2); /* the f32 config, and the one outside the search space */
+  /* the f32 config, the one outside the search space, the split one for 2^63 - 1 tokens */
+  assert_int_equal(book.warnings, 3);
+  assert_non_null(strstr(book.last, "splits GEMM2"));
   assert_false(plan->tuned[mj_rt_bucket(16)]);
   assert_false(plan->tuned[mj_rt_bucket(32)]); /* a TF32 record is not a bf16 layer's */
   moejit_plan_destroy(plan);
@@ -592,6 +760,9 @@ int main(void) {
       cmocka_unit_test(test_unwritable_dir),
       cmocka_unit_test(test_one_compile_per_key),
       cmocka_unit_test(test_records_format_and_merge),
+      cmocka_unit_test(test_records_hostile_lines),
+      cmocka_unit_test(test_records_large_merge),
+      cmocka_unit_test(test_records_file_kinds),
       cmocka_unit_test(test_records_concurrent_writers),
       cmocka_unit_test(test_plan_follows_records),
   };

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "gen/hash.h"
 
 /* On-disk header, little-endian as written by this host. */
@@ -164,23 +165,11 @@ mj_cache_file_status mj_tune_cache_read_file(const char *path, const uint8_t *ex
   void *buf = NULL;
   *data = NULL;
   *size = 0;
-  /* Non-blocking until it is known to be a regular file: opening a FIFO for reading blocks until
-   * a writer comes. */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   struct stat sb;
-  if (fd < 0)
-    return MJ_CACHE_FILE_IO;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
-      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
-    st = fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode) ? MJ_CACHE_FILE_NOT_REGULAR : MJ_CACHE_FILE_IO;
-    close(fd);
-    return st;
-  }
-  FILE *f = fdopen(fd, "rb");
-  if (!f) {
-    close(fd);
-    return MJ_CACHE_FILE_IO;
-  }
+  int not_regular;
+  FILE *f = mj_file_open_regular(path, &sb, &not_regular);
+  if (!f)
+    return not_regular ? MJ_CACHE_FILE_NOT_REGULAR : MJ_CACHE_FILE_IO;
   if ((size_t)sb.st_size < sizeof h || fread(&h, 1, sizeof h, f) != sizeof h) {
     st = MJ_CACHE_FILE_SHORT;
     goto done;
