@@ -28,35 +28,51 @@ typedef struct compile_job {
   mj_err *err;
 } compile_job;
 
-/* One module: from the cache when its key is there (the ptxas report asks for a real compile),
- * else NVRTC, then published to the cache. */
-static moejit_status compile_one(compile_job *job, mj_module_src *m, mj_err *err) {
+/* A module's cubin without the ptxas report, from the cache or NVRTC (then published to the
+ * cache), into *out. */
+static moejit_status compile_cached(compile_job *job, const mj_module_src *m, int flags,
+                                    mj_cubin *out, mj_err *err) {
   moejit_ctx *ctx = job->ctx;
-  int use_cache = !(job->flags & MJ_COMPILE_PTXAS_VERBOSE);
   uint8_t key[16];
-  if (use_cache) {
-    char options[256];
-    int nh = 0;
-    const mj_gen_file *headers = mj_gen_headers(ctx->gen, &nh);
-    mj_gen_compile_options(job->arch, job->flags, options, sizeof options);
-    mj_tune_cache_key(m->source, headers, nh, options, ctx->nv.major, ctx->nv.minor, job->arch,
-                      key);
-    if (mj_tune_cache_acquire(ctx->cache, key, &m->cubin.data, &m->cubin.size)) {
-      m->cubin.log = calloc(1, 1);
-      return m->cubin.log ? MOEJIT_OK : mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
-    }
+  char options[256];
+  int nh = 0;
+  const mj_gen_file *headers = mj_gen_headers(ctx->gen, &nh);
+  mj_gen_compile_options(job->arch, flags, options, sizeof options);
+  mj_tune_cache_key(m->source, headers, nh, options, ctx->nv.major, ctx->nv.minor, job->arch, key);
+  memset(out, 0, sizeof *out);
+  if (mj_tune_cache_acquire(ctx->cache, key, &out->data, &out->size)) {
+    out->log = calloc(1, 1);
+    return out->log ? MOEJIT_OK : mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
   }
+  moejit_status st =
+      mj_gen_compile(&ctx->nv, ctx->gen, m->source, m->name, job->arch, flags, out, err);
+  pthread_mutex_lock(&job->lock);
+  ctx->compiles++;
+  pthread_mutex_unlock(&job->lock);
+  if (st == MOEJIT_OK)
+    mj_tune_cache_put(ctx->cache, key, out->data, out->size);
+  else
+    mj_tune_cache_abandon(ctx->cache, key);
+  return st;
+}
+
+/* One module through the cache. The ptxas report (`moejit compile`) asks for a compile of its own,
+ * whose cubin differs in bytes from a plan's: the module keeps that one, and the plan's is
+ * compiled (or found) through the cache as well, so compiling fills the cache an offline
+ * deployment ships. */
+static moejit_status compile_one(compile_job *job, mj_module_src *m, mj_err *err) {
+  if (!(job->flags & MJ_COMPILE_PTXAS_VERBOSE))
+    return compile_cached(job, m, job->flags, &m->cubin, err);
+  moejit_ctx *ctx = job->ctx;
   moejit_status st =
       mj_gen_compile(&ctx->nv, ctx->gen, m->source, m->name, job->arch, job->flags, &m->cubin, err);
   pthread_mutex_lock(&job->lock);
   ctx->compiles++;
   pthread_mutex_unlock(&job->lock);
-  if (use_cache) {
-    if (st == MOEJIT_OK)
-      mj_tune_cache_put(ctx->cache, key, m->cubin.data, m->cubin.size);
-    else
-      mj_tune_cache_abandon(ctx->cache, key);
-  }
+  mj_cubin plain;
+  if (st == MOEJIT_OK && (st = compile_cached(job, m, job->flags & ~MJ_COMPILE_PTXAS_VERBOSE,
+                                              &plain, err)) == MOEJIT_OK)
+    mj_cubin_free(&plain);
   return st;
 }
 

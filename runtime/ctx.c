@@ -49,6 +49,8 @@ moejit_status moejit_device_info_get(const moejit_ctx *ctx, moejit_device_info *
 
 const mj_cu *mj_rt_driver(const moejit_ctx *ctx) { return &ctx->cu; }
 
+const char *mj_rt_cache_dir(const moejit_ctx *ctx) { return mj_tune_cache_dir(ctx->cache); }
+
 void mj_rt_nvrtc_version(const moejit_ctx *ctx, int *major, int *minor) {
   *major = ctx->nv.major;
   *minor = ctx->nv.minor;

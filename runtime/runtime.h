@@ -77,6 +77,8 @@ int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_g
  * the first compile) and tuning records file ("" without a cache folder). */
 const mj_cu *mj_rt_driver(const moejit_ctx *ctx);
 void mj_rt_nvrtc_version(const moejit_ctx *ctx, int *major, int *minor);
+/* The context's cubin cache folder; NULL when it has none. */
+const char *mj_rt_cache_dir(const moejit_ctx *ctx);
 const char *mj_rt_records_path(const moejit_ctx *ctx);
 /* The context's log callback and its user pointer (both NULL without one). */
 void mj_rt_logger(const moejit_ctx *ctx, moejit_log_fn *log, void **user);

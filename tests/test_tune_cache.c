@@ -750,6 +750,89 @@ static void test_plan_follows_records(void **state) {
   moejit_destroy(ctx);
 }
 
+/* Reads a whole file; NULL when it cannot. */
+static unsigned char *slurp(const char *path, long *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  *len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *b = malloc((size_t)*len + 1);
+  if (b && fread(b, 1, (size_t)*len, f) != (size_t)*len) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  return b;
+}
+
+/* `moejit compile`'s build (with the ptxas report) fills the cache with the cubins a plan would
+ * compile, byte for byte, under the plan's keys: a plan made afterwards compiles nothing. (The
+ * report's own cubins differ from a plan's in a few hundred bytes: they are not what it caches.) */
+static void test_compile_fills_cache(void **state) {
+  (void)state;
+  char filled[300], planned[300];
+  fresh_dir(filled, sizeof filled);
+  fresh_dir(planned, sizeof planned);
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.max_tokens = 1024;
+  logbook book = {0};
+  moejit_ctx *ctx = offline_ctx(filled, &book);
+  mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
+  int ncfg = mj_tune_heuristic(mj_rt_math(&d), "sm_90a", cfg, MJ_MAX_GEMM_CONFIGS);
+  mj_module_src *mods = NULL;
+  int nmods = 0;
+  mj_err err;
+  assert_int_equal(mj_rt_build_modules(ctx, &d, cfg, ncfg, "sm_90a", MJ_COMPILE_PTXAS_VERBOSE,
+                                       &mods, &nmods, &err),
+                   MOEJIT_OK);
+  mj_rt_modules_free(mods, nmods);
+  moejit_destroy(ctx);
+
+  ctx = offline_ctx(planned, &book); /* a fresh cache: the plan compiles all it needs */
+  moejit_plan *plan = NULL;
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  assert_true(ctx->compiles > 0);
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+  char sub[400];
+  snprintf(sub, sizeof sub, "%s/cubin", planned);
+  DIR *dir = opendir(sub);
+  assert_non_null(dir);
+  int compared = 0;
+  struct dirent *de;
+  while ((de = readdir(dir)) != NULL) {
+    if (de->d_name[0] == '.')
+      continue;
+    char a[800], b[800];
+    snprintf(a, sizeof a, "%s/cubin/%s", filled, de->d_name);
+    snprintf(b, sizeof b, "%s/cubin/%s", planned, de->d_name);
+    long la = 0, lb = 0;
+    unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
+    assert_non_null(da); /* the plan's key is in the filled cache */
+    assert_non_null(db);
+    assert_int_equal(la, lb);
+    assert_memory_equal(da, db, (size_t)la);
+    free(da);
+    free(db);
+    compared++;
+  }
+  closedir(dir);
+  assert_true(compared > 0);
+
+  ctx = offline_ctx(filled, &book);
+  assert_int_equal(moejit_plan_create(ctx, &d, &plan), MOEJIT_OK);
+  assert_int_equal(ctx->compiles, 0);
+  moejit_plan_destroy(plan);
+  moejit_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_sensitivity),
@@ -765,6 +848,7 @@ int main(void) {
       cmocka_unit_test(test_records_file_kinds),
       cmocka_unit_test(test_records_concurrent_writers),
       cmocka_unit_test(test_plan_follows_records),
+      cmocka_unit_test(test_compile_fills_cache),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
