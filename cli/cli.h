@@ -5,30 +5,55 @@
 
 #include "moejit.h"
 
+/* The commands, as bits: each option names the commands that take it. */
+enum {
+  CLI_GEN = 1 << 0,
+  CLI_COMPILE = 1 << 1,
+  CLI_RUN = 1 << 2,
+  CLI_TUNE = 1 << 3,
+  CLI_BENCH = 1 << 4,
+  CLI_CACHE = 1 << 5,
+};
+#define CLI_LAYER_COMMANDS (CLI_GEN | CLI_COMPILE | CLI_RUN | CLI_TUNE | CLI_BENCH)
+
+/* `moejit bench`'s own options. */
+typedef struct cli_bench_opts {
+  int warmup;           /* --warmup: replays before timing */
+  int eager;            /* --eager */
+  int floor;            /* measure BW and GEMM_RATE (0: --no-floor) */
+  int64_t bw_bytes;     /* --bw-bytes */
+  const char *json;     /* --json: NULL, "-" or a path */
+  const char *cublas;   /* --cublas: NULL, the default search */
+  int64_t graph_tokens; /* --graph-tokens: > 0, every row is a forward of this many tokens */
+} cli_bench_opts;
+
+/* Every option's value after cli_parse: the command's defaults where it was not given. */
 typedef struct cli_layer {
   moejit_layer_desc desc;
   const char *arch;       /* --arch, or NULL */
   int64_t tokens;         /* --tokens: the largest of the list */
   int64_t token_list[32]; /* --tokens 1,8,64 */
   int ntokens;
+  int tokens_given;
   double budget;   /* --budget seconds (tune) */
   const char *dir; /* --dir (cache) */
   int repeat, check, verbose;
   uint64_t seed;
   const char *kernel, *config;
+  cli_bench_opts bench;
 } cli_layer;
 
-/* The options every subcommand accepts, for --help. */
-extern const char *const cli_layer_help;
-
-/* Parses argv (after the subcommand). Returns 0, 1 when --help was printed, or 2 after printing an
- * error naming the option. */
-int cli_parse(int argc, char **argv, cli_layer *L, const char *usage);
-/* The token counts of a command that takes a list: --tokens as cli_parse read it, each at least 1,
- * or `defaults` (n counts, the last the largest) when argv has no --tokens. Returns 0, or 2 after
- * printing an error that names the command and the option. */
-int cli_token_list(int argc, char **argv, cli_layer *L, const int64_t *defaults, int n,
-                   const char *command);
+/* Parses argv (after the command's name) with getopt_long against the options of the one command
+ * (a CLI_* bit) from the table in args.c: --opt VALUE and --opt=VALUE, every value checked, an
+ * option the command does not take refused. The other words go to words[] (at most max_words).
+ * For the layer commands the layer is then checked as the library would, the message in flags.
+ * Returns 0, 1 when --help was printed (usage, then the command's options), or 2 after printing
+ * an error naming the flag. */
+int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_layer *L,
+              const char **words, int max_words, int *nwords);
+/* The token counts of a command that takes a list: --tokens as cli_parse read it, or `defaults`
+ * (n counts, the last the largest) when it was not given. */
+void cli_token_list(cli_layer *L, const int64_t *defaults, int n);
 struct mj_gemm_config;
 struct mj_err;
 /* The configuration --config NAME names, for this layer: MOEJIT_OK, or MOEJIT_ERR_INVALID_ARG with

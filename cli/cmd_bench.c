@@ -5,6 +5,7 @@
  * and, with --json, to a JSON-lines file. Without a GPU it compiles the kernels and says so.
  * Uses tools/synth for the layer, tools/check for --check, tools/timing, the context's driver. */
 #include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,15 +78,7 @@ static const char bench_usage[] =
     "for sm_90a (or --arch), prints \"no GPU found (...)\", times nothing, writes no JSON and\n"
     "exits 0.\n";
 
-typedef struct bench_opts {
-  int warmup;
-  int eager;
-  int floor; /* measure BW and GEMM_RATE */
-  int64_t bw_bytes;
-  const char *json;     /* NULL, "-" or a path */
-  const char *cublas;   /* NULL: the default search */
-  int64_t graph_tokens; /* > 0: every row is a forward of this many tokens, the row's T on device */
-} bench_opts;
+typedef cli_bench_opts bench_opts;
 
 /* The floor's two rates, or why there is no floor. */
 typedef struct floor_rates {
@@ -126,83 +119,6 @@ static void catch_log(void *user, moejit_log_level level, const char *msg) {
   log_catch *c = user;
   snprintf(c->reason, sizeof c->reason, "%s", msg);
   cli_log(&c->verbose, level == MOEJIT_LOG_WARN ? MOEJIT_LOG_INFO : level, msg);
-}
-
-/* ---- options -------------------------------------------------------------------------------- */
-
-/* "4G", "512M", "65536": a count with an optional binary suffix K, M or G (then "B" or "iB"). */
-static int parse_size(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out) {
-  static const char units[] = "KMG";
-  char *end = NULL;
-  long long x = v ? strtoll(v, &end, 10) : 0;
-  int shift = 0;
-  if (v && end != v && *end) {
-    for (int u = 0; u < 3; u++)
-      if ((end[0] == units[u] || end[0] == units[u] + ('a' - 'A')) &&
-          (end[1] == '\0' || !strcmp(end + 1, "iB") || !strcmp(end + 1, "B"))) {
-        shift = 10 * (u + 1);
-        end += strlen(end);
-      }
-  }
-  if (!v || end == v || *end || x < 0 || x > (hi >> shift) || (x << shift) < lo) {
-    fprintf(stderr, "moejit bench: %s=%s: expected a count in [%lld, %lld]\n", opt,
-            v ? v : "(none)", (long long)lo, (long long)hi);
-    return 2;
-  }
-  *out = (int64_t)x << shift;
-  return 0;
-}
-
-/* Takes bench's own options out of argv and leaves the rest (layer options, --help) in rest[] for
- * cli_parse. Returns 0 or 2 after printing the error. */
-static int parse_bench(int argc, char **argv, bench_opts *o, char **rest, int *nrest) {
-  o->warmup = 5;
-  o->eager = 0;
-  o->floor = 1;
-  o->bw_bytes = (int64_t)4 << 30;
-  o->json = o->cublas = NULL;
-  o->graph_tokens = 0;
-  *nrest = 0;
-  for (int i = 0; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int64_t x;
-    if (!strcmp(a, "--eager")) {
-      o->eager = 1;
-      continue;
-    }
-    if (!strcmp(a, "--no-floor")) {
-      o->floor = 0;
-      continue;
-    }
-    if (strcmp(a, "--warmup") && strcmp(a, "--bw-bytes") && strcmp(a, "--json") &&
-        strcmp(a, "--cublas") && strcmp(a, "--graph-tokens")) {
-      rest[(*nrest)++] = argv[i];
-      continue;
-    }
-    if (!v || !*v) {
-      fprintf(stderr, "moejit bench: %s needs a value\n", a);
-      return 2;
-    }
-    i++;
-    if (!strcmp(a, "--json")) {
-      o->json = v;
-    } else if (!strcmp(a, "--cublas")) {
-      o->cublas = v;
-    } else if (!strcmp(a, "--warmup")) {
-      if (parse_size(a, v, 0, 10000, &x))
-        return 2;
-      o->warmup = (int)x;
-    } else if (!strcmp(a, "--graph-tokens")) {
-      if (parse_size(a, v, 1, INT32_MAX, &x))
-        return 2;
-      o->graph_tokens = x;
-    } else if (parse_size(a, v, 1 << 20, (int64_t)1 << 40, &x)) {
-      return 2;
-    } else {
-      o->bw_bytes = x;
-    }
-  }
-  return 0;
 }
 
 static int repeat_for(const cli_layer *L, int64_t tokens) {
@@ -673,23 +589,22 @@ int cmd_bench(int argc, char **argv) {
   bench b;
   log_catch lc = {0, ""};
   run_info ri = {.device = NULL};
-  char **rest = calloc((size_t)argc + 1, sizeof *rest);
-  int nrest = 0, rc;
+  int nwords, rc;
   FILE *json = NULL;
   moejit_ctx *ctx = NULL;
   memset(&b, 0, sizeof b);
   b.out = stdout;
-  if (!rest)
-    return 1;
-  if ((rc = parse_bench(argc, argv, &b.o, rest, &nrest)) != 0 ||
-      (rc = cli_parse(nrest, rest, &L, bench_usage)) != 0) {
-    free(rest);
+  if ((rc = cli_parse(argc, argv, CLI_BENCH, bench_usage, &L, NULL, 0, &nwords)) != 0)
     return rc == 1 ? 0 : rc;
+  b.o = L.bench;
+  mj_gemm_config config;
+  mj_err err;
+  if (L.config && cli_config(L.config, &L.desc, &config, &err) != MOEJIT_OK) {
+    fprintf(stderr, "moejit bench: %s\n", err.msg);
+    return 2;
   }
-  free(rest);
   static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
-  if ((rc = cli_token_list(argc, argv, &L, defaults, 7, "bench")) != 0)
-    return rc;
+  cli_token_list(&L, defaults, 7);
   if (b.o.graph_tokens) { /* every row runs inside a forward of that many tokens */
     if (b.o.graph_tokens < L.tokens) {
       fprintf(stderr, "moejit bench: --graph-tokens %lld is below the largest --tokens, %lld\n",
@@ -740,7 +655,6 @@ int cmd_bench(int argc, char **argv) {
   b.ctx = ctx;
   b.cu = mj_rt_driver(ctx);
   int pushed = 0;
-  mj_err err;
   if (mj_rt_enter(ctx, &pushed, &err) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: cannot make the GPU's context current: %s\n", err.msg);
     goto done;
@@ -749,8 +663,18 @@ int cmd_bench(int argc, char **argv) {
   bench_close(&b);
   mj_rt_leave(ctx, pushed);
 done:
-  if (json && json != stdout)
-    fclose(json);
+  /* a full disk shows at the flush: the rows are not all there */
+  if (json) {
+    int bad = fflush(json) != 0 || ferror(json), e = errno;
+    if (json != stdout && fclose(json) != 0 && !bad) {
+      bad = 1;
+      e = errno;
+    }
+    if (bad) {
+      fprintf(stderr, "moejit bench: --json %s: cannot write: %s\n", b.o.json, strerror(e));
+      rc = 1;
+    }
+  }
   free(ri.command);
   moejit_destroy(ctx);
   return rc;

@@ -18,11 +18,14 @@ static const char cache_usage[] =
     "  ls       list the cached cubins (key, bytes, age) and the tuning records\n"
     "  verify   check every cubin (magic, version, key, length, checksum); exit 1 if any is bad\n"
     "  clear    remove every cubin and the tuning records\n"
-    "  export   write the valid cubins and the records into FILE\n"
-    "  import   add FILE's cubins (each checked as a read would) and merge its records\n"
+    "  export   write the valid cubins and the records into FILE (\"-\": standard output); FILE\n"
+    "           is replaced only where it is a regular file (a link: the file it names)\n"
+    "  import   add FILE's cubins (each checked as a read would) and merge its records (\"-\":\n"
+    "           standard input)\n"
     "\n"
     "--dir DIR: the cache folder; default $MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else\n"
-    "~/.cache/moejit.\n";
+    "~/.cache/moejit. Exit status: 0; 1 when something failed (said on stderr); 2 for bad\n"
+    "arguments.\n";
 
 #define EXPORT_MAGIC "MJCACHE1"
 
@@ -41,14 +44,19 @@ static int is_cubin_name(const char *name, uint8_t key[16]) {
   return strncmp(hex, name, 32) == 0;
 }
 
-/* Calls fn for each cubin file of dir; returns the count or -1 when the folder cannot be read. */
-static int each_cubin(const char *dir,
+/* Calls fn for each cubin file of dir; returns the count, or -1 after saying (for verb) that the
+ * folder cannot be read. */
+static int each_cubin(const char *dir, const char *verb,
                       void (*fn)(void *, const char *, const char *, const uint8_t *), void *user) {
   char sub[4200];
   snprintf(sub, sizeof sub, "%s/cubin", dir);
   DIR *d = opendir(sub);
-  if (!d)
-    return errno == ENOENT ? 0 : -1;
+  if (!d && errno == ENOENT)
+    return 0;
+  if (!d) {
+    fprintf(stderr, "moejit cache %s: cannot read %s: %s\n", verb, sub, strerror(errno));
+    return -1;
+  }
   int n = 0;
   struct dirent *de;
   while ((de = readdir(d)) != NULL) {
@@ -65,10 +73,11 @@ static int each_cubin(const char *dir,
 }
 
 typedef struct walk {
-  int bad;
+  int bad; /* cubins that failed a check (or could not be removed) */
   long long bytes;
   FILE *out;
   int written;
+  int write_failed; /* errno of the first failed write to out, or 0 */
 } walk;
 
 static void ls_one(void *user, const char *path, const char *name, const uint8_t *key) {
@@ -98,7 +107,10 @@ static void clear_one(void *user, const char *path, const char *name, const uint
   walk *w = user;
   (void)name;
   (void)key;
-  w->bad += unlink(path) != 0;
+  if (unlink(path) != 0) {
+    fprintf(stderr, "moejit cache clear: cannot remove %s: %s\n", path, strerror(errno));
+    w->bad++;
+  }
 }
 
 static int write_blob(FILE *f, const char *kind, const void *data, uint64_t size) {
@@ -125,39 +137,77 @@ static void export_one(void *user, const char *path, const char *name, const uin
   }
   free(data);
   unsigned char *blob = malloc(16 + flen);
-  if (blob) {
+  if (!blob) {
+    w->write_failed = w->write_failed ? w->write_failed : ENOMEM;
+  } else if (!w->write_failed) {
     memcpy(blob, key, 16);
     memcpy(blob + 16, file, flen);
     if (write_blob(w->out, "cubin", blob, 16 + flen))
       w->written++;
     else
-      w->bad++;
-  } else {
-    w->bad++;
+      w->write_failed = errno ? errno : EIO;
   }
   free(blob);
   free(file);
 }
 
 /* Writes an imported cache file next to its place, checks it as a read would, then renames it in.
- */
-static int import_cubin(const char *dir, const uint8_t key[16], const void *file, size_t len) {
+ * NULL, or why it was not taken. */
+static const char *import_cubin(const char *dir, const uint8_t key[16], const void *file,
+                                size_t len) {
   char path[4200], tmp[4300];
   mj_tune_cache_path(dir, key, path, sizeof path);
   snprintf(tmp, sizeof tmp, "%s.import.XXXXXX", path);
-  int fd = mkstemp(tmp), ok = 0;
+  int fd = mkstemp(tmp);
   if (fd < 0)
-    return -1;
-  ok = write(fd, file, len) == (ssize_t)len;
-  ok = close(fd) == 0 && ok;
+    return strerror(errno);
+  const char *why = NULL;
+  if (write(fd, file, len) != (ssize_t)len)
+    why = strerror(errno ? errno : EIO);
+  if (close(fd) != 0 && !why)
+    why = strerror(errno);
   void *data = NULL;
   size_t size = 0;
-  ok = ok && mj_tune_cache_read_file(tmp, key, &data, &size, NULL) == MJ_CACHE_FILE_OK;
+  mj_cache_file_status fs =
+      why ? MJ_CACHE_FILE_OK : mj_tune_cache_read_file(tmp, key, &data, &size, NULL);
   free(data);
-  ok = ok && chmod(tmp, 0644) == 0 && rename(tmp, path) == 0;
-  if (!ok)
+  if (!why && fs != MJ_CACHE_FILE_OK)
+    why = mj_tune_cache_file_error(fs);
+  if (!why && (chmod(tmp, 0644) != 0 || rename(tmp, path) != 0))
+    why = strerror(errno);
+  if (why)
     unlink(tmp);
-  return ok ? 0 : -1;
+  return why;
+}
+
+/* Merges an export's records blob into the folder's records. 0, or 1 after saying why not. */
+static int import_records(const char *dir, const void *blob, size_t size) {
+  char tmp[4200], rpath[4200];
+  snprintf(tmp, sizeof tmp, "%s/records.import.XXXXXX", dir);
+  snprintf(rpath, sizeof rpath, "%s/%s", dir, MJ_RECORDS_FILE);
+  int fd = mkstemp(tmp), ok = fd >= 0 && write(fd, blob, size) == (ssize_t)size;
+  int e = errno ? errno : EIO;
+  if (fd >= 0 && close(fd) != 0 && ok) {
+    ok = 0;
+    e = errno;
+  }
+  mj_record *recs = NULL;
+  int n = 0, rc = 0;
+  mj_err err;
+  if (!ok) {
+    fprintf(stderr, "moejit cache import: records: cannot write %s: %s\n", tmp, strerror(e));
+    rc = 1;
+  } else if (mj_tune_records_load(tmp, &recs, &n, cli_log, NULL, &err) != MOEJIT_OK ||
+             (n > 0 && mj_tune_records_merge(rpath, recs, n, cli_log, NULL, &err) != MOEJIT_OK)) {
+    fprintf(stderr, "moejit cache import: records: %s\n", err.msg);
+    rc = 1;
+  } else {
+    printf("merged %d tuning records into %s\n", n, rpath);
+  }
+  if (fd >= 0)
+    unlink(tmp);
+  free(recs);
+  return rc;
 }
 
 static int read_file(const char *path, char **text, size_t *len) {
@@ -180,12 +230,17 @@ static int read_file(const char *path, char **text, size_t *len) {
 }
 
 static int do_import(const char *dir, const char *file) {
-  FILE *f = fopen(file, "rb");
+  int from_stdin = !strcmp(file, "-");
+  FILE *f = from_stdin ? stdin : fopen(file, "rb");
   char magic[8];
   int added = 0, rejected = 0, rc = 0;
-  if (!f || fread(magic, 1, 8, f) != 8 || memcmp(magic, EXPORT_MAGIC, 8) != 0) {
+  if (!f) {
+    fprintf(stderr, "moejit cache import: cannot read %s: %s\n", file, strerror(errno));
+    return 1;
+  }
+  if (fread(magic, 1, 8, f) != 8 || memcmp(magic, EXPORT_MAGIC, 8) != 0) {
     fprintf(stderr, "moejit cache import: %s is not a moejit cache export\n", file);
-    if (f)
+    if (!from_stdin)
       fclose(f);
     return 1;
   }
@@ -197,7 +252,13 @@ static int do_import(const char *dir, const char *file) {
       mkdir(mk, 0755);
       *p = '/';
     }
-  mkdir(mk, 0755);
+  struct stat sb;
+  if (mkdir(mk, 0755) != 0 && (errno != EEXIST || stat(mk, &sb) != 0 || !S_ISDIR(sb.st_mode))) {
+    fprintf(stderr, "moejit cache import: cannot make %s: %s\n", mk, strerror(errno));
+    if (!from_stdin)
+      fclose(f);
+    return 1;
+  }
   char tag[8];
   uint64_t size;
   while (fread(tag, 1, 8, f) == 8) {
@@ -214,64 +275,113 @@ static int do_import(const char *dir, const char *file) {
       break;
     }
     if (!memcmp(tag, "cubin", 6) && size > 16) {
-      if (import_cubin(dir, blob, blob + 16, (size_t)size - 16) == 0)
-        added++;
-      else
+      const char *why = import_cubin(dir, blob, blob + 16, (size_t)size - 16);
+      if (why) {
+        char hex[33];
+        mj_hash_hex(blob, hex);
+        fprintf(stderr, "moejit cache import: cubin %s rejected: %s\n", hex, why);
         rejected++;
-    } else if (!memcmp(tag, "records", 8) || !memcmp(tag, "records\0", 8)) {
-      char tmp[4200];
-      snprintf(tmp, sizeof tmp, "%s/records.import.XXXXXX", dir);
-      int fd = mkstemp(tmp);
-      mj_record *recs = NULL;
-      int n = 0;
-      mj_err err;
-      if (fd >= 0 && write(fd, blob, (size_t)size) == (ssize_t)size) {
-        close(fd);
-        char rpath[4200];
-        snprintf(rpath, sizeof rpath, "%s/%s", dir, MJ_RECORDS_FILE);
-        if (mj_tune_records_load(tmp, &recs, &n, cli_log, NULL, &err) == MOEJIT_OK && n > 0 &&
-            mj_tune_records_merge(rpath, recs, n, cli_log, NULL, &err) != MOEJIT_OK) {
-          fprintf(stderr, "moejit cache import: records: %s\n", err.msg);
-          rc = 1;
-        }
-        printf("merged %d tuning records\n", n);
-      } else if (fd >= 0) {
-        close(fd);
+      } else {
+        added++;
       }
-      unlink(tmp);
-      free(recs);
+    } else if (!memcmp(tag, "records", 8)) {
+      rc |= import_records(dir, blob, (size_t)size);
     } else {
+      fprintf(stderr, "moejit cache import: %s: an entry of unknown kind '%.8s' skipped\n", file,
+              tag);
       rejected++;
     }
     free(blob);
   }
-  fclose(f);
+  if (!from_stdin)
+    fclose(f);
   printf("imported %d cubins into %s (%d rejected)\n", added, dir, rejected);
   return rc || rejected;
 }
 
+/* Writes the export to FILE through a temporary file renamed into place (FILE "-": standard output,
+ * which is not a terminal). Every write is checked: a full disk leaves no archive and exits 1. */
+static int do_export(const char *dir, const char *records, const char *file) {
+  int to_stdout = !strcmp(file, "-");
+  char target[4096], tmp[4200];
+  mj_err err;
+  walk w = {0};
+  FILE *status = to_stdout ? stderr : stdout; /* where the summary goes */
+  if (to_stdout) {
+    if (isatty(STDOUT_FILENO)) {
+      fprintf(stderr, "moejit cache export: standard output is a terminal; redirect it\n");
+      return 2;
+    }
+    w.out = stdout;
+  } else {
+    moejit_status st = mj_file_target(file, target, sizeof target, &err);
+    if (st != MOEJIT_OK) { /* a FIFO, a device, a folder: refused, never replaced */
+      fprintf(stderr, "moejit cache export: %s\n", err.msg);
+      return st == MOEJIT_ERR_INVALID_ARG ? 2 : 1;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", target);
+    int fd = mkstemp(tmp);
+    if (fd < 0 || !(w.out = fdopen(fd, "wb"))) {
+      fprintf(stderr, "moejit cache export: cannot write %s: %s\n", file, strerror(errno));
+      if (fd >= 0) {
+        close(fd);
+        unlink(tmp);
+      }
+      return 1;
+    }
+  }
+  if (fwrite(EXPORT_MAGIC, 1, 8, w.out) != 8)
+    w.write_failed = errno ? errno : EIO;
+  int n = each_cubin(dir, "export", export_one, &w);
+  char *text = NULL;
+  size_t len = 0;
+  int has_records = read_file(records, &text, &len) == 0;
+  if (has_records && !w.write_failed && !write_blob(w.out, "records", text, len))
+    w.write_failed = errno ? errno : EIO;
+  free(text);
+  if (!w.write_failed && (fflush(w.out) != 0 || (!to_stdout && fsync(fileno(w.out)) != 0)))
+    w.write_failed = errno ? errno : EIO;
+  if (!to_stdout) {
+    if (fclose(w.out) != 0 && !w.write_failed)
+      w.write_failed = errno ? errno : EIO;
+    if (!w.write_failed && (chmod(tmp, 0644) != 0 || rename(tmp, target) != 0))
+      w.write_failed = errno ? errno : EIO;
+    if (w.write_failed)
+      unlink(tmp);
+  }
+  if (w.write_failed) {
+    fprintf(stderr, "moejit cache export: cannot write %s: %s%s\n", file, strerror(w.write_failed),
+            to_stdout ? "" : "; nothing was written");
+    return 1;
+  }
+  fprintf(status, "exported %d cubins%s to %s (%d skipped as damaged)\n", w.written,
+          has_records ? " and the records" : "", file, w.bad);
+  return n < 0;
+}
+
 int cmd_cache(int argc, char **argv) {
-  if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
-    fputs(cache_usage, argc < 1 ? stderr : stdout);
-    return argc < 1 ? 2 : 0;
+  cli_layer L;
+  const char *words[2];
+  int nwords, rc;
+  if (argc < 1) {
+    fputs(cache_usage, stderr);
+    return 2;
   }
-  const char *verb = argv[0], *file = NULL, *dir = NULL;
-  int i = 1;
-  if (!strcmp(verb, "export") || !strcmp(verb, "import")) {
-    if (argc < 2 || argv[1][0] == '-') {
+  if ((rc = cli_parse(argc, argv, CLI_CACHE, cache_usage, &L, words, 2, &nwords)) != 0)
+    return rc == 1 ? 0 : rc;
+  const char *verb = nwords > 0 ? words[0] : "", *file = nwords > 1 ? words[1] : NULL;
+  const char *dir = L.dir;
+  int takes_file = !strcmp(verb, "export") || !strcmp(verb, "import");
+  if (!takes_file && strcmp(verb, "ls") && strcmp(verb, "verify") && strcmp(verb, "clear")) {
+    fprintf(stderr, "moejit cache: unknown verb '%s'\n\n%s", verb, cache_usage);
+    return 2;
+  }
+  if (takes_file != (file != NULL)) {
+    if (takes_file)
       fprintf(stderr, "moejit cache %s: needs a FILE\n", verb);
-      return 2;
-    }
-    file = argv[1];
-    i = 2;
-  }
-  for (; i < argc; i++) {
-    if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
-      dir = argv[++i];
-    } else {
-      fprintf(stderr, "moejit cache: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
+    else
+      fprintf(stderr, "moejit cache %s: unexpected argument '%s'\n", verb, file);
+    return 2;
   }
   char dbuf[4096];
   if (!dir) {
@@ -283,14 +393,17 @@ int cmd_cache(int argc, char **argv) {
   }
   char records[4200];
   snprintf(records, sizeof records, "%s/%s", dir, MJ_RECORDS_FILE);
-  walk w = {0, 0, NULL, 0};
+  walk w = {0};
   if (!strcmp(verb, "ls")) {
     printf("cache folder %s\n", dir);
-    int n = each_cubin(dir, ls_one, &w);
+    int n = each_cubin(dir, "ls", ls_one, &w);
     mj_record *recs = NULL;
     int nrec = 0;
     mj_err err;
-    mj_tune_records_load(records, &recs, &nrec, cli_log, NULL, &err);
+    if (mj_tune_records_load(records, &recs, &nrec, cli_log, NULL, &err) != MOEJIT_OK) {
+      fprintf(stderr, "moejit cache ls: %s\n", err.msg);
+      n = -1;
+    }
     printf("%d cubins, %lld bytes; %d tuning records in %s\n", n < 0 ? 0 : n, w.bytes, nrec,
            records);
     for (int r = 0; r < nrec; r++) {
@@ -302,43 +415,22 @@ int cmd_cache(int argc, char **argv) {
     return n < 0;
   }
   if (!strcmp(verb, "verify")) {
-    int n = each_cubin(dir, verify_one, &w);
+    int n = each_cubin(dir, "verify", verify_one, &w);
     printf("%d cubins checked in %s: %d bad\n", n < 0 ? 0 : n, dir, w.bad);
     return n < 0 || w.bad > 0;
   }
   if (!strcmp(verb, "clear")) {
-    int n = each_cubin(dir, clear_one, &w);
+    int n = each_cubin(dir, "clear", clear_one, &w);
     int rec = unlink(records) == 0;
+    if (!rec && errno != ENOENT) {
+      fprintf(stderr, "moejit cache clear: cannot remove %s: %s\n", records, strerror(errno));
+      w.bad++;
+    }
     printf("removed %d cubins%s from %s\n", n < 0 ? 0 : n - w.bad, rec ? " and the records" : "",
            dir);
     return n < 0 || w.bad > 0;
   }
-  if (!strcmp(verb, "export")) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", file);
-    w.out = fopen(tmp, "wb");
-    if (!w.out || fwrite(EXPORT_MAGIC, 1, 8, w.out) != 8) {
-      fprintf(stderr, "moejit cache export: cannot write %s: %s\n", file, strerror(errno));
-      return 1;
-    }
-    each_cubin(dir, export_one, &w);
-    char *text = NULL;
-    size_t len = 0;
-    int has_records = read_file(records, &text, &len) == 0;
-    if (has_records && !write_blob(w.out, "records", text, len))
-      w.bad++;
-    free(text);
-    if (fclose(w.out) != 0 || rename(tmp, file) != 0) {
-      fprintf(stderr, "moejit cache export: cannot write %s: %s\n", file, strerror(errno));
-      unlink(tmp);
-      return 1;
-    }
-    printf("exported %d cubins%s to %s (%d skipped as damaged)\n", w.written,
-           has_records ? " and the records" : "", file, w.bad);
-    return 0;
-  }
-  if (!strcmp(verb, "import"))
-    return do_import(dir, file);
-  fprintf(stderr, "moejit cache: unknown verb '%s'\n\n%s", verb, cache_usage);
-  return 2;
+  if (!strcmp(verb, "export"))
+    return do_export(dir, records, file);
+  return do_import(dir, file);
 }

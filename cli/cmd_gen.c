@@ -20,7 +20,9 @@ static const char compile_usage[] =
     "prints, per module: cubin bytes, registers, spill stores/loads, static shared memory and the\n"
     "dynamic shared memory the plan gives it, and the compile time. No GPU is needed.\n"
     "--config NAME compiles the GEMMs of that one configuration (any name `moejit tune` prints\n"
-    "for the layer's math) instead of the heuristic table's.\n";
+    "for the layer's math) instead of the heuristic table's.\n"
+    "Fills the cubin cache ($MOEJIT_CACHE_DIR, else $XDG_CACHE_HOME/moejit, else ~/.cache/moejit)\n"
+    "with the cubins a plan of this layer and arch loads: `moejit cache export` ships them.\n";
 
 static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
   moejit_ctx_options o;
@@ -50,10 +52,11 @@ static int layer_configs(const cli_layer *L, const char *arch, mj_gemm_config *c
 
 /* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
  * modules. Returns 0, or the exit status after printing why. */
-static int prepare(int argc, char **argv, const char *usage, const char *cmd, int flags,
-                   cli_layer *L, moejit_ctx **ctx, moejit_device_info *info, mj_gemm_config *cfg,
-                   int *ncfg, mj_module_src **mods, int *n) {
-  int rc = cli_parse(argc, argv, L, usage);
+static int prepare(int argc, char **argv, const char *usage, unsigned command, const char *cmd,
+                   int flags, cli_layer *L, moejit_ctx **ctx, moejit_device_info *info,
+                   mj_gemm_config *cfg, int *ncfg, mj_module_src **mods, int *n) {
+  int nwords;
+  int rc = cli_parse(argc, argv, command, usage, L, NULL, 0, &nwords);
   if (rc)
     return rc == 1 ? -1 : rc;
   mj_err err;
@@ -85,7 +88,8 @@ int cmd_gen(int argc, char **argv) {
   moejit_device_info info;
   mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
   int n = 0, ncfg = 0;
-  int rc = prepare(argc, argv, gen_usage, "gen", -1, &L, &ctx, &info, cfg, &ncfg, &mods, &n);
+  int rc =
+      prepare(argc, argv, gen_usage, CLI_GEN, "gen", -1, &L, &ctx, &info, cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
   const char *kernel = L.kernel ? L.kernel : "gemm1";
@@ -165,8 +169,8 @@ int cmd_compile(int argc, char **argv) {
   mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
   int n = 0, ncfg = 0, nv_major, nv_minor;
   double t0 = cli_now();
-  int rc = prepare(argc, argv, compile_usage, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L, &ctx, &info,
-                   cfg, &ncfg, &mods, &n);
+  int rc = prepare(argc, argv, compile_usage, CLI_COMPILE, "compile", MJ_COMPILE_PTXAS_VERBOSE, &L,
+                   &ctx, &info, cfg, &ncfg, &mods, &n);
   if (rc)
     return rc < 0 ? 0 : rc;
   double secs = cli_now() - t0;
@@ -181,7 +185,10 @@ int cmd_compile(int argc, char **argv) {
     if (L.verbose)
       printf("%s\n", mods[i].cubin.log);
   }
-  printf("%d modules compiled in %.2f s\n", n, secs);
+  const char *dir = mj_rt_cache_dir(ctx);
+  printf("%d modules compiled in %.2f s; %s%s\n", n, secs,
+         dir ? "a plan's cubins are in the cache folder " : "no cache folder: nothing cached",
+         dir ? dir : "");
   mj_rt_modules_free(mods, n);
   moejit_destroy(ctx);
   return 0;

@@ -67,9 +67,14 @@ static void capture_log(void *user, moejit_log_level level, const char *msg) {
 
 int cmd_run(int argc, char **argv) {
   cli_layer L;
-  int rc = cli_parse(argc, argv, &L, run_usage);
+  int nwords;
+  int rc = cli_parse(argc, argv, CLI_RUN, run_usage, &L, NULL, 0, &nwords);
   if (rc)
     return rc == 1 ? 0 : rc;
+  if (L.ntokens != 1) {
+    fprintf(stderr, "moejit run: --tokens: one count, not a list of %d\n", L.ntokens);
+    return 2;
+  }
   if (L.repeat == 0)
     L.repeat = 20;
   if (L.check < 0)

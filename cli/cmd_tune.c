@@ -57,12 +57,12 @@ static int check(void *user, const mj_synth *s, const mj_synth_layer *L, double 
 
 int cmd_tune(int argc, char **argv) {
   cli_layer L;
-  int rc = cli_parse(argc, argv, &L, tune_usage);
+  int nwords;
+  int rc = cli_parse(argc, argv, CLI_TUNE, tune_usage, &L, NULL, 0, &nwords);
   if (rc)
     return rc == 1 ? 0 : rc;
   static const int64_t defaults[] = {1, 8, 64, 512, 4096, 65536};
-  if ((rc = cli_token_list(argc, argv, &L, defaults, 6, "tune")) != 0)
-    return rc;
+  cli_token_list(&L, defaults, 6);
   moejit_ctx_options o;
   moejit_ctx_options_init(&o);
   o.log = cli_log;

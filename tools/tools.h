@@ -3,10 +3,12 @@
  * the layers below,
  * the configuration names and tables, the cubin cache and the records (`moejit cache`), the
  * modules of a layer rendered and compiled offline (`moejit gen`, `moejit compile`) and plans over
- * given configurations (`moejit bench --config`). Contexts and plans stay opaque. */
+ * given configurations (`moejit bench --config`), files opened and replaced safely. Contexts and
+ * plans stay opaque. */
 #ifndef MJ_TOOLS_TOOLS_H
 #define MJ_TOOLS_TOOLS_H
 #include "base/error.h"
+#include "base/file.h"
 #include "base/half.h"
 #include "gen/hash.h"
 #include "moejit.h"

@@ -1,0 +1,395 @@
+/* args.c: the moejit command's options in one table (name, value, range, the commands that take
+ * it, help line) and one getopt_long parser over it. Every message names the flag as the user
+ * typed it; an option a command does not take is refused, not ignored. */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "tools/tools.h"
+
+typedef enum value_kind {
+  V_NONE,   /* a flag */
+  V_INT,    /* a decimal integer in [lo, hi] */
+  V_SIZE,   /* an integer with an optional binary suffix K, M or G (then B or iB), in [lo, hi] */
+  V_NUMBER, /* a finite decimal number */
+  V_CHOICE, /* one of choices[] */
+  V_TEXT,   /* any non-empty word */
+  V_TOKENS, /* N[,N...]: at most 32 integers in [lo, hi] */
+} value_kind;
+
+typedef enum opt_id {
+  O_HELP,
+  O_MODEL,
+  O_HIDDEN,
+  O_INTERMEDIATE,
+  O_EXPERTS,
+  O_TOP_K,
+  O_DTYPE,
+  O_IDS,
+  O_ROUTING,
+  O_ALPHA,
+  O_LIMIT,
+  O_UNFUSED,
+  O_EXACT_F32,
+  O_ARCH,
+  O_TOKENS,
+  O_VERBOSE,
+  O_KERNEL,
+  O_CONFIG,
+  O_REPEAT,
+  O_CHECK,
+  O_SEED,
+  O_BUDGET,
+  O_WARMUP,
+  O_EAGER,
+  O_JSON,
+  O_BW_BYTES,
+  O_NO_FLOOR,
+  O_CUBLAS,
+  O_GRAPH_TOKENS,
+  O_DIR,
+} opt_id;
+
+typedef struct opt_spec {
+  const char *name; /* without the leading "--" */
+  opt_id id;
+  value_kind kind;
+  unsigned commands; /* CLI_* bits */
+  int64_t lo, hi;
+  const char *const *choices; /* V_CHOICE: NULL-terminated */
+  const char *value;          /* the value's name in --help */
+  const char *help;
+} opt_spec;
+
+#define LAYER CLI_LAYER_COMMANDS
+#define TIMED (CLI_RUN | CLI_TUNE | CLI_BENCH)
+
+static const char *const models[] = {"gpt-oss-20b", "gpt-oss-120b", NULL};
+static const char *const dtypes[] = {"f32", "f16", "bf16", NULL}; /* moejit_dtype order */
+static const char *const ids[] = {"i32", "i64", NULL};
+static const char *const routings[] = {"topk", "dense", NULL};
+static const char *const kernels[] = {"route", "combine", "gemm1", "gemm2", NULL};
+
+static const opt_spec opts[] = {
+    {"help", O_HELP, V_NONE, LAYER | CLI_CACHE, 0, 0, NULL, NULL, "print this help"},
+    {"model", O_MODEL, V_CHOICE, LAYER, 0, 0, models, "NAME",
+     "gpt-oss-20b (H=I=2880, E=32, K=4; the default) or gpt-oss-120b (E=128)"},
+    {"hidden", O_HIDDEN, V_INT, LAYER, 1, 1 << 20, NULL, "N", "H, a multiple of 8"},
+    {"intermediate", O_INTERMEDIATE, V_INT, LAYER, 1, 1 << 20, NULL, "N", "I, a multiple of 8"},
+    {"experts", O_EXPERTS, V_INT, LAYER, 1, 1 << 20, NULL, "N", "E, 1..1024"},
+    {"top-k", O_TOP_K, V_INT, LAYER, 1, 1 << 20, NULL, "N", "K, 1..32"},
+    {"dtype", O_DTYPE, V_CHOICE, LAYER, 0, 0, dtypes, "T",
+     "activations, weights and biases: f32, f16 or bf16 (default)"},
+    {"ids", O_IDS, V_CHOICE, LAYER, 0, 0, ids, "T", "expert ids: i32 (default) or i64"},
+    {"routing", O_ROUTING, V_CHOICE, LAYER, 0, 0, routings, "R",
+     "topk (weights [T,K], default) or dense (weights [T,E])"},
+    {"alpha", O_ALPHA, V_NUMBER, LAYER, 0, 0, NULL, "X", "SwiGLU alpha (1.702)"},
+    {"limit", O_LIMIT, V_NUMBER, LAYER, 0, 0, NULL, "X", "SwiGLU clamp limit (7.0)"},
+    {"unfused", O_UNFUSED, V_NONE, LAYER, 0, 0, NULL, NULL,
+     "GEMM1 without the activation, which runs as its own launch"},
+    {"exact-f32", O_EXACT_F32, V_NONE, LAYER, 0, 0, NULL, NULL,
+     "f32 GEMMs on exact FFMA instead of TF32 tensor cores"},
+    {"arch", O_ARCH, V_TEXT, CLI_GEN | CLI_COMPILE | CLI_RUN | CLI_BENCH, 0, 0, NULL, "A",
+     "target such as sm_80 or sm_90a where no GPU is used (default sm_90a)"},
+    {"tokens", O_TOKENS, V_TOKENS, TIMED, 1, INT32_MAX, NULL, "N[,N...]",
+     "tokens of the forward (run: one count, 4096; tune, bench: a list)"},
+    {"verbose", O_VERBOSE, V_NONE, LAYER, 0, 0, NULL, NULL, "print the library's log"},
+    {"kernel", O_KERNEL, V_CHOICE, CLI_GEN, 0, 0, kernels, "K",
+     "the kernel to print: route, combine, gemm1 (default) or gemm2"},
+    {"config", O_CONFIG, V_TEXT, CLI_GEN | CLI_COMPILE | CLI_BENCH, 0, 0, NULL, "NAME",
+     "a GEMM tile configuration (a name `moejit tune` prints)"},
+    {"repeat", O_REPEAT, V_INT, TIMED, 1, 100000, NULL, "N", "timed runs"},
+    {"check", O_CHECK, V_INT, TIMED, 0, 1 << 20, NULL, "N",
+     "sampled tokens checked against the CPU reference"},
+    {"seed", O_SEED, V_INT, TIMED, 0, INT64_MAX, NULL, "S", "seed of the random layer (1)"},
+    {"budget", O_BUDGET, V_INT, CLI_TUNE, 1, 1 << 30, NULL, "SECONDS", "bound on the timing phase"},
+    {"warmup", O_WARMUP, V_INT, CLI_BENCH, 0, 10000, NULL, "N", "replays before timing (5)"},
+    {"eager", O_EAGER, V_NONE, CLI_BENCH, 0, 0, NULL, NULL,
+     "time moejit_forward calls instead of graph replays"},
+    {"json", O_JSON, V_TEXT, CLI_BENCH, 0, 0, NULL, "FILE|-", "append JSON lines to FILE"},
+    {"bw-bytes", O_BW_BYTES, V_SIZE, CLI_BENCH, 1 << 20, (int64_t)1 << 40, NULL, "SIZE",
+     "buffer of the bandwidth kernel (4G)"},
+    {"no-floor", O_NO_FLOOR, V_NONE, CLI_BENCH, 0, 0, NULL, NULL, "measure no floor"},
+    {"cublas", O_CUBLAS, V_TEXT, CLI_BENCH, 0, 0, NULL, "PATH", "the cuBLAS library to load"},
+    {"graph-tokens", O_GRAPH_TOKENS, V_SIZE, CLI_BENCH, 1, INT32_MAX, NULL, "N",
+     "run each row inside a forward of N tokens"},
+    {"dir", O_DIR, V_TEXT, CLI_CACHE, 0, 0, NULL, "DIR", "the cache folder"},
+};
+#define NOPTS ((int)(sizeof opts / sizeof opts[0]))
+
+static const char *command_name(unsigned command) {
+  static const char *const names[] = {"gen", "compile", "run", "tune", "bench", "cache"};
+  for (int i = 0; i < 6; i++)
+    if (command == 1u << i)
+      return names[i];
+  return "?";
+}
+
+static void print_help(unsigned command, const char *usage) {
+  printf("%s\nOptions:\n", usage);
+  for (int i = 0; i < NOPTS; i++) {
+    if (!(opts[i].commands & command))
+      continue;
+    char left[40];
+    snprintf(left, sizeof left, "--%s%s%s", opts[i].name, opts[i].value ? " " : "",
+             opts[i].value ? opts[i].value : "");
+    printf("  %-22s %s\n", left, opts[i].help);
+  }
+}
+
+/* A decimal integer, the whole of v, in [lo, hi]; with size, an optional K, M or G suffix (then
+ * B or iB) multiplies it by 2^10, 2^20 or 2^30. 0, or -1 when v is anything else. */
+static int parse_integer(const char *v, int size, int64_t lo, int64_t hi, int64_t *out) {
+  char *end;
+  if (!isdigit((unsigned char)v[0]) && !(v[0] == '-' && isdigit((unsigned char)v[1])))
+    return -1;
+  errno = 0;
+  long long x = strtoll(v, &end, 10);
+  if (errno)
+    return -1;
+  int shift = 0;
+  if (size && *end) {
+    const char *u = strchr("KMG", toupper((unsigned char)*end));
+    if (u && (end[1] == '\0' || !strcmp(end + 1, "B") || !strcmp(end + 1, "iB"))) {
+      shift = 10 * (int)(u - "KMG" + 1);
+      end += strlen(end);
+    }
+  }
+  if (*end || (shift && (x < 0 || x > (INT64_MAX >> shift))))
+    return -1;
+  x = (long long)((uint64_t)x << shift);
+  if (x < lo || x > hi)
+    return -1;
+  *out = x;
+  return 0;
+}
+
+/* Checks and stores one option's value. 0, or 2 after printing the error. */
+static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L) {
+  moejit_layer_desc *d = &L->desc;
+  int64_t x = 0;
+  int choice = 0;
+  double f = 0;
+  switch (o->kind) {
+  case V_NONE: break;
+  case V_INT:
+  case V_SIZE:
+    if (parse_integer(v, o->kind == V_SIZE, o->lo, o->hi, &x) != 0) {
+      fprintf(stderr, "moejit %s: --%s '%s': expected %s in [%lld, %lld]\n", cmd, o->name, v,
+              o->kind == V_SIZE ? "a count (suffix K, M or G allowed)" : "an integer",
+              (long long)o->lo, (long long)o->hi);
+      return 2;
+    }
+    break;
+  case V_NUMBER: {
+    char *end;
+    f = strtod(v, &end);
+    if (end == v || *end || !isfinite(f)) {
+      fprintf(stderr, "moejit %s: --%s '%s': expected a finite number\n", cmd, o->name, v);
+      return 2;
+    }
+    break;
+  }
+  case V_CHOICE:
+    while (o->choices[choice] && strcmp(o->choices[choice], v) != 0)
+      choice++;
+    if (!o->choices[choice]) {
+      fprintf(stderr, "moejit %s: --%s '%s': expected one of", cmd, o->name, v);
+      for (int i = 0; o->choices[i]; i++)
+        fprintf(stderr, " %s", o->choices[i]);
+      fprintf(stderr, "\n");
+      return 2;
+    }
+    break;
+  case V_TEXT:
+    if (!*v) {
+      fprintf(stderr, "moejit %s: --%s '': expected %s\n", cmd, o->name, o->value);
+      return 2;
+    }
+    break;
+  case V_TOKENS:
+    L->ntokens = 0;
+    L->tokens = 0;
+    for (const char *p = v;; p++) {
+      char item[64];
+      size_t n = strcspn(p, ",");
+      if (L->ntokens == 32) {
+        fprintf(stderr, "moejit %s: --%s '%s': at most 32 counts\n", cmd, o->name, v);
+        return 2;
+      }
+      if (n >= sizeof item ||
+          (memcpy(item, p, n), item[n] = '\0', parse_integer(item, 0, o->lo, o->hi, &x) != 0)) {
+        fprintf(stderr, "moejit %s: --%s '%s': '%.*s' is not a count in [%lld, %lld]\n", cmd,
+                o->name, v, (int)n, p, (long long)o->lo, (long long)o->hi);
+        return 2;
+      }
+      L->token_list[L->ntokens++] = x;
+      L->tokens = x > L->tokens ? x : L->tokens;
+      p += n;
+      if (!*p)
+        break;
+    }
+    L->tokens_given = 1;
+    break;
+  }
+  switch (o->id) {
+  case O_HELP: break;
+  case O_MODEL: d->experts = choice == 0 ? 32 : 128; break;
+  case O_HIDDEN: d->hidden = x; break;
+  case O_INTERMEDIATE: d->intermediate = x; break;
+  case O_EXPERTS: d->experts = x; break;
+  case O_TOP_K: d->top_k = x; break;
+  case O_DTYPE: d->dtype = (moejit_dtype)choice; break;
+  case O_IDS: d->ids_dtype = choice == 0 ? MOEJIT_I32 : MOEJIT_I64; break;
+  case O_ROUTING: d->routing = choice == 0 ? MOEJIT_ROUTING_TOPK : MOEJIT_ROUTING_DENSE; break;
+  case O_ALPHA: d->alpha = (float)f; break;
+  case O_LIMIT: d->limit = (float)f; break;
+  case O_UNFUSED: d->unfused = 1; break;
+  case O_EXACT_F32: d->exact_f32 = 1; break;
+  case O_ARCH: L->arch = v; break;
+  case O_TOKENS: break;
+  case O_VERBOSE: L->verbose = 1; break;
+  case O_KERNEL: L->kernel = v; break;
+  case O_CONFIG: L->config = v; break;
+  case O_REPEAT: L->repeat = (int)x; break;
+  case O_CHECK: L->check = (int)x; break;
+  case O_SEED: L->seed = (uint64_t)x; break;
+  case O_BUDGET: L->budget = (double)x; break;
+  case O_WARMUP: L->bench.warmup = (int)x; break;
+  case O_EAGER: L->bench.eager = 1; break;
+  case O_JSON: L->bench.json = v; break;
+  case O_BW_BYTES: L->bench.bw_bytes = x; break;
+  case O_NO_FLOOR: L->bench.floor = 0; break;
+  case O_CUBLAS: L->bench.cublas = v; break;
+  case O_GRAPH_TOKENS: L->bench.graph_tokens = x; break;
+  case O_DIR: L->dir = v; break;
+  }
+  return 0;
+}
+
+/* The library's message about a layer descriptor field, in the flags the user typed. */
+static void flag_words(const char *msg, char *out, size_t cap) {
+  static const char *const fields[][2] = {
+      {"desc->hidden=", "--hidden "},
+      {"desc->intermediate=", "--intermediate "},
+      {"desc->experts=", "--experts "},
+      {"desc->top_k=", "--top-k "},
+      {"desc->max_tokens=", "--tokens (the largest) "},
+      {"desc->alpha=", "--alpha "},
+      {"desc->limit=", "--limit "},
+      {"top_k=", "--top-k "},
+  };
+  size_t n = 0;
+  while (*msg && n + 1 < cap) {
+    size_t f = 0, nf = sizeof fields / sizeof fields[0];
+    while (f < nf && strncmp(msg, fields[f][0], strlen(fields[f][0])) != 0)
+      f++;
+    if (f < nf) {
+      n += (size_t)snprintf(out + n, cap - n, "%s", fields[f][1]);
+      msg += strlen(fields[f][0]);
+    } else {
+      out[n++] = *msg++;
+    }
+    if (n >= cap)
+      n = cap - 1;
+  }
+  out[n] = '\0';
+}
+
+int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_layer *L,
+              const char **words, int max_words, int *nwords) {
+  const char *cmd = command_name(command);
+  moejit_layer_desc *d = &L->desc;
+  memset(L, 0, sizeof *L);
+  moejit_layer_desc_init(d);
+  d->hidden = d->intermediate = 2880;
+  d->experts = 32;
+  d->top_k = 4;
+  L->tokens = 4096;
+  L->token_list[0] = 4096;
+  L->ntokens = 1;
+  L->repeat = 0; /* 0: the command's own default */
+  L->check = -1;
+  L->seed = 1;
+  L->bench.warmup = 5;
+  L->bench.floor = 1;
+  L->bench.bw_bytes = (int64_t)4 << 30;
+  *nwords = 0;
+
+  struct option table[NOPTS + 1];
+  int ntable = 0;
+  for (int i = 0; i < NOPTS; i++)
+    if (opts[i].commands & command)
+      table[ntable++] = (struct option){
+          opts[i].name, opts[i].kind == V_NONE ? no_argument : required_argument, NULL, 1000 + i};
+  table[ntable] = (struct option){NULL, 0, NULL, 0};
+  /* getopt_long wants the program's name first */
+  char **args = calloc((size_t)argc + 2, sizeof *args);
+  if (!args)
+    return 2;
+  args[0] = (char *)cmd;
+  memcpy(args + 1, argv, (size_t)argc * sizeof *args);
+  optind = 0; /* glibc: start over */
+  opterr = 0;
+  int rc = 0, c;
+  while (rc == 0 && (c = getopt_long(argc + 1, args, ":h", table, NULL)) != -1) {
+    const char *typed = args[optind - 1];
+    if (c == 'h')
+      c = 1000 + O_HELP;
+    if (c == ':') {
+      fprintf(stderr, "moejit %s: %s needs a value\n", cmd, typed);
+      rc = 2;
+    } else if (c == '?') {
+      char name[64];
+      snprintf(name, sizeof name, "%.*s", (int)strcspn(typed + 2, "="), typed + 2);
+      const opt_spec *other = NULL;
+      for (int i = 0; i < NOPTS && !other && typed[0] == '-' && typed[1] == '-'; i++)
+        if (!strcmp(opts[i].name, name))
+          other = &opts[i];
+      if (other)
+        fprintf(stderr, "moejit %s: --%s is not an option of %s (see moejit %s --help)\n", cmd,
+                name, cmd, cmd);
+      else if (optopt)
+        fprintf(stderr, "moejit %s: unknown option '-%c' (see moejit %s --help)\n", cmd, optopt,
+                cmd);
+      else
+        fprintf(stderr, "moejit %s: unknown or ambiguous option '%s' (see moejit %s --help)\n", cmd,
+                typed, cmd);
+      rc = 2;
+    } else if (c - 1000 == O_HELP) {
+      print_help(command, usage);
+      rc = 1;
+    } else {
+      rc = take(cmd, &opts[c - 1000], optarg, L);
+    }
+  }
+  for (int i = optind; rc == 0 && i < argc + 1; i++) {
+    if (*nwords == max_words) {
+      fprintf(stderr, "moejit %s: unexpected argument '%s' (see moejit %s --help)\n", cmd, args[i],
+              cmd);
+      rc = 2;
+    } else {
+      words[(*nwords)++] = args[i]; /* getopt_long moved the words after the options */
+    }
+  }
+  free(args);
+  if (rc)
+    return rc;
+  if (L->tokens > d->max_tokens)
+    d->max_tokens = L->tokens;
+  if (command & CLI_LAYER_COMMANDS) { /* the layer as the library will judge it, in flags */
+    mj_err err;
+    if (mj_rt_check_desc(d, &err) != MOEJIT_OK) {
+      char text[sizeof err.msg];
+      flag_words(err.msg, text, sizeof text);
+      fprintf(stderr, "moejit %s: %s\n", cmd, text);
+      return 2;
+    }
+  }
+  return 0;
+}
