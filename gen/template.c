@@ -339,7 +339,7 @@ static const mj_field meta_ints[] = {
  * it is missing, not a string or too long. */
 static void meta_string(lua_State *L, const char *module, const char *kernel, const char *what,
                         char *buf, size_t len) {
-  size_t n;
+  size_t n = 0;
   const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
   if (!s || n == 0 || n >= len)
     luaL_error(L, "templates/%s.lua: the contract of %s: %s must be a name of 1..%d bytes", module,
