@@ -70,6 +70,18 @@ static moejit_ctx *offline_ctx(const char *dir, logbook *book) {
   return ctx;
 }
 
+/* A small bf16 layer whose offline sm_90a plan takes the wgmma path. */
+static moejit_layer_desc bf16_layer(void) {
+  moejit_layer_desc d;
+  moejit_layer_desc_init(&d);
+  d.hidden = 256;
+  d.intermediate = 192;
+  d.experts = 16;
+  d.top_k = 4;
+  d.max_tokens = 1024;
+  return d;
+}
+
 static moejit_layer_desc small_layer(void) {
   moejit_layer_desc d;
   moejit_layer_desc_init(&d);
@@ -699,13 +711,7 @@ static void test_plan_follows_records(void **state) {
   char dir[300], path[400];
   fresh_dir(dir, sizeof dir);
   snprintf(path, sizeof path, "%s/records.txt", dir);
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = 256;
-  d.intermediate = 192;
-  d.experts = 16;
-  d.top_k = 4;
-  d.max_tokens = 1024;
+  moejit_layer_desc d = bf16_layer();
   mj_gemm_config space[2 * MJ_MAX_GEMM_CONFIGS];
   int nspace =
       mj_tune_search_space(MJ_MATH_MMA, "sm_90a", NULL, NULL, space, 2 * MJ_MAX_GEMM_CONFIGS);
@@ -750,23 +756,6 @@ static void test_plan_follows_records(void **state) {
   moejit_destroy(ctx);
 }
 
-/* Reads a whole file; NULL when it cannot. */
-static unsigned char *slurp(const char *path, long *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  fseek(f, 0, SEEK_END);
-  *len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *b = malloc((size_t)*len + 1);
-  if (b && fread(b, 1, (size_t)*len, f) != (size_t)*len) {
-    free(b);
-    b = NULL;
-  }
-  fclose(f);
-  return b;
-}
-
 /* `moejit compile`'s build (with the ptxas report) fills the cache with the cubins a plan would
  * compile, byte for byte, under the plan's keys: a plan made afterwards compiles nothing. (The
  * report's own cubins differ from a plan's in a few hundred bytes: they are not what it caches.) */
@@ -775,13 +764,7 @@ static void test_compile_fills_cache(void **state) {
   char filled[300], planned[300];
   fresh_dir(filled, sizeof filled);
   fresh_dir(planned, sizeof planned);
-  moejit_layer_desc d;
-  moejit_layer_desc_init(&d);
-  d.hidden = 256;
-  d.intermediate = 192;
-  d.experts = 16;
-  d.top_k = 4;
-  d.max_tokens = 1024;
+  moejit_layer_desc d = bf16_layer();
   logbook book = {0};
   moejit_ctx *ctx = offline_ctx(filled, &book);
   mj_gemm_config cfg[MJ_MAX_GEMM_CONFIGS];
@@ -813,14 +796,11 @@ static void test_compile_fills_cache(void **state) {
     char a[800], b[800];
     snprintf(a, sizeof a, "%s/cubin/%s", filled, de->d_name);
     snprintf(b, sizeof b, "%s/cubin/%s", planned, de->d_name);
-    long la = 0, lb = 0;
-    unsigned char *da = slurp(a, &la), *db = slurp(b, &lb);
-    assert_non_null(da); /* the plan's key is in the filled cache */
-    assert_non_null(db);
-    assert_int_equal(la, lb);
-    assert_memory_equal(da, db, (size_t)la);
-    free(da);
-    free(db);
+    static unsigned char da[1 << 21], db[1 << 21];
+    assert_int_equal(access(a, F_OK), 0); /* the plan's key is in the filled cache */
+    size_t la = read_bytes(a, da, sizeof da), lb = read_bytes(b, db, sizeof db);
+    assert_true(la == lb && la < sizeof da);
+    assert_memory_equal(da, db, la);
     compared++;
   }
   closedir(dir);

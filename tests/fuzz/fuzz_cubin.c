@@ -3,32 +3,29 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
+#include "memfile.h"
 #include "tune/cache.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  int fd = memfd_create("cubin", 0);
+  char path[64];
+  int fd = mem_file(data, size, path);
   if (fd < 0)
     return 0;
-  if (write(fd, data, size) == (ssize_t)size) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    void *cubin = NULL;
-    size_t len = 0;
-    uint8_t key[16];
-    mj_cache_file_status st = mj_tune_cache_read_file(path, NULL, &cubin, &len, key);
-    if (st == MJ_CACHE_FILE_OK && (len == 0 || len > size || !cubin))
-      __builtin_trap(); /* a cubin is never longer than its file */
-    if (st != MJ_CACHE_FILE_OK && cubin)
-      __builtin_trap(); /* a refused file hands nothing out */
+  void *cubin = NULL;
+  size_t len = 0;
+  uint8_t key[16];
+  mj_cache_file_status st = mj_tune_cache_read_file(path, NULL, &cubin, &len, key);
+  if (st == MJ_CACHE_FILE_OK && (len == 0 || len > size || !cubin))
+    __builtin_trap(); /* a cubin is never longer than its file */
+  if (st != MJ_CACHE_FILE_OK && cubin)
+    __builtin_trap(); /* a refused file hands nothing out */
+  free(cubin);
+  if (st == MJ_CACHE_FILE_OK) { /* the key it names is the one it must carry */
+    if (mj_tune_cache_read_file(path, key, &cubin, &len, NULL) != MJ_CACHE_FILE_OK)
+      __builtin_trap();
     free(cubin);
-    if (st == MJ_CACHE_FILE_OK) { /* the key it names is the one it must carry */
-      if (mj_tune_cache_read_file(path, key, &cubin, &len, NULL) != MJ_CACHE_FILE_OK)
-        __builtin_trap();
-      free(cubin);
-    }
   }
   close(fd);
   return 0;

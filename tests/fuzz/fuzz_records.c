@@ -3,9 +3,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
+#include "memfile.h"
 #include "tune/records.h"
 
 static void same_or_trap(const mj_record *a) {
@@ -29,20 +29,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   free(line);
 
   /* the same bytes as a records file */
-  int fd = memfd_create("records", 0);
+  char path[64];
+  int fd = mem_file(data, size, path);
   if (fd < 0)
     return 0;
-  if (write(fd, data, size) == (ssize_t)size) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    mj_record *all = NULL;
-    int n = 0;
-    mj_err err;
-    if (mj_tune_records_load(path, &all, &n, NULL, NULL, &err) == MOEJIT_OK)
-      for (int i = 0; i < n; i++)
-        same_or_trap(&all[i]);
-    free(all);
-  }
+  mj_record *all = NULL;
+  int n = 0;
+  mj_err err;
+  if (mj_tune_records_load(path, &all, &n, NULL, NULL, &err) == MOEJIT_OK)
+    for (int i = 0; i < n; i++)
+      same_or_trap(&all[i]);
+  free(all);
   close(fd);
   return 0;
 }
