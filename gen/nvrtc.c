@@ -4,26 +4,77 @@
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Appends "where (why); " to the list of places tried, as far as it fits. */
+static void tried(char *list, size_t cap, const char *where, const char *why) {
+  size_t used = strlen(list);
+  if (used + 1 < cap &&
+      snprintf(list + used, cap - used, "%s%s (%s)", used ? "; " : "", where, why ? why : "?") < 0)
+    list[used] = '\0';
+}
+
+/* dlopen of libnvrtc.so.13, .12 or libnvrtc.so in folder ("" for the loader's path). */
+static void *open_in(const char *folder, char *list, size_t cap, char *from, size_t from_cap) {
+  static const char *const names[] = {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"};
+  for (int i = 0; i < 3; i++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s%s%s", folder, *folder ? "/" : "", names[i]);
+    /* Never unloaded once loaded (RTLD_NODELETE): each load of NVRTC allocates what it never
+     * frees (about 71 KB of its C++ runtime), so unloading and loading it again with every
+     * context would grow the process by that much a context. */
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (lib) {
+      snprintf(from, from_cap, "%s", folder);
+      return lib;
+    }
+    if (i == 0 || *folder == '\0') /* a folder's .12 and .so say the same as its .13 */
+      tried(list, cap, path, dlerror());
+    else
+      dlerror();
+  }
+  return NULL;
+}
 
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
-  /* The loader's path first, then the toolkit's usual home. */
-  static const char *const names[] = {"libnvrtc.so.13",
-                                      "libnvrtc.so.12",
-                                      "/usr/local/cuda/lib64/libnvrtc.so.13",
-                                      "/usr/local/cuda/lib64/libnvrtc.so.12",
-                                      "libnvrtc.so",
-                                      NULL};
+  char list[2048] = "", from[4096] = ""; /* from: the folder it came from, when one was named */
   memset(nv, 0, sizeof *nv);
-  /* Never unloaded once loaded (RTLD_NODELETE): each load of NVRTC allocates what it never frees
-   * (about 71 KB of its C++ runtime), so unloading and loading it again with every context would
-   * grow the process by that much a context. */
-  for (const char *const *n = names; *n && !nv->lib; n++)
-    nv->lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  const char *env = getenv("MOEJIT_NVRTC");
+  if (env && *env) { /* the user's choice, alone: no other NVRTC stands in for it */
+    if (!(nv->lib = dlopen(env, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)))
+      return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC: MOEJIT_NVRTC=%s cannot be loaded: %s",
+                     env, dlerror());
+    const char *slash = strrchr(env, '/');
+    if (slash)
+      snprintf(from, sizeof from, "%.*s", (int)(slash - env), env);
+  }
+  /* $CUDA_HOME's toolkit, /usr/local/cuda's, the loader's path, then the folders of
+   * $MOEJIT_NVRTC_SEARCH (the Python package names the nvidia-cuda-nvrtc wheel's and torch's) */
+  const char *home = getenv("CUDA_HOME");
+  if (!nv->lib && home && *home) {
+    char folder[4096];
+    snprintf(folder, sizeof folder, "%s/lib64", home);
+    nv->lib = open_in(folder, list, sizeof list, from, sizeof from);
+  }
+  if (!nv->lib)
+    nv->lib = open_in("/usr/local/cuda/lib64", list, sizeof list, from, sizeof from);
+  if (!nv->lib)
+    nv->lib = open_in("", list, sizeof list, from, sizeof from);
+  const char *search = getenv("MOEJIT_NVRTC_SEARCH");
+  for (const char *p = search; !nv->lib && p && *p;) {
+    size_t n = strcspn(p, ":");
+    char folder[4096];
+    snprintf(folder, sizeof folder, "%.*s", (int)(n < sizeof folder ? n : sizeof folder - 1), p);
+    if (n > 0)
+      nv->lib = open_in(folder, list, sizeof list, from, sizeof from);
+    p += n + (p[n] == ':');
+  }
   if (!nv->lib)
     return mj_errf(err, MOEJIT_ERR_NO_COMPILER,
-                   "NVRTC not found (dlopen libnvrtc.so.13/.12: %s); install the CUDA toolkit's "
-                   "NVRTC or add its lib64 folder to LD_LIBRARY_PATH",
-                   dlerror());
+                   "NVRTC not found; tried: %s. Set MOEJIT_NVRTC to a libnvrtc.so.13 or .12, "
+                   "install the CUDA toolkit, or pip install nvidia-cuda-nvrtc (the moejit "
+                   "package finds it)",
+                   list);
   struct {
     void **slot;
     const char *symbol;
@@ -46,6 +97,16 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
     }
   }
   nv->Version(&nv->major, &nv->minor);
+  /* NVRTC opens its builtins by name when it first compiles; a toolkit's copy has no RPATH, so
+   * from a folder off the loader's path they would not be found: load them from the same folder
+   * first, and NVRTC's open finds them loaded. */
+  if (from[0]) {
+    char builtins[4200];
+    snprintf(builtins, sizeof builtins, "%s/libnvrtc-builtins.so.%d.%d", from, nv->major,
+             nv->minor);
+    if (access(builtins, F_OK) == 0 && !dlopen(builtins, RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE))
+      dlerror(); /* NVRTC says so at its first compile */
+  }
   return MOEJIT_OK;
 }
 

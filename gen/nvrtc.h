@@ -21,8 +21,11 @@ typedef struct mj_nvrtc {
   const char *(*GetErrorString)(int result);
 } mj_nvrtc;
 
-/* Loads libnvrtc.so.13 (else .12) from the loader's path, else from /usr/local/cuda/lib64.
- * MOEJIT_ERR_NO_COMPILER with the reason. */
+/* Loads NVRTC (libnvrtc.so.13, else .12, else libnvrtc.so in each place): $MOEJIT_NVRTC, a path,
+ * alone when set (its failure is an error, nothing stands in); else $CUDA_HOME/lib64,
+ * /usr/local/cuda/lib64, the loader's path (LD_LIBRARY_PATH, the ldconfig cache), then each
+ * folder of $MOEJIT_NVRTC_SEARCH (colon-separated; the Python package puts the
+ * nvidia-cuda-nvrtc wheel's and torch's there). MOEJIT_ERR_NO_COMPILER lists where it looked. */
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err);
 void mj_gen_nvrtc_unload(mj_nvrtc *nv);
 

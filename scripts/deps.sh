@@ -16,7 +16,18 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv >/dev/null
 fi
-if ! ls /usr/local/cuda/lib64/libnvrtc.so.1[23] >/dev/null 2>&1 && ! ldconfig -p | grep -q libnvrtc.so.1[23]; then
-  echo "deps.sh: NVRTC (CUDA toolkit 12+) not found under /usr/local/cuda/lib64 or on the loader path" >&2
-  exit 1
+# NVRTC: the CUDA toolkit's (CUDA_HOME, /usr/local/cuda, the loader's path); without a toolkit, the
+# nvidia-cuda-nvrtc wheel from PyPI into the build venv, which scripts/nvrtc_env.sh points
+# MOEJIT_NVRTC_SEARCH at.
+if ! ls "${CUDA_HOME:-/usr/local/cuda}"/lib64/libnvrtc.so.1[23] /usr/local/cuda/lib64/libnvrtc.so.1[23] \
+  >/dev/null 2>&1 && ! ldconfig -p | grep -q 'libnvrtc.so.1[23] '; then
+  [ -x build/pyenv/bin/python ] || python3 -m venv build/pyenv
+  if ! ls build/pyenv/lib/python3*/site-packages/nvidia/*/lib/libnvrtc.so.1[23] >/dev/null 2>&1; then
+    echo "deps.sh: no CUDA toolkit NVRTC; installing nvidia-cuda-nvrtc into build/pyenv"
+    build/pyenv/bin/python -m pip install -q nvidia-cuda-nvrtc || {
+      echo "deps.sh: NVRTC not found (no CUDA toolkit under \${CUDA_HOME:-/usr/local/cuda}, none on" \
+        "the loader's path) and pip could not install nvidia-cuda-nvrtc" >&2
+      exit 1
+    }
+  fi
 fi

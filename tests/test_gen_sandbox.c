@@ -601,12 +601,26 @@ static void test_nvrtc_reload_does_not_grow(void **state) {
     fail_msg("4 loads of NVRTC grew the heap by %zu bytes", after - before);
 }
 
+/* MOEJIT_NVRTC decides alone: a path that does not load is an error naming it, even where the
+ * toolkit's NVRTC would load (tests/nvrtc_search.sh checks the rest of the order). */
+static void test_nvrtc_env_decides(void **state) {
+  (void)state;
+  mj_nvrtc nv;
+  mj_err err;
+  setenv("MOEJIT_NVRTC", "/nonexistent/libnvrtc.so.13", 1);
+  moejit_status st = mj_gen_nvrtc_load(&nv, &err);
+  unsetenv("MOEJIT_NVRTC");
+  assert_int_equal(st, MOEJIT_ERR_NO_COMPILER);
+  assert_non_null(strstr(err.msg, "MOEJIT_NVRTC=/nonexistent/libnvrtc.so.13 cannot be loaded"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_removed_globals, gen_setup, gen_teardown),
       cmocka_unit_test_setup_teardown(test_require_only_reaches_templates, gen_setup, gen_teardown),
       cmocka_unit_test(test_binary_chunks_refused),
       cmocka_unit_test(test_nvrtc_reload_does_not_grow),
+      cmocka_unit_test(test_nvrtc_env_decides),
       cmocka_unit_test_setup_teardown(test_fresh_environment_per_emit, gen_setup, gen_teardown),
       cmocka_unit_test_setup_teardown(test_instruction_budget, gen_setup, gen_teardown),
       cmocka_unit_test_setup_teardown(test_budget_survives_pcall, gen_setup, gen_teardown),

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import enum
 import glob
+import importlib.util
 import logging
 import os
 import threading
@@ -213,6 +214,40 @@ def library_candidates() -> List[str]:
     return out
 
 
+def nvrtc_folders() -> List[str]:
+    """The folders of pip-installed NVRTC, for the library's last place to look
+    ($MOEJIT_NVRTC_SEARCH): the nvidia-cuda-nvrtc wheels' (nvidia/cu13/lib, nvidia/cuda_nvrtc/lib,
+    found beside whatever else is installed under the nvidia namespace), then torch's lib folder.
+    Nothing is imported: the folders are found from the import system's specs."""
+    out: List[str] = []
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        spec = None
+    for root in list(spec.submodule_search_locations or []) if spec else []:
+        for lib in sorted(glob.glob(os.path.join(root, "*", "lib"))):
+            if glob.glob(os.path.join(lib, "libnvrtc.so*")):
+                out.append(lib)
+    try:
+        torch = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        torch = None
+    if torch and torch.submodule_search_locations:
+        lib = os.path.join(list(torch.submodule_search_locations)[0], "lib")
+        if glob.glob(os.path.join(lib, "libnvrtc.so*")):
+            out.append(lib)
+    return out
+
+
+def _offer_nvrtc() -> None:
+    """Appends nvrtc_folders() to $MOEJIT_NVRTC_SEARCH, which the library reads when it first
+    needs NVRTC, after $MOEJIT_NVRTC, $CUDA_HOME, /usr/local/cuda and the loader's path."""
+    have = [p for p in os.environ.get("MOEJIT_NVRTC_SEARCH", "").split(":") if p]
+    more = [p for p in nvrtc_folders() if p not in have]
+    if more:
+        os.environ["MOEJIT_NVRTC_SEARCH"] = ":".join(have + more)
+
+
 class _Fn:
     """A prototype: name, result type, argument types."""
 
@@ -255,6 +290,7 @@ class Library:
 
     def __init__(self, path: str):
         self.path = path
+        _offer_nvrtc()
         self.dll = ctypes.CDLL(path)
         for p in _PROTOTYPES:
             fn = getattr(self.dll, p.name)  # AttributeError: an older library, reported by the caller
