@@ -19,8 +19,15 @@ fi
 # NVRTC: the CUDA toolkit's (CUDA_HOME, /usr/local/cuda, the loader's path); without a toolkit, the
 # nvidia-cuda-nvrtc wheel from PyPI into the build venv, which scripts/nvrtc_env.sh points
 # MOEJIT_NVRTC_SEARCH at.
-if ! ls "${CUDA_HOME:-/usr/local/cuda}"/lib64/libnvrtc.so.1[23] /usr/local/cuda/lib64/libnvrtc.so.1[23] \
-  >/dev/null 2>&1 && ! ldconfig -p | grep -q 'libnvrtc.so.1[23] '; then
+toolkit_nvrtc() {
+  local f
+  for f in "${CUDA_HOME:-/usr/local/cuda}"/lib64/libnvrtc.so.1[23] /usr/local/cuda/lib64/libnvrtc.so.1[23] \
+    $(ldconfig -p | awk '/libnvrtc\.so\.1[23] /{print $NF}'); do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+if ! toolkit_nvrtc; then
   [ -x build/pyenv/bin/python ] || python3 -m venv build/pyenv
   if ! ls build/pyenv/lib/python3*/site-packages/nvidia/*/lib/libnvrtc.so.1[23] >/dev/null 2>&1; then
     echo "deps.sh: no CUDA toolkit NVRTC; installing nvidia-cuda-nvrtc into build/pyenv"
