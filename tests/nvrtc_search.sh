@@ -6,10 +6,14 @@
 set -u
 moejit=$1
 if [ "${MJ_IN_NAMESPACE:-}" != 1 ]; then
-  real=$(ldconfig -p | awk '/libnvrtc.so.1[23] /{print $NF; exit}')
-  [ -n "$real" ] || real=$(ls /usr/local/cuda/lib64/libnvrtc.so.1[23] 2>/dev/null | head -1)
-  if [ -z "$real" ]; then echo "skipped: no NVRTC on this machine to hide"; exit 0; fi
-  real=$(readlink -f "$real")
+  # an NVRTC that is there: the loader's, the toolkit's, or a MOEJIT_NVRTC_SEARCH folder's
+  real=
+  for f in $(ldconfig -p | awk '/libnvrtc\.so\.1[23] /{print $NF}') \
+    /usr/local/cuda/lib64/libnvrtc.so.1[23] \
+    $(tr ':' '\n' <<<"${MOEJIT_NVRTC_SEARCH:-}" | sed 's|$|/libnvrtc.so.13|'); do
+    if [ -e "$f" ]; then real=$(readlink -f "$f"); break; fi
+  done
+  if [ -z "$real" ]; then echo "skipped: no NVRTC on this machine"; exit 0; fi
   if ! unshare -m true 2>/dev/null && ! unshare -rm true 2>/dev/null; then
     echo "skipped: unshare is not allowed here"
     exit 0
