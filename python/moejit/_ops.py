@@ -1,9 +1,10 @@
 """_ops.py: moejit.experts, the GPT-OSS expert layer on torch tensors.
 
-Checks the tensors (device, dtype, shape, contiguity, alignment: a ValueError names the argument),
-picks the routing form from the shape of routing_weights, finds or creates the plan (_runtime),
-allocates the output and the workspace from torch's caching allocator and launches moejit_forward
-on torch's current stream. Uses torch (imported with this module, which moejit imports lazily).
+Checks the tensors (device, dtype, shape, contiguity: a ValueError names the argument), then calls
+the custom op torch.ops.moejit.experts (torch.library, CUDA, with a fake implementation for
+torch.compile), which checks alignment, finds or creates the plan (_runtime), allocates the output
+and the workspace from torch's caching allocator and launches moejit_forward on torch's current
+stream. Uses torch (imported with this module, which moejit imports lazily).
 """
 from __future__ import annotations
 
@@ -103,6 +104,128 @@ def _c_float(v: float) -> float:
     return float(ctypes.c_float(float(v)).value)
 
 
+_Layer = Tuple[Tuple[int, ...], int, int, int, int, int, Routing, torch.dtype]
+
+
+def _layer(x: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch.Tensor,
+           gate_up_proj: torch.Tensor, gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
+           down_proj_bias: torch.Tensor, routing: Optional[str],
+           num_tokens: Optional[torch.Tensor]) -> _Layer:
+    """The checks of every argument that shapes, dtypes and devices decide (ValueError naming it),
+    and the layer they give: (leading shape, H, T, E, I, K, routing form, bias dtype). Nothing here
+    reads a tensor's data or address, so torch.compile traces it."""
+    if not isinstance(x, torch.Tensor):
+        raise _fail("hidden_states", f"expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_cuda:
+        raise _fail("hidden_states", f"must be a CUDA tensor, got one on {x.device}")
+    device = x.device
+    _check_tensor("hidden_states", x, device)
+    _check_dtype("hidden_states", x, tuple(_ACTIVATION_DTYPES))
+    if x.dim() < 2:
+        raise _fail("hidden_states", f"has shape {list(x.shape)}; expected [T, H] or [B, S, H]")
+    lead, hidden = tuple(int(n) for n in x.shape[:-1]), int(x.shape[-1])
+    tokens = math.prod(lead)
+    same = (x.dtype,)
+    why = " (the dtype of hidden_states)"
+
+    w1 = _check_tensor("gate_up_proj", gate_up_proj, device)
+    _check_dtype("gate_up_proj", w1, same, why)
+    if w1.dim() != 3 or w1.shape[1] != hidden or w1.shape[2] % 2 != 0:
+        raise _fail("gate_up_proj", f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
+    n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
+    b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
+    if x.dtype == torch.float32:
+        _check_dtype("gate_up_proj_bias", b1, same, why)
+    else:
+        _check_dtype("gate_up_proj_bias", b1, same + (torch.float32,),
+                     " (the dtype of hidden_states, or f32 for both biases)")
+    _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
+    w2 = _check_tensor("down_proj", down_proj, device)
+    _check_dtype("down_proj", w2, same, why)
+    _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
+    b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
+    _check_dtype("down_proj_bias", b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
+    _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
+
+    ids = _check_tensor("router_indices", router_indices, device)
+    _check_dtype("router_indices", ids, tuple(_IDS_DTYPES))
+    top_k = _leading("router_indices", ids, tokens, "[T, K]")
+    weights = _check_tensor("routing_weights", routing_weights, device)
+    _check_dtype("routing_weights", weights, tuple(_WEIGHTS_DTYPES))
+    width = _leading("routing_weights", weights, tokens, "[T, K] or [T, E]")
+    form = _routing_form(routing, width, top_k, n_experts, weights)
+    if num_tokens is not None:
+        count = _check_tensor("num_tokens", num_tokens, device)
+        _check_dtype("num_tokens", count, (torch.int32,))
+        if count.numel() != 1:
+            raise _fail("num_tokens", f"has {count.numel()} elements; expected one (an int32 count)")
+    return lead, hidden, tokens, n_experts, inter, top_k, form, b1.dtype
+
+
+@torch.library.custom_op("moejit::experts", mutates_args=(), device_types="cuda")
+def _experts_op(hidden_states: torch.Tensor, router_indices: torch.Tensor,
+                routing_weights: torch.Tensor, gate_up_proj: torch.Tensor,
+                gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
+                down_proj_bias: torch.Tensor, alpha: float, limit: float, routing: Optional[str],
+                check: bool, num_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+    """torch.ops.moejit.experts: the forward on torch's current stream (see experts)."""
+    x = hidden_states
+    lead, hidden, tokens, n_experts, inter, top_k, form, bias_dtype = _layer(
+        x, router_indices, routing_weights, gate_up_proj, gate_up_proj_bias, down_proj,
+        down_proj_bias, routing, num_tokens)
+    device = x.device
+    for name, t in (("hidden_states", x), ("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
+        _check_aligned(name, t, _VECTOR_ALIGN)
+    y = torch.empty(lead + (hidden,), dtype=x.dtype, device=device)
+    if tokens == 0:
+        return y
+    key = _runtime.PlanKey(
+        device=device.index if device.index is not None else torch.cuda.current_device(),
+        hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
+        dtype=_ACTIVATION_DTYPES[x.dtype], ids_dtype=_IDS_DTYPES[router_indices.dtype],
+        weights_dtype=_WEIGHTS_DTYPES[routing_weights.dtype], routing=form,
+        alpha=_c_float(alpha), limit=_c_float(limit),
+        bias_f32=bias_dtype != x.dtype,
+        exact_f32=x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+    if torch.cuda.is_current_stream_capturing() and _runtime.lookup(key, tokens) is None:
+        raise RuntimeError(
+            f"moejit.experts: no plan yet for this layer ({tokens} tokens, H={hidden} I={inter} "
+            f"E={n_experts} K={top_k} {x.dtype}) and plans cannot be compiled during CUDA graph "
+            "capture: run one call of the same layer (with at least as many tokens) before capturing")
+    plan = _runtime.plan_for(key, tokens)
+
+    stream = torch.cuda.current_stream(device).cuda_stream
+    nbytes = plan.workspace_size(tokens)
+    ws, ws_ptr = _workspace(nbytes, device)
+    args = load_library().forward_args()
+    args.tokens = tokens
+    args.x = x.data_ptr()
+    args.topk_ids = router_indices.data_ptr()
+    args.routing_weights = routing_weights.data_ptr()
+    args.gate_up_proj = gate_up_proj.data_ptr()
+    args.gate_up_proj_bias = gate_up_proj_bias.data_ptr()
+    args.down_proj = down_proj.data_ptr()
+    args.down_proj_bias = down_proj_bias.data_ptr()
+    args.y = y.data_ptr()
+    args.device_tokens = num_tokens.data_ptr() if num_tokens is not None else None
+    plan.forward(args, ws_ptr, nbytes, stream)
+    if check:
+        plan.check(ws_ptr, stream)
+    del ws  # back to the caching allocator, ordered after the forward on this stream
+    return y
+
+
+@_experts_op.register_fake
+def _experts_fake(hidden_states: torch.Tensor, router_indices: torch.Tensor,
+                  routing_weights: torch.Tensor, gate_up_proj: torch.Tensor,
+                  gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
+                  down_proj_bias: torch.Tensor, alpha: float, limit: float,
+                  routing: Optional[str], check: bool,
+                  num_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+    """What torch.compile and fake tensors see: a new tensor shaped and typed as hidden_states."""
+    return hidden_states.new_empty(hidden_states.shape)
+
+
 def experts(
     hidden_states: torch.Tensor,
     router_indices: torch.Tensor,
@@ -149,96 +272,17 @@ def experts(
     runs: only the first n = min(max(num_tokens, 0), T) tokens are computed (their routing alone
     is read) and rows [n, T) of the result are zeros. A CUDA graph captured at the largest batch T
     then serves every smaller one: write the count into num_tokens, then replay.
+    The forward is the custom op torch.ops.moejit.experts (torch.library, with a fake
+    implementation), so torch.compile(fullgraph=True) traces it as one node.
     No autograd: the result has no grad_fn. check=True additionally waits for the forward and
     raises MoejitError (MOEJIT_ERR_BAD_EXPERT_ID) if an id was outside [0, E).
     Raises MoejitError when the library rejects the layer (e.g. H not a multiple of 8).
     """
-    x = hidden_states
-    if not isinstance(x, torch.Tensor):
-        raise _fail("hidden_states", f"expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_cuda:
-        raise _fail("hidden_states", f"must be a CUDA tensor, got one on {x.device}")
-    device = x.device
-    _check_tensor("hidden_states", x, device)
-    _check_dtype("hidden_states", x, tuple(_ACTIVATION_DTYPES))
-    if x.dim() < 2:
-        raise _fail("hidden_states", f"has shape {list(x.shape)}; expected [T, H] or [B, S, H]")
-    if torch.is_grad_enabled() and x.requires_grad:
+    _layer(hidden_states, router_indices, routing_weights, gate_up_proj, gate_up_proj_bias,
+           down_proj, down_proj_bias, routing, num_tokens)
+    if torch.is_grad_enabled() and hidden_states.requires_grad:
         raise RuntimeError("moejit.experts has no backward: call it under torch.no_grad() or "
                            "torch.inference_mode(), or detach hidden_states")
-    lead, hidden = tuple(x.shape[:-1]), int(x.shape[-1])
-    tokens = math.prod(lead)
-    same = (x.dtype,)
-    why = " (the dtype of hidden_states)"
-
-    w1 = _check_tensor("gate_up_proj", gate_up_proj, device)
-    _check_dtype("gate_up_proj", w1, same, why)
-    if w1.dim() != 3 or w1.shape[1] != hidden or w1.shape[2] % 2 != 0:
-        raise _fail("gate_up_proj", f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
-    n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
-    b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
-    if x.dtype == torch.float32:
-        _check_dtype("gate_up_proj_bias", b1, same, why)
-    else:
-        _check_dtype("gate_up_proj_bias", b1, same + (torch.float32,),
-                     " (the dtype of hidden_states, or f32 for both biases)")
-    _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
-    w2 = _check_tensor("down_proj", down_proj, device)
-    _check_dtype("down_proj", w2, same, why)
-    _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
-    b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
-    _check_dtype("down_proj_bias", b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
-    _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
-
-    ids = _check_tensor("router_indices", router_indices, device)
-    _check_dtype("router_indices", ids, tuple(_IDS_DTYPES))
-    top_k = _leading("router_indices", ids, tokens, "[T, K]")
-    weights = _check_tensor("routing_weights", routing_weights, device)
-    _check_dtype("routing_weights", weights, tuple(_WEIGHTS_DTYPES))
-    width = _leading("routing_weights", weights, tokens, "[T, K] or [T, E]")
-    form = _routing_form(routing, width, top_k, n_experts, weights)
-    for name, t in (("hidden_states", x), ("gate_up_proj", w1), ("down_proj", w2)):
-        _check_aligned(name, t, _VECTOR_ALIGN)
-    if num_tokens is not None:
-        count = _check_tensor("num_tokens", num_tokens, device)
-        _check_dtype("num_tokens", count, (torch.int32,))
-        if count.numel() != 1:
-            raise _fail("num_tokens", f"has {count.numel()} elements; expected one (an int32 count)")
-
-    y = torch.empty(lead + (hidden,), dtype=x.dtype, device=device)
-    if tokens == 0:
-        return y
-    key = _runtime.PlanKey(
-        device=device.index if device.index is not None else torch.cuda.current_device(),
-        hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
-        dtype=_ACTIVATION_DTYPES[x.dtype], ids_dtype=_IDS_DTYPES[ids.dtype],
-        weights_dtype=_WEIGHTS_DTYPES[weights.dtype], routing=form,
-        alpha=_c_float(alpha), limit=_c_float(limit),
-        bias_f32=b1.dtype != x.dtype,
-        exact_f32=x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
-    if torch.cuda.is_current_stream_capturing() and _runtime.lookup(key, tokens) is None:
-        raise RuntimeError(
-            f"moejit.experts: no plan yet for this layer ({tokens} tokens, H={hidden} I={inter} "
-            f"E={n_experts} K={top_k} {x.dtype}) and plans cannot be compiled during CUDA graph "
-            "capture: run one call of the same layer (with at least as many tokens) before capturing")
-    plan = _runtime.plan_for(key, tokens)
-
-    stream = torch.cuda.current_stream(device).cuda_stream
-    nbytes = plan.workspace_size(tokens)
-    ws, ws_ptr = _workspace(nbytes, device)
-    args = load_library().forward_args()
-    args.tokens = tokens
-    args.x = x.data_ptr()
-    args.topk_ids = ids.data_ptr()
-    args.routing_weights = weights.data_ptr()
-    args.gate_up_proj = w1.data_ptr()
-    args.gate_up_proj_bias = b1.data_ptr()
-    args.down_proj = w2.data_ptr()
-    args.down_proj_bias = b2.data_ptr()
-    args.y = y.data_ptr()
-    args.device_tokens = num_tokens.data_ptr() if num_tokens is not None else None
-    plan.forward(args, ws_ptr, nbytes, stream)
-    if check:
-        plan.check(ws_ptr, stream)
-    del ws  # back to the caching allocator, ordered after the forward on this stream
-    return y
+    return torch.ops.moejit.experts(hidden_states, router_indices, routing_weights, gate_up_proj,
+                                    gate_up_proj_bias, down_proj, down_proj_bias, float(alpha),
+                                    float(limit), routing, bool(check), num_tokens)

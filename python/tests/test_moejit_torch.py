@@ -542,6 +542,91 @@ def test_cuda_graph_replay_matches_eager(lib_on_gpu: None) -> None:
     assert torch.equal(y_static, eager), "graph replay and eager forward differ (not reproducible)"
 
 
+# ---- torch.compile: one custom op (fake tensors need no GPU) ---------------------------------------
+
+
+def _fake_args(tokens: int = 5, lead: Tuple[int, ...] = ()) -> Tuple[torch.Tensor, ...]:
+    """Fake CUDA tensors of a small layer (within a FakeTensorMode)."""
+    hidden, inter, n_experts, top_k = 64, 96, 4, 2
+    bf16 = dict(dtype=torch.bfloat16, device="cuda")
+    shape = lead + (tokens,) if lead else (tokens,)
+    return (torch.empty(shape + (hidden,), **bf16),
+            torch.zeros(shape + (top_k,), dtype=torch.int32, device="cuda"),
+            torch.empty(shape + (top_k,), dtype=torch.float32, device="cuda"),
+            torch.empty(n_experts, hidden, 2 * inter, **bf16),
+            torch.empty(n_experts, 2 * inter, **bf16),
+            torch.empty(n_experts, inter, hidden, **bf16),
+            torch.empty(n_experts, hidden, **bf16))
+
+
+def _in_a_layer(*a: torch.Tensor) -> torch.Tensor:
+    return moejit.experts(*a) * 2
+
+
+def test_fake_tensors_get_the_output_shape() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        y = moejit.experts(*_fake_args(lead=(3,)))
+    assert y.shape == (3, 5, 64) and y.dtype == torch.bfloat16 and y.device.type == "cuda"
+
+
+def test_compile_fullgraph_traces_one_op() -> None:
+    """torch.compile(fullgraph=True) of a module calling moejit.experts: one graph, the custom op
+    in it once, no break (traced on fake tensors: no GPU, nothing launched)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    graphs = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(_in_a_layer, fullgraph=True, backend=record)
+    with FakeTensorMode():
+        y = compiled(*_fake_args())
+    assert y.shape == (5, 64)
+    assert len(graphs) == 1
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("moejit.experts" in op for op in ops) == 1, ops
+
+
+def test_compile_keeps_the_argument_checks() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch._dynamo.reset()
+    compiled = torch.compile(_in_a_layer, fullgraph=True, backend="eager")
+    with FakeTensorMode():
+        a = list(_fake_args())
+        a[3] = torch.empty(4, 63, 192, dtype=torch.bfloat16, device="cuda")  # H = 63, not 64
+        with pytest.raises(Exception, match="gate_up_proj: has shape \\[4, 63, 192\\]"):
+            compiled(*a)
+
+
+def test_compiled_matches_eager(lib_on_gpu: None) -> None:
+    """On the GPU: the compiled module (inductor) gives bitwise the eager result, and a CUDA
+    graph of it replays to the same bits."""
+    hidden, inter, n_experts, top_k = GPT_OSS
+    m = make_module(hidden, inter, n_experts, torch.bfloat16)
+    x = make_x(64, hidden, torch.bfloat16)
+    ids, w = make_routing(64, n_experts, top_k, dense=False, ids_dtype=torch.int32,
+                          weights_dtype=torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        eager = m(x, ids, w)
+        got = compiled(x, ids, w)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            replayed = compiled(x, ids, w)
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(got, eager)
+    assert torch.equal(replayed, eager)
+
+
 def test_plans_are_cached_per_power_of_two_bucket(lib_on_gpu: None) -> None:
     from moejit import _runtime
 
