@@ -5,6 +5,7 @@ Mixture-of-Experts layers.
     y = moejit.experts(hidden_states, router_indices, routing_weights,
                        gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias)
     layer = moejit.GptOssExperts(config)          # drop-in for transformers' GptOssExperts
+    moejit.register_transformers()                # then experts_implementation="moejit"
 
 ctypes over the shared library, no compiled extension. The library is found through
 $MOEJIT_LIBRARY, else libmoejit.so* next to this package, else ctypes.util.find_library("moejit"),
@@ -25,6 +26,7 @@ from ._capi import ABI_VERSION, DType, MoejitError, Routing, Status, load_librar
 if TYPE_CHECKING:  # pragma: no cover
     from ._module import GptOssExperts
     from ._ops import experts
+    from ._transformers import register_transformers
 
 __version__ = "0.3.0"
 
@@ -40,13 +42,18 @@ __all__ = [
     "experts",
     "library_path",
     "library_version",
+    "register_transformers",
 ]
 
-_LAZY = {"experts": ("._ops", "experts"), "GptOssExperts": ("._module", "GptOssExperts")}
+_LAZY = {
+    "experts": ("._ops", "experts"),
+    "GptOssExperts": ("._module", "GptOssExperts"),
+    "register_transformers": ("._transformers", "register_transformers"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    """experts and GptOssExperts import torch: they are loaded on first access."""
+    """experts, GptOssExperts and register_transformers import torch: loaded on first access."""
     if name in _LAZY:
         import importlib
 
