@@ -392,7 +392,9 @@ def load_ogs_api(alpha: float = ALPHA, limit: float = LIMIT) -> OgsApi:
       calls), returning (RoutingData, GatherIndx, ScatterIndx[, ...]);
     - Triton 3.6's: `triton_kernels.topk.topk` returning a sparse matrix whose mask metadata give
       the sorted indices, `make_ragged_tensor_metadata`, and RoutingData / GatherIndx / ScatterIndx
-      from `triton_kernels.matmul_ogs` (the translation given in triton-lang/triton#8375).
+      from `triton_kernels.matmul_ogs`, built as the legacy routing built them (GatherIndx(src =
+      slots in expert order, dst = its inverse), ScatterIndx the other way, gate_scal in expert
+      order), which of the two metadata arrays is which told by the data.
     Raises ImportError / AttributeError / TypeError when neither matches."""
     import importlib
 
@@ -412,15 +414,39 @@ def load_ogs_api(alpha: float = ALPHA, limit: float = LIMIT) -> OgsApi:
         from triton_kernels.tensor import make_ragged_tensor_metadata
         from triton_kernels.topk import topk
 
+        # Which of the mask metadata's two index arrays lists the slots in expert order (the
+        # legacy routing's topk_indx: GatherIndx's src, the order of gate_scal) and which is its
+        # inverse (gate_indx): triton_kernels' col_sorted_indx / row_sorted_indx have meant
+        # either across versions, so the data decide, once, on the first (eager) call.
+        order: List[str] = []
+
+        def expert_order(sparse: Any, meta: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+            names = ("col_sorted_indx", "row_sorted_indx")
+            if not order:
+                if torch.cuda.is_current_stream_capturing():
+                    raise RuntimeError("triton_ogs: the first routing call must run outside capture")
+                experts = sparse.indx.flatten().long()
+                for first, second in (names, names[::-1]):
+                    a, b = getattr(meta, first).long(), getattr(meta, second).long()
+                    e = experts[a]
+                    if bool((e[1:] >= e[:-1]).all()) and torch.equal(
+                            b[a], torch.arange(a.numel(), device=a.device)):
+                        order.extend((first, second))
+                        break
+                else:
+                    raise RuntimeError("triton_ogs: neither col_sorted_indx nor row_sorted_indx "
+                                       "lists the slots in expert order")
+            return getattr(meta, order[0]), getattr(meta, order[1])
+
         def route(logits: torch.Tensor, k: int) -> Tuple[Any, Any, Any]:
             sparse = topk(logits, k, apply_softmax=True)
             meta = sparse.mask_metadata if hasattr(sparse, "mask_metadata") else sparse.mask.metadata
-            dispatch, combine = meta.col_sorted_indx, meta.row_sorted_indx
-            ragged = make_ragged_tensor_metadata(meta.col_sum, dispatch.shape[0])
-            gate_scal = sparse.vals.flatten()[combine]
+            topk_indx, gate_indx = expert_order(sparse, meta)
+            ragged = make_ragged_tensor_metadata(meta.col_sum, topk_indx.shape[0])
+            gate_scal = sparse.vals.flatten()[topk_indx]
             sizes = _first_attr(ragged, "slice_sizes", "batch_sizes")
             rdata = mo.RoutingData(gate_scal, sizes, logits.shape[-1], k, ragged)
-            return rdata, mo.GatherIndx(combine, dispatch), mo.ScatterIndx(dispatch, combine)
+            return rdata, mo.GatherIndx(topk_indx, gate_indx), mo.ScatterIndx(gate_indx, topk_indx)
         flavour = "topk"
     specs_params = inspect.signature(mo.FnSpecs).parameters
     act_fields = {f.name for f in dataclasses.fields(mo.FusedActivation)} \
