@@ -9,18 +9,26 @@
 # graphs of 1024 tokens that would take it past a call's 10 minutes; racecheck on the golden and
 # self-routed ones) and prints one forward's kernels at one
 # token (bench/device/kernels.py). COMMIT is what the JSON lines name (the machine has no .git).
-# PART (optional): checks (the GPU suite, the sanitizers and the SASS counts of the wgmma kernels)
-# or figures (the bench rows and kernels.py), for two device calls of under 10 minutes each.
+# PART (optional): checks (the GPU suite, the sanitizers and the SASS counts of the wgmma kernels),
+# figures (the bench rows and kernels.py), or python (the binding's tests with torch and
+# transformers: experts, graphs, torch.compile, the transformers experts implementation), for
+# device calls of under 10 minutes each; all = checks and figures.
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
 PART=${2:-all}
-case $PART in all | checks | figures) ;; *) echo "land.sh: PART is checks or figures, got $PART" >&2; exit 2 ;; esac
+case $PART in all | checks | figures | python) ;;
+*) echo "land.sh: PART is checks, figures or python, got $PART" >&2; exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
 bash tests/device.sh true || exit 1
 cd build-dev || exit 1
 export LD_LIBRARY_PATH=$PWD/../.deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64
 export MOEJIT_GOLDEN_DIR=$PWD/../.golden
+if [ "$PART" = python ]; then
+  MOEJIT_LIBRARY=$PWD/libmoejit.so python3 -m pytest -q -rs -p no:cacheprovider ../python/tests \
+    2>&1 | tail -15
+  exit
+fi
 if [ "$PART" != figures ]; then
 ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
 grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
