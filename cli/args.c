@@ -96,7 +96,7 @@ static const opt_spec opts[] = {
      "f32 GEMMs on exact FFMA instead of TF32 tensor cores"},
     {"arch", O_ARCH, V_TEXT, CLI_GEN | CLI_COMPILE | CLI_RUN | CLI_BENCH, 0, 0, NULL, "A",
      "target such as sm_80 or sm_90a where no GPU is used (default sm_90a)"},
-    {"tokens", O_TOKENS, V_TOKENS, TIMED, 1, INT32_MAX, NULL, "N[,N...]",
+    {"tokens", O_TOKENS, V_TOKENS, TIMED, 0, INT32_MAX, NULL, "N[,N...]",
      "tokens of the forward (run: one count, 4096; tune, bench: a list)"},
     {"verbose", O_VERBOSE, V_NONE, LAYER, 0, 0, NULL, NULL, "print the library's log"},
     {"kernel", O_KERNEL, V_CHOICE, CLI_GEN, 0, 0, kernels, "K",
@@ -209,6 +209,11 @@ static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L)
   case V_TEXT:
     if (!*v) {
       fprintf(stderr, "moejit %s: --%s '': expected %s\n", cmd, o->name, o->value);
+      return 2;
+    }
+    if (o->id == O_ARCH && !mj_rt_arch_valid(v)) {
+      fprintf(stderr, "moejit %s: --arch '%s': expected a target such as sm_80 or sm_90a (8.0+)\n",
+              cmd, v);
       return 2;
     }
     break;
@@ -344,6 +349,9 @@ int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_la
     if (c == ':') {
       fprintf(stderr, "moejit %s: %s needs a value\n", cmd, typed);
       rc = 2;
+    } else if (c == '?' && optopt >= 1000 && optopt < 1000 + NOPTS) {
+      fprintf(stderr, "moejit %s: --%s takes no value\n", cmd, opts[optopt - 1000].name);
+      rc = 2;
     } else if (c == '?') {
       char name[64];
       snprintf(name, sizeof name, "%.*s", (int)strcspn(typed + 2, "="), typed + 2);
@@ -354,7 +362,7 @@ int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_la
       if (other)
         fprintf(stderr, "moejit %s: --%s is not an option of %s (see moejit %s --help)\n", cmd,
                 name, cmd, cmd);
-      else if (optopt)
+      else if (optopt > ' ' && optopt < 127)
         fprintf(stderr, "moejit %s: unknown option '-%c' (see moejit %s --help)\n", cmd, optopt,
                 cmd);
       else
@@ -380,8 +388,8 @@ int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_la
   free(args);
   if (rc)
     return rc;
-  if (L->tokens > d->max_tokens)
-    d->max_tokens = L->tokens;
+  if (L->tokens >= d->max_tokens) /* a plan takes at least one token */
+    d->max_tokens = L->tokens > 0 ? L->tokens : 1;
   if (command & CLI_LAYER_COMMANDS) { /* the layer as the library will judge it, in flags */
     mj_err err;
     if (mj_rt_check_desc(d, &err) != MOEJIT_OK) {

@@ -52,8 +52,9 @@ typedef struct cli_layer {
 int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_layer *L,
               const char **words, int max_words, int *nwords);
 /* The token counts of a command that takes a list: --tokens as cli_parse read it, or `defaults`
- * (n counts, the last the largest) when it was not given. */
-void cli_token_list(cli_layer *L, const int64_t *defaults, int n);
+ * (n counts, the last the largest) when it was not given. Returns 0, or 2 after printing an error
+ * naming the command when a count is below 1 (run alone takes 0 tokens). */
+int cli_token_list(cli_layer *L, const int64_t *defaults, int n, const char *command);
 struct mj_gemm_config;
 struct mj_err;
 /* The configuration --config NAME names, for this layer: MOEJIT_OK, or MOEJIT_ERR_INVALID_ARG with

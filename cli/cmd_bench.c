@@ -604,7 +604,8 @@ int cmd_bench(int argc, char **argv) {
     return 2;
   }
   static const int64_t defaults[] = {1, 8, 64, 512, 4096, 16384, 65536};
-  cli_token_list(&L, defaults, 7);
+  if ((rc = cli_token_list(&L, defaults, 7, "bench")) != 0)
+    return rc;
   if (b.o.graph_tokens) { /* every row runs inside a forward of that many tokens */
     if (b.o.graph_tokens < L.tokens) {
       fprintf(stderr, "moejit bench: --graph-tokens %lld is below the largest --tokens, %lld\n",

@@ -27,7 +27,12 @@ static const char cache_usage[] =
     "~/.cache/moejit. Exit status: 0; 1 when something failed (said on stderr); 2 for bad\n"
     "arguments.\n";
 
-#define EXPORT_MAGIC "MJCACHE1"
+/* An export: the magic, then entries (an 8-byte kind, a 64-bit length, the bytes): "cubin" (its
+ * key and its cache file), "records" (the records file), and last "end" (the count of entries
+ * before it), so that a cut is seen. MJCACHE1, older, has no end mark. */
+#define EXPORT_MAGIC "MJCACHE2"
+#define EXPORT_MAGIC_V1 "MJCACHE1"
+#define EXPORT_MAX_ENTRY ((uint64_t)128 << 20) /* a cubin is at most 64 MiB */
 
 static int is_cubin_name(const char *name, uint8_t key[16]) {
   size_t n = strlen(name);
@@ -210,22 +215,28 @@ static int import_records(const char *dir, const void *blob, size_t size) {
   return rc;
 }
 
+/* Reads a regular file whole (never blocks on a FIFO). 0; -1 when there is none (ENOENT); -2
+ * when it cannot be read (errno says why; EINVAL: not a regular file). */
 static int read_file(const char *path, char **text, size_t *len) {
-  FILE *f = fopen(path, "rb");
+  struct stat sb;
+  int not_regular;
+  *text = NULL;
+  FILE *f = mj_file_open_regular(path, &sb, &not_regular);
   if (!f)
-    return -1;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  *text = malloc((size_t)(n > 0 ? n : 0) + 1);
-  int ok = *text && n >= 0 && fread(*text, 1, (size_t)n, f) == (size_t)n;
+    return errno == ENOENT && !not_regular ? -1 : -2;
+  size_t n = (size_t)sb.st_size;
+  *text = malloc(n + 1);
+  int ok = *text && fread(*text, 1, n, f) == n;
+  int e = ok ? 0 : errno ? errno : EIO;
   fclose(f);
   if (!ok) {
     free(*text);
-    return -1;
+    *text = NULL;
+    errno = e;
+    return -2;
   }
   (*text)[n] = '\0';
-  *len = (size_t)n;
+  *len = n;
   return 0;
 }
 
@@ -238,12 +249,17 @@ static int do_import(const char *dir, const char *file) {
     fprintf(stderr, "moejit cache import: cannot read %s: %s\n", file, strerror(errno));
     return 1;
   }
-  if (fread(magic, 1, 8, f) != 8 || memcmp(magic, EXPORT_MAGIC, 8) != 0) {
+  int v1 = 0;
+  if (fread(magic, 1, 8, f) != 8 ||
+      (memcmp(magic, EXPORT_MAGIC, 8) != 0 && !(v1 = !memcmp(magic, EXPORT_MAGIC_V1, 8)))) {
     fprintf(stderr, "moejit cache import: %s is not a moejit cache export\n", file);
     if (!from_stdin)
       fclose(f);
     return 1;
   }
+  /* what is left of a regular file bounds each entry's claimed length */
+  struct stat fs;
+  int64_t left = fstat(fileno(f), &fs) == 0 && S_ISREG(fs.st_mode) ? (int64_t)fs.st_size - 8 : -1;
   char mk[4200];
   snprintf(mk, sizeof mk, "%s/cubin", dir);
   for (char *p = mk + 1; *p; p++)
@@ -260,13 +276,19 @@ static int do_import(const char *dir, const char *file) {
     return 1;
   }
   char tag[8];
-  uint64_t size;
-  while (fread(tag, 1, 8, f) == 8) {
-    if (fread(&size, 1, 8, f) != 8 || size > ((uint64_t)1 << 32)) {
-      fprintf(stderr, "moejit cache import: %s is truncated\n", file);
+  uint64_t size, entries = 0;
+  size_t got;
+  int ended = 0;
+  while (!ended && (got = fread(tag, 1, 8, f)) == 8) {
+    if (fread(&size, 1, 8, f) != 8 || size > EXPORT_MAX_ENTRY ||
+        (left >= 0 && (int64_t)size > (left -= 16))) {
+      fprintf(stderr, "moejit cache import: %s is truncated or damaged (an entry of %llu bytes)\n",
+              file, (unsigned long long)size);
       rc = 1;
       break;
     }
+    if (left >= 0)
+      left -= (int64_t)size;
     unsigned char *blob = malloc((size_t)size + 1);
     if (!blob || fread(blob, 1, (size_t)size, f) != size) {
       fprintf(stderr, "moejit cache import: %s is truncated\n", file);
@@ -274,6 +296,20 @@ static int do_import(const char *dir, const char *file) {
       rc = 1;
       break;
     }
+    if (!memcmp(tag, "end\0\0\0\0", 8)) {
+      uint64_t count = 0;
+      if (size == sizeof count)
+        memcpy(&count, blob, sizeof count);
+      if (size != sizeof count || count != entries || fgetc(f) != EOF) {
+        fprintf(stderr, "moejit cache import: %s is damaged: its end mark does not close it\n",
+                file);
+        rc = 1;
+      }
+      ended = 1;
+      free(blob);
+      break;
+    }
+    entries++;
     if (!memcmp(tag, "cubin", 6) && size > 16) {
       const char *why = import_cubin(dir, blob, blob + 16, (size_t)size - 16);
       if (why) {
@@ -292,6 +328,20 @@ static int do_import(const char *dir, const char *file) {
       rejected++;
     }
     free(blob);
+  }
+  if (!ended && !rc) {
+    if (ferror(f) || got != 0 || !v1) {
+      fprintf(stderr, "moejit cache import: %s is truncated%s\n", file,
+              ferror(f)  ? " (a read failed)"
+              : got != 0 ? ""
+                         : " (no end mark)");
+      rc = 1;
+    } else {
+      fprintf(stderr,
+              "moejit cache import: %s is an MJCACHE1 export, which has no end mark: a "
+              "cut at an entry's end cannot be seen\n",
+              file);
+    }
   }
   if (!from_stdin)
     fclose(f);
@@ -332,22 +382,37 @@ static int do_export(const char *dir, const char *records, const char *file) {
   }
   if (fwrite(EXPORT_MAGIC, 1, 8, w.out) != 8)
     w.write_failed = errno ? errno : EIO;
-  int n = each_cubin(dir, "export", export_one, &w);
+  int n = each_cubin(dir, "export", export_one, &w), failed = n < 0;
   char *text = NULL;
   size_t len = 0;
-  int has_records = read_file(records, &text, &len) == 0;
+  int rr = read_file(records, &text, &len), has_records = rr == 0;
+  if (rr == -2) {
+    fprintf(stderr, "moejit cache export: cannot read %s: %s\n", records,
+            errno == EINVAL ? "not a regular file" : strerror(errno));
+    failed = 1;
+  }
   if (has_records && !w.write_failed && !write_blob(w.out, "records", text, len))
     w.write_failed = errno ? errno : EIO;
   free(text);
+  if (!w.write_failed && !failed) { /* the end mark: how many entries came before it */
+    uint64_t entries = (uint64_t)w.written + (uint64_t)has_records;
+    if (!write_blob(w.out, "end", &entries, sizeof entries))
+      w.write_failed = errno ? errno : EIO;
+  }
   if (!w.write_failed && (fflush(w.out) != 0 || (!to_stdout && fsync(fileno(w.out)) != 0)))
     w.write_failed = errno ? errno : EIO;
   if (!to_stdout) {
     if (fclose(w.out) != 0 && !w.write_failed)
       w.write_failed = errno ? errno : EIO;
-    if (!w.write_failed && (chmod(tmp, 0644) != 0 || rename(tmp, target) != 0))
+    if (!w.write_failed && !failed && (chmod(tmp, 0644) != 0 || rename(tmp, target) != 0))
       w.write_failed = errno ? errno : EIO;
-    if (w.write_failed)
+    if (w.write_failed || failed)
       unlink(tmp);
+  }
+  if (failed && !w.write_failed) {
+    fprintf(stderr, "moejit cache export: %s\n",
+            to_stdout ? "the export on standard output is incomplete" : "nothing was written");
+    return 1;
   }
   if (w.write_failed) {
     fprintf(stderr, "moejit cache export: cannot write %s: %s%s\n", file, strerror(w.write_failed),
@@ -356,7 +421,7 @@ static int do_export(const char *dir, const char *records, const char *file) {
   }
   fprintf(status, "exported %d cubins%s to %s (%d skipped as damaged)\n", w.written,
           has_records ? " and the records" : "", file, w.bad);
-  return n < 0;
+  return 0;
 }
 
 int cmd_cache(int argc, char **argv) {

@@ -62,7 +62,8 @@ int cmd_tune(int argc, char **argv) {
   if (rc)
     return rc == 1 ? 0 : rc;
   static const int64_t defaults[] = {1, 8, 64, 512, 4096, 65536};
-  cli_token_list(&L, defaults, 6);
+  if ((rc = cli_token_list(&L, defaults, 6, "tune")) != 0)
+    return rc;
   moejit_ctx_options o;
   moejit_ctx_options_init(&o);
   o.log = cli_log;

@@ -13,12 +13,18 @@ void cli_log(void *user, moejit_log_level level, const char *msg) {
     fprintf(stderr, "moejit: %s\n", msg);
 }
 
-void cli_token_list(cli_layer *L, const int64_t *defaults, int n) {
-  if (L->tokens_given)
-    return;
-  L->ntokens = n;
-  memcpy(L->token_list, defaults, (size_t)n * sizeof defaults[0]);
-  L->tokens = defaults[n - 1];
+int cli_token_list(cli_layer *L, const int64_t *defaults, int n, const char *command) {
+  if (!L->tokens_given) {
+    L->ntokens = n;
+    memcpy(L->token_list, defaults, (size_t)n * sizeof defaults[0]);
+    L->tokens = defaults[n - 1];
+  }
+  for (int i = 0; i < L->ntokens; i++)
+    if (L->token_list[i] < 1) {
+      fprintf(stderr, "moejit %s: --tokens: every count must be at least 1\n", command);
+      return 2;
+    }
+  return 0;
 }
 
 moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gemm_config *c,

@@ -2,6 +2,7 @@
 #include "gen/nvrtc.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -92,8 +93,13 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
   for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
     *syms[i].slot = dlsym(nv->lib, syms[i].symbol);
     if (!*syms[i].slot) {
+      struct link_map *lm = NULL;
+      char where[4200] = "?";
+      if (dlinfo(nv->lib, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name)
+        snprintf(where, sizeof where, "%s", lm->l_name);
       mj_gen_nvrtc_unload(nv);
-      return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC lacks %s", syms[i].symbol);
+      return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC %s lacks %s: not an NVRTC 12 or 13", where,
+                     syms[i].symbol);
     }
   }
   nv->Version(&nv->major, &nv->minor);

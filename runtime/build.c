@@ -70,8 +70,9 @@ static moejit_status compile_one(compile_job *job, mj_module_src *m, mj_err *err
   ctx->compiles++;
   pthread_mutex_unlock(&job->lock);
   mj_cubin plain;
-  if (st == MOEJIT_OK && (st = compile_cached(job, m, job->flags & ~MJ_COMPILE_PTXAS_VERBOSE,
-                                              &plain, err)) == MOEJIT_OK)
+  if (st == MOEJIT_OK && mj_tune_cache_dir(ctx->cache) && /* no folder: nothing to fill */
+      (st = compile_cached(job, m, job->flags & ~MJ_COMPILE_PTXAS_VERBOSE, &plain, err)) ==
+          MOEJIT_OK)
     mj_cubin_free(&plain);
   return st;
 }

@@ -83,7 +83,7 @@ static void arch_of(int major, int minor, char *buf, size_t len) {
   snprintf(buf, len, "sm_%d%d%s", major, minor, major == 9 && minor == 0 ? "a" : "");
 }
 
-static int arch_is_valid(const char *arch) {
+int mj_rt_arch_valid(const char *arch) {
   size_t n = strlen(arch);
   if (n < 5 || n > 8 || strncmp(arch, "sm_", 3) != 0)
     return 0;
@@ -151,7 +151,7 @@ moejit_status moejit_create(moejit_ctx **out, const moejit_ctx_options *opts) {
     goto fail;
   }
   if (o.offline_arch) {
-    if (!arch_is_valid(o.offline_arch)) {
+    if (!mj_rt_arch_valid(o.offline_arch)) {
       st =
           mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
                   "opts->offline_arch=\"%s\" is not an arch such as \"sm_80\" or \"sm_90a\" (8.0+)",

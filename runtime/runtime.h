@@ -77,6 +77,8 @@ int mj_rt_config_fits(moejit_ctx *ctx, const moejit_layer_desc *desc, const mj_g
  * the first compile) and tuning records file ("" without a cache folder). */
 const mj_cu *mj_rt_driver(const moejit_ctx *ctx);
 void mj_rt_nvrtc_version(const moejit_ctx *ctx, int *major, int *minor);
+/* 1 when arch names a target the library compiles for: "sm_80" .. , "sm_90a" (8.0 and up). */
+int mj_rt_arch_valid(const char *arch);
 /* The context's cubin cache folder; NULL when it has none. */
 const char *mj_rt_cache_dir(const moejit_ctx *ctx);
 const char *mj_rt_records_path(const moejit_ctx *ctx);

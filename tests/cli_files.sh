@@ -59,10 +59,37 @@ check "export to standard output" 0 $? test -s "$work/piped.mjc"
 MOEJIT_CACHE_DIR=$work/other timeout 60 "$moejit" cache import - <"$work/piped.mjc" >"$work/out" 2>&1
 check "import from standard input" 0 $? test -n "$(ls "$work/other/cubin")"
 
+# imports that were cut: inside an entry, at an entry's end (no end mark), a claimed 4 GiB entry
+head -c 11 "$work/piped.mjc" >"$work/cut.mjc"
+run cache import "$work/cut.mjc" --dir "$work/other"
+check "import of an export cut inside an entry fails" 1 $?
+says "is truncated" || failed=1
+size=$(stat -c %s "$work/piped.mjc")
+head -c $((size - 24)) "$work/piped.mjc" >"$work/noend.mjc" # without its end mark
+run cache import "$work/noend.mjc" --dir "$work/other"
+check "import of an export cut at an entry's end fails" 1 $?
+says "is truncated \(no end mark\)" || failed=1
+{ printf 'MJCACHE2cubin\0\0\0'; printf '\0\0\0\0\1\0\0\0'; } >"$work/huge.mjc"
+run cache import "$work/huge.mjc" --dir "$work/other"
+check "import refuses an entry longer than the file" 1 $?
+says "truncated or damaged \(an entry of 4294967296 bytes\)" || failed=1
+
 mkfifo "$MOEJIT_CACHE_DIR/records.txt"
 run cache ls
 check "ls reports records that are a FIFO, without blocking" 1 $?
 says "records .*records.txt: not a regular file" || failed=1
+cp "$work/piped.mjc" "$work/kept.mjc"
+run cache export "$work/kept.mjc"
+check "export with records that are a FIFO fails, without blocking, and keeps FILE" 1 $? \
+  cmp -s "$work/piped.mjc" "$work/kept.mjc"
+says "cannot read .*records.txt: not a regular file" || failed=1
 rm "$MOEJIT_CACHE_DIR/records.txt"
+mv "$MOEJIT_CACHE_DIR/cubin" "$work/cubin.saved"
+touch "$MOEJIT_CACHE_DIR/cubin"
+run cache export "$work/kept.mjc"
+check "export with an unreadable cubin folder fails and keeps FILE" 1 $? \
+  cmp -s "$work/piped.mjc" "$work/kept.mjc"
+rm "$MOEJIT_CACHE_DIR/cubin"
+mv "$work/cubin.saved" "$MOEJIT_CACHE_DIR/cubin"
 
 exit $failed
