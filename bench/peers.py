@@ -422,21 +422,25 @@ def load_ogs_api(alpha: float = ALPHA, limit: float = LIMIT) -> OgsApi:
 
         def expert_order(sparse: Any, meta: Any) -> Tuple[torch.Tensor, torch.Tensor]:
             names = ("col_sorted_indx", "row_sorted_indx")
-            if not order:
-                if torch.cuda.is_current_stream_capturing():
-                    raise RuntimeError("triton_ogs: the first routing call must run outside capture")
-                experts = sparse.indx.flatten().long()
-                for first, second in (names, names[::-1]):
-                    a, b = getattr(meta, first).long(), getattr(meta, second).long()
-                    e = experts[a]
-                    if bool((e[1:] >= e[:-1]).all()) and torch.equal(
-                            b[a], torch.arange(a.numel(), device=a.device)):
-                        order.extend((first, second))
-                        break
-                else:
-                    raise RuntimeError("triton_ogs: neither col_sorted_indx nor row_sorted_indx "
-                                       "lists the slots in expert order")
-            return getattr(meta, order[0]), getattr(meta, order[1])
+            if order:
+                return getattr(meta, order[0]), getattr(meta, order[1])
+            if torch.cuda.is_current_stream_capturing():
+                # undecided yet (every earlier batch fit both): either fits this one's routing
+                return getattr(meta, names[0]), getattr(meta, names[1])
+            experts = sparse.indx.flatten().long()
+            fits = []
+            for first, second in (names, names[::-1]):
+                a, b = getattr(meta, first).long(), getattr(meta, second).long()
+                e = experts[a]
+                if bool((e[1:] >= e[:-1]).all()) and torch.equal(
+                        b[a], torch.arange(a.numel(), device=a.device)):
+                    fits.append((first, second))
+            if not fits:
+                raise RuntimeError("triton_ogs: neither col_sorted_indx nor row_sorted_indx "
+                                   "lists the slots in expert order")
+            if len(fits) == 1:  # decided: kept for every later call
+                order.extend(fits[0])
+            return getattr(meta, fits[0][0]), getattr(meta, fits[0][1])
 
         def route(logits: torch.Tensor, k: int) -> Tuple[Any, Any, Any]:
             sparse = topk(logits, k, apply_softmax=True)

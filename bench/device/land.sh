@@ -26,8 +26,10 @@ export LD_LIBRARY_PATH=$PWD/../.deps/usr/lib/x86_64-linux-gnu:/usr/local/cuda/li
 export MOEJIT_GOLDEN_DIR=$PWD/../.golden
 if [ "$PART" = python ]; then
   MOEJIT_LIBRARY=$PWD/libmoejit.so python3 -m pytest -q -rs -p no:cacheprovider ../python/tests \
-    2>&1 | tail -15
-  exit
+    >"$OUT/python.txt" 2>&1
+  rc=$?
+  tail -15 "$OUT/python.txt"
+  exit $rc
 fi
 if [ "$PART" != figures ]; then
 ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1

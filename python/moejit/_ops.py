@@ -226,6 +226,14 @@ def _experts_fake(hidden_states: torch.Tensor, router_indices: torch.Tensor,
     return hidden_states.new_empty(hidden_states.shape)
 
 
+def _no_backward(ctx: object, grad: torch.Tensor) -> None:
+    raise RuntimeError("moejit.experts has no backward: it is an inference kernel (call it under "
+                       "torch.no_grad() or on detached tensors)")
+
+
+torch.library.register_autograd("moejit::experts", _no_backward)
+
+
 def experts(
     hidden_states: torch.Tensor,
     router_indices: torch.Tensor,
@@ -283,6 +291,9 @@ def experts(
     if torch.is_grad_enabled() and hidden_states.requires_grad:
         raise RuntimeError("moejit.experts has no backward: call it under torch.no_grad() or "
                            "torch.inference_mode(), or detach hidden_states")
-    return torch.ops.moejit.experts(hidden_states, router_indices, routing_weights, gate_up_proj,
-                                    gate_up_proj_bias, down_proj, down_proj_bias, float(alpha),
+    # weights that are nn.Parameters (requires_grad) go in detached: inference only, the result
+    # has no grad_fn, in grad mode or not
+    return torch.ops.moejit.experts(hidden_states, router_indices, routing_weights,
+                                    gate_up_proj.detach(), gate_up_proj_bias.detach(),
+                                    down_proj.detach(), down_proj_bias.detach(), float(alpha),
                                     float(limit), routing, bool(check), num_tokens)

@@ -571,6 +571,18 @@ def test_fake_tensors_get_the_output_shape() -> None:
     assert y.shape == (3, 5, 64) and y.dtype == torch.bfloat16 and y.device.type == "cuda"
 
 
+def test_parameters_give_no_grad_fn() -> None:
+    """Weights that are nn.Parameters (as in GptOssExperts) in grad mode: the result still has no
+    grad_fn (inference only), as before the op existed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a = list(_fake_args())
+        a[3] = torch.nn.Parameter(a[3])
+        y = moejit.experts(*a)
+    assert y.grad_fn is None
+
+
 def test_compile_fullgraph_traces_one_op() -> None:
     """torch.compile(fullgraph=True) of a module calling moejit.experts: one graph, the custom op
     in it once, no break (traced on fake tensors: no GPU, nothing launched)."""
