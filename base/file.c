@@ -1,4 +1,5 @@
-/* file.c: where a file that replaces another is written (see file.h). */
+/* file.c: files that may be hostile: opened only when regular, replaced through a temporary
+ * file (see file.h). */
 #include "base/file.h"
 
 #include <errno.h>
@@ -60,4 +61,36 @@ FILE *mj_file_open_regular(const char *path, struct stat *sb, int *not_regular) 
     errno = *not_regular ? EINVAL : e;
   }
   return f;
+}
+
+FILE *mj_file_temp(const char *target, char *tmp, size_t cap) {
+  if (snprintf(tmp, cap, "%s.tmp.XXXXXX", target) >= (int)cap) {
+    errno = ENAMETOOLONG;
+    return NULL;
+  }
+  int fd = mkstemp(tmp);
+  if (fd < 0)
+    return NULL;
+  FILE *f = fdopen(fd, "wb");
+  if (!f) {
+    int e = errno;
+    close(fd);
+    unlink(tmp);
+    errno = e;
+  }
+  return f;
+}
+
+int mj_file_commit(FILE *f, const char *tmp, const char *target, int keep) {
+  int e = 0, before = errno;
+  if (keep && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+    e = errno ? errno : EIO;
+  if (fclose(f) != 0 && keep && !e)
+    e = errno ? errno : EIO;
+  if (keep && !e && (chmod(tmp, 0644) != 0 || rename(tmp, target) != 0))
+    e = errno;
+  if (e || !keep)
+    unlink(tmp);
+  errno = keep ? e : before;
+  return e;
 }

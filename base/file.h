@@ -16,6 +16,14 @@
  * FIFO, a device, a link to nothing); MOEJIT_ERR_IO where it cannot be looked at. */
 moejit_status mj_file_target(const char *path, char *out, size_t cap, mj_err *err);
 
+/* A new temporary file beside target for writing ("wb"): target.tmp.XXXXXX, its name in tmp
+ * (cap bytes). NULL with errno set when it cannot be made. */
+FILE *mj_file_temp(const char *target, char *tmp, size_t cap);
+/* Ends a file mj_file_temp made. With keep: flushes, syncs and closes f, then renames tmp onto
+ * target (mode 0644); returns 0, or the errno of the first step that failed (tmp is then
+ * removed). Without keep: closes f, removes tmp, returns 0 and leaves errno as it was. */
+int mj_file_commit(FILE *f, const char *tmp, const char *target, int keep);
+
 /* Opens path for reading ("rb") where it is a regular file, with its stat in *sb. NULL otherwise,
  * with *not_regular 1 where something else is there (errno says why where nothing could be
  * opened). Never blocks. */

@@ -185,32 +185,29 @@ static const char *import_cubin(const char *dir, const uint8_t key[16], const vo
   return why;
 }
 
-/* Merges an export's records blob into the folder's records. 0, or 1 after saying why not. */
-static int import_records(const char *dir, const void *blob, size_t size) {
-  char tmp[4200], rpath[4200];
-  snprintf(tmp, sizeof tmp, "%s/records.import.XXXXXX", dir);
+/* Merges an export's records entry into the folder's records (read from memory, no temporary
+ * file). 0, or 1 after saying why not. */
+static int import_records(const char *dir, const char *file, void *blob, size_t size) {
+  char rpath[4200], name[4300];
   snprintf(rpath, sizeof rpath, "%s/%s", dir, MJ_RECORDS_FILE);
-  int fd = mkstemp(tmp), ok = fd >= 0 && write(fd, blob, size) == (ssize_t)size;
-  int e = errno ? errno : EIO;
-  if (fd >= 0 && close(fd) != 0 && ok) {
-    ok = 0;
-    e = errno;
-  }
+  snprintf(name, sizeof name, "%s (records)", file);
   mj_record *recs = NULL;
   int n = 0, rc = 0;
   mj_err err;
-  if (!ok) {
-    fprintf(stderr, "moejit cache import: records: cannot write %s: %s\n", tmp, strerror(e));
-    rc = 1;
-  } else if (mj_tune_records_load(tmp, &recs, &n, cli_log, NULL, &err) != MOEJIT_OK ||
-             (n > 0 && mj_tune_records_merge(rpath, recs, n, cli_log, NULL, &err) != MOEJIT_OK)) {
+  FILE *f = size > 0 ? fmemopen(blob, size, "rb") : NULL;
+  if (size > 0 && !f) {
+    fprintf(stderr, "moejit cache import: records: %s\n", strerror(errno));
+    return 1;
+  }
+  if (f && (mj_tune_records_read(f, name, &recs, &n, cli_log, NULL, &err) != MOEJIT_OK ||
+            (n > 0 && mj_tune_records_merge(rpath, recs, n, cli_log, NULL, &err) != MOEJIT_OK))) {
     fprintf(stderr, "moejit cache import: records: %s\n", err.msg);
     rc = 1;
   } else {
     printf("merged %d tuning records into %s\n", n, rpath);
   }
-  if (fd >= 0)
-    unlink(tmp);
+  if (f)
+    fclose(f);
   free(recs);
   return rc;
 }
@@ -321,7 +318,7 @@ static int do_import(const char *dir, const char *file) {
         added++;
       }
     } else if (!memcmp(tag, "records", 8)) {
-      rc |= import_records(dir, blob, (size_t)size);
+      rc |= import_records(dir, file, blob, (size_t)size);
     } else {
       fprintf(stderr, "moejit cache import: %s: an entry of unknown kind '%.8s' skipped\n", file,
               tag);
@@ -369,14 +366,8 @@ static int do_export(const char *dir, const char *records, const char *file) {
       fprintf(stderr, "moejit cache export: %s\n", err.msg);
       return st == MOEJIT_ERR_INVALID_ARG ? 2 : 1;
     }
-    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", target);
-    int fd = mkstemp(tmp);
-    if (fd < 0 || !(w.out = fdopen(fd, "wb"))) {
+    if (!(w.out = mj_file_temp(target, tmp, sizeof tmp))) {
       fprintf(stderr, "moejit cache export: cannot write %s: %s\n", file, strerror(errno));
-      if (fd >= 0) {
-        close(fd);
-        unlink(tmp);
-      }
       return 1;
     }
   }
@@ -399,15 +390,13 @@ static int do_export(const char *dir, const char *records, const char *file) {
     if (!write_blob(w.out, "end", &entries, sizeof entries))
       w.write_failed = errno ? errno : EIO;
   }
-  if (!w.write_failed && (fflush(w.out) != 0 || (!to_stdout && fsync(fileno(w.out)) != 0)))
-    w.write_failed = errno ? errno : EIO;
-  if (!to_stdout) {
-    if (fclose(w.out) != 0 && !w.write_failed)
+  if (to_stdout) {
+    if (!w.write_failed && fflush(stdout) != 0)
       w.write_failed = errno ? errno : EIO;
-    if (!w.write_failed && !failed && (chmod(tmp, 0644) != 0 || rename(tmp, target) != 0))
-      w.write_failed = errno ? errno : EIO;
-    if (w.write_failed || failed)
-      unlink(tmp);
+  } else { /* renamed into place only when whole */
+    int e = mj_file_commit(w.out, tmp, target, !w.write_failed && !failed);
+    if (e && !w.write_failed)
+      w.write_failed = e;
   }
   if (failed && !w.write_failed) {
     fprintf(stderr, "moejit cache export: %s\n",

@@ -231,26 +231,11 @@ int mj_tune_cache_write_file(const char *dir, const uint8_t key[16], const void 
   h.length = size;
   checksum(data, size, h.checksum);
   mj_tune_cache_path(dir, key, path, sizeof path);
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0)
+  FILE *f = mj_file_temp(path, tmp, sizeof tmp);
+  if (!f)
     return -1;
-  FILE *f = fdopen(fd, "wb");
-  if (!f) {
-    close(fd);
-    unlink(tmp);
-    return -1;
-  }
-  int ok = fwrite(&h, 1, sizeof h, f) == sizeof h && fwrite(data, 1, size, f) == size &&
-           fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = (fclose(f) == 0) && ok;
-  if (!ok || chmod(tmp, 0644) != 0 || rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    errno = e;
-    return -1;
-  }
-  return 0;
+  int ok = fwrite(&h, 1, sizeof h, f) == sizeof h && fwrite(data, 1, size, f) == size;
+  return mj_file_commit(f, tmp, path, ok) == 0 && ok ? 0 : -1;
 }
 
 static entry *find(mj_cache *c, const uint8_t key[16]) {

@@ -183,8 +183,16 @@ moejit_status mj_tune_records_load(const char *path, mj_record **out, int *n, mo
   if (!f)
     return errno == ENOENT ? MOEJIT_OK
                            : mj_errf(err, MOEJIT_ERR_IO, "records %s: %s", path, strerror(errno));
-  moejit_status st = load_stream(f, path, out, n, log, log_user, err);
+  moejit_status st = mj_tune_records_read(f, path, out, n, log, log_user, err);
   fclose(f);
+  return st;
+}
+
+moejit_status mj_tune_records_read(FILE *f, const char *name, mj_record **out, int *n,
+                                   moejit_log_fn log, void *log_user, mj_err *err) {
+  *out = NULL;
+  *n = 0;
+  moejit_status st = load_stream(f, name, out, n, log, log_user, err);
   if (st != MOEJIT_OK) {
     free(*out);
     *out = NULL;
@@ -247,8 +255,7 @@ moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int 
   moejit_status st = MOEJIT_OK;
   char target[4096], lock_path[4200], tmp[4200];
   mj_record *all = NULL;
-  int count = 0, lock_fd = -1, fd = -1;
-  FILE *f = NULL;
+  int count = 0, lock_fd = -1;
   if (n < 0 || (!add && n > 0))
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "records %s: n=%d records to merge", path, n);
   if ((st = mj_file_target(path, target, sizeof target, err)) != MOEJIT_OK)
@@ -263,33 +270,22 @@ moejit_status mj_tune_records_merge(const char *path, const mj_record *add, int 
   if ((st = mj_tune_records_load(path, &all, &count, log, log_user, err)) != MOEJIT_OK ||
       (st = merge(&all, &count, add, n, err)) != MOEJIT_OK)
     goto done;
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-  if ((fd = mkstemp(tmp)) < 0 || !(f = fdopen(fd, "w"))) {
+  FILE *f = mj_file_temp(path, tmp, sizeof tmp);
+  if (!f) {
     st = mj_errf(err, MOEJIT_ERR_IO, "records %s: cannot create a temporary file: %s", path,
                  strerror(errno));
-    if (fd >= 0)
-      unlink(tmp);
     goto done;
   }
-  fd = -1;
   fputs(HEADER, f);
   for (int i = 0; i < count; i++) {
     char line[512];
     mj_tune_record_format(&all[i], line, sizeof line);
     fprintf(f, "%s\n", line);
   }
-  int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = fclose(f) == 0 && ok;
-  f = NULL;
-  if (!ok || chmod(tmp, 0644) != 0 || rename(tmp, path) != 0) {
-    st = mj_errf(err, MOEJIT_ERR_IO, "records %s: cannot write: %s", path, strerror(errno));
-    unlink(tmp);
-  }
+  int e = mj_file_commit(f, tmp, path, 1); /* a failed write shows at the flush */
+  if (e)
+    st = mj_errf(err, MOEJIT_ERR_IO, "records %s: cannot write: %s", path, strerror(e));
 done:
-  if (f)
-    fclose(f);
-  if (fd >= 0)
-    close(fd);
   if (lock_fd >= 0)
     close(lock_fd); /* releases the lock */
   free(all);

@@ -5,6 +5,7 @@
 #ifndef MJ_TUNE_RECORDS_H
 #define MJ_TUNE_RECORDS_H
 #include <stdint.h>
+#include <stdio.h>
 
 #include "moejit.h"
 #include "base/error.h"
@@ -37,6 +38,9 @@ int mj_tune_record_parse(const char *line, mj_record *r);
  * with a warning "path:line: ..." through log. *out is malloc'd (may be NULL when *n is 0). */
 moejit_status mj_tune_records_load(const char *path, mj_record **out, int *n, moejit_log_fn log,
                                    void *log_user, mj_err *err);
+/* The same from an open stream (an export's records, say); name is what warnings call it. */
+moejit_status mj_tune_records_read(FILE *f, const char *name, mj_record **out, int *n,
+                                   moejit_log_fn log, void *log_user, mj_err *err);
 /* Merges records into the file under an exclusive lock (path + ".lock"): a line with the same key
  * is replaced, all others are kept (one line per key, the last given, in O(n log n)); written to
  * a temporary file and renamed into place. A link is written through; a path that is neither a
