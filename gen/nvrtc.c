@@ -16,7 +16,7 @@ static void tried(char *list, size_t cap, const char *where, const char *why) {
 }
 
 /* dlopen of libnvrtc.so.13, .12 or libnvrtc.so in folder ("" for the loader's path). */
-static void *open_in(const char *folder, char *list, size_t cap, char *from, size_t from_cap) {
+static void *open_in(const char *folder, char *list, size_t cap) {
   static const char *const names[] = {"libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"};
   for (int i = 0; i < 3; i++) {
     char path[4200];
@@ -25,10 +25,8 @@ static void *open_in(const char *folder, char *list, size_t cap, char *from, siz
      * frees (about 71 KB of its C++ runtime), so unloading and loading it again with every
      * context would grow the process by that much a context. */
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-    if (lib) {
-      snprintf(from, from_cap, "%s", folder);
+    if (lib)
       return lib;
-    }
     if (i == 0 || *folder == '\0') /* a folder's .12 and .so say the same as its .13 */
       tried(list, cap, path, dlerror());
     else
@@ -37,17 +35,21 @@ static void *open_in(const char *folder, char *list, size_t cap, char *from, siz
   return NULL;
 }
 
+/* The path the loader opened lib from ("?" when it cannot say). */
+static void loaded_path(void *lib, char *out, size_t cap) {
+  struct link_map *lm = NULL;
+  snprintf(out, cap, "%s",
+           dlinfo(lib, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name ? lm->l_name : "?");
+}
+
 moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
-  char list[2048] = "", from[4096] = ""; /* from: the folder it came from, when one was named */
+  char list[2048] = "";
   memset(nv, 0, sizeof *nv);
   const char *env = getenv("MOEJIT_NVRTC");
   if (env && *env) { /* the user's choice, alone: no other NVRTC stands in for it */
     if (!(nv->lib = dlopen(env, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE)))
       return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC: MOEJIT_NVRTC=%s cannot be loaded: %s",
                      env, dlerror());
-    const char *slash = strrchr(env, '/');
-    if (slash)
-      snprintf(from, sizeof from, "%.*s", (int)(slash - env), env);
   }
   /* $CUDA_HOME's toolkit, /usr/local/cuda's, the loader's path, then the folders of
    * $MOEJIT_NVRTC_SEARCH (the Python package names the nvidia-cuda-nvrtc wheel's and torch's) */
@@ -55,19 +57,19 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
   if (!nv->lib && home && *home) {
     char folder[4096];
     snprintf(folder, sizeof folder, "%s/lib64", home);
-    nv->lib = open_in(folder, list, sizeof list, from, sizeof from);
+    nv->lib = open_in(folder, list, sizeof list);
   }
   if (!nv->lib)
-    nv->lib = open_in("/usr/local/cuda/lib64", list, sizeof list, from, sizeof from);
+    nv->lib = open_in("/usr/local/cuda/lib64", list, sizeof list);
   if (!nv->lib)
-    nv->lib = open_in("", list, sizeof list, from, sizeof from);
+    nv->lib = open_in("", list, sizeof list);
   const char *search = getenv("MOEJIT_NVRTC_SEARCH");
   for (const char *p = search; !nv->lib && p && *p;) {
     size_t n = strcspn(p, ":");
     char folder[4096];
     snprintf(folder, sizeof folder, "%.*s", (int)(n < sizeof folder ? n : sizeof folder - 1), p);
     if (n > 0)
-      nv->lib = open_in(folder, list, sizeof list, from, sizeof from);
+      nv->lib = open_in(folder, list, sizeof list);
     p += n + (p[n] == ':');
   }
   if (!nv->lib)
@@ -93,10 +95,8 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
   for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
     *syms[i].slot = dlsym(nv->lib, syms[i].symbol);
     if (!*syms[i].slot) {
-      struct link_map *lm = NULL;
-      char where[4200] = "?";
-      if (dlinfo(nv->lib, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name)
-        snprintf(where, sizeof where, "%s", lm->l_name);
+      char where[4200];
+      loaded_path(nv->lib, where, sizeof where);
       mj_gen_nvrtc_unload(nv);
       return mj_errf(err, MOEJIT_ERR_NO_COMPILER, "NVRTC %s lacks %s: not an NVRTC 12 or 13", where,
                      syms[i].symbol);
@@ -104,12 +104,15 @@ moejit_status mj_gen_nvrtc_load(mj_nvrtc *nv, mj_err *err) {
   }
   nv->Version(&nv->major, &nv->minor);
   /* NVRTC opens its builtins by name when it first compiles; a toolkit's copy has no RPATH, so
-   * from a folder off the loader's path they would not be found: load them from the same folder
-   * first, and NVRTC's open finds them loaded. */
-  if (from[0]) {
-    char builtins[4200];
-    snprintf(builtins, sizeof builtins, "%s/libnvrtc-builtins.so.%d.%d", from, nv->major,
-             nv->minor);
+   * from a folder off the loader's path they would not be found: load them from NVRTC's own
+   * folder first, and NVRTC's open finds them loaded. */
+  char path[4200];
+  loaded_path(nv->lib, path, sizeof path);
+  char *slash = strrchr(path, '/');
+  if (slash) {
+    char builtins[4300];
+    snprintf(builtins, sizeof builtins, "%.*s/libnvrtc-builtins.so.%d.%d", (int)(slash - path),
+             path, nv->major, nv->minor);
     if (access(builtins, F_OK) == 0 && !dlopen(builtins, RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE))
       dlerror(); /* NVRTC says so at its first compile */
   }
