@@ -69,10 +69,9 @@ static int prepare(int argc, char **argv, const char *usage, unsigned command, c
     moejit_destroy(*ctx);
     return 2;
   }
-  if ((st = mj_rt_check_desc(&L->desc, &err)) == MOEJIT_OK)
-    st = flags < 0
-             ? mj_rt_render_modules(*ctx, &L->desc, cfg, *ncfg, mods, n, &err)
-             : mj_rt_build_modules(*ctx, &L->desc, cfg, *ncfg, info->arch, flags, mods, n, &err);
+  st = flags < 0 /* cli_parse has checked the layer */
+           ? mj_rt_render_modules(*ctx, &L->desc, cfg, *ncfg, mods, n, &err)
+           : mj_rt_build_modules(*ctx, &L->desc, cfg, *ncfg, info->arch, flags, mods, n, &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit %s: %s: %s\n", cmd, moejit_status_name(st), err.msg);
     moejit_destroy(*ctx);

@@ -76,11 +76,6 @@ int cmd_tune(int argc, char **argv) {
     return 1;
   }
   mj_err err;
-  if ((st = mj_rt_check_desc(&L.desc, &err)) != MOEJIT_OK) {
-    fprintf(stderr, "moejit tune: %s: %s\n", moejit_status_name(st), err.msg);
-    moejit_destroy(ctx);
-    return 2;
-  }
   const moejit_layer_desc *d = &L.desc;
   moejit_device_info info;
   moejit_device_info_init(&info);
