@@ -33,7 +33,7 @@ moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gem
   if (mj_tune_config_parse(name, c, &math) != 0)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "--config %s: not a configuration name (moejit tune prints them)", name);
-  if (math != mj_rt_math(desc))
+  if (!mj_tune_math_takes(mj_rt_math(desc), math, c))
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "--config %s: a %s configuration, and this layer's GEMMs are %s", name,
                    mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(desc)));

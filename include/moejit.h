@@ -73,6 +73,23 @@ typedef enum moejit_routing {
   MOEJIT_ROUTING_LOGITS = 2 /* router_logits [T, E]: top-K (ties: lower id), softmax over the K */
 } moejit_routing;
 
+/* How the expert weights (gate_up_proj, down_proj) are stored. */
+typedef enum moejit_weight_format {
+  MOEJIT_WEIGHTS_DENSE = 0, /* [E, H, 2I] and [E, I, H] in desc->dtype (the default) */
+  /* The gpt-oss checkpoints' MXFP4, read as the checkpoint holds it (no repacking): gate_up_proj
+   * is the blocks [E, 2I, H/32, 16] and down_proj [E, H, I/32, 16] (uint8, one row per output, K
+   * contiguous: transposed against the dense layout), 32 weights a block of 16 bytes, weight 2b of
+   * a block in the low nibble of byte b and 2b + 1 in the high one, e2m1 codes (bit 3 the sign;
+   * 0, 0.5, 1, 1.5, 2, 3, 4, 6); gate_up_proj_scales [E, 2I, H/32] and down_proj_scales
+   * [E, H, I/32] one e8m0 byte s a block. A weight is code x 2^(s - 127), rounded to desc->dtype
+   * (which must be F16 or BF16). Scale byte 0 gives 2^-127 (bf16 subnormals; zeros in f16);
+   * scale byte 255 is NaN, as the OCP MX format defines it: every weight of that block is NaN, and
+   * so is every output its slot touches. Rows 2j and 2j + 1 of gate_up_proj are gate j and up j,
+   * as the dense layout's even and odd columns. H and I must be multiples of 32. The kernels
+   * decode the weights in registers; no dense copy is ever made. */
+  MOEJIT_WEIGHTS_MXFP4 = 1
+} moejit_weight_format;
+
 typedef enum moejit_log_level {
   MOEJIT_LOG_DEBUG = 0,
   MOEJIT_LOG_INFO,
@@ -124,6 +141,7 @@ typedef struct moejit_layer_desc {
                                 `gate_up`), and the activation runs as a launch of its own, so a
                                 caller can run the stages one by one (moejit_forward_stages) and
                                 work on the intermediates in between (LoRA, as vLLM does) */
+  moejit_weight_format weight_format; /* MOEJIT_WEIGHTS_DENSE (default) or MOEJIT_WEIGHTS_MXFP4 */
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */
@@ -137,9 +155,10 @@ typedef struct moejit_forward_args {
   const void *routing_weights;   /* [T, K], or [T, E] (DENSE; E = global_experts when set) */
   const void *router_logits;     /* [T, E] logits_dtype, MOEJIT_ROUTING_LOGITS only (E global) */
   const int32_t *expert_map;     /* [global_experts] local id or -1, only with global_experts > 0 */
-  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns */
+  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns;
+                                    MXFP4: the blocks [E, 2I, H/32, 16] (moejit_weight_format) */
   const void *gate_up_proj_bias; /* [E, 2I] dtype */
-  const void *down_proj;         /* [E, I, H] dtype */
+  const void *down_proj;         /* [E, I, H] dtype; MXFP4: the blocks [E, H, I/32, 16] */
   const void *down_proj_bias;    /* [E, H] dtype */
   void *y;                       /* [T, H] dtype, written (not accumulated into) */
   /* Optional: int32 [1] on the device, how many tokens the forward computes, read by the GPU when
@@ -149,6 +168,10 @@ typedef struct moejit_forward_args {
    * the count, then replay. The routing of tokens [n, T) is not read (their ids may be anything),
    * and LOGITS routing writes its optional ids and weights for the first n tokens only. */
   const int32_t *device_tokens;
+  /* MXFP4 weights only (NULL otherwise): the e8m0 scales, uint8 [E, 2I, H/32] and [E, H, I/32],
+   * each 16-byte aligned. */
+  const void *gate_up_proj_scales;
+  const void *down_proj_scales;
 } moejit_forward_args;
 
 typedef struct moejit_ctx moejit_ctx;

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/half.h"
 #include "runtime/internal.h"
 
 int mj_rt_upgrade(const void *in, size_t in_size, const size_t *sizes, int n, void *full,
@@ -19,10 +20,10 @@ int mj_rt_upgrade(const void *in, size_t in_size, const size_t *sizes, int n, vo
 
 moejit_status mj_rt_desc_full(const moejit_layer_desc *d, moejit_layer_desc *full, mj_err *err) {
   /* the sizes this header has had, each ending at a field appended later */
-  static const size_t sizes[] = {offsetof(moejit_layer_desc, logits_dtype),
-                                 offsetof(moejit_layer_desc, bias_f32),
-                                 offsetof(moejit_layer_desc, exact_f32),
-                                 offsetof(moejit_layer_desc, unfused), sizeof(moejit_layer_desc)};
+  static const size_t sizes[] = {
+      offsetof(moejit_layer_desc, logits_dtype),  offsetof(moejit_layer_desc, bias_f32),
+      offsetof(moejit_layer_desc, exact_f32),     offsetof(moejit_layer_desc, unfused),
+      offsetof(moejit_layer_desc, weight_format), sizeof(moejit_layer_desc)};
   if (!d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
   moejit_layer_desc_init(full);
@@ -111,5 +112,21 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->apply_router_weight_on_input=%d is not 0 or 1",
                    d->apply_router_weight_on_input);
+  if (d->weight_format != MOEJIT_WEIGHTS_DENSE && d->weight_format != MOEJIT_WEIGHTS_MXFP4)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->weight_format=%d is not MOEJIT_WEIGHTS_DENSE or MOEJIT_WEIGHTS_MXFP4",
+                   (int)d->weight_format);
+  if (d->weight_format == MOEJIT_WEIGHTS_MXFP4) {
+    if (d->dtype != MOEJIT_F16 && d->dtype != MOEJIT_BF16)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                     "desc->dtype=%s with MXFP4 weights: the activations must be MOEJIT_BF16 or "
+                     "MOEJIT_F16",
+                     mj_dtype_name(d->dtype));
+    if (d->hidden % 32 != 0 || d->intermediate % 32 != 0)
+      return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                     "desc->hidden=%lld and desc->intermediate=%lld must be multiples of 32 with "
+                     "MXFP4 weights (32 weights a scale block)",
+                     (long long)d->hidden, (long long)d->intermediate);
+  }
   return MOEJIT_OK;
 }

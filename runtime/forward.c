@@ -35,6 +35,11 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
   if (d->global_experts == 0 && a->expert_map)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "args->expert_map is set but desc->global_experts=0");
+  int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
+  if (!mxfp4 && (a->gate_up_proj_scales || a->down_proj_scales))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "args->%s is set but desc->weight_format is not MOEJIT_WEIGHTS_MXFP4",
+                   a->gate_up_proj_scales ? "gate_up_proj_scales" : "down_proj_scales");
   if (a->tokens == 0) /* nothing runs, but an optional workspace gets its flags cleared */
     return workspace && (uintptr_t)workspace % 256 != 0
                ? mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace=%p is not 256-byte aligned",
@@ -48,6 +53,10 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
       (st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, bias, err)) ||
       (st = check_ptr("down_proj_bias", a->down_proj_bias, bias, err)) ||
       (st = check_ptr("y", a->y, act, err)))
+    return st;
+  /* MXFP4: a GEMM tile copies its rows' scales in 16-byte pieces */
+  if (mxfp4 && ((st = check_ptr("gate_up_proj_scales", a->gate_up_proj_scales, 16, err)) ||
+                (st = check_ptr("down_proj_scales", a->down_proj_scales, 16, err))))
     return st;
   size_t ids = mj_dtype_size(d->ids_dtype), weights = mj_dtype_size(d->weights_dtype);
   if (logits) {
@@ -170,6 +179,8 @@ static moejit_status run_chunk(const moejit_plan *plan, const moejit_forward_arg
   v->gate_up_proj_bias = DPTR(a->gate_up_proj_bias);
   v->down_proj = DPTR(a->down_proj);
   v->down_proj_bias = DPTR(a->down_proj_bias);
+  v->gate_up_proj_scales = DPTR(a->gate_up_proj_scales);
+  v->down_proj_scales = DPTR(a->down_proj_scales);
 #define MJ_WS_(field) v->field = ws + c.l.field
   MJ_WS_(flags);
   MJ_WS_(num_tiles);
@@ -242,6 +253,7 @@ static void chunk_args(const moejit_layer_desc *d, const moejit_forward_args *ar
 
 /* The sizes moejit_forward_args has had: 0.1's ended before device_tokens. */
 static const size_t args_sizes[] = {offsetof(moejit_forward_args, device_tokens),
+                                    offsetof(moejit_forward_args, gate_up_proj_scales),
                                     sizeof(moejit_forward_args)};
 
 static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args, void *workspace,
@@ -262,12 +274,12 @@ static moejit_status forward(moejit_plan *plan, const moejit_forward_args *args,
   moejit_forward_args_init(&full);
   if (!args)
     return mj_rt_fail(ctx, mj_errf(&err, MOEJIT_ERR_INVALID_ARG, "args is NULL"), &err);
-  if (mj_rt_upgrade(args, args->struct_size, args_sizes, 2, &full, sizeof full) != 0)
+  if (mj_rt_upgrade(args, args->struct_size, args_sizes, 3, &full, sizeof full) != 0)
     return mj_rt_fail(ctx,
                       mj_errf(&err, MOEJIT_ERR_INVALID_ARG,
-                              "args->struct_size=%zu, expected %zu or %zu (call "
+                              "args->struct_size=%zu, expected %zu, %zu or %zu (call "
                               "moejit_forward_args_init)",
-                              args->struct_size, sizeof full, args_sizes[0]),
+                              args->struct_size, sizeof full, args_sizes[1], args_sizes[0]),
                       &err);
   args = &full;
   if ((st = check_args(plan, args, workspace, workspace_bytes, &err)) != MOEJIT_OK)

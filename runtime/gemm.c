@@ -15,6 +15,8 @@ void mj_rt_gemm_shape_spec(const moejit_layer_desc *d, const mj_gemm_config *c, 
                            mj_spec *s) {
   memset(s, 0, sizeof *s);
   mj_spec_str(s, "dtype", mj_dtype_name(d->dtype));
+  if (d->weight_format == MOEJIT_WEIGHTS_MXFP4)
+    mj_spec_str(s, "weights", "mxfp4");
   mj_spec_str(s, "bias", mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
   mj_spec_str(s, "stage", stage == MOEJIT_STAGE_GEMM1 ? "gemm1" : "gemm2");
   if (stage == MOEJIT_STAGE_GEMM1 && d->unfused)
@@ -35,7 +37,11 @@ void mj_rt_gemm_spec(const moejit_layer_desc *d, const mj_gemm_config *c, moejit
   mj_math math = mj_rt_math(d);
   int stream = c->kind == MJ_GEMM_STREAM, tc = math != MJ_MATH_FFMA;
   mj_rt_gemm_shape_spec(d, c, stage, s);
-  mj_spec_str(s, "math", stream ? "stream" : mj_tune_math_name(math));
+  /* MXFP4 layers: f16/bf16 tensor cores (the template decodes the weights, spec key weights) */
+  mj_spec_str(s, "math",
+              stream                  ? "stream"
+              : math == MJ_MATH_MXFP4 ? "mma"
+                                      : mj_tune_math_name(math));
   mj_spec_int(s, "bk", c->bk);
   if (stage == MOEJIT_STAGE_GEMM2 && c->splits > 1)
     mj_spec_int(s, "splits", c->splits);
@@ -70,6 +76,7 @@ moejit_status mj_rt_gemm(const moejit_plan *plan, int cfg, moejit_stage stage, m
   v->a = gemm1 ? v->x : v->h;
   v->w = gemm1 ? v->gate_up_proj : v->down_proj;
   v->bias = gemm1 ? v->gate_up_proj_bias : v->down_proj_bias;
+  v->scales = gemm1 ? v->gate_up_proj_scales : v->down_proj_scales;
   v->out = gemm1 ? (d->unfused ? v->gate_up : v->h) : v->y_slot;
   v->slab_major = slab_major(plan, l, k);
   /* Few slots: GEMM1's blocks, launched as routing starts, work out their tiles from the caller's

@@ -53,12 +53,14 @@ typedef struct mj_values {
   mj_tmap tmap_a, tmap_b; /* the wgmma GEMM's A rows and weights */
   /* the caller's (moejit_forward_args) */
   CUdeviceptr x, topk_ids, routing_weights, router_logits, expert_map, device_tokens, y,
-      gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias;
+      gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, gate_up_proj_scales,
+      down_proj_scales;
   /* the workspace's (mj_layout) */
   CUdeviceptr flags, num_tiles, expert_offsets, ready, chunk_counts, chunk_base, tiles, row_slot,
       slot_row, row_weight, route_ids, route_weights, gate_up, x_sorted, h, y_slot;
   CUdeviceptr ids, weights; /* what routing reads: the caller's, or route_ids/_weights */
-  CUdeviceptr a, w, bias, out, own_ids; /* the GEMM being launched: its A, weights, bias, output */
+  /* the GEMM being launched: its A, weights, bias, output; scales: MXFP4 weights' */
+  CUdeviceptr a, w, bias, out, own_ids, scales;
   int tokens, nslots, nchunks, tile_rows, capacity, accumulate, token_base, slab_major, own_slots,
       wait_ready;
   long long split_stride;

@@ -9,7 +9,9 @@
 #include "base/half.h"
 #include "runtime/internal.h"
 
-mj_math mj_rt_math(const moejit_layer_desc *d) { return mj_tune_math(d->dtype, d->exact_f32); }
+mj_math mj_rt_math(const moejit_layer_desc *d) {
+  return mj_tune_math(d->dtype, d->exact_f32, d->weight_format);
+}
 
 int mj_rt_bucket(int64_t tokens) {
   int b = 0;

@@ -37,6 +37,17 @@
 // puts more blocks on the same weights to reach the memory bandwidth.
 // MJ_PDL (optional): programmatic dependent launch, see mj_pdl_begin.
 //
+// MJ_GEMM_MXFP4 (optional; mma and streamed paths, T f16 or bf16): the weights are MXFP4 as the
+// gpt-oss checkpoints hold them: w is the blocks [experts, kN, kK / 32, 16] (bytes; one row per
+// output, K contiguous) and scales [experts, kN, kK / 32] one e8m0 byte a block (mxfp4.cuh). A
+// weight is code x 2^(s - 127), rounded to T, decoded in the kernel; no dense copy exists. The mma
+// path copies the raw blocks into its ring by cp.async and, each K step, decodes the stage into
+// one n-major tile of T that ldmatrix (not transposed) reads as the B fragments; the tile's scales
+// over all of K come in with the first stage. The streamed path gives each thread one output
+// column and every kLanes-th block of its row (16-byte loads, kStages in flight), the A rows of
+// the tile's K range in shared memory; the kLanes partial sums of a column are added by shuffles
+// in a fixed order.
+//
 // MJ_GEMM_SELF_ROUTE (optional, GEMM1 under MJ_PDL; needs RouteIdT and kRouteExperts): with
 // p.own_slots > 0 a block works out its own tile from the caller's ids (p.own_ids, that many
 // slots) instead of reading routing's, and starts on its weights at once, while routing still runs.
@@ -68,11 +79,25 @@
 #ifndef MJ_GEMM_SELF_ROUTE
 #define MJ_GEMM_SELF_ROUTE 0
 #endif
+#ifndef MJ_GEMM_MXFP4
+#define MJ_GEMM_MXFP4 0
+#endif
+#if MJ_GEMM_MXFP4
+#include "mxfp4.cuh"
+typedef unsigned char WeightT;  // the blocks, 16 bytes a 32-weight block
+static constexpr int kKB = kK / 32;  // scale blocks along K, a row
+static_assert(kK % 32 == 0 && kN % 32 == 0, "MXFP4: whole 32-weight blocks");
+#else
+typedef T WeightT;
+#endif
+// One expert's weights, in WeightT elements.
+static constexpr mj_i64 kExpertWeights = MJ_GEMM_MXFP4 ? (mj_i64)kN * kK / 2 : (mj_i64)kN * kK;
 // The kernel's parameters, gathered for the functions below.
 struct GemmParams {
   const T *a;               // kMode 1: x [tokens, kK]; kMode 2: h [rows, kK]
-  const T *w;               // [experts, kK, kN]
+  const WeightT *w;         // [experts, kK, kN]; MXFP4: the blocks [experts, kN, kK / 32, 16]
   const BiasT *bias;        // [experts, kN]
+  const unsigned char *scales;  // MXFP4: [experts, kN, kK / 32]; else unread
   const int *row_slot;   // [rows]
   const float *row_weight; // [rows]
   const mj_int4 *tiles;     // [max_tiles]
@@ -98,9 +123,24 @@ static constexpr int kLdB = kBN + kVec;
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
 static_assert((MJ_GEMM_PATH == MJ_PATH_STREAM || kBK % kVec == 0) && kBN % kVec == 0,
               "tile edges must hold whole 16-byte copies");
+#if MJ_GEMM_MXFP4 && MJ_GEMM_PATH == MJ_PATH_MMA
+static constexpr int kLdRaw = kBK / 2 + 16;  // bytes a row of a stage's raw blocks, padded
+static constexpr int kLdBd = kBK + kVec;     // the decoded stage: row n holds its kBK weights
+static_assert(kBK % 32 == 0, "MXFP4: K steps of whole blocks");
+static_assert(kStages * (kBM * kLdA * (int)sizeof(T) + kBN * kLdRaw) + kBN * kLdBd * (int)sizeof(T) +
+                      kBN * kKB <=
+                  kSmemBytes,
+              "the ring, the decoded stage and the scales fit the launch contract's shared memory");
+#elif MJ_GEMM_MXFP4
+static_assert(MJ_GEMM_PATH == MJ_PATH_STREAM, "MXFP4 weights: the mma and streamed paths");
+static_assert(kKSplit % 32 == 0 || kSplits == 1, "MXFP4: splits of whole blocks");
+static_assert(kBM * kKSplit * (int)sizeof(T) <= kSmemBytes,
+              "the tile's A rows fit the launch contract's shared memory");
+#else
 static_assert(MJ_GEMM_PATH == MJ_PATH_STREAM ||
                   kStages * (kBM * kLdA + kBK * kLdB) * (int)sizeof(T) <= kSmemBytes,
               "the stage ring fits the dynamic shared memory of the launch contract");
+#endif
 
 struct alignas(8) mj_float2 { float x, y; };
 struct alignas(16) mj_smem16 { unsigned char b[16]; };  // dynamic shared memory, 16-byte aligned
@@ -190,6 +230,83 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
       for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
   }
 }
+#if MJ_GEMM_MXFP4
+// One stage's raw weight blocks: kBN rows (outputs) of kBK / 2 bytes from column n0 and K step
+// k0, as 16-byte cp.async (zeros past kN and kK).
+__device__ __forceinline__ void load_raw(unsigned char *raw, const WeightT *__restrict__ w, int k0,
+                                         int n0) {
+  constexpr int kChunks = kBN * (kBK / 32);
+  for (int c = threadIdx.x; c < kChunks; c += kThreads) {
+    int r = c / (kBK / 32), b = c % (kBK / 32);
+    bool ok = n0 + r < kN && k0 + b * 32 < kK;
+    mj_cp_async16(raw + r * kLdRaw + b * 16, ok ? w + (mj_i64)(n0 + r) * (kK / 2) + (k0 / 2 + b * 16) : w,
+                  ok ? 16 : 0);
+  }
+}
+
+// The tile's scales: rows [n0, n0 + kBN) within kN, all kKB blocks of each, as 16-byte cp.async.
+// The range is contiguous and 16-byte aligned: kN, kBN and n0 are multiples of 16 and the forward
+// checks the pointer.
+__device__ __forceinline__ void load_scales(unsigned char *sc, const unsigned char *__restrict__ s,
+                                            int n0) {
+  const int chunks = min(kBN, kN - n0) * kKB / 16;
+  for (int c = threadIdx.x; c < chunks; c += kThreads)
+    mj_cp_async16(sc + c * 16, s + (mj_i64)n0 * kKB + c * 16, 16);
+}
+
+// Decodes a raw stage (K step k0) into the n-major tile bd (zeros past kN and kK): a thread a
+// 32-weight block at a time, 16 bytes in and 64 out.
+__device__ __forceinline__ void decode_stage(T *bd, const unsigned char *raw,
+                                             const unsigned char *sc, int k0, int n0) {
+  constexpr int kTasks = kBN * (kBK / 32);
+  for (int c = threadIdx.x; c < kTasks; c += kThreads) {
+    const int r = c / (kBK / 32), b = c % (kBK / 32), kb = k0 / 32 + b;
+    union { uint4 u[4]; T v[32]; } out;
+    if (n0 + r < kN && kb < kKB) {
+      const uint4 q = *(const uint4 *)(raw + r * kLdRaw + b * 16);
+      const mj_u32 words[4] = {q.x, q.y, q.z, q.w};
+      const float scale = mj_e8m0(sc[r * kKB + kb]);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        out.v[j] = mj_from_f32<T>(mj_e2m1(words[j / 8] >> (4 * (j % 8))) * scale);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out.u[i] = make_uint4(0u, 0u, 0u, 0u);
+    }
+    uint4 *dst = (uint4 *)(bd + r * kLdBd + b * 32);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dst[i] = out.u[i];
+  }
+}
+
+// acc += A stage x the decoded stage: B fragments by ldmatrix from the n-major tile (matrix i of
+// the x4: n block i / 2, k block i % 2, which is b0, b1 of n tile 2 np, then of 2 np + 1).
+__device__ __forceinline__ void compute_stage_fp4(Acc &acc, const T *As, const T *Bd) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp / kWN, wn = warp % kWN;
+#pragma unroll
+  for (int ks = 0; ks < kBK; ks += 16) {
+    mj_u32 af[kMT][4], bf[kNT][2];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+      mj_ldmatrix_x4(af[mt], As + (wm * kWTM + mt * 16 + (lane & 15)) * kLdA + ks + (lane >> 4) * 8);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      mj_u32 r[4];
+      mj_ldmatrix_x4(r, Bd + (wn * kWTN + np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kLdBd + ks +
+                            ((lane >> 3) & 1) * 8);
+      bf[2 * np][0] = r[0];
+      bf[2 * np][1] = r[1];
+      bf[2 * np + 1][0] = r[2];
+      bf[2 * np + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
+  }
+}
+#endif
 #elif MJ_GEMM_PATH == MJ_PATH_TF32
 static_assert(kBK % 8 == 0, "m16n8k8 steps");
 
@@ -224,7 +341,136 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
 }
 #endif
 
-#if MJ_GEMM_PATH == MJ_PATH_STREAM
+#if MJ_GEMM_PATH == MJ_PATH_STREAM && MJ_GEMM_MXFP4
+static constexpr int kLanes = kThreads / kBN;  // threads along K a column, adjacent in the warp
+static constexpr int kBatch = kStages;         // loads in flight a thread, a batch
+static_assert(kThreads % kBN == 0 && kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0,
+              "MXFP4 streamed tiles: a power-of-two count of threads a column, within a warp");
+static_assert(kBM <= 8, "the streamed path keeps kBM sums a thread");
+
+// One batch a thread: blocks kb0, kb0 + kLanes, ... of its column's row, and their scale bytes.
+struct mj_fp4_batch {
+  uint4 w[kBatch];
+  unsigned s[kBatch];
+};
+
+// A decoded weight rounded to T, as the mma path's decode stores it (a no-op for bf16, whose
+// range and precision hold every MXFP4 weight).
+__device__ __forceinline__ float mj_round_weight(float v, mj_bf16) { return v; }
+__device__ __forceinline__ float mj_round_weight(float v, mj_f16) {
+  return mj_to_f32(mj_from_f32<mj_f16>(v));
+}
+
+__device__ __forceinline__ void fp4_load(mj_fp4_batch &b, const WeightT *wrow,
+                                         const unsigned char *srow, int kb0, int kb_end,
+                                         bool col_ok) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const int kb = kb0 + u * kLanes;
+    if (col_ok && kb < kb_end) {
+      b.w[u] = mj_ld_stream16(wrow + (mj_i64)kb * 16);
+      b.s[u] = srow[kb];
+    } else {
+      b.w[u] = make_uint4(0u, 0u, 0u, 0u);
+      b.s[u] = 0u;
+    }
+  }
+}
+
+// acc += batch b's blocks times the A rows in xs ([kBM][kKSplit], from the split's first block);
+// kbr0: the batch's first block, counted from the split's; blocks at or past nkb are skipped.
+__device__ __forceinline__ void fp4_fma(float (&acc)[kBM], const mj_fp4_batch &b, const T *xs,
+                                        int kbr0, int nkb) {
+#pragma unroll
+  for (int u = 0; u < kBatch; ++u) {
+    const int kbr = kbr0 + u * kLanes;
+    if (kbr >= nkb) continue;
+    const float scale = mj_e8m0(b.s[u]);
+    const mj_u32 words[4] = {b.w[u].x, b.w[u].y, b.w[u].z, b.w[u].w};
+    float wv[32];
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      wv[j] = mj_round_weight(mj_e2m1(words[j / 8] >> (4 * (j % 8))) * scale, T{});
+#pragma unroll
+    for (int m = 0; m < kBM; ++m) {
+      union { uint4 u[4]; T v[32]; } xv;
+      const uint4 *x = (const uint4 *)(xs + m * kKSplit + kbr * 32);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv.u[i] = x[i];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) acc[m] = fmaf(mj_to_f32(xv.v[j]), wv[j], acc[m]);
+    }
+  }
+}
+
+// The sums of K range [k_begin, k_end) (whole blocks) for this thread's column, one a tile row.
+// Under kEarly (GEMM2 under PDL) the first two batches of weights are loaded before the wait for
+// GEMM1, which this function then makes; with own (a self-routed GEMM1) it makes routing's wait
+// halfway. Two batches in turn: one in flight while the other is multiplied.
+template <bool kEarly>
+__device__ __forceinline__ void stream_tile_fp4(float (&acc)[kBM], const T *__restrict__ a,
+                                                const WeightT *__restrict__ w,
+                                                const unsigned char *__restrict__ sc,
+                                                const int *a_row, int k_begin, int k_end, int n0,
+                                                bool own) {
+  extern __shared__ mj_smem16 smem[];
+  T *xs = (T *)smem;  // the tile's A rows over the split: [kBM][kKSplit]
+  const int col = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const bool col_ok = n0 + col < kN;
+  const WeightT *wrow = w + (mj_i64)(col_ok ? n0 + col : 0) * (kK / 2);
+  const unsigned char *srow = sc + (mj_i64)(col_ok ? n0 + col : 0) * kKB;
+  const int kb_begin = k_begin / 32, kb_end = k_end / 32, nkb = kb_end - kb_begin;
+  constexpr int kStep = kLanes * kBatch;
+  const int batches = (nkb + kStep - 1) / kStep;
+  const int kb0 = kb_begin + lane;  // this thread's first block
+  mj_fp4_batch even, odd;
+  fp4_load(even, wrow, srow, kb0, kb_end, col_ok);
+  if (kEarly && batches > 1) fp4_load(odd, wrow, srow, kb0 + kStep, kb_end, col_ok);
+  if (kEarly) mj_pdl_begin<MJ_PDL>();
+  __syncthreads();  // a_row is written
+  constexpr int kRowChunks = kKSplit / kVec;
+  for (int c = threadIdx.x; c < kBM * kRowChunks; c += kThreads) {
+    const int m = c / kRowChunks, k = (c % kRowChunks) * kVec;
+    const int src = a_row[m];
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (src >= 0 && k_begin + k < k_end) v = *(const uint4 *)(a + (mj_i64)src * kK + k_begin + k);
+    *(uint4 *)(xs + m * kKSplit + k) = v;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < kBM; ++m) acc[m] = 0.0f;
+  const int half = batches / 2;
+  for (int b = 0; b < batches; b += 2) {
+    if (b + 1 < batches && (!kEarly || b > 0))
+      fp4_load(odd, wrow, srow, kb0 + (b + 1) * kStep, kb_end, col_ok);
+    if (own && b == (half & ~1)) mj_pdl_begin<MJ_PDL>();  // routing's end, for the next kernel
+    fp4_fma(acc, even, xs, lane + b * kStep, nkb);
+    if (b + 1 >= batches) break;
+    if (b + 2 < batches) fp4_load(even, wrow, srow, kb0 + (b + 2) * kStep, kb_end, col_ok);
+    fp4_fma(acc, odd, xs, lane + (b + 1) * kStep, nkb);
+  }
+}
+
+// Adds each column's kLanes partial sums (shuffles, a fixed order) and writes the tile's outputs.
+__device__ __forceinline__ void stream_epilogue_fp4(const float (&acc)[kBM], const GemmParams &p,
+                                                    int e, int r0, int r1, int n0) {
+  __shared__ float red[kBM][kBN];
+  const int col = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+#pragma unroll
+  for (int m = 0; m < kBM; ++m) {
+    float v = acc[m];
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) red[m][col] = v;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBM * kBN / 2; i += kThreads) {
+    const int m = i / (kBN / 2), c = i % (kBN / 2) * 2;
+    if (r0 + m >= r1) continue;
+    emit(p, e, r0, r1, n0, m, c, red[m][c], red[m][c + 1]);
+  }
+}
+#elif MJ_GEMM_PATH == MJ_PATH_STREAM
 static constexpr int kPieces = kBN / kVec;         // 16-byte column pieces of a slab
 static constexpr int kLanes = kThreads / kPieces;  // row lanes
 static constexpr int kBatch = kStages;             // loads in flight a thread, a batch
@@ -437,10 +683,10 @@ __device__ __forceinline__ mj_int4 own_tile(const GemmParams &p, int tile_i, int
 // between two partial y_slot arrays, at least slots * kN and a multiple of 4 (combine reads them
 // in 16-byte vectors).
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
-    const T *a, const T *w, const BiasT *bias, const int *row_slot, const float *row_weight,
-    const mj_int4 *tiles, const int *num_tiles, void *out, int slab_major, const void *own_ids,
-    int own_slots, long long split_stride) {
-  const GemmParams p = {a, w, bias, row_slot, row_weight, tiles, num_tiles,
+    const T *a, const WeightT *w, const BiasT *bias, const unsigned char *scales,
+    const int *row_slot, const float *row_weight, const mj_int4 *tiles, const int *num_tiles,
+    void *out, int slab_major, const void *own_ids, int own_slots, long long split_stride) {
+  const GemmParams p = {a, w, bias, scales, row_slot, row_weight, tiles, num_tiles,
                         kSplits > 1 ? (void *)((float *)out + (mj_i64)blockIdx.z * split_stride)
                                     : out,
                         slab_major, own_ids, own_slots};
@@ -490,21 +736,37 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
       int r = r0 + i;
       a_row[i] = r < r1 ? (kMode != 2 ? p.row_slot[r] / kTopK : r) : -1;
     }
-#if MJ_GEMM_PATH == MJ_PATH_STREAM
+#if MJ_GEMM_PATH == MJ_PATH_STREAM && MJ_GEMM_MXFP4
+  (void)ktiles;
+  float acc[kBM];
+  stream_tile_fp4<kEarly>(acc, p.a, p.w + (mj_i64)e * kExpertWeights, p.scales + (mj_i64)e * kN * kKB,
+                          a_row, k_begin, min(kK, k_begin + kKSplit), n0, own);
+  stream_epilogue_fp4(acc, p, e, r0, r1, n0);
+#elif MJ_GEMM_PATH == MJ_PATH_STREAM
   (void)ktiles;
   float acc[kBM][kVec];
-  stream_tile<kEarly>(acc, p.a, p.w + (mj_i64)e * kK * kN, a_row, k_begin,
+  stream_tile<kEarly>(acc, p.a, p.w + (mj_i64)e * kExpertWeights, a_row, k_begin,
                       min(kK, k_begin + kKSplit), n0, own);
   stream_epilogue(acc, p, e, r0, r1, n0);
 #else
   extern __shared__ mj_smem16 smem[];
   T *As = (T *)smem;
+  const WeightT *w_e = p.w + (mj_i64)e * kExpertWeights;  // the expert's weights
+#if MJ_GEMM_MXFP4
+  // the ring's raw blocks, the decoded stage and the tile's scales follow the A tiles
+  unsigned char *Raw = (unsigned char *)(As + kStages * kBM * kLdA);
+  T *Bd = (T *)(Raw + kStages * kBN * kLdRaw);
+  unsigned char *Sc = (unsigned char *)(Bd + kBN * kLdBd);
+  auto load_w = [&](int s, int k0) { load_raw(Raw + s * kBN * kLdRaw, w_e, k0, n0); };
+  load_scales(Sc, p.scales + (mj_i64)e * kN * kKB, n0);  // the caller's: safe before any wait
+#else
   T *Bs = As + kStages * kBM * kLdA;
-  const T *w_e = p.w + (mj_i64)e * kK * kN;  // the expert's weights
+  auto load_w = [&](int s, int k0) { load_b(Bs + s * kBK * kLdB, w_e, k0, n0); };
+#endif
   if (kEarly) {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s)
-      if (s < ktiles) load_b(Bs + s * kBK * kLdB, w_e, k_begin + s * kBK, n0);
+      if (s < ktiles) load_w(s, k_begin + s * kBK);
     mj_pdl_begin<MJ_PDL>();
   }
   if (!own) __syncthreads();  // a_row is written
@@ -513,7 +775,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < ktiles) {
       load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + s * kBK);
-      if (!kEarly) load_b(Bs + s * kBK * kLdB, w_e, k_begin + s * kBK, n0);
+      if (!kEarly) load_w(s, k_begin + s * kBK);
     }
     mj_cp_async_commit();
   }
@@ -525,12 +787,19 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
     if (pf < ktiles) {
       int s = pf % kStages;
       load_a(As + s * kBM * kLdA, p.a, a_row, k_begin + pf * kBK);
-      load_b(Bs + s * kBK * kLdB, w_e, k_begin + pf * kBK, n0);
+      load_w(s, k_begin + pf * kBK);
     }
     mj_cp_async_commit();
     if (own && kt == ktiles / 2) mj_pdl_begin<MJ_PDL>();  // routing's end, for the next kernel
     int s = kt % kStages;
+#if MJ_GEMM_MXFP4
+    // every warp is past the last step's MMAs (the barrier above), so the decoded tile is free
+    decode_stage(Bd, Raw + s * kBN * kLdRaw, Sc, k_begin + kt * kBK, n0);
+    __syncthreads();
+    compute_stage_fp4(acc, As + s * kBM * kLdA, Bd);
+#else
     compute_stage(acc, As + s * kBM * kLdA, Bs + s * kBK * kLdB);
+#endif
   }
   epilogue(acc, p, e, r0, r1, n0);
 #endif

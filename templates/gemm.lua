@@ -16,6 +16,9 @@
 -- self_route (optional, "i32"|"i64", the caller's id type; gemm1 with pdl 1 only) with experts (the
 -- ids' range): a forward of few slots may work out its tiles from the caller's ids and start before
 -- routing ends (gemm.cuh, MJ_GEMM_SELF_ROUTE).
+-- weights (optional): "mxfp4" for MXFP4 expert weights (the checkpoint's blocks and e8m0 scales,
+-- gemm.cuh's MJ_GEMM_MXFP4), with math mma or stream and dtype f16 or bf16; hidden and
+-- intermediate multiples of 32, bk a multiple of 32 (the streamed path steps whole blocks).
 -- Contract: moejit_gemm, grid (tiles, ceil(cols / tile_cols), splits); self-routed (self_route),
 -- forwards of at most max_slots slots.
 local prelude = require("prelude")
@@ -33,7 +36,7 @@ local maths = {
 local kStreamThreads = 128 -- the streamed path: column pieces x row lanes
 
 -- The kernel's parameters, by the names the runtime binds (gemm.cuh's signature).
-local params = { "a", "w", "bias", "row_slot", "row_weight", "tiles", "num_tiles", "out",
+local params = { "a", "w", "bias", "scales", "row_slot", "row_weight", "tiles", "num_tiles", "out",
   "slab_major", "own_ids", "own_slots", "split_stride" }
 
 -- K elements of one split: whole bk steps, so a split's last step never reads into the next one.
@@ -55,6 +58,21 @@ return function(spec)
   end
   local stream = math_name == "stream"
   local gemm = prelude.gemm_shape(spec)
+  local mxfp4 = spec.weights ~= nil
+  if mxfp4 then
+    if spec.weights ~= "mxfp4" then
+      error("spec.weights must be mxfp4 (or absent: weights in the dtype), got "
+        .. tostring(spec.weights))
+    end
+    if math_name ~= "mma" and not stream then
+      error("MXFP4 weights take math mma or stream, got " .. math_name)
+    end
+    if not dt.mma then error("MXFP4 weights take dtype f16 or bf16, got " .. spec.dtype) end
+    if gemm.n % 32 ~= 0 or gemm.k % 32 ~= 0 then
+      error(string.format("MXFP4 weights need hidden and intermediate multiples of 32 "
+        .. "(%d x %d here)", gemm.k, gemm.n))
+    end
+  end
   local mode = 2
   if gemm.stage == 1 then
     mode = gemm1_modes[spec.activation or "swiglu"]
@@ -67,13 +85,20 @@ return function(spec)
   local bn = prelude.need_int(spec, "bn", 8, 256)
   local bk = prelude.need_int(spec, "bk", 8, 128)
   local stages = prelude.need_int(spec, "stages", 2, stream and 16 or 8)
+  if mxfp4 and not stream and bk % 32 ~= 0 then
+    error(string.format("MXFP4 weights: bk=%d is not a multiple of 32 (a scale block)", bk))
+  end
+  -- the split-K step: whole 32-weight blocks for MXFP4's streamed path
+  local kstep = (mxfp4 and stream) and 32 or bk
   local splits = spec.splits == nil and 1 or prelude.need_int(spec, "splits", 1, 64)
   if splits > 1 and mode ~= 2 then
     error(string.format("spec.splits=%d needs stage gemm2 (only GEMM2's partial sums are summed "
       .. "by combine)", splits))
   end
-  while splits > 1 and (splits - 1) * split_len(k, splits, bk) >= k do splits = splits - 1 end
+  while splits > 1 and (splits - 1) * split_len(k, splits, kstep) >= k do splits = splits - 1 end
+  local ksplit = splits > 1 and split_len(k, splits, kstep) or k
   local defines = { "#define MJ_GEMM_PATH " .. math_.path }
+  if mxfp4 then defines[#defines + 1] = "#define MJ_GEMM_MXFP4 1" end
   if splits > 1 then defines[#defines + 1] = "#define MJ_GEMM_SPLITS " .. splits end
   local pdl = prelude.pdl_define(spec)
   defines[#defines + 1] = pdl
@@ -103,11 +128,17 @@ return function(spec)
     { "kBK", "int", bk },
     { "kStages", "int", stages },
   }
-  if splits > 1 then consts[#consts + 1] = { "kKSplit", "int", split_len(k, splits, bk) } end
+  if splits > 1 then consts[#consts + 1] = { "kKSplit", "int", ksplit } end
   if route_experts then consts[#consts + 1] = { "kRouteExperts", "int", route_experts } end
   local threads
   local vec = 16 // dt.bytes
-  if stream then
+  if stream and mxfp4 then
+    if bm > 8 or kStreamThreads % bn ~= 0 then
+      error(string.format("MXFP4 stream tile %dx%d: at most 8 rows, and %d threads must split "
+        .. "into whole columns", bm, bn, kStreamThreads))
+    end
+    threads = kStreamThreads
+  elseif stream then
     local pieces = bn // vec
     if bm > 8 or bn % vec ~= 0 or kStreamThreads % pieces ~= 0 then
       error(string.format("stream tile %dx%d: at most 8 rows, and %d threads must split into "
@@ -139,7 +170,18 @@ return function(spec)
   -- registers); static: the tile's A rows and tile, and the streamed path's lane sums
   local smem = stream and 0 or stages * (bm * (bk + vec) + bk * (bn + vec)) * dt.bytes
   local static_smem = 4 * bm + 16
-  if stream then static_smem = static_smem + (threads // (bn // vec)) * bm * (bn + 1) * 4 end
+  if stream and mxfp4 then
+    -- dynamic: the tile's A rows over its K range; static: the column sums
+    smem = bm * ksplit * dt.bytes
+    static_smem = static_smem + bm * bn * 4
+  elseif stream then
+    static_smem = static_smem + (threads // (bn // vec)) * bm * (bn + 1) * 4
+  elseif mxfp4 then
+    -- the ring of A tiles and raw weight blocks (rows of bk / 2 bytes, padded by 16), the decoded
+    -- stage (n-major, bk + vec a row) and the tile's scales over all of K (bn x k / 32 bytes)
+    smem = stages * (bm * (bk + vec) * dt.bytes + bn * (bk // 2 + 16)) + bn * (bk + vec) * dt.bytes
+      + bn * (k // 32)
+  end
   consts[#consts + 1] = { "kThreads", "int", threads }
   consts[#consts + 1] = { "kSmemBytes", "int", smem }
   return table.concat({

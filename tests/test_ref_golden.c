@@ -12,6 +12,7 @@
 
 #include "golden.h"
 #include "tools/ref.h"
+#include "templates/mxfp4.cuh"
 
 enum { MAX_CASES = 64 };
 
@@ -291,13 +292,16 @@ static void test_mxfp4_decode(void **state) {
   for (int k = 0; k < 32; k++)
     assert_true(mj_ref_mxfp4(block, &scale, k) == e2m1[k % 16]);
   assert_true(signbit(mj_ref_mxfp4(block, &scale, 8))); /* code 8 is -0 */
-  /* the scale is a power of two from 2^-127 (byte 0) to 2^128 (byte 255) */
+  /* the scale is a power of two from 2^-127 (byte 0) to 2^127 (byte 254); byte 255 is NaN */
   scale = 130;
   assert_true(mj_ref_mxfp4(block, &scale, 7) == 48.0);
   scale = 0;
   assert_true(mj_ref_mxfp4(block, &scale, 2) == ldexp(1.0, -127));
+  scale = 254;
+  assert_true(mj_ref_mxfp4(block, &scale, 15) == -6.0 * ldexp(1.0, 127));
   scale = 255;
-  assert_true(mj_ref_mxfp4(block, &scale, 15) == -6.0 * ldexp(1.0, 128));
+  assert_true(isnan(mj_ref_mxfp4(block, &scale, 15)));
+  assert_true(isnan(mj_ref_mxfp4(block, &scale, 0))); /* code 0 too: the whole block */
   /* a layer of MXFP4 weights needs H and I multiples of 32 and both scales */
   tiny_layer t;
   tiny_init(&t);
@@ -306,6 +310,26 @@ static void test_mxfp4_decode(void **state) {
   L.mxfp4 = 1;
   L.gate_up_proj_scales = L.down_proj_scales = &scale;
   assert_int_equal(mj_ref_forward(&L, NULL, T_, out), -1); /* H_ is not a multiple of 32 */
+}
+
+/* The kernels' decoder (templates/mxfp4.cuh, plain C as well as CUDA) gives the reference's weight
+ * for every code and every scale byte, bit for bit: the same value, the same sign of zero, NaN for
+ * scale 255. */
+static void test_mxfp4_kernel_decoder(void **state) {
+  (void)state;
+  for (unsigned s = 0; s < 256; s++)
+    for (unsigned c = 0; c < 16; c++) {
+      uint8_t block[16] = {0}, scale = (uint8_t)s;
+      block[0] = (uint8_t)c;
+      const double want = mj_ref_mxfp4(block, &scale, 0);
+      const float got = mj_e2m1(c) * mj_e8m0(s);
+      if (isnan(want) ? !isnan(got) : ((double)got != want || signbit(got) != signbit(want)))
+        fail_msg("code %u scale %u: the kernels decode %a, the reference %a", c, s, (double)got,
+                 want);
+      /* the high nibble is read the same way (the decoder masks the low four bits itself) */
+      assert_true(mj_e2m1(c | 0xf0u) == mj_e2m1(c) &&
+                  signbit(mj_e2m1(c | 0xf0u)) == signbit(mj_e2m1(c)));
+    }
 }
 
 /* Adds a test per case folder under root (fn), or one that fails naming the root when it has
@@ -331,6 +355,7 @@ int main(void) {
       cmocka_unit_test(test_bad_id_contributes_nothing),
       cmocka_unit_test(test_token_subset_and_bad_args),
       cmocka_unit_test(test_mxfp4_decode),
+      cmocka_unit_test(test_mxfp4_kernel_decoder),
   };
   size_t ntests = 4;
   add_cases(mj_golden_root(), test_golden_case, names[0], cases[0], tests, &ntests);

@@ -217,6 +217,7 @@ static const struct {
     {"logits_dtype", offsetof(moejit_layer_desc, logits_dtype), F_ENUM},
     {"bias_f32", offsetof(moejit_layer_desc, bias_f32), F_INT},
     {"exact_f32", offsetof(moejit_layer_desc, exact_f32), F_INT},
+    {"weight_format", offsetof(moejit_layer_desc, weight_format), F_ENUM},
 };
 
 static void set_field(moejit_layer_desc *d, const char *name, double v) {
@@ -278,6 +279,10 @@ static const desc_case desc_cases[] = {
     {"limit", INFINITY, MOEJIT_ERR_INVALID_ARG, "limit=inf"},
     {"alpha", NAN, MOEJIT_ERR_INVALID_ARG, "alpha=nan"},
     {"alpha", -INFINITY, MOEJIT_ERR_INVALID_ARG, "alpha=-inf"},
+    {"weight_format", 2, MOEJIT_ERR_INVALID_ARG, "weight_format=2"},
+    /* small_desc's layer is f32: MXFP4 weights take bf16 or f16 activations */
+    {"weight_format", MOEJIT_WEIGHTS_MXFP4, MOEJIT_ERR_INVALID_ARG,
+     "dtype=f32 with MXFP4 weights: the activations must be MOEJIT_BF16 or MOEJIT_F16"},
 };
 
 /* A caller built against an older header passes a shorter desc: the fields it lacks are not read
@@ -361,6 +366,21 @@ static void test_desc_validation(void **state) {
     if (mj_rt_check_desc(&d, &err) != MOEJIT_OK)
       fail_msg("desc->%s=%g was refused: %s", edges[i].field, edges[i].value, err.msg);
   }
+
+  /* MXFP4 weights: bf16 and f16 activations, H and I in whole 32-weight blocks */
+  moejit_layer_desc d = base;
+  d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+  d.dtype = MOEJIT_F16;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+  d.dtype = MOEJIT_BF16;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+  d.intermediate = 104;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(err.msg, "desc->hidden=64 and desc->intermediate=104 must be multiples of 32");
+  d.intermediate = I;
+  d.hidden = 72;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(err.msg, "multiples of 32 with MXFP4 weights");
 }
 
 /* ---- workspace ------------------------------------------------------------------------------- */
@@ -500,10 +520,10 @@ static void test_plan_table_repeats(void **state) {
  * too) parses back to itself, and names outside what the kernels take are refused. */
 static void test_config_names(void **state) {
   (void)state;
-  static const mj_math maths[] = {MJ_MATH_MMA, MJ_MATH_TF32, MJ_MATH_FFMA};
+  static const mj_math maths[] = {MJ_MATH_MMA, MJ_MATH_TF32, MJ_MATH_FFMA, MJ_MATH_MXFP4};
   int pingpong = 0, chain = 0, streamed = 0;
   for (int a = 0; a < 2; a++)
-    for (int m = 0; m < 3; m++) {
+    for (int m = 0; m < 4; m++) {
       mj_gemm_config space[2 * MJ_MAX_GEMM_CONFIGS], back;
       mj_math math;
       int n = mj_tune_search_space(maths[m], a ? "sm_90a" : "sm_80", NULL, NULL, space,
@@ -513,7 +533,9 @@ static void test_config_names(void **state) {
         if (mj_tune_config_parse(space[i].name, &back, &math) != 0)
           fail_msg("%s does not parse", space[i].name);
         assert_string_equal(back.name, space[i].name);
-        assert_int_equal(math, maths[m]);
+        /* a streamed tile's name says no math: f16/bf16 and MXFP4 layers both take it */
+        assert_int_equal(math, space[i].kind == MJ_GEMM_STREAM ? MJ_MATH_MMA : maths[m]);
+        assert_true(mj_tune_math_takes(maths[m], math, &back));
         assert_int_equal(back.bm, space[i].bm);
         assert_int_equal(back.bn, space[i].bn);
         assert_int_equal(back.stages, space[i].stages);
@@ -595,7 +617,7 @@ typedef struct launch_record {
   CUfunction fn;
   unsigned grid[3], block[3], smem;
   CUstream stream;
-  uint64_t ptr[8]; /* the kernel's device-pointer parameters, in order */
+  uint64_t ptr[9]; /* the kernel's device-pointer parameters, in order */
   int ints[4];     /* its int parameters, in order */
   int pdl;         /* launched by cuLaunchKernelEx with programmatic stream serialisation */
   uint64_t live;   /* routing kernels: the device-side token count's address, and the chunk's */
@@ -735,8 +757,8 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     memcpy(r->tmap_dims, fk->tmap_dims, sizeof r->tmap_dims);
     memcpy(r->tmap_box, fk->tmap_box, sizeof r->tmap_box);
     memcpy(r->tmap_rank, fk->tmap_rank, sizeof r->tmap_rank);
-  } else { /* a GEMM: a, w, bias, row_slot, row_weight, tiles, num_tiles, out, ... */
-    for (int i = 0; i < 8; i++)
+  } else { /* a GEMM: a, w, bias, scales, row_slot, row_weight, tiles, num_tiles, out, ... */
+    for (int i = 0; i < 9; i++)
       r->ptr[i] = u64_at(params[i]);
   }
   fk->ntmaps = 0;
@@ -900,6 +922,9 @@ static void m_live_align(moejit_forward_args *a, void **w, size_t *b) {
 static void m_ws_null(moejit_forward_args *a, void **w, size_t *b) { *w = NULL; }
 static void m_ws_align(moejit_forward_args *a, void **w, size_t *b) { *w = (char *)*w + 128; }
 static void m_ws_small(moejit_forward_args *a, void **w, size_t *b) { *b -= 1; }
+static void m_scales_dense(moejit_forward_args *a, void **w, size_t *b) {
+  a->down_proj_scales = a->down_proj;
+}
 
 static const arg_case arg_cases[] = {
     {"struct_size", m_struct_size, "args->struct_size=4"},
@@ -922,6 +947,8 @@ static const arg_case arg_cases[] = {
     {"workspace NULL", m_ws_null, "workspace is NULL"},
     {"workspace misaligned", m_ws_align, "256-byte aligned"},
     {"workspace small", m_ws_small, "workspace_bytes="},
+    {"scales of dense weights", m_scales_dense,
+     "args->down_proj_scales is set but desc->weight_format is not MOEJIT_WEIGHTS_MXFP4"},
 };
 
 static void test_forward_argument_checks(void **state) {
@@ -1034,25 +1061,27 @@ static void check_forward(fake_device *fk, int64_t T) {
   assert_int_equal(g1->ptr[0], addr(a.x));
   assert_int_equal(g1->ptr[1], addr(a.gate_up_proj));
   assert_int_equal(g1->ptr[2], addr(a.gate_up_proj_bias));
-  assert_int_equal(g2->ptr[0], g1->ptr[7]); /* h */
+  assert_int_equal(g2->ptr[0], g1->ptr[8]); /* h */
   assert_int_equal(g2->ptr[1], addr(a.down_proj));
   assert_int_equal(g2->ptr[2], addr(a.down_proj_bias));
-  assert_int_equal(g1->ptr[3], scatter->ptr[3]); /* row_slot */
-  assert_int_equal(g2->ptr[3], scatter->ptr[3]);
-  assert_int_equal(g1->ptr[4], scatter->ptr[5]); /* row_weight */
-  assert_int_equal(g1->ptr[5], scan->ptr[3]);    /* tiles */
-  assert_int_equal(g1->ptr[6], scan->ptr[4]);    /* num_tiles */
+  assert_int_equal(g1->ptr[3], 0); /* scales: MXFP4 weights only */
+  assert_int_equal(g2->ptr[3], 0);
+  assert_int_equal(g1->ptr[4], scatter->ptr[3]); /* row_slot */
+  assert_int_equal(g2->ptr[4], scatter->ptr[3]);
+  assert_int_equal(g1->ptr[5], scatter->ptr[5]); /* row_weight */
+  assert_int_equal(g1->ptr[6], scan->ptr[3]);    /* tiles */
+  assert_int_equal(g1->ptr[7], scan->ptr[4]);    /* num_tiles */
 
   /* combine */
   assert_int_equal(comb->grid[0], T);
-  assert_int_equal(comb->ptr[0], g2->ptr[7]);      /* y_slot */
+  assert_int_equal(comb->ptr[0], g2->ptr[8]);      /* y_slot */
   assert_int_equal(comb->ptr[1], scatter->ptr[4]); /* slot_row */
   assert_int_equal(comb->ptr[2], addr(a.y));
 
   /* workspace regions: 256-byte aligned, inside [ws, ws + need) */
   const uint64_t ws_regions[] = {count->ptr[1],   scan->ptr[1], scan->ptr[2],    scan->ptr[3],
                                  scan->ptr[4],    scan->ptr[5], scatter->ptr[3], scatter->ptr[4],
-                                 scatter->ptr[5], g1->ptr[7],   g2->ptr[7]};
+                                 scatter->ptr[5], g1->ptr[8],   g2->ptr[8]};
   for (size_t i = 0; i < sizeof ws_regions / sizeof ws_regions[0]; i++) {
     assert_int_equal((ws_regions[i] - WS_ADDR) % 256, 0);
     assert_true(ws_regions[i] >= WS_ADDR && ws_regions[i] < WS_ADDR + need);
@@ -1061,7 +1090,7 @@ static void check_forward(fake_device *fk, int64_t T) {
   }
   /* h [slots, I] and y_slot [slots, H] in f32 fit and do not overlap; nor do the per-slot arrays.
    */
-  const uint64_t h = g1->ptr[7], y_slot = g2->ptr[7];
+  const uint64_t h = g1->ptr[8], y_slot = g2->ptr[8];
   const uint64_t h_end = h + (uint64_t)slots * I * 4, y_end = y_slot + (uint64_t)slots * H * 4;
   assert_true(h_end <= WS_ADDR + need);
   assert_true(y_end <= WS_ADDR + need);
@@ -1178,6 +1207,68 @@ static void test_forward_launches(void **state) {
   fake_close(fk);
 }
 
+/* MXFP4 weights: each GEMM gets the blocks and the scales the caller passed, with no repacking and
+ * nothing compiled on the launch path; a forward without the scales, or with them misaligned, is
+ * refused before the driver. */
+static void test_forward_mxfp4(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d = small_desc();
+  d.dtype = MOEJIT_BF16;
+  d.exact_f32 = 0;
+  d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+  moejit_plan *plan = NULL;
+  if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+    fail_msg("an MXFP4 plan: %s", moejit_last_error(fx->ctx));
+  const int64_t compiles = fx->ctx->compiles;
+  fake_device *fk = fake_open(plan);
+  static const int64_t tokens[] = {1, 37}; /* the streamed tile, then an mma.sync one */
+  for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+    const int64_t T = tokens[i];
+    const int cfg = fk->plan.pick[mj_rt_bucket(T)];
+    assert_int_equal(fk->plan.configs[cfg].kind, i == 0 ? MJ_GEMM_STREAM : MJ_GEMM_SYNC);
+    size_t need = 0;
+    assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+    moejit_forward_args a;
+    valid_args(&a, T);
+    a.gate_up_proj_scales = (const void *)(uintptr_t)0xA0000000u;
+    a.down_proj_scales = (const void *)(uintptr_t)0xB0000000u;
+    fk->nlaunch = 0;
+    if (moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM) != MOEJIT_OK)
+      fail_msg("T=%lld: %s", (long long)T, moejit_last_error(&fk->ctx));
+    const launch_record *g1 = NULL, *g2 = NULL;
+    for (int l = 0; l < fk->nlaunch; l++) {
+      if (fk->launch[l].fn == FAKE_FN_GEMM1(cfg))
+        g1 = &fk->launch[l];
+      if (fk->launch[l].fn == FAKE_FN_GEMM2(cfg))
+        g2 = &fk->launch[l];
+    }
+    assert_non_null(g1);
+    assert_non_null(g2);
+    assert_int_equal(g1->ptr[1], addr(a.gate_up_proj));
+    assert_int_equal(g1->ptr[3], addr(a.gate_up_proj_scales));
+    assert_int_equal(g2->ptr[1], addr(a.down_proj));
+    assert_int_equal(g2->ptr[3], addr(a.down_proj_scales));
+    assert_int_equal(g2->grid[2],
+                     fk->plan.configs[cfg].splits > 1 ? fk->plan.configs[cfg].splits : 1);
+
+    fk->nlaunch = 0;
+    a.gate_up_proj_scales = NULL;
+    assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
+                     MOEJIT_ERR_INVALID_ARG);
+    assert_contains(moejit_last_error(&fk->ctx), "args->gate_up_proj_scales is NULL");
+    a.gate_up_proj_scales = (const void *)(uintptr_t)0xA0000000u;
+    a.down_proj_scales = (const void *)(uintptr_t)0xB0000008u;
+    assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
+                     MOEJIT_ERR_INVALID_ARG);
+    assert_contains(moejit_last_error(&fk->ctx), "args->down_proj_scales=");
+    assert_contains(moejit_last_error(&fk->ctx), "16-byte aligned");
+    assert_int_equal(fk->nlaunch, 0);
+  }
+  assert_int_equal(fx->ctx->compiles, compiles);
+  fake_close(fk);
+  moejit_plan_destroy(plan);
+}
+
 /* Few slots: routing is one launch of one 1024-thread block that writes the regions count, scan and
  * scatter would, and the GEMMs read them. */
 static void test_forward_small_routing(void **state) {
@@ -1198,11 +1289,11 @@ static void test_forward_small_routing(void **state) {
   assert_int_equal(small->ints[0], T * K);
   assert_int_equal(small->ints[1], c->bm);
   assert_int_equal(small->ptr[4], WS_ADDR);    /* flags at offset 0 */
-  assert_int_equal(g1->ptr[5], small->ptr[2]); /* tiles */
-  assert_int_equal(g1->ptr[6], small->ptr[3]); /* num_tiles */
-  assert_int_equal(g1->ptr[3], small->ptr[5]); /* row_slot */
-  assert_int_equal(g1->ptr[4], small->ptr[7]); /* row_weight */
-  assert_int_equal(g2->ptr[3], small->ptr[5]);
+  assert_int_equal(g1->ptr[6], small->ptr[2]); /* tiles */
+  assert_int_equal(g1->ptr[7], small->ptr[3]); /* num_tiles */
+  assert_int_equal(g1->ptr[4], small->ptr[5]); /* row_slot */
+  assert_int_equal(g1->ptr[5], small->ptr[7]); /* row_weight */
+  assert_int_equal(g2->ptr[4], small->ptr[5]);
   assert_ptr_equal(fk->launch[3].fn, FAKE_FN_COMBINE);
   assert_int_equal(fk->launch[3].ptr[1], small->ptr[6]); /* slot_row */
   fake_close(fk);
@@ -1493,6 +1584,7 @@ int main(void) {
       cmocka_unit_test(test_forward_launches),
       cmocka_unit_test(test_forward_wgmma_launches),
       cmocka_unit_test(test_forward_small_routing),
+      cmocka_unit_test(test_forward_mxfp4),
       cmocka_unit_test(test_forward_pdl),
       cmocka_unit_test(test_forward_device_tokens),
       cmocka_unit_test(test_forward_launch_failure),

@@ -51,7 +51,17 @@ double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k) {
   static const double e2m1[16] = {0.0,  0.5,  1.0,  1.5,  2.0,  3.0,  4.0,  6.0,
                                   -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0};
   const uint8_t byte = blocks[k / 32 * 16 + k % 32 / 2];
+  if (scales[k / 32] == 255) /* the OCP MX format's NaN scale */
+    return NAN;
   return ldexp(e2m1[k % 2 ? byte >> 4 : byte & 15], (int)scales[k / 32] - 127);
+}
+
+/* An MXFP4 weight as a layer of this dtype multiplies with it: rounded to bf16 (exact, but
+ * past the range: infinity) or f16 (rounded; subnormal or infinite outside its range). */
+static double mxfp4_weight(moejit_dtype dt, const uint8_t *blocks, const uint8_t *scales,
+                           int64_t k) {
+  float w = (float)mj_ref_mxfp4(blocks, scales, k);
+  return dt == MOEJIT_F16 ? mj_f16_to_f32(mj_f32_to_f16(w)) : mj_bf16_to_f32(mj_f32_to_bf16(w));
 }
 
 /* One GEMM of a slot: out[n] += sum over k of in[k] * W(e, k, n), W the expert's [K, N] weights:
@@ -72,7 +82,7 @@ static void expert_gemm(const mj_ref_layer *L, const void *w, const uint8_t *sca
     const uint8_t *b = (const uint8_t *)w + r * (K / 2), *sc = scales + r * (K / 32);
     double acc = 0.0;
     for (int64_t k = 0; k < K; k++)
-      acc += in[k] * mj_ref_mxfp4(b, sc, k);
+      acc += in[k] * mxfp4_weight(L->dtype, b, sc, k);
     out[n] += acc;
   }
 }

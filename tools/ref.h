@@ -37,7 +37,9 @@ typedef struct mj_ref_layer {
 } mj_ref_layer;
 
 /* The value of MXFP4 weight `k` of a row of blocks (K elements, blocks of 32 in 16 bytes) and its
- * scales: e2m1 code x 2^(scale - 127), in double (exact: no scale byte overflows a double). */
+ * scales: e2m1 code x 2^(scale - 127), in double (exact: no scale byte overflows a double); NaN
+ * for scale byte 255 (the OCP MX format's NaN). A layer multiplies with it rounded to its dtype
+ * (moejit.h, MOEJIT_WEIGHTS_MXFP4). */
 double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k);
 
 /* Computes the output rows of the listed tokens into out [ntokens, H] (f32, written, not
@@ -48,9 +50,9 @@ double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k);
  * float); y = h @ down_proj[e] + bias, accumulated in double; out[t] = sum over k = 0..K-1, in that
  * order, in float, of (float)(y * topk_weights[t, k]). A slot whose id is outside [0, E)
  * contributes nothing. With mxfp4 the weights are decoded from their blocks and scales
- * (mj_ref_mxfp4); the sums are the same, taken output by output. Allocates O(H + I) scratch.
- * Returns 0, or -1 on a bad argument (mxfp4 with H or I not a multiple of 32, or no scales) or out
- * of memory. */
+ * (mj_ref_mxfp4) and rounded to dtype; the sums are the same, taken output by output. Allocates O(H
+ * + I) scratch. Returns 0, or -1 on a bad argument (mxfp4 with H or I not a multiple of 32, or no
+ * scales) or out of memory. */
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out);
 
 /* The reference layer of a descriptor for `tokens` tokens: its sizes, dtype, SwiGLU parameters

@@ -61,6 +61,15 @@ static const mj_gemm_config tf32_configs[] = {
     MMA(128, 128, 32, 3, 2, 4, INT64_MAX),
 };
 
+/* f16 / bf16 activations on MXFP4 weights (decoded in the kernel): one token streamed, 32 columns
+ * a block and GEMM2 split in two; then mma.sync tiles with 64-deep K steps (two scale blocks). */
+static const mj_gemm_config mxfp4_configs[] = {
+    STREAM(1, 32, 4, 2, 1, 4),
+    MMA(16, 128, 64, 4, 1, 4, 24),
+    MMA(64, 128, 64, 3, 2, 2, 96),
+    MMA(128, 128, 64, 3, 2, 4, INT64_MAX),
+};
+
 /* f32, exact: FFMA. */
 static const mj_gemm_config ffma_configs[] = {
     FFMA(16, 128, 16, 3, 1, 8, 24),
@@ -71,15 +80,22 @@ static const mj_gemm_config ffma_configs[] = {
 #undef WG
 #undef STREAM
 
-static const char *const math_names[] = {"mma", "tf32", "ffma"};
+static const char *const math_names[] = {"mma", "tf32", "ffma", "mxfp4"};
 
-mj_math mj_tune_math(moejit_dtype dtype, int exact_f32) {
+mj_math mj_tune_math(moejit_dtype dtype, int exact_f32, moejit_weight_format weights) {
+  if (weights == MOEJIT_WEIGHTS_MXFP4)
+    return MJ_MATH_MXFP4;
   if (dtype == MOEJIT_F16 || dtype == MOEJIT_BF16)
     return MJ_MATH_MMA;
   return exact_f32 ? MJ_MATH_FFMA : MJ_MATH_TF32;
 }
 
 const char *mj_tune_math_name(mj_math math) { return math_names[math]; }
+
+int mj_tune_math_takes(mj_math layer, mj_math parsed, const mj_gemm_config *c) {
+  return layer == parsed ||
+         (c->kind == MJ_GEMM_STREAM && (layer == MJ_MATH_MMA || layer == MJ_MATH_MXFP4));
+}
 
 int mj_tune_arch_wgmma(const char *arch) { return arch && !strcmp(arch, "sm_90a"); }
 
@@ -91,7 +107,8 @@ int mj_tune_heuristic(mj_math math, const char *arch, mj_gemm_config *out, int m
     int count;
   } tables[] = {[MJ_MATH_MMA] = {mma_configs, COUNT(mma_configs)},
                 [MJ_MATH_TF32] = {tf32_configs, COUNT(tf32_configs)},
-                [MJ_MATH_FFMA] = {ffma_configs, COUNT(ffma_configs)}};
+                [MJ_MATH_FFMA] = {ffma_configs, COUNT(ffma_configs)},
+                [MJ_MATH_MXFP4] = {mxfp4_configs, COUNT(mxfp4_configs)}};
   const mj_gemm_config *t = tables[math].configs;
   int n = tables[math].count;
   if (math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch)) {
@@ -179,6 +196,9 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
   } else if (sscanf(name, "tf32_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
                     &tail) == 6)
     m = MJ_MATH_TF32;
+  else if (sscanf(name, "mxfp4_m%dn%dk%ds%dw%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.wm, &p.wn,
+                  &tail) == 6)
+    m = MJ_MATH_MXFP4;
   else if (sscanf(name, "ffma_m%dn%dk%ds%dt%dx%d%c", &p.bm, &p.bn, &p.bk, &p.stages, &p.tm, &p.tn,
                   &tail) == 6)
     m = MJ_MATH_FFMA;
@@ -194,7 +214,7 @@ int mj_tune_config_parse(const char *name, mj_gemm_config *c, mj_math *math) {
     p.wm = 0;
   }
   if (p.kind == MJ_GEMM_STREAM) {
-    if (p.bm > 8 || (p.bn != 32 && p.bn != 64 && p.bn != 128) || p.stages > 16)
+    if (p.bm > 8 || (p.bn != 16 && p.bn != 32 && p.bn != 64 && p.bn != 128) || p.stages > 16)
       return -1;
     p.wm = 0;
   }
@@ -233,6 +253,8 @@ static const space spaces[] = {
     [MJ_MATH_MMA] = {mma_shapes, sizeof mma_shapes / sizeof mma_shapes[0], {32, 64}, {3, 4}},
     [MJ_MATH_TF32] = {mma_shapes, sizeof mma_shapes / sizeof mma_shapes[0], {16, 32}, {3, 4}},
     [MJ_MATH_FFMA] = {ffma_shapes, sizeof ffma_shapes / sizeof ffma_shapes[0], {16, 32}, {2, 3}},
+    /* MXFP4: K steps of whole 32-weight scale blocks */
+    [MJ_MATH_MXFP4] = {mma_shapes, sizeof mma_shapes / sizeof mma_shapes[0], {32, 64}, {3, 4}},
 };
 
 /* wgmma shapes on sm_90a: rows (one or two consumer warpgroups), columns, and ring depths. 240
@@ -284,6 +306,21 @@ int mj_tune_search_space(mj_math math, const char *arch,
    * (docs/experiments.md#one-token), 4, 6 or 8 loads a thread in flight, GEMM2 whole and split in
    * two */
   static const int stream_loads[] = {4, 6, 8};
+  /* MXFP4: one 16-byte block (32 weights) a load; 16, 32 or 64 columns a block of 128 threads,
+   * so 8, 4 or 2 threads read a row's consecutive blocks; 4 or 8 loads in flight */
+  if (math == MJ_MATH_MXFP4)
+    for (int i = 0; i < 24 && n < max; i++) {
+      mj_gemm_config c;
+      memset(&c, 0, sizeof c);
+      c.kind = MJ_GEMM_STREAM;
+      c.bm = i & 1 ? 4 : 1;
+      c.bn = 16 << (i / 8);
+      c.bk = 8;
+      c.stages = i & 4 ? 8 : 4;
+      c.splits = i & 2 ? 2 : 0;
+      c.max_avg_rows = INT64_MAX;
+      n = offer(&c, math, keep, user, out, n, max);
+    }
   if (math == MJ_MATH_MMA)
     for (int i = 0; i < 12 && n < max; i++) {
       mj_gemm_config c;

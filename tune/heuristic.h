@@ -8,8 +8,14 @@
 
 #include "moejit.h"
 
-/* How a GEMM multiplies: f16/bf16 tensor cores, f32 on TF32 tensor cores, or exact f32 FFMA. */
-typedef enum mj_math { MJ_MATH_MMA = 0, MJ_MATH_TF32 = 1, MJ_MATH_FFMA = 2 } mj_math;
+/* How a GEMM multiplies: f16/bf16 tensor cores, f32 on TF32 tensor cores, exact f32 FFMA, or
+ * f16/bf16 tensor cores on MXFP4 weights decoded in the kernel (mma.sync and streamed tiles). */
+typedef enum mj_math {
+  MJ_MATH_MMA = 0,
+  MJ_MATH_TF32 = 1,
+  MJ_MATH_FFMA = 2,
+  MJ_MATH_MXFP4 = 3
+} mj_math;
 
 /* Which template a configuration instantiates: gemm (mma.sync / FFMA, sm_80+), wgmma (sm_90a:
  * TMA + wgmma, warp-specialised, persistent), or gemm's streamed path (sm_80+, any dtype: weights
@@ -19,11 +25,14 @@ typedef enum mj_gemm_kind { MJ_GEMM_SYNC = 0, MJ_GEMM_WGMMA = 1, MJ_GEMM_STREAM 
 
 /* A GEMM tile configuration. Its name spells every field (mj_tune_config_name, parsed back by
  * mj_tune_config_parse):
- *   mma_m<bm>n<bn>k<bk>s<stages>w<wm>x<wn>[z<splits>]  mma.sync, f16/bf16 ("tf32_" for TF32)
+ *   mma_m<bm>n<bn>k<bk>s<stages>w<wm>x<wn>[z<splits>]  mma.sync, f16/bf16 ("tf32_" for TF32,
+ *                                                      "mxfp4_" on MXFP4 weights)
  *   ffma_m<bm>n<bn>k<bk>s<stages>t<tm>x<tn>[z<splits>] exact f32 FFMA
  *   wg_m<bm>n<bn>s<stages>c<blocks an SM>[ch]          wgmma, sm_90a ("ch": GEMM2 chained)
  *   wg_m<bm>n<bn>s<stages>pp                           wgmma, the two consumers in turn
- *   stream_m<bm>n<bn>u<loads in flight>[z<splits>]     the streamed path
+ *   stream_m<bm>n<bn>u<loads in flight>[z<splits>]     the streamed path (f16/bf16 weights, or
+ *                                                      MXFP4: parsed as MJ_MATH_MMA, offered to
+ *                                                      both)
  * z<splits>: GEMM2 split along K. */
 typedef struct mj_gemm_config {
   char name[40];          /* "mma_m64n128k32s4w2x2", "ffma_m64n64k16s3t4x4", "wg_m128n192s4c1",
@@ -47,9 +56,13 @@ typedef struct mj_gemm_config {
   int chain;
 } mj_gemm_config;
 
-/* The math path of a layer: f16/bf16 -> MMA; f32 -> TF32, or FFMA when exact_f32. */
-mj_math mj_tune_math(moejit_dtype dtype, int exact_f32);
-const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma" */
+/* The math path of a layer: MXFP4 weights -> MXFP4; f16/bf16 -> MMA; f32 -> TF32, or FFMA when
+ * exact_f32. */
+mj_math mj_tune_math(moejit_dtype dtype, int exact_f32, moejit_weight_format weights);
+const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma", "mxfp4" */
+/* Whether a configuration named as math `parsed` (mj_tune_config_parse) serves a layer of math
+ * `layer`: the same path, or a streamed tile, which f16/bf16 and MXFP4 layers both take. */
+int mj_tune_math_takes(mj_math layer, mj_math parsed, const mj_gemm_config *c);
 /* Whether an arch ("sm_90a") runs the wgmma template: Hopper's arch-specific target only. */
 int mj_tune_arch_wgmma(const char *arch);
 /* The heuristic's table for a math path on an arch, named, into out: on sm_90a, f16/bf16 layers
