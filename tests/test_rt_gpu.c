@@ -83,6 +83,8 @@ static void *download(CUdeviceptr p, size_t bytes) {
 
 static void *ptr(CUdeviceptr p) { return (void *)(uintptr_t)p; }
 
+static int is_mxfp4(const moejit_layer_desc *d) { return d->weight_format == MOEJIT_WEIGHTS_MXFP4; }
+
 static moejit_plan *make_plan(const moejit_layer_desc *d) {
   moejit_plan *plan = NULL;
   moejit_status st = moejit_plan_create(g_ctx, d, &plan);
@@ -286,8 +288,10 @@ static void test_bad_expert_ids(void **state) {
   NEED_GPU();
   moejit_layer_desc d = option_desc(MOEJIT_BF16);
   d.max_tokens = 300;
-  for (int ids64 = 0; ids64 <= 1; ids64++) {
+  for (int form = 0; form < 4; form++) { /* i32, i64 ids; dense, then MXFP4 weights */
+    const int ids64 = form & 1;
     d.ids_dtype = ids64 ? MOEJIT_I64 : MOEJIT_I32;
+    d.weight_format = form & 2 ? MOEJIT_WEIGHTS_MXFP4 : MOEJIT_WEIGHTS_DENSE;
     moejit_plan *plan = make_plan(&d);
     mj_synth_layer L;
     mj_err err;
@@ -311,8 +315,8 @@ static void test_bad_expert_ids(void **state) {
     assert_non_null(strstr(moejit_last_error(g_ctx), "outside [0, 16)"));
     mj_check_result r;
     assert_int_equal(mj_check_sampled(&g_syn, &L, 300, &r, &err), MOEJIT_OK);
-    print_message("bad ids (%s): %lld flagged, rel error %.3g\n", ids64 ? "i64" : "i32",
-                  (long long)count, r.rel_error);
+    print_message("bad ids (%s, %s weights): %lld flagged, rel error %.3g\n", ids64 ? "i64" : "i32",
+                  is_mxfp4(&d) ? "mxfp4" : "dense", (long long)count, r.rel_error);
     assert_int_equal(r.nonfinite, 0);
     assert_true(r.rel_error <= r.tolerance);
     free(ids);
@@ -419,11 +423,11 @@ static void expect_reference(const mj_synth_layer *view, const char *what, const
 /* Decode batch sizes: one CUDA graph captured per token count of the list, from one plan and one
  * workspace, then each replayed (out of order, y poisoned before each) and compared with the CPU
  * reference on every token and bitwise with an eager forward of the same count. */
-static void decode_graphs(int64_t experts) {
+static void decode_graphs(moejit_layer_desc d) {
   static const int64_t tokens[] = {1, 2, 3, 8, 64, 300};
   static const int order[] = {5, 0, 4, 1, 3, 2};
   enum { N = sizeof tokens / sizeof tokens[0] };
-  moejit_layer_desc d = gpt_oss(experts, 300);
+  const int64_t experts = d.experts;
   moejit_plan *plan = make_plan(&d);
   mj_synth_layer L;
   mj_err err;
@@ -454,7 +458,8 @@ static void decode_graphs(int64_t experts) {
     free(replayed);
     int tuned;
     char what[64];
-    snprintf(what, sizeof what, "decode E=%lld graph replay", (long long)experts);
+    snprintf(what, sizeof what, "decode E=%lld%s graph replay", (long long)experts,
+             is_mxfp4(&d) ? " mxfp4" : "");
     expect_reference(&view, what, plan->configs[mj_rt_pick(plan, tokens[i], &tuned)].name);
   }
   for (int i = 0; i < N; i++) {
@@ -470,8 +475,8 @@ static void decode_graphs(int64_t experts) {
 static void test_decode_graphs(void **state) {
   (void)state;
   NEED_GPU();
-  decode_graphs(32);
-  decode_graphs(128);
+  decode_graphs(gpt_oss(32, 300));
+  decode_graphs(gpt_oss(128, 300));
 }
 
 static void test_two_plans_two_streams(void **state) {
@@ -605,7 +610,21 @@ typedef struct host_layer {
   int32_t *map;  /* [G] when global_experts */
   int use_live;  /* 1: the forward gets args.device_tokens, holding live (any int32) */
   int64_t live;
+  /* MXFP4 weights (d.weight_format): w1 and w2 hold the blocks, s1 and s2 the scales */
+  uint8_t *s1, *s2;
+  const char *config; /* a GEMM configuration to force (a plan of it alone); NULL: the table's */
 } host_layer;
+
+/* Bytes of a weight tensor of E experts mapping k inputs to n outputs: dense [E, k, n] in the
+ * dtype, or MXFP4 blocks [E, n, k / 32, 16]. */
+static size_t weight_bytes(const moejit_layer_desc *d, int64_t k, int64_t n) {
+  return is_mxfp4(d) ? (size_t)(d->experts * n * k / 2)
+                     : (size_t)(d->experts * k * n) * mj_dtype_size(d->dtype);
+}
+
+/* Random MXFP4 blocks (every code, both nibbles) and scales around the byte that gives weights an
+ * RMS near 1/sqrt(k) (e2m1 codes have an RMS of about 2.9), into *blocks and *scales. */
+static void rand_mxfp4(int64_t experts, int64_t k, int64_t n, uint8_t **blocks, uint8_t **scales);
 
 /* The tokens a forward of L computes: T, or the device-side count clamped to [0, T]. */
 static int64_t live_tokens(const host_layer *L) {
@@ -628,6 +647,18 @@ static void *rand_array(moejit_dtype dt, int64_t n, float scale) {
   return p;
 }
 
+static void rand_mxfp4(int64_t experts, int64_t k, int64_t n, uint8_t **blocks, uint8_t **scales) {
+  const int64_t nb = experts * n * k / 2, ns = experts * n * k / 32;
+  const int center = 127 - (int)lround(log2(2.9 * sqrt((double)k)));
+  *blocks = malloc((size_t)nb);
+  *scales = malloc((size_t)ns);
+  assert_true(*blocks && *scales);
+  for (int64_t i = 0; i < nb; i++)
+    (*blocks)[i] = (uint8_t)(urand() * 256.0f);
+  for (int64_t i = 0; i < ns; i++)
+    (*scales)[i] = (uint8_t)(center - 1 + (int)(urand() * 3.0f));
+}
+
 /* ids: random in [0, G), duplicates within a token allowed when dup; weights: softmax. */
 static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int dup,
                        uint64_t seed) {
@@ -640,9 +671,14 @@ static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int
   L->G = d->global_experts ? d->global_experts : E;
   moejit_dtype bdt = d->bias_f32 ? MOEJIT_F32 : d->dtype;
   L->x = rand_array(d->dtype, T * H, 1.0f);
-  L->w1 = rand_array(d->dtype, E * H * 2 * I, 1.0f / sqrtf((float)H));
+  if (is_mxfp4(d)) {
+    rand_mxfp4(E, H, 2 * I, (uint8_t **)&L->w1, &L->s1);
+    rand_mxfp4(E, I, H, (uint8_t **)&L->w2, &L->s2);
+  } else {
+    L->w1 = rand_array(d->dtype, E * H * 2 * I, 1.0f / sqrtf((float)H));
+    L->w2 = rand_array(d->dtype, E * I * H, 1.0f / sqrtf((float)I));
+  }
   L->b1 = rand_array(bdt, E * 2 * I, 0.1f);
-  L->w2 = rand_array(d->dtype, E * I * H, 1.0f / sqrtf((float)I));
   L->b2 = rand_array(bdt, E * H, 0.1f);
   L->ids = malloc((size_t)(T * K) * sizeof *L->ids);
   L->wk = malloc((size_t)(T * K) * sizeof *L->wk);
@@ -687,7 +723,8 @@ static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int
 }
 
 static void free_layer(host_layer *L) {
-  void *p[] = {L->x, L->w1, L->b1, L->w2, L->b2, L->ids, L->wk, L->dense, L->logits, L->map};
+  void *p[] = {L->x,  L->w1,    L->b1,     L->w2,  L->b2, L->ids,
+               L->wk, L->dense, L->logits, L->map, L->s1, L->s2};
   for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
     free(p[i]);
 }
@@ -699,7 +736,17 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   int64_t T = L->T, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k, G = L->G;
   size_t act = mj_dtype_size(d->dtype), bsz = d->bias_f32 ? 4 : act;
   int logits = d->routing == MOEJIT_ROUTING_LOGITS;
-  moejit_plan *plan = make_plan(d);
+  moejit_plan *plan = NULL;
+  if (L->config) { /* a plan of that configuration alone */
+    mj_gemm_config c;
+    mj_math math;
+    assert_int_equal(mj_tune_config_parse(L->config, &c, &math), 0);
+    moejit_status st = mj_rt_plan_create_with(g_ctx, d, &c, 1, &plan, NULL);
+    if (st != MOEJIT_OK)
+      fail_msg("plan of %s: %s", L->config, moejit_last_error(g_ctx));
+  } else {
+    plan = make_plan(d);
+  }
   /* routing inputs in the plan's types */
   void *ids = malloc((size_t)(T * K) * 8 + 1), *w = malloc((size_t)(T * G) * 4 + 1),
        *lg = malloc((size_t)(T * G) * 4 + 1);
@@ -720,9 +767,9 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   size_t w_bytes = (size_t)nw * mj_dtype_size(d->weights_dtype);
   size_t lg_bytes = logits ? (size_t)(T * G) * mj_dtype_size(d->logits_dtype) : 0;
   CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act),
-              dw1 = upload(L->w1, (size_t)(E * H * 2 * I) * act),
+              dw1 = upload(L->w1, weight_bytes(d, H, 2 * I)),
               db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz),
-              dw2 = upload(L->w2, (size_t)(E * I * H) * act),
+              dw2 = upload(L->w2, weight_bytes(d, I, H)),
               db2 = upload(L->b2, (size_t)(E * H) * bsz), dids = upload(ids, ids_bytes),
               dwt = upload(w, w_bytes), dlg = upload(lg, lg_bytes),
               dmap = L->map ? upload(L->map, (size_t)G * 4) : 0, y = 0, ws = 0;
@@ -732,6 +779,8 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   }
   int32_t live = (int32_t)L->live;
   CUdeviceptr dlive = L->use_live ? upload(&live, sizeof live) : 0;
+  CUdeviceptr ds1 = is_mxfp4(d) ? upload(L->s1, (size_t)(E * 2 * I * H / 32)) : 0,
+              ds2 = is_mxfp4(d) ? upload(L->s2, (size_t)(E * H * I / 32)) : 0;
   size_t ws_bytes = 0;
   assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
   CU_OK(MemAlloc(&y, (size_t)(T * H) * act));
@@ -751,6 +800,8 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   a.down_proj_bias = ptr(db2);
   a.y = ptr(y);
   a.device_tokens = L->use_live ? (const int32_t *)ptr(dlive) : NULL;
+  a.gate_up_proj_scales = ds1 ? ptr(ds1) : NULL;
+  a.down_proj_scales = ds2 ? ptr(ds2) : NULL;
   moejit_status st = moejit_forward(plan, &a, ptr(ws), ws_bytes, NULL);
   if (st != MOEJIT_OK)
     print_message("forward: %s\n", moejit_last_error(g_ctx));
@@ -787,6 +838,10 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
     CU_OK(MemFree(dmap));
   if (dlive)
     CU_OK(MemFree(dlive));
+  if (ds1) {
+    CU_OK(MemFree(ds1));
+    CU_OK(MemFree(ds2));
+  }
   free(ids);
   free(w);
   free(lg);
@@ -822,6 +877,8 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   ref.x = L->x, ref.topk_ids = L->ids, ref.topk_weights = L->wk, ref.expert_map = L->map;
   ref.gate_up_proj = L->w1, ref.gate_up_proj_bias = L->b1;
   ref.down_proj = L->w2, ref.down_proj_bias = L->b2;
+  ref.mxfp4 = is_mxfp4(d);
+  ref.gate_up_proj_scales = L->s1, ref.down_proj_scales = L->s2;
   assert_int_equal(mj_ref_forward(&ref, tok, n, want), 0);
   double rel = mj_rel_error(got, want, n * H);
   free(y);
@@ -831,8 +888,11 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
   return rel;
 }
 
-/* One golden case through the GPU in one routing form and id type; the error against expected. */
-static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
+/* One golden case through the GPU in one routing form and id type (an MXFP4 case on its blocks
+ * and scales when mxfp4, else on its dense weights), with the table's configurations or the one
+ * named; the error against expected. */
+static double run_golden_with(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype,
+                              int mxfp4, const char *config) {
   host_layer L;
   memset(&L, 0, sizeof L);
   moejit_layer_desc_init(&L.d);
@@ -857,12 +917,66 @@ static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtyp
   L.ids = g->topk_ids;
   L.wk = g->topk_weights;
   L.dense = g->dense_weights;
+  L.config = config;
+  if (mxfp4) {
+    L.d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+    L.w1 = g->gate_up_proj_blocks, L.s1 = g->gate_up_proj_scales;
+    L.w2 = g->down_proj_blocks, L.s2 = g->down_proj_scales;
+  }
   int64_t bad = 0;
   float *y = gpu_forward(&L, &bad);
   assert_int_equal(bad, 0);
   double rel = mj_rel_error(y, g->expected, g->tokens * g->hidden);
   free(y);
   return rel;
+}
+
+static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
+  return run_golden_with(g, routing, ids_dtype, 0, NULL);
+}
+
+/* The MXFP4 configurations every MXFP4 golden case runs through: the table's (streamed, then
+ * mma.sync tiles of 16, 64 and 128 rows) and tiles the table does not hold (16 and 64 columns a
+ * streamed block, 8 rows; 32-deep K steps, 256 columns). */
+static const char *const mxfp4_configs[] = {NULL,
+                                            "stream_m1n32u4z2",
+                                            "stream_m4n16u8",
+                                            "stream_m8n64u4z2",
+                                            "mxfp4_m16n128k64s4w1x4",
+                                            "mxfp4_m64n128k64s3w2x2",
+                                            "mxfp4_m128n128k64s3w2x4",
+                                            "mxfp4_m32n256k32s4w2x4",
+                                            "mxfp4_m16n64k32s3w1x4"};
+
+/* Every MXFP4 golden case, on its blocks and scales, through every path above (top-k ids in int32
+ * and dense weights with int64 ids), and on its dequantised bf16 weights through the bf16 table:
+ * each within the tolerance of the float64 answer. */
+static void test_mxfp4_golden_cases(void **state) {
+  (void)state;
+  NEED_GPU();
+  const char *root = mj_golden_mxfp4_root();
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= 6);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    assert_true(g.mxfp4);
+    const double tol = mj_tolerance(g.dtype);
+    const double dense = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
+    print_message("golden %-9s dequantised bf16: %.3g (tolerance %.0e)\n", names[i], dense, tol);
+    assert_true(dense <= tol);
+    for (size_t c = 0; c < sizeof mxfp4_configs / sizeof mxfp4_configs[0]; c++) {
+      const double e1 = run_golden_with(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, 1, mxfp4_configs[c]);
+      const double e2 = run_golden_with(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, 1, mxfp4_configs[c]);
+      print_message("golden %-9s mxfp4 %-24s topk/i32 %.3g  dense/i64 %.3g\n", names[i],
+                    mxfp4_configs[c] ? mxfp4_configs[c] : "(the table)", e1, e2);
+      assert_true(e1 <= tol);
+      assert_true(e2 <= tol);
+    }
+    mj_golden_free(&g);
+  }
 }
 
 static void test_golden_cases(void **state) {
@@ -1353,6 +1467,154 @@ static void test_unfused_and_stages(void **state) {
 }
 
 /* The tuner on a small layer: winners checked, recorded, and followed by a new plan. */
+/* ---- MXFP4 weights ------------------------------------------------------------------------ */
+
+/* gpt-oss shapes with MXFP4 weights against the CPU reference at decode, middle and prefill token
+ * counts; then every configuration of the MXFP4 table forced at 3 and 300 tokens, y and the
+ * workspace poisoned before each. */
+static void mxfp4_gpt_oss(int64_t experts) {
+  static const int64_t tokens[] = {1, 2, 3, 8, 64, 300, 4096};
+  moejit_layer_desc d = gpt_oss(experts, 4096);
+  d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+  moejit_plan *plan = make_plan(&d);
+  for (size_t i = 0; i < sizeof tokens / sizeof tokens[0]; i++) {
+    mj_synth_layer L;
+    mj_err err;
+    assert_int_equal(mj_synth_layer_create(&g_syn, plan, tokens[i], 200 + i, &L, &err), MOEJIT_OK);
+    char what[64];
+    snprintf(what, sizeof what, "gpt-oss E=%lld mxfp4 %s", (long long)experts,
+             plan->configs[mj_rt_pick(plan, tokens[i], NULL)].name);
+    run_and_check(plan, &L, 16, what);
+    mj_synth_layer_destroy(&g_syn, &L);
+  }
+  moejit_plan_destroy(plan);
+  char what[32];
+  snprintf(what, sizeof what, "mxfp4 E=%lld", (long long)experts);
+  d.max_tokens = 300;
+  plan_configs(make_plan(&d), d, 3, what);
+  plan_configs(make_plan(&d), d, 300, what);
+}
+
+static void test_mxfp4_gpt_oss(void **state) {
+  (void)state;
+  NEED_GPU();
+  mxfp4_gpt_oss(32);
+  mxfp4_gpt_oss(128);
+}
+
+/* Every routing form and option of the bf16 layer, with MXFP4 weights, against the CPU reference:
+ * f16 activations and f32 biases, dense weights with int64 ids, logits, the expert map, capacity
+ * with duplicate ids, the weight on the input, unfused plans, the device-side token count; at one
+ * token (the streamed tile) and at 300 (mma.sync). */
+static void test_mxfp4_options(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const struct {
+    const char *what;
+    moejit_dtype dtype;
+    moejit_routing routing;
+    int64_t global, capacity;
+    int weight_in, unfused, bias_f32, dup, ids64, live; /* live: device tokens (T / 4 + 1) */
+  } cases[] = {
+      {"mxfp4 top-k", MOEJIT_BF16, MOEJIT_ROUTING_TOPK, 0, 0, 0, 0, 0, 0, 0, 0},
+      {"mxfp4 f16, f32 biases", MOEJIT_F16, MOEJIT_ROUTING_TOPK, 0, 0, 0, 0, 1, 0, 0, 0},
+      {"mxfp4 dense weights, i64 ids", MOEJIT_BF16, MOEJIT_ROUTING_DENSE, 0, 0, 0, 0, 0, 0, 1, 0},
+      {"mxfp4 logits", MOEJIT_BF16, MOEJIT_ROUTING_LOGITS, 0, 0, 0, 0, 0, 0, 0, 0},
+      {"mxfp4 expert_map", MOEJIT_BF16, MOEJIT_ROUTING_TOPK, 40, 0, 0, 0, 0, 0, 0, 0},
+      {"mxfp4 capacity 20, duplicates", MOEJIT_BF16, MOEJIT_ROUTING_TOPK, 0, 20, 0, 0, 0, 1, 0, 0},
+      {"mxfp4 weight on input", MOEJIT_BF16, MOEJIT_ROUTING_TOPK, 0, 0, 1, 0, 0, 0, 0, 0},
+      {"mxfp4 unfused f16", MOEJIT_F16, MOEJIT_ROUTING_TOPK, 0, 0, 0, 1, 0, 0, 0, 0},
+      {"mxfp4 device tokens", MOEJIT_BF16, MOEJIT_ROUTING_TOPK, 0, 0, 0, 0, 0, 0, 0, 1},
+  };
+  static const int64_t tokens[] = {1, 300};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (int t = 0; t < 2; t++) {
+      moejit_layer_desc d = option_desc(cases[i].dtype);
+      d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+      d.routing = cases[i].routing;
+      d.global_experts = cases[i].global;
+      d.expert_capacity = cases[i].capacity;
+      d.apply_router_weight_on_input = cases[i].weight_in;
+      d.unfused = cases[i].unfused;
+      d.bias_f32 = cases[i].bias_f32;
+      d.ids_dtype = cases[i].ids64 ? MOEJIT_I64 : MOEJIT_I32;
+      host_layer L;
+      make_layer(&L, &d, tokens[t], cases[i].dup, 300 + 2 * i + t);
+      L.use_live = cases[i].live;
+      L.live = tokens[t] / 4 + 1;
+      expect_match(cases[i].what, &L, 300);
+      free_layer(&L);
+    }
+}
+
+/* Scale bytes 0 and 255 (moejit.h): 0 makes weights of 2^-127 times their codes; 255 NaN weights.
+ * A NaN block of down_proj's row n makes output n of every slot routed to that expert NaN; one of
+ * gate_up_proj meets SwiGLU's clamps, whose fmin/fmax return the number beside a NaN, as the
+ * reference's do. The GPU's NaNs are exactly the reference's, and the other outputs match it:
+ * through the streamed tile and two mma.sync tiles. */
+static void test_mxfp4_special_scales(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const char *const configs[] = {"stream_m1n32u4z2", "mxfp4_m16n128k64s4w1x4",
+                                        "mxfp4_m64n128k64s3w2x2"};
+  for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
+    moejit_layer_desc d = option_desc(MOEJIT_BF16);
+    d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+    const int64_t T = 64, H = d.hidden, I = d.intermediate, KB1 = H / 32, KB2 = I / 32;
+    host_layer L;
+    make_layer(&L, &d, T, 0, 400 + c);
+    L.config = configs[c];
+    L.s2[(1 * H + 5) * KB2 + 0] = 255;     /* expert 1, output 5, first block: NaN */
+    L.s1[(2 * 2 * I + 8) * KB1 + 1] = 255; /* expert 2, gate 4, second block: NaN */
+    L.s1[(2 * 2 * I + 9) * KB1 + 0] = 255; /* expert 2, up 4: NaN */
+    for (int64_t k = 0; k < KB1; k++)      /* expert 3, gate 5: weights of 2^-127 */
+      L.s1[(3 * 2 * I + 10) * KB1 + k] = 0;
+    for (int64_t k = 0; k < KB2; k++) /* expert 0, output 7: the same */
+      L.s2[(0 * H + 7) * KB2 + k] = 0;
+    int64_t bad = 0;
+    float *y = gpu_forward(&L, &bad);
+    assert_int_equal(bad, 0);
+    float *want = malloc((size_t)(T * H) * sizeof *want);
+    assert_non_null(want);
+    mj_ref_layer ref = mj_ref_layer_of(&L.d, T);
+    ref.x = L.x, ref.topk_ids = L.ids, ref.topk_weights = L.wk;
+    ref.gate_up_proj = L.w1, ref.gate_up_proj_bias = L.b1, ref.gate_up_proj_scales = L.s1;
+    ref.down_proj = L.w2, ref.down_proj_bias = L.b2, ref.down_proj_scales = L.s2;
+    assert_int_equal(mj_ref_forward(&ref, NULL, T, want), 0);
+    int64_t nans = 0;
+    for (int64_t i = 0; i < T * H; i++) {
+      if (isnan(want[i]) != isnan(y[i]))
+        fail_msg("%s: token %lld output %lld: the GPU gives %g, the reference %g", configs[c],
+                 (long long)(i / H), (long long)(i % H), (double)y[i], (double)want[i]);
+      if (isnan(want[i])) {
+        nans++;
+        y[i] = want[i] = 0.0f;
+      }
+    }
+    const double rel = mj_rel_error(y, want, T * H);
+    print_message("scales 0 and 255 %-24s %lld NaN outputs where the reference has them, the "
+                  "rest rel error %.3g\n",
+                  configs[c], (long long)nans, rel);
+    assert_true(nans > 0);
+    assert_true(rel <= mj_tolerance(d.dtype));
+    free(want);
+    free(y);
+    free_layer(&L);
+  }
+}
+
+/* Decode batch sizes with MXFP4 weights: one CUDA graph per token count, replayed out of order,
+ * bitwise equal to eager forwards and within tolerance of the reference (decode_graphs). */
+static void test_mxfp4_decode_graphs(void **state) {
+  (void)state;
+  NEED_GPU();
+  for (int64_t e = 32; e <= 128; e *= 4) {
+    moejit_layer_desc d = gpt_oss(e, 300);
+    d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+    decode_graphs(d);
+  }
+}
+
 static int tune_check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
   (void)user;
   mj_check_result r;
@@ -1422,6 +1684,9 @@ static void test_tuner(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases),
+      cmocka_unit_test(test_mxfp4_golden_cases),
+      cmocka_unit_test(test_mxfp4_special_scales),
+      cmocka_unit_test(test_mxfp4_options),
       cmocka_unit_test(test_every_config),
       cmocka_unit_test(test_forward_validation),
       cmocka_unit_test(test_bad_expert_ids),
@@ -1443,6 +1708,8 @@ int main(void) {
       cmocka_unit_test(test_unfused_and_stages),
       cmocka_unit_test(test_gpt_oss_e32),
       cmocka_unit_test(test_gpt_oss_e128),
+      cmocka_unit_test(test_mxfp4_gpt_oss),
+      cmocka_unit_test(test_mxfp4_decode_graphs),
   };
   /* MOEJIT_TEST_FILTER="golden,graph": run only the tests whose names contain one of the words
    * (the sanitizer runs pick the small ones). */
