@@ -83,8 +83,10 @@ typedef enum moejit_weight_format {
    * 0, 0.5, 1, 1.5, 2, 3, 4, 6); gate_up_proj_scales [E, 2I, H/32] and down_proj_scales
    * [E, H, I/32] one e8m0 byte s a block. A weight is code x 2^(s - 127), rounded to desc->dtype
    * (which must be F16 or BF16). Scale byte 0 gives 2^-127 (bf16 subnormals; zeros in f16);
-   * scale byte 255 is NaN, as the OCP MX format defines it: every weight of that block is NaN, and
-   * so is every output its slot touches. Rows 2j and 2j + 1 of gate_up_proj are gate j and up j,
+   * scale byte 255 is NaN, as the OCP MX format defines it: every weight of that block is NaN. In
+   * down_proj row n, output n of every slot routed to that expert is then NaN; in gate_up_proj,
+   * SwiGLU's clamps (fmin/fmax, which return the number beside a NaN) make a NaN gate `limit` and
+   * a NaN up -`limit`, as the CPU reference does. Rows 2j and 2j + 1 of gate_up_proj are gate j and up j,
    * as the dense layout's even and odd columns. H and I must be multiples of 32. The kernels
    * decode the weights in registers; no dense copy is ever made. */
   MOEJIT_WEIGHTS_MXFP4 = 1
