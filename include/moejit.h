@@ -86,8 +86,8 @@ typedef enum moejit_weight_format {
    * scale byte 255 is NaN, as the OCP MX format defines it: every weight of that block is NaN. In
    * down_proj row n, output n of every slot routed to that expert is then NaN; in gate_up_proj,
    * SwiGLU's clamps (fmin/fmax, which return the number beside a NaN) make a NaN gate `limit` and
-   * a NaN up -`limit`, as the CPU reference does. Rows 2j and 2j + 1 of gate_up_proj are gate j and up j,
-   * as the dense layout's even and odd columns. H and I must be multiples of 32. The kernels
+   * a NaN up -`limit`, as the CPU reference does. Rows 2j and 2j + 1 of gate_up_proj are gate j and
+   * up j, as the dense layout's even and odd columns. H and I must be multiples of 32. The kernels
    * decode the weights in registers; no dense copy is ever made. */
   MOEJIT_WEIGHTS_MXFP4 = 1
 } moejit_weight_format;
@@ -144,6 +144,13 @@ typedef struct moejit_layer_desc {
                                 caller can run the stages one by one (moejit_forward_stages) and
                                 work on the intermediates in between (LoRA, as vLLM does) */
   moejit_weight_format weight_format; /* MOEJIT_WEIGHTS_DENSE (default) or MOEJIT_WEIGHTS_MXFP4 */
+  /* 1: a token's output bits depend only on the token, its routing and the weights: never on T,
+   * its position in the batch or the other tokens, with or without device_tokens, eager or in a
+   * graph. The plan then runs one family of GEMM tiles whose every output sums K in the same
+   * order (on sm_90a, f16/bf16: the wgmma tiles; elsewhere the mma.sync, TF32 or FFMA tiles), no
+   * streamed tile and no split K. Holds for one GPU architecture, library version and set of plan
+   * options. 0 (default): bitwise reproducible run to run for the same batch only. */
+  int batch_invariant;
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */

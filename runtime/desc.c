@@ -112,6 +112,9 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->apply_router_weight_on_input=%d is not 0 or 1",
                    d->apply_router_weight_on_input);
+  if (d->batch_invariant != 0 && d->batch_invariant != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->batch_invariant=%d is not 0 or 1",
+                   d->batch_invariant);
   if (d->weight_format != MOEJIT_WEIGHTS_DENSE && d->weight_format != MOEJIT_WEIGHTS_MXFP4)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->weight_format=%d is not MOEJIT_WEIGHTS_DENSE or MOEJIT_WEIGHTS_MXFP4",

@@ -31,7 +31,8 @@ void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *d, int64_t
   r->top_k = d->top_k;
   snprintf(r->dtype, sizeof r->dtype, "%s", mj_dtype_name(d->dtype));
   /* the math path is part of the key: an f32 layer's TF32 and exact records differ */
-  snprintf(r->kernel, sizeof r->kernel, "gemm_%s", mj_tune_math_name(mj_rt_math(d)));
+  snprintf(r->kernel, sizeof r->kernel, "gemm_%s%s", mj_tune_math_name(mj_rt_math(d)),
+           d->batch_invariant ? "_bi" : ""); /* batch-invariant plans: their own family's picks */
   r->bucket = bucket;
   snprintf(r->version, sizeof r->version, "%s", moejit_version_string());
 }
@@ -129,6 +130,13 @@ static moejit_status apply_records(moejit_plan *plan, const mj_gemm_config *heur
     /* A record may name only a configuration of the search space (or the heuristic's), and one
      * that fits this device. */
     const mj_gemm_config *c = record_config(recs[i].config, space, nspace, heur, nheur);
+    if (c && d->batch_invariant && !mj_tune_invariant(c, plan->wgmma)) {
+      mj_rt_log(ctx, MOEJIT_LOG_WARN,
+                "%s: the record for %lld tokens names '%s', which is not of the batch-invariant "
+                "family; ignored",
+                ctx->records_path, (long long)recs[i].bucket, recs[i].config);
+      continue;
+    }
     if (!c || !mj_rt_config_fits(ctx, d, c)) {
       mj_rt_log(ctx, MOEJIT_LOG_WARN, "%s: the record for %lld tokens names '%s', %s; ignored",
                 ctx->records_path, (long long)recs[i].bucket, recs[i].config,
@@ -165,6 +173,13 @@ static moejit_status pick_configs(moejit_plan *plan, mj_err *err) {
   mj_gemm_config heur[MJ_MAX_GEMM_CONFIGS];
   int nheur =
       mj_tune_heuristic(plan->math, plan->wgmma ? plan->ctx->arch : "", heur, MJ_MAX_GEMM_CONFIGS);
+  if (d->batch_invariant) { /* the table's entries of the family; the next one takes each range */
+    int kept = 0;
+    for (int i = 0; i < nheur; i++)
+      if (mj_tune_invariant(&heur[i], plan->wgmma))
+        heur[kept++] = heur[i];
+    nheur = kept;
+  }
   /* the plan's index of each table entry: a configuration the table names twice (for two ranges
    * of rows) is in the plan once */
   int at[MJ_MAX_GEMM_CONFIGS];
@@ -283,6 +298,13 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
       if (configs[i].kind == MJ_GEMM_WGMMA && !plan->wgmma) {
         st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
                      "configuration %s needs sm_90a and a fused f16/bf16 layer", configs[i].name);
+        goto fail;
+      }
+      if (desc->batch_invariant && !mj_tune_invariant(&configs[i], plan->wgmma)) {
+        st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
+                     "configuration %s is not of the batch-invariant family (%s tiles, no "
+                     "streamed tile, no split GEMM2)",
+                     configs[i].name, plan->wgmma ? "wgmma" : "mma.sync/FFMA");
         goto fail;
       }
       if ((st = add_config(plan, &configs[i], &idx, err)) != MOEJIT_OK)

@@ -218,6 +218,7 @@ static const struct {
     {"bias_f32", offsetof(moejit_layer_desc, bias_f32), F_INT},
     {"exact_f32", offsetof(moejit_layer_desc, exact_f32), F_INT},
     {"weight_format", offsetof(moejit_layer_desc, weight_format), F_ENUM},
+    {"batch_invariant", offsetof(moejit_layer_desc, batch_invariant), F_INT},
 };
 
 static void set_field(moejit_layer_desc *d, const char *name, double v) {
@@ -280,6 +281,7 @@ static const desc_case desc_cases[] = {
     {"alpha", NAN, MOEJIT_ERR_INVALID_ARG, "alpha=nan"},
     {"alpha", -INFINITY, MOEJIT_ERR_INVALID_ARG, "alpha=-inf"},
     {"weight_format", 2, MOEJIT_ERR_INVALID_ARG, "weight_format=2"},
+    {"batch_invariant", 2, MOEJIT_ERR_INVALID_ARG, "batch_invariant=2"},
     /* small_desc's layer is f32: MXFP4 weights take bf16 or f16 activations */
     {"weight_format", MOEJIT_WEIGHTS_MXFP4, MOEJIT_ERR_INVALID_ARG,
      "dtype=f32 with MXFP4 weights: the activations must be MOEJIT_BF16 or MOEJIT_F16"},
@@ -486,6 +488,72 @@ static void test_plan_fits_splits(void **state) {
   assert_int_equal(at[2], 1);
   assert_string_equal(plan->configs[1].name, "mma_m16n64k64s3w1x4");
   moejit_plan_destroy(plan);
+}
+
+/* Batch-invariant plans (desc->batch_invariant): every token count from 1 to 2^20 runs a tile of
+ * one family, whose outputs each sum K in the same order: on sm_90a for bf16 the wgmma tiles, for
+ * MXFP4 and unfused layers mma.sync ones; never a streamed tile, never a GEMM2 split along K. The
+ * tiles an explicit list names outside the family are refused. */
+static void test_batch_invariant_plans(void **state) {
+  fixture *fx = *state;
+  static const struct {
+    moejit_dtype dtype;
+    moejit_weight_format weights;
+    int unfused;
+    mj_gemm_kind family;
+  } cases[] = {{MOEJIT_BF16, MOEJIT_WEIGHTS_DENSE, 0, MJ_GEMM_WGMMA},
+               {MOEJIT_F16, MOEJIT_WEIGHTS_DENSE, 1, MJ_GEMM_SYNC},
+               {MOEJIT_BF16, MOEJIT_WEIGHTS_MXFP4, 0, MJ_GEMM_SYNC},
+               {MOEJIT_F32, MOEJIT_WEIGHTS_DENSE, 0, MJ_GEMM_SYNC}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    moejit_layer_desc d = small_desc();
+    d.dtype = cases[i].dtype;
+    d.exact_f32 = 0;
+    d.weight_format = cases[i].weights;
+    d.unfused = cases[i].unfused;
+    d.batch_invariant = 1;
+    moejit_plan *plan = NULL;
+    if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+      fail_msg("case %zu: %s", i, moejit_last_error(fx->ctx));
+    for (int64_t t = 1; t <= (1 << 20); t = t < 8 ? t + 1 : 2 * t) {
+      const mj_gemm_config *c = &plan->configs[mj_rt_pick(plan, t, NULL)];
+      if (c->kind != cases[i].family || c->splits > 1)
+        fail_msg("case %zu: %lld tokens run %s", i, (long long)t, c->name);
+    }
+    for (int j = 0; j < plan->ngemm; j++)
+      assert_true(mj_tune_invariant(&plan->configs[j], cases[i].family == MJ_GEMM_WGMMA));
+    moejit_plan_destroy(plan);
+    /* the same layer without the option takes a streamed tile for one token */
+    d.batch_invariant = 0;
+    if (cases[i].dtype != MOEJIT_F32 && !cases[i].unfused) {
+      assert_int_equal(moejit_plan_create(fx->ctx, &d, &plan), MOEJIT_OK);
+      assert_int_equal(plan->configs[mj_rt_pick(plan, 1, NULL)].kind, MJ_GEMM_STREAM);
+      moejit_plan_destroy(plan);
+    }
+  }
+  moejit_layer_desc d = small_desc();
+  d.dtype = MOEJIT_BF16;
+  d.exact_f32 = 0;
+  d.batch_invariant = 1;
+  static const char *const refused[] = {"stream_m1n64u6", "mma_m16n128k64s4w1x4z2",
+                                        "mma_m64n128k32s4w2x2"}; /* on sm_90a: wgmma tiles only */
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    mj_gemm_config c;
+    mj_math math;
+    moejit_plan *plan = NULL;
+    assert_int_equal(mj_tune_config_parse(refused[i], &c, &math), 0);
+    assert_int_equal(mj_rt_plan_create_with(fx->ctx, &d, &c, 1, &plan, NULL),
+                     MOEJIT_ERR_UNSUPPORTED);
+    assert_contains(moejit_last_error(fx->ctx), "is not of the batch-invariant family");
+    assert_null(plan);
+  }
+  /* a tuned record of a batch-invariant plan is its own: another kernel name in the key */
+  mj_record a, b;
+  mj_rt_record_key(fx->ctx, &d, 64, &a);
+  d.batch_invariant = 0;
+  mj_rt_record_key(fx->ctx, &d, 64, &b);
+  assert_string_equal(a.kernel, "gemm_mma_bi");
+  assert_false(mj_tune_record_same_key(&a, &b));
 }
 
 /* sm_90a's table names one configuration for two ranges of rows (around the chained one): the plan
@@ -1578,6 +1646,7 @@ int main(void) {
       cmocka_unit_test(test_plan_configurations),
       cmocka_unit_test(test_plan_fits_splits),
       cmocka_unit_test(test_plan_table_repeats),
+      cmocka_unit_test(test_batch_invariant_plans),
       cmocka_unit_test(test_config_names),
       cmocka_unit_test(test_forward_offline),
       cmocka_unit_test(test_forward_argument_checks),

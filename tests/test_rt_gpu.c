@@ -1615,6 +1615,189 @@ static void test_mxfp4_decode_graphs(void **state) {
   }
 }
 
+/* ---- batch invariance ---------------------------------------------------------------------- */
+
+/* A batch of T tokens drawn from a pool (a synthetic layer's x and routing, in host memory) on the
+ * device, and one forward of it on the pool layer's weights. */
+typedef struct inv_batch {
+  CUdeviceptr x, ids, w, y, live;
+  size_t row; /* bytes of an x or y row */
+} inv_batch;
+
+static void inv_forward(moejit_plan *plan, const mj_synth_layer *pool, const inv_batch *b,
+                        const void *hx, const int32_t *hids, const float *hw, const int64_t *pick,
+                        int64_t T, int64_t live, CUstream s) {
+  const int64_t K = pool->desc.top_k;
+  char *x = malloc((size_t)T * b->row + 1);
+  int32_t *ids = malloc((size_t)(T * K) * sizeof *ids + 1);
+  float *w = malloc((size_t)(T * K) * sizeof *w + 1);
+  assert_true(x && ids && w);
+  for (int64_t t = 0; t < T; t++) {
+    memcpy(x + t * b->row, (const char *)hx + pick[t] * b->row, b->row);
+    memcpy(ids + t * K, hids + pick[t] * K, (size_t)K * sizeof *ids);
+    memcpy(w + t * K, hw + pick[t] * K, (size_t)K * sizeof *w);
+  }
+  CU_OK(MemcpyHtoD(b->x, x, (size_t)T * b->row));
+  CU_OK(MemcpyHtoD(b->ids, ids, (size_t)(T * K) * sizeof *ids));
+  CU_OK(MemcpyHtoD(b->w, w, (size_t)(T * K) * sizeof *w));
+  int32_t n = (int32_t)live;
+  if (live >= 0)
+    CU_OK(MemcpyHtoD(b->live, &n, sizeof n));
+  CU_OK(MemsetD8(b->y, 0xFF, (size_t)T * b->row));
+  moejit_forward_args a;
+  mj_synth_layer_args(pool, &a);
+  a.tokens = T;
+  a.x = ptr(b->x);
+  a.topk_ids = ptr(b->ids);
+  a.routing_weights = ptr(b->w);
+  a.y = ptr(b->y);
+  a.device_tokens = live >= 0 ? (const int32_t *)ptr(b->live) : NULL;
+  assert_int_equal(moejit_forward(plan, &a, ptr(pool->workspace), pool->workspace_bytes, s),
+                   MOEJIT_OK);
+  CU_OK(StreamSynchronize(s));
+  free(x);
+  free(ids);
+  free(w);
+}
+
+/* A token's output is the same bits whatever batch it is in (desc->batch_invariant): tokens of a
+ * pool of 20000 (random routing; some with an id twice, some all on the same experts), each run
+ * alone, then inside batches of T in {1, 2, 3, 8, 64, 300, 4096, 20000} drawn in random order
+ * from the pool, at random positions, through a device-side token count and a graph replay too;
+ * bf16, f16, f32 and MXFP4 weights, E = 32 and 128. */
+static void test_batch_invariance(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const struct {
+    moejit_dtype dtype;
+    moejit_weight_format weights;
+  } forms[] = {{MOEJIT_BF16, MOEJIT_WEIGHTS_DENSE},
+               {MOEJIT_F16, MOEJIT_WEIGHTS_DENSE},
+               {MOEJIT_F32, MOEJIT_WEIGHTS_DENSE},
+               {MOEJIT_BF16, MOEJIT_WEIGHTS_MXFP4}};
+  static const int64_t sizes[] = {1, 2, 3, 8, 64, 300, 4096, 20000};
+  enum { POOL = 20000, NTEST = 8 };
+  for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++)
+    for (int64_t E = 32; E <= 128; E *= 4) {
+      moejit_layer_desc d = gpt_oss(E, POOL);
+      d.dtype = forms[f].dtype;
+      d.weight_format = forms[f].weights;
+      d.batch_invariant = 1;
+      moejit_plan *plan = make_plan(&d);
+      mj_synth_layer pool;
+      mj_err err;
+      assert_int_equal(mj_synth_layer_create(&g_syn, plan, POOL, 500 + E + f, &pool, &err),
+                       MOEJIT_OK);
+      const int64_t K = d.top_k;
+      inv_batch b;
+      b.row = (size_t)d.hidden * mj_dtype_size(d.dtype);
+      void *hx = download(pool.x, (size_t)POOL * b.row);
+      int32_t *hids = pool.host_ids;
+      float *hw = pool.host_weights;
+      for (int64_t t = 0; t < 100; t++) /* an expert twice in a token */
+        hids[t * K + 1] = hids[t * K];
+      for (int64_t t = 100; t < 200; t++) /* all on experts 0 .. K - 1 */
+        for (int64_t k = 0; k < K; k++)
+          hids[t * K + k] = (int32_t)k;
+      CU_OK(MemAlloc(&b.x, (size_t)POOL * b.row));
+      CU_OK(MemAlloc(&b.y, (size_t)POOL * b.row));
+      CU_OK(MemAlloc(&b.ids, (size_t)(POOL * K) * 4));
+      CU_OK(MemAlloc(&b.w, (size_t)(POOL * K) * 4));
+      CU_OK(MemAlloc(&b.live, 4));
+      CUstream s;
+      CU_OK(StreamCreate(&s, MJ_CU_STREAM_NON_BLOCKING));
+      /* the tokens under test, each alone */
+      rng_state = 600 + E + f;
+      int64_t test[NTEST];
+      void *alone[NTEST];
+      for (int i = 0; i < NTEST; i++) {
+        test[i] = i < 2 ? 50 * i + 7 : i < 4 ? 100 + 50 * (i - 2) : (int64_t)(urand() * POOL);
+        inv_forward(plan, &pool, &b, hx, hids, hw, &test[i], 1, -1, s);
+        alone[i] = download(b.y, b.row);
+      }
+      int64_t *pick = malloc(POOL * sizeof *pick);
+      assert_non_null(pick);
+      for (size_t j = 0; j < sizeof sizes / sizeof sizes[0]; j++) {
+        const int64_t T = sizes[j];
+        /* a random draw of T pool tokens, then the tested ones written over random positions */
+        for (int64_t t = 0; t < POOL; t++)
+          pick[t] = t;
+        for (int64_t t = 0; t < T; t++) { /* partial Fisher-Yates */
+          int64_t r = t + (int64_t)(urand() * (float)(POOL - t));
+          int64_t tmp = pick[t];
+          pick[t] = pick[r < POOL ? r : POOL - 1];
+          pick[r < POOL ? r : POOL - 1] = tmp;
+        }
+        int64_t at[NTEST];
+        for (int i = 0; i < NTEST && i < T; i++) {
+          at[i] = (int64_t)(urand() * (float)T) % T;
+          for (int k = 0; k < i; k++)
+            if (at[k] == at[i]) { /* taken: the next free position */
+              at[i] = (at[i] + 1) % T;
+              k = -1;
+            }
+          pick[at[i]] = test[i];
+        }
+        /* eager; with the device-side count (the batch's rows, then more) when T < POOL; and a
+         * graph of the eager forward replayed */
+        for (int form = 0; form < 3; form++) {
+          if (form == 1 && T >= POOL)
+            continue;
+          CUgraph graph = NULL;
+          CUgraphExec exec = NULL;
+          if (form == 1) {
+            inv_forward(plan, &pool, &b, hx, hids, hw, pick, T + 5 < POOL ? T + 5 : POOL, T, s);
+          } else if (form == 2) {
+            CU_OK(StreamBeginCapture(s, MJ_CU_CAPTURE_MODE_THREAD_LOCAL));
+            moejit_forward_args a;
+            mj_synth_layer_args(&pool, &a);
+            a.tokens = T, a.x = ptr(b.x), a.topk_ids = ptr(b.ids), a.routing_weights = ptr(b.w);
+            a.y = ptr(b.y);
+            assert_int_equal(moejit_forward(plan, &a, ptr(pool.workspace), pool.workspace_bytes, s),
+                             MOEJIT_OK);
+            CU_OK(StreamEndCapture(s, &graph));
+            CU_OK(GraphInstantiate(&exec, graph, 0));
+            CU_OK(MemsetD8(b.y, 0xFF, (size_t)T * b.row));
+            CU_OK(GraphLaunch(exec, s));
+            CU_OK(StreamSynchronize(s));
+          } else {
+            inv_forward(plan, &pool, &b, hx, hids, hw, pick, T, -1, s);
+          }
+          void *y = download(b.y, (size_t)T * b.row);
+          for (int i = 0; i < NTEST && i < T; i++)
+            if (memcmp((char *)y + at[i] * b.row, alone[i], b.row) != 0)
+              fail_msg("%s%s E=%lld: token %lld at %lld of %lld (%s) differs from its forward "
+                       "alone (%s)",
+                       mj_dtype_name(d.dtype), is_mxfp4(&d) ? " mxfp4" : "", (long long)E,
+                       (long long)test[i], (long long)at[i], (long long)T,
+                       form == 0   ? "eager"
+                       : form == 1 ? "device-side count"
+                                   : "graph",
+                       plan->configs[mj_rt_pick(plan, T, NULL)].name);
+          free(y);
+          if (exec) {
+            CU_OK(GraphExecDestroy(exec));
+            CU_OK(GraphDestroy(graph));
+          }
+        }
+        print_message("batch-invariant %-4s%s E=%-3lld T=%-5lld %-22s %d tokens bitwise as alone\n",
+                      mj_dtype_name(d.dtype), is_mxfp4(&d) ? " mxfp4" : "      ", (long long)E,
+                      (long long)T, plan->configs[mj_rt_pick(plan, T, NULL)].name,
+                      (int)(T < NTEST ? T : NTEST));
+      }
+      for (int i = 0; i < NTEST; i++)
+        free(alone[i]);
+      free(pick);
+      free(hx);
+      CUdeviceptr bufs[] = {b.x, b.y, b.ids, b.w, b.live};
+      for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        CU_OK(MemFree(bufs[i]));
+      CU_OK(StreamDestroy(s));
+      mj_synth_layer_destroy(&g_syn, &pool);
+      moejit_plan_destroy(plan);
+    }
+}
+
 static int tune_check(void *user, const mj_synth *s, const mj_synth_layer *L, double *rel) {
   (void)user;
   mj_check_result r;
@@ -1710,6 +1893,7 @@ int main(void) {
       cmocka_unit_test(test_gpt_oss_e128),
       cmocka_unit_test(test_mxfp4_gpt_oss),
       cmocka_unit_test(test_mxfp4_decode_graphs),
+      cmocka_unit_test(test_batch_invariance),
   };
   /* MOEJIT_TEST_FILTER="golden,graph": run only the tests whose names contain one of the words
    * (the sanitizer runs pick the small ones). */

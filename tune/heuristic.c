@@ -122,6 +122,10 @@ int mj_tune_heuristic(mj_math math, const char *arch, mj_gemm_config *out, int m
   return n < max ? n : max;
 }
 
+int mj_tune_invariant(const mj_gemm_config *c, int wgmma_plan) {
+  return c->splits <= 1 && c->kind == (wgmma_plan ? MJ_GEMM_WGMMA : MJ_GEMM_SYNC);
+}
+
 int mj_tune_pick(const mj_gemm_config *configs, int count, int64_t tokens, int64_t top_k,
                  int64_t experts) {
   int64_t avg = (tokens * top_k + experts - 1) / experts;

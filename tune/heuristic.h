@@ -69,6 +69,11 @@ int mj_tune_arch_wgmma(const char *arch);
  * take wgmma kernels from a few rows per expert up; elsewhere the portable table. Ordered by
  * max_avg_rows (and max_slots within one max_avg_rows). Returns the count (at most max). */
 int mj_tune_heuristic(mj_math math, const char *arch, mj_gemm_config *out, int max);
+/* Whether configuration c belongs to the batch-invariant family of a plan (moejit_layer_desc's
+ * batch_invariant): tiles whose every output sums K in one order, whatever their shape: wgmma
+ * tiles where the plan takes them (wgmma_plan), else mma.sync / TF32 / FFMA ones; never a
+ * streamed tile (FFMA sums a lane's rows, then the lanes) nor GEMM2 split along K. */
+int mj_tune_invariant(const mj_gemm_config *c, int wgmma_plan);
 /* Writes the configuration's name (it encodes every field) into c->name. */
 void mj_tune_config_name(mj_gemm_config *c, mj_math math);
 /* Parses a name back; returns 0 and its math path, or -1 when it is not one. max_avg_rows is 0. */
