@@ -30,6 +30,7 @@ typedef enum opt_id {
   O_EXPERTS,
   O_TOP_K,
   O_DTYPE,
+  O_WEIGHTS,
   O_IDS,
   O_ROUTING,
   O_ALPHA,
@@ -71,6 +72,7 @@ typedef struct opt_spec {
 
 static const char *const models[] = {"gpt-oss-20b", "gpt-oss-120b", NULL};
 static const char *const dtypes[] = {"f32", "f16", "bf16", NULL}; /* moejit_dtype order */
+static const char *const weights[] = {"dense", "mxfp4", NULL};    /* moejit_weight_format order */
 static const char *const ids[] = {"i32", "i64", NULL};
 static const char *const routings[] = {"topk", "dense", NULL};
 static const char *const kernels[] = {"route", "combine", "gemm1", "gemm2", NULL};
@@ -85,6 +87,8 @@ static const opt_spec opts[] = {
     {"top-k", O_TOP_K, V_INT, LAYER, 1, 1 << 20, NULL, "N", "K, 1..32"},
     {"dtype", O_DTYPE, V_CHOICE, LAYER, 0, 0, dtypes, "T",
      "activations, weights and biases: f32, f16 or bf16 (default)"},
+    {"weights", O_WEIGHTS, V_CHOICE, LAYER, 0, 0, weights, "W",
+     "expert weights: dense (in --dtype; default) or mxfp4 (gpt-oss blocks + scales)"},
     {"ids", O_IDS, V_CHOICE, LAYER, 0, 0, ids, "T", "expert ids: i32 (default) or i64"},
     {"routing", O_ROUTING, V_CHOICE, LAYER, 0, 0, routings, "R",
      "topk (weights [T,K], default) or dense (weights [T,E])"},
@@ -250,6 +254,7 @@ static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L)
   case O_EXPERTS: d->experts = x; break;
   case O_TOP_K: d->top_k = x; break;
   case O_DTYPE: d->dtype = (moejit_dtype)choice; break;
+  case O_WEIGHTS: d->weight_format = (moejit_weight_format)choice; break;
   case O_IDS: d->ids_dtype = choice == 0 ? MOEJIT_I32 : MOEJIT_I64; break;
   case O_ROUTING: d->routing = choice == 0 ? MOEJIT_ROUTING_TOPK : MOEJIT_ROUTING_DENSE; break;
   case O_ALPHA: d->alpha = (float)f; break;
@@ -286,6 +291,8 @@ static void flag_words(const char *msg, char *out, size_t cap) {
       {"desc->top_k=", "--top-k "},
       {"desc->max_tokens=", "--tokens (the largest) "},
       {"desc->alpha=", "--alpha "},
+      {"desc->dtype=", "--dtype "},
+      {"desc->weight_format=", "--weights "},
       {"desc->limit=", "--limit "},
       {"top_k=", "--top-k "},
   };

@@ -62,6 +62,8 @@ struct mj_err;
  */
 moejit_status cli_config(const char *name, const moejit_layer_desc *desc, struct mj_gemm_config *c,
                          struct mj_err *err);
+/* "dense" or "mxfp4": the layer's weight format as --weights names it. */
+const char *cli_weights_name(const moejit_layer_desc *desc);
 /* Log callback printing to stderr (warnings always, info with --verbose). */
 void cli_log(void *user, moejit_log_level level, const char *msg);
 double cli_now(void);

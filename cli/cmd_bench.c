@@ -47,10 +47,12 @@ static const char bench_usage[] =
     "  tflops          dropless FLOPs / time; FLOPs = 2*T*K*(H*2I + I*H)\n"
     "  active_experts  A, the distinct experts in the routing of the T tokens\n"
     "  weight_bytes    A*(H*2I + I*H)*sizeof(dtype): those experts' weight matrices (biases are\n"
-    "                  left out: under 0.1% of it at gpt-oss shapes)\n"
+    "                  left out: under 0.1% of it at gpt-oss shapes); with --weights mxfp4 their\n"
+    "                  blocks and scales, A*(3*H*I/2 + 3*H*I/32) (biases then about 0.13%)\n"
     "  gbps            weight_bytes / time, GB/s (1e9 bytes)\n"
     "  floor_ms        max(weight_bytes / BW, FLOPs / GEMM_RATE)\n"
     "  ratio           ms / floor_ms\n"
+    "  weights         dense or mxfp4 (--weights): how the experts' weights are stored\n"
     "  config          the GEMM tile configuration the plan runs for T (* when a tuning record\n"
     "                  chose it; JSON: config, tuned)\n"
     "\n"
@@ -58,7 +60,8 @@ static const char bench_usage[] =
     "  BW         a read-only reduction kernel (templates/bench.lua) over a buffer of --bw-bytes\n"
     "             (default 4G; suffixes K, M, G are powers of 1024), median of 10 passes, TB/s\n"
     "  GEMM_RATE  cuBLAS cublasGemmEx, M = N = K = 8192, in the layer's dtype (f16 and bf16 with\n"
-    "             f32 accumulation; f32 on TF32, or plain f32 with --exact-f32), median of 10\n"
+    "             f32 accumulation; f32 on TF32, or plain f32 with --exact-f32; MXFP4 weights:\n"
+    "             the activations' dtype, whose tensor cores the kernels use), median of 10\n"
     "             calls, TFLOP/s. cuBLAS is loaded with dlopen: --cublas PATH, else\n"
     "             libcublas.so.13, libcublas.so.12, then the same in /usr/local/cuda/lib64.\n"
     "A rate that cannot be measured (no cuBLAS, say) leaves the floor out: floor_ms and ratio\n"
@@ -66,7 +69,7 @@ static const char bench_usage[] =
     "\n"
     "--json FILE appends one JSON line per row (FILE \"-\": stdout, and the table goes to\n"
     "stderr): the fields above and device, commit ($MOEJIT_COMMIT, else `git rev-parse --short\n"
-    "HEAD`, else \"unknown\"), date (UTC), command, mode (graph|eager), dtype, hidden,\n"
+    "HEAD`, else \"unknown\"), date (UTC), command, mode (graph|eager), dtype, weights, hidden,\n"
     "intermediate, experts, top_k, routing, unfused, seed, repeat, warmup, ms_min, ms_max,\n"
     "bw_tbps, gemm_tflops, gemm_math, floor_note (null when the floor was measured) and, with\n"
     "--check, check_rel_error and check_ok.\n"
@@ -310,8 +313,7 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto fail;
   }
-  r->weight_bytes = (double)r->active * 3.0 * (double)d->hidden * (double)d->intermediate *
-                    (double)mj_dtype_size(d->dtype);
+  r->weight_bytes = (double)r->active * mj_floor_expert_bytes(d);
   r->floor_ms = NAN; /* fmax would drop a missing (NAN) rate and give half a floor */
   if (isfinite(f->bw_tbps) && isfinite(f->gemm_tflops))
     r->floor_ms =
@@ -367,13 +369,14 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
   fprintf(f, ", \"date\": \"%s\", \"command\": ", ri->date);
   json_str(f, ri->command);
   fprintf(f,
-          ", \"mode\": \"%s\", \"dtype\": \"%s\", \"hidden\": %lld, \"intermediate\": %lld, "
-          "\"experts\": %lld, \"top_k\": %lld, \"routing\": \"%s\", \"unfused\": %s, \"seed\": "
-          "%llu, \"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
-          o->eager ? "eager" : "graph", mj_dtype_name(d->dtype), (long long)d->hidden,
-          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
-          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? "true" : "false",
-          (unsigned long long)L->seed, (long long)r->tokens, r->repeat, o->warmup);
+          ", \"mode\": \"%s\", \"dtype\": \"%s\", \"weights\": \"%s\", \"hidden\": %lld, "
+          "\"intermediate\": %lld, \"experts\": %lld, \"top_k\": %lld, \"routing\": \"%s\", "
+          "\"unfused\": %s, \"seed\": %llu, \"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
+          o->eager ? "eager" : "graph", mj_dtype_name(d->dtype), cli_weights_name(d),
+          (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
+          (long long)d->top_k, d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
+          d->unfused ? "true" : "false", (unsigned long long)L->seed, (long long)r->tokens,
+          r->repeat, o->warmup);
   json_num(f, "ms", r->ms);
   json_num(f, "ms_min", r->ms_min);
   json_num(f, "ms_max", r->ms_max);
@@ -405,20 +408,21 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
 }
 
 static void print_header(FILE *out) {
-  fprintf(out, "%8s %10s %8s %6s %10s %8s %9s %7s  %s\n", "tokens", "ms", "TFLOP/s", "active",
-          "weight MB", "GB/s", "floor ms", "ratio", "config");
+  fprintf(out, "%8s %10s %8s %6s %10s %8s %9s %7s  %-7s %s\n", "tokens", "ms", "TFLOP/s", "active",
+          "weight MB", "GB/s", "floor ms", "ratio", "weights", "config");
 }
 
-static void print_row(FILE *out, const row *r) {
+static void print_row(FILE *out, const moejit_layer_desc *d, const row *r) {
   double secs = r->ms * 1e-3;
   char floor_ms[16] = "-", ratio[16] = "-";
   if (isfinite(r->floor_ms)) {
     snprintf(floor_ms, sizeof floor_ms, "%.3f", r->floor_ms);
     snprintf(ratio, sizeof ratio, "%.2f", r->ms / r->floor_ms);
   }
-  fprintf(out, "%8lld %10.4f %8.1f %6lld %10.1f %8.1f %9s %7s  %s%s", (long long)r->tokens, r->ms,
-          r->flops / secs / 1e12, (long long)r->active, r->weight_bytes / 1e6,
-          r->weight_bytes / secs / 1e9, floor_ms, ratio, r->config, r->tuned ? "*" : "");
+  fprintf(out, "%8lld %10.4f %8.1f %6lld %10.1f %8.1f %9s %7s  %-7s %s%s", (long long)r->tokens,
+          r->ms, r->flops / secs / 1e12, (long long)r->active, r->weight_bytes / 1e6,
+          r->weight_bytes / secs / 1e9, floor_ms, ratio, cli_weights_name(d), r->config,
+          r->tuned ? "*" : "");
   if (r->checked)
     fprintf(out, "  check %.3g %s", r->rel_error, r->check_ok ? "OK" : "MISMATCH");
   fputc('\n', out);
@@ -576,7 +580,7 @@ static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *r
               err.msg);
       return 1;
     }
-    print_row(out, &r);
+    print_row(out, &L->desc, &r);
     if (json)
       json_row(json, ri, L, &b->o, &fr, &r);
     failed_check |= r.checked && !r.check_ok;
@@ -648,9 +652,9 @@ int cmd_bench(int argc, char **argv) {
   ri.command = command_line(argc, argv);
   const moejit_layer_desc *d = &L.desc;
   fprintf(b.out, "device   %s (%s, %d SMs)\n", b.info.name, b.info.arch, b.info.sm_count);
-  fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing%s, seed %llu\n",
+  fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s weights, %s routing%s, seed %llu\n",
           (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-          (long long)d->top_k, mj_dtype_name(d->dtype),
+          (long long)d->top_k, mj_dtype_name(d->dtype), cli_weights_name(d),
           d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? ", unfused" : "",
           (unsigned long long)L.seed);
   b.ctx = ctx;

@@ -153,7 +153,7 @@ static void print_kernels(const mj_module_src *m) {
         sscanf(b, "%d", &smem);
       }
       const mj_kernel_meta *k = mj_gen_kernel(&m->meta, entry);
-      printf("%-26s %-22s %9zu %5d %6d %5d/%-5d %7d %9d\n", module, entry, cubin, regs, stack, sst,
+      printf("%-30s %-22s %9zu %5d %6d %5d/%-5d %7d %9d\n", module, entry, cubin, regs, stack, sst,
              sld, smem, k ? k->smem : 0);
     }
     p = eol ? eol + 1 : NULL;
@@ -174,10 +174,11 @@ int cmd_compile(int argc, char **argv) {
     return rc < 0 ? 0 : rc;
   double secs = cli_now() - t0;
   mj_rt_nvrtc_version(ctx, &nv_major, &nv_minor);
-  printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
-         (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
-         mj_dtype_name(L.desc.dtype), info.arch, nv_major, nv_minor);
-  printf("%-26s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
+  printf("layer H=%lld I=%lld E=%lld K=%lld %s, %s weights, arch %s, NVRTC %d.%d\n",
+         (long long)L.desc.hidden, (long long)L.desc.intermediate, (long long)L.desc.experts,
+         (long long)L.desc.top_k, mj_dtype_name(L.desc.dtype), cli_weights_name(&L.desc), info.arch,
+         nv_major, nv_minor);
+  printf("%-30s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
          "spill st/ld", "smem", "dyn smem");
   for (int i = 0; i < n; i++) {
     print_kernels(&mods[i]);

@@ -26,7 +26,8 @@ static int compile_only(const cli_layer *L, const char *why) {
   o.log = cli_log;
   o.log_user = (void *)&L->verbose;
   printf("no GPU found (%s)\n", why);
-  printf("compiling the layer's kernels for %s instead\n", o.offline_arch);
+  printf("compiling the layer's kernels (%s, %s weights) for %s instead\n",
+         mj_dtype_name(L->desc.dtype), cli_weights_name(&L->desc), o.offline_arch);
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
@@ -102,10 +103,10 @@ int cmd_run(int argc, char **argv) {
   moejit_device_info_init(&info);
   moejit_device_info_get(ctx, &info);
   printf("device   %s (%s, %d SMs)\n", info.name, info.arch, info.sm_count);
-  printf("layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing, %lld tokens\n", (long long)d->hidden,
-         (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
-         mj_dtype_name(d->dtype), d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
-         (long long)L.tokens);
+  printf("layer    H=%lld I=%lld E=%lld K=%lld %s, %s weights, %s routing, %lld tokens\n",
+         (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
+         (long long)d->top_k, mj_dtype_name(d->dtype), cli_weights_name(d),
+         d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", (long long)L.tokens);
   double t0 = cli_now();
   if ((st = moejit_plan_create(ctx, d, &plan)) != MOEJIT_OK) {
     fprintf(stderr, "moejit run: plan: %s: %s\n", moejit_status_name(st), moejit_last_error(ctx));

@@ -40,6 +40,10 @@ moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gem
   return MOEJIT_OK;
 }
 
+const char *cli_weights_name(const moejit_layer_desc *desc) {
+  return desc->weight_format == MOEJIT_WEIGHTS_MXFP4 ? "mxfp4" : "dense";
+}
+
 double cli_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

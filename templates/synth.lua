@@ -1,6 +1,7 @@
 -- synth.lua: kernels that fill device buffers with reproducible random values, for synthetic
 -- layers (tests, `moejit run`, the tuner). Spec: none.
--- Contract: moejit_fill_<dtype>, grid-stride over n elements: per_block a block, at most max_blocks.
+-- Contract: moejit_fill_<dtype> (floats in [lo, hi)) and moejit_fill_u8 (bytes in [lo, hi], for
+-- MXFP4 blocks and scales), grid-stride over n elements: per_block a block, at most max_blocks.
 local prelude = require("prelude")
 
 local fill = [[
@@ -9,6 +10,15 @@ extern "C" __global__ void moejit_fill_%s(%s *__restrict__ out, mj_i64 n, float 
   for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < n;
        i += (mj_i64)gridDim.x * blockDim.x)
     out[i] = mj_from_f32<%s>(lo + (hi - lo) * mj_uniform(seed, (mj_u64)i));
+}
+]]
+
+local fill_u8 = [[
+extern "C" __global__ void moejit_fill_u8(unsigned char *__restrict__ out, mj_i64 n, mj_u32 lo,
+                                          mj_u32 hi, mj_u64 seed) {
+  for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < n;
+       i += (mj_i64)gridDim.x * blockDim.x)
+    out[i] = mj_uniform_byte(seed, (mj_u64)i, lo, hi);
 }
 ]]
 
@@ -21,5 +31,8 @@ return function(spec)
     kernels[#kernels + 1] = { entry = "moejit_fill_" .. name, threads = 256, per_block = 256,
       max_blocks = 65536, params = { "out", "n", "lo", "hi", "seed" } }
   end
+  out[#out + 1] = fill_u8
+  kernels[#kernels + 1] = { entry = "moejit_fill_u8", threads = 256, per_block = 256,
+    max_blocks = 65536, params = { "out", "n", "lo", "hi", "seed" } }
   return table.concat(out, "\n"), kernels
 end

@@ -44,6 +44,9 @@ moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64
   ref.gate_up_proj_bias = h.gate_up_bias;
   ref.down_proj = h.down;
   ref.down_proj_bias = h.down_bias;
+  ref.mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4; /* then the weights are blocks + scales */
+  ref.gate_up_proj_scales = h.gate_up_scales;
+  ref.down_proj_scales = h.down_scales;
   ref.topk_ids = h.ids;
   ref.topk_weights = h.weights;
   if (mj_ref_forward(&ref, NULL, n, want) != 0) {

@@ -12,7 +12,8 @@ typedef struct mj_check_result {
 } mj_check_result;
 
 /* Compares up to `samples` tokens spread evenly over [0, T) (first and last included; all when
- * samples >= T). The forward must have run. */
+ * samples >= T), dense or MXFP4 weights (the reference decodes the blocks and scales). The forward
+ * must have run. */
 moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64_t samples,
                                mj_check_result *r, mj_err *err);
 

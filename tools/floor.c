@@ -104,7 +104,10 @@ typedef int (*cublas_gemm_ex_fn)(void *handle, int transa, int transb, int m, in
 typedef const char *(*cublas_status_string_fn)(int status);
 enum { CUBLAS_OP_N = 0, CUBLAS_GEMM_DEFAULT = -1 };
 
-/* The GEMM of the floor per layer math: cudaDataType of A, B, C and the cublasComputeType_t. */
+/* The GEMM of the floor per layer math: cudaDataType of A, B, C and the cublasComputeType_t. An
+ * MXFP4 layer (bf16 or f16 activations) takes its dtype's row: its mma.sync tiles decode the
+ * weights in registers and multiply on the 16-bit tensor cores, so the activations' dense GEMM is
+ * the compute floor (the weights' fewer bytes lower only the memory side). */
 static const struct gemm_math {
   moejit_dtype dtype;
   int exact_f32;
@@ -205,10 +208,18 @@ fail:
   return st;
 }
 
+const char *mj_floor_gemm_math(const moejit_layer_desc *d) { return gemm_math_of(d)->name; }
+
+double mj_floor_expert_bytes(const moejit_layer_desc *d) {
+  double weights = 3.0 * (double)d->hidden * (double)d->intermediate;
+  if (d->weight_format == MOEJIT_WEIGHTS_MXFP4)
+    return weights / 2 + weights / 32; /* 16 bytes of blocks and 1 scale byte per 32 weights */
+  return weights * (double)mj_dtype_size(d->dtype);
+}
+
 /* Dense GEMM rate, TFLOP/s: the median of GEMM_CALLS cuBLAS GEMMs of 8192^3 in the layer's math,
  * on random operands. cuBLAS uses the runtime API's current context: the device's primary context,
  * which moejit retains and the caller has made current. */
-const char *mj_floor_gemm_math(const moejit_layer_desc *d) { return gemm_math_of(d)->name; }
 
 moejit_status mj_floor_gemm(moejit_ctx *ctx, const mj_synth *syn, CUstream stream,
                             const moejit_layer_desc *d, const char *cublas_path, double *tflops,

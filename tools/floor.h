@@ -21,8 +21,14 @@ moejit_status mj_floor_bandwidth(moejit_ctx *ctx, CUstream stream, int64_t bytes
 /* Compiles the bandwidth kernel for the context's arch (and loads it, then unloads it, on a GPU):
  * what an offline `moejit bench` builds. */
 moejit_status mj_floor_compile(moejit_ctx *ctx, mj_err *err);
-/* The GEMM of a layer's floor: "bf16", "f16" (f32 accumulation), "tf32" or "f32" (exact_f32). */
+/* The GEMM of a layer's floor: "bf16", "f16" (f32 accumulation), "tf32" or "f32" (exact_f32).
+ * MXFP4 weights: the activations' dense GEMM, "bf16" or "f16" (the kernels decode the weights and
+ * multiply on those tensor cores). */
 const char *mj_floor_gemm_math(const moejit_layer_desc *desc);
+/* The bytes a forward reads of one expert's weights, biases left out: dense, (H*2I + I*H) *
+ * sizeof(dtype); MXFP4, the blocks and scales of both, 3*H*I/2 + 3*H*I/32 (13,219,200 bytes at
+ * H = I = 2880). */
+double mj_floor_expert_bytes(const moejit_layer_desc *desc);
 /* Dense GEMM rate, TFLOP/s: the median of MJ_FLOOR_GEMM_CALLS cuBLAS GEMMs of MJ_FLOOR_GEMM_N^3
  * in the layer's math, on operands syn fills with random values. cublas_path NULL:
  * libcublas.so.13, .so.12, then the same in /usr/local/cuda/lib64; MOEJIT_ERR_UNSUPPORTED naming

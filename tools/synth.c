@@ -9,8 +9,8 @@
 
 moejit_status mj_synth_open(moejit_ctx *ctx, mj_synth *s, mj_err *err) {
   static const char *const entries[] = {"moejit_fill_f32", "moejit_fill_f16", "moejit_fill_bf16",
-                                        NULL};
-  mj_kernel *k[] = {&s->fill[MOEJIT_F32], &s->fill[MOEJIT_F16], &s->fill[MOEJIT_BF16]};
+                                        "moejit_fill_u8", NULL};
+  mj_kernel *k[] = {&s->fill[MOEJIT_F32], &s->fill[MOEJIT_F16], &s->fill[MOEJIT_BF16], &s->fill_u8};
   mj_spec spec;
   memset(s, 0, sizeof *s);
   memset(&spec, 0, sizeof spec);
@@ -32,20 +32,47 @@ void mj_synth_close(mj_synth *s) {
   memset(s, 0, sizeof *s);
 }
 
-moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moejit_dtype dtype,
-                            float lo, float hi, uint64_t seed, CUstream stream, mj_err *err) {
-  if ((unsigned)dtype > MOEJIT_BF16)
-    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "dtype=%d cannot be filled", (int)dtype);
-  const mj_kernel *k = &s->fill[dtype];
-  long long nn = n;
-  unsigned long long sd = seed;
-  void *args[] = {&out, &nn, &lo, &hi, &sd};
+/* A grid-stride fill kernel over n elements, as many blocks as its contract allows. */
+static moejit_status launch_fill(const mj_synth *s, const mj_kernel *k, int64_t n, void **args,
+                                 CUstream stream, mj_err *err) {
   int64_t blocks = (n + k->meta.per_block - 1) / k->meta.per_block;
   if (blocks > k->meta.max_blocks)
     blocks = k->meta.max_blocks;
   if (blocks < 1)
     return MOEJIT_OK;
   return mj_rt_launch_args(s->ctx, k, (unsigned)blocks, 1, 1, args, stream, 0, err);
+}
+
+moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moejit_dtype dtype,
+                            float lo, float hi, uint64_t seed, CUstream stream, mj_err *err) {
+  if ((unsigned)dtype > MOEJIT_BF16)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "dtype=%d cannot be filled", (int)dtype);
+  long long nn = n;
+  unsigned long long sd = seed;
+  void *args[] = {&out, &nn, &lo, &hi, &sd};
+  return launch_fill(s, &s->fill[dtype], n, args, stream, err);
+}
+
+moejit_status mj_synth_fill_bytes(const mj_synth *s, CUdeviceptr out, int64_t n, unsigned lo,
+                                  unsigned hi, uint64_t seed, CUstream stream, mj_err *err) {
+  if (lo > hi || hi > 255)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "byte range [%u, %u] is not within [0, 255]", lo,
+                   hi);
+  long long nn = n;
+  unsigned long long sd = seed;
+  void *args[] = {&out, &nn, &lo, &hi, &sd};
+  return launch_fill(s, &s->fill_u8, n, args, stream, err);
+}
+
+void mj_synth_mxfp4_scales(int64_t k, unsigned *lo, unsigned *hi) {
+  /* mean square of the 16 e2m1 codes: (0 + 0.25 + 1 + 2.25 + 4 + 9 + 16 + 36) / 8 = 8.5625; of
+   * 2^(s - lo) over s = lo..lo+3: 4^0..4^3 averaged, 21.25. Their product times 4^(lo - 127) is
+   * 1/k. */
+  double s0 = -0.5 * log2((double)k) - 0.5 * log2(8.5625 * 21.25);
+  long first = 127 + lround(s0);
+  first = first < 0 ? 0 : first > 251 ? 251 : first; /* 255 is NaN: never drawn */
+  *lo = (unsigned)first;
+  *hi = (unsigned)first + 3;
 }
 
 static uint64_t splitmix(uint64_t *state) {
@@ -89,6 +116,10 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   const moejit_layer_desc *d = mj_rt_plan_desc(plan);
   int64_t T = tokens, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
   size_t act = mj_dtype_size(d->dtype);
+  int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
+  /* MXFP4: 32 weights in 16 bytes of blocks and one scale byte; the element size is for dense */
+  size_t gate_up_bytes = mxfp4 ? (size_t)(E * 2 * I * H / 2) : (size_t)(E * H * 2 * I) * act;
+  size_t down_bytes = mxfp4 ? (size_t)(E * H * I / 2) : (size_t)(E * I * H) * act;
   void *hw = NULL;
   float *dense = NULL;
   int pushed = 0;
@@ -111,9 +142,9 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   }
   MJ_CU(cu, MemAlloc(&L->x, (size_t)(TT * H) * act), err);
   MJ_CU(cu, MemAlloc(&L->y, (size_t)(TT * H) * act), err);
-  MJ_CU(cu, MemAlloc(&L->gate_up, (size_t)(E * H * 2 * I) * act), err);
+  MJ_CU(cu, MemAlloc(&L->gate_up, gate_up_bytes), err);
   MJ_CU(cu, MemAlloc(&L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
-  MJ_CU(cu, MemAlloc(&L->down, (size_t)(E * I * H) * act), err);
+  MJ_CU(cu, MemAlloc(&L->down, down_bytes), err);
   MJ_CU(cu, MemAlloc(&L->down_bias, (size_t)(E * H) * act), err);
   MJ_CU(cu, MemAlloc(&L->workspace, L->workspace_bytes > 0 ? L->workspace_bytes : 256), err);
   struct {
@@ -122,15 +153,31 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
     float scale;
   } fills[] = {
       {L->x, TT * H, 1.0f},
-      {L->gate_up, E * H * 2 * I, 1.0f / sqrtf((float)H)},
+      {mxfp4 ? 0 : L->gate_up, E * H * 2 * I, 1.0f / sqrtf((float)H)},
       {L->gate_up_bias, E * 2 * I, 0.1f},
-      {L->down, E * I * H, 1.0f / sqrtf((float)I)},
+      {mxfp4 ? 0 : L->down, E * I * H, 1.0f / sqrtf((float)I)},
       {L->down_bias, E * H, 0.1f},
   };
   for (size_t i = 0; i < sizeof fills / sizeof fills[0]; i++)
-    if ((st = mj_synth_fill(s, fills[i].p, fills[i].n, d->dtype, -fills[i].scale, fills[i].scale,
-                            seed * 16 + i, NULL, err)) != MOEJIT_OK)
+    if (fills[i].p && (st = mj_synth_fill(s, fills[i].p, fills[i].n, d->dtype, -fills[i].scale,
+                                          fills[i].scale, seed * 16 + i, NULL, err)) != MOEJIT_OK)
       goto fail;
+  if (mxfp4) { /* any block byte; scale bytes near 127 - log2(sqrt(K) * 2.9) */
+    unsigned lo1, hi1, lo2, hi2;
+    mj_synth_mxfp4_scales(H, &lo1, &hi1);
+    mj_synth_mxfp4_scales(I, &lo2, &hi2);
+    MJ_CU(cu, MemAlloc(&L->gate_up_scales, (size_t)(E * 2 * I * H / 32)), err);
+    MJ_CU(cu, MemAlloc(&L->down_scales, (size_t)(E * H * I / 32)), err);
+    if ((st = mj_synth_fill_bytes(s, L->gate_up, (int64_t)gate_up_bytes, 0, 255, seed * 16 + 1,
+                                  NULL, err)) != MOEJIT_OK ||
+        (st = mj_synth_fill_bytes(s, L->down, (int64_t)down_bytes, 0, 255, seed * 16 + 3, NULL,
+                                  err)) != MOEJIT_OK ||
+        (st = mj_synth_fill_bytes(s, L->gate_up_scales, E * 2 * I * H / 32, lo1, hi1, seed * 16 + 5,
+                                  NULL, err)) != MOEJIT_OK ||
+        (st = mj_synth_fill_bytes(s, L->down_scales, E * H * I / 32, lo2, hi2, seed * 16 + 6, NULL,
+                                  err)) != MOEJIT_OK)
+      goto fail;
+  }
   MJ_CU(cu, MemsetD8(L->y, 0xFF, (size_t)(TT * H) * act), err); /* poison: NaN in every dtype */
   MJ_CU(cu, MemAlloc(&L->ids, (size_t)(TT * K) * mj_dtype_size(d->ids_dtype)), err);
   if ((st = upload_ids(cu, L, L->host_ids, err)) != MOEJIT_OK)
@@ -179,8 +226,9 @@ void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L) {
   int pushed = 0;
   mj_err err;
   if (mj_rt_enter(s->ctx, &pushed, &err) == MOEJIT_OK) {
-    CUdeviceptr bufs[] = {L->x,    L->ids,       L->weights, L->gate_up,  L->gate_up_bias,
-                          L->down, L->down_bias, L->y,       L->workspace};
+    CUdeviceptr bufs[] = {L->x,          L->ids,       L->weights, L->gate_up,   L->gate_up_bias,
+                          L->down,       L->down_bias, L->y,       L->workspace, L->gate_up_scales,
+                          L->down_scales};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
       if (bufs[i])
         cu->MemFree(bufs[i]);
@@ -238,11 +286,13 @@ void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *a) {
   a->down_proj = (const void *)(uintptr_t)L->down;
   a->down_proj_bias = (const void *)(uintptr_t)L->down_bias;
   a->y = (void *)(uintptr_t)L->y;
+  a->gate_up_proj_scales = (const void *)(uintptr_t)L->gate_up_scales;
+  a->down_proj_scales = (const void *)(uintptr_t)L->down_scales;
 }
 
 void mj_synth_host_free(mj_synth_host *h) {
-  void *bufs[] = {h->x,         h->gate_up, h->gate_up_bias, h->down,
-                  h->down_bias, h->y,       h->ids,          h->weights};
+  void *bufs[] = {h->x, h->gate_up, h->gate_up_bias, h->down,           h->down_bias,
+                  h->y, h->ids,     h->weights,      h->gate_up_scales, h->down_scales};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
     free(bufs[i]);
   memset(h, 0, sizeof *h);
@@ -255,28 +305,40 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
   const moejit_layer_desc *d = &L->desc;
   int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
   size_t act = mj_dtype_size(d->dtype);
+  int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
+  size_t gate_up_bytes = mxfp4 ? (size_t)(E * 2 * I * H / 2) : (size_t)(E * H * 2 * I) * act;
+  size_t down_bytes = mxfp4 ? (size_t)(E * H * I / 2) : (size_t)(E * I * H) * act;
+  size_t gate_up_scales = (size_t)(E * 2 * I * H / 32), down_scales = (size_t)(E * H * I / 32);
   int pushed = 0;
   memset(h, 0, sizeof *h);
   h->n = n;
   h->x = malloc((size_t)(n * H) * act + 1);
   h->y = malloc((size_t)(n * H) * act + 1);
-  h->gate_up = malloc((size_t)(E * H * 2 * I) * act);
+  h->gate_up = malloc(gate_up_bytes);
   h->gate_up_bias = malloc((size_t)(E * 2 * I) * act);
-  h->down = malloc((size_t)(E * I * H) * act);
+  h->down = malloc(down_bytes);
   h->down_bias = malloc((size_t)(E * H) * act);
   h->ids = malloc((size_t)(n * K) * sizeof(int32_t) + 1);
   h->weights = malloc((size_t)(n * K) * sizeof(float) + 1);
+  if (mxfp4) {
+    h->gate_up_scales = malloc(gate_up_scales);
+    h->down_scales = malloc(down_scales);
+  }
   if (!h->x || !h->y || !h->gate_up || !h->gate_up_bias || !h->down || !h->down_bias || !h->ids ||
-      !h->weights) {
+      !h->weights || (mxfp4 && (!h->gate_up_scales || !h->down_scales))) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of host memory downloading the layer");
     goto fail;
   }
   if ((st = mj_rt_enter(s->ctx, &pushed, err)) != MOEJIT_OK)
     goto fail;
   MJ_CU(cu, CtxSynchronize(), err);
-  MJ_CU(cu, MemcpyDtoH(h->gate_up, L->gate_up, (size_t)(E * H * 2 * I) * act), err);
+  MJ_CU(cu, MemcpyDtoH(h->gate_up, L->gate_up, gate_up_bytes), err);
   MJ_CU(cu, MemcpyDtoH(h->gate_up_bias, L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
-  MJ_CU(cu, MemcpyDtoH(h->down, L->down, (size_t)(E * I * H) * act), err);
+  MJ_CU(cu, MemcpyDtoH(h->down, L->down, down_bytes), err);
+  if (mxfp4) {
+    MJ_CU(cu, MemcpyDtoH(h->gate_up_scales, L->gate_up_scales, gate_up_scales), err);
+    MJ_CU(cu, MemcpyDtoH(h->down_scales, L->down_scales, down_scales), err);
+  }
   MJ_CU(cu, MemcpyDtoH(h->down_bias, L->down_bias, (size_t)(E * H) * act), err);
   for (int64_t i = 0; i < n; i++) {
     int64_t t = tokens[i];

@@ -11,6 +11,7 @@ typedef struct mj_synth {
   moejit_ctx *ctx;
   CUmodule module;
   mj_kernel fill[3]; /* by moejit_dtype: F32, F16, BF16 */
+  mj_kernel fill_u8; /* bytes: MXFP4 blocks and scales */
 } mj_synth;
 
 /* Compiles and loads the fill kernels for the context's device. */
@@ -20,6 +21,9 @@ void mj_synth_close(mj_synth *s);
 /* out[0..n) = uniform values in [lo, hi) of dtype, a function of (seed, index) only. */
 moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moejit_dtype dtype,
                             float lo, float hi, uint64_t seed, CUstream stream, mj_err *err);
+/* out[0..n) = uniform bytes in [lo, hi] (lo <= hi <= 255), a function of (seed, index) only. */
+moejit_status mj_synth_fill_bytes(const mj_synth *s, CUdeviceptr out, int64_t n, unsigned lo,
+                                  unsigned hi, uint64_t seed, CUstream stream, mj_err *err);
 
 /* Random routing on the host: ids [T, K] distinct experts per token (K <= E), weights [T, K] the
  * softmax of random logits over the K. Deterministic in seed. */
@@ -27,33 +31,46 @@ void mj_synth_routing(int64_t tokens, int64_t top_k, int64_t experts, uint64_t s
                       float *weights);
 
 /* A random layer on the device for a plan: weights, biases, x, routing (ids distinct per token,
- * softmax weights; the dense [T, E] form when the plan asks for it), y and the workspace. */
+ * softmax weights; the dense [T, E] form when the plan asks for it), y and the workspace. With
+ * MXFP4 weights (desc.weight_format) gate_up and down hold the blocks, [E, 2I, H/32, 16] and
+ * [E, H, I/32, 16], and gate_up_scales and down_scales the e8m0 scales, [E, 2I, H/32] and
+ * [E, H, I/32]; the scales are 0 for dense weights. */
 typedef struct mj_synth_layer {
   moejit_layer_desc desc;
   int64_t tokens;
   CUdeviceptr x, ids, weights, gate_up, gate_up_bias, down, down_bias, y, workspace;
+  CUdeviceptr gate_up_scales, down_scales;
   size_t workspace_bytes;
   int32_t *host_ids;   /* [T, K] */
   float *host_weights; /* [T, K] */
 } mj_synth_layer;
 
-/* Values: x in [-1, 1), gate_up in +-1/sqrt(H), down in +-1/sqrt(I), biases in +-0.1. */
+/* Values: x in [-1, 1), gate_up in +-1/sqrt(H), down in +-1/sqrt(I), biases in +-0.1. MXFP4:
+ * random block bytes (every e2m1 code, in both nibbles) and scale bytes in a range of 4
+ * (mj_synth_mxfp4_scales) that puts the weights' RMS near 1/sqrt(H) and 1/sqrt(I). */
 moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
                                     uint64_t seed, mj_synth_layer *L, mj_err *err);
 void mj_synth_layer_destroy(const mj_synth *s, mj_synth_layer *L);
 /* Replaces the routing ids (top-k form only; any values, out-of-range ones included). */
 moejit_status mj_synth_layer_set_ids(const mj_synth *s, mj_synth_layer *L, const int32_t *ids,
                                      mj_err *err);
+/* The forward's arguments of the layer, the MXFP4 scales included. */
 void mj_synth_layer_args(const mj_synth_layer *L, moejit_forward_args *args);
+/* The scale bytes [*lo, *hi] of synthetic MXFP4 weights whose K is k: random e2m1 codes (RMS about
+ * 2.93) times 2^(s - 127), s uniform in a range of 4, have an RMS near 1/sqrt(k). */
+void mj_synth_mxfp4_scales(int64_t k, unsigned *lo, unsigned *hi);
 
 /* The layer's inputs for the listed tokens, in host memory, for the CPU reference: x rows of those
  * tokens, their ids and weights, all weights and biases; y rows of those tokens (as computed).
- * Every buffer is malloc'd; free with mj_synth_host_free. */
+ * MXFP4: gate_up and down hold the blocks and gate_up_scales, down_scales the scales (NULL for
+ * dense weights), shaped as in mj_synth_layer. Every buffer is malloc'd; free with
+ * mj_synth_host_free. */
 typedef struct mj_synth_host {
   int64_t n;
   void *x, *gate_up, *gate_up_bias, *down, *down_bias, *y; /* y: [n, H] dtype */
   int32_t *ids;
   float *weights;
+  uint8_t *gate_up_scales, *down_scales;
 } mj_synth_host;
 moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, const int64_t *tokens,
                                 int64_t n, mj_synth_host *h, mj_err *err);

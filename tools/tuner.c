@@ -43,8 +43,11 @@ static int fits(void *user, const mj_gemm_config *c) {
   return mj_rt_config_fits(t->ctx, &t->d, c);
 }
 
-/* The heuristic's table first, so its picks are timed on the same footing, then the search space:
- * the wgmma kernels where the plan can take them (sm_90a and a fused 16-bit layer). */
+/* The heuristic's table first, so its picks are timed on the same footing, then the search space,
+ * both of the layer's math path (mj_rt_math: MXFP4 weights take the MXFP4 table and space, whose
+ * streamed tiles are named as any stream_ tile): the wgmma kernels where the plan can take them
+ * (sm_90a and a fused 16-bit layer with dense weights). Candidates are compared by name only, and
+ * the records are keyed by the layer's math, not by what a name parses as. */
 static void candidates(tuning *t) {
   moejit_device_info info;
   moejit_device_info_init(&info);
