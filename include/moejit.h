@@ -92,6 +92,40 @@ typedef enum moejit_weight_format {
   MOEJIT_WEIGHTS_MXFP4 = 1
 } moejit_weight_format;
 
+/* The activation between the GEMMs. Gated ones take GEMM1's 2I outputs as gate and up pairs (as
+ * moejit_gate_up_layout says) and give I; the others ("no mul") take GEMM1's I outputs (then
+ * gate_up_proj is [E, H, I] and its bias [E, I]) and give I. As vLLM's MoEActivation defines
+ * them, silu(v) = v * sigmoid(v), in fp32:
+ *   SWIGLU_OAI     gate = min(gate, limit), up = clamp(up, -limit, limit),
+ *                  (up + 1) * gate * sigmoid(alpha * gate)              (GPT-OSS; the default)
+ *   SILU_MUL       silu(gate) * up                                      (Mixtral, Qwen, DeepSeek)
+ *   GELU_MUL       gelu(gate) * up, gelu(v) = v / 2 * (1 + erf(v / sqrt 2))
+ *   GELU_TANH_MUL  gelu_tanh(gate) * up,
+ *                  gelu_tanh(v) = v / 2 * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 v^3)))
+ *   SWIGLU_STEP    min(silu(gate), limit) * clamp(up, -limit, limit)
+ *   SILU, GELU     silu(v), gelu(v) (erf form)                          (no mul)
+ *   RELU2          max(v, 0)^2                                          (no mul) */
+typedef enum moejit_activation {
+  MOEJIT_ACT_SWIGLU_OAI = 0,
+  MOEJIT_ACT_SILU_MUL = 1,
+  MOEJIT_ACT_GELU_MUL = 2,
+  MOEJIT_ACT_GELU_TANH_MUL = 3,
+  MOEJIT_ACT_SWIGLU_STEP = 4,
+  MOEJIT_ACT_SILU = 5,
+  MOEJIT_ACT_GELU = 6,
+  MOEJIT_ACT_RELU2 = 7
+} moejit_activation;
+
+/* Where gate and up sit along gate_up_proj's 2I outputs (columns of the dense [E, H, 2I], rows of
+ * the MXFP4 blocks) and its bias: interleaved (gate j = 2j, up j = 2j + 1; GPT-OSS, the default),
+ * or two halves, [gate | up] (gate j = j, up j = I + j; vLLM's w13 of Mixtral-style models) or [up
+ * | gate]. Unused by the activations without mul. */
+typedef enum moejit_gate_up_layout {
+  MOEJIT_GATE_UP_INTERLEAVED = 0,
+  MOEJIT_GATE_UP_HALVES = 1,
+  MOEJIT_UP_GATE_HALVES = 2
+} moejit_gate_up_layout;
+
 typedef enum moejit_log_level {
   MOEJIT_LOG_DEBUG = 0,
   MOEJIT_LOG_INFO,
@@ -128,8 +162,8 @@ typedef struct moejit_layer_desc {
   moejit_dtype ids_dtype;     /* MOEJIT_I32 or MOEJIT_I64 */
   moejit_dtype weights_dtype; /* routing weights: MOEJIT_F32, MOEJIT_F16 or MOEJIT_BF16 */
   moejit_routing routing;
-  float alpha;             /* SwiGLU alpha, default 1.702 */
-  float limit;             /* SwiGLU clamp, default 7.0 */
+  float alpha;             /* SwiGLU alpha, default 1.702 (SWIGLU_OAI) */
+  float limit;             /* SwiGLU clamp, default 7.0 (SWIGLU_OAI, SWIGLU_STEP) */
   int64_t expert_capacity; /* 0: dropless; C > 0: each expert takes its first C slots in the
                               order of t * K + k and the others contribute nothing */
   int64_t global_experts;  /* 0: ids are local experts. G > 0: ids are global in [0, G) and
@@ -151,6 +185,9 @@ typedef struct moejit_layer_desc {
    * streamed tile and no split K. Holds for one GPU architecture, library version and set of plan
    * options. 0 (default): bitwise reproducible run to run for the same batch only. */
   int batch_invariant;
+  moejit_activation activation;         /* default MOEJIT_ACT_SWIGLU_OAI (alpha, limit) */
+  moejit_gate_up_layout gate_up_layout; /* default MOEJIT_GATE_UP_INTERLEAVED */
+  int no_bias; /* 1: the layer has no biases: args' bias pointers must be NULL; none is read */
 } moejit_layer_desc;
 
 /* Arguments of one forward. Every pointer is a device address. */
@@ -164,11 +201,12 @@ typedef struct moejit_forward_args {
   const void *routing_weights;   /* [T, K], or [T, E] (DENSE; E = global_experts when set) */
   const void *router_logits;     /* [T, E] logits_dtype, MOEJIT_ROUTING_LOGITS only (E global) */
   const int32_t *expert_map;     /* [global_experts] local id or -1, only with global_experts > 0 */
-  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns;
-                                    MXFP4: the blocks [E, 2I, H/32, 16] (moejit_weight_format) */
-  const void *gate_up_proj_bias; /* [E, 2I] dtype */
+  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd columns
+                                    (moejit_gate_up_layout; [E, H, I] without mul); MXFP4: the
+                                    blocks [E, 2I, H/32, 16] (moejit_weight_format) */
+  const void *gate_up_proj_bias; /* [E, 2I] dtype; NULL with desc->no_bias */
   const void *down_proj;         /* [E, I, H] dtype; MXFP4: the blocks [E, H, I/32, 16] */
-  const void *down_proj_bias;    /* [E, H] dtype */
+  const void *down_proj_bias;    /* [E, H] dtype; NULL with desc->no_bias */
   void *y;                       /* [T, H] dtype, written (not accumulated into) */
   /* Optional: int32 [1] on the device, how many tokens the forward computes, read by the GPU when
    * the forward runs (NULL: all T). With n = min(max(*device_tokens, 0), T), y's first n rows are

@@ -12,11 +12,14 @@ void mj_rt_combine_spec(const moejit_layer_desc *d, int splits, mj_spec *s) {
   mj_spec_int(s, "hidden", d->hidden);
   mj_spec_int(s, "top_k", d->top_k);
   mj_spec_int(s, "pdl", 1);
-  if (d->unfused) { /* the activation kernel joins the module */
+  if (mj_rt_split_activation(d)) { /* the activation kernel joins the module */
+    static const char *const layouts[] = {"interleaved", "gate_up", "up_gate"};
     mj_spec_int(s, "intermediate", d->intermediate);
     mj_spec_int(s, "experts", d->experts);
     mj_spec_num(s, "alpha", d->alpha);
     mj_spec_num(s, "limit", d->limit);
+    mj_spec_str(s, "activation", mj_rt_activation_name(d->activation));
+    mj_spec_str(s, "layout", layouts[d->gate_up_layout]);
   }
   if (splits > 1) /* the combine that sums GEMM2's split partials */
     mj_spec_int(s, "splits", splits);

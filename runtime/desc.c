@@ -112,6 +112,20 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->apply_router_weight_on_input=%d is not 0 or 1",
                    d->apply_router_weight_on_input);
+  if ((int)d->activation < MOEJIT_ACT_SWIGLU_OAI || (int)d->activation > MOEJIT_ACT_RELU2)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->activation=%d is not a moejit_activation",
+                   (int)d->activation);
+  if ((int)d->gate_up_layout < MOEJIT_GATE_UP_INTERLEAVED ||
+      (int)d->gate_up_layout > MOEJIT_UP_GATE_HALVES)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->gate_up_layout=%d is not a moejit_gate_up_layout",
+                   (int)d->gate_up_layout);
+  if (d->no_bias != 0 && d->no_bias != 1)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->no_bias=%d is not 0 or 1", d->no_bias);
+  if (d->no_bias && d->bias_f32)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->bias_f32=1 with desc->no_bias=1: a layer without biases has no bias "
+                   "dtype");
   if (d->batch_invariant != 0 && d->batch_invariant != 1)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->batch_invariant=%d is not 0 or 1",
                    d->batch_invariant);
@@ -132,4 +146,20 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
                      (long long)d->hidden, (long long)d->intermediate);
   }
   return MOEJIT_OK;
+}
+
+static int gated(moejit_activation act) { return act <= MOEJIT_ACT_SWIGLU_STEP; }
+
+int mj_rt_split_activation(const moejit_layer_desc *d) {
+  return d->unfused || !gated(d->activation) || d->gate_up_layout != MOEJIT_GATE_UP_INTERLEAVED;
+}
+
+int64_t mj_rt_gate_up_cols(const moejit_layer_desc *d) {
+  return gated(d->activation) ? 2 * d->intermediate : d->intermediate;
+}
+
+const char *mj_rt_activation_name(moejit_activation act) {
+  static const char *const names[] = {"swiglu",      "silu_mul", "gelu_mul", "gelu_tanh_mul",
+                                      "swiglu_step", "silu",     "gelu",     "relu2"};
+  return (int)act >= 0 && (int)act < (int)(sizeof names / sizeof names[0]) ? names[act] : "?";
 }

@@ -49,10 +49,13 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
   /* The GEMMs copy 16-byte vectors of x and of the weights. */
   if ((st = check_ptr("x", a->x, 16, err)) ||
       (st = check_ptr("gate_up_proj", a->gate_up_proj, 16, err)) ||
-      (st = check_ptr("down_proj", a->down_proj, 16, err)) ||
-      (st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, bias, err)) ||
-      (st = check_ptr("down_proj_bias", a->down_proj_bias, bias, err)) ||
-      (st = check_ptr("y", a->y, act, err)))
+      (st = check_ptr("down_proj", a->down_proj, 16, err)) || (st = check_ptr("y", a->y, act, err)))
+    return st;
+  if (d->no_bias && (a->gate_up_proj_bias || a->down_proj_bias))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->%s is set but desc->no_bias=1",
+                   a->gate_up_proj_bias ? "gate_up_proj_bias" : "down_proj_bias");
+  if (!d->no_bias && ((st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, bias, err)) ||
+                      (st = check_ptr("down_proj_bias", a->down_proj_bias, bias, err))))
     return st;
   /* MXFP4: a GEMM tile copies its rows' scales in 16-byte pieces */
   if (mxfp4 && ((st = check_ptr("gate_up_proj_scales", a->gate_up_proj_scales, 16, err)) ||
@@ -219,7 +222,10 @@ static moejit_status run_chunk(const moejit_plan *plan, const moejit_forward_arg
     return st;
   if ((stages & MOEJIT_STAGE_GEMM1) && (st = stage_gemm1(plan, &c, stream, err)))
     return st;
-  if ((stages & MOEJIT_STAGE_ACTIVATION) && d->unfused &&
+  /* An unfused plan's activation is a stage of its own; a plan that runs it as its own launch for
+   * its layout or activation runs it with GEMM1, as a fused plan's GEMM1 applies it. */
+  if (mj_rt_split_activation(d) &&
+      (stages & (d->unfused ? MOEJIT_STAGE_ACTIVATION : MOEJIT_STAGE_GEMM1)) &&
       (st = mj_rt_activation(plan, v, &c.l, stream, c.pdl, err)))
     return st;
   if ((stages & MOEJIT_STAGE_GEMM2) && (st = stage_gemm2(plan, &c, stream, err)))

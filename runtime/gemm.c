@@ -17,10 +17,14 @@ void mj_rt_gemm_shape_spec(const moejit_layer_desc *d, const mj_gemm_config *c, 
   mj_spec_str(s, "dtype", mj_dtype_name(d->dtype));
   if (d->weight_format == MOEJIT_WEIGHTS_MXFP4)
     mj_spec_str(s, "weights", "mxfp4");
-  mj_spec_str(s, "bias", mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
+  mj_spec_str(s, "bias", d->no_bias ? "none" : mj_dtype_name(d->bias_f32 ? MOEJIT_F32 : d->dtype));
   mj_spec_str(s, "stage", stage == MOEJIT_STAGE_GEMM1 ? "gemm1" : "gemm2");
-  if (stage == MOEJIT_STAGE_GEMM1 && d->unfused)
-    mj_spec_str(s, "activation", "none");
+  if (stage == MOEJIT_STAGE_GEMM1) { /* the activation fused, or GEMM1's raw output */
+    mj_spec_str(s, "activation",
+                mj_rt_split_activation(d) ? "none" : mj_rt_activation_name(d->activation));
+    if (mj_rt_gate_up_cols(d) == d->intermediate)
+      mj_spec_int(s, "no_mul", 1);
+  }
   mj_spec_int(s, "hidden", d->hidden);
   mj_spec_int(s, "intermediate", d->intermediate);
   mj_spec_int(s, "top_k", d->top_k);
@@ -77,7 +81,7 @@ moejit_status mj_rt_gemm(const moejit_plan *plan, int cfg, moejit_stage stage, m
   v->w = gemm1 ? v->gate_up_proj : v->down_proj;
   v->bias = gemm1 ? v->gate_up_proj_bias : v->down_proj_bias;
   v->scales = gemm1 ? v->gate_up_proj_scales : v->down_proj_scales;
-  v->out = gemm1 ? (d->unfused ? v->gate_up : v->h) : v->y_slot;
+  v->out = gemm1 ? (mj_rt_split_activation(d) ? v->gate_up : v->h) : v->y_slot;
   v->slab_major = slab_major(plan, l, k);
   /* Few slots: GEMM1's blocks, launched as routing starts, work out their tiles from the caller's
    * ids and start at once (gemm.cuh, MJ_GEMM_SELF_ROUTE), or, where an expert has more slots than

@@ -33,7 +33,9 @@ void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *l) {
   int logits = d->routing == MOEJIT_ROUTING_LOGITS;
   MJ_PLACE_(route_ids, logits ? (size_t)l->nslots * sizeof(int) : 0);
   MJ_PLACE_(route_weights, logits ? (size_t)l->nslots * sizeof(float) : 0);
-  MJ_PLACE_(gate_up, d->unfused ? (size_t)l->nslots * (size_t)(2 * d->intermediate) * act : 0);
+  MJ_PLACE_(gate_up, mj_rt_split_activation(d)
+                         ? (size_t)l->nslots * (size_t)mj_rt_gate_up_cols(d) * act
+                         : 0);
   MJ_PLACE_(x_sorted, plan->wgmma ? (size_t)l->nslots * (size_t)d->hidden * act : 0);
   MJ_PLACE_(h, (size_t)l->nslots * (size_t)d->intermediate * act);
   int64_t split_slots = l->nslots < MJ_SPLIT_SLOTS ? l->nslots : MJ_SPLIT_SLOTS;
@@ -73,7 +75,7 @@ moejit_status moejit_workspace_view_get(const moejit_plan *plan, int64_t tokens,
   view->row_slot = l.row_slot;
   view->slot_row = l.slot_row;
   view->row_weight = l.row_weight;
-  view->gate_up = plan->desc.unfused ? l.gate_up : (size_t)-1;
+  view->gate_up = mj_rt_split_activation(&plan->desc) ? l.gate_up : (size_t)-1;
   view->h = l.h;
   view->y_slot = l.y_slot;
   return MOEJIT_OK;

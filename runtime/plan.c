@@ -233,7 +233,8 @@ static moejit_status build(moejit_plan *plan, mj_err *err) {
                          logits ? "moejit_route_topk" : NULL,
                          NULL};
   mj_kernel *route_k[] = {&r->small, &r->count, &r->scan, &r->scatter, &r->topk};
-  const char *combine[] = {"moejit_combine", d->unfused ? "moejit_activation" : NULL, NULL};
+  const char *combine[] = {"moejit_combine", mj_rt_split_activation(d) ? "moejit_activation" : NULL,
+                           NULL};
   mj_kernel *combine_k[] = {&plan->combine, &plan->activation};
   if ((st = load(plan, &mods[0], route, route_k, err)) != MOEJIT_OK ||
       (st = load(plan, &mods[1], combine, combine_k, err)) != MOEJIT_OK)
@@ -290,7 +291,8 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   desc = &plan->desc;
   plan->math = mj_rt_math(desc);
   /* whether the plan may take wgmma configurations: sm_90a and a fused f16/bf16 layer */
-  plan->wgmma = plan->math == MJ_MATH_MMA && !desc->unfused && mj_tune_arch_wgmma(ctx->arch);
+  plan->wgmma =
+      plan->math == MJ_MATH_MMA && !mj_rt_split_activation(desc) && mj_tune_arch_wgmma(ctx->arch);
   plan->pdl = !ctx->offline && ctx->cc_major >= 9 && !ctx->pdl_off;
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++) {

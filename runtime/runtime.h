@@ -85,6 +85,15 @@ const char *mj_rt_records_path(const moejit_ctx *ctx);
 /* The context's log callback and its user pointer (both NULL without one). */
 void mj_rt_logger(const moejit_ctx *ctx, moejit_log_fn *log, void **user);
 
+/* Whether a layer's activation runs as a launch of its own between the GEMMs (GEMM1 then writes
+ * its raw output, workspace gate_up): unfused plans, gate and up in halves, activations without
+ * mul. */
+int mj_rt_split_activation(const moejit_layer_desc *desc);
+/* GEMM1's outputs: 2I for a gated activation, I without mul. */
+int64_t mj_rt_gate_up_cols(const moejit_layer_desc *desc);
+/* The activation's name in the templates (prelude.lua's table): "swiglu", "silu_mul", ... */
+const char *mj_rt_activation_name(moejit_activation act);
+
 /* Validates a layer descriptor: MOEJIT_ERR_INVALID_ARG / MOEJIT_ERR_UNSUPPORTED naming the field.
  */
 moejit_status mj_rt_check_desc(const moejit_layer_desc *desc, mj_err *err);

@@ -57,17 +57,28 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_combine(
 }
 
 #if MJ_COMBINE_ACTIVATION
-// Unfused plans: h[row, j] = swiglu(gate_up[row, 2j], gate_up[row, 2j + 1]) for the rows routing
-// produced (expert_offsets[kExperts] of them), grid-stride. Needs: kIntermediate, kExperts, kAlpha,
-// kLimit. block = kThreads.
+// The activation as a launch of its own (unfused plans; gate and up in halves; activations without
+// mul): h[row, j] = act(gate, up) of GEMM1's output row gate_up[row] ([rows, 2I], gate j and up j
+// at 2j and 2j + 1 (kLayout 0), j and I + j (1) or I + j and j (2)), or act(gate_up[row, j]) of a
+// [rows, I] row without mul (!kGated), for the rows routing produced (expert_offsets[kExperts] of
+// them), grid-stride. Needs: kIntermediate, kExperts, kAlpha, kLimit, kAct, kGated, kLayout.
+// block = kThreads.
 extern "C" __global__ void __launch_bounds__(kThreads) moejit_activation(
     const T *__restrict__ gate_up, const int *__restrict__ expert_offsets, T *__restrict__ h) {
   mj_pdl_begin<MJ_PDL>();
   const mj_i64 rows = expert_offsets[kExperts];
   for (mj_i64 i = blockIdx.x * (mj_i64)blockDim.x + threadIdx.x; i < rows * kIntermediate;
        i += (mj_i64)gridDim.x * blockDim.x) {
-    float gate = mj_to_f32(gate_up[2 * i]), up = mj_to_f32(gate_up[2 * i + 1]);
-    h[i] = mj_from_f32<T>(mj_swiglu(gate, up, kAlpha, kLimit));
+    if (!kGated) {
+      h[i] = mj_from_f32<T>(mj_activate1<kGated ? MJ_ACT_SILU : kAct>(mj_to_f32(gate_up[i])));
+      continue;
+    }
+    const mj_i64 row = i / kIntermediate, j = i % kIntermediate;
+    const T *g = gate_up + row * 2 * kIntermediate;
+    const mj_i64 at_gate = kLayout == 0 ? 2 * j : kLayout == 1 ? j : kIntermediate + j;
+    const mj_i64 at_up = kLayout == 0 ? 2 * j + 1 : kLayout == 1 ? kIntermediate + j : j;
+    h[i] = mj_from_f32<T>(mj_activate<kGated ? kAct : MJ_ACT_SWIGLU_OAI>(
+        mj_to_f32(g[at_gate]), mj_to_f32(g[at_up]), kAlpha, kLimit));
   }
 }
 #endif

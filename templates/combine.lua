@@ -1,5 +1,8 @@
 -- combine.lua: the fixed-order sum of each token's top-k rows. Spec: dtype, hidden, top_k; for
--- unfused plans also intermediate, experts, alpha, limit, which add the activation kernel.
+-- plans whose activation runs as its own launch also intermediate, experts, alpha, limit, which
+-- add the activation kernel, with activation (optional: a name of prelude.lua's table, "swiglu"
+-- the default) and layout (optional, gated activations: "interleaved", the default, "gate_up" or
+-- "up_gate": where gate and up sit along GEMM1's 2I outputs).
 -- splits (optional, default 1): the split-K partials per slot that GEMM2 (rendered with the same
 -- splits) leaves, split_stride floats apart (the kernel's last parameter, read with splits > 1).
 -- pdl (optional, 0/1, default 0): griddepcontrol.wait and launch_dependents at each kernel's start
@@ -24,6 +27,15 @@ return function(spec)
     consts[#consts + 1] = { "kExperts", "int", prelude.need_int(spec, "experts", 1, 1024) }
     consts[#consts + 1] = { "kAlpha", "float", spec.alpha }
     consts[#consts + 1] = { "kLimit", "float", spec.limit }
+    local a = prelude.activation(spec.activation or "swiglu")
+    local layouts = { interleaved = 0, gate_up = 1, up_gate = 2 }
+    local layout = layouts[spec.layout or "interleaved"]
+    if not layout then
+      error("spec.layout must be interleaved, gate_up or up_gate, got " .. tostring(spec.layout))
+    end
+    consts[#consts + 1] = { "kAct", "int", a.id }
+    consts[#consts + 1] = { "kGated", "bool", a.gated }
+    consts[#consts + 1] = { "kLayout", "int", layout }
   end
   local defines = { "#define MJ_COMBINE_ACTIVATION " .. (activation and "1" or "0") }
   if splits > 1 then defines[#defines + 1] = "#define MJ_COMBINE_SPLITS " .. splits end

@@ -2,7 +2,8 @@
 // MJ_GEMM_PATH one of: MJ_PATH_MMA, mma.sync m16n8k16 for f16/bf16; MJ_PATH_TF32, mma.sync m16n8k8
 // on TF32 for f32; MJ_PATH_FFMA, exact fp32 FFMA for f32; MJ_PATH_STREAM, streamed FFMA for tiles
 // of a few rows (below).
-// Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
+// Needs from the including template: T, BiasT, kMode, kAct (kMode 1's gated activation, prelude.cuh),
+// kHasBias (false: no bias is read), kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
 // kBM, kBN, kBK, kStages, kThreads, kSmemBytes (the dynamic shared memory of its launch contract)
 // and kWM, kWN (tensor-core paths) or kTM, kTN (FFMA); with MJ_GEMM_SPLITS, kKSplit.
 //
@@ -14,7 +15,7 @@
 // l + kLanes, ...; shared memory sums the lanes at the end. The A values (x or h, a few rows) come
 // with each batch from global memory through L1. kBK only sets the split-K length.
 //
-// kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = swiglu(A[row] @ W[e] + b[e]) with A rows
+// kMode 1 (gate_up): out = h [rows, kN / 2] in T, h = act(A[row] @ W[e] + b[e]) with A rows
 //   gathered from x by token = row_slot[row] / kTopK; with kWeightOnInput the product is scaled by
 //   weight[row] first (the same as scaling x[token], as the GEMM is linear in it).
 // kMode 3 (gate_up_raw, unfused plans): out = gu [rows, kN] in T, A[row] @ W[e] + b[e] (scaled as
@@ -113,9 +114,13 @@ static_assert(kSplits == 1 || kMode == 2, "split-K is for GEMM2 (mode down) only
 #if MJ_GEMM_SPLITS == 1
 static constexpr int kKSplit = kK;
 #endif
-static_assert(((kSplits - 1) * kKSplit < kK && kSplits * kKSplit >= kK && kKSplit % kBK == 0) ||
+// The K step a split is made of: kBK, or a 32-weight block on MXFP4's streamed path (whose kBK
+// means nothing).
+static constexpr int kSplitStep = MJ_GEMM_MXFP4 && MJ_GEMM_PATH == MJ_PATH_STREAM ? 32 : kBK;
+static_assert(((kSplits - 1) * kKSplit < kK && kSplits * kKSplit >= kK &&
+               kKSplit % kSplitStep == 0) ||
                   kSplits == 1,
-              "splits of whole kBK steps cover K, and none is empty");
+              "splits of whole K steps cover K, and none is empty");
 
 static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
 static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
@@ -171,18 +176,19 @@ __device__ __forceinline__ void emit(const GemmParams &p, int e, int r0, int r1,
                                      int col, float v0, float v1) {
   int r = r0 + row, c = n0 + col;
   if (r >= r1 || c >= kN) return;
-  const BiasT *b = p.bias + (mj_i64)e * kN;
+  const BiasT *b = p.bias + (kHasBias ? (mj_i64)e * kN : 0);
   if (kMode != 2 && kWeightOnInput) {
     float wt = p.row_weight[r];
     v0 *= wt;
     v1 *= wt;
   }
-  if (kSplits == 1 || blockIdx.z == 0) {  // split-K: the bias once, in the first partial
+  if (kHasBias && (kSplits == 1 || blockIdx.z == 0)) {  // split-K: the bias once, in the first
     v0 += mj_to_f32(b[c]);
     v1 += mj_to_f32(b[c + 1]);
   }
   if (kMode == 1) {
-    ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] = mj_from_f32<T>(mj_swiglu(v0, v1, kAlpha, kLimit));
+    ((T *)p.out)[(mj_i64)r * (kN / 2) + c / 2] =
+        mj_from_f32<T>(mj_activate<kAct>(v0, v1, kAlpha, kLimit));
   } else if (kMode == 3) {
     T *o = (T *)p.out + (mj_i64)r * kN + c;
     o[0] = mj_from_f32<T>(v0);

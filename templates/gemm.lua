@@ -1,9 +1,10 @@
 -- gemm.lua: one grouped GEMM of the layer for one tile configuration (gemm.cuh), sm_80+.
--- Spec: dtype ("f32"|"f16"|"bf16"), bias (optional: "f32" or the dtype), math ("mma": f16/bf16
+-- Spec: dtype ("f32"|"f16"|"bf16"), bias (optional: "f32", the dtype, or "none"), math ("mma": f16/bf16
 -- tensor cores; "tf32": f32 on TF32 tensor cores; "ffma": exact f32; "stream": weights streamed
 -- into registers and fp32 FFMA, any dtype, for tiles of at most 8 rows; optional: the dtype's exact
--- path), stage ("gemm1"|"gemm2"), activation (gemm1, optional: "swiglu", the default, or "none",
--- which leaves GEMM1's output before the activation for an unfused plan), hidden, intermediate
+-- path), stage ("gemm1"|"gemm2"), activation (gemm1, optional: a gated activation of prelude.lua's
+-- table, "swiglu" the default, or "none", which leaves GEMM1's output before the activation for the
+-- activation kernel), no_mul (gemm1, optional 0/1: GEMM1 gives I outputs, not 2I), hidden, intermediate
 -- (the layer's H and I: GEMM1 is [H] -> [2I], GEMM2 [I] -> [H]), top_k, alpha, limit,
 -- weight_on_input (0/1, optional), bm, bn, bk, stages, and wm, wn (warps along M and N, tensor-core
 -- paths) or tm, tn (outputs per thread, FFMA); the streamed path takes neither, runs 128 threads,
@@ -18,14 +19,15 @@
 -- routing ends (gemm.cuh, MJ_GEMM_SELF_ROUTE).
 -- weights (optional): "mxfp4" for MXFP4 expert weights (the checkpoint's blocks and e8m0 scales,
 -- gemm.cuh's MJ_GEMM_MXFP4), with math mma or stream and dtype f16 or bf16; hidden and
--- intermediate multiples of 32, bk a multiple of 32 (the streamed path steps whole blocks).
+-- intermediate multiples of 32; on the mma path bk a multiple of 32 (the streamed path splits K in
+-- whole 32-weight blocks, whatever bk).
 -- Contract: moejit_gemm, grid (tiles, ceil(cols / tile_cols), splits); self-routed (self_route),
 -- forwards of at most max_slots slots.
 local prelude = require("prelude")
 
--- gemm.cuh's kMode: 1 GEMM1 with bias and SwiGLU; 3 GEMM1 with bias alone (unfused plans);
+-- gemm.cuh's kMode: 1 GEMM1 with bias and a gated activation (kAct); 3 GEMM1 with bias alone
+-- (activation "none": unfused plans, and those whose activation runs in a kernel of its own);
 -- 2 GEMM2 with bias and the routing weight.
-local gemm1_modes = { swiglu = 1, none = 3 }
 -- Which dtypes each math path takes, and its MJ_GEMM_PATH in gemm.cuh.
 local maths = {
   mma = { path = "MJ_PATH_MMA", dtypes = { f16 = true, bf16 = true }, kstep = 16 },
@@ -46,7 +48,7 @@ end
 
 return function(spec)
   local dt = prelude.dtype(spec.dtype)
-  local bias = prelude.dtype(spec.bias or spec.dtype)
+  local bias, has_bias = prelude.bias(spec)
   -- math defaults to the dtype's exact path: tensor cores for f16/bf16, FFMA for f32
   local math_name = spec.math or (dt.mma and "mma" or "ffma")
   local math_ = maths[math_name]
@@ -73,11 +75,18 @@ return function(spec)
         .. "(%d x %d here)", gemm.k, gemm.n))
     end
   end
-  local mode = 2
+  local mode, act = 2, 0
   if gemm.stage == 1 then
-    mode = gemm1_modes[spec.activation or "swiglu"]
-    if not mode then
-      error("spec.activation must be swiglu or none, got " .. tostring(spec.activation))
+    local name = spec.activation or "swiglu"
+    if name == "none" then
+      mode = 3
+    else
+      local a = prelude.activation(name)
+      if not a.gated or spec.no_mul == 1 then
+        error(string.format("spec.activation=%s: a GEMM fuses gated activations only; one "
+          .. "without mul runs in the activation kernel (activation none here)", name))
+      end
+      mode, act = 1, a.id
     end
   end
   local n, k = gemm.n, gemm.k
@@ -117,6 +126,8 @@ return function(spec)
   end
   local consts = {
     { "kMode", "int", mode },
+    { "kAct", "int", act },
+    { "kHasBias", "bool", has_bias },
     { "kN", "int", n },
     { "kK", "int", k },
     { "kTopK", "int", prelude.need_int(spec, "top_k", 1, 32) },

@@ -105,6 +105,45 @@ __device__ __forceinline__ float mj_swiglu(float gate, float up, float alpha, fl
   return (up + 1.0f) * gate / (1.0f + expf(-alpha * gate));
 }
 
+// The layer's activations by moejit_activation's values (moejit.h has the formulas, after vLLM's
+// MoEActivation), in fp32. kAct is a template constant: one branch is compiled.
+#define MJ_ACT_SWIGLU_OAI 0
+#define MJ_ACT_SILU_MUL 1
+#define MJ_ACT_GELU_MUL 2
+#define MJ_ACT_GELU_TANH_MUL 3
+#define MJ_ACT_SWIGLU_STEP 4
+#define MJ_ACT_SILU 5
+#define MJ_ACT_GELU 6
+#define MJ_ACT_RELU2 7
+
+__device__ __forceinline__ float mj_silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float mj_gelu(float v) {
+  return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+}
+__device__ __forceinline__ float mj_gelu_tanh(float v) {
+  return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+}
+
+// A gated activation of (gate, up).
+template <int kAct>
+__device__ __forceinline__ float mj_activate(float gate, float up, float alpha, float limit) {
+  static_assert(kAct >= MJ_ACT_SWIGLU_OAI && kAct <= MJ_ACT_SWIGLU_STEP, "a gated activation");
+  if (kAct == MJ_ACT_SWIGLU_OAI) return mj_swiglu(gate, up, alpha, limit);
+  if (kAct == MJ_ACT_SILU_MUL) return mj_silu(gate) * up;
+  if (kAct == MJ_ACT_GELU_MUL) return mj_gelu(gate) * up;
+  if (kAct == MJ_ACT_GELU_TANH_MUL) return mj_gelu_tanh(gate) * up;
+  return fminf(mj_silu(gate), limit) * fminf(fmaxf(up, -limit), limit);  // SWIGLU_STEP
+}
+
+// An activation without mul, of one value.
+template <int kAct> __device__ __forceinline__ float mj_activate1(float v) {
+  static_assert(kAct >= MJ_ACT_SILU && kAct <= MJ_ACT_RELU2, "an activation without mul");
+  if (kAct == MJ_ACT_SILU) return mj_silu(v);
+  if (kAct == MJ_ACT_GELU) return mj_gelu(v);
+  const float r = fmaxf(v, 0.0f);  // RELU2
+  return r * r;
+}
+
 // Programmatic dependent launch (sm_90+), on when the kernel file's MJ_PDL is 1: wait until the
 // grid before this one in the stream has finished and its writes are visible, then let the next
 // grid start its launch, so that its blocks are resident and waiting when this one ends instead of a

@@ -69,9 +69,29 @@ function M.need_int(spec, key, lo, hi)
   return v
 end
 
+-- The activations by the names specs give them: prelude.cuh's MJ_ACT_* value (moejit.h's
+-- moejit_activation) and whether it is gated (takes gate and up pairs).
+M.activations = {
+  swiglu = { id = 0, gated = true }, -- SwiGLU-OAI (GPT-OSS)
+  silu_mul = { id = 1, gated = true },
+  gelu_mul = { id = 2, gated = true },
+  gelu_tanh_mul = { id = 3, gated = true },
+  swiglu_step = { id = 4, gated = true },
+  silu = { id = 5, gated = false },
+  gelu = { id = 6, gated = false },
+  relu2 = { id = 7, gated = false },
+}
+
+function M.activation(name)
+  local a = M.activations[name]
+  if not a then error("unknown activation '" .. tostring(name) .. "'", 2) end
+  return a
+end
+
 -- The GEMM a spec names: stage ("gemm1"|"gemm2") and the layer's hidden and intermediate sizes
--- (multiples of 8). GEMM1 maps [hidden] to [2 * intermediate] (gate and up), GEMM2
--- [intermediate] to [hidden]. Returns { stage = 1 or 2, n = N, k = K }.
+-- (multiples of 8). GEMM1 maps [hidden] to [2 * intermediate] (gate and up), or, with no_mul = 1
+-- (an activation without mul), to [intermediate]; GEMM2 [intermediate] to [hidden].
+-- Returns { stage = 1 or 2, n = N, k = K }.
 local stages = { gemm1 = 1, gemm2 = 2 }
 function M.gemm_shape(spec)
   local stage = stages[spec.stage]
@@ -80,8 +100,19 @@ function M.gemm_shape(spec)
   if hidden % 8 ~= 0 or inter % 8 ~= 0 then
     error(string.format("hidden=%d and intermediate=%d must be multiples of 8", hidden, inter), 2)
   end
-  if stage == 1 then return { stage = 1, n = 2 * inter, k = hidden } end
+  if stage == 1 then
+    local gated = spec.no_mul == nil or M.need_int(spec, "no_mul", 0, 1) == 0
+    return { stage = 1, n = gated and 2 * inter or inter, k = hidden }
+  end
   return { stage = 2, n = hidden, k = inter }
+end
+
+-- The bias of a GEMM spec: spec.bias "none" (no biases: nothing is read; BiasT is the dtype's
+-- type, unused) or a dtype name (default: the spec's dtype). Returns the dtype row and whether the
+-- GEMM has a bias.
+function M.bias(spec)
+  if spec.bias == "none" then return M.dtype(spec.dtype), false end
+  return M.dtype(spec.bias or spec.dtype), true
 end
 
 -- spec.pdl (optional, 0/1, default 0): "#define MJ_PDL 1" for programmatic dependent launch

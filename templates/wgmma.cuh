@@ -1,5 +1,6 @@
 // wgmma.cuh: the grouped GEMMs of the layer on sm_90a: persistent, warp-specialised, TMA + wgmma.
-// Needs from the including template: T, BiasT, kMode, kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
+// Needs from the including template: T, BiasT, kMode, kAct (kMode 1's gated activation), kHasBias
+// (false: biases are zeros, none read), kN, kK, kTopK, kAlpha, kLimit, kWeightOnInput,
 // kBM, kBN, kARows, kStages, kGroupM, kCtas, kPingPong, kChain, mj_wgmma (one m64 x kBN x k16
 // step) and its launch contract's kThreads and kSmemBytes (and kGatherThreads with kMode 1).
 //
@@ -11,7 +12,7 @@
 // earlier load left there: they meet only accumulator rows that are never stored); W[e] is
 // read through tmap_b (3D: {kN, kK, experts}) in 64-column boxes, so K and N tails, the columns of
 // a last box past kBN (a slab need not be whole boxes) and rows past the last are zeros.
-// kMode 1 (gate_up): h[r, c / 2] = swiglu(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
+// kMode 1 (gate_up): h[r, c / 2] = act(acc[c] + b[c], acc[c + 1] + b[c + 1]) in T, the product
 //   scaled by weight[r] first with kWeightOnInput; staged through shared memory, 16-byte stores.
 // kMode 2 (down): y_slot[row_slot[r], c] = (acc + b) * weight[r] in f32 (weight 1 with
 //   kWeightOnInput), staged through shared memory a part of the slab at a time, 16-byte stores.
@@ -233,12 +234,12 @@ struct SlabBias { BiasPair pair[kJ]; };
 
 __device__ __forceinline__ SlabBias load_bias(const WgParams &p, const Item &it) {
   const int lane = threadIdx.x & 31;
-  const BiasT *b = p.bias + (mj_i64)it.e * kN;
+  const BiasT *b = p.bias + (kHasBias ? (mj_i64)it.e * kN : 0);
   SlabBias out;
 #pragma unroll
   for (int j = 0; j < kJ; ++j) {
     const int c = it.n0 + 8 * j + 2 * (lane & 3);
-    out.pair[j] = c < kN ? *(const BiasPair *)(b + c) : BiasPair{};
+    out.pair[j] = kHasBias && c < kN ? *(const BiasPair *)(b + c) : BiasPair{};  // zeros: none
   }
   return out;
 }
@@ -254,6 +255,12 @@ __device__ __forceinline__ float swiglu_fast(float gate, float up) {
   gate = fminf(gate, kLimit);
   up = fminf(fmaxf(up, -kLimit), kLimit);
   return __fdividef((up + 1.0f) * gate, 1.0f + __expf(-kAlpha * gate));
+}
+
+// kMode 1's gated activation (kAct): SwiGLU-OAI the fast way, the others as prelude.cuh has them.
+__device__ __forceinline__ float activate(float gate, float up) {
+  return kAct == MJ_ACT_SWIGLU_OAI ? swiglu_fast(gate, up)
+                                   : mj_activate<kAct>(gate, up, kAlpha, kLimit);
 }
 
 // What the epilogue needs of the routing for this lane's rows, read before the item's main loop so
@@ -293,7 +300,7 @@ __device__ __forceinline__ void epilogue(const WgParams &p, const Item &it, int 
       for (int h = 0; h < 2; ++h) {
         const float v0 = acc[4 * j + 2 * h] * wt[h], v1 = acc[4 * j + 2 * h + 1] * wt[h];
         s[((lane >> 2) + 8 * h) * kStageLd + 4 * j + (lane & 3)] =
-            mj_from_f32<T>(swiglu_fast(v0 + b.x, v1 + b.y));
+            mj_from_f32<T>(activate(v0 + b.x, v1 + b.y));
       }
     }
     __syncwarp();

@@ -65,11 +65,17 @@ return function(spec)
   local ab = instr[spec.dtype]
   if not ab then error("spec.dtype must be f16 or bf16 for wgmma, got " .. tostring(spec.dtype)) end
   local dt = prelude.dtype(spec.dtype)
-  local bias = prelude.dtype(spec.bias or spec.dtype)
+  local bias, has_bias = prelude.bias(spec)
   local gemm = prelude.gemm_shape(spec)
   local mode, n, k = gemm.stage, gemm.n, gemm.k
-  if mode == 1 and (spec.activation or "swiglu") ~= "swiglu" then
-    error("spec.activation: wgmma's GEMM1 applies SwiGLU in its epilogue, got " .. spec.activation)
+  local act = 0
+  if mode == 1 then
+    local a = prelude.activation(spec.activation or "swiglu")
+    if not a.gated or spec.no_mul == 1 then
+      error("spec.activation: wgmma's GEMM1 applies a gated activation in its epilogue, got "
+        .. spec.activation)
+    end
+    act = a.id
   end
   local bm = prelude.need_int(spec, "bm", 64, 128)
   if bm ~= 64 and bm ~= 128 then error("spec.bm must be 64 or 128, got " .. bm) end
@@ -113,6 +119,8 @@ return function(spec)
     "typedef " .. bias.ctype .. " BiasT;",
     prelude.constants({
       { "kMode", "int", mode },
+      { "kAct", "int", act },
+      { "kHasBias", "bool", has_bias },
       { "kN", "int", n },
       { "kK", "int", k },
       { "kTopK", "int", prelude.need_int(spec, "top_k", 1, 32) },

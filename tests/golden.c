@@ -25,6 +25,11 @@ const char *mj_golden_root(void) {
   return env && *env ? env : MOEJIT_SOURCE_DIR "/../shared/golden";
 }
 
+const char *mj_golden_act_root(void) {
+  const char *env = getenv("MOEJIT_GOLDEN_ACT_DIR");
+  return env && *env ? env : MOEJIT_SOURCE_DIR "/tests/golden-act";
+}
+
 const char *mj_golden_mxfp4_root(void) {
   const char *env = getenv("MOEJIT_GOLDEN_MXFP4_DIR");
   return env && *env ? env : MOEJIT_SOURCE_DIR "/../shared/golden-mxfp4";
@@ -139,6 +144,37 @@ static int read_meta(const char *dir, mj_golden *g, char *err, size_t errlen) {
       }
       seen_float[i] = 1;
     }
+    if (strcmp(key, "activation") == 0) {
+      static const char *const acts[] = {"swiglu",      "silu_mul", "gelu_mul", "gelu_tanh_mul",
+                                         "swiglu_step", "silu",     "gelu",     "relu2"};
+      int found = 0;
+      for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        if (strcmp(value, acts[i]) == 0)
+          g->activation = (moejit_activation)i, found = 1;
+      if (!found) {
+        set_err(err, errlen, "%s: activation=%s is not one of moejit.h's", path, value);
+        goto done;
+      }
+    }
+    if (strcmp(key, "gate_up_layout") == 0) {
+      static const char *const layouts[] = {"interleaved", "gate_up", "up_gate"};
+      int found = 0;
+      for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
+        if (strcmp(value, layouts[i]) == 0)
+          g->gate_up_layout = (moejit_gate_up_layout)i, found = 1;
+      if (!found) {
+        set_err(err, errlen, "%s: gate_up_layout=%s is not interleaved, gate_up or up_gate", path,
+                value);
+        goto done;
+      }
+    }
+    if (strcmp(key, "bias") == 0) {
+      if (strcmp(value, "none") != 0) {
+        set_err(err, errlen, "%s: bias=%s is not none", path, value);
+        goto done;
+      }
+      g->no_bias = 1;
+    }
     if (strcmp(key, "weights") == 0) {
       if (strcmp(value, "mxfp4") != 0) {
         set_err(err, errlen, "%s: weights=%s is not mxfp4", path, value);
@@ -234,7 +270,9 @@ int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, 
   const int64_t T = g->tokens, H = g->hidden, I = g->intermediate, E = g->experts, K = g->top_k;
   const int64_t ds = (int64_t)mj_dtype_size(g->dtype);
   /* each array's size in bytes from the meta shapes; mul() turns an overflow into -1 */
-  const int64_t th = mul(T, H), tk4 = mul(mul(T, K), 4), gu = mul(E, mul(2, I));
+  /* GEMM1's outputs: 2I, or I for an activation without mul */
+  const int64_t n1 = g->activation >= MOEJIT_ACT_SILU ? I : mul(2, I);
+  const int64_t th = mul(T, H), tk4 = mul(mul(T, K), 4), gu = mul(E, n1);
   if (!(g->x = read_array(dir, "x.bin", "[T, H] dtype", mul(th, ds), err, errlen)) ||
       !(g->topk_ids = read_array(dir, "topk_ids.bin", "[T, K] int32", tk4, err, errlen)) ||
       !(g->topk_weights = read_array(dir, "topk_weights.bin", "[T, K] f32", tk4, err, errlen)) ||
@@ -242,12 +280,13 @@ int mj_golden_load(const char *root, const char *name, mj_golden *g, char *err, 
             read_array(dir, "dense_weights.bin", "[T, E] f32", mul(mul(T, E), 4), err, errlen)) ||
       !(g->gate_up_proj = read_array(dir, "gate_up_proj.bin", "[E, H, 2I] dtype",
                                      mul(mul(gu, H), ds), err, errlen)) ||
-      !(g->gate_up_proj_bias =
-            read_array(dir, "gate_up_proj_bias.bin", "[E, 2I] dtype", mul(gu, ds), err, errlen)) ||
+      (!g->no_bias &&
+       !(g->gate_up_proj_bias = read_array(dir, "gate_up_proj_bias.bin", "[E, 2I] dtype",
+                                           mul(gu, ds), err, errlen))) ||
       !(g->down_proj = read_array(dir, "down_proj.bin", "[E, I, H] dtype",
                                   mul(mul(mul(E, I), H), ds), err, errlen)) ||
-      !(g->down_proj_bias = read_array(dir, "down_proj_bias.bin", "[E, H] dtype",
-                                       mul(mul(E, H), ds), err, errlen)) ||
+      (!g->no_bias && !(g->down_proj_bias = read_array(dir, "down_proj_bias.bin", "[E, H] dtype",
+                                                       mul(mul(E, H), ds), err, errlen))) ||
       !(g->expected = read_array(dir, "expected.bin", "[T, H] f32", mul(th, 4), err, errlen)))
     goto fail;
   if (g->mxfp4 && (H % 32 != 0 || I % 32 != 0)) {

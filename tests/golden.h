@@ -29,6 +29,12 @@ typedef struct mj_golden {
   uint8_t *gate_up_proj_scales; /* [E, 2I, H/32] */
   uint8_t *down_proj_blocks;    /* [E, H, I/32, 16] */
   uint8_t *down_proj_scales;    /* [E, H, I/32] */
+  /* The cases of tests/golden-act (meta.txt: activation, gate_up_layout, bias none): the layer's
+   * activation and gate/up layout (gate_up_proj is [E, H, I] without mul), and no_bias (then both
+   * bias arrays are NULL). Defaults: SwiGLU-OAI, interleaved, biases. */
+  moejit_activation activation;
+  moejit_gate_up_layout gate_up_layout;
+  int no_bias;
 } mj_golden;
 
 /* $MOEJIT_GOLDEN_DIR when set and not empty, else MOEJIT_SOURCE_DIR "/../shared/golden"
@@ -37,6 +43,10 @@ const char *mj_golden_root(void);
 /* The same for the MXFP4 cases: $MOEJIT_GOLDEN_MXFP4_DIR, else
  * MOEJIT_SOURCE_DIR "/../shared/golden-mxfp4". */
 const char *mj_golden_mxfp4_root(void);
+
+/* The activation and layout cases made by tests/make_act_cases.py: $MOEJIT_GOLDEN_ACT_DIR, else
+ * MOEJIT_SOURCE_DIR "/tests/golden-act". */
+const char *mj_golden_act_root(void);
 
 /* Writes the names of the case folders under root (those holding a meta.txt), sorted, into
  * names[0..max); names of 64 characters or more are skipped. Returns how many were written (at most

@@ -109,7 +109,18 @@ static int cubin_has(const mj_cubin *c, const char *name) {
 /* ---- the grid -------------------------------------------------------------------------------- */
 
 /* Layer options a case turns on, so that every template variant is rendered and compiled. */
-enum { EXACT = 1, MAP = 2, CAPPED = 4, WEIGHT_IN = 8, BIAS_F32 = 16, UNFUSED = 32, MXFP4 = 64 };
+enum {
+  EXACT = 1,
+  MAP = 2,
+  CAPPED = 4,
+  WEIGHT_IN = 8,
+  BIAS_F32 = 16,
+  UNFUSED = 32,
+  MXFP4 = 64,
+  NO_BIAS = 128,
+  HALVES = 256,  /* gate and up in halves, [gate | up] */
+  UP_GATE = 512, /* [up | gate] */
+};
 
 typedef struct layer_case {
   const char *name;
@@ -117,26 +128,40 @@ typedef struct layer_case {
   moejit_dtype dtype, ids, weights;
   moejit_routing routing;
   int options;
+  moejit_activation act; /* default SwiGLU-OAI */
 } layer_case;
 
 static const layer_case grid[] = {
-    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK, 0},
+    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK, 0,
+     MOEJIT_ACT_SWIGLU_OAI},
     {"gpt-oss-120b f16 logits", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_F16,
-     MOEJIT_ROUTING_LOGITS, MAP | BIAS_F32},
+     MOEJIT_ROUTING_LOGITS, MAP | BIAS_F32, MOEJIT_ACT_SWIGLU_OAI},
     {"small f32 exact", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I64, MOEJIT_BF16, MOEJIT_ROUTING_DENSE,
-     EXACT},
-    {"tiny f32 tf32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
-     CAPPED},
+     EXACT, MOEJIT_ACT_SWIGLU_OAI},
+    {"tiny f32 tf32", 16, 8, 2, 1, MOEJIT_F32, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_DENSE, CAPPED,
+     MOEJIT_ACT_SWIGLU_OAI},
     {"odd bf16 unfused", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_DENSE,
-     MAP | WEIGHT_IN | UNFUSED},
+     MAP | WEIGHT_IN | UNFUSED, MOEJIT_ACT_SWIGLU_OAI},
     {"wide f16 logits", 4096, 1024, 8, 2, MOEJIT_F16, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_LOGITS,
-     CAPPED},
+     CAPPED, MOEJIT_ACT_SWIGLU_OAI},
     {"gpt-oss-20b mxfp4", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32,
-     MOEJIT_ROUTING_TOPK, MXFP4},
+     MOEJIT_ROUTING_TOPK, MXFP4, MOEJIT_ACT_SWIGLU_OAI},
     {"gpt-oss-120b mxfp4 f16", 2880, 2880, 128, 4, MOEJIT_F16, MOEJIT_I64, MOEJIT_BF16,
-     MOEJIT_ROUTING_DENSE, MXFP4 | MAP | BIAS_F32 | UNFUSED},
+     MOEJIT_ROUTING_DENSE, MXFP4 | MAP | BIAS_F32 | UNFUSED, MOEJIT_ACT_SWIGLU_OAI},
     {"small mxfp4 logits", 64, 96, 5, 2, MOEJIT_BF16, MOEJIT_I64, MOEJIT_F32, MOEJIT_ROUTING_LOGITS,
-     MXFP4 | CAPPED | WEIGHT_IN},
+     MXFP4 | CAPPED | WEIGHT_IN, MOEJIT_ACT_SWIGLU_OAI},
+    /* other activations fused (interleaved) on every path, and in their own launch (halves, no
+     * mul), with and without biases */
+    {"mixtral-like silu halves", 4096, 1024, 8, 2, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32,
+     MOEJIT_ROUTING_TOPK, HALVES | NO_BIAS, MOEJIT_ACT_SILU_MUL},
+    {"gelu_tanh interleaved", 256, 192, 16, 4, MOEJIT_F16, MOEJIT_I32, MOEJIT_F32,
+     MOEJIT_ROUTING_TOPK, NO_BIAS, MOEJIT_ACT_GELU_TANH_MUL},
+    {"swiglu_step up|gate mxfp4", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I64, MOEJIT_F32,
+     MOEJIT_ROUTING_DENSE, UP_GATE | MXFP4, MOEJIT_ACT_SWIGLU_STEP},
+    {"relu2 no mul f32", 64, 96, 5, 2, MOEJIT_F32, MOEJIT_I32, MOEJIT_F32, MOEJIT_ROUTING_TOPK,
+     EXACT | NO_BIAS, MOEJIT_ACT_RELU2},
+    {"gelu erf interleaved", 256, 192, 16, 4, MOEJIT_BF16, MOEJIT_I32, MOEJIT_F32,
+     MOEJIT_ROUTING_TOPK, 0, MOEJIT_ACT_GELU_MUL},
 };
 
 static moejit_layer_desc desc_of(const layer_case *c) {
@@ -159,6 +184,11 @@ static moejit_layer_desc desc_of(const layer_case *c) {
   d.bias_f32 = (c->options & BIAS_F32) != 0;
   d.unfused = (c->options & UNFUSED) != 0;
   d.weight_format = c->options & MXFP4 ? MOEJIT_WEIGHTS_MXFP4 : MOEJIT_WEIGHTS_DENSE;
+  d.no_bias = (c->options & NO_BIAS) != 0;
+  d.gate_up_layout = c->options & HALVES    ? MOEJIT_GATE_UP_HALVES
+                     : c->options & UP_GATE ? MOEJIT_UP_GATE_HALVES
+                                            : MOEJIT_GATE_UP_INTERLEAVED;
+  d.activation = c->act;
   return d;
 }
 
@@ -169,6 +199,9 @@ static const char *ctype_of(moejit_dtype dt) {
 /* What a module's source must say for the layer: the constants the kernels are built on. */
 static void check_source(const mj_module_src *m, const layer_case *c) {
   const char *s = m->source;
+  /* the activation runs as its own launch (GEMM1 raw, the activation kernel in combine's module)
+   * for unfused plans, gate and up in halves, and activations without mul */
+  const int split = (c->options & (UNFUSED | HALVES | UP_GATE)) || c->act >= MOEJIT_ACT_SILU;
   /* Every module but the wgmma ones (launched without it) is built for programmatic dependent
    * launch; these tables split no GEMM2 but MXFP4's streamed one-token tile. */
   if ((strstr(s, "#define MJ_PDL 1") != NULL) != (strcmp(m->template_name, "wgmma") != 0))
@@ -207,17 +240,26 @@ static void check_source(const mj_module_src *m, const layer_case *c) {
                      c->routing == MOEJIT_ROUTING_DENSE ? "true" : "false");
   } else if (strcmp(m->template_name, "combine") == 0) {
     assert_containsf(s, "static constexpr int kHidden = %lld;", (long long)c->hidden);
-    assert_containsf(s, "#define MJ_COMBINE_ACTIVATION %d", (c->options & UNFUSED) != 0);
+    assert_containsf(s, "#define MJ_COMBINE_ACTIVATION %d", split);
+    if (split) {
+      assert_containsf(s, "static constexpr int kAct = %d;", (int)c->act);
+      assert_containsf(s, "static constexpr int kLayout = %d;",
+                       c->options & HALVES    ? 1
+                       : c->options & UP_GATE ? 2
+                                              : 0);
+    }
     assert_containsf(s, "static constexpr int kTopK = %lld;", (long long)c->top_k);
     assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
   } else {
     assert_string_equal(m->template_name, "gemm");
     int mode = strncmp(m->name, "gemm1_", 6) == 0 ? 1 : 2;
     assert_true(mode == 1 || strncmp(m->name, "gemm2_", 6) == 0);
-    int64_t n = mode == 1 ? 2 * c->intermediate : c->hidden;
+    int64_t n = mode == 1 ? (c->act >= MOEJIT_ACT_SILU ? 1 : 2) * c->intermediate : c->hidden;
     int64_t k = mode == 1 ? c->hidden : c->intermediate;
-    assert_containsf(s, "static constexpr int kMode = %d;",
-                     mode == 1 && (c->options & UNFUSED) ? 3 : mode);
+    assert_containsf(s, "static constexpr int kMode = %d;", mode == 1 && split ? 3 : mode);
+    assert_containsf(s, "static constexpr int kAct = %d;", mode == 1 && !split ? (int)c->act : 0);
+    assert_containsf(s, "static constexpr bool kHasBias = %s;",
+                     c->options & NO_BIAS ? "false" : "true");
     assert_containsf(s, "static constexpr int kN = %lld;", (long long)n);
     assert_containsf(s, "static constexpr int kK = %lld;", (long long)k);
     assert_containsf(s, "typedef %s T;", ctype_of(c->dtype));
@@ -422,6 +464,13 @@ static void test_layer_wide_f16_i64(void **state) { build_and_check(*state, &gri
 static void test_layer_gpt_oss_20b_mxfp4(void **state) { build_and_check(*state, &grid[6]); }
 static void test_layer_gpt_oss_120b_mxfp4_f16(void **state) { build_and_check(*state, &grid[7]); }
 static void test_layer_small_mxfp4_logits(void **state) { build_and_check(*state, &grid[8]); }
+static void test_layer_mixtral_like_silu_halves(void **state) { build_and_check(*state, &grid[9]); }
+static void test_layer_gelu_tanh(void **state) { build_and_check(*state, &grid[10]); }
+static void test_layer_swiglu_step_up_gate_mxfp4(void **state) {
+  build_and_check(*state, &grid[11]);
+}
+static void test_layer_relu2_no_mul(void **state) { build_and_check(*state, &grid[12]); }
+static void test_layer_gelu_erf(void **state) { build_and_check(*state, &grid[13]); }
 
 /* ---- the math path of the GEMMs, as NVRTC sees it -------------------------------------------- */
 
@@ -688,10 +737,22 @@ static void test_wgmma_layers(void **state) {
   fixture *fx = *state;
   wgmma_layer(fx, &grid[0]); /* gpt-oss-20b bf16 */
   wgmma_layer(fx, &grid[1]); /* f16, f32 biases, expert map, logits */
-  layer_case odd = {
-      "odd f16 weight on input", 200,      136, 5, 2, MOEJIT_F16, MOEJIT_I32, MOEJIT_F32,
-      MOEJIT_ROUTING_TOPK,       WEIGHT_IN};
-  wgmma_layer(fx, &odd); /* N and K not multiples of 64 */
+  layer_case odd = {"odd f16 weight on input",
+                    200,
+                    136,
+                    5,
+                    2,
+                    MOEJIT_F16,
+                    MOEJIT_I32,
+                    MOEJIT_F32,
+                    MOEJIT_ROUTING_TOPK,
+                    WEIGHT_IN,
+                    MOEJIT_ACT_SWIGLU_OAI};
+  wgmma_layer(fx, &odd);      /* N and K not multiples of 64 */
+  wgmma_layer(fx, &grid[10]); /* GELU-tanh fused in the epilogue, no biases */
+  layer_case silu = grid[13];
+  silu.act = MOEJIT_ACT_SILU_MUL;
+  wgmma_layer(fx, &silu); /* SiLU-and-mul, interleaved */
 }
 
 /* wgmma specs outside what the kernel takes are template errors naming the key. */
@@ -1169,6 +1230,11 @@ int main(void) {
       cmocka_unit_test(test_layer_gpt_oss_20b_mxfp4),
       cmocka_unit_test(test_layer_gpt_oss_120b_mxfp4_f16),
       cmocka_unit_test(test_layer_small_mxfp4_logits),
+      cmocka_unit_test(test_layer_mixtral_like_silu_halves),
+      cmocka_unit_test(test_layer_gelu_tanh),
+      cmocka_unit_test(test_layer_swiglu_step_up_gate_mxfp4),
+      cmocka_unit_test(test_layer_relu2_no_mul),
+      cmocka_unit_test(test_layer_gelu_erf),
   };
   return cmocka_run_group_tests_name("gen_templates", tests, group_setup, group_teardown);
 }

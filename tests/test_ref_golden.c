@@ -313,23 +313,56 @@ static void test_mxfp4_decode(void **state) {
 }
 
 /* The kernels' decoder (templates/mxfp4.cuh, plain C as well as CUDA) gives the reference's weight
- * for every code and every scale byte, bit for bit: the same value, the same sign of zero, NaN for
- * scale 255. */
+ * in f32 for every code and every scale byte, bit for bit: the same value (infinity past f32's
+ * range, as for bf16), the same sign of zero, NaN for scale 255. */
 static void test_mxfp4_kernel_decoder(void **state) {
   (void)state;
   for (unsigned s = 0; s < 256; s++)
     for (unsigned c = 0; c < 16; c++) {
       uint8_t block[16] = {0}, scale = (uint8_t)s;
       block[0] = (uint8_t)c;
-      const double want = mj_ref_mxfp4(block, &scale, 0);
+      /* in f32, as the kernels hold it before rounding to the layer's dtype: past 2^128, inf */
+      const float want = (float)mj_ref_mxfp4(block, &scale, 0);
       const float got = mj_e2m1(c) * mj_e8m0(s);
-      if (isnan(want) ? !isnan(got) : ((double)got != want || signbit(got) != signbit(want)))
+      if (isnan(want) ? !isnan(got) : (got != want || !signbit(got) != !signbit(want)))
         fail_msg("code %u scale %u: the kernels decode %a, the reference %a", c, s, (double)got,
-                 want);
+                 (double)want);
       /* the high nibble is read the same way (the decoder masks the low four bits itself) */
       assert_true(mj_e2m1(c | 0xf0u) == mj_e2m1(c) &&
-                  signbit(mj_e2m1(c | 0xf0u)) == signbit(mj_e2m1(c)));
+                  !signbit(mj_e2m1(c | 0xf0u)) == !signbit(mj_e2m1(c)));
     }
+}
+
+/* A case of tests/golden-act (another activation, gate and up in halves, no biases; made by
+ * tests/make_act_cases.py in numpy): the reference with the case's activation, layout and biases
+ * meets the expected output; with another layout it does not, so the layout is read. */
+static void test_act_case(void **state) {
+  mj_golden g;
+  load_case(state, &g);
+  float *out = malloc((size_t)(g.tokens * g.hidden) * sizeof *out); /* [T, H] */
+  assert_non_null(out);
+  mj_ref_layer L = golden_layer(&g);
+  L.activation = g.activation;
+  L.gate_up_layout = g.gate_up_layout;
+  assert_int_equal(mj_ref_forward(&L, NULL, g.tokens, out), 0);
+  const double error = mj_rel_error(out, g.expected, g.tokens * g.hidden);
+  const double tol = mj_tolerance(g.dtype);
+  double other = -1.0; /* the error with the layout the case does not have (gated cases) */
+  if (g.activation <= MOEJIT_ACT_SWIGLU_STEP) {
+    L.gate_up_layout =
+        g.gate_up_layout == MOEJIT_GATE_UP_HALVES ? MOEJIT_UP_GATE_HALVES : MOEJIT_GATE_UP_HALVES;
+    assert_int_equal(mj_ref_forward(&L, NULL, g.tokens, out), 0);
+    other = mj_rel_error(out, g.expected, g.tokens * g.hidden);
+  }
+  print_message("%-24s T=%-3lld H=%-3lld I=%-3lld E=%lld K=%lld %s  rel error %.3e (another "
+                "layout: %.2g; tolerance %.0e)\n",
+                g.name, (long long)g.tokens, (long long)g.hidden, (long long)g.intermediate,
+                (long long)g.experts, (long long)g.top_k, g.no_bias ? "no bias" : "biases ", error,
+                other, tol);
+  free(out);
+  mj_golden_free(&g);
+  assert_true(error <= tol);
+  assert_true(other < 0.0 || other > 10 * tol);
 }
 
 /* Adds a test per case folder under root (fn), or one that fails naming the root when it has
@@ -348,17 +381,21 @@ static void add_cases(const char *root, void (*fn)(void **), char (*names)[64], 
 }
 
 int main(void) {
-  static char names[2][MAX_CASES][64];
-  static golden_case cases[2][MAX_CASES];
-  struct CMUnitTest tests[2 * MAX_CASES + 4] = {
+  static char names[3][MAX_CASES][64];
+  static golden_case cases[3][MAX_CASES];
+  static const struct CMUnitTest fixed[] = {
       cmocka_unit_test(test_conversions),
       cmocka_unit_test(test_bad_id_contributes_nothing),
       cmocka_unit_test(test_token_subset_and_bad_args),
       cmocka_unit_test(test_mxfp4_decode),
       cmocka_unit_test(test_mxfp4_kernel_decoder),
   };
-  size_t ntests = 4;
+  enum { NFIXED = sizeof fixed / sizeof fixed[0] };
+  struct CMUnitTest tests[3 * MAX_CASES + NFIXED];
+  size_t ntests = NFIXED;
+  memcpy(tests, fixed, sizeof fixed);
   add_cases(mj_golden_root(), test_golden_case, names[0], cases[0], tests, &ntests);
   add_cases(mj_golden_mxfp4_root(), test_mxfp4_case, names[1], cases[1], tests, &ntests);
+  add_cases(mj_golden_act_root(), test_act_case, names[2], cases[2], tests, &ntests);
   return _cmocka_run_group_tests("ref_golden", tests, ntests, NULL, NULL);
 }

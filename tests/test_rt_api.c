@@ -219,6 +219,9 @@ static const struct {
     {"exact_f32", offsetof(moejit_layer_desc, exact_f32), F_INT},
     {"weight_format", offsetof(moejit_layer_desc, weight_format), F_ENUM},
     {"batch_invariant", offsetof(moejit_layer_desc, batch_invariant), F_INT},
+    {"activation", offsetof(moejit_layer_desc, activation), F_ENUM},
+    {"gate_up_layout", offsetof(moejit_layer_desc, gate_up_layout), F_ENUM},
+    {"no_bias", offsetof(moejit_layer_desc, no_bias), F_INT},
 };
 
 static void set_field(moejit_layer_desc *d, const char *name, double v) {
@@ -282,6 +285,10 @@ static const desc_case desc_cases[] = {
     {"alpha", -INFINITY, MOEJIT_ERR_INVALID_ARG, "alpha=-inf"},
     {"weight_format", 2, MOEJIT_ERR_INVALID_ARG, "weight_format=2"},
     {"batch_invariant", 2, MOEJIT_ERR_INVALID_ARG, "batch_invariant=2"},
+    {"activation", 8, MOEJIT_ERR_INVALID_ARG, "activation=8 is not a moejit_activation"},
+    {"activation", -1, MOEJIT_ERR_INVALID_ARG, "activation=-1"},
+    {"gate_up_layout", 3, MOEJIT_ERR_INVALID_ARG, "gate_up_layout=3"},
+    {"no_bias", 2, MOEJIT_ERR_INVALID_ARG, "no_bias=2"},
     /* small_desc's layer is f32: MXFP4 weights take bf16 or f16 activations */
     {"weight_format", MOEJIT_WEIGHTS_MXFP4, MOEJIT_ERR_INVALID_ARG,
      "dtype=f32 with MXFP4 weights: the activations must be MOEJIT_BF16 or MOEJIT_F16"},
@@ -383,6 +390,16 @@ static void test_desc_validation(void **state) {
   d.hidden = 72;
   assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
   assert_contains(err.msg, "multiples of 32 with MXFP4 weights");
+
+  /* activations, layouts and biases: every value in range is taken; f32 biases need biases */
+  d = base;
+  d.activation = MOEJIT_ACT_RELU2;
+  d.gate_up_layout = MOEJIT_UP_GATE_HALVES;
+  d.no_bias = 1;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+  d.bias_f32 = 1;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(err.msg, "desc->bias_f32=1 with desc->no_bias=1");
 }
 
 /* ---- workspace ------------------------------------------------------------------------------- */
@@ -721,6 +738,7 @@ static fake_device *the_fake;
 #define FAKE_FN_COMBINE ((CUfunction)(uintptr_t)0x14)
 #define FAKE_FN_SMALL ((CUfunction)(uintptr_t)0x15)
 #define FAKE_FN_GATHER ((CUfunction)(uintptr_t)0x16)
+#define FAKE_FN_ACT ((CUfunction)(uintptr_t)0x17)
 #define FAKE_FN_GEMM1(i) ((CUfunction)(uintptr_t)(0x20 + (i)))
 #define FAKE_FN_GEMM2(i) ((CUfunction)(uintptr_t)(0x30 + (i)))
 #define FAKE_CUCTX ((CUcontext)(uintptr_t)0xC0)
@@ -816,6 +834,9 @@ static CUresult fake_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
   } else if (f == FAKE_FN_COMBINE) { /* y_slot, slot_row, y */
     for (int i = 0; i < 3; i++)
       r->ptr[i] = u64_at(params[i]);
+  } else if (f == FAKE_FN_ACT) { /* gate_up, expert_offsets, h */
+    for (int i = 0; i < 3; i++)
+      r->ptr[i] = u64_at(params[i]);
   } else if (f == FAKE_FN_GATHER) { /* x, slot_row, tokens, x_sorted */
     r->ptr[0] = u64_at(params[0]);
     r->ints[0] = int_at(params[2]);
@@ -902,6 +923,7 @@ static fake_device *fake_open(const moejit_plan *offline) {
   fk->plan.combine.fn = FAKE_FN_COMBINE;
   fk->plan.route.small.fn = FAKE_FN_SMALL;
   fk->plan.gather.fn = FAKE_FN_GATHER;
+  fk->plan.activation.fn = FAKE_FN_ACT;
   /* the chunked routing kernels; test_forward_small_routing takes the other */
   fk->plan.route.small.meta.max_slots = 0;
   for (int i = 0; i < fk->plan.ngemm; i++) {
@@ -1337,6 +1359,71 @@ static void test_forward_mxfp4(void **state) {
   moejit_plan_destroy(plan);
 }
 
+/* A layer whose activation runs as its own launch (gate and up in halves here; also activations
+ * without mul) though the plan is not unfused: GEMM1 writes its raw output to the workspace's
+ * gate_up, the activation kernel reads it and writes h, which GEMM2 reads, all within the GEMM1
+ * stage; a layer without biases passes NULL bias pointers, which reach the kernels as such, and
+ * is refused bias pointers. */
+static void test_forward_split_activation(void **state) {
+  fixture *fx = *state;
+  moejit_layer_desc d = small_desc();
+  d.dtype = MOEJIT_BF16;
+  d.exact_f32 = 0;
+  d.activation = MOEJIT_ACT_SILU_MUL;
+  d.gate_up_layout = MOEJIT_GATE_UP_HALVES;
+  d.no_bias = 1;
+  moejit_plan *plan = NULL;
+  if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+    fail_msg("plan: %s", moejit_last_error(fx->ctx));
+  assert_int_equal(plan->wgmma, 0); /* wgmma's epilogue fuses interleaved pairs only */
+  fake_device *fk = fake_open(plan);
+  const int64_t T = 37;
+  const int cfg = fk->plan.pick[mj_rt_bucket(T)];
+  size_t need = 0;
+  assert_int_equal(moejit_workspace_size(&fk->plan, T, &need), MOEJIT_OK);
+  moejit_forward_args a;
+  valid_args(&a, T);
+  a.gate_up_proj_bias = a.down_proj_bias = NULL;
+  fk->nlaunch = 0;
+  if (moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM) != MOEJIT_OK)
+    fail_msg("forward: %s", moejit_last_error(&fk->ctx));
+  assert_int_equal(fk->nlaunch, 7);
+  const launch_record *g1 = &fk->launch[3], *act = &fk->launch[4], *g2 = &fk->launch[5];
+  assert_ptr_equal(g1->fn, FAKE_FN_GEMM1(cfg));
+  assert_ptr_equal(act->fn, FAKE_FN_ACT);
+  assert_ptr_equal(g2->fn, FAKE_FN_GEMM2(cfg));
+  assert_int_equal(g1->ptr[2], 0); /* no bias */
+  assert_int_equal(g2->ptr[2], 0);
+  moejit_workspace_view view;
+  moejit_workspace_view_init(&view);
+  assert_int_equal(moejit_workspace_view_get(&fk->plan, T, &view), MOEJIT_OK);
+  assert_true(view.gate_up != (size_t)-1);
+  assert_int_equal(g1->ptr[8], WS_ADDR + view.gate_up); /* GEMM1's raw output */
+  assert_int_equal(act->ptr[0], WS_ADDR + view.gate_up);
+  assert_int_equal(act->ptr[2], WS_ADDR + view.h);
+  assert_int_equal(g2->ptr[0], WS_ADDR + view.h);
+  /* the GEMM1 stage alone launches the activation too; the activation stage alone, nothing */
+  fk->nlaunch = 0;
+  assert_int_equal(
+      moejit_forward_stages(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM, MOEJIT_STAGE_GEMM1),
+      MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 2);
+  assert_ptr_equal(fk->launch[1].fn, FAKE_FN_ACT);
+  fk->nlaunch = 0;
+  assert_int_equal(moejit_forward_stages(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM,
+                                         MOEJIT_STAGE_ACTIVATION),
+                   MOEJIT_OK);
+  assert_int_equal(fk->nlaunch, 0);
+  /* bias pointers for a layer without biases */
+  a.down_proj_bias = a.down_proj;
+  assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
+                   MOEJIT_ERR_INVALID_ARG);
+  assert_contains(moejit_last_error(&fk->ctx), "args->down_proj_bias is set but desc->no_bias=1");
+  assert_int_equal(fk->nlaunch, 0);
+  fake_close(fk);
+  moejit_plan_destroy(plan);
+}
+
 /* Few slots: routing is one launch of one 1024-thread block that writes the regions count, scan and
  * scatter would, and the GEMMs read them. */
 static void test_forward_small_routing(void **state) {
@@ -1654,6 +1741,7 @@ int main(void) {
       cmocka_unit_test(test_forward_wgmma_launches),
       cmocka_unit_test(test_forward_small_routing),
       cmocka_unit_test(test_forward_mxfp4),
+      cmocka_unit_test(test_forward_split_activation),
       cmocka_unit_test(test_forward_pdl),
       cmocka_unit_test(test_forward_device_tokens),
       cmocka_unit_test(test_forward_launch_failure),

@@ -41,8 +41,10 @@ static float round_to(moejit_dtype dt, double v) {
 
 static int layer_ok(const mj_ref_layer *L) {
   return L->tokens >= 0 && L->hidden > 0 && L->intermediate > 0 && L->experts > 0 && L->top_k > 0 &&
-         is_activation(L->dtype) && L->x && L->gate_up_proj && L->gate_up_proj_bias &&
-         L->down_proj && L->down_proj_bias && L->topk_ids && L->topk_weights &&
+         is_activation(L->dtype) && L->x && L->gate_up_proj && L->down_proj && L->topk_ids &&
+         L->topk_weights && !L->gate_up_proj_bias == !L->down_proj_bias && /* both or neither */
+         (int)L->activation >= 0 && L->activation <= MOEJIT_ACT_RELU2 &&
+         (int)L->gate_up_layout >= 0 && L->gate_up_layout <= MOEJIT_UP_GATE_HALVES &&
          (!L->mxfp4 || (L->hidden % 32 == 0 && L->intermediate % 32 == 0 &&
                         L->gate_up_proj_scales && L->down_proj_scales));
 }
@@ -87,13 +89,51 @@ static void expert_gemm(const mj_ref_layer *L, const void *w, const uint8_t *sca
   }
 }
 
+static int gated(moejit_activation act) { return act <= MOEJIT_ACT_SWIGLU_STEP; }
+
+static double silu(double v) { return v / (1.0 + exp(-v)); }
+static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+static double gelu_tanh(double v) {
+  return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+}
+
+/* Output i of the activation of GEMM1's outputs gu (moejit.h's formulas, in double): gated ones
+ * read gate and up where the layout puts them. */
+static double activate(const mj_ref_layer *L, const double *gu, int64_t i) {
+  const int64_t I = L->intermediate;
+  const double limit = L->limit;
+  if (!gated(L->activation)) {
+    const double v = gu[i];
+    return L->activation == MOEJIT_ACT_SILU   ? silu(v)
+           : L->activation == MOEJIT_ACT_GELU ? gelu(v)
+                                              : fmax(v, 0.0) * fmax(v, 0.0); /* RELU2 */
+  }
+  const int64_t at_gate = L->gate_up_layout == MOEJIT_GATE_UP_INTERLEAVED ? 2 * i
+                          : L->gate_up_layout == MOEJIT_GATE_UP_HALVES    ? i
+                                                                          : I + i;
+  const int64_t at_up = L->gate_up_layout == MOEJIT_GATE_UP_INTERLEAVED ? 2 * i + 1
+                        : L->gate_up_layout == MOEJIT_GATE_UP_HALVES    ? I + i
+                                                                        : i;
+  const double gate = gu[at_gate], up = gu[at_up];
+  switch (L->activation) {
+  case MOEJIT_ACT_SILU_MUL: return silu(gate) * up;
+  case MOEJIT_ACT_GELU_MUL: return gelu(gate) * up;
+  case MOEJIT_ACT_GELU_TANH_MUL: return gelu_tanh(gate) * up;
+  case MOEJIT_ACT_SWIGLU_STEP: return fmin(silu(gate), limit) * fmin(fmax(up, -limit), limit);
+  default: { /* SWIGLU_OAI */
+    const double g = fmin(gate, limit), u = fmin(fmax(up, -limit), limit);
+    return (u + 1.0) * g / (1.0 + exp(-(double)L->alpha * g));
+  }
+  }
+}
+
 int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens, float *out) {
   if (!L || !out || ntokens < 0 || !layer_ok(L))
     return -1;
   if (!tokens && ntokens != L->tokens)
     return -1;
   const int64_t H = L->hidden, I = L->intermediate, I2 = 2 * L->intermediate, E = L->experts,
-                K = L->top_k;
+                K = L->top_k, N1 = gated(L->activation) ? I2 : I;
   for (int64_t r = 0; tokens && r < ntokens; r++)
     if (tokens[r] < 0 || tokens[r] >= L->tokens)
       return -1;
@@ -143,24 +183,29 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
       /* router weight on input: x scaled by w before GEMM1, the output unweighted */
       const double w_in = L->weight_on_input ? w : 1.0, w_out = L->weight_on_input ? 1.0 : w;
 
-      /* gu = x[t] @ gate_up_proj[e] + bias */
-      load_row(bias_dt, L->gate_up_proj_bias, e * I2, I2, row);
-      for (int64_t j = 0; j < I2; j++)
-        gu[j] = row[j];
+      /* gu = x[t] @ gate_up_proj[e] + bias: N1 = 2I outputs (gated) or I (without mul) */
+      for (int64_t j = 0; j < N1; j++)
+        gu[j] = 0.0;
+      if (L->gate_up_proj_bias) {
+        load_row(bias_dt, L->gate_up_proj_bias, e * N1, N1, row);
+        for (int64_t j = 0; j < N1; j++)
+          gu[j] = row[j];
+      }
       for (int64_t i = 0; i < H; i++)
         xs[i] = xd[i] * w_in;
-      expert_gemm(L, L->gate_up_proj, L->gate_up_proj_scales, e, H, I2, xs, gu, row);
+      expert_gemm(L, L->gate_up_proj, L->gate_up_proj_scales, e, H, N1, xs, gu, row);
 
-      for (int64_t i = 0; i < I; i++) {
-        const double gate = fmin(gu[2 * i], L->limit);
-        const double up = fmin(fmax(gu[2 * i + 1], -(double)L->limit), L->limit);
-        h[i] = round_to(L->dtype, (up + 1.0) * gate / (1.0 + exp(-(double)L->alpha * gate)));
-      }
+      for (int64_t i = 0; i < I; i++)
+        h[i] = round_to(L->dtype, activate(L, gu, i));
 
       /* y = h @ down_proj[e] + bias */
-      load_row(bias_dt, L->down_proj_bias, e * H, H, row);
       for (int64_t j = 0; j < H; j++)
-        y[j] = row[j];
+        y[j] = 0.0;
+      if (L->down_proj_bias) {
+        load_row(bias_dt, L->down_proj_bias, e * H, H, row);
+        for (int64_t j = 0; j < H; j++)
+          y[j] = row[j];
+      }
       for (int64_t i = 0; i < I; i++)
         hd[i] = h[i];
       expert_gemm(L, L->down_proj, L->down_proj_scales, e, I, H, hd, y, row);
@@ -239,5 +284,7 @@ mj_ref_layer mj_ref_layer_of(const moejit_layer_desc *d, int64_t tokens) {
   r.alpha = d->alpha, r.limit = d->limit;
   r.global_experts = d->global_experts, r.capacity = d->expert_capacity;
   r.weight_on_input = d->apply_router_weight_on_input, r.bias_f32 = d->bias_f32;
+  r.activation = d->activation, r.gate_up_layout = d->gate_up_layout;
+  r.mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
   return r;
 }

@@ -15,8 +15,9 @@ typedef struct mj_ref_layer {
   moejit_dtype dtype;            /* storage of x, the weights, the biases: F32, F16 or BF16 */
   float alpha, limit;            /* SwiGLU: 1.702, 7.0 in GPT-OSS */
   const void *x;                 /* [T, H] dtype */
-  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd */
-  const void *gate_up_proj_bias; /* [E, 2I] dtype */
+  const void *gate_up_proj;      /* [E, H, 2I] dtype: gate = even columns, up = odd (the
+                                    layout's; [E, H, I] for an activation without mul) */
+  const void *gate_up_proj_bias; /* [E, 2I] dtype; NULL (with down_proj_bias): no biases */
   const void *down_proj;         /* [E, I, H] dtype */
   const void *down_proj_bias;    /* [E, H] dtype */
   const int32_t *topk_ids;       /* [T, K] */
@@ -32,8 +33,10 @@ typedef struct mj_ref_layer {
    * 2b in the low nibble of byte b, e2m1 codes), and these their e8m0 scales (weight = e2m1 code x
    * 2^(scale - 127)); H and I multiples of 32. */
   int mxfp4;
-  const uint8_t *gate_up_proj_scales; /* [E, 2I, H/32] */
-  const uint8_t *down_proj_scales;    /* [E, H, I/32] */
+  moejit_activation activation;         /* 0: SwiGLU-OAI (alpha, limit) */
+  moejit_gate_up_layout gate_up_layout; /* 0: interleaved */
+  const uint8_t *gate_up_proj_scales;   /* [E, 2I, H/32] */
+  const uint8_t *down_proj_scales;      /* [E, H, I/32] */
 } mj_ref_layer;
 
 /* The value of MXFP4 weight `k` of a row of blocks (K elements, blocks of 32 in 16 bytes) and its
