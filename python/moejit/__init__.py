@@ -5,6 +5,8 @@ Mixture-of-Experts layers.
     y = moejit.experts(hidden_states, router_indices, routing_weights,
                        gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias)
     layer = moejit.GptOssExperts(config)          # drop-in for transformers' GptOssExperts
+    layer = moejit.GptOssExperts.from_checkpoint(safe_open(path, "pt", device="cuda"), layer=3)
+                                                  # a gpt-oss checkpoint's MXFP4 experts, as stored
     moejit.register_transformers()                # then experts_implementation="moejit"
 
 ctypes over the shared library, no compiled extension. The library is found through
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, List, Tuple
 
-from ._capi import ABI_VERSION, DType, MoejitError, Routing, Status, load_library
+from ._capi import ABI_VERSION, DType, MoejitError, Routing, Status, WeightFormat, load_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._module import GptOssExperts
@@ -37,6 +39,7 @@ __all__ = [
     "MoejitError",
     "Routing",
     "Status",
+    "WeightFormat",
     "cache_info",
     "clear_cache",
     "experts",

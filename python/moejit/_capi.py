@@ -34,6 +34,7 @@ __all__ = [
     "Plan",
     "Routing",
     "Status",
+    "WeightFormat",
     "load_library",
     "library_candidates",
 ]
@@ -80,6 +81,13 @@ class Routing(enum.IntEnum):
     TOPK = 0  # topk_ids [T, K] + routing_weights [T, K]
     DENSE = 1  # topk_ids [T, K] + routing_weights [T, E]: weight = w[t, ids[t, k]]
     LOGITS = 2  # router_logits [T, E]: top-K, softmax over the K (not used by this binding yet)
+
+
+class WeightFormat(enum.IntEnum):
+    """moejit_weight_format: how the expert weights (gate_up_proj, down_proj) are stored."""
+
+    DENSE = 0  # [E, H, 2I] and [E, I, H] in the activation dtype
+    MXFP4 = 1  # the gpt-oss checkpoint's blocks [E, 2I, H/32, 16] / [E, H, I/32, 16] + e8m0 scales
 
 
 class LogLevel(enum.IntEnum):
@@ -133,6 +141,11 @@ class LayerDesc(ctypes.Structure):
         ("bias_f32", ctypes.c_int),  # 1: f32 biases with f16 / bf16 x and weights
         ("exact_f32", ctypes.c_int),  # f32 layers: 1 exact FFMA GEMMs, 0 TF32 tensor cores
         ("unfused", ctypes.c_int),  # 1: the activation as a launch of its own (staged forwards)
+        ("weight_format", ctypes.c_int),  # WeightFormat: DENSE (default) or MXFP4
+        ("batch_invariant", ctypes.c_int),  # 1: a token's output bits depend on that token alone
+        ("activation", ctypes.c_int),  # moejit_activation: 0 SWIGLU_OAI (GPT-OSS, the default)
+        ("gate_up_layout", ctypes.c_int),  # moejit_gate_up_layout: 0 interleaved (the default)
+        ("no_bias", ctypes.c_int),  # 1: no biases (the args' bias pointers NULL)
     ]
 
 
@@ -147,12 +160,14 @@ class ForwardArgs(ctypes.Structure):
         ("routing_weights", ctypes.c_void_p),  # [T, K] or [T, E] weights_dtype
         ("router_logits", ctypes.c_void_p),  # [T, E], MOEJIT_ROUTING_LOGITS only
         ("expert_map", ctypes.c_void_p),  # const int32_t * [global_experts]
-        ("gate_up_proj", ctypes.c_void_p),  # [E, H, 2I]
+        ("gate_up_proj", ctypes.c_void_p),  # [E, H, 2I]; MXFP4: the blocks [E, 2I, H/32, 16]
         ("gate_up_proj_bias", ctypes.c_void_p),  # [E, 2I]
-        ("down_proj", ctypes.c_void_p),  # [E, I, H]
+        ("down_proj", ctypes.c_void_p),  # [E, I, H]; MXFP4: the blocks [E, H, I/32, 16]
         ("down_proj_bias", ctypes.c_void_p),  # [E, H]
         ("y", ctypes.c_void_p),  # [T, H] dtype, written
         ("device_tokens", ctypes.c_void_p),  # const int32_t * [1], optional
+        ("gate_up_proj_scales", ctypes.c_void_p),  # MXFP4 only: uint8 [E, 2I, H/32], 16-byte aligned
+        ("down_proj_scales", ctypes.c_void_p),  # MXFP4 only: uint8 [E, H, I/32], 16-byte aligned
     ]
 
 
@@ -503,5 +518,6 @@ def describe(desc: LayerDesc) -> str:
     return (f"H={desc.hidden} I={desc.intermediate} E={desc.experts} K={desc.top_k} "
             f"{DType(desc.dtype).name.lower()} ids={DType(desc.ids_dtype).name.lower()} "
             f"weights={DType(desc.weights_dtype).name.lower()} {Routing(desc.routing).name.lower()} "
-            f"bias_f32={desc.bias_f32} exact_f32={desc.exact_f32} max_tokens={desc.max_tokens}")
+            f"bias_f32={desc.bias_f32} exact_f32={desc.exact_f32} max_tokens={desc.max_tokens} "
+            f"weight_format={WeightFormat(desc.weight_format).name.lower()}")
 

@@ -4,20 +4,22 @@ Checks the tensors (device, dtype, shape, contiguity: a ValueError names the arg
 the custom op torch.ops.moejit.experts (torch.library, CUDA, with a fake implementation for
 torch.compile), which checks alignment, finds or creates the plan (_runtime), allocates the output
 and the workspace from torch's caching allocator and launches moejit_forward on torch's current
-stream. Uses torch (imported with this module, which moejit imports lazily).
+stream. The expert weights are dense (in the activation dtype) or MXFP4: the gpt-oss checkpoint's
+uint8 blocks and e8m0 scales, passed to the library as they are (no repacking, no dense copy).
+Uses torch (imported with this module, which moejit imports lazily).
 """
 from __future__ import annotations
 
 import ctypes
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from . import _runtime
-from ._capi import DType, Routing, load_library
+from ._capi import DType, Routing, WeightFormat, load_library
 
-__all__ = ["experts"]
+__all__ = ["MXFP4_ACTIVATION_DTYPES", "experts", "mxfp4_layer"]
 
 _ACTIVATION_DTYPES: Dict[torch.dtype, DType] = {
     torch.float32: DType.F32,
@@ -27,7 +29,13 @@ _ACTIVATION_DTYPES: Dict[torch.dtype, DType] = {
 _IDS_DTYPES: Dict[torch.dtype, DType] = {torch.int32: DType.I32, torch.int64: DType.I64}
 _WEIGHTS_DTYPES = _ACTIVATION_DTYPES
 
-# The GEMMs load 16-byte vectors of x and of both weight tensors (moejit_forward checks it too).
+# The activation dtypes MXFP4 weights run with (their weights are decoded to it).
+MXFP4_ACTIVATION_DTYPES = (torch.bfloat16, torch.float16)
+# MXFP4: 32 weights a block, 16 bytes of e2m1 codes and one e8m0 scale byte.
+_MXFP4_BLOCK = 32
+
+# The GEMMs load 16-byte vectors of x and of both weight tensors, and MXFP4 GEMM tiles their rows'
+# scales in 16-byte pieces (moejit_forward checks it too).
 _VECTOR_ALIGN = 16
 _WORKSPACE_ALIGN = 256
 
@@ -64,6 +72,72 @@ def _check_aligned(name: str, t: torch.Tensor, align: int) -> None:
     if t.data_ptr() % align != 0:
         raise _fail(name, f"data pointer {t.data_ptr():#x} is not {align}-byte aligned (a view with a "
                           f"storage offset?); pass {name}.clone()")
+
+
+def _spell(t: torch.Tensor) -> str:
+    """"uint8 [4, 128, 2]"."""
+    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+
+
+def _check_uint8(name: str, t: torch.Tensor, want: Tuple[int, ...], spelled: str) -> None:
+    """t is uint8 of shape `want` (spelled "[E, 2I, H/32]")."""
+    if t.dtype != torch.uint8 or tuple(t.shape) != want:
+        raise _fail(name, f"must be uint8 {spelled} = {list(want)}, got {_spell(t)}")
+
+
+def mxfp4_layer(gate_up_proj_blocks: torch.Tensor, gate_up_proj_scales: torch.Tensor,
+                gate_up_proj_bias: torch.Tensor, down_proj_blocks: torch.Tensor,
+                down_proj_scales: torch.Tensor, down_proj_bias: torch.Tensor, *,
+                hidden: Optional[int] = None, names: Optional[Mapping[str, str]] = None,
+                device: Optional[torch.device] = None,
+                bias_dtypes: Sequence[torch.dtype] = (torch.bfloat16, torch.float16, torch.float32),
+                bias_why: str = " (bf16, f16 or f32)") -> Tuple[int, int, int]:
+    """(E, H, I) of MXFP4 expert weights, as the gpt-oss checkpoints hold them:
+      gate_up_proj_blocks  uint8 [E, 2I, H/32, 16]   gate_up_proj_scales  uint8 [E, 2I, H/32]
+      down_proj_blocks     uint8 [E, H, I/32, 16]    down_proj_scales     uint8 [E, H, I/32]
+      gate_up_proj_bias    [E, 2I]                   down_proj_bias       [E, H] (the same dtype)
+    Each is checked (a tensor, contiguous, on `device` when given, dtype, shape: a ValueError
+    names it, by names[its parameter name] when given). H is `hidden` when given (a multiple of 32,
+    which the caller checks), else read from gate_up_proj_blocks; E and I from gate_up_proj_blocks;
+    I must be a multiple of 32. Reads no data and no address (torch.compile traces it)."""
+    names = names or {}
+
+    def tensor(param: str, t: object) -> Tuple[str, torch.Tensor]:
+        name = names.get(param, param)
+        if device is not None:
+            return name, _check_tensor(name, t, device)
+        if not isinstance(t, torch.Tensor):
+            raise _fail(name, f"expected a torch.Tensor, got {type(t).__name__}")
+        if not t.is_contiguous():
+            raise _fail(name, f"must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
+        return name, t
+
+    name, w1 = tensor("gate_up_proj_blocks", gate_up_proj_blocks)
+    if hidden is None and w1.dim() == 4:
+        hidden = int(w1.shape[2]) * _MXFP4_BLOCK
+    if (w1.dtype != torch.uint8 or w1.dim() != 4 or w1.shape[3] != 16 or w1.shape[1] % 2 != 0
+            or hidden is None or w1.shape[2] * _MXFP4_BLOCK != hidden):
+        with_h = f" with H/32 = {hidden // _MXFP4_BLOCK}" if hidden is not None else ""
+        raise _fail(name, f"must be uint8 [E, 2I, H/32, 16] (MXFP4 blocks){with_h}, got {_spell(w1)}")
+    n_experts, inter = int(w1.shape[0]), int(w1.shape[1]) // 2
+    if inter % _MXFP4_BLOCK != 0:
+        raise _fail(name, f"has 2I = {2 * inter} rows ({_spell(w1)}); MXFP4 weights need I a "
+                          "multiple of 32")
+    e, h, i, b = n_experts, hidden, inter, _MXFP4_BLOCK
+    name, s1 = tensor("gate_up_proj_scales", gate_up_proj_scales)
+    _check_uint8(name, s1, (e, 2 * i, h // b), "[E, 2I, H/32]")
+    name, b1 = tensor("gate_up_proj_bias", gate_up_proj_bias)
+    _check_dtype(name, b1, tuple(bias_dtypes), bias_why)
+    _check_shape(name, b1, (e, 2 * i), "[E, 2I]")
+    name, w2 = tensor("down_proj_blocks", down_proj_blocks)
+    _check_uint8(name, w2, (e, h, i // b, 16), "[E, H, I/32, 16]")
+    name, s2 = tensor("down_proj_scales", down_proj_scales)
+    _check_uint8(name, s2, (e, h, i // b), "[E, H, I/32]")
+    name, b2 = tensor("down_proj_bias", down_proj_bias)
+    _check_dtype(name, b2, (b1.dtype,),
+                 f" (the dtype of {names.get('gate_up_proj_bias', 'gate_up_proj_bias')})")
+    _check_shape(name, b2, (e, h), "[E, H]")
+    return e, h, i
 
 
 def _leading(name: str, t: torch.Tensor, tokens: int, expected: str) -> int:
@@ -104,16 +178,20 @@ def _c_float(v: float) -> float:
     return float(ctypes.c_float(float(v)).value)
 
 
-_Layer = Tuple[Tuple[int, ...], int, int, int, int, int, Routing, torch.dtype]
+_Layer = Tuple[Tuple[int, ...], int, int, int, int, int, Routing, torch.dtype, WeightFormat]
+
+# The op's argument names for MXFP4 weights: the blocks come in gate_up_proj and down_proj.
+_OP_NAMES = {"gate_up_proj_blocks": "gate_up_proj", "down_proj_blocks": "down_proj"}
 
 
 def _layer(x: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch.Tensor,
            gate_up_proj: torch.Tensor, gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
            down_proj_bias: torch.Tensor, routing: Optional[str],
-           num_tokens: Optional[torch.Tensor]) -> _Layer:
+           num_tokens: Optional[torch.Tensor], gate_up_proj_scales: Optional[torch.Tensor] = None,
+           down_proj_scales: Optional[torch.Tensor] = None) -> _Layer:
     """The checks of every argument that shapes, dtypes and devices decide (ValueError naming it),
-    and the layer they give: (leading shape, H, T, E, I, K, routing form, bias dtype). Nothing here
-    reads a tensor's data or address, so torch.compile traces it."""
+    and the layer they give: (leading shape, H, T, E, I, K, routing form, bias dtype, weight
+    format). Nothing here reads a tensor's data or address, so torch.compile traces it."""
     if not isinstance(x, torch.Tensor):
         raise _fail("hidden_states", f"expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_cuda:
@@ -128,24 +206,49 @@ def _layer(x: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch
     same = (x.dtype,)
     why = " (the dtype of hidden_states)"
 
-    w1 = _check_tensor("gate_up_proj", gate_up_proj, device)
-    _check_dtype("gate_up_proj", w1, same, why)
-    if w1.dim() != 3 or w1.shape[1] != hidden or w1.shape[2] % 2 != 0:
-        raise _fail("gate_up_proj", f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
-    n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
-    b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
-    if x.dtype == torch.float32:
-        _check_dtype("gate_up_proj_bias", b1, same, why)
+    if gate_up_proj_scales is not None or down_proj_scales is not None:
+        fmt = WeightFormat.MXFP4
+        for name, t in (("gate_up_proj_scales", gate_up_proj_scales),
+                        ("down_proj_scales", down_proj_scales)):
+            if t is None:
+                raise _fail(name, "is None, but the other scales are given: MXFP4 weights need "
+                                  "both gate_up_proj_scales and down_proj_scales")
+        _check_dtype("hidden_states", x, MXFP4_ACTIVATION_DTYPES,
+                     " (MXFP4 weights run with bf16 or f16 activations)")
+        if hidden % _MXFP4_BLOCK != 0:
+            raise _fail("hidden_states", f"has H = {hidden}; MXFP4 weights need H a multiple of 32")
+        n_experts, _, inter = mxfp4_layer(
+            gate_up_proj, gate_up_proj_scales, gate_up_proj_bias, down_proj, down_proj_scales,
+            down_proj_bias, hidden=hidden, names=_OP_NAMES, device=device,
+            bias_dtypes=same + (torch.float32,),
+            bias_why=" (the dtype of hidden_states, or f32 for both biases)")
+        bias_dtype = gate_up_proj_bias.dtype
     else:
-        _check_dtype("gate_up_proj_bias", b1, same + (torch.float32,),
-                     " (the dtype of hidden_states, or f32 for both biases)")
-    _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
-    w2 = _check_tensor("down_proj", down_proj, device)
-    _check_dtype("down_proj", w2, same, why)
-    _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
-    b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
-    _check_dtype("down_proj_bias", b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
-    _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
+        fmt = WeightFormat.DENSE
+        w1 = _check_tensor("gate_up_proj", gate_up_proj, device)
+        if w1.dtype == torch.uint8:
+            raise _fail("gate_up_proj", "is uint8 (MXFP4 blocks?) but no gate_up_proj_scales / "
+                                        "down_proj_scales are given: pass both scales for MXFP4 "
+                                        "weights, or weights in the dtype of hidden_states")
+        _check_dtype("gate_up_proj", w1, same, why)
+        if w1.dim() != 3 or w1.shape[1] != hidden or w1.shape[2] % 2 != 0:
+            raise _fail("gate_up_proj",
+                        f"has shape {list(w1.shape)}; expected [E, H, 2I] with H = {hidden}")
+        n_experts, inter = int(w1.shape[0]), int(w1.shape[2]) // 2
+        b1 = _check_tensor("gate_up_proj_bias", gate_up_proj_bias, device)
+        if x.dtype == torch.float32:
+            _check_dtype("gate_up_proj_bias", b1, same, why)
+        else:
+            _check_dtype("gate_up_proj_bias", b1, same + (torch.float32,),
+                         " (the dtype of hidden_states, or f32 for both biases)")
+        _check_shape("gate_up_proj_bias", b1, (n_experts, 2 * inter), "[E, 2I]")
+        w2 = _check_tensor("down_proj", down_proj, device)
+        _check_dtype("down_proj", w2, same, why)
+        _check_shape("down_proj", w2, (n_experts, inter, hidden), "[E, I, H]")
+        b2 = _check_tensor("down_proj_bias", down_proj_bias, device)
+        _check_dtype("down_proj_bias", b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
+        _check_shape("down_proj_bias", b2, (n_experts, hidden), "[E, H]")
+        bias_dtype = b1.dtype
 
     ids = _check_tensor("router_indices", router_indices, device)
     _check_dtype("router_indices", ids, tuple(_IDS_DTYPES))
@@ -159,7 +262,22 @@ def _layer(x: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch
         _check_dtype("num_tokens", count, (torch.int32,))
         if count.numel() != 1:
             raise _fail("num_tokens", f"has {count.numel()} elements; expected one (an int32 count)")
-    return lead, hidden, tokens, n_experts, inter, top_k, form, b1.dtype
+    return lead, hidden, tokens, n_experts, inter, top_k, form, bias_dtype, fmt
+
+
+def plan_key(device: int, dtype: torch.dtype, ids_dtype: torch.dtype, weights_dtype: torch.dtype,
+             hidden: int, inter: int, n_experts: int, top_k: int, routing: Routing, alpha: float,
+             limit: float, bias_dtype: torch.dtype,
+             weight_format: WeightFormat = WeightFormat.DENSE) -> _runtime.PlanKey:
+    """The plan key of a layer (what its moejit_layer_desc holds, but max_tokens): f32 biases with
+    f16 / bf16 activations set bias_f32; f32 layers are exact unless torch allows TF32."""
+    return _runtime.PlanKey(
+        device=device, hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
+        dtype=_ACTIVATION_DTYPES[dtype], ids_dtype=_IDS_DTYPES[ids_dtype],
+        weights_dtype=_WEIGHTS_DTYPES[weights_dtype], routing=routing,
+        alpha=_c_float(alpha), limit=_c_float(limit), bias_f32=bias_dtype != dtype,
+        exact_f32=dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32,
+        weight_format=WeightFormat(weight_format))
 
 
 @torch.library.custom_op("moejit::experts", mutates_args=(), device_types="cuda")
@@ -167,31 +285,34 @@ def _experts_op(hidden_states: torch.Tensor, router_indices: torch.Tensor,
                 routing_weights: torch.Tensor, gate_up_proj: torch.Tensor,
                 gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
                 down_proj_bias: torch.Tensor, alpha: float, limit: float, routing: Optional[str],
-                check: bool, num_tokens: Optional[torch.Tensor]) -> torch.Tensor:
-    """torch.ops.moejit.experts: the forward on torch's current stream (see experts)."""
+                check: bool, num_tokens: Optional[torch.Tensor],
+                gate_up_proj_scales: Optional[torch.Tensor] = None,
+                down_proj_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """torch.ops.moejit.experts: the forward on torch's current stream (see experts). With the
+    scales, gate_up_proj and down_proj are MXFP4 blocks."""
     x = hidden_states
-    lead, hidden, tokens, n_experts, inter, top_k, form, bias_dtype = _layer(
+    lead, hidden, tokens, n_experts, inter, top_k, form, bias_dtype, fmt = _layer(
         x, router_indices, routing_weights, gate_up_proj, gate_up_proj_bias, down_proj,
-        down_proj_bias, routing, num_tokens)
+        down_proj_bias, routing, num_tokens, gate_up_proj_scales, down_proj_scales)
     device = x.device
-    for name, t in (("hidden_states", x), ("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
+    aligned = [("hidden_states", x), ("gate_up_proj", gate_up_proj), ("down_proj", down_proj)]
+    if fmt == WeightFormat.MXFP4:
+        aligned += [("gate_up_proj_scales", gate_up_proj_scales),
+                    ("down_proj_scales", down_proj_scales)]
+    for name, t in aligned:
         _check_aligned(name, t, _VECTOR_ALIGN)
     y = torch.empty(lead + (hidden,), dtype=x.dtype, device=device)
     if tokens == 0:
         return y
-    key = _runtime.PlanKey(
-        device=device.index if device.index is not None else torch.cuda.current_device(),
-        hidden=hidden, intermediate=inter, experts=n_experts, top_k=top_k,
-        dtype=_ACTIVATION_DTYPES[x.dtype], ids_dtype=_IDS_DTYPES[router_indices.dtype],
-        weights_dtype=_WEIGHTS_DTYPES[routing_weights.dtype], routing=form,
-        alpha=_c_float(alpha), limit=_c_float(limit),
-        bias_f32=bias_dtype != x.dtype,
-        exact_f32=x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32)
+    key = plan_key(device.index if device.index is not None else torch.cuda.current_device(),
+                   x.dtype, router_indices.dtype, routing_weights.dtype, hidden, inter, n_experts,
+                   top_k, form, alpha, limit, bias_dtype, fmt)
     if torch.cuda.is_current_stream_capturing() and _runtime.lookup(key, tokens) is None:
         raise RuntimeError(
             f"moejit.experts: no plan yet for this layer ({tokens} tokens, H={hidden} I={inter} "
-            f"E={n_experts} K={top_k} {x.dtype}) and plans cannot be compiled during CUDA graph "
-            "capture: run one call of the same layer (with at least as many tokens) before capturing")
+            f"E={n_experts} K={top_k} {x.dtype}, {fmt.name.lower()} weights) and plans cannot be "
+            "compiled during CUDA graph capture: run one call of the same layer (with at least as "
+            "many tokens) before capturing")
     plan = _runtime.plan_for(key, tokens)
 
     stream = torch.cuda.current_stream(device).cuda_stream
@@ -208,6 +329,9 @@ def _experts_op(hidden_states: torch.Tensor, router_indices: torch.Tensor,
     args.down_proj_bias = down_proj_bias.data_ptr()
     args.y = y.data_ptr()
     args.device_tokens = num_tokens.data_ptr() if num_tokens is not None else None
+    if fmt == WeightFormat.MXFP4:
+        args.gate_up_proj_scales = gate_up_proj_scales.data_ptr()
+        args.down_proj_scales = down_proj_scales.data_ptr()
     plan.forward(args, ws_ptr, nbytes, stream)
     if check:
         plan.check(ws_ptr, stream)
@@ -221,8 +345,11 @@ def _experts_fake(hidden_states: torch.Tensor, router_indices: torch.Tensor,
                   gate_up_proj_bias: torch.Tensor, down_proj: torch.Tensor,
                   down_proj_bias: torch.Tensor, alpha: float, limit: float,
                   routing: Optional[str], check: bool,
-                  num_tokens: Optional[torch.Tensor]) -> torch.Tensor:
-    """What torch.compile and fake tensors see: a new tensor shaped and typed as hidden_states."""
+                  num_tokens: Optional[torch.Tensor],
+                  gate_up_proj_scales: Optional[torch.Tensor] = None,
+                  down_proj_scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """What torch.compile and fake tensors see: a new tensor shaped and typed as hidden_states
+    (dense or MXFP4 weights alike)."""
     return hidden_states.new_empty(hidden_states.shape)
 
 
@@ -248,6 +375,8 @@ def experts(
     routing: Optional[str] = None,
     check: bool = False,
     num_tokens: Optional[torch.Tensor] = None,
+    gate_up_proj_scales: Optional[torch.Tensor] = None,
+    down_proj_scales: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The GPT-OSS expert layer (yamoe / GptOssExperts argument order), dropless.
 
@@ -265,6 +394,16 @@ def experts(
       down_proj          [E, I, H]
       down_proj_bias     [E, H]            (all four in the activation dtype; with f16 / bf16
                                             activations both biases may instead be f32)
+    MXFP4 weights (the gpt-oss checkpoints' form, read as they are: no repacking, no dense copy):
+    pass gate_up_proj_scales and down_proj_scales, and the blocks in place of the dense weights:
+      gate_up_proj         uint8 [E, 2I, H/32, 16]  the checkpoint's gate_up_proj_blocks
+      gate_up_proj_scales  uint8 [E, 2I, H/32]      e8m0: a block's weights are code * 2^(s - 127)
+      down_proj            uint8 [E, H, I/32, 16]   the checkpoint's down_proj_blocks
+      down_proj_scales     uint8 [E, H, I/32]
+                         (32 e2m1 codes a block of 16 bytes, the low nibble first; rows 2j and
+                         2j + 1 of gate_up_proj are gate j and up j), with bf16 or f16 activations,
+                         biases in their dtype or both f32, H and I multiples of 32, and the
+                         blocks and scales 16-byte aligned.
     Returns a new tensor [..., H] with the leading shape of hidden_states, in the activation dtype:
       y[t] = sum_k weight(t,k) * (h @ down_proj[e] + down_proj_bias[e]),  e = ids[t, k],
       h = (up + 1) * gate * sigmoid(alpha * gate), gate = min(gu[0::2], limit),
@@ -287,13 +426,15 @@ def experts(
     Raises MoejitError when the library rejects the layer (e.g. H not a multiple of 8).
     """
     _layer(hidden_states, router_indices, routing_weights, gate_up_proj, gate_up_proj_bias,
-           down_proj, down_proj_bias, routing, num_tokens)
+           down_proj, down_proj_bias, routing, num_tokens, gate_up_proj_scales, down_proj_scales)
     if torch.is_grad_enabled() and hidden_states.requires_grad:
         raise RuntimeError("moejit.experts has no backward: call it under torch.no_grad() or "
                            "torch.inference_mode(), or detach hidden_states")
     # weights that are nn.Parameters (requires_grad) go in detached: inference only, the result
     # has no grad_fn, in grad mode or not
+    scales = (None, None) if gate_up_proj_scales is None else \
+        (gate_up_proj_scales.detach(), down_proj_scales.detach())
     return torch.ops.moejit.experts(hidden_states, router_indices, routing_weights,
                                     gate_up_proj.detach(), gate_up_proj_bias.detach(),
                                     down_proj.detach(), down_proj_bias.detach(), float(alpha),
-                                    float(limit), routing, bool(check), num_tokens)
+                                    float(limit), routing, bool(check), num_tokens, *scales)

@@ -3,7 +3,7 @@
 Uses _capi for the C handles. This is the binding's only mutable state:
   - one moejit_ctx per CUDA device, created on the first forward on that device;
   - a cache of plans keyed by PlanKey (device, shape, dtypes, routing form, alpha, limit, f32
-    biases, exact f32), each key
+    biases, exact f32, weight format), each key
     holding plans of growing max_tokens. A forward of T tokens takes the smallest cached plan with
     max_tokens >= T, else creates one with max_tokens = bucket(T), a power of two, so one plan
     serves every batch size up to it. (A plan's kernels do not depend on max_tokens today: it only
@@ -16,9 +16,9 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ._capi import Context, DType, LayerDesc, Plan, Routing, load_library
+from ._capi import Context, DType, LayerDesc, Plan, Routing, WeightFormat, load_library
 
-__all__ = ["PlanKey", "bucket", "cached_plans", "clear", "context", "plan_for"]
+__all__ = ["PlanKey", "bucket", "cached_plans", "clear", "context", "layer_desc", "plan_for"]
 
 # The smallest max_tokens a plan is created with: plans cost seconds of NVRTC, and one made for a
 # single decode token would be replaced at the first prefill.
@@ -43,6 +43,7 @@ class PlanKey(NamedTuple):
     limit: float
     bias_f32: bool = False  # f32 biases with f16 / bf16 activations
     exact_f32: bool = False  # f32 layers: exact FFMA instead of TF32
+    weight_format: WeightFormat = WeightFormat.DENSE  # MXFP4: the checkpoint's blocks and scales
 
 
 def bucket(tokens: int) -> int:
@@ -81,7 +82,9 @@ def context(device: int) -> Context:
         return _context_locked(device)
 
 
-def _desc(key: PlanKey, max_tokens: int) -> LayerDesc:
+def layer_desc(key: PlanKey, max_tokens: int) -> LayerDesc:
+    """The moejit_layer_desc of a plan of `key` for up to max_tokens tokens (library defaults for
+    the fields a key does not set). Loads the library; needs no GPU."""
     d = load_library().layer_desc()
     d.hidden, d.intermediate, d.experts, d.top_k = key.hidden, key.intermediate, key.experts, key.top_k
     d.max_tokens = max_tokens
@@ -89,6 +92,7 @@ def _desc(key: PlanKey, max_tokens: int) -> LayerDesc:
     d.routing = int(key.routing)
     d.alpha, d.limit = key.alpha, key.limit
     d.bias_f32, d.exact_f32 = int(key.bias_f32), int(key.exact_f32)
+    d.weight_format = int(key.weight_format)
     return d
 
 
@@ -110,7 +114,7 @@ def plan_for(key: PlanKey, tokens: int) -> Plan:
             if plan.max_tokens >= tokens:
                 return plan
         ctx = _context_locked(key.device)
-        plan = ctx.create_plan(_desc(key, bucket(tokens)))
+        plan = ctx.create_plan(layer_desc(key, bucket(tokens)))
         plans.append(plan)
         plans.sort(key=lambda p: p.max_tokens)
         return plan

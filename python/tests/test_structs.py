@@ -17,10 +17,14 @@ from typing import Dict, Tuple
 import pytest
 
 from moejit import _capi
-from moejit._capi import DType, LogLevel, MoejitError, Routing, Status
+from moejit._capi import DType, LogLevel, MoejitError, Routing, Status, WeightFormat
 
 _REPO = Path(__file__).resolve().parents[2]
 _INCLUDE = Path(os.environ.get("MOEJIT_INCLUDE_DIR", _REPO / "include"))
+_ENUMS = (("MOEJIT_", DType), ("MOEJIT_ROUTING_", Routing), ("MOEJIT_LOG_", LogLevel),
+          ("MOEJIT_WEIGHTS_", WeightFormat))
+_ENUM_TYPES = ("moejit_dtype", "moejit_routing", "moejit_log_level", "moejit_status",
+               "moejit_weight_format")
 
 
 def _c_program() -> str:
@@ -32,10 +36,10 @@ def _c_program() -> str:
         for field, _ in mirror._fields_:
             lines.append(f'  printf("field {cname}.{field} %zu %zu\\n", offsetof({cname}, {field}), '
                          f"sizeof((({cname} *)0)->{field}));")
-    for prefix, enum in (("MOEJIT_", DType), ("MOEJIT_ROUTING_", Routing), ("MOEJIT_LOG_", LogLevel)):
+    for prefix, enum in _ENUMS:
         for member in enum:
             lines.append(f'  printf("enum {prefix}{member.name} %d\\n", (int){prefix}{member.name});')
-    for cname in ("moejit_dtype", "moejit_routing", "moejit_log_level", "moejit_status"):
+    for cname in _ENUM_TYPES:
         lines.append(f'  printf("size {cname} %zu\\n", sizeof({cname}));')
     lines.append('#define PRINT_STATUS(name, value, message) printf("status " #name " %d\\n", value);')
     lines.append("  MOEJIT_STATUS_LIST(PRINT_STATUS)")
@@ -74,6 +78,20 @@ def test_struct_size_matches_header(header_facts: Dict[str, Tuple[int, ...]], cn
     assert ctypes.sizeof(_capi.STRUCTS[cname]) == header_facts[f"size {cname}"][0]
 
 
+def test_mxfp4_fields_are_mirrored(header_facts: Dict[str, Tuple[int, ...]]) -> None:
+    """The MXFP4 fields by name: desc.weight_format after unfused, the scales after device_tokens
+    (the C layout of the rest is the generic test's)."""
+    desc, args = _capi.LayerDesc, _capi.ForwardArgs
+    assert "weight_format" in dict(desc._fields_)
+    assert desc.weight_format.offset == header_facts["field moejit_layer_desc.weight_format"][0]
+    assert desc.weight_format.offset > desc.unfused.offset
+    for field in ("gate_up_proj_scales", "down_proj_scales"):
+        offset, size = header_facts[f"field moejit_forward_args.{field}"]
+        assert (getattr(args, field).offset, ctypes.sizeof(ctypes.c_void_p)) == (offset, size)
+    assert args.device_tokens.offset < args.gate_up_proj_scales.offset < args.down_proj_scales.offset
+    assert ctypes.sizeof(args) == args.down_proj_scales.offset + ctypes.sizeof(ctypes.c_void_p)
+
+
 @pytest.mark.parametrize("cname", sorted(_capi.STRUCTS))
 def test_field_offsets_match_header(header_facts: Dict[str, Tuple[int, ...]], cname: str) -> None:
     mirror = _capi.STRUCTS[cname]
@@ -84,10 +102,10 @@ def test_field_offsets_match_header(header_facts: Dict[str, Tuple[int, ...]], cn
 
 
 def test_enums_match_header(header_facts: Dict[str, Tuple[int, ...]]) -> None:
-    for prefix, enum in (("MOEJIT_", DType), ("MOEJIT_ROUTING_", Routing), ("MOEJIT_LOG_", LogLevel)):
+    for prefix, enum in _ENUMS:
         for member in enum:
             assert header_facts[f"enum {prefix}{member.name}"] == (int(member),)
-    for cname in ("moejit_dtype", "moejit_routing", "moejit_log_level", "moejit_status"):
+    for cname in _ENUM_TYPES:
         assert header_facts[f"size {cname}"] == (ctypes.sizeof(ctypes.c_int),), f"{cname} is a C int"
 
 
@@ -131,6 +149,9 @@ def test_layer_desc_defaults(lib: _capi.Library) -> None:
     assert d.alpha == pytest.approx(1.702) and d.limit == 7.0
     assert (d.expert_capacity, d.global_experts, d.apply_router_weight_on_input) == (0, 0, 0)
     assert (d.logits_dtype, d.bias_f32, d.exact_f32) == (DType.F32, 0, 0)
+    assert d.weight_format == WeightFormat.DENSE
+    args = lib.forward_args()
+    assert (args.gate_up_proj_scales, args.down_proj_scales) == (None, None)
 
 
 def test_status_names(lib: _capi.Library) -> None:
@@ -175,6 +196,17 @@ def test_bad_desc_names_the_field(lib: _capi.Library) -> None:
             ctx.create_plan(_small_desc(lib, routing=7))
         assert info.value.status == Status.ERR_INVALID_ARG
         assert "routing=7" in info.value.detail
+        with pytest.raises(MoejitError) as info:
+            ctx.create_plan(_small_desc(lib, weight_format=5))
+        assert "weight_format=5" in info.value.detail
+        # MXFP4 weights: f32 activations and H or I not a multiple of 32 are refused by the library
+        with pytest.raises(MoejitError) as info:
+            ctx.create_plan(_small_desc(lib, weight_format=int(WeightFormat.MXFP4),
+                                        dtype=int(DType.F32)))
+        assert "MXFP4" in info.value.detail and "dtype" in info.value.detail
+        with pytest.raises(MoejitError) as info:
+            ctx.create_plan(_small_desc(lib, weight_format=int(WeightFormat.MXFP4), intermediate=72))
+        assert "multiples of 32" in info.value.detail
     finally:
         ctx.close()
 
@@ -201,6 +233,26 @@ def test_offline_plan(lib: _capi.Library) -> None:
         with pytest.raises(MoejitError) as info:
             plan.forward(args, 0, 0, 0)
         assert info.value.status == Status.ERR_NO_DEVICE
+    finally:
+        if plan is not None:
+            plan.close()
+        ctx.close()
+
+
+def test_offline_mxfp4_plan(lib: _capi.Library) -> None:
+    """An MXFP4 layer (H = 64, I = 96) compiles for sm_90a; the desc's plan keeps the format."""
+    ctx = lib.create_context(offline_arch="sm_90a")
+    plan = None
+    try:
+        try:
+            plan = ctx.create_plan(_small_desc(lib, weight_format=int(WeightFormat.MXFP4)))
+        except MoejitError as e:
+            if e.status == Status.ERR_NO_COMPILER:
+                pytest.skip(f"no NVRTC: {e}")
+            raise
+        assert plan.desc.weight_format == WeightFormat.MXFP4
+        assert "weight_format=mxfp4" in _capi.describe(plan.desc)
+        assert plan.workspace_size(100) > 0
     finally:
         if plan is not None:
             plan.close()
