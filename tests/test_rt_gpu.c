@@ -671,15 +671,18 @@ static void make_layer(host_layer *L, const moejit_layer_desc *d, int64_t T, int
   L->G = d->global_experts ? d->global_experts : E;
   moejit_dtype bdt = d->bias_f32 ? MOEJIT_F32 : d->dtype;
   L->x = rand_array(d->dtype, T * H, 1.0f);
+  const int64_t N1 = mj_rt_gate_up_cols(d); /* 2I, or I without mul */
   if (is_mxfp4(d)) {
-    rand_mxfp4(E, H, 2 * I, (uint8_t **)&L->w1, &L->s1);
+    rand_mxfp4(E, H, N1, (uint8_t **)&L->w1, &L->s1);
     rand_mxfp4(E, I, H, (uint8_t **)&L->w2, &L->s2);
   } else {
-    L->w1 = rand_array(d->dtype, E * H * 2 * I, 1.0f / sqrtf((float)H));
+    L->w1 = rand_array(d->dtype, E * H * N1, 1.0f / sqrtf((float)H));
     L->w2 = rand_array(d->dtype, E * I * H, 1.0f / sqrtf((float)I));
   }
-  L->b1 = rand_array(bdt, E * 2 * I, 0.1f);
-  L->b2 = rand_array(bdt, E * H, 0.1f);
+  if (!d->no_bias) {
+    L->b1 = rand_array(bdt, E * N1, 0.1f);
+    L->b2 = rand_array(bdt, E * H, 0.1f);
+  }
   L->ids = malloc((size_t)(T * K) * sizeof *L->ids);
   L->wk = malloc((size_t)(T * K) * sizeof *L->wk);
   L->dense = calloc((size_t)(T * L->G), sizeof *L->dense);
@@ -766,11 +769,11 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   size_t ids_bytes = (size_t)(T * K) * mj_dtype_size(d->ids_dtype);
   size_t w_bytes = (size_t)nw * mj_dtype_size(d->weights_dtype);
   size_t lg_bytes = logits ? (size_t)(T * G) * mj_dtype_size(d->logits_dtype) : 0;
-  CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act),
-              dw1 = upload(L->w1, weight_bytes(d, H, 2 * I)),
-              db1 = upload(L->b1, (size_t)(E * 2 * I) * bsz),
+  const int64_t N1 = mj_rt_gate_up_cols(d); /* 2I, or I without mul */
+  CUdeviceptr dx = upload(L->x, (size_t)(T * H) * act), dw1 = upload(L->w1, weight_bytes(d, H, N1)),
+              db1 = upload(L->b1, L->b1 ? (size_t)(E * N1) * bsz : 0),
               dw2 = upload(L->w2, weight_bytes(d, I, H)),
-              db2 = upload(L->b2, (size_t)(E * H) * bsz), dids = upload(ids, ids_bytes),
+              db2 = upload(L->b2, L->b2 ? (size_t)(E * H) * bsz : 0), dids = upload(ids, ids_bytes),
               dwt = upload(w, w_bytes), dlg = upload(lg, lg_bytes),
               dmap = L->map ? upload(L->map, (size_t)G * 4) : 0, y = 0, ws = 0;
   if (logits) { /* outputs: poison them */
@@ -779,7 +782,7 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   }
   int32_t live = (int32_t)L->live;
   CUdeviceptr dlive = L->use_live ? upload(&live, sizeof live) : 0;
-  CUdeviceptr ds1 = is_mxfp4(d) ? upload(L->s1, (size_t)(E * 2 * I * H / 32)) : 0,
+  CUdeviceptr ds1 = is_mxfp4(d) ? upload(L->s1, (size_t)(E * N1 * H / 32)) : 0,
               ds2 = is_mxfp4(d) ? upload(L->s2, (size_t)(E * H * I / 32)) : 0;
   size_t ws_bytes = 0;
   assert_int_equal(moejit_workspace_size(plan, T, &ws_bytes), MOEJIT_OK);
@@ -795,9 +798,9 @@ static float *gpu_forward(host_layer *L, int64_t *bad_slots) {
   a.router_logits = logits ? ptr(dlg) : NULL;
   a.expert_map = L->map ? (const int32_t *)ptr(dmap) : NULL;
   a.gate_up_proj = ptr(dw1);
-  a.gate_up_proj_bias = ptr(db1);
+  a.gate_up_proj_bias = L->b1 ? ptr(db1) : NULL; /* none: a layer without biases */
   a.down_proj = ptr(dw2);
-  a.down_proj_bias = ptr(db2);
+  a.down_proj_bias = L->b2 ? ptr(db2) : NULL;
   a.y = ptr(y);
   a.device_tokens = L->use_live ? (const int32_t *)ptr(dlive) : NULL;
   a.gate_up_proj_scales = ds1 ? ptr(ds1) : NULL;
@@ -918,6 +921,9 @@ static double run_golden_with(const mj_golden *g, moejit_routing routing, moejit
   L.wk = g->topk_weights;
   L.dense = g->dense_weights;
   L.config = config;
+  L.d.activation = g->activation;
+  L.d.gate_up_layout = g->gate_up_layout;
+  L.d.no_bias = g->no_bias;
   if (mxfp4) {
     L.d.weight_format = MOEJIT_WEIGHTS_MXFP4;
     L.w1 = g->gate_up_proj_blocks, L.s1 = g->gate_up_proj_scales;
@@ -1603,6 +1609,81 @@ static void test_mxfp4_special_scales(void **state) {
   }
 }
 
+/* Every activation (moejit.h's eight) in every gate/up layout, with and without biases, dense bf16
+ * and MXFP4 weights, at one token (the streamed tile) and 300 (mma.sync or, on sm_90a, the wgmma
+ * epilogue where gate and up are interleaved; the activation kernel where they are in halves or
+ * without mul), against the CPU reference; then f16 and f32 (TF32) layers of two of them. */
+static void test_activations(void **state) {
+  (void)state;
+  NEED_GPU();
+  static const int64_t tokens[] = {1, 300};
+  int n = 0;
+  for (int act = MOEJIT_ACT_SWIGLU_OAI; act <= MOEJIT_ACT_RELU2; act++)
+    for (int layout = 0; layout < (act <= MOEJIT_ACT_SWIGLU_STEP ? 3 : 1); layout++)
+      for (int mx = 0; mx < 2; mx++)
+        for (int t = 0; t < 2; t++, n++) {
+          moejit_layer_desc d = option_desc(MOEJIT_BF16);
+          d.activation = (moejit_activation)act;
+          d.gate_up_layout = (moejit_gate_up_layout)layout;
+          d.no_bias = n % 3 == 1;
+          d.weight_format = mx ? MOEJIT_WEIGHTS_MXFP4 : MOEJIT_WEIGHTS_DENSE;
+          host_layer L;
+          make_layer(&L, &d, tokens[t], 0, 700 + n);
+          char what[80];
+          snprintf(what, sizeof what, "%s %s%s%s", mj_rt_activation_name(d.activation),
+                   layout == 0   ? "interleaved"
+                   : layout == 1 ? "gate|up"
+                                 : "up|gate",
+                   d.no_bias ? " no bias" : "", mx ? " mxfp4" : "");
+          expect_match(what, &L, 300);
+          free_layer(&L);
+        }
+  static const struct {
+    moejit_dtype dtype;
+    moejit_activation act;
+    moejit_gate_up_layout layout;
+  } more[] = {{MOEJIT_F16, MOEJIT_ACT_GELU_TANH_MUL, MOEJIT_GATE_UP_INTERLEAVED},
+              {MOEJIT_F32, MOEJIT_ACT_SILU_MUL, MOEJIT_GATE_UP_HALVES},
+              {MOEJIT_F16, MOEJIT_ACT_RELU2, MOEJIT_GATE_UP_INTERLEAVED}};
+  for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+    moejit_layer_desc d = option_desc(more[i].dtype);
+    d.activation = more[i].act;
+    d.gate_up_layout = more[i].layout;
+    d.no_bias = 1;
+    host_layer L;
+    make_layer(&L, &d, 300, 0, 800 + i);
+    char what[80];
+    snprintf(what, sizeof what, "%s %s no bias", mj_rt_activation_name(d.activation),
+             mj_dtype_name(d.dtype));
+    expect_match(what, &L, 300);
+    free_layer(&L);
+  }
+}
+
+/* The activation cases of tests/golden-act (made in numpy outside the library) through the GPU,
+ * top-k/i32 and dense/i64, each within its tolerance of the float64 answer. */
+static void test_act_golden_cases(void **state) {
+  (void)state;
+  NEED_GPU();
+  const char *root = mj_golden_act_root();
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= 9);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    const double tol = mj_tolerance(g.dtype);
+    const double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
+    const double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
+    print_message("golden %-24s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1,
+                  e2, tol);
+    assert_true(e1 <= tol);
+    assert_true(e2 <= tol);
+    mj_golden_free(&g);
+  }
+}
+
 /* Decode batch sizes with MXFP4 weights: one CUDA graph per token count, replayed out of order,
  * bitwise equal to eager forwards and within tolerance of the reference (decode_graphs). */
 static void test_mxfp4_decode_graphs(void **state) {
@@ -1870,6 +1951,8 @@ int main(void) {
       cmocka_unit_test(test_mxfp4_golden_cases),
       cmocka_unit_test(test_mxfp4_special_scales),
       cmocka_unit_test(test_mxfp4_options),
+      cmocka_unit_test(test_act_golden_cases),
+      cmocka_unit_test(test_activations),
       cmocka_unit_test(test_every_config),
       cmocka_unit_test(test_forward_validation),
       cmocka_unit_test(test_bad_expert_ids),
