@@ -94,7 +94,8 @@ static int gated(moejit_activation act) { return act <= MOEJIT_ACT_SWIGLU_STEP; 
 static double silu(double v) { return v / (1.0 + exp(-v)); }
 static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
 static double gelu_tanh(double v) {
-  return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+  /* sqrt(2 / pi) */
+  return 0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v)));
 }
 
 /* Output i of the activation of GEMM1's outputs gu (moejit.h's formulas, in double): gated ones
