@@ -12,12 +12,18 @@
 # PART (optional): checks (the GPU suite, the sanitizers and the SASS counts of the wgmma kernels),
 # figures (the bench rows and kernels.py), or python (the binding's tests with torch and
 # transformers: experts, graphs, torch.compile, the transformers experts implementation), for
-# device calls of under 10 minutes each; all = checks and figures.
+# device calls of under 10 minutes each; all = checks and figures. Parts of one piece of work
+# each, for a first device call after it: new (the GPU tests of MXFP4 weights, the activations and
+# batch invariance, then memcheck and racecheck on the MXFP4 and activation golden cases and the
+# special scales), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
+# run, $OUT/mxfp4.jsonl), invariant (bench rows with --batch-invariant off and on, alternating,
+# $OUT/invariant.jsonl), mixtral (the mixtral-8x7b preset on normal data, $OUT/mixtral.jsonl).
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
 PART=${2:-all}
-case $PART in all | checks | figures | python) ;;
-*) echo "land.sh: PART is checks, figures or python, got $PART" >&2; exit 2 ;; esac
+case $PART in all | checks | figures | python | new | mxfp4 | invariant | mixtral) ;;
+*) echo "land.sh: PART is checks, figures, python, new, mxfp4, invariant or mixtral, got $PART" >&2
+   exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
 bash tests/device.sh true || exit 1
@@ -31,8 +37,39 @@ if [ "$PART" = python ]; then
   tail -15 "$OUT/python.txt"
   exit $rc
 fi
+case $PART in
+new)
+  MOEJIT_TEST_FILTER=mxfp4,act,batch_invariance ./tests/test_rt_gpu >"$OUT/gpu-new.txt" 2>&1
+  grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu-new.txt" | tail -8
+  MOEJIT_TEST_FILTER=mxfp4_golden,special_scales,act_golden compute-sanitizer --tool memcheck \
+    ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
+  MOEJIT_TEST_FILTER=mxfp4_golden,special_scales compute-sanitizer --tool racecheck \
+    ./tests/test_rt_gpu 2>&1 | grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+  exit 0 ;;
+mxfp4)
+  for m in gpt-oss-20b gpt-oss-120b; do
+    for w in mxfp4 dense mxfp4 dense; do
+      ./moejit bench --model $m --weights $w --tokens 1,8,64,512 --json "$OUT/mxfp4.jsonl" 2>&1 |
+        tail -5
+    done
+  done
+  exit 0 ;;
+invariant)
+  for m in gpt-oss-20b gpt-oss-120b; do
+    for bi in "" --batch-invariant "" --batch-invariant; do
+      ./moejit bench --model $m $bi --tokens 1,8,64,512,4096 --json "$OUT/invariant.jsonl" 2>&1 |
+        tail -6
+    done
+  done
+  exit 0 ;;
+mixtral)
+  ./moejit bench --model mixtral-8x7b --data normal --tokens 1,8,64,512,4096 \
+    --json "$OUT/mixtral.jsonl" 2>&1 | tail -6
+  exit 0 ;;
+esac
 if [ "$PART" != figures ]; then
-./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
+# the tests of the part `new` run in a call of their own
+MOEJIT_TEST_SKIP=mxfp4,act,batch_invariance ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
 grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
 MOEJIT_TEST_FILTER=golden,cuda_graph,bad_expert_ids,decode,every_config,device_tokens,self_routed compute-sanitizer --tool memcheck \
   ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
