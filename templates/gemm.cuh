@@ -125,12 +125,12 @@ static_assert(((kSplits - 1) * kKSplit < kK && kSplits * kKSplit >= kK &&
 static constexpr int kVec = 16 / (int)sizeof(T);  // elements per 16-byte copy
 static constexpr int kLdA = kBK + kVec;          // padded rows: conflict-free ldmatrix
 static constexpr int kLdB = kBN + kVec;
+static constexpr int kLdBd = kBK + kVec;  // MXFP4's decoded stage: row n holds its kBK weights
 static_assert(kN % 8 == 0 && kK % 8 == 0, "N and K must be multiples of 8");
 static_assert((MJ_GEMM_PATH == MJ_PATH_STREAM || kBK % kVec == 0) && kBN % kVec == 0,
               "tile edges must hold whole 16-byte copies");
 #if MJ_GEMM_MXFP4 && MJ_GEMM_PATH == MJ_PATH_MMA
 static constexpr int kLdRaw = kBK / 2 + 16;  // bytes a row of a stage's raw blocks, padded
-static constexpr int kLdBd = kBK + kVec;     // the decoded stage: row n holds its kBK weights
 static_assert(kBK % 32 == 0, "MXFP4: K steps of whole blocks");
 static_assert(kStages * (kBM * kLdA * (int)sizeof(T) + kBN * kLdRaw) + kBN * kLdBd * (int)sizeof(T) +
                       kBN * kKB <=
@@ -211,7 +211,11 @@ struct Acc { float v[kMT][kNT][4]; };
 #if MJ_GEMM_PATH == MJ_PATH_MMA
 static_assert(kBK % 16 == 0, "m16n8k16 steps");
 
-__device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
+// acc += the A stage x a B stage: the dense weights' k-major [kBK][kLdB] tile (ldmatrix .trans)
+// or, kNMajor, MXFP4's decoded n-major [kBN][kLdBd] tile (ldmatrix as is). Either way the x4's
+// r[0], r[1] are b0, b1 of n tile 2 np and r[2], r[3] those of n tile 2 np + 1.
+template <bool kNMajor>
+__device__ __forceinline__ void compute_stage_b(Acc &acc, const T *As, const T *Bs) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm = warp / kWN, wn = warp % kWN;
 #pragma unroll
@@ -223,8 +227,12 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
 #pragma unroll
     for (int np = 0; np < kNT / 2; ++np) {
       mj_u32 r[4];
-      mj_ldmatrix_x4_trans(r, Bs + (ks + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdB + wn * kWTN +
-                                  np * 16 + (lane >> 4) * 8);
+      if (kNMajor)  // matrix i: n block i / 2, k block i % 2
+        mj_ldmatrix_x4(r, Bs + (wn * kWTN + np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kLdBd +
+                              ks + ((lane >> 3) & 1) * 8);
+      else  // matrix i: k block i % 2, n block i / 2
+        mj_ldmatrix_x4_trans(r, Bs + (ks + (lane & 7) + ((lane >> 3) & 1) * 8) * kLdB + wn * kWTN +
+                                    np * 16 + (lane >> 4) * 8);
       bf[2 * np][0] = r[0];
       bf[2 * np][1] = r[1];
       bf[2 * np + 1][0] = r[2];
@@ -236,6 +244,11 @@ __device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs
       for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
   }
 }
+
+__device__ __forceinline__ void compute_stage(Acc &acc, const T *As, const T *Bs) {
+  compute_stage_b<false>(acc, As, Bs);
+}
+
 #if MJ_GEMM_MXFP4
 // One stage's raw weight blocks: kBN rows (outputs) of kBK / 2 bytes from column n0 and K step
 // k0, as 16-byte cp.async (zeros past kN and kK).
@@ -285,33 +298,6 @@ __device__ __forceinline__ void decode_stage(T *bd, const unsigned char *raw,
   }
 }
 
-// acc += A stage x the decoded stage: B fragments by ldmatrix from the n-major tile (matrix i of
-// the x4: n block i / 2, k block i % 2, which is b0, b1 of n tile 2 np, then of 2 np + 1).
-__device__ __forceinline__ void compute_stage_fp4(Acc &acc, const T *As, const T *Bd) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wm = warp / kWN, wn = warp % kWN;
-#pragma unroll
-  for (int ks = 0; ks < kBK; ks += 16) {
-    mj_u32 af[kMT][4], bf[kNT][2];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-      mj_ldmatrix_x4(af[mt], As + (wm * kWTM + mt * 16 + (lane & 15)) * kLdA + ks + (lane >> 4) * 8);
-#pragma unroll
-    for (int np = 0; np < kNT / 2; ++np) {
-      mj_u32 r[4];
-      mj_ldmatrix_x4(r, Bd + (wn * kWTN + np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kLdBd + ks +
-                            ((lane >> 3) & 1) * 8);
-      bf[2 * np][0] = r[0];
-      bf[2 * np][1] = r[1];
-      bf[2 * np + 1][0] = r[2];
-      bf[2 * np + 1][1] = r[3];
-    }
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) mj_mma_16816(acc.v[mt][nt], af[mt], bf[nt][0], bf[nt][1], T{});
-  }
-}
 #endif
 #elif MJ_GEMM_PATH == MJ_PATH_TF32
 static_assert(kBK % 8 == 0, "m16n8k8 steps");
@@ -802,7 +788,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) moejit_gemm(
     // every warp is past the last step's MMAs (the barrier above), so the decoded tile is free
     decode_stage(Bd, Raw + s * kBN * kLdRaw, Sc, k_begin + kt * kBK, n0);
     __syncthreads();
-    compute_stage_fp4(acc, As + s * kBM * kLdA, Bd);
+    compute_stage_b<true>(acc, As + s * kBM * kLdA, Bd);
 #else
     compute_stage(acc, As + s * kBM * kLdA, Bs + s * kBK * kLdB);
 #endif
