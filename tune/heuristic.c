@@ -306,38 +306,30 @@ int mj_tune_search_space(mj_math math, const char *arch,
               n = offer(&c, math, keep, user, out, n, max);
             }
           }
-  /* the streamed path for tiles of one row (one token) and of up to four, 64 columns a block
-   * (docs/experiments.md#one-token), 4, 6 or 8 loads a thread in flight, GEMM2 whole and split in
-   * two */
-  static const int stream_loads[] = {4, 6, 8};
-  /* MXFP4: one 16-byte block (32 weights) a load; 16, 32 or 64 columns a block of 128 threads,
-   * so 8, 4 or 2 threads read a row's consecutive blocks; 4 or 8 loads in flight */
-  if (math == MJ_MATH_MXFP4)
-    for (int i = 0; i < 24 && n < max; i++) {
-      mj_gemm_config c;
-      memset(&c, 0, sizeof c);
-      c.kind = MJ_GEMM_STREAM;
-      c.bm = i & 1 ? 4 : 1;
-      c.bn = 16 << (i / 8);
-      c.bk = 8;
-      c.stages = i & 4 ? 8 : 4;
-      c.splits = i & 2 ? 2 : 0;
-      c.max_avg_rows = INT64_MAX;
-      n = offer(&c, math, keep, user, out, n, max);
-    }
-  if (math == MJ_MATH_MMA)
-    for (int i = 0; i < 12 && n < max; i++) {
-      mj_gemm_config c;
-      memset(&c, 0, sizeof c);
-      c.kind = MJ_GEMM_STREAM;
-      c.bm = i & 1 ? 4 : 1;
-      c.bn = 64;
-      c.bk = 8;
-      c.stages = stream_loads[i / 4];
-      c.splits = i & 2 ? 2 : 0;
-      c.max_avg_rows = INT64_MAX;
-      n = offer(&c, math, keep, user, out, n, max);
-    }
+  /* The streamed path, as data: tiles of one row (one token) and of up to four; dense weights 64
+   * columns a block (docs/experiments.md#one-token), 4, 6 or 8 loads a thread in flight; MXFP4 one
+   * 16-byte block (32 weights) a load, 16, 32 or 64 columns a block of 128 threads (so 8, 4 or 2
+   * threads read a row's consecutive blocks), 4 or 8 loads in flight; GEMM2 whole and split in
+   * two. */
+  static const struct {
+    mj_math math;
+    int cols[3], ncols, loads[3], nloads;
+  } streams[] = {{MJ_MATH_MMA, {64}, 1, {4, 6, 8}, 3}, {MJ_MATH_MXFP4, {16, 32, 64}, 3, {4, 8}, 2}};
+  for (size_t t = 0; t < sizeof streams / sizeof streams[0]; t++)
+    for (int col = 0; streams[t].math == math && col < streams[t].ncols; col++)
+      for (int u = 0; u < streams[t].nloads; u++)
+        for (int i = 0; i < 4 && n < max; i++) {
+          mj_gemm_config c;
+          memset(&c, 0, sizeof c);
+          c.kind = MJ_GEMM_STREAM;
+          c.bm = i & 1 ? 4 : 1;
+          c.bn = streams[t].cols[col];
+          c.bk = 8;
+          c.stages = streams[t].loads[u];
+          c.splits = i & 2 ? 2 : 0;
+          c.max_avg_rows = INT64_MAX;
+          n = offer(&c, math, keep, user, out, n, max);
+        }
   for (int i = 0; i < sp->nshapes; i++)
     for (int k = 0; k < 2; k++)
       for (int s = 0; s < 2 && n < max; s++) {
