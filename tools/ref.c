@@ -91,6 +91,16 @@ static void expert_gemm(const mj_ref_layer *L, const void *w, const uint8_t *sca
 
 static int gated(moejit_activation act) { return act <= MOEJIT_ACT_SWIGLU_STEP; }
 
+/* out[0..n) = expert e's bias row of n, or zeros for a layer without biases (bias NULL); row is
+ * scratch [n]. */
+static void load_bias(moejit_dtype dt, const void *bias, int64_t e, int64_t n, float *row,
+                      double *out) {
+  if (bias)
+    load_row(dt, bias, e * n, n, row);
+  for (int64_t j = 0; j < n; j++)
+    out[j] = bias ? row[j] : 0.0;
+}
+
 static double silu(double v) { return v / (1.0 + exp(-v)); }
 static double gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
 static double gelu_tanh(double v) {
@@ -185,13 +195,7 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
       const double w_in = L->weight_on_input ? w : 1.0, w_out = L->weight_on_input ? 1.0 : w;
 
       /* gu = x[t] @ gate_up_proj[e] + bias: N1 = 2I outputs (gated) or I (without mul) */
-      for (int64_t j = 0; j < N1; j++)
-        gu[j] = 0.0;
-      if (L->gate_up_proj_bias) {
-        load_row(bias_dt, L->gate_up_proj_bias, e * N1, N1, row);
-        for (int64_t j = 0; j < N1; j++)
-          gu[j] = row[j];
-      }
+      load_bias(bias_dt, L->gate_up_proj_bias, e, N1, row, gu);
       for (int64_t i = 0; i < H; i++)
         xs[i] = xd[i] * w_in;
       expert_gemm(L, L->gate_up_proj, L->gate_up_proj_scales, e, H, N1, xs, gu, row);
@@ -200,13 +204,7 @@ int mj_ref_forward(const mj_ref_layer *L, const int64_t *tokens, int64_t ntokens
         h[i] = round_to(L->dtype, activate(L, gu, i));
 
       /* y = h @ down_proj[e] + bias */
-      for (int64_t j = 0; j < H; j++)
-        y[j] = 0.0;
-      if (L->down_proj_bias) {
-        load_row(bias_dt, L->down_proj_bias, e * H, H, row);
-        for (int64_t j = 0; j < H; j++)
-          y[j] = row[j];
-      }
+      load_bias(bias_dt, L->down_proj_bias, e, H, row, y);
       for (int64_t i = 0; i < I; i++)
         hd[i] = h[i];
       expert_gemm(L, L->down_proj, L->down_proj_scales, e, I, H, hd, y, row);
