@@ -33,9 +33,13 @@ typedef enum opt_id {
   O_WEIGHTS,
   O_IDS,
   O_ROUTING,
+  O_ACTIVATION,
+  O_GATE_UP_LAYOUT,
+  O_NO_BIAS,
   O_ALPHA,
   O_LIMIT,
   O_UNFUSED,
+  O_BATCH_INVARIANT,
   O_EXACT_F32,
   O_ARCH,
   O_TOKENS,
@@ -53,8 +57,10 @@ typedef enum opt_id {
   O_NO_FLOOR,
   O_CUBLAS,
   O_GRAPH_TOKENS,
+  O_DATA,
   O_DIR,
 } opt_id;
+_Static_assert(O_DIR < 64, "cli_parse keeps the options given in 64 bits");
 
 typedef struct opt_spec {
   const char *name; /* without the leading "--" */
@@ -64,13 +70,36 @@ typedef struct opt_spec {
   int64_t lo, hi;
   const char *const *choices; /* V_CHOICE: NULL-terminated */
   const char *value;          /* the value's name in --help */
-  const char *help;
+  const char *help;           /* lines after the first are indented under it */
 } opt_spec;
 
 #define LAYER CLI_LAYER_COMMANDS
 #define TIMED (CLI_RUN | CLI_TUNE | CLI_BENCH)
 
-static const char *const models[] = {"gpt-oss-20b", "gpt-oss-120b", NULL};
+/* The --model presets. The options given beside one win over it, wherever they stand. */
+static const struct model {
+  const char *name;
+  int64_t hidden, intermediate, experts, top_k;
+  moejit_dtype dtype;
+  moejit_activation activation;
+  moejit_gate_up_layout layout;
+  int no_bias;
+} model_table[] = {
+    {"gpt-oss-20b", 2880, 2880, 32, 4, MOEJIT_BF16, MOEJIT_ACT_SWIGLU_OAI,
+     MOEJIT_GATE_UP_INTERLEAVED, 0},
+    {"gpt-oss-120b", 2880, 2880, 128, 4, MOEJIT_BF16, MOEJIT_ACT_SWIGLU_OAI,
+     MOEJIT_GATE_UP_INTERLEAVED, 0},
+    {"mixtral-8x7b", 4096, 14336, 8, 2, MOEJIT_BF16, MOEJIT_ACT_SILU_MUL, MOEJIT_GATE_UP_HALVES, 1},
+};
+static const char *const models[] = {"gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b",
+                                     NULL}; /* model_table's order */
+/* moejit_activation order */
+static const char *const activations[] = {"swiglu",      "silu",         "gelu",
+                                          "gelu-tanh",   "swiglu-step",  "silu-no-mul",
+                                          "gelu-no-mul", "relu2-no-mul", NULL};
+static const char *const layouts[] = {"interleaved", "halves", "up-gate-halves",
+                                      NULL};                      /* moejit_gate_up_layout order */
+static const char *const draws[] = {"uniform", "normal", NULL};   /* mj_synth_data order */
 static const char *const dtypes[] = {"f32", "f16", "bf16", NULL}; /* moejit_dtype order */
 static const char *const weights[] = {"dense", "mxfp4", NULL};    /* moejit_weight_format order */
 static const char *const ids[] = {"i32", "i64", NULL};
@@ -80,7 +109,9 @@ static const char *const kernels[] = {"route", "combine", "gemm1", "gemm2", NULL
 static const opt_spec opts[] = {
     {"help", O_HELP, V_NONE, LAYER | CLI_CACHE, 0, 0, NULL, NULL, "print this help"},
     {"model", O_MODEL, V_CHOICE, LAYER, 0, 0, models, "NAME",
-     "gpt-oss-20b (H=I=2880, E=32, K=4; the default) or gpt-oss-120b (E=128)"},
+     "gpt-oss-20b (H=I=2880, E=32, K=4, swiglu, biases; the default),\n"
+     "gpt-oss-120b (E=128), or mixtral-8x7b (H=4096, I=14336, E=8, K=2,\n"
+     "silu, halves, no bias); options given beside it win"},
     {"hidden", O_HIDDEN, V_INT, LAYER, 1, 1 << 20, NULL, "N", "H, a multiple of 8"},
     {"intermediate", O_INTERMEDIATE, V_INT, LAYER, 1, 1 << 20, NULL, "N", "I, a multiple of 8"},
     {"experts", O_EXPERTS, V_INT, LAYER, 1, 1 << 20, NULL, "N", "E, 1..1024"},
@@ -92,10 +123,24 @@ static const opt_spec opts[] = {
     {"ids", O_IDS, V_CHOICE, LAYER, 0, 0, ids, "T", "expert ids: i32 (default) or i64"},
     {"routing", O_ROUTING, V_CHOICE, LAYER, 0, 0, routings, "R",
      "topk (weights [T,K], default) or dense (weights [T,E])"},
-    {"alpha", O_ALPHA, V_NUMBER, LAYER, 0, 0, NULL, "X", "SwiGLU alpha (1.702)"},
-    {"limit", O_LIMIT, V_NUMBER, LAYER, 0, 0, NULL, "X", "SwiGLU clamp limit (7.0)"},
+    {"activation", O_ACTIVATION, V_CHOICE, LAYER, 0, 0, activations, "A",
+     "between the GEMMs: swiglu (SwiGLU-OAI, gpt-oss's; default), silu,\n"
+     "gelu, gelu-tanh (each times up), swiglu-step; without mul (GEMM1\n"
+     "gives I outputs, not 2I): silu-no-mul, gelu-no-mul, relu2-no-mul"},
+    {"gate-up-layout", O_GATE_UP_LAYOUT, V_CHOICE, LAYER, 0, 0, layouts, "L",
+     "gate and up among GEMM1's 2I outputs: interleaved (default),\n"
+     "halves ([gate | up]) or up-gate-halves ([up | gate]), which run\n"
+     "the activation as its own launch"},
+    {"no-bias", O_NO_BIAS, V_NONE, LAYER, 0, 0, NULL, NULL, "a layer without biases"},
+    {"alpha", O_ALPHA, V_NUMBER, LAYER, 0, 0, NULL, "X", "SwiGLU-OAI alpha (1.702)"},
+    {"limit", O_LIMIT, V_NUMBER, LAYER, 0, 0, NULL, "X",
+     "clamp limit of swiglu and swiglu-step (7.0)"},
     {"unfused", O_UNFUSED, V_NONE, LAYER, 0, 0, NULL, NULL,
      "GEMM1 without the activation, which runs as its own launch"},
+    {"batch-invariant", O_BATCH_INVARIANT, V_NONE, LAYER, 0, 0, NULL, NULL,
+     "a token's output bits never depend on the batch: one tile family\n"
+     "(wgmma on sm_90a where GEMM1 fuses the activation), no streamed\n"
+     "tile, no split GEMM2"},
     {"exact-f32", O_EXACT_F32, V_NONE, LAYER, 0, 0, NULL, NULL,
      "f32 GEMMs on exact FFMA instead of TF32 tensor cores"},
     {"arch", O_ARCH, V_TEXT, CLI_GEN | CLI_COMPILE | CLI_RUN | CLI_BENCH, 0, 0, NULL, "A",
@@ -122,6 +167,9 @@ static const opt_spec opts[] = {
     {"cublas", O_CUBLAS, V_TEXT, CLI_BENCH, 0, 0, NULL, "PATH", "the cuBLAS library to load"},
     {"graph-tokens", O_GRAPH_TOKENS, V_SIZE, CLI_BENCH, 1, INT32_MAX, NULL, "N",
      "run each row inside a forward of N tokens"},
+    {"data", O_DATA, V_CHOICE, CLI_BENCH, 0, 0, draws, "D",
+     "how x, the weights and the biases are drawn: uniform (default) or\n"
+     "normal (the same RMS; MXFP4 blocks and scales stay uniform)"},
     {"dir", O_DIR, V_TEXT, CLI_CACHE, 0, 0, NULL, "DIR", "the cache folder"},
 };
 #define NOPTS ((int)(sizeof opts / sizeof opts[0]))
@@ -142,7 +190,14 @@ static void print_help(unsigned command, const char *usage) {
     char left[40];
     snprintf(left, sizeof left, "--%s%s%s", opts[i].name, opts[i].value ? " " : "",
              opts[i].value ? opts[i].value : "");
-    printf("  %-22s %s\n", left, opts[i].help);
+    printf("  %-22s ", left);
+    for (const char *h = opts[i].help; *h;) {
+      size_t n = strcspn(h, "\n");
+      printf("%.*s\n", (int)n, h);
+      h += n;
+      if (*h == '\n' && *++h)
+        printf("  %-22s ", "");
+    }
   }
 }
 
@@ -248,7 +303,7 @@ static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L)
   }
   switch (o->id) {
   case O_HELP: break;
-  case O_MODEL: d->experts = choice == 0 ? 32 : 128; break;
+  case O_MODEL: L->model = choice; break; /* cli_parse applies it after the other options */
   case O_HIDDEN: d->hidden = x; break;
   case O_INTERMEDIATE: d->intermediate = x; break;
   case O_EXPERTS: d->experts = x; break;
@@ -257,9 +312,13 @@ static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L)
   case O_WEIGHTS: d->weight_format = (moejit_weight_format)choice; break;
   case O_IDS: d->ids_dtype = choice == 0 ? MOEJIT_I32 : MOEJIT_I64; break;
   case O_ROUTING: d->routing = choice == 0 ? MOEJIT_ROUTING_TOPK : MOEJIT_ROUTING_DENSE; break;
+  case O_ACTIVATION: d->activation = (moejit_activation)choice; break;
+  case O_GATE_UP_LAYOUT: d->gate_up_layout = (moejit_gate_up_layout)choice; break;
+  case O_NO_BIAS: d->no_bias = 1; break;
   case O_ALPHA: d->alpha = (float)f; break;
   case O_LIMIT: d->limit = (float)f; break;
   case O_UNFUSED: d->unfused = 1; break;
+  case O_BATCH_INVARIANT: d->batch_invariant = 1; break;
   case O_EXACT_F32: d->exact_f32 = 1; break;
   case O_ARCH: L->arch = v; break;
   case O_TOKENS: break;
@@ -277,6 +336,7 @@ static int take(const char *cmd, const opt_spec *o, const char *v, cli_layer *L)
   case O_NO_FLOOR: L->bench.floor = 0; break;
   case O_CUBLAS: L->bench.cublas = v; break;
   case O_GRAPH_TOKENS: L->bench.graph_tokens = x; break;
+  case O_DATA: L->bench.data = choice; break;
   case O_DIR: L->dir = v; break;
   }
   return 0;
@@ -294,6 +354,12 @@ static void flag_words(const char *msg, char *out, size_t cap) {
       {"desc->dtype=", "--dtype "},
       {"desc->weight_format=", "--weights "},
       {"desc->limit=", "--limit "},
+      {"desc->activation=", "--activation "},
+      {"desc->gate_up_layout=", "--gate-up-layout "},
+      {"desc->no_bias=", "--no-bias "},
+      {"desc->batch_invariant=", "--batch-invariant "},
+      {"desc->unfused=", "--unfused "},
+      {"desc->exact_f32=", "--exact-f32 "},
       {"top_k=", "--top-k "},
   };
   size_t n = 0;
@@ -313,15 +379,39 @@ static void flag_words(const char *msg, char *out, size_t cap) {
   out[n] = '\0';
 }
 
+/* The preset's fields whose options were not given. */
+static void apply_model(const struct model *m, uint64_t given, moejit_layer_desc *d) {
+#define UNLESS_GIVEN(id, field, value)                                                             \
+  if (!(given & ((uint64_t)1 << (id))))                                                            \
+  d->field = (value)
+  UNLESS_GIVEN(O_HIDDEN, hidden, m->hidden);
+  UNLESS_GIVEN(O_INTERMEDIATE, intermediate, m->intermediate);
+  UNLESS_GIVEN(O_EXPERTS, experts, m->experts);
+  UNLESS_GIVEN(O_TOP_K, top_k, m->top_k);
+  UNLESS_GIVEN(O_DTYPE, dtype, m->dtype);
+  UNLESS_GIVEN(O_ACTIVATION, activation, m->activation);
+  UNLESS_GIVEN(O_GATE_UP_LAYOUT, gate_up_layout, m->layout);
+  UNLESS_GIVEN(O_NO_BIAS, no_bias, m->no_bias);
+#undef UNLESS_GIVEN
+}
+
+const char *cli_activation_name(const moejit_layer_desc *desc) {
+  int a = (int)desc->activation;
+  return a >= 0 && a < (int)(sizeof activations / sizeof activations[0]) - 1 ? activations[a] : "?";
+}
+
+const char *cli_layout_name(const moejit_layer_desc *desc) {
+  int l = (int)desc->gate_up_layout;
+  return l >= 0 && l < (int)(sizeof layouts / sizeof layouts[0]) - 1 ? layouts[l] : "?";
+}
+
 int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_layer *L,
               const char **words, int max_words, int *nwords) {
   const char *cmd = command_name(command);
   moejit_layer_desc *d = &L->desc;
+  uint64_t given = 0; /* the options given, by opt_id: they win over --model */
   memset(L, 0, sizeof *L);
   moejit_layer_desc_init(d);
-  d->hidden = d->intermediate = 2880;
-  d->experts = 32;
-  d->top_k = 4;
   L->tokens = 4096;
   L->token_list[0] = 4096;
   L->ntokens = 1;
@@ -381,6 +471,7 @@ int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_la
       rc = 1;
     } else {
       rc = take(cmd, &opts[c - 1000], optarg, L);
+      given |= (uint64_t)1 << opts[c - 1000].id;
     }
   }
   for (int i = optind; rc == 0 && i < argc + 1; i++) {
@@ -395,6 +486,7 @@ int cli_parse(int argc, char **argv, unsigned command, const char *usage, cli_la
   free(args);
   if (rc)
     return rc;
+  apply_model(&model_table[L->model], given, d);
   if (L->tokens >= d->max_tokens) /* a plan takes at least one token */
     d->max_tokens = L->tokens > 0 ? L->tokens : 1;
   if (command & CLI_LAYER_COMMANDS) { /* the layer as the library will judge it, in flags */

@@ -19,15 +19,17 @@ static const char bench_usage[] =
     "usage: moejit bench [--tokens 1,8,64,...] [--repeat N] [--warmup N] [--eager]\n"
     "                    [--json FILE|-] [--bw-bytes SIZE] [--no-floor] [--cublas PATH]\n"
     "                    [--check N] [--seed S] [--config NAME] [--graph-tokens N]\n"
-    "                    [layer options]\n"
+    "                    [--data uniform|normal] [layer options]\n"
     "\n"
     "Times the layer's forward on this GPU for each token count and sets it beside its floor:\n"
     "the time the GPU needs just to read the weights the call touches, or to do its FLOPs at\n"
     "dense GEMM speed, whichever is longer.\n"
     "\n"
-    "One random layer (weights, biases and x uniform; random top-k routing, distinct experts per\n"
-    "token; --seed, default 1) is made for the largest count, and one plan with max_tokens = that\n"
-    "count; a row of T tokens uses the layer's first T tokens. Per row: one eager forward, then\n"
+    "One random layer (weights, biases and x uniform, or with --data normal from normal\n"
+    "distributions of the same RMS: prefill times at the GPU's power cap depend on the data;\n"
+    "random top-k routing, distinct experts per token; --seed, default 1) is made for the largest\n"
+    "count, and one plan with max_tokens = that count; a row of T tokens uses the layer's first T\n"
+    "tokens. Per row: one eager forward, then\n"
     "ONE moejit_forward captured into a CUDA graph on a non-blocking stream, --warmup replays\n"
     "(default 5), then --repeat replays (default 50; 20 for counts above 16384), a CUDA event\n"
     "between each two, all enqueued back to back with no host synchronisation in between;\n"
@@ -44,14 +46,17 @@ static const char bench_usage[] =
     "Columns (JSON fields):\n"
     "  tokens          T\n"
     "  ms              median time of one forward, milliseconds\n"
-    "  tflops          dropless FLOPs / time; FLOPs = 2*T*K*(H*2I + I*H)\n"
+    "  tflops          dropless FLOPs / time; FLOPs = 2*T*K*(H*N1 + I*H), N1 = 2I (I for an\n"
+    "                  activation without mul)\n"
     "  active_experts  A, the distinct experts in the routing of the T tokens\n"
-    "  weight_bytes    A*(H*2I + I*H)*sizeof(dtype): those experts' weight matrices (biases are\n"
+    "  weight_bytes    A*(H*N1 + I*H)*sizeof(dtype): those experts' weight matrices (biases are\n"
     "                  left out: under 0.1% of it at gpt-oss shapes); with --weights mxfp4 their\n"
-    "                  blocks and scales, A*(3*H*I/2 + 3*H*I/32) (biases then about 0.13%)\n"
+    "                  blocks and scales, A*((H*N1 + I*H)/2 + (H*N1 + I*H)/32) (biases then\n"
+    "                  about 0.13%)\n"
     "  gbps            weight_bytes / time, GB/s (1e9 bytes)\n"
     "  floor_ms        max(weight_bytes / BW, FLOPs / GEMM_RATE)\n"
     "  ratio           ms / floor_ms\n"
+    "  data            uniform or normal (--data): how x, the weights and the biases were drawn\n"
     "  weights         dense or mxfp4 (--weights): how the experts' weights are stored\n"
     "  config          the GEMM tile configuration the plan runs for T (* when a tuning record\n"
     "                  chose it; JSON: config, tuned)\n"
@@ -69,10 +74,11 @@ static const char bench_usage[] =
     "\n"
     "--json FILE appends one JSON line per row (FILE \"-\": stdout, and the table goes to\n"
     "stderr): the fields above and device, commit ($MOEJIT_COMMIT, else `git rev-parse --short\n"
-    "HEAD`, else \"unknown\"), date (UTC), command, mode (graph|eager), dtype, weights, hidden,\n"
-    "intermediate, experts, top_k, routing, unfused, seed, repeat, warmup, ms_min, ms_max,\n"
-    "bw_tbps, gemm_tflops, gemm_math, floor_note (null when the floor was measured) and, with\n"
-    "--check, check_rel_error and check_ok.\n"
+    "HEAD`, else \"unknown\"), date (UTC), command, mode (graph|eager), dtype, weights, data,\n"
+    "hidden, intermediate, experts, top_k, routing, activation (as --activation names it),\n"
+    "gate_up_layout (as --gate-up-layout names it), no_bias, unfused, batch_invariant (true or\n"
+    "false), seed, repeat, warmup, ms_min, ms_max, bw_tbps, gemm_tflops, gemm_math, floor_note\n"
+    "(null when the floor was measured) and, with --check, check_rel_error and check_ok.\n"
     "--check N compares N sampled tokens of each row with the CPU reference after its timing,\n"
     "from one more call on a poisoned output (default 0, off: it downloads every expert's\n"
     "weights and runs the reference on the CPU, seconds per row).\n"
@@ -307,8 +313,7 @@ static moejit_status run_row(bench *b, int64_t tokens, int repeat, int samples,
   r->ms = mj_timing_median(ms, repeat);
   r->ms_min = ms[0];
   r->ms_max = ms[repeat - 1];
-  r->flops =
-      2.0 * (double)tokens * (double)d->top_k * 3.0 * (double)d->hidden * (double)d->intermediate;
+  r->flops = (double)tokens * (double)d->top_k * mj_floor_slot_flops(d);
   if ((r->active = active_experts(&b->layer, tokens)) < 0) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto fail;
@@ -369,13 +374,17 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
   fprintf(f, ", \"date\": \"%s\", \"command\": ", ri->date);
   json_str(f, ri->command);
   fprintf(f,
-          ", \"mode\": \"%s\", \"dtype\": \"%s\", \"weights\": \"%s\", \"hidden\": %lld, "
-          "\"intermediate\": %lld, \"experts\": %lld, \"top_k\": %lld, \"routing\": \"%s\", "
-          "\"unfused\": %s, \"seed\": %llu, \"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
+          ", \"mode\": \"%s\", \"dtype\": \"%s\", \"weights\": \"%s\", \"data\": \"%s\", "
+          "\"hidden\": %lld, \"intermediate\": %lld, \"experts\": %lld, \"top_k\": %lld, "
+          "\"routing\": \"%s\", \"activation\": \"%s\", \"gate_up_layout\": \"%s\", "
+          "\"no_bias\": %s, \"unfused\": %s, \"batch_invariant\": %s, \"seed\": %llu, "
+          "\"tokens\": %lld, \"repeat\": %d, \"warmup\": %d",
           o->eager ? "eager" : "graph", mj_dtype_name(d->dtype), cli_weights_name(d),
-          (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-          (long long)d->top_k, d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
-          d->unfused ? "true" : "false", (unsigned long long)L->seed, (long long)r->tokens,
+          mj_synth_data_name((mj_synth_data)o->data), (long long)d->hidden,
+          (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
+          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", cli_activation_name(d),
+          cli_layout_name(d), d->no_bias ? "true" : "false", d->unfused ? "true" : "false",
+          d->batch_invariant ? "true" : "false", (unsigned long long)L->seed, (long long)r->tokens,
           r->repeat, o->warmup);
   json_num(f, "ms", r->ms);
   json_num(f, "ms_min", r->ms_min);
@@ -408,21 +417,21 @@ static void json_row(FILE *f, const run_info *ri, const cli_layer *L, const benc
 }
 
 static void print_header(FILE *out) {
-  fprintf(out, "%8s %10s %8s %6s %10s %8s %9s %7s  %-7s %s\n", "tokens", "ms", "TFLOP/s", "active",
-          "weight MB", "GB/s", "floor ms", "ratio", "weights", "config");
+  fprintf(out, "%8s %10s %8s %6s %10s %8s %9s %7s  %-7s %-7s %s\n", "tokens", "ms", "TFLOP/s",
+          "active", "weight MB", "GB/s", "floor ms", "ratio", "data", "weights", "config");
 }
 
-static void print_row(FILE *out, const moejit_layer_desc *d, const row *r) {
+static void print_row(FILE *out, const moejit_layer_desc *d, mj_synth_data data, const row *r) {
   double secs = r->ms * 1e-3;
   char floor_ms[16] = "-", ratio[16] = "-";
   if (isfinite(r->floor_ms)) {
     snprintf(floor_ms, sizeof floor_ms, "%.3f", r->floor_ms);
     snprintf(ratio, sizeof ratio, "%.2f", r->ms / r->floor_ms);
   }
-  fprintf(out, "%8lld %10.4f %8.1f %6lld %10.1f %8.1f %9s %7s  %-7s %s%s", (long long)r->tokens,
-          r->ms, r->flops / secs / 1e12, (long long)r->active, r->weight_bytes / 1e6,
-          r->weight_bytes / secs / 1e9, floor_ms, ratio, cli_weights_name(d), r->config,
-          r->tuned ? "*" : "");
+  fprintf(out, "%8lld %10.4f %8.1f %6lld %10.1f %8.1f %9s %7s  %-7s %-7s %s%s",
+          (long long)r->tokens, r->ms, r->flops / secs / 1e12, (long long)r->active,
+          r->weight_bytes / 1e6, r->weight_bytes / secs / 1e9, floor_ms, ratio,
+          mj_synth_data_name(data), cli_weights_name(d), r->config, r->tuned ? "*" : "");
   if (r->checked)
     fprintf(out, "  check %.3g %s", r->rel_error, r->check_ok ? "OK" : "MISMATCH");
   fputc('\n', out);
@@ -469,12 +478,15 @@ static moejit_status bench_plan(moejit_ctx *ctx, const moejit_layer_desc *desc, 
                                 moejit_plan **plan, mj_err *err) {
   moejit_status st;
   mj_gemm_config c;
+  moejit_device_info info;
   if (!config) {
     if ((st = moejit_plan_create(ctx, desc, plan)) != MOEJIT_OK)
       return mj_errf(err, st, "plan: %s", moejit_last_error(ctx));
     return MOEJIT_OK;
   }
-  if ((st = cli_config(config, desc, &c, err)) != MOEJIT_OK)
+  moejit_device_info_init(&info);
+  moejit_device_info_get(ctx, &info);
+  if ((st = cli_config(config, desc, info.arch, &c, err)) != MOEJIT_OK)
     return st;
   if ((st = mj_rt_plan_create_with(ctx, desc, &c, 1, plan, NULL)) != MOEJIT_OK)
     return mj_errf(err, st, "plan with --config %s: %s", config, moejit_last_error(ctx));
@@ -492,14 +504,18 @@ static int compile_only(const cli_layer *L, const char *why) {
   o.offline_arch = L->arch ? L->arch : "sm_90a";
   o.log = cli_log;
   o.log_user = (void *)&L->verbose;
+  char words[160];
   printf("no GPU found (%s)\n", why);
-  printf("compiling the layer's kernels and the bandwidth kernel for %s instead\n", o.offline_arch);
+  printf("compiling the layer's kernels (%s; %s data) and the bandwidth kernel for %s instead\n",
+         cli_layer_words(&L->desc, words, sizeof words),
+         mj_synth_data_name((mj_synth_data)L->bench.data), o.offline_arch);
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
   moejit_status st = bench_plan(ctx, &L->desc, L->config, &plan, &err);
   if (st != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s: %s\n", moejit_status_name(st), err.msg);
+    rc = st == MOEJIT_ERR_INVALID_ARG ? 2 : 1; /* --config names one the layer cannot take */
     goto done;
   }
   if ((st = mj_floor_compile(ctx, &err)) != MOEJIT_OK) {
@@ -553,8 +569,8 @@ static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *r
   }
   /* before the layer, so the bandwidth buffer and the GEMM operands are freed when it comes */
   measure_floor(b, &L->desc, &fr);
-  if ((st = mj_synth_layer_create(&b->syn, b->plan, L->tokens, L->seed, &b->layer, &err)) !=
-      MOEJIT_OK) {
+  if ((st = mj_synth_layer_create_data(&b->syn, b->plan, L->tokens, L->seed,
+                                       (mj_synth_data)b->o.data, &b->layer, &err)) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: synthetic layer: %s: %s\n", moejit_status_name(st), err.msg);
     return 1;
   }
@@ -580,7 +596,7 @@ static int bench_gpu(bench *b, const cli_layer *L, FILE *json, const run_info *r
               err.msg);
       return 1;
     }
-    print_row(out, &L->desc, &r);
+    print_row(out, &L->desc, (mj_synth_data)b->o.data, &r);
     if (json)
       json_row(json, ri, L, &b->o, &fr, &r);
     failed_check |= r.checked && !r.check_ok;
@@ -603,7 +619,7 @@ int cmd_bench(int argc, char **argv) {
   b.o = L.bench;
   mj_gemm_config config;
   mj_err err;
-  if (L.config && cli_config(L.config, &L.desc, &config, &err) != MOEJIT_OK) {
+  if (L.config && cli_config(L.config, &L.desc, NULL, &config, &err) != MOEJIT_OK) {
     fprintf(stderr, "moejit bench: %s\n", err.msg);
     return 2;
   }
@@ -652,11 +668,12 @@ int cmd_bench(int argc, char **argv) {
   ri.command = command_line(argc, argv);
   const moejit_layer_desc *d = &L.desc;
   fprintf(b.out, "device   %s (%s, %d SMs)\n", b.info.name, b.info.arch, b.info.sm_count);
-  fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s weights, %s routing%s, seed %llu\n",
+  char words[160];
+  fprintf(b.out, "layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing, %s data, seed %llu\n",
           (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-          (long long)d->top_k, mj_dtype_name(d->dtype), cli_weights_name(d),
-          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", d->unfused ? ", unfused" : "",
-          (unsigned long long)L.seed);
+          (long long)d->top_k, cli_layer_words(d, words, sizeof words),
+          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk",
+          mj_synth_data_name((mj_synth_data)L.bench.data), (unsigned long long)L.seed);
   b.ctx = ctx;
   b.cu = mj_rt_driver(ctx);
   int pushed = 0;

@@ -11,7 +11,10 @@ static const char gen_usage[] =
     "\n"
     "Prints the CUDA source the templates generate for one kernel of the layer (default gemm1 of\n"
     "the first tile configuration). --config NAME renders that configuration's GEMMs: one\n"
-    "`moejit compile` lists, or any name `moejit tune` prints for the layer's math.\n";
+    "`moejit compile` lists, or any name `moejit tune` prints for the layer's math.\n"
+    "Where the activation runs as its own launch (--unfused, --gate-up-layout halves or\n"
+    "up-gate-halves, an activation without mul), GEMM1 writes its raw output and the combine\n"
+    "module holds the activation kernel too.\n";
 
 static const char compile_usage[] =
     "usage: moejit compile [--arch sm_80|sm_90a|...] [--config NAME] [layer options]\n"
@@ -34,20 +37,30 @@ static moejit_status offline_ctx(const cli_layer *L, moejit_ctx **ctx) {
 }
 
 /* The configurations to build into cfg (room for MJ_MAX_GEMM_CONFIGS): the one --config names;
- * else the heuristic's, which a plan of this layer compiles on arch. Returns their count, or -1
- * after printing why when --config is not a configuration name or names one of another math. */
+ * else the heuristic's, which a plan of this layer compiles on arch (runtime/plan.c: no wgmma
+ * where the activation runs as its own launch; a batch-invariant layer's family only). Returns
+ * their count, or -1 after printing why when --config is not a configuration name or names one
+ * the layer cannot take (cli_config). */
 static int layer_configs(const cli_layer *L, const char *arch, mj_gemm_config *cfg,
                          const char *cmd) {
+  const moejit_layer_desc *d = &L->desc;
   if (L->config) {
     mj_err err;
-    if (cli_config(L->config, &L->desc, cfg, &err) != MOEJIT_OK) {
+    if (cli_config(L->config, d, arch, cfg, &err) != MOEJIT_OK) {
       fprintf(stderr, "moejit %s: %s\n", cmd, err.msg);
       return -1;
     }
     return 1;
   }
-  return mj_tune_heuristic(mj_rt_math(&L->desc), L->desc.unfused ? "" : arch, cfg,
-                           MJ_MAX_GEMM_CONFIGS);
+  const char *wg_arch = mj_rt_split_activation(d) ? "" : arch;
+  int n = mj_tune_heuristic(mj_rt_math(d), wg_arch, cfg, MJ_MAX_GEMM_CONFIGS), kept = 0;
+  if (!d->batch_invariant)
+    return n;
+  int wgmma_plan = mj_rt_math(d) == MJ_MATH_MMA && mj_tune_arch_wgmma(wg_arch);
+  for (int i = 0; i < n; i++)
+    if (mj_tune_invariant(&cfg[i], wgmma_plan))
+      cfg[kept++] = cfg[i];
+  return kept;
 }
 
 /* Parses the options, opens an offline context and renders (flags < 0) or builds the layer's
@@ -174,10 +187,10 @@ int cmd_compile(int argc, char **argv) {
     return rc < 0 ? 0 : rc;
   double secs = cli_now() - t0;
   mj_rt_nvrtc_version(ctx, &nv_major, &nv_minor);
-  printf("layer H=%lld I=%lld E=%lld K=%lld %s, %s weights, arch %s, NVRTC %d.%d\n",
-         (long long)L.desc.hidden, (long long)L.desc.intermediate, (long long)L.desc.experts,
-         (long long)L.desc.top_k, mj_dtype_name(L.desc.dtype), cli_weights_name(&L.desc), info.arch,
-         nv_major, nv_minor);
+  char words[160];
+  printf("layer H=%lld I=%lld E=%lld K=%lld %s, arch %s, NVRTC %d.%d\n", (long long)L.desc.hidden,
+         (long long)L.desc.intermediate, (long long)L.desc.experts, (long long)L.desc.top_k,
+         cli_layer_words(&L.desc, words, sizeof words), info.arch, nv_major, nv_minor);
   printf("%-30s %-22s %9s %5s %6s %11s %7s %9s\n", "module", "kernel", "cubin B", "regs", "stack",
          "spill st/ld", "smem", "dyn smem");
   for (int i = 0; i < n; i++) {

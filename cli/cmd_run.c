@@ -26,8 +26,9 @@ static int compile_only(const cli_layer *L, const char *why) {
   o.log = cli_log;
   o.log_user = (void *)&L->verbose;
   printf("no GPU found (%s)\n", why);
-  printf("compiling the layer's kernels (%s, %s weights) for %s instead\n",
-         mj_dtype_name(L->desc.dtype), cli_weights_name(&L->desc), o.offline_arch);
+  char words[160];
+  printf("compiling the layer's kernels (%s) for %s instead\n",
+         cli_layer_words(&L->desc, words, sizeof words), o.offline_arch);
   if (moejit_create(&ctx, &o) != MOEJIT_OK)
     return 1;
   double t0 = cli_now();
@@ -103,9 +104,10 @@ int cmd_run(int argc, char **argv) {
   moejit_device_info_init(&info);
   moejit_device_info_get(ctx, &info);
   printf("device   %s (%s, %d SMs)\n", info.name, info.arch, info.sm_count);
-  printf("layer    H=%lld I=%lld E=%lld K=%lld %s, %s weights, %s routing, %lld tokens\n",
-         (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-         (long long)d->top_k, mj_dtype_name(d->dtype), cli_weights_name(d),
+  char words[160];
+  printf("layer    H=%lld I=%lld E=%lld K=%lld %s, %s routing, %lld tokens\n", (long long)d->hidden,
+         (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
+         cli_layer_words(d, words, sizeof words),
          d->routing == MOEJIT_ROUTING_DENSE ? "dense" : "topk", (long long)L.tokens);
   double t0 = cli_now();
   if ((st = moejit_plan_create(ctx, d, &plan)) != MOEJIT_OK) {
@@ -137,8 +139,7 @@ int cmd_run(int argc, char **argv) {
     goto done;
   }
   double med = mj_timing_median(ms, L.repeat);
-  double flop = 2.0 * (double)L.tokens * (double)d->top_k *
-                (3.0 * (double)d->hidden * (double)d->intermediate);
+  double flop = (double)L.tokens * (double)d->top_k * mj_floor_slot_flops(d);
   printf("forward  %.3f ms median of %d (min %.3f, max %.3f), %.1f TFLOP/s dropless\n", med,
          L.repeat, ms[0], ms[L.repeat - 1], med > 0 ? flop / (med * 1e-3) / 1e12 : 0.0);
   if (L.check > 0 && L.tokens > 0) {

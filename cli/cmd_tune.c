@@ -81,10 +81,10 @@ int cmd_tune(int argc, char **argv) {
   moejit_device_info_init(&info);
   moejit_device_info_get(ctx, &info);
   const char *records = mj_rt_records_path(ctx);
-  printf("tuning   H=%lld I=%lld E=%lld K=%lld %s, %s weights, on %s (%s, %d SMs)\n",
-         (long long)d->hidden, (long long)d->intermediate, (long long)d->experts,
-         (long long)d->top_k, mj_dtype_name(d->dtype), cli_weights_name(d), info.name, info.arch,
-         info.sm_count);
+  char words[160];
+  printf("tuning   H=%lld I=%lld E=%lld K=%lld %s, on %s (%s, %d SMs)\n", (long long)d->hidden,
+         (long long)d->intermediate, (long long)d->experts, (long long)d->top_k,
+         cli_layer_words(d, words, sizeof words), info.name, info.arch, info.sm_count);
   printf("records  %s\n", records[0] ? records : "(no cache folder: not saved)");
   tune_ui ui = {isatty(2), cli_now(), L.check < 0 ? 8 : L.check};
   mj_tuner_options opt = {L.token_list, L.ntokens, L.budget, L.repeat > 0 ? L.repeat : 5, L.seed, 1,

@@ -27,8 +27,8 @@ int cli_token_list(cli_layer *L, const int64_t *defaults, int n, const char *com
   return 0;
 }
 
-moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gemm_config *c,
-                         mj_err *err) {
+moejit_status cli_config(const char *name, const moejit_layer_desc *desc, const char *arch,
+                         mj_gemm_config *c, mj_err *err) {
   mj_math math;
   if (mj_tune_config_parse(name, c, &math) != 0)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
@@ -37,11 +37,36 @@ moejit_status cli_config(const char *name, const moejit_layer_desc *desc, mj_gem
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "--config %s: a %s configuration, and this layer's GEMMs are %s", name,
                    mj_tune_math_name(math), mj_tune_math_name(mj_rt_math(desc)));
+  int split = mj_rt_split_activation(desc);
+  if (c->kind == MJ_GEMM_WGMMA && split)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: a wgmma configuration, and this layer's activation runs as a "
+                   "launch of its own (--unfused, --gate-up-layout halves or an activation without "
+                   "mul), which only the other tiles take",
+                   name);
+  /* the family a batch-invariant plan keeps (runtime/plan.c): wgmma where it may take them */
+  int wgmma_plan = mj_rt_math(desc) == MJ_MATH_MMA && !split && mj_tune_arch_wgmma(arch);
+  if (arch && desc->batch_invariant && !mj_tune_invariant(c, wgmma_plan))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "--config %s: not of the batch-invariant family on %s (%s tiles, no streamed "
+                   "tile, no split GEMM2)",
+                   name, arch, wgmma_plan ? "wgmma" : "mma.sync, TF32, FFMA or MXFP4");
   return MOEJIT_OK;
 }
 
 const char *cli_weights_name(const moejit_layer_desc *desc) {
   return desc->weight_format == MOEJIT_WEIGHTS_MXFP4 ? "mxfp4" : "dense";
+}
+
+const char *cli_layer_words(const moejit_layer_desc *d, char *buf, size_t cap) {
+  int gated = mj_rt_gate_up_cols(d) != d->intermediate;
+  snprintf(buf, cap, "%s, %s weights, %s%s%s%s%s%s", mj_dtype_name(d->dtype), cli_weights_name(d),
+           cli_activation_name(d),
+           gated && d->gate_up_layout != MOEJIT_GATE_UP_INTERLEAVED ? ", " : "",
+           gated && d->gate_up_layout != MOEJIT_GATE_UP_INTERLEAVED ? cli_layout_name(d) : "",
+           d->no_bias ? ", no bias" : "", d->unfused ? ", unfused" : "",
+           d->batch_invariant ? ", batch-invariant" : "");
+  return buf;
 }
 
 double cli_now(void) {
@@ -53,7 +78,8 @@ double cli_now(void) {
 static const char usage[] =
     "usage: moejit <command> [options]\n"
     "\n"
-    "Generates, compiles and runs the GPU kernels of a GPT-OSS-style Mixture-of-Experts layer.\n"
+    "Generates, compiles and runs the GPU kernels of a Mixture-of-Experts layer (GPT-OSS's by\n"
+    "default; --model mixtral-8x7b, or --activation, --gate-up-layout, --no-bias for others).\n"
     "\n"
     "Commands:\n"
     "  gen       print the generated CUDA source of one kernel of a layer\n"

@@ -35,13 +35,16 @@ moejit_status mj_check_sampled(const mj_synth *s, const mj_synth_layer *L, int64
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of memory");
     goto done;
   }
-  /* a synthetic layer's ids name its local experts */
+  /* the desc's activation, gate/up layout, weight format and bias dtype; a synthetic layer's ids
+   * name its local experts */
   mj_ref_layer ref = mj_ref_layer_of(d, n);
+  ref.activation = d->activation;
+  ref.gate_up_layout = d->gate_up_layout;
   ref.global_experts = 0;
   ref.capacity = 0;
   ref.x = h.x;
   ref.gate_up_proj = h.gate_up;
-  ref.gate_up_proj_bias = h.gate_up_bias;
+  ref.gate_up_proj_bias = h.gate_up_bias; /* NULL with desc.no_bias: none */
   ref.down_proj = h.down;
   ref.down_proj_bias = h.down_bias;
   ref.mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4; /* then the weights are blocks + scales */

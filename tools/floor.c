@@ -210,12 +210,19 @@ fail:
 
 const char *mj_floor_gemm_math(const moejit_layer_desc *d) { return gemm_math_of(d)->name; }
 
+/* An expert's weights: H x N1 of gate_up (N1 = 2I, or I without mul) and I x H of down. */
+static double expert_weights(const moejit_layer_desc *d) {
+  return (double)d->hidden * (double)(mj_rt_gate_up_cols(d) + d->intermediate);
+}
+
 double mj_floor_expert_bytes(const moejit_layer_desc *d) {
-  double weights = 3.0 * (double)d->hidden * (double)d->intermediate;
+  double weights = expert_weights(d);
   if (d->weight_format == MOEJIT_WEIGHTS_MXFP4)
     return weights / 2 + weights / 32; /* 16 bytes of blocks and 1 scale byte per 32 weights */
   return weights * (double)mj_dtype_size(d->dtype);
 }
+
+double mj_floor_slot_flops(const moejit_layer_desc *d) { return 2.0 * expert_weights(d); }
 
 /* Dense GEMM rate, TFLOP/s: the median of GEMM_CALLS cuBLAS GEMMs of 8192^3 in the layer's math,
  * on random operands. cuBLAS uses the runtime API's current context: the device's primary context,

@@ -25,10 +25,13 @@ moejit_status mj_floor_compile(moejit_ctx *ctx, mj_err *err);
  * MXFP4 weights: the activations' dense GEMM, "bf16" or "f16" (the kernels decode the weights and
  * multiply on those tensor cores). */
 const char *mj_floor_gemm_math(const moejit_layer_desc *desc);
-/* The bytes a forward reads of one expert's weights, biases left out: dense, (H*2I + I*H) *
- * sizeof(dtype); MXFP4, the blocks and scales of both, 3*H*I/2 + 3*H*I/32 (13,219,200 bytes at
- * H = I = 2880). */
+/* The bytes a forward reads of one expert's weights, biases left out (a layer may have none; at
+ * gpt-oss shapes they are under 0.1% of it): dense, (H*N1 + I*H) * sizeof(dtype) with N1 =
+ * mj_rt_gate_up_cols (2I, or I for an activation without mul); MXFP4, the blocks and scales of
+ * both, (H*N1 + I*H)/2 + (H*N1 + I*H)/32 (13,219,200 bytes at H = I = 2880, gated). */
 double mj_floor_expert_bytes(const moejit_layer_desc *desc);
+/* The FLOPs of one routed slot (a token through one expert, dropless): 2*(H*N1 + I*H). */
+double mj_floor_slot_flops(const moejit_layer_desc *desc);
 /* Dense GEMM rate, TFLOP/s: the median of MJ_FLOOR_GEMM_CALLS cuBLAS GEMMs of MJ_FLOOR_GEMM_N^3
  * in the layer's math, on operands syn fills with random values. cublas_path NULL:
  * libcublas.so.13, .so.12, then the same in /usr/local/cuda/lib64; MOEJIT_ERR_UNSUPPORTED naming

@@ -8,9 +8,17 @@
 #include <string.h>
 
 moejit_status mj_synth_open(moejit_ctx *ctx, mj_synth *s, mj_err *err) {
-  static const char *const entries[] = {"moejit_fill_f32", "moejit_fill_f16", "moejit_fill_bf16",
-                                        "moejit_fill_u8", NULL};
-  mj_kernel *k[] = {&s->fill[MOEJIT_F32], &s->fill[MOEJIT_F16], &s->fill[MOEJIT_BF16], &s->fill_u8};
+  static const char *const entries[] = {"moejit_fill_f32",        "moejit_fill_f16",
+                                        "moejit_fill_bf16",       "moejit_fill_normal_f32",
+                                        "moejit_fill_normal_f16", "moejit_fill_normal_bf16",
+                                        "moejit_fill_u8",         NULL};
+  mj_kernel *k[] = {&s->fill[MOEJIT_F32],
+                    &s->fill[MOEJIT_F16],
+                    &s->fill[MOEJIT_BF16],
+                    &s->fill_normal[MOEJIT_F32],
+                    &s->fill_normal[MOEJIT_F16],
+                    &s->fill_normal[MOEJIT_BF16],
+                    &s->fill_u8};
   mj_spec spec;
   memset(s, 0, sizeof *s);
   memset(&spec, 0, sizeof spec);
@@ -51,6 +59,21 @@ moejit_status mj_synth_fill(const mj_synth *s, CUdeviceptr out, int64_t n, moeji
   unsigned long long sd = seed;
   void *args[] = {&out, &nn, &lo, &hi, &sd};
   return launch_fill(s, &s->fill[dtype], n, args, stream, err);
+}
+
+moejit_status mj_synth_fill_normal(const mj_synth *s, CUdeviceptr out, int64_t n,
+                                   moejit_dtype dtype, float mean, float sigma, uint64_t seed,
+                                   CUstream stream, mj_err *err) {
+  if ((unsigned)dtype > MOEJIT_BF16)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "dtype=%d cannot be filled", (int)dtype);
+  long long nn = n;
+  unsigned long long sd = seed;
+  void *args[] = {&out, &nn, &mean, &sigma, &sd};
+  return launch_fill(s, &s->fill_normal[dtype], n, args, stream, err);
+}
+
+const char *mj_synth_data_name(mj_synth_data data) {
+  return data == MJ_SYNTH_NORMAL ? "normal" : "uniform";
 }
 
 moejit_status mj_synth_fill_bytes(const mj_synth *s, CUdeviceptr out, int64_t n, unsigned lo,
@@ -110,15 +133,27 @@ static moejit_status upload_ids(const mj_cu *cu, mj_synth_layer *L, const int32_
 
 moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
                                     uint64_t seed, mj_synth_layer *L, mj_err *err) {
+  return mj_synth_layer_create_data(s, plan, tokens, seed, MJ_SYNTH_UNIFORM, L, err);
+}
+
+/* The dtype of a layer's biases. */
+static moejit_dtype bias_dtype(const moejit_layer_desc *d) {
+  return d->bias_f32 ? MOEJIT_F32 : d->dtype;
+}
+
+moejit_status mj_synth_layer_create_data(const mj_synth *s, const moejit_plan *plan, int64_t tokens,
+                                         uint64_t seed, mj_synth_data data, mj_synth_layer *L,
+                                         mj_err *err) {
   moejit_status st = MOEJIT_OK;
   moejit_ctx *ctx = s->ctx;
   const mj_cu *cu = mj_rt_driver(ctx);
   const moejit_layer_desc *d = mj_rt_plan_desc(plan);
   int64_t T = tokens, H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
-  size_t act = mj_dtype_size(d->dtype);
+  int64_t N1 = mj_rt_gate_up_cols(d); /* GEMM1's outputs: 2I, or I without mul */
+  size_t act = mj_dtype_size(d->dtype), bias = mj_dtype_size(bias_dtype(d));
   int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
   /* MXFP4: 32 weights in 16 bytes of blocks and one scale byte; the element size is for dense */
-  size_t gate_up_bytes = mxfp4 ? (size_t)(E * 2 * I * H / 2) : (size_t)(E * H * 2 * I) * act;
+  size_t gate_up_bytes = mxfp4 ? (size_t)(E * N1 * H / 2) : (size_t)(E * H * N1) * act;
   size_t down_bytes = mxfp4 ? (size_t)(E * H * I / 2) : (size_t)(E * I * H) * act;
   void *hw = NULL;
   float *dense = NULL;
@@ -126,6 +161,7 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   memset(L, 0, sizeof *L);
   L->desc = *d;
   L->tokens = T;
+  L->data = data;
   int64_t TT = T > 0 ? T : 1;
   L->host_ids = malloc((size_t)(TT * K) * sizeof(int32_t));
   L->host_weights = malloc((size_t)(TT * K) * sizeof(float));
@@ -143,36 +179,47 @@ moejit_status mj_synth_layer_create(const mj_synth *s, const moejit_plan *plan, 
   MJ_CU(cu, MemAlloc(&L->x, (size_t)(TT * H) * act), err);
   MJ_CU(cu, MemAlloc(&L->y, (size_t)(TT * H) * act), err);
   MJ_CU(cu, MemAlloc(&L->gate_up, gate_up_bytes), err);
-  MJ_CU(cu, MemAlloc(&L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
   MJ_CU(cu, MemAlloc(&L->down, down_bytes), err);
-  MJ_CU(cu, MemAlloc(&L->down_bias, (size_t)(E * H) * act), err);
+  if (!d->no_bias) { /* a layer without biases has none: the pointers stay 0, the args NULL */
+    MJ_CU(cu, MemAlloc(&L->gate_up_bias, (size_t)(E * N1) * bias), err);
+    MJ_CU(cu, MemAlloc(&L->down_bias, (size_t)(E * H) * bias), err);
+  }
   MJ_CU(cu, MemAlloc(&L->workspace, L->workspace_bytes > 0 ? L->workspace_bytes : 256), err);
   struct {
     CUdeviceptr p;
     int64_t n;
-    float scale;
+    float scale; /* uniform in +-scale, or normal of the same RMS, scale / sqrt 3 */
+    moejit_dtype dtype;
   } fills[] = {
-      {L->x, TT * H, 1.0f},
-      {mxfp4 ? 0 : L->gate_up, E * H * 2 * I, 1.0f / sqrtf((float)H)},
-      {L->gate_up_bias, E * 2 * I, 0.1f},
-      {mxfp4 ? 0 : L->down, E * I * H, 1.0f / sqrtf((float)I)},
-      {L->down_bias, E * H, 0.1f},
+      {L->x, TT * H, 1.0f, d->dtype},
+      {mxfp4 ? 0 : L->gate_up, E * H * N1, 1.0f / sqrtf((float)H), d->dtype},
+      {L->gate_up_bias, E * N1, 0.1f, bias_dtype(d)},
+      {mxfp4 ? 0 : L->down, E * I * H, 1.0f / sqrtf((float)I), d->dtype},
+      {L->down_bias, E * H, 0.1f, bias_dtype(d)},
   };
-  for (size_t i = 0; i < sizeof fills / sizeof fills[0]; i++)
-    if (fills[i].p && (st = mj_synth_fill(s, fills[i].p, fills[i].n, d->dtype, -fills[i].scale,
-                                          fills[i].scale, seed * 16 + i, NULL, err)) != MOEJIT_OK)
+  for (size_t i = 0; i < sizeof fills / sizeof fills[0]; i++) {
+    if (!fills[i].p)
+      continue;
+    float a = fills[i].scale;
+    uint64_t sd = seed * 16 + i;
+    st = data == MJ_SYNTH_NORMAL
+             ? mj_synth_fill_normal(s, fills[i].p, fills[i].n, fills[i].dtype, 0.0f,
+                                    a / sqrtf(3.0f), sd, NULL, err)
+             : mj_synth_fill(s, fills[i].p, fills[i].n, fills[i].dtype, -a, a, sd, NULL, err);
+    if (st != MOEJIT_OK)
       goto fail;
+  }
   if (mxfp4) { /* any block byte; scale bytes near 127 - log2(sqrt(K) * 2.9) */
     unsigned lo1, hi1, lo2, hi2;
     mj_synth_mxfp4_scales(H, &lo1, &hi1);
     mj_synth_mxfp4_scales(I, &lo2, &hi2);
-    MJ_CU(cu, MemAlloc(&L->gate_up_scales, (size_t)(E * 2 * I * H / 32)), err);
+    MJ_CU(cu, MemAlloc(&L->gate_up_scales, (size_t)(E * N1 * H / 32)), err);
     MJ_CU(cu, MemAlloc(&L->down_scales, (size_t)(E * H * I / 32)), err);
     if ((st = mj_synth_fill_bytes(s, L->gate_up, (int64_t)gate_up_bytes, 0, 255, seed * 16 + 1,
                                   NULL, err)) != MOEJIT_OK ||
         (st = mj_synth_fill_bytes(s, L->down, (int64_t)down_bytes, 0, 255, seed * 16 + 3, NULL,
                                   err)) != MOEJIT_OK ||
-        (st = mj_synth_fill_bytes(s, L->gate_up_scales, E * 2 * I * H / 32, lo1, hi1, seed * 16 + 5,
+        (st = mj_synth_fill_bytes(s, L->gate_up_scales, E * N1 * H / 32, lo1, hi1, seed * 16 + 5,
                                   NULL, err)) != MOEJIT_OK ||
         (st = mj_synth_fill_bytes(s, L->down_scales, E * H * I / 32, lo2, hi2, seed * 16 + 6, NULL,
                                   err)) != MOEJIT_OK)
@@ -304,28 +351,33 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
   const mj_cu *cu = mj_rt_driver(s->ctx);
   const moejit_layer_desc *d = &L->desc;
   int64_t H = d->hidden, I = d->intermediate, E = d->experts, K = d->top_k;
-  size_t act = mj_dtype_size(d->dtype);
-  int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4;
-  size_t gate_up_bytes = mxfp4 ? (size_t)(E * 2 * I * H / 2) : (size_t)(E * H * 2 * I) * act;
+  int64_t N1 = mj_rt_gate_up_cols(d);
+  size_t act = mj_dtype_size(d->dtype), bias = mj_dtype_size(bias_dtype(d));
+  int mxfp4 = d->weight_format == MOEJIT_WEIGHTS_MXFP4, biases = !d->no_bias;
+  size_t gate_up_bytes = mxfp4 ? (size_t)(E * N1 * H / 2) : (size_t)(E * H * N1) * act;
   size_t down_bytes = mxfp4 ? (size_t)(E * H * I / 2) : (size_t)(E * I * H) * act;
-  size_t gate_up_scales = (size_t)(E * 2 * I * H / 32), down_scales = (size_t)(E * H * I / 32);
+  size_t gate_up_scales = (size_t)(E * N1 * H / 32), down_scales = (size_t)(E * H * I / 32);
+  size_t gate_up_bias = (size_t)(E * N1) * bias, down_bias = (size_t)(E * H) * bias;
   int pushed = 0;
   memset(h, 0, sizeof *h);
   h->n = n;
   h->x = malloc((size_t)(n * H) * act + 1);
   h->y = malloc((size_t)(n * H) * act + 1);
   h->gate_up = malloc(gate_up_bytes);
-  h->gate_up_bias = malloc((size_t)(E * 2 * I) * act);
   h->down = malloc(down_bytes);
-  h->down_bias = malloc((size_t)(E * H) * act);
+  if (biases) { /* else NULL: the reference's "no biases" */
+    h->gate_up_bias = malloc(gate_up_bias);
+    h->down_bias = malloc(down_bias);
+  }
   h->ids = malloc((size_t)(n * K) * sizeof(int32_t) + 1);
   h->weights = malloc((size_t)(n * K) * sizeof(float) + 1);
   if (mxfp4) {
     h->gate_up_scales = malloc(gate_up_scales);
     h->down_scales = malloc(down_scales);
   }
-  if (!h->x || !h->y || !h->gate_up || !h->gate_up_bias || !h->down || !h->down_bias || !h->ids ||
-      !h->weights || (mxfp4 && (!h->gate_up_scales || !h->down_scales))) {
+  if (!h->x || !h->y || !h->gate_up || !h->down || !h->ids || !h->weights ||
+      (biases && (!h->gate_up_bias || !h->down_bias)) ||
+      (mxfp4 && (!h->gate_up_scales || !h->down_scales))) {
     st = mj_errf(err, MOEJIT_ERR_OUT_OF_MEMORY, "out of host memory downloading the layer");
     goto fail;
   }
@@ -333,13 +385,15 @@ moejit_status mj_synth_download(const mj_synth *s, const mj_synth_layer *L, cons
     goto fail;
   MJ_CU(cu, CtxSynchronize(), err);
   MJ_CU(cu, MemcpyDtoH(h->gate_up, L->gate_up, gate_up_bytes), err);
-  MJ_CU(cu, MemcpyDtoH(h->gate_up_bias, L->gate_up_bias, (size_t)(E * 2 * I) * act), err);
   MJ_CU(cu, MemcpyDtoH(h->down, L->down, down_bytes), err);
+  if (biases) {
+    MJ_CU(cu, MemcpyDtoH(h->gate_up_bias, L->gate_up_bias, gate_up_bias), err);
+    MJ_CU(cu, MemcpyDtoH(h->down_bias, L->down_bias, down_bias), err);
+  }
   if (mxfp4) {
     MJ_CU(cu, MemcpyDtoH(h->gate_up_scales, L->gate_up_scales, gate_up_scales), err);
     MJ_CU(cu, MemcpyDtoH(h->down_scales, L->down_scales, down_scales), err);
   }
-  MJ_CU(cu, MemcpyDtoH(h->down_bias, L->down_bias, (size_t)(E * H) * act), err);
   for (int64_t i = 0; i < n; i++) {
     int64_t t = tokens[i];
     MJ_CU(cu,

@@ -28,6 +28,7 @@ typedef struct tuning {
   int n;
   mj_gemm_config heur[MJ_MAX_GEMM_CONFIGS];
   int nheur;
+  int wgmma; /* whether the plan may take wgmma configurations (the batch-invariant family) */
   moejit_plan *plan;
   int at[MJ_MAX_GEMM_CONFIGS];     /* space[i]'s index into the plan's configurations */
   int usable[MJ_MAX_GEMM_CONFIGS]; /* 0: it spills, or the plan holds it as an earlier candidate */
@@ -37,25 +38,37 @@ typedef struct tuning {
   double start;
 } tuning;
 
-/* Whether a candidate's kernels fit the device, by their launch contracts. */
+/* Whether a candidate is of the layer's family (the batch-invariant one when the layer asks) and
+ * its kernels fit the device, by their launch contracts. */
 static int fits(void *user, const mj_gemm_config *c) {
   tuning *t = user;
-  return mj_rt_config_fits(t->ctx, &t->d, c);
+  return (!t->d.batch_invariant || mj_tune_invariant(c, t->wgmma)) &&
+         mj_rt_config_fits(t->ctx, &t->d, c);
 }
 
 /* The heuristic's table first, so its picks are timed on the same footing, then the search space,
  * both of the layer's math path (mj_rt_math: MXFP4 weights take the MXFP4 table and space, whose
  * streamed tiles are named as any stream_ tile): the wgmma kernels where the plan can take them
- * (sm_90a and a fused 16-bit layer with dense weights). Candidates are compared by name only, and
- * the records are keyed by the layer's math, not by what a name parses as. */
+ * (sm_90a and a 16-bit layer with dense weights whose activation the GEMM fuses: not unfused, gate
+ * and up interleaved, gated; mj_rt_split_activation). A batch-invariant layer times only its
+ * family, as its plan takes only those. Candidates are compared by name only, and the records are
+ * keyed by the layer's math, not by what a name parses as. */
 static void candidates(tuning *t) {
   moejit_device_info info;
   moejit_device_info_init(&info);
   moejit_device_info_get(t->ctx, &info);
-  const char *arch = t->d.unfused ? "" : info.arch;
+  const char *arch = mj_rt_split_activation(&t->d) ? "" : info.arch;
   mj_math math = mj_rt_math(&t->d);
   mj_gemm_config extra[MJ_MAX_GEMM_CONFIGS];
+  t->wgmma = math == MJ_MATH_MMA && mj_tune_arch_wgmma(arch);
   t->nheur = mj_tune_heuristic(math, arch, t->heur, MJ_MAX_GEMM_CONFIGS);
+  if (t->d.batch_invariant) { /* the table's entries of the family, as the plan keeps them */
+    int kept = 0;
+    for (int i = 0; i < t->nheur; i++)
+      if (mj_tune_invariant(&t->heur[i], t->wgmma))
+        t->heur[kept++] = t->heur[i];
+    t->nheur = kept;
+  }
   t->n = 0;
   for (int i = 0; i < t->nheur; i++)
     t->space[t->n++] = t->heur[i];
