@@ -1,5 +1,5 @@
 """moejit: the PyTorch binding of libmoejit, a run-time kernel generator for GPT-OSS-style
-Mixture-of-Experts layers.
+Mixture-of-Experts layers (and others: SiLU / GELU gated or not, gate and up in halves, no biases).
 
     import moejit
     y = moejit.experts(hidden_states, router_indices, routing_weights,
@@ -7,6 +7,8 @@ Mixture-of-Experts layers.
     layer = moejit.GptOssExperts(config)          # drop-in for transformers' GptOssExperts
     layer = moejit.GptOssExperts.from_checkpoint(safe_open(path, "pt", device="cuda"), layer=3)
                                                   # a gpt-oss checkpoint's MXFP4 experts, as stored
+    y = moejit.experts(x, ids, weights, w13, None, w2, None,         # a Mixtral-shaped layer
+                       activation="silu", gate_up_layout="halves")
     moejit.register_transformers()                # then experts_implementation="moejit"
 
 ctypes over the shared library, no compiled extension. The library is found through
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, List, Tuple
 
-from ._capi import ABI_VERSION, DType, MoejitError, Routing, Status, WeightFormat, load_library
+from ._capi import ABI_VERSION, Activation, DType, GateUpLayout, MoejitError, Routing, Status, \
+    WeightFormat, load_library
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._module import GptOssExperts
@@ -34,7 +37,9 @@ __version__ = "0.3.0"
 
 __all__ = [
     "ABI_VERSION",
+    "Activation",
     "DType",
+    "GateUpLayout",
     "GptOssExperts",
     "MoejitError",
     "Routing",

@@ -23,10 +23,12 @@ from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     "ABI_VERSION",
+    "Activation",
     "Context",
     "CtxOptions",
     "DType",
     "ForwardArgs",
+    "GateUpLayout",
     "LayerDesc",
     "Library",
     "LogLevel",
@@ -88,6 +90,108 @@ class WeightFormat(enum.IntEnum):
 
     DENSE = 0  # [E, H, 2I] and [E, I, H] in the activation dtype
     MXFP4 = 1  # the gpt-oss checkpoint's blocks [E, 2I, H/32, 16] / [E, H, I/32, 16] + e8m0 scales
+
+
+class Activation(enum.IntEnum):
+    """moejit_activation: the activation between the GEMMs (vLLM's MoEActivation formulas, in
+    fp32; silu(v) = v * sigmoid(v)). The gated ones take GEMM1's 2I outputs as gate and up (where
+    GateUpLayout says); SILU, GELU and RELU2 take GEMM1's I outputs (gate_up_proj [E, H, I], its
+    bias [E, I]). Strings, as vLLM spells MoEActivation, through Activation.parse."""
+
+    SWIGLU_OAI = 0  # gate = min(gate, limit), up = clamp(up, +-limit), (up + 1) * gate * sigmoid(alpha * gate)
+    SILU_MUL = 1  # silu(gate) * up (Mixtral, Qwen, DeepSeek)
+    GELU_MUL = 2  # gelu(gate) * up, gelu(v) = v / 2 * (1 + erf(v / sqrt 2))
+    GELU_TANH_MUL = 3  # gelu_tanh(gate) * up
+    SWIGLU_STEP = 4  # min(silu(gate), limit) * clamp(up, -limit, limit)
+    SILU = 5  # silu(v), no mul
+    GELU = 6  # gelu(v) (erf form), no mul
+    RELU2 = 7  # max(v, 0)^2, no mul
+
+    @property
+    def gated(self) -> bool:
+        """True when gate_up_proj holds gate and up (2I columns); False: I columns, no mul."""
+        return self <= Activation.SWIGLU_STEP
+
+    @property
+    def vllm_name(self) -> str:
+        """The name vLLM's MoEActivation gives it ("swigluoai", "silu", ..., "relu2_no_mul"; for
+        GELU_TANH_MUL, which vLLM has no member for, "gelu_tanh")."""
+        return _ACTIVATION_VLLM_NAMES[self]
+
+    @classmethod
+    def parse(cls, value: object, name: str = "activation") -> "Activation":
+        """An Activation from itself, its int value, a vLLM MoEActivation member (by its .value),
+        or a string: vLLM's names ("swigluoai", "silu", "gelu", "swiglustep", "silu_no_mul",
+        "gelu_no_mul", "relu2_no_mul"; gated "silu" and "gelu" are SILU_MUL and GELU_MUL, as vLLM
+        means them), "gelu_tanh", or a member name ("silu_mul", "gelu_tanh_mul", "swiglu_oai",
+        ...; case-insensitive; "silu" and "gelu" keep vLLM's meaning). ValueError naming `name`
+        otherwise."""
+        got = _enum_value(value)
+        if isinstance(got, str):
+            key = got.strip().lower()
+            if key in _ACTIVATION_STRINGS:
+                return _ACTIVATION_STRINGS[key]
+        elif isinstance(got, int) and not isinstance(got, bool) and got in cls._value2member_map_:
+            return cls(got)
+        names = ", ".join(repr(s) for s in _ACTIVATION_STRINGS)
+        raise ValueError(f"{name}: is {value!r}; expected a moejit.Activation, its int value "
+                         f"(0..7) or one of {names}")
+
+
+_ACTIVATION_VLLM_NAMES = {
+    Activation.SWIGLU_OAI: "swigluoai",
+    Activation.SILU_MUL: "silu",
+    Activation.GELU_MUL: "gelu",
+    Activation.GELU_TANH_MUL: "gelu_tanh",
+    Activation.SWIGLU_STEP: "swiglustep",
+    Activation.SILU: "silu_no_mul",
+    Activation.GELU: "gelu_no_mul",
+    Activation.RELU2: "relu2_no_mul",
+}
+# vLLM's names first (they decide "silu" and "gelu": gated), then the members' own names.
+_ACTIVATION_STRINGS = {**{v: k for k, v in _ACTIVATION_VLLM_NAMES.items()},
+                       **{m.name.lower(): m for m in Activation if m.name.lower() not in
+                          _ACTIVATION_VLLM_NAMES.values()}}
+
+
+class GateUpLayout(enum.IntEnum):
+    """moejit_gate_up_layout: where gate j and up j sit along gate_up_proj's 2I outputs (the
+    columns of the dense [E, H, 2I], the rows of the MXFP4 blocks) and its bias. Unused by the
+    activations without mul."""
+
+    INTERLEAVED = 0  # gate j = 2j, up j = 2j + 1 (GPT-OSS; the default)
+    HALVES = 1  # [gate | up]: gate j = j, up j = I + j (vLLM's w13, Mixtral-style models)
+    UP_GATE_HALVES = 2  # [up | gate]
+
+    @classmethod
+    def parse(cls, value: object, name: str = "gate_up_layout") -> "GateUpLayout":
+        """A GateUpLayout from itself, its int value or a string: "interleaved", "halves" (also
+        "gate_up_halves"), "up_gate_halves" (case-insensitive). ValueError naming `name`."""
+        got = _enum_value(value)
+        if isinstance(got, str):
+            key = got.strip().lower()
+            if key in _LAYOUT_STRINGS:
+                return _LAYOUT_STRINGS[key]
+        elif isinstance(got, int) and not isinstance(got, bool) and got in cls._value2member_map_:
+            return cls(got)
+        names = ", ".join(repr(s) for s in _LAYOUT_STRINGS)
+        raise ValueError(f"{name}: is {value!r}; expected a moejit.GateUpLayout, its int value "
+                         f"(0..2) or one of {names}")
+
+
+_LAYOUT_STRINGS = {"interleaved": GateUpLayout.INTERLEAVED, "halves": GateUpLayout.HALVES,
+                   "gate_up_halves": GateUpLayout.HALVES,
+                   "up_gate_halves": GateUpLayout.UP_GATE_HALVES}
+
+
+def _enum_value(value: object) -> object:
+    """value itself (an int or a str); an enum member of another enum (vLLM's MoEActivation, a
+    str-valued Enum) gives its .value; an IntEnum stays an int."""
+    if isinstance(value, (int, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 class LogLevel(enum.IntEnum):
@@ -519,5 +623,13 @@ def describe(desc: LayerDesc) -> str:
             f"{DType(desc.dtype).name.lower()} ids={DType(desc.ids_dtype).name.lower()} "
             f"weights={DType(desc.weights_dtype).name.lower()} {Routing(desc.routing).name.lower()} "
             f"bias_f32={desc.bias_f32} exact_f32={desc.exact_f32} max_tokens={desc.max_tokens} "
-            f"weight_format={WeightFormat(desc.weight_format).name.lower()}")
+            f"weight_format={WeightFormat(desc.weight_format).name.lower()} "
+            f"activation={_name(Activation, desc.activation)} "
+            f"gate_up_layout={_name(GateUpLayout, desc.gate_up_layout)} "
+            f"no_bias={desc.no_bias} batch_invariant={desc.batch_invariant}")
+
+
+def _name(kind: type, value: int) -> str:
+    """A member's lower-case name, or the raw value when it is none (a bad desc's message)."""
+    return kind(value).name.lower() if value in kind._value2member_map_ else str(value)
 

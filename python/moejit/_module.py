@@ -4,21 +4,22 @@ Same parameters (names, shapes), same attributes, same forward signature and out
 forward runs moejit.experts. A layer holds dense weights (as GptOssExperts) or the gpt-oss
 checkpoints' MXFP4 ones under the checkpoint's names (gate_up_proj_blocks, gate_up_proj_scales,
 ..., as transformers' Mxfp4GptOssExperts): from_checkpoint and from_module build one around the
-caller's tensors, without copying them or moving them between devices. Uses torch (imported with
-this module, which moejit imports lazily).
+caller's tensors, without copying them or moving them between devices. The activation, the gate/up
+layout, the biases (or none) and batch invariance are the layer's too (GPT-OSS's by default).
+Uses torch (imported with this module, which moejit imports lazily).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import _runtime
-from ._capi import LayerDesc, Routing, WeightFormat
-from ._ops import MXFP4_ACTIVATION_DTYPES, _check_dtype, _check_shape, _fail, _spell, experts, \
-    mxfp4_layer, plan_key
+from ._capi import Activation, GateUpLayout, LayerDesc, Routing, WeightFormat
+from ._ops import MXFP4_ACTIVATION_DTYPES, _check_dtype, _check_shape, _fail, _gate_up_inter, \
+    _spell, check_biases, experts, gate_up_spelling, mxfp4_layer, parse_batch_invariant, plan_key
 
 __all__ = ["CHECKPOINT_PREFIX", "DENSE_PARAMETERS", "GptOssExperts", "MXFP4_PARAMETERS"]
 
@@ -42,9 +43,10 @@ def _size(name: str, config: Any, given: Optional[int]) -> int:
     return int(getattr(config, name))
 
 
-def _parameter(t: torch.Tensor) -> nn.Parameter:
-    """t itself when it is a Parameter, else a Parameter over t's storage (no copy; no grad)."""
-    return t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=False)
+def _parameter(t: Optional[torch.Tensor]) -> Optional[nn.Parameter]:
+    """t itself when it is a Parameter (or None), else a Parameter over t's storage (no copy; no
+    grad)."""
+    return t if t is None or isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=False)
 
 
 def _tensor_source(tensors: Any) -> Tuple[Set[str], Callable[[str], torch.Tensor]]:
@@ -61,6 +63,7 @@ def _tensor_source(tensors: Any) -> Tuple[Set[str], Callable[[str], torch.Tensor
 
 def _one_device(where: str, tensors: Mapping[str, torch.Tensor], names: Mapping[str, str]) -> None:
     """All of a layer's tensors on one device (nothing is moved for the caller)."""
+    tensors = {n: t for n, t in tensors.items() if t is not None}
     first = next(iter(tensors))
     for n, t in tensors.items():
         if isinstance(t, torch.Tensor) and isinstance(tensors[first], torch.Tensor) \
@@ -70,27 +73,40 @@ def _one_device(where: str, tensors: Mapping[str, torch.Tensor], names: Mapping[
                              "(moejit moves none of them: move them first)")
 
 
-def _dense_layer(t: Mapping[str, torch.Tensor], names: Mapping[str, str]) -> Tuple[int, int, int]:
+def _dense_layer(t: Mapping[str, Optional[torch.Tensor]], names: Mapping[str, str],
+                 activation: Activation = Activation.SWIGLU_OAI) -> Tuple[int, int, int]:
     """(E, H, I) of dense expert weights gate_up_proj [E, H, 2I], gate_up_proj_bias [E, 2I],
-    down_proj [E, I, H], down_proj_bias [E, H] (ValueError naming the tensor)."""
+    down_proj [E, I, H], down_proj_bias [E, H] ([E, H, I] and [E, I] without mul; both biases
+    None: none) (ValueError naming the tensor)."""
     floats = (torch.bfloat16, torch.float16, torch.float32)
+    no_bias = check_biases(t["gate_up_proj_bias"], t["down_proj_bias"], names)
     for n in DENSE_PARAMETERS:
-        if not isinstance(t[n], torch.Tensor):
+        if not isinstance(t[n], torch.Tensor) and not (no_bias and n.endswith("_bias")):
             raise _fail(names[n], f"expected a torch.Tensor, got {type(t[n]).__name__}")
-    w1 = t["gate_up_proj"]
+    rows = gate_up_spelling(activation)
+    w1, w2 = t["gate_up_proj"], t["down_proj"]
     _check_dtype(names["gate_up_proj"], w1, floats, " (dense weights: bf16, f16 or f32)")
-    if w1.dim() != 3 or w1.shape[2] % 2 != 0:
-        raise _fail(names["gate_up_proj"], f"must be [E, H, 2I], got {_spell(w1)}")
-    e, h, i = int(w1.shape[0]), int(w1.shape[1]), int(w1.shape[2]) // 2
-    _check_dtype(names["down_proj"], t["down_proj"], (w1.dtype,), " (the dtype of gate_up_proj)")
-    _check_shape(names["down_proj"], t["down_proj"], (e, i, h), "[E, I, H]")
-    b1, b2 = t["gate_up_proj_bias"], t["down_proj_bias"]
-    _check_dtype(names["gate_up_proj_bias"], b1, (w1.dtype, torch.float32),
-                 " (the dtype of gate_up_proj, or f32)")
-    _check_shape(names["gate_up_proj_bias"], b1, (e, 2 * i), "[E, 2I]")
-    _check_dtype(names["down_proj_bias"], b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
-    _check_shape(names["down_proj_bias"], b2, (e, h), "[E, H]")
+    if w1.dim() != 3:
+        raise _fail(names["gate_up_proj"], f"must be [E, H, {rows}], got {_spell(w1)}")
+    e, h = int(w1.shape[0]), int(w1.shape[1])
+    down_inter = int(w2.shape[1]) if w2.dim() == 3 and (w2.shape[0], w2.shape[2]) == (e, h) else None
+    i = _gate_up_inter(names["gate_up_proj"], w1, int(w1.shape[2]), down_inter, activation,
+                       f"[E, H, {rows}]", names["down_proj"])
+    _check_dtype(names["down_proj"], w2, (w1.dtype,), " (the dtype of gate_up_proj)")
+    _check_shape(names["down_proj"], w2, (e, i, h), "[E, I, H]")
+    if not no_bias:
+        b1, b2 = t["gate_up_proj_bias"], t["down_proj_bias"]
+        _check_dtype(names["gate_up_proj_bias"], b1, (w1.dtype, torch.float32),
+                     " (the dtype of gate_up_proj, or f32)")
+        _check_shape(names["gate_up_proj_bias"], b1, (e, 2 * i if activation.gated else i),
+                     f"[E, {rows}]")
+        _check_dtype(names["down_proj_bias"], b2, (b1.dtype,), " (the dtype of gate_up_proj_bias)")
+        _check_shape(names["down_proj_bias"], b2, (e, h), "[E, H]")
     return e, h, i
+
+
+ActivationLike = Union[Activation, str, int]
+GateUpLayoutLike = Union[GateUpLayout, str, int]
 
 
 class GptOssExperts(nn.Module):
@@ -109,7 +125,15 @@ class GptOssExperts(nn.Module):
     (see moejit.experts for the format; H and I multiples of 32; bf16 / f16 activations).
     Attributes: num_experts, hidden_size, intermediate_size, expert_dim (= I), alpha (1.702),
     limit (7.0), weight_format ("dense" or "mxfp4"), top_k (the K of layer_desc: the config's
-    num_experts_per_tok, else gpt-oss's 4; forward takes K from router_indices).
+    num_experts_per_tok, else gpt-oss's 4; forward takes K from router_indices), activation (a
+    moejit.Activation), gate_up_layout (a moejit.GateUpLayout), batch_invariant (bool), has_bias.
+
+    Beyond GPT-OSS (see moejit.experts for the formulas): activation= (moejit.Activation or
+    vLLM's names: "swigluoai", the default, "silu", "gelu", "gelu_tanh", "swiglustep",
+    "silu_no_mul", "gelu_no_mul", "relu2_no_mul"; without mul gate_up_proj is [E, H, I], its bias
+    [E, I], the MXFP4 gate_up blocks [E, I, H/32, 16]), gate_up_layout= ("interleaved", the
+    default, "halves" [gate | up], "up_gate_halves"), bias=False (no bias parameters: they are
+    None) and batch_invariant=True (a token's output bits never depend on its batch).
 
     `config` is any object with num_local_experts, hidden_size and intermediate_size (a
     transformers GptOssConfig); the keywords give or override them. The parameters start as zeros
@@ -131,11 +155,18 @@ class GptOssExperts(nn.Module):
         dtype: Optional[torch.dtype] = None,
         weight_format: str = "dense",
         top_k: Optional[int] = None,
+        activation: ActivationLike = Activation.SWIGLU_OAI,
+        gate_up_layout: GateUpLayoutLike = GateUpLayout.INTERLEAVED,
+        bias: bool = True,
+        batch_invariant: bool = False,
     ) -> None:
         super().__init__()
         if weight_format not in _FORMATS:
             raise ValueError(f"GptOssExperts: weight_format is {weight_format!r}; expected 'dense' "
                              "or 'mxfp4'")
+        self.activation = Activation.parse(activation)
+        self.gate_up_layout = GateUpLayout.parse(gate_up_layout)
+        self.batch_invariant = parse_batch_invariant(batch_invariant)
         self.intermediate_size = _size("intermediate_size", config, intermediate_size)
         self.num_experts = _size("num_local_experts", config, num_local_experts)
         self.hidden_size = _size("hidden_size", config, hidden_size)
@@ -145,12 +176,15 @@ class GptOssExperts(nn.Module):
             top_k = getattr(config, "num_experts_per_tok", None) or GPT_OSS_TOP_K
         self.top_k = int(top_k)
         e, h, i = self.num_experts, self.hidden_size, self.expert_dim
+        cols = 2 * i if self.activation.gated else i  # gate_up_proj's outputs
         kw = {"device": device, "dtype": dtype}
         if weight_format == "dense":
-            self.gate_up_proj = nn.Parameter(torch.zeros(e, h, 2 * i, **kw))
-            self.gate_up_proj_bias = nn.Parameter(torch.zeros(e, 2 * i, **kw))
+            self.gate_up_proj = nn.Parameter(torch.zeros(e, h, cols, **kw))
+            self.register_parameter("gate_up_proj_bias",
+                                    nn.Parameter(torch.zeros(e, cols, **kw)) if bias else None)
             self.down_proj = nn.Parameter(torch.zeros(e, i, h, **kw))
-            self.down_proj_bias = nn.Parameter(torch.zeros(e, h, **kw))
+            self.register_parameter("down_proj_bias",
+                                    nn.Parameter(torch.zeros(e, h, **kw)) if bias else None)
         else:
             if h % 32 != 0 or i % 32 != 0:
                 raise ValueError(f"GptOssExperts: hidden_size={h} and intermediate_size={i} must be "
@@ -160,26 +194,36 @@ class GptOssExperts(nn.Module):
             def zeros(*shape: int, **kw: Any) -> nn.Parameter:
                 return nn.Parameter(torch.zeros(*shape, **kw), requires_grad=False)
 
-            self.gate_up_proj_blocks = zeros(e, 2 * i, h // 32, 16, **u8)
-            self.gate_up_proj_scales = zeros(e, 2 * i, h // 32, **u8)
-            self.gate_up_proj_bias = zeros(e, 2 * i, **kw)
+            self.gate_up_proj_blocks = zeros(e, cols, h // 32, 16, **u8)
+            self.gate_up_proj_scales = zeros(e, cols, h // 32, **u8)
+            self.register_parameter("gate_up_proj_bias", zeros(e, cols, **kw) if bias else None)
             self.down_proj_blocks = zeros(e, h, i // 32, 16, **u8)
             self.down_proj_scales = zeros(e, h, i // 32, **u8)
-            self.down_proj_bias = zeros(e, h, **kw)
+            self.register_parameter("down_proj_bias", zeros(e, h, **kw) if bias else None)
         self.alpha = alpha
         self.limit = limit
+
+    @property
+    def has_bias(self) -> bool:
+        """False for a layer without biases (gate_up_proj_bias and down_proj_bias are None)."""
+        return self.gate_up_proj_bias is not None
 
     # ---- building around existing tensors ------------------------------------------------------
 
     @classmethod
-    def _around_mxfp4(cls, tensors: Mapping[str, torch.Tensor], names: Mapping[str, str],
-                      where: str, top_k: int, alpha: float, limit: float) -> "GptOssExperts":
-        """A layer in MXFP4 form holding `tensors` (MXFP4_PARAMETERS -> tensor) themselves."""
+    def _around_mxfp4(cls, tensors: Mapping[str, Optional[torch.Tensor]], names: Mapping[str, str],
+                      where: str, top_k: int, alpha: float, limit: float,
+                      **layer: Any) -> "GptOssExperts":
+        """A layer in MXFP4 form holding `tensors` (MXFP4_PARAMETERS -> tensor; both biases may be
+        None) themselves. layer: activation, gate_up_layout, batch_invariant."""
         _one_device(where, tensors, names)
-        e, h, i = mxfp4_layer(*(tensors[n] for n in MXFP4_PARAMETERS), names=names)
+        activation = Activation.parse(layer.get("activation", Activation.SWIGLU_OAI))
+        e, h, i = mxfp4_layer(*(tensors[n] for n in MXFP4_PARAMETERS), names=names,
+                              activation=activation)
+        bias = tensors["gate_up_proj_bias"]
         new = cls(num_local_experts=e, hidden_size=h, intermediate_size=i, alpha=alpha, limit=limit,
-                  device=torch.device("meta"), dtype=tensors["gate_up_proj_bias"].dtype,
-                  weight_format="mxfp4", top_k=top_k)
+                  device=torch.device("meta"), dtype=bias.dtype if bias is not None else None,
+                  weight_format="mxfp4", top_k=top_k, bias=bias is not None, **layer)
         for n in MXFP4_PARAMETERS:
             setattr(new, n, _parameter(tensors[n]))
         return new
@@ -194,6 +238,7 @@ class GptOssExperts(nn.Module):
         alpha: float = 1.702,
         limit: float = 7.0,
         prefix: str = CHECKPOINT_PREFIX,
+        batch_invariant: bool = False,
     ) -> "GptOssExperts":
         """The experts of layer `layer` of a gpt-oss checkpoint, around its own tensors.
 
@@ -205,7 +250,8 @@ class GptOssExperts(nn.Module):
         down_proj_bias (a dense, e.g. bf16, checkpoint). E, H and I come from their shapes, each
         tensor is checked (a ValueError names it: "...gate_up_proj_scales: must be uint8
         [E, 2I, H/32] = [32, 5760, 90], got ..."). top_k: the router's K (gpt-oss: 4), for
-        layer_desc; alpha and limit: gpt-oss's SwiGLU.
+        layer_desc; alpha and limit: gpt-oss's SwiGLU (the activation is gpt-oss's: SWIGLU_OAI,
+        gate and up interleaved, biases). batch_invariant: as the constructor's.
 
         Nothing is copied or moved: the layer's parameters share the tensors' storage and stay
         on their device (a safe_open(device="cuda:0") handle gives GPU tensors; a layer of CPU
@@ -215,17 +261,19 @@ class GptOssExperts(nn.Module):
         pre = prefix.format(layer=layer)
         keys, get = _tensor_source(tensors)
         where = "GptOssExperts.from_checkpoint"
+        invariant = parse_batch_invariant(batch_invariant)
         for params in (MXFP4_PARAMETERS, DENSE_PARAMETERS):
             if all(pre + n in keys for n in params):
                 names = {n: pre + n for n in params}
                 got = {n: get(pre + n) for n in params}
                 if params is MXFP4_PARAMETERS:
-                    return cls._around_mxfp4(got, names, where, top_k, alpha, limit)
+                    return cls._around_mxfp4(got, names, where, top_k, alpha, limit,
+                                             batch_invariant=invariant)
                 _one_device(where, got, names)
                 e, h, i = _dense_layer(got, names)
                 new = cls(num_local_experts=e, hidden_size=h, intermediate_size=i, alpha=alpha,
                           limit=limit, device=torch.device("meta"), dtype=got["gate_up_proj"].dtype,
-                          top_k=top_k)
+                          top_k=top_k, batch_invariant=invariant)
                 for n in DENSE_PARAMETERS:
                     setattr(new, n, _parameter(got[n]))
                 return new
@@ -242,29 +290,57 @@ class GptOssExperts(nn.Module):
         raise ValueError(f"{where}: no tensor of layer {layer} under {pre}; {found}")
 
     @classmethod
-    def from_module(cls, module: nn.Module, *, top_k: Optional[int] = None) -> "GptOssExperts":
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        top_k: Optional[int] = None,
+        activation: Optional[ActivationLike] = None,
+        gate_up_layout: Optional[GateUpLayoutLike] = None,
+        batch_invariant: Optional[bool] = None,
+    ) -> "GptOssExperts":
         """A GptOssExperts that shares (does not copy) the tensors of another experts module, with
         its alpha and limit: a reference GptOssExperts (gate_up_proj, gate_up_proj_bias, down_proj,
         down_proj_bias), or an MXFP4 one such as transformers' Mxfp4GptOssExperts holding
         gate_up_proj_blocks, gate_up_proj_scales, gate_up_proj_bias, down_proj_blocks,
         down_proj_scales and down_proj_bias (read by name; checked as from_checkpoint checks them).
-        top_k: for layer_desc; default the module's top_k, else 4. Nothing is moved between
-        devices."""
+        Both biases may be None (a layer without biases). top_k: for layer_desc; default the
+        module's top_k, else 4. activation, gate_up_layout, batch_invariant: default those of a
+        moejit GptOssExperts module, else GPT-OSS's (SWIGLU_OAI, interleaved) and False. Nothing
+        is moved between devices."""
         kind = type(module).__name__
         if top_k is None:
             top_k = getattr(module, "top_k", None) or GPT_OSS_TOP_K
         alpha, limit = getattr(module, "alpha", 1.702), getattr(module, "limit", 7.0)
+        own = isinstance(module, GptOssExperts)
+        layer = {
+            "activation": Activation.parse(
+                activation if activation is not None else
+                module.activation if own else Activation.SWIGLU_OAI),
+            "gate_up_layout": GateUpLayout.parse(
+                gate_up_layout if gate_up_layout is not None else
+                module.gate_up_layout if own else GateUpLayout.INTERLEAVED),
+            "batch_invariant": parse_batch_invariant(
+                batch_invariant if batch_invariant is not None else
+                module.batch_invariant if own else False),
+        }
+
+        def tensor_or_none(n: str) -> bool:
+            t = getattr(module, n, None)
+            return t is None or isinstance(t, torch.Tensor)
+
         if any(hasattr(module, n) for n in ("gate_up_proj_blocks", "gate_up_proj_scales")):
             missing = [n for n in MXFP4_PARAMETERS
-                       if not isinstance(getattr(module, n, None), torch.Tensor)]
+                       if not (isinstance(getattr(module, n, None), torch.Tensor)
+                               or (n.endswith("_bias") and tensor_or_none(n)))]
             if missing:
                 raise ValueError(f"GptOssExperts.from_module: {kind} has MXFP4 blocks or scales "
                                  f"but no tensor {missing[0]} (MXFP4 experts need "
                                  f"{', '.join(MXFP4_PARAMETERS)})")
-            got = {n: getattr(module, n) for n in MXFP4_PARAMETERS}
+            got = {n: getattr(module, n, None) for n in MXFP4_PARAMETERS}
             names = {n: f"{kind}.{n}" for n in MXFP4_PARAMETERS}
             return cls._around_mxfp4(got, names, "GptOssExperts.from_module", int(top_k),
-                                     float(alpha), float(limit))
+                                     float(alpha), float(limit), **layer)
         gate_up = getattr(module, "gate_up_proj", None)
         if not isinstance(gate_up, torch.Tensor) or gate_up.dim() != 3 \
                 or not gate_up.dtype.is_floating_point:
@@ -276,9 +352,12 @@ class GptOssExperts(nn.Module):
                 "for its triton kernels when it loads them, and drops their blocks and scales: "
                 "build the layer from the checkpoint instead, "
                 "GptOssExperts.from_checkpoint(safe_open(path, 'pt', device='cuda'), layer)")
-        new = cls(num_local_experts=gate_up.shape[0], hidden_size=gate_up.shape[1],
-                  intermediate_size=gate_up.shape[2] // 2, alpha=alpha, limit=limit,
-                  device=torch.device("meta"), dtype=gate_up.dtype, top_k=int(top_k))
+        got = {n: getattr(module, n, None) for n in DENSE_PARAMETERS}
+        names = {n: f"{kind}.{n}" for n in DENSE_PARAMETERS}
+        e, h, i = _dense_layer(got, names, layer["activation"])
+        new = cls(num_local_experts=e, hidden_size=h, intermediate_size=i, alpha=alpha,
+                  limit=limit, device=torch.device("meta"), dtype=gate_up.dtype, top_k=int(top_k),
+                  bias=got["gate_up_proj_bias"] is not None, **layer)
         for name in DENSE_PARAMETERS:
             setattr(new, name, getattr(module, name))
         return new
@@ -315,9 +394,10 @@ class GptOssExperts(nn.Module):
         GPU): E, H, I, K (top_k, default self.top_k), the activation dtype (default: dense, the
         weights'; MXFP4, the biases' when bf16 / f16, else bf16), the dtypes of router_indices and
         routing_weights, the routing form ("topk" or "dense"), alpha, limit, bias_f32 (f32 biases
-        with f16 / bf16 activations), the weight format, and max_tokens."""
+        with f16 / bf16 activations), the weight format, the activation, the gate/up layout,
+        no_bias, batch_invariant, and max_tokens."""
         mxfp4 = self.weight_format == "mxfp4"
-        bias = self.gate_up_proj_bias.dtype
+        bias = self.gate_up_proj_bias.dtype if self.has_bias else None
         if dtype is None:
             if mxfp4:
                 dtype = bias if bias in MXFP4_ACTIVATION_DTYPES else torch.bfloat16
@@ -328,7 +408,8 @@ class GptOssExperts(nn.Module):
         key = plan_key(0, dtype, ids_dtype, weights_dtype, self.hidden_size, self.expert_dim,
                        self.num_experts, self.top_k if top_k is None else int(top_k),
                        Routing.TOPK if routing == "topk" else Routing.DENSE, self.alpha,
-                       self.limit, bias, _FORMATS[self.weight_format])
+                       self.limit, bias, _FORMATS[self.weight_format], self.activation,
+                       self.gate_up_layout, self.batch_invariant)
         return _runtime.layer_desc(key, int(max_tokens))
 
     def forward(
@@ -351,19 +432,30 @@ class GptOssExperts(nn.Module):
         dense = isinstance(routing_weights, torch.Tensor) and routing_weights.dim() > 0 \
             and routing_weights.shape[-1] == n_experts
         routing = "dense" if dense else None
+        layer = dict(alpha=self.alpha, limit=self.limit, routing=routing,
+                     activation=self.activation, gate_up_layout=self.gate_up_layout,
+                     batch_invariant=self.batch_invariant)
         if self.weight_format == "mxfp4":
             out = experts(hidden_states, router_indices, routing_weights, self.gate_up_proj_blocks,
                           self.gate_up_proj_bias, self.down_proj_blocks, self.down_proj_bias,
-                          alpha=self.alpha, limit=self.limit, routing=routing,
                           gate_up_proj_scales=self.gate_up_proj_scales,
-                          down_proj_scales=self.down_proj_scales)
+                          down_proj_scales=self.down_proj_scales, **layer)
         else:
             out = experts(hidden_states, router_indices, routing_weights, self.gate_up_proj,
-                          self.gate_up_proj_bias, self.down_proj, self.down_proj_bias,
-                          alpha=self.alpha, limit=self.limit, routing=routing)
+                          self.gate_up_proj_bias, self.down_proj, self.down_proj_bias, **layer)
         return out.view(batch_size, -1, self.hidden_size)
 
     def extra_repr(self) -> str:
-        fmt = ", weight_format=mxfp4" if self.weight_format == "mxfp4" else ""
+        more = ""
+        if self.weight_format == "mxfp4":
+            more += ", weight_format=mxfp4"
+        if self.activation != Activation.SWIGLU_OAI:
+            more += f", activation={self.activation.vllm_name}"
+        if self.gate_up_layout != GateUpLayout.INTERLEAVED:
+            more += f", gate_up_layout={self.gate_up_layout.name.lower()}"
+        if not self.has_bias:
+            more += ", bias=False"
+        if self.batch_invariant:
+            more += ", batch_invariant=True"
         return (f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, "
-                f"expert_dim={self.expert_dim}, alpha={self.alpha}, limit={self.limit}{fmt}")
+                f"expert_dim={self.expert_dim}, alpha={self.alpha}, limit={self.limit}{more}")

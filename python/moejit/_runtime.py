@@ -3,7 +3,8 @@
 Uses _capi for the C handles. This is the binding's only mutable state:
   - one moejit_ctx per CUDA device, created on the first forward on that device;
   - a cache of plans keyed by PlanKey (device, shape, dtypes, routing form, alpha, limit, f32
-    biases, exact f32, weight format), each key
+    biases, exact f32, weight format, activation, gate/up layout, no biases, batch invariance:
+    every field of moejit_layer_desc the binding sets, but max_tokens), each key
     holding plans of growing max_tokens. A forward of T tokens takes the smallest cached plan with
     max_tokens >= T, else creates one with max_tokens = bucket(T), a power of two, so one plan
     serves every batch size up to it. (A plan's kernels do not depend on max_tokens today: it only
@@ -16,7 +17,8 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ._capi import Context, DType, LayerDesc, Plan, Routing, WeightFormat, load_library
+from ._capi import Activation, Context, DType, GateUpLayout, LayerDesc, Plan, Routing, WeightFormat, \
+    load_library
 
 __all__ = ["PlanKey", "bucket", "cached_plans", "clear", "context", "layer_desc", "plan_for"]
 
@@ -28,7 +30,9 @@ MAX_TOKENS_LIMIT = (2**31 - 1) // 32
 
 
 class PlanKey(NamedTuple):
-    """What a plan is specialised for, apart from max_tokens."""
+    """What a plan is specialised for, apart from max_tokens: one field for each field of
+    moejit_layer_desc that the binding sets (layer_desc() writes them all), so that two layers
+    differing in any of them never share a plan."""
 
     device: int
     hidden: int
@@ -44,6 +48,10 @@ class PlanKey(NamedTuple):
     bias_f32: bool = False  # f32 biases with f16 / bf16 activations
     exact_f32: bool = False  # f32 layers: exact FFMA instead of TF32
     weight_format: WeightFormat = WeightFormat.DENSE  # MXFP4: the checkpoint's blocks and scales
+    activation: Activation = Activation.SWIGLU_OAI
+    gate_up_layout: GateUpLayout = GateUpLayout.INTERLEAVED
+    no_bias: bool = False  # no biases: the forward's bias pointers are NULL
+    batch_invariant: bool = False  # a token's output bits never depend on its batch
 
 
 def bucket(tokens: int) -> int:
@@ -93,6 +101,8 @@ def layer_desc(key: PlanKey, max_tokens: int) -> LayerDesc:
     d.alpha, d.limit = key.alpha, key.limit
     d.bias_f32, d.exact_f32 = int(key.bias_f32), int(key.exact_f32)
     d.weight_format = int(key.weight_format)
+    d.activation, d.gate_up_layout = int(key.activation), int(key.gate_up_layout)
+    d.no_bias, d.batch_invariant = int(key.no_bias), int(key.batch_invariant)
     return d
 
 

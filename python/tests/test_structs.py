@@ -17,14 +17,22 @@ from typing import Dict, Tuple
 import pytest
 
 from moejit import _capi
-from moejit._capi import DType, LogLevel, MoejitError, Routing, Status, WeightFormat
+from moejit._capi import Activation, DType, GateUpLayout, LogLevel, MoejitError, Routing, Status, \
+    WeightFormat
 
 _REPO = Path(__file__).resolve().parents[2]
 _INCLUDE = Path(os.environ.get("MOEJIT_INCLUDE_DIR", _REPO / "include"))
 _ENUMS = (("MOEJIT_", DType), ("MOEJIT_ROUTING_", Routing), ("MOEJIT_LOG_", LogLevel),
-          ("MOEJIT_WEIGHTS_", WeightFormat))
+          ("MOEJIT_WEIGHTS_", WeightFormat), ("MOEJIT_ACT_", Activation),
+          ("MOEJIT_GATE_UP_", GateUpLayout))
+# C names that are not the enum's prefix + the member's name
+_C_NAMES = {GateUpLayout.UP_GATE_HALVES: "MOEJIT_UP_GATE_HALVES"}
 _ENUM_TYPES = ("moejit_dtype", "moejit_routing", "moejit_log_level", "moejit_status",
-               "moejit_weight_format")
+               "moejit_weight_format", "moejit_activation", "moejit_gate_up_layout")
+
+
+def _c_name(prefix: str, member: object) -> str:
+    return _C_NAMES.get(member, f"{prefix}{member.name}")
 
 
 def _c_program() -> str:
@@ -38,7 +46,8 @@ def _c_program() -> str:
                          f"sizeof((({cname} *)0)->{field}));")
     for prefix, enum in _ENUMS:
         for member in enum:
-            lines.append(f'  printf("enum {prefix}{member.name} %d\\n", (int){prefix}{member.name});')
+            c = _c_name(prefix, member)
+            lines.append(f'  printf("enum {c} %d\\n", (int){c});')
     for cname in _ENUM_TYPES:
         lines.append(f'  printf("size {cname} %zu\\n", sizeof({cname}));')
     lines.append('#define PRINT_STATUS(name, value, message) printf("status " #name " %d\\n", value);')
@@ -92,6 +101,20 @@ def test_mxfp4_fields_are_mirrored(header_facts: Dict[str, Tuple[int, ...]]) -> 
     assert ctypes.sizeof(args) == args.down_proj_scales.offset + ctypes.sizeof(ctypes.c_void_p)
 
 
+def test_layer_fields_are_mirrored(header_facts: Dict[str, Tuple[int, ...]]) -> None:
+    """batch_invariant, activation, gate_up_layout and no_bias by name, C ints, after
+    weight_format and in the header's order, ending the struct."""
+    desc = _capi.LayerDesc
+    names = ("weight_format", "batch_invariant", "activation", "gate_up_layout", "no_bias")
+    offsets = []
+    for field in names:
+        offset, size = header_facts[f"field moejit_layer_desc.{field}"]
+        assert (getattr(desc, field).offset, ctypes.sizeof(ctypes.c_int)) == (offset, size), field
+        offsets.append(offset)
+    assert offsets == sorted(offsets)
+    assert [f for f, _ in desc._fields_][-len(names):] == list(names)
+
+
 @pytest.mark.parametrize("cname", sorted(_capi.STRUCTS))
 def test_field_offsets_match_header(header_facts: Dict[str, Tuple[int, ...]], cname: str) -> None:
     mirror = _capi.STRUCTS[cname]
@@ -104,7 +127,7 @@ def test_field_offsets_match_header(header_facts: Dict[str, Tuple[int, ...]], cn
 def test_enums_match_header(header_facts: Dict[str, Tuple[int, ...]]) -> None:
     for prefix, enum in _ENUMS:
         for member in enum:
-            assert header_facts[f"enum {prefix}{member.name}"] == (int(member),)
+            assert header_facts[f"enum {_c_name(prefix, member)}"] == (int(member),)
     for cname in _ENUM_TYPES:
         assert header_facts[f"size {cname}"] == (ctypes.sizeof(ctypes.c_int),), f"{cname} is a C int"
 
@@ -150,6 +173,8 @@ def test_layer_desc_defaults(lib: _capi.Library) -> None:
     assert (d.expert_capacity, d.global_experts, d.apply_router_weight_on_input) == (0, 0, 0)
     assert (d.logits_dtype, d.bias_f32, d.exact_f32) == (DType.F32, 0, 0)
     assert d.weight_format == WeightFormat.DENSE
+    assert (d.activation, d.gate_up_layout) == (Activation.SWIGLU_OAI, GateUpLayout.INTERLEAVED)
+    assert (d.no_bias, d.batch_invariant) == (0, 0)
     args = lib.forward_args()
     assert (args.gate_up_proj_scales, args.down_proj_scales) == (None, None)
 
@@ -199,6 +224,15 @@ def test_bad_desc_names_the_field(lib: _capi.Library) -> None:
         with pytest.raises(MoejitError) as info:
             ctx.create_plan(_small_desc(lib, weight_format=5))
         assert "weight_format=5" in info.value.detail
+        for field, bad in (("activation", 8), ("gate_up_layout", 3), ("no_bias", 2),
+                           ("batch_invariant", 2)):
+            with pytest.raises(MoejitError) as info:
+                ctx.create_plan(_small_desc(lib, **{field: bad}))
+            assert info.value.status == Status.ERR_INVALID_ARG
+            assert f"{field}={bad}" in info.value.detail
+        with pytest.raises(MoejitError) as info:  # no biases have no dtype to be f32
+            ctx.create_plan(_small_desc(lib, no_bias=1, bias_f32=1))
+        assert "no_bias" in info.value.detail
         # MXFP4 weights: f32 activations and H or I not a multiple of 32 are refused by the library
         with pytest.raises(MoejitError) as info:
             ctx.create_plan(_small_desc(lib, weight_format=int(WeightFormat.MXFP4),
