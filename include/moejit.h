@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 #define MOEJIT_VERSION_MAJOR 0
-#define MOEJIT_VERSION_MINOR 3
+#define MOEJIT_VERSION_MINOR 4
 #define MOEJIT_VERSION_PATCH 0
 
 #if defined(MOEJIT_BUILDING) && defined(__GNUC__)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._ops import experts
     from ._transformers import register_transformers
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "ABI_VERSION",
@@ -82,7 +82,7 @@ def library_path() -> str:
 
 
 def library_version() -> str:
-    """moejit_version_string() of the library loaded ("0.3.0")."""
+    """moejit_version_string() of the library loaded ("0.4.0")."""
     return load_library().version_string
 
 

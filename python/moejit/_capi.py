@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # The header this binding mirrors: MOEJIT_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH.
-ABI_VERSION = 300
+ABI_VERSION = 400
 
 _log = logging.getLogger("moejit")
 
