@@ -9,9 +9,11 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tools/check.h"
 #include "golden.h"
@@ -520,6 +522,154 @@ static void test_two_plans_two_streams(void **state) {
   mj_synth_layer_destroy(&g_syn, &lb);
   moejit_plan_destroy(pa);
   moejit_plan_destroy(pb);
+}
+
+static double soak_clock(void) { /* seconds, monotonic */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- soak: threads, plans, streams ------------------------------------------------------- */
+
+enum { SOAK_PLANS = 3, SOAK_THREADS = 4, SOAK_SIZES = 6 };
+static const int64_t soak_sizes[SOAK_SIZES] = {1, 3, 8, 64, 300, 512};
+
+typedef struct soak_world {
+  moejit_plan *plan[SOAK_PLANS];
+  mj_synth_layer layer[SOAK_PLANS];
+  void *want[SOAK_PLANS][SOAK_SIZES]; /* y of each size, run alone before the threads start */
+  double seconds;
+} soak_world;
+
+typedef struct soak_thread {
+  const soak_world *w;
+  int index;
+  int64_t forwards, errors, mismatches;
+  char first_error[256];
+} soak_thread;
+
+/* One thread of the soak: its own stream, workspace and y per plan; forwards of random plans and
+ * sizes until the time is up, each compared bit for bit with the sequential result. Counts what
+ * went wrong (cmocka's asserts belong to the main thread). */
+static void *soak_run(void *arg) {
+  soak_thread *th = arg;
+  const soak_world *w = th->w;
+  const mj_cu *cu = &g_ctx->cu;
+  CUstream s = NULL;
+  CUdeviceptr ws[SOAK_PLANS] = {0}, y[SOAK_PLANS] = {0};
+  size_t ws_bytes[SOAK_PLANS] = {0};
+  void *host = malloc((size_t)512 * 4096 * 2);
+  uint64_t r = 0x9E3779B97F4A7C15ull * (uint64_t)(th->index + 1);
+#define SOAK_CU(call)                                                                              \
+  if (cu->call != MJ_CU_SUCCESS && th->errors++ == 0)                                              \
+  snprintf(th->first_error, sizeof th->first_error, "%s failed", #call)
+  SOAK_CU(CtxPushCurrent(g_ctx->cuctx));
+  SOAK_CU(StreamCreate(&s, MJ_CU_STREAM_NON_BLOCKING));
+  for (int p = 0; p < SOAK_PLANS; p++) {
+    const mj_synth_layer *L = &w->layer[p];
+    moejit_workspace_size(w->plan[p], L->tokens, &ws_bytes[p]);
+    SOAK_CU(MemAlloc(&ws[p], ws_bytes[p]));
+    SOAK_CU(MemAlloc(&y[p], (size_t)L->tokens * (size_t)L->desc.hidden * 2));
+  }
+  const double end = soak_clock() + w->seconds;
+  while (host && th->errors == 0 && soak_clock() < end) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    const int p = (int)((r >> 33) % SOAK_PLANS), i = (int)((r >> 45) % SOAK_SIZES);
+    mj_synth_layer view = w->layer[p];
+    view.tokens = soak_sizes[i];
+    moejit_forward_args a;
+    mj_synth_layer_args(&view, &a);
+    a.y = ptr(y[p]);
+    const size_t bytes = (size_t)view.tokens * (size_t)view.desc.hidden * 2;
+    moejit_status st = moejit_forward(w->plan[p], &a, ptr(ws[p]), ws_bytes[p], s);
+    if (st != MOEJIT_OK) {
+      if (th->errors++ == 0)
+        snprintf(th->first_error, sizeof th->first_error, "forward: %s", moejit_status_name(st));
+      break;
+    }
+    SOAK_CU(MemcpyDtoHAsync(host, y[p], bytes, s));
+    SOAK_CU(StreamSynchronize(s));
+    th->forwards++;
+    if (memcmp(host, w->want[p][i], bytes) != 0 && th->mismatches++ == 0)
+      snprintf(th->first_error, sizeof th->first_error,
+               "plan %d, %lld tokens: not the sequential bits", p, (long long)view.tokens);
+  }
+  for (int p = 0; p < SOAK_PLANS; p++) {
+    if (ws[p])
+      cu->MemFree(ws[p]);
+    if (y[p])
+      cu->MemFree(y[p]);
+  }
+  if (s)
+    cu->StreamDestroy(s);
+  CUcontext popped;
+  cu->CtxPopCurrent(&popped);
+  free(host);
+#undef SOAK_CU
+  return NULL;
+}
+
+/* Four threads on their own streams share three plans (gpt-oss E = 32 in bf16 and with MXFP4
+ * weights, and a small SiLU layer with gate and up in halves, no biases, logits routing) for
+ * MOEJIT_SOAK_SECONDS (default 5; land.sh's soak part runs minutes): every forward's y is bit for
+ * bit the sequential result of its plan and size, and nothing fails or compiles. */
+static void test_soak(void **state) {
+  (void)state;
+  NEED_GPU();
+  static soak_world w;
+  const char *env = getenv("MOEJIT_SOAK_SECONDS");
+  w.seconds = env && *env ? atof(env) : 5.0;
+  moejit_layer_desc d[SOAK_PLANS] = {gpt_oss(32, 512), gpt_oss(32, 512), option_desc(MOEJIT_BF16)};
+  d[1].weight_format = MOEJIT_WEIGHTS_MXFP4;
+  d[2].max_tokens = 512;
+  d[2].activation = MOEJIT_ACT_SILU_MUL;
+  d[2].gate_up_layout = MOEJIT_GATE_UP_HALVES;
+  d[2].no_bias = 1;
+  d[2].routing = MOEJIT_ROUTING_LOGITS;
+  for (int p = 0; p < SOAK_PLANS; p++) {
+    mj_err err;
+    w.plan[p] = make_plan(&d[p]);
+    assert_int_equal(mj_synth_layer_create(&g_syn, w.plan[p], 512, 900 + p, &w.layer[p], &err),
+                     MOEJIT_OK);
+    for (int i = 0; i < SOAK_SIZES; i++) {
+      mj_synth_layer view = w.layer[p];
+      view.tokens = soak_sizes[i];
+      w.want[p][i] = forward_output(w.plan[p], &view, NULL);
+    }
+  }
+  const int64_t compiles = g_ctx->compiles;
+  soak_thread th[SOAK_THREADS];
+  pthread_t tid[SOAK_THREADS];
+  for (int t = 0; t < SOAK_THREADS; t++) {
+    memset(&th[t], 0, sizeof th[t]);
+    th[t].w = &w;
+    th[t].index = t;
+    assert_int_equal(pthread_create(&tid[t], NULL, soak_run, &th[t]), 0);
+  }
+  int64_t forwards = 0, errors = 0, mismatches = 0;
+  for (int t = 0; t < SOAK_THREADS; t++) {
+    pthread_join(tid[t], NULL);
+    forwards += th[t].forwards;
+    errors += th[t].errors;
+    mismatches += th[t].mismatches;
+    if (th[t].first_error[0])
+      print_message("soak thread %d: %s\n", t, th[t].first_error);
+  }
+  print_message("soak: %d threads, %d plans (bf16, mxfp4, silu halves), %.0f s: %lld forwards, "
+                "%lld errors, %lld not bitwise the sequential result\n",
+                SOAK_THREADS, SOAK_PLANS, w.seconds, (long long)forwards, (long long)errors,
+                (long long)mismatches);
+  assert_int_equal(errors, 0);
+  assert_int_equal(mismatches, 0);
+  assert_true(forwards > 0);
+  assert_int_equal(g_ctx->compiles, compiles);
+  for (int p = 0; p < SOAK_PLANS; p++) {
+    for (int i = 0; i < SOAK_SIZES; i++)
+      free(w.want[p][i]);
+    mj_synth_layer_destroy(&g_syn, &w.layer[p]);
+    moejit_plan_destroy(w.plan[p]);
+  }
 }
 
 /* ---- argument checks on a device plan ------------------------------------------------------ */
@@ -1973,6 +2123,7 @@ int main(void) {
       cmocka_unit_test(test_cuda_graph),
       cmocka_unit_test(test_decode_graphs),
       cmocka_unit_test(test_two_plans_two_streams),
+      cmocka_unit_test(test_soak),
       cmocka_unit_test(test_f32_gpt_oss),
       cmocka_unit_test(test_tuner),
       cmocka_unit_test(test_router_logits),

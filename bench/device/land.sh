@@ -17,12 +17,13 @@
 # batch invariance, then memcheck and racecheck on the MXFP4 and activation golden cases and the
 # special scales), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
 # run, $OUT/mxfp4.jsonl), invariant (bench rows with --batch-invariant off and on, alternating,
-# $OUT/invariant.jsonl), mixtral (the mixtral-8x7b preset on normal data, $OUT/mixtral.jsonl).
+# $OUT/invariant.jsonl), mixtral (the mixtral-8x7b preset on normal data, $OUT/mixtral.jsonl),
+# soak (test_soak for 240 s: four threads, three plans, bitwise the sequential results).
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
 PART=${2:-all}
-case $PART in all | checks | figures | python | new | mxfp4 | invariant | mixtral) ;;
-*) echo "land.sh: PART is checks, figures, python, new, mxfp4, invariant or mixtral, got $PART" >&2
+case $PART in all | checks | figures | python | new | mxfp4 | invariant | mixtral | soak) ;;
+*) echo "land.sh: PART is checks, figures, python, new, mxfp4, invariant, mixtral or soak, got $PART" >&2
    exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
@@ -61,6 +62,10 @@ invariant)
         tail -6
     done
   done
+  exit 0 ;;
+soak)
+  MOEJIT_SOAK_SECONDS=240 MOEJIT_TEST_FILTER=soak ./tests/test_rt_gpu 2>&1 |
+    grep -E "soak|FAIL|ERROR|LINE|PASSED"
   exit 0 ;;
 mixtral)
   ./moejit bench --model mixtral-8x7b --data normal --tokens 1,8,64,512,4096 \
