@@ -139,8 +139,8 @@ static const opt_spec opts[] = {
      "GEMM1 without the activation, which runs as its own launch"},
     {"batch-invariant", O_BATCH_INVARIANT, V_NONE, LAYER, 0, 0, NULL, NULL,
      "a token's output bits never depend on the batch: one tile family\n"
-     "(wgmma on sm_90a where GEMM1 fuses the activation), no streamed\n"
-     "tile, no split GEMM2"},
+     "(wgmma on sm_90a for f16/bf16 dense weights where GEMM1 fuses the\n"
+     "activation, mma.sync otherwise), no streamed tile, no split GEMM2"},
     {"exact-f32", O_EXACT_F32, V_NONE, LAYER, 0, 0, NULL, NULL,
      "f32 GEMMs on exact FFMA instead of TF32 tensor cores"},
     {"arch", O_ARCH, V_TEXT, CLI_GEN | CLI_COMPILE | CLI_RUN | CLI_BENCH, 0, 0, NULL, "A",

@@ -81,7 +81,9 @@ typedef enum moejit_weight_format {
    * contiguous: transposed against the dense layout), 32 weights a block of 16 bytes, weight 2b of
    * a block in the low nibble of byte b and 2b + 1 in the high one, e2m1 codes (bit 3 the sign;
    * 0, 0.5, 1, 1.5, 2, 3, 4, 6); gate_up_proj_scales [E, 2I, H/32] and down_proj_scales
-   * [E, H, I/32] one e8m0 byte s a block. A weight is code x 2^(s - 127), rounded to desc->dtype
+   * [E, H, I/32] one e8m0 byte s a block (with an activation without mul, gate_up_proj has I
+   * rows: blocks [E, I, H/32, 16], scales [E, I, H/32]). A weight is code x 2^(s - 127), rounded
+   * to desc->dtype
    * (which must be F16 or BF16). Scale byte 0 gives 2^-127 (bf16 subnormals; zeros in f16);
    * scale byte 255 is NaN, as the OCP MX format defines it: every weight of that block is NaN. In
    * down_proj row n, output n of every slot routed to that expert is then NaN; in gate_up_proj,
@@ -118,8 +120,10 @@ typedef enum moejit_activation {
 
 /* Where gate and up sit along gate_up_proj's 2I outputs (columns of the dense [E, H, 2I], rows of
  * the MXFP4 blocks) and its bias: interleaved (gate j = 2j, up j = 2j + 1; GPT-OSS, the default),
- * or two halves, [gate | up] (gate j = j, up j = I + j; vLLM's w13 of Mixtral-style models) or [up
- * | gate]. Unused by the activations without mul. */
+ * or two halves, [gate | up] (gate j = j, up j = I + j; vLLM's w13 of Mixtral-style models) or
+ * [up | gate]. Unused by the activations without mul. With halves (and without mul) GEMM1's output
+ * is stored in dtype before the activation reads it (moejit_workspace_view's gate_up), where the
+ * interleaved layout's GEMM1 applies it to the fp32 sums: the two differ by that rounding. */
 typedef enum moejit_gate_up_layout {
   MOEJIT_GATE_UP_INTERLEAVED = 0,
   MOEJIT_GATE_UP_HALVES = 1,
@@ -273,8 +277,11 @@ MOEJIT_API moejit_status moejit_forward(moejit_plan *plan, const moejit_forward_
 /* The stages of a forward, in the order they run. */
 typedef enum moejit_stage {
   MOEJIT_STAGE_ROUTE = 1,      /* routing: rows sorted by expert, the tile list, bad-id flags */
-  MOEJIT_STAGE_GEMM1 = 2,      /* x @ gate_up_proj + bias (and SwiGLU unless the plan is unfused) */
-  MOEJIT_STAGE_ACTIVATION = 4, /* unfused plans: SwiGLU of GEMM1's output into h */
+  MOEJIT_STAGE_GEMM1 = 2,      /* x @ gate_up_proj + bias (and the activation unless the plan is
+                                  unfused) */
+  MOEJIT_STAGE_ACTIVATION = 4, /* unfused plans: the activation of GEMM1's output into h (a plan
+                                  that runs it as its own launch for its layout or activation but
+                                  is not unfused runs it within GEMM1's stage) */
   MOEJIT_STAGE_GEMM2 = 8,      /* h @ down_proj + bias, times the routing weight, a row a slot */
   MOEJIT_STAGE_COMBINE = 16,   /* each token's K rows summed in a fixed order into y */
   MOEJIT_STAGE_ALL = 31
@@ -298,8 +305,11 @@ typedef struct moejit_workspace_view {
   size_t row_slot;       /* [T * K] int32: the slot t * K + k of each row */
   size_t slot_row;       /* [T * K] int32: the row of each slot, -1 when it has none */
   size_t row_weight;     /* [T * K] f32: the routing weight of each row */
-  size_t gate_up;        /* unfused plans: [rows, 2I] dtype, GEMM1's output (bias added, before
-                            the activation; gate = even columns); (size_t)-1 for fused plans */
+  size_t gate_up;        /* plans whose activation runs as a launch of its own (unfused plans,
+                            gate and up in halves, activations without mul): [rows, 2I] dtype
+                            ([rows, I] without mul), GEMM1's output rounded to dtype, bias added,
+                            before the activation, gate and up as gate_up_layout has them;
+                            (size_t)-1 for the others */
   size_t h;              /* [rows, I] dtype: the activation, GEMM2's input */
   size_t y_slot;         /* [T * K, H] f32: each slot's weighted GEMM2 output, before the sum */
 } moejit_workspace_view;

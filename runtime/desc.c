@@ -129,6 +129,12 @@ moejit_status mj_rt_check_desc(const moejit_layer_desc *d, mj_err *err) {
   if (d->batch_invariant != 0 && d->batch_invariant != 1)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc->batch_invariant=%d is not 0 or 1",
                    d->batch_invariant);
+  if (d->batch_invariant && d->expert_capacity > 0)
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
+                   "desc->batch_invariant=1 with desc->expert_capacity=%lld: which slots an expert "
+                   "keeps depends on the tokens before them, so no token's output can be the same "
+                   "in every batch",
+                   (long long)d->expert_capacity);
   if (d->weight_format != MOEJIT_WEIGHTS_DENSE && d->weight_format != MOEJIT_WEIGHTS_MXFP4)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "desc->weight_format=%d is not MOEJIT_WEIGHTS_DENSE or MOEJIT_WEIGHTS_MXFP4",

@@ -40,6 +40,9 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG,
                    "args->%s is set but desc->weight_format is not MOEJIT_WEIGHTS_MXFP4",
                    a->gate_up_proj_scales ? "gate_up_proj_scales" : "down_proj_scales");
+  if (d->no_bias && (a->gate_up_proj_bias || a->down_proj_bias))
+    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->%s is set but desc->no_bias=1",
+                   a->gate_up_proj_bias ? "gate_up_proj_bias" : "down_proj_bias");
   if (a->tokens == 0) /* nothing runs, but an optional workspace gets its flags cleared */
     return workspace && (uintptr_t)workspace % 256 != 0
                ? mj_errf(err, MOEJIT_ERR_INVALID_ARG, "workspace=%p is not 256-byte aligned",
@@ -51,11 +54,9 @@ static moejit_status check_args(const moejit_plan *plan, const moejit_forward_ar
       (st = check_ptr("gate_up_proj", a->gate_up_proj, 16, err)) ||
       (st = check_ptr("down_proj", a->down_proj, 16, err)) || (st = check_ptr("y", a->y, act, err)))
     return st;
-  if (d->no_bias && (a->gate_up_proj_bias || a->down_proj_bias))
-    return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "args->%s is set but desc->no_bias=1",
-                   a->gate_up_proj_bias ? "gate_up_proj_bias" : "down_proj_bias");
-  if (!d->no_bias && ((st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, bias, err)) ||
-                      (st = check_ptr("down_proj_bias", a->down_proj_bias, bias, err))))
+  /* the wgmma epilogue reads a column pair's biases in one load */
+  if (!d->no_bias && ((st = check_ptr("gate_up_proj_bias", a->gate_up_proj_bias, 2 * bias, err)) ||
+                      (st = check_ptr("down_proj_bias", a->down_proj_bias, 2 * bias, err))))
     return st;
   /* MXFP4: a GEMM tile copies its rows' scales in 16-byte pieces */
   if (mxfp4 && ((st = check_ptr("gate_up_proj_scales", a->gate_up_proj_scales, 16, err)) ||

@@ -400,6 +400,14 @@ static void test_desc_validation(void **state) {
   d.bias_f32 = 1;
   assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
   assert_contains(err.msg, "desc->bias_f32=1 with desc->no_bias=1");
+
+  /* capacity drops slots by the tokens before them: no batch-invariant layer has it */
+  d = base;
+  d.batch_invariant = 1;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_OK);
+  d.expert_capacity = 8;
+  assert_int_equal(mj_rt_check_desc(&d, &err), MOEJIT_ERR_INVALID_ARG);
+  assert_contains(err.msg, "desc->batch_invariant=1 with desc->expert_capacity=8");
 }
 
 /* ---- workspace ------------------------------------------------------------------------------- */
@@ -994,6 +1002,9 @@ static void m_down_align(moejit_forward_args *a, void **w, size_t *b) {
 static void m_gate_bias_align(moejit_forward_args *a, void **w, size_t *b) {
   a->gate_up_proj_bias = (const char *)a->gate_up_proj_bias + 2;
 }
+static void m_down_bias_pair(moejit_forward_args *a, void **w, size_t *b) {
+  a->down_proj_bias = (const char *)a->down_proj_bias + 4; /* an f32 element, not a pair */
+}
 static void m_down_bias_null(moejit_forward_args *a, void **w, size_t *b) {
   a->down_proj_bias = NULL;
 }
@@ -1028,6 +1039,8 @@ static const arg_case arg_cases[] = {
     {"down_proj misaligned", m_down_align, "args->down_proj="},
     {"gate_up_proj_bias misaligned", m_gate_bias_align, "args->gate_up_proj_bias="},
     {"down_proj_bias NULL", m_down_bias_null, "args->down_proj_bias is NULL"},
+    {"down_proj_bias off a pair", m_down_bias_pair,
+     "args->down_proj_bias=0x70000004 is not 8-byte"},
     {"y NULL", m_y_null, "args->y is NULL"},
     {"y misaligned", m_y_align, "args->y="},
     {"topk_ids NULL", m_ids_null, "args->topk_ids is NULL"},
@@ -1414,11 +1427,13 @@ static void test_forward_split_activation(void **state) {
                                          MOEJIT_STAGE_ACTIVATION),
                    MOEJIT_OK);
   assert_int_equal(fk->nlaunch, 0);
-  /* bias pointers for a layer without biases */
+  /* bias pointers for a layer without biases, with tokens and without */
   a.down_proj_bias = a.down_proj;
   assert_int_equal(moejit_forward(&fk->plan, &a, (void *)WS_ADDR, need, FAKE_STREAM),
                    MOEJIT_ERR_INVALID_ARG);
   assert_contains(moejit_last_error(&fk->ctx), "args->down_proj_bias is set but desc->no_bias=1");
+  a.tokens = 0;
+  assert_int_equal(moejit_forward(&fk->plan, &a, NULL, 0, FAKE_STREAM), MOEJIT_ERR_INVALID_ARG);
   assert_int_equal(fk->nlaunch, 0);
   fake_close(fk);
   moejit_plan_destroy(plan);

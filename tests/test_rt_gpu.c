@@ -611,7 +611,7 @@ static void *soak_run(void *arg) {
 }
 
 /* Four threads on their own streams share three plans (gpt-oss E = 32 in bf16 and with MXFP4
- * weights, and a small SiLU layer with gate and up in halves, no biases, logits routing) for
+ * weights, and a small SiLU layer with gate and up in halves, no biases, int64 ids) for
  * MOEJIT_SOAK_SECONDS (default 5; land.sh's soak part runs minutes): every forward's y is bit for
  * bit the sequential result of its plan and size, and nothing fails or compiles. */
 static void test_soak(void **state) {
@@ -626,7 +626,7 @@ static void test_soak(void **state) {
   d[2].activation = MOEJIT_ACT_SILU_MUL;
   d[2].gate_up_layout = MOEJIT_GATE_UP_HALVES;
   d[2].no_bias = 1;
-  d[2].routing = MOEJIT_ROUTING_LOGITS;
+  d[2].ids_dtype = MOEJIT_I64;
   for (int p = 0; p < SOAK_PLANS; p++) {
     mj_err err;
     w.plan[p] = make_plan(&d[p]);
@@ -1874,7 +1874,7 @@ static void inv_forward(moejit_plan *plan, const mj_synth_layer *pool, const inv
   int32_t n = (int32_t)live;
   if (live >= 0)
     CU_OK(MemcpyHtoD(b->live, &n, sizeof n));
-  CU_OK(MemsetD8(b->y, 0xFF, (size_t)T * b->row));
+  CU_OK(MemsetD32Async(b->y, 0xFFFFFFFFu, (size_t)T * b->row / 4, s)); /* ordered before it */
   moejit_forward_args a;
   mj_synth_layer_args(pool, &a);
   a.tokens = T;
@@ -1988,7 +1988,7 @@ static void test_batch_invariance(void **state) {
                              MOEJIT_OK);
             CU_OK(StreamEndCapture(s, &graph));
             CU_OK(GraphInstantiate(&exec, graph, 0));
-            CU_OK(MemsetD8(b.y, 0xFF, (size_t)T * b.row));
+            CU_OK(MemsetD32Async(b.y, 0xFFFFFFFFu, (size_t)T * b.row / 4, s));
             CU_OK(GraphLaunch(exec, s));
             CU_OK(StreamSynchronize(s));
           } else {
