@@ -228,11 +228,23 @@ typedef struct moejit_forward_args {
 typedef struct moejit_ctx moejit_ctx;
 typedef struct moejit_plan moejit_plan;
 
-MOEJIT_API void moejit_ctx_options_init(moejit_ctx_options *opts);
-/* Defaults: bf16, int32 ids, f32 topk weights, alpha 1.702, limit 7.0, dropless, no expert map,
- * weight on the output, biases in the activation dtype, TF32 for f32 layers. */
-MOEJIT_API void moejit_layer_desc_init(moejit_layer_desc *desc);
-MOEJIT_API void moejit_forward_args_init(moejit_forward_args *args);
+/* The *_init calls fill a struct with its defaults and set struct_size. They take the caller's
+ * sizeof (the macros below pass it), so a program built against an older header, whose structs
+ * are shorter, is never written past its struct's end: the first `size` bytes are filled (all of
+ * them when size exceeds this version's struct) and struct_size is that many. Layer defaults:
+ * bf16, int32 ids, f32 topk weights, alpha 1.702, limit 7.0, dropless, no expert map, weight on the
+ * output, biases in the activation dtype, TF32 for f32 layers, dense weights, SwiGLU-OAI with gate
+ * and up interleaved, not batch-invariant. */
+MOEJIT_API void moejit_ctx_options_init_sized(moejit_ctx_options *opts, size_t size);
+MOEJIT_API void moejit_layer_desc_init_sized(moejit_layer_desc *desc, size_t size);
+MOEJIT_API void moejit_forward_args_init_sized(moejit_forward_args *args, size_t size);
+#define moejit_ctx_options_init(opts) moejit_ctx_options_init_sized((opts), sizeof *(opts))
+#define moejit_layer_desc_init(desc) moejit_layer_desc_init_sized((desc), sizeof *(desc))
+#define moejit_forward_args_init(args) moejit_forward_args_init_sized((args), sizeof *(args))
+/* The functions programs built against 0.1 .. 0.3 call by these names: they fill 0.3's sizes. */
+MOEJIT_API void(moejit_ctx_options_init)(moejit_ctx_options *opts);
+MOEJIT_API void(moejit_layer_desc_init)(moejit_layer_desc *desc);
+MOEJIT_API void(moejit_forward_args_init)(moejit_forward_args *args);
 
 /* What a context compiles for and runs on. */
 typedef struct moejit_device_info {

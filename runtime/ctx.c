@@ -8,25 +8,49 @@
 #include "base/half.h"
 #include "runtime/internal.h"
 
-void moejit_ctx_options_init(moejit_ctx_options *opts) {
-  memset(opts, 0, sizeof *opts);
-  opts->struct_size = sizeof *opts;
+/* Copies the first min(size, full_size) bytes of a filled struct (full) to out, its struct_size
+ * (every struct's first field) set to that count. */
+static void init_sized(void *out, size_t size, void *full, size_t full_size) {
+  size_t n = size < full_size ? size : full_size;
+  if (n >= sizeof(size_t))
+    *(size_t *)full = n;
+  memcpy(out, full, n);
 }
 
-void moejit_layer_desc_init(moejit_layer_desc *desc) {
-  memset(desc, 0, sizeof *desc);
-  desc->struct_size = sizeof *desc;
-  desc->dtype = MOEJIT_BF16;
-  desc->ids_dtype = MOEJIT_I32;
-  desc->weights_dtype = MOEJIT_F32;
-  desc->routing = MOEJIT_ROUTING_TOPK;
-  desc->alpha = 1.702f;
-  desc->limit = 7.0f;
+void moejit_ctx_options_init_sized(moejit_ctx_options *opts, size_t size) {
+  moejit_ctx_options o;
+  memset(&o, 0, sizeof o);
+  init_sized(opts, size, &o, sizeof o);
 }
 
-void moejit_forward_args_init(moejit_forward_args *args) {
-  memset(args, 0, sizeof *args);
-  args->struct_size = sizeof *args;
+void moejit_layer_desc_init_sized(moejit_layer_desc *desc, size_t size) {
+  moejit_layer_desc d;
+  memset(&d, 0, sizeof d);
+  d.dtype = MOEJIT_BF16;
+  d.ids_dtype = MOEJIT_I32;
+  d.weights_dtype = MOEJIT_F32;
+  d.routing = MOEJIT_ROUTING_TOPK;
+  d.alpha = 1.702f;
+  d.limit = 7.0f;
+  init_sized(desc, size, &d, sizeof d);
+}
+
+void moejit_forward_args_init_sized(moejit_forward_args *args, size_t size) {
+  moejit_forward_args a;
+  memset(&a, 0, sizeof a);
+  init_sized(args, size, &a, sizeof a);
+}
+
+/* The names programs built against 0.3 and before call (their header had no macros): 0.3's sizes,
+ * the largest any of them has. */
+void(moejit_ctx_options_init)(moejit_ctx_options *opts) {
+  moejit_ctx_options_init_sized(opts, sizeof *opts);
+}
+void(moejit_layer_desc_init)(moejit_layer_desc *desc) {
+  moejit_layer_desc_init_sized(desc, MJ_DESC_SIZE_0_3);
+}
+void(moejit_forward_args_init)(moejit_forward_args *args) {
+  moejit_forward_args_init_sized(args, MJ_ARGS_SIZE_0_3);
 }
 
 void moejit_device_info_init(moejit_device_info *info) {

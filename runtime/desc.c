@@ -19,11 +19,16 @@ int mj_rt_upgrade(const void *in, size_t in_size, const size_t *sizes, int n, vo
 }
 
 moejit_status mj_rt_desc_full(const moejit_layer_desc *d, moejit_layer_desc *full, mj_err *err) {
-  /* the sizes this header has had, each ending at a field appended later */
-  static const size_t sizes[] = {
-      offsetof(moejit_layer_desc, logits_dtype),  offsetof(moejit_layer_desc, bias_f32),
-      offsetof(moejit_layer_desc, exact_f32),     offsetof(moejit_layer_desc, unfused),
-      offsetof(moejit_layer_desc, weight_format), sizeof(moejit_layer_desc)};
+  /* the sizes this header has had, each ending at a field appended later, or (0.3) padded past
+   * its last field (the padding, zero from that version's init, reads as the next fields'
+   * defaults) */
+  static const size_t sizes[] = {offsetof(moejit_layer_desc, logits_dtype),
+                                 offsetof(moejit_layer_desc, bias_f32),
+                                 offsetof(moejit_layer_desc, exact_f32),
+                                 offsetof(moejit_layer_desc, unfused),
+                                 offsetof(moejit_layer_desc, weight_format),
+                                 MJ_DESC_SIZE_0_3,
+                                 sizeof(moejit_layer_desc)};
   if (!d)
     return mj_errf(err, MOEJIT_ERR_INVALID_ARG, "desc is NULL");
   moejit_layer_desc_init(full);

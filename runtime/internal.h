@@ -124,6 +124,14 @@ typedef struct mj_layout {
 void mj_rt_layout(const moejit_plan *plan, int64_t tokens, mj_layout *layout);
 
 /* ---- ctx.c, desc.c --------------------------------------------------------------------------- */
+/* The sizes of the structs in 0.3, the last version whose *_init took no size (what the plain-named
+ * functions fill): the descriptor ended with `unfused`, padded to its alignment; the arguments with
+ * `device_tokens`. */
+#define MJ_DESC_SIZE_0_3                                                                           \
+  ((offsetof(moejit_layer_desc, weight_format) + _Alignof(moejit_layer_desc) - 1) /                \
+   _Alignof(moejit_layer_desc) * _Alignof(moejit_layer_desc))
+#define MJ_ARGS_SIZE_0_3 offsetof(moejit_forward_args, gate_up_proj_scales)
+
 /* Copies err into the context's last error (under its lock) and logs it at DEBUG. Returns s. */
 moejit_status mj_rt_fail(moejit_ctx *ctx, moejit_status s, const mj_err *err);
 #define mj_rt_log(ctx, level, ...) mj_logf((ctx)->log, (ctx)->log_user, (level), __VA_ARGS__)

@@ -31,8 +31,16 @@ void mj_rt_record_key(const moejit_ctx *ctx, const moejit_layer_desc *d, int64_t
   r->top_k = d->top_k;
   snprintf(r->dtype, sizeof r->dtype, "%s", mj_dtype_name(d->dtype));
   /* the math path is part of the key: an f32 layer's TF32 and exact records differ */
-  snprintf(r->kernel, sizeof r->kernel, "gemm_%s%s", mj_tune_math_name(mj_rt_math(d)),
-           d->batch_invariant ? "_bi" : ""); /* batch-invariant plans: their own family's picks */
+  /* The math path, then each choice that changes GEMM1's shape or the tile families a plan may
+   * take, so that the records of one layer never serve another: the activation (without mul,
+   * GEMM1 has I outputs; gated, its epilogue differs), gate and up in halves and unfused plans (no
+   * wgmma), batch invariance (one family). The default layer's key is "gemm_<math>". */
+  static const char *const layouts[] = {"", "_halves", "_up_gate"};
+  snprintf(r->kernel, sizeof r->kernel, "gemm_%s%s%s%s%s%s", mj_tune_math_name(mj_rt_math(d)),
+           d->activation != MOEJIT_ACT_SWIGLU_OAI ? "_" : "",
+           d->activation != MOEJIT_ACT_SWIGLU_OAI ? mj_rt_activation_name(d->activation) : "",
+           mj_rt_gate_up_cols(d) == 2 * d->intermediate ? layouts[d->gate_up_layout] : "",
+           d->unfused ? "_unfused" : "", d->batch_invariant ? "_bi" : "");
   r->bucket = bucket;
   snprintf(r->version, sizeof r->version, "%s", moejit_version_string());
 }

@@ -315,6 +315,42 @@ static void test_desc_older_sizes(void **state) {
   d.struct_size = offsetof(moejit_layer_desc, logits_dtype) + 2;
   assert_int_equal(moejit_plan_create(fx->ctx, &d, &plan), MOEJIT_ERR_INVALID_ARG);
   assert_non_null(strstr(moejit_last_error(fx->ctx), "struct_size"));
+
+  /* 0.3's programs call the plain-named inits: they fill 0.3's sizes and not a byte more */
+  unsigned char buf[sizeof(moejit_layer_desc) + sizeof(moejit_forward_args) + 16];
+  size_t n;
+  memset(buf, 0xAA, sizeof buf);
+  (moejit_layer_desc_init)((moejit_layer_desc *)buf);
+  memcpy(&n, buf, sizeof n);
+  assert_int_equal(n, MJ_DESC_SIZE_0_3);
+  assert_int_equal(n, 112); /* 0.3's sizeof, its last field ending at 108 */
+  for (size_t i = n; i < sizeof buf; i++)
+    assert_int_equal(buf[i], 0xAA);
+  memset(buf, 0xAA, sizeof buf);
+  (moejit_forward_args_init)((moejit_forward_args *)buf);
+  memcpy(&n, buf, sizeof n);
+  assert_int_equal(n, MJ_ARGS_SIZE_0_3);
+  for (size_t i = n; i < sizeof buf; i++)
+    assert_int_equal(buf[i], 0xAA);
+  /* a sized init fills that far; the macro, the whole struct */
+  memset(buf, 0xAA, sizeof buf);
+  moejit_layer_desc_init_sized((moejit_layer_desc *)buf, 96);
+  memcpy(&n, buf, sizeof n);
+  assert_int_equal(n, 96);
+  assert_int_equal(buf[96], 0xAA);
+  moejit_layer_desc whole;
+  moejit_layer_desc_init(&whole);
+  assert_int_equal(whole.struct_size, sizeof whole);
+  /* and a plan takes a descriptor of 0.3's size: what lies past it at its defaults */
+  d = small_desc();
+  d.struct_size = MJ_DESC_SIZE_0_3;
+  d.batch_invariant = 7;
+  d.activation = (moejit_activation)99;
+  if (moejit_plan_create(fx->ctx, &d, &plan) != MOEJIT_OK)
+    fail_msg("a 0.3 desc was refused: %s", moejit_last_error(fx->ctx));
+  assert_int_equal(plan->desc.batch_invariant, 0);
+  assert_int_equal(plan->desc.activation, MOEJIT_ACT_SWIGLU_OAI);
+  moejit_plan_destroy(plan);
 }
 
 static void test_desc_validation(void **state) {
@@ -579,6 +615,17 @@ static void test_batch_invariant_plans(void **state) {
   mj_rt_record_key(fx->ctx, &d, 64, &b);
   assert_string_equal(a.kernel, "gemm_mma_bi");
   assert_false(mj_tune_record_same_key(&a, &b));
+  /* so are those of another activation, layout or fusion: GEMM1's shape or the families differ */
+  d.activation = MOEJIT_ACT_SILU_MUL;
+  d.gate_up_layout = MOEJIT_GATE_UP_HALVES;
+  mj_rt_record_key(fx->ctx, &d, 64, &a);
+  assert_string_equal(a.kernel, "gemm_mma_silu_mul_halves");
+  d.activation = MOEJIT_ACT_RELU2; /* without mul: no layout */
+  d.unfused = 1;
+  d.batch_invariant = 1;
+  d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+  mj_rt_record_key(fx->ctx, &d, 64, &a);
+  assert_string_equal(a.kernel, "gemm_mxfp4_relu2_unfused_bi");
 }
 
 /* sm_90a's table names one configuration for two ranges of rows (around the chained one): the plan

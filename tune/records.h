@@ -17,7 +17,9 @@ typedef struct mj_record {
   int sms;
   int64_t hidden, intermediate, experts, top_k;
   char dtype[8];
-  char kernel[16]; /* "gemm": the GEMM1 + GEMM2 tile configuration */
+  char kernel[64]; /* "gemm_<math>[_<choices>]": the GEMM1 + GEMM2 tile configuration of layers
+                     that make the same choices of activation, gate/up layout, fusion and batch
+                     invariance (runtime/plan.c, mj_rt_record_key) */
   int64_t bucket;  /* tokens: a power of two, or an exact count the user tuned */
   char version[16];
   char config[40];     /* mj_tune_config_name */

@@ -376,9 +376,10 @@ class _Fn:
 
 _VP = ctypes.c_void_p
 _PROTOTYPES = [
-    _Fn("moejit_ctx_options_init", None, [ctypes.POINTER(CtxOptions)]),
-    _Fn("moejit_layer_desc_init", None, [ctypes.POINTER(LayerDesc)]),
-    _Fn("moejit_forward_args_init", None, [ctypes.POINTER(ForwardArgs)]),
+    # the sized inits (0.4): they fill at most the size given, this binding's sizeof
+    _Fn("moejit_ctx_options_init_sized", None, [ctypes.POINTER(CtxOptions), ctypes.c_size_t]),
+    _Fn("moejit_layer_desc_init_sized", None, [ctypes.POINTER(LayerDesc), ctypes.c_size_t]),
+    _Fn("moejit_forward_args_init_sized", None, [ctypes.POINTER(ForwardArgs), ctypes.c_size_t]),
     _Fn("moejit_create", ctypes.c_int, [ctypes.POINTER(_VP), ctypes.POINTER(CtxOptions)]),
     _Fn("moejit_destroy", None, [_VP]),
     _Fn("moejit_plan_create", ctypes.c_int, [_VP, ctypes.POINTER(LayerDesc), ctypes.POINTER(_VP)]),
@@ -394,9 +395,9 @@ _PROTOTYPES = [
 ]
 
 _INIT_FNS = {
-    "moejit_ctx_options": "moejit_ctx_options_init",
-    "moejit_layer_desc": "moejit_layer_desc_init",
-    "moejit_forward_args": "moejit_forward_args_init",
+    "moejit_ctx_options": "moejit_ctx_options_init_sized",
+    "moejit_layer_desc": "moejit_layer_desc_init_sized",
+    "moejit_forward_args": "moejit_forward_args_init_sized",
 }
 
 
@@ -439,8 +440,12 @@ class Library:
                 )
 
     def _init_scratch(self, cname: str) -> ctypes.Array:
+        """The library's defaults for the struct, as far as this binding's mirror reaches (a newer
+        library fills that much; an older one its own, smaller size), in a scratch buffer."""
         scratch = (ctypes.c_uint8 * 4096)()
-        getattr(self.dll, _INIT_FNS[cname])(ctypes.cast(scratch, ctypes.POINTER(STRUCTS[cname])))
+        mirror = STRUCTS[cname]
+        getattr(self.dll, _INIT_FNS[cname])(ctypes.cast(scratch, ctypes.POINTER(mirror)),
+                                            ctypes.sizeof(mirror))
         return scratch
 
     def _init(self, cname: str) -> ctypes.Structure:
