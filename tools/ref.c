@@ -49,21 +49,22 @@ static int layer_ok(const mj_ref_layer *L) {
                         L->gate_up_proj_scales && L->down_proj_scales));
 }
 
+static const double e2m1[16] = {0.0,  0.5,  1.0,  1.5,  2.0,  3.0,  4.0,  6.0,
+                                -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0};
+
+/* 2^(s - 127) of an e8m0 scale byte; NaN for 255, the OCP MX format's NaN scale. */
+static double e8m0(uint8_t s) { return s == 255 ? NAN : ldexp(1.0, (int)s - 127); }
+
 double mj_ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int64_t k) {
-  static const double e2m1[16] = {0.0,  0.5,  1.0,  1.5,  2.0,  3.0,  4.0,  6.0,
-                                  -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0};
   const uint8_t byte = blocks[k / 32 * 16 + k % 32 / 2];
-  if (scales[k / 32] == 255) /* the OCP MX format's NaN scale */
-    return NAN;
-  return ldexp(e2m1[k % 2 ? byte >> 4 : byte & 15], (int)scales[k / 32] - 127);
+  return e2m1[k % 2 ? byte >> 4 : byte & 15] * e8m0(scales[k / 32]);
 }
 
-/* An MXFP4 weight as a layer of this dtype multiplies with it: rounded to bf16 (exact, but
- * past the range: infinity) or f16 (rounded; subnormal or infinite outside its range). */
-static double mxfp4_weight(moejit_dtype dt, const uint8_t *blocks, const uint8_t *scales,
-                           int64_t k) {
-  float w = (float)mj_ref_mxfp4(blocks, scales, k);
-  return dt == MOEJIT_F16 ? mj_f16_to_f32(mj_f32_to_f16(w)) : mj_bf16_to_f32(mj_f32_to_bf16(w));
+/* An MXFP4 weight as a layer of this dtype multiplies with it: rounded to bf16 (exact, but past
+ * the range: infinity; so rounding to float is enough) or f16 (rounded; subnormal or infinite
+ * outside its range). */
+static double mxfp4_round(moejit_dtype dt, double w) {
+  return dt == MOEJIT_F16 ? mj_f16_to_f32(mj_f32_to_f16((float)w)) : (double)(float)w;
 }
 
 /* One GEMM of a slot: out[n] += sum over k of in[k] * W(e, k, n), W the expert's [K, N] weights:
@@ -83,8 +84,13 @@ static void expert_gemm(const mj_ref_layer *L, const void *w, const uint8_t *sca
     const int64_t r = e * N + n; /* the weight row of output n */
     const uint8_t *b = (const uint8_t *)w + r * (K / 2), *sc = scales + r * (K / 32);
     double acc = 0.0;
-    for (int64_t k = 0; k < K; k++)
-      acc += in[k] * mxfp4_weight(L->dtype, b, sc, k);
+    for (int64_t kb = 0; kb < K / 32; kb++) { /* a block: 16 bytes, one scale */
+      const double f = e8m0(sc[kb]);
+      for (int64_t j = 0; j < 32; j++) {
+        const uint8_t byte = b[kb * 16 + j / 2];
+        acc += in[kb * 32 + j] * mxfp4_round(L->dtype, e2m1[j % 2 ? byte >> 4 : byte & 15] * f);
+      }
+    }
     out[n] += acc;
   }
 }
