@@ -13,17 +13,18 @@
 # figures (the bench rows and kernels.py), or python (the binding's tests with torch and
 # transformers: experts, graphs, torch.compile, the transformers experts implementation), for
 # device calls of under 10 minutes each; all = checks and figures. Parts of one piece of work
-# each, for a first device call after it: new (the GPU tests of MXFP4 weights, the activations and
-# batch invariance, then memcheck and racecheck on the MXFP4 and activation golden cases and the
-# special scales), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
+# each, for a first device call after it: new (the GPU tests of MXFP4 weights, then memcheck and
+# racecheck on the MXFP4 golden cases and the special scales), new2 (those of the activations and
+# batch invariance, memcheck on the activation golden cases), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
 # run, $OUT/mxfp4.jsonl), invariant (bench rows with --batch-invariant off and on, alternating,
 # $OUT/invariant.jsonl), mixtral (the mixtral-8x7b preset on normal data, $OUT/mixtral.jsonl),
 # soak (test_soak for 240 s: four threads, three plans, bitwise the sequential results).
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
 PART=${2:-all}
-case $PART in all | checks | figures | python | new | mxfp4 | invariant | mixtral | soak) ;;
-*) echo "land.sh: PART is checks, figures, python, new, mxfp4, invariant, mixtral or soak, got $PART" >&2
+case $PART in all | checks | figures | python | new | new2 | mxfp4 | invariant | mixtral | soak) ;;
+*) echo "land.sh: PART is checks, figures, python, new, new2, mxfp4, invariant, mixtral or soak," \
+     "got $PART" >&2
    exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
@@ -40,12 +41,18 @@ if [ "$PART" = python ]; then
 fi
 case $PART in
 new)
-  MOEJIT_TEST_FILTER=mxfp4,act,batch_invariance ./tests/test_rt_gpu >"$OUT/gpu-new.txt" 2>&1
+  MOEJIT_TEST_FILTER=mxfp4 ./tests/test_rt_gpu >"$OUT/gpu-new.txt" 2>&1
   grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu-new.txt" | tail -8
-  MOEJIT_TEST_FILTER=mxfp4_golden,special_scales,act_golden compute-sanitizer --tool memcheck \
+  MOEJIT_TEST_FILTER=mxfp4_golden,special_scales compute-sanitizer --tool memcheck \
     ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
   MOEJIT_TEST_FILTER=mxfp4_golden,special_scales compute-sanitizer --tool racecheck \
     ./tests/test_rt_gpu 2>&1 | grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+  exit 0 ;;
+new2)
+  MOEJIT_TEST_FILTER=act,batch_invariance ./tests/test_rt_gpu >"$OUT/gpu-new2.txt" 2>&1
+  grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu-new2.txt" | tail -8
+  MOEJIT_TEST_FILTER=act_golden compute-sanitizer --tool memcheck ./tests/test_rt_gpu 2>&1 |
+    grep -E "ERROR SUMMARY|PASSED|FAILED"
   exit 0 ;;
 mxfp4)
   for m in gpt-oss-20b gpt-oss-120b; do
