@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import pytest
@@ -32,21 +31,10 @@ NO_MUL = (Activation.SILU, Activation.GELU, Activation.RELU2)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-@pytest.fixture(scope="module")
-def lib() -> object:
-    """libmoejit (for layer descriptors: no GPU needed); skips when it does not load."""
-    from moejit import _capi
-
-    try:
-        return _capi.load_library()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable (set MOEJIT_LIBRARY): {e}")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Contexts made here keep their cubins and tuning records out of the user's cache."""
-    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "moejit-cache"))
+
+
 
 
 # ---- the enums and their strings ----------------------------------------------------------------------
@@ -531,23 +519,7 @@ def test_layer_compiles_offline(lib: object, kw: Dict[str, object]) -> None:
 # ---- on the GPU: against the formulas of moejit.h ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lib_on_gpu() -> None:
-    """Skips unless libmoejit loads and finds the GPU."""
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        moejit.library_path()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable (set MOEJIT_LIBRARY): {e}")
-    from moejit import _runtime
 
-    try:
-        _runtime.context(torch.cuda.current_device())
-    except MoejitError as e:
-        if e.status == Status.ERR_NO_DEVICE:
-            pytest.skip(f"libmoejit finds no device: {e}")
-        raise
 
 
 def _silu(v: torch.Tensor) -> torch.Tensor:

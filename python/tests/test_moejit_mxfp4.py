@@ -137,21 +137,10 @@ def checkpoint(layers: Dict[int, Dict[str, torch.Tensor]]) -> Dict[str, torch.Te
     return out
 
 
-@pytest.fixture(scope="module")
-def lib() -> object:
-    """libmoejit (for layer descriptors: no GPU needed); skips when it does not load."""
-    from moejit import _capi
-
-    try:
-        return _capi.load_library()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable (set MOEJIT_LIBRARY): {e}")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Contexts made here keep their cubins and tuning records out of the user's cache."""
-    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "moejit-cache"))
+
+
 
 
 # ---- the oracle itself (CPU) ----------------------------------------------------------------------------
@@ -604,23 +593,7 @@ def test_cpu_layer_is_refused_by_name_for_a_gpu_forward() -> None:
 # ---- on the GPU: against the dequantised reference ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lib_on_gpu() -> None:
-    """Skips unless libmoejit loads and finds the GPU."""
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        moejit.library_path()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable (set MOEJIT_LIBRARY): {e}")
-    from moejit import _runtime
 
-    try:
-        _runtime.context(torch.cuda.current_device())
-    except MoejitError as e:
-        if e.status == Status.ERR_NO_DEVICE:
-            pytest.skip(f"libmoejit finds no device: {e}")
-        raise
 
 
 def make_routing(tokens: int, n_experts: int, top_k: int, *, dense: bool,

@@ -126,23 +126,7 @@ def make_x(tokens: int, hidden: int, dtype: torch.dtype, batch: Optional[int] = 
     return x.view(batch, tokens // batch, hidden) if batch else x
 
 
-@pytest.fixture(scope="module")
-def lib_on_gpu() -> None:
-    """Skips unless libmoejit loads and finds the GPU."""
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        moejit.library_path()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable (set MOEJIT_LIBRARY): {e}")
-    from moejit import _runtime
 
-    try:
-        _runtime.context(torch.cuda.current_device())
-    except MoejitError as e:
-        if e.status == Status.ERR_NO_DEVICE:
-            pytest.skip(f"libmoejit finds no device: {e}")
-        raise
 
 
 # ---- the module against the reference ---------------------------------------------------------------

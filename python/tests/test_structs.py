@@ -144,18 +144,10 @@ def test_abi_version_matches_header(header_facts: Dict[str, Tuple[int, ...]]) ->
 # ---- the library, without a GPU ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lib() -> _capi.Library:
-    try:
-        return _capi.load_library()
-    except MoejitError as e:
-        pytest.skip(f"libmoejit not loadable: {e}")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Contexts made here keep their cubins and tuning records out of the user's cache."""
-    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "moejit-cache"))
+
+
 
 
 def test_library_version_and_struct_sizes(lib: _capi.Library) -> None:
