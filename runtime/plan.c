@@ -57,6 +57,12 @@ const mj_kernel *mj_rt_plan_gemm(const moejit_plan *plan, int i, moejit_stage st
 
 /* ---- configurations -------------------------------------------------------------------------- */
 
+/* Whether a batch-invariant plan's family is the wgmma tiles: dense f16/bf16 layers that may take
+ * them (MXFP4 ones keep to mma.sync, the tiles their table has). */
+static int invariant_wgmma(const moejit_plan *plan) {
+  return plan->wgmma && plan->math == MJ_MATH_MMA;
+}
+
 /* The configuration as this layer runs it: a GEMM2 split along K takes as many parts as the
  * layer's K (intermediate) allows, which its template's contract says, and is renamed. */
 static moejit_status fit_config(const moejit_plan *plan, const mj_gemm_config *given,
@@ -138,7 +144,7 @@ static moejit_status apply_records(moejit_plan *plan, const mj_gemm_config *heur
     /* A record may name only a configuration of the search space (or the heuristic's), and one
      * that fits this device. */
     const mj_gemm_config *c = record_config(recs[i].config, space, nspace, heur, nheur);
-    if (c && d->batch_invariant && !mj_tune_invariant(c, plan->wgmma)) {
+    if (c && d->batch_invariant && !mj_tune_invariant(c, invariant_wgmma(plan))) {
       mj_rt_log(ctx, MOEJIT_LOG_WARN,
                 "%s: the record for %lld tokens names '%s', which is not of the batch-invariant "
                 "family; ignored",
@@ -184,7 +190,7 @@ static moejit_status pick_configs(moejit_plan *plan, mj_err *err) {
   if (d->batch_invariant) { /* the table's entries of the family; the next one takes each range */
     int kept = 0;
     for (int i = 0; i < nheur; i++)
-      if (mj_tune_invariant(&heur[i], plan->wgmma))
+      if (mj_tune_invariant(&heur[i], invariant_wgmma(plan)))
         heur[kept++] = heur[i];
     nheur = kept;
   }
@@ -299,8 +305,10 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
   desc = &plan->desc;
   plan->math = mj_rt_math(desc);
   /* whether the plan may take wgmma configurations: sm_90a and a fused f16/bf16 layer */
-  plan->wgmma =
-      plan->math == MJ_MATH_MMA && !mj_rt_split_activation(desc) && mj_tune_arch_wgmma(ctx->arch);
+  /* MXFP4 layers take wgmma configurations only when named (records, lists): their table has
+   * none (mj_tune_heuristic), and their batch-invariant family is mma.sync's (invariant_family) */
+  plan->wgmma = (plan->math == MJ_MATH_MMA || plan->math == MJ_MATH_MXFP4) &&
+                !mj_rt_split_activation(desc) && mj_tune_arch_wgmma(ctx->arch);
   plan->pdl = !ctx->offline && ctx->cc_major >= 9 && !ctx->pdl_off;
   if (configs) {
     for (int i = 0; i < nconfigs && i < MJ_MAX_GEMM_CONFIGS; i++) {
@@ -310,11 +318,11 @@ static moejit_status plan_create(moejit_ctx *ctx, const moejit_layer_desc *desc,
                      "configuration %s needs sm_90a and a fused f16/bf16 layer", configs[i].name);
         goto fail;
       }
-      if (desc->batch_invariant && !mj_tune_invariant(&configs[i], plan->wgmma)) {
+      if (desc->batch_invariant && !mj_tune_invariant(&configs[i], invariant_wgmma(plan))) {
         st = mj_errf(err, MOEJIT_ERR_UNSUPPORTED,
                      "configuration %s is not of the batch-invariant family (%s tiles, no "
                      "streamed tile, no split GEMM2)",
-                     configs[i].name, plan->wgmma ? "wgmma" : "mma.sync/FFMA");
+                     configs[i].name, invariant_wgmma(plan) ? "wgmma" : "mma.sync/FFMA");
         goto fail;
       }
       if ((st = add_config(plan, &configs[i], &idx, err)) != MOEJIT_OK)

@@ -52,8 +52,10 @@ moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, 
   v->a = gemm1 ? v->x_sorted : v->h;
   v->w = gemm1 ? v->gate_up_proj : v->down_proj;
   v->bias = gemm1 ? v->gate_up_proj_bias : v->down_proj_bias;
+  v->scales = gemm1 ? v->gate_up_proj_scales : v->down_proj_scales;
   v->out = gemm1 ? v->h : v->y_slot;
   v->wait_ready = chained;
+  const int mxfp4 = plan->desc.weight_format == MOEJIT_WEIGHTS_MXFP4; /* decoded, no weight map */
   /* A: the rows [nslots, K], boxes of box_cols x box_rows. B: the experts' weights
    * [experts, K, N] in boxes of box_cols x box_cols x 1 (a k block of box_cols rows), three
    * dimensions so that K and N tails read zeros rather than the next expert's rows. */
@@ -63,8 +65,11 @@ moejit_status mj_rt_wgmma(const moejit_plan *plan, int cfg, moejit_stage stage, 
   const unsigned bc = (unsigned)k->meta.box_cols;
   const unsigned a_box[2] = {bc, (unsigned)k->meta.box_rows}, b_box[3] = {bc, bc, 1};
   if ((st = encode_tmap(&ctx->cu, &v->tmap_a, dtype, v->a, 2, a_dims, a_strides, a_box, err)) ||
-      (st = encode_tmap(&ctx->cu, &v->tmap_b, dtype, v->w, 3, b_dims, b_strides, b_box, err)))
+      (!mxfp4 &&
+       (st = encode_tmap(&ctx->cu, &v->tmap_b, dtype, v->w, 3, b_dims, b_strides, b_box, err))))
     return st;
+  if (mxfp4)
+    memset(&v->tmap_b, 0, sizeof v->tmap_b);
   /* persistent: blocks_per_sm blocks an SM, or fewer when the worst-case item list is shorter */
   int64_t items = l->max_tiles * mj_ceil_div(k->meta.cols, k->meta.tile_cols),
           resident = (int64_t)k->meta.blocks_per_sm * ctx->sm_count;

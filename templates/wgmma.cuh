@@ -33,11 +33,27 @@
 // skips griddepcontrol.wait and loads an item's A once its expert's count is complete. Its items
 // thus stream their weights while GEMM1's last items, of other experts, still run: the tail of a
 // GEMM whose items do not fill its last round, where most SMs would otherwise wait.
+//
+// MJ_WGMMA_MXFP4 (optional): the weights are MXFP4 as the gpt-oss checkpoints hold them (w: blocks
+// [experts, kN, kK / 32, 16] bytes, scales [experts, kN, kK / 32] e8m0; mxfp4.cuh), not a tensor
+// map: the producer warpgroup's warps 2 and 3 (kDecoders threads) walk the block's items as thread
+// 0 does and, for each k block, wait for its stage to be free, decode the slab's weights into it in
+// the layout TMA gives (64-column boxes of 64 k rows, 128-byte rows with their 16-byte chunks
+// swizzled by k % 8; zeros past kN and kK), fence the generic proxy's writes for the async one and
+// arrive on the stage's full barrier, which thread 0's A copy completes. No weights are loaded
+// before the PDL wait (they are not the kernel ahead's, but the decoders keep to one order).
 #pragma once
 
 #ifndef MJ_PDL
 #define MJ_PDL 0  // the template defines it as 1 for programmatic dependent launch
 #endif
+#ifndef MJ_WGMMA_MXFP4
+#define MJ_WGMMA_MXFP4 0
+#endif
+#if MJ_WGMMA_MXFP4
+#include "mxfp4.cuh"
+#endif
+static constexpr int kDecoders = MJ_WGMMA_MXFP4 ? 64 : 0;  // producer threads 64 .. 127
 
 struct alignas(64) mj_tmap { mj_u64 opaque[16]; };
 struct alignas(16) mj_v16 { mj_u32 v[4]; };
@@ -516,6 +532,69 @@ __device__ __forceinline__ int load_early(const WgParams &p, int items, const mj
   return q;
 }
 
+#if MJ_WGMMA_MXFP4
+static_assert(kK % 32 == 0 && kN % 32 == 0, "MXFP4: whole 32-weight blocks");
+static constexpr int kKB = kK / 32;  // scale blocks along K, a row
+
+// One k block (kb) of item it's weight slab into ring stage s, decoded from MXFP4 by decoder d of
+// kDecoders: tasks of 8 columns x 8 k rows, each 8 four-byte loads (a column's 8 weights) and one
+// scale a column, then 8 swizzled 16-byte stores (a k row's 8 columns, one 16-byte chunk).
+__device__ __forceinline__ void decode_b(unsigned char *smem_b, int s, const Item &it, int kb,
+                                         const unsigned char *__restrict__ w,
+                                         const unsigned char *__restrict__ scales, int d) {
+  constexpr int kTasks = kBN / 8 * (kBK / 8);  // column groups x 8-row k pieces
+  unsigned char *stage = smem_b + s * kBBytes;
+  for (int t = d; t < kTasks; t += kDecoders) {
+    const int g = t / (kBK / 8), q = t % (kBK / 8);  // columns 8 g .., k rows 8 q ..
+    const int k0 = kb * kBK + q * 8;                 // the piece's first k (whole: 32 | kK)
+    mj_u32 code[8];
+    float scale[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int n = it.n0 + 8 * g + i;
+      const bool ok = n < kN && k0 < kK;
+      const mj_i64 row = (mj_i64)it.e * kN + (ok ? n : 0);
+      code[i] = ok ? *(const mj_u32 *)(w + row * (kK / 2) + k0 / 2) : 0u;
+      scale[i] = ok ? mj_e8m0(scales[row * kKB + k0 / 32]) : 0.0f;
+    }
+    const int box = (8 * g) / 64, chunk = g % 8;
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const int k = q * 8 + kk;  // the row within the k block
+      mj_u32 out[4];
+#pragma unroll
+      for (int i = 0; i < 8; i += 2) {
+        const T lo = mj_from_f32<T>(mj_e2m1(code[i] >> (4 * kk)) * scale[i]);
+        const T hi = mj_from_f32<T>(mj_e2m1(code[i + 1] >> (4 * kk)) * scale[i + 1]);
+        out[i / 2] = (mj_u32)lo.bits | ((mj_u32)hi.bits << 16);
+      }
+      *(uint4 *)(stage + box * kBK * 128 + k * 128 + ((chunk ^ (k & 7)) * 16)) =
+          make_uint4(out[0], out[1], out[2], out[3]);
+    }
+  }
+}
+
+// A decoder's walk: the block's items and k blocks in thread 0's order, each stage decoded once
+// it is free, then published to the consumers (their wgmma reads it through the async proxy).
+__device__ __forceinline__ void decode_items(const WgParams &p, int items, unsigned char *smem_b,
+                                             mj_u64 *full, mj_u64 *empty,
+                                             const unsigned char *w, const unsigned char *scales) {
+  const int d = threadIdx.x - (128 - kDecoders);
+  RingPos pos(0);
+  const BlockItems mine(items);
+  for (int j = 0; j < mine.count; ++j) {
+    const Item it = decode_item(p, mine[j]);
+    for (int kb = 0; kb < kKT; ++kb) {
+      mj_mbar_wait(&empty[pos.s], pos.phase ^ 1);  // a fresh barrier counts as released
+      decode_b(smem_b, pos.s, it, kb, w, scales, d);
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      mj_mbar_arrive(&full[pos.s]);
+      pos.next();
+    }
+  }
+}
+#endif
+
 // Registers: the producer warpgroup gives back all but 40 a thread to the consumers (setmaxnreg):
 // 232 each for two consumers in one block, 216 for one consumer in each of two blocks.
 static constexpr int kConsumerRegs = kConsumers == 2 ? 232 : kCtas == 2 ? 216 : 0;
@@ -528,7 +607,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, kCtas)
 moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_tmap tmap_b,
              const BiasT *bias, const int *row_slot, const float *row_weight,
              const mj_int4 *tiles, const int *num_tiles, const int *expert_offsets, void *out,
-             int *ready, int wait_ready) {
+             int *ready, int wait_ready, const unsigned char *w, const unsigned char *scales) {
   const WgParams p = {bias,           row_slot, row_weight, tiles,     num_tiles,
                       expert_offsets, out,      ready,      wait_ready};
   extern __shared__ unsigned char smem_raw[];
@@ -543,7 +622,7 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mj_mbar_init(&full[s], 1);
+      mj_mbar_init(&full[s], 1 + kDecoders);  // thread 0's A copy, and each decoder
       mj_mbar_init(&empty[s], kPingPong ? 4 : kConsumers * 4);
     }
     // an item's storing threads (chained GEMM1): its consumer warpgroups; the counter thread
@@ -559,10 +638,11 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     if (kConsumerRegs) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_a) : "memory");
-      asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
+      if (!MJ_WGMMA_MXFP4) asm volatile("prefetch.tensormap [%0];\n" :: "l"(&tmap_b) : "memory");
       // Under MJ_PDL the weights of the first `early` k blocks (fresh stages 0, 1, ...: no empty
       // wait) go out before the wait, their A after it.
-      const int early = MJ_PDL ? load_early(p, items, &tmap_b, smem_b, full, ring_items) : 0;
+      const int early =
+          MJ_PDL && !MJ_WGMMA_MXFP4 ? load_early(p, items, &tmap_b, smem_b, full, ring_items) : 0;
       // chained: each item waits for its own expert's h (wait_ready) instead of the whole GEMM1
       const bool chained = kChain && kMode == 2 && p.wait_ready;
       if (chained)
@@ -579,8 +659,12 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
           if (q >= early) {
             mj_mbar_wait(&empty[s], pos.phase ^ 1);  // a fresh barrier counts as released
             if (kb == 0) ring_items[s] = it;         // (load_early wrote those of its stages)
-            mj_mbar_expect_tx(&full[s], a_bytes(it) + kBBytes);
-            load_b(&tmap_b, smem_b, s, it, kb, full);
+            if (MJ_WGMMA_MXFP4) {  // the decoders write the weights
+              mj_mbar_expect_tx(&full[s], a_bytes(it));
+            } else {
+              mj_mbar_expect_tx(&full[s], a_bytes(it) + kBBytes);
+              load_b(&tmap_b, smem_b, s, it, kb, full);
+            }
           }
           if (chained && kb == 0 && it.e != ready_e) {
             wait_expert(p, it.e);
@@ -593,6 +677,13 @@ moejit_wgmma(const __grid_constant__ mj_tmap tmap_a, const __grid_constant__ mj_
     } else if (kChain && kMode == 1 && threadIdx.x == 32) {
       count_items(p, items, done);
     }
+#if MJ_WGMMA_MXFP4
+    else if (threadIdx.x >= 128 - kDecoders) {
+      decode_items(p, items, smem_b, full, empty, w, scales);
+    }
+#else
+    (void)w, (void)scales;  // MXFP4 weights only
+#endif
   } else {
     if (kConsumerRegs) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(kConsumerRegs));
     unsigned char *stage = stage_out + ((wg - 1) * 4 + ((threadIdx.x >> 5) & 3)) * kWarpStage;

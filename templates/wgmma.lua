@@ -15,6 +15,10 @@
 -- small batches make read 8 rows of A a k block rather than 64; the contract's box_rows),
 -- chain (optional, 0/1, default 0: GEMM1 counts each expert's finished items and GEMM2, launched
 -- after it under programmatic dependent launch, waits for its items' experts alone).
+-- weights (optional): "mxfp4", the checkpoint's MXFP4 blocks and scales (wgmma.cuh's
+-- MJ_WGMMA_MXFP4): producer warps 2 and 3 decode them into the weight stages TMA would have
+-- filled, from w and scales (the kernel's last parameters, unread otherwise), with no weight
+-- tensor map.
 -- The gemm1 module also holds moejit_gather, the permuted copy of x that GEMM1 reads by TMA.
 -- Contract: moejit_wgmma, a persistent grid of at most blocks_per_sm blocks an SM over
 -- tiles x ceil(cols / tile_cols) items, its A read through TMA boxes of box_rows rows;
@@ -26,7 +30,7 @@ local kGatherThreads = 256 -- moejit_gather: a thread a 16-byte chunk of x
 
 -- The kernels' parameters, by the names the runtime binds (wgmma.cuh's signatures).
 local params = { "tmap_a", "tmap_b", "bias", "row_slot", "row_weight", "tiles", "num_tiles",
-  "expert_offsets", "out", "ready", "wait_ready" }
+  "expert_offsets", "out", "ready", "wait_ready", "w", "scales" }
 local gather_params = { "x", "slot_row", "tokens", "x_sorted" }
 
 -- Dynamic shared memory (wgmma.cuh's layout): the stage ring of A (bm rows) and B (weights in
@@ -68,6 +72,11 @@ return function(spec)
   local bias, has_bias = prelude.bias(spec)
   local gemm = prelude.gemm_shape(spec)
   local mode, n, k = gemm.stage, gemm.n, gemm.k
+  local mxfp4 = spec.weights ~= nil
+  if mxfp4 and (spec.weights ~= "mxfp4" or n % 32 ~= 0 or k % 32 ~= 0) then
+    error(string.format("spec.weights=%s: wgmma takes mxfp4 weights (N %d and K %d multiples of "
+      .. "32) or none", tostring(spec.weights), n, k))
+  end
   local act = 0
   if mode == 1 then
     local a = prelude.activation(spec.activation or "swiglu")
@@ -139,7 +148,8 @@ return function(spec)
       { "kSmemBytes", "int", smem },
       mode == 1 and { "kGatherThreads", "int", kGatherThreads } or nil,
     }),
-    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl and "\n" .. pdl or ""),
+    "#define MJ_WGMMA_GATHER " .. (mode == 1 and "1" or "0") .. (pdl and "\n" .. pdl or "")
+      .. (mxfp4 and "\n#define MJ_WGMMA_MXFP4 1" or ""),
     wgmma_fn(bn, ab),
     '#include "wgmma.cuh"',
     "",

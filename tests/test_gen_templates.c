@@ -756,6 +756,49 @@ static void test_wgmma_layers(void **state) {
 }
 
 /* wgmma specs outside what the kernel takes are template errors naming the key. */
+/* MXFP4 weights on the wgmma GEMMs (named configurations; their table has none): both GEMMs of
+ * gpt-oss-20b and of a layer with tails compile for sm_90a with MJ_WGMMA_MXFP4, take w and scales
+ * after their dense parameters, and bind them. */
+static void test_wgmma_mxfp4(void **state) {
+  fixture *fx = *state;
+  require_nvrtc(fx);
+  static const char *const names[] = {"wg_m64n128s3c2", "wg_m64n128s3c2ch", "wg_m128n128s5pp",
+                                      "wg_m128n192s4c1", "wg_m128n240s4c1"};
+  enum { N = sizeof names / sizeof names[0] };
+  static const int shapes[][2] = {{2880, 2880}, {160, 96}}; /* H, I: K tails of 32 */
+  for (int l = 0; l < 2; l++) {
+    layer_case c = grid[6]; /* gpt-oss-20b mxfp4 */
+    c.hidden = shapes[l][0];
+    c.intermediate = shapes[l][1];
+    moejit_layer_desc d = desc_of(&c);
+    mj_gemm_config cfg[N];
+    mj_math math;
+    for (int i = 0; i < N; i++) {
+      assert_int_equal(mj_tune_config_parse(names[i], &cfg[i], &math), 0);
+      assert_true(mj_tune_math_takes(MJ_MATH_MXFP4, math, &cfg[i]));
+    }
+    mj_module_src *mods = NULL;
+    int n = 0;
+    mj_err err;
+    moejit_status st = mj_rt_build_modules(fx->ctx[1], &d, cfg, N, arches[1], 0, &mods, &n, &err);
+    if (st != MOEJIT_OK)
+      fail_msg("%s: %s", moejit_status_name(st), err.msg);
+    for (int i = 0; i < N; i++)
+      for (int g = 0; g < 2; g++) {
+        const mj_module_src *m = &mods[2 + 2 * i + g];
+        assert_string_equal(m->template_name, "wgmma");
+        assert_contains(m->source, "#define MJ_WGMMA_MXFP4 1");
+        check_cubin(&m->cubin, m->name);
+        check_contract(fx, m);
+        assert_true(cubin_has(&m->cubin, "moejit_wgmma"));
+        const mj_kernel_meta *k = &m->meta.kernel[0];
+        assert_string_equal(k->params[k->nparams - 2], "w");
+        assert_string_equal(k->params[k->nparams - 1], "scales");
+      }
+    mj_rt_modules_free(mods, n);
+  }
+}
+
 static void test_bad_wgmma_specs(void **state) {
   fixture *fx = *state;
   mj_gen *gen = fx->ctx[1]->gen;
@@ -1221,6 +1264,7 @@ int main(void) {
       cmocka_unit_test(test_bad_split_specs),
       cmocka_unit_test(test_wgmma_layers),
       cmocka_unit_test(test_bad_wgmma_specs),
+      cmocka_unit_test(test_wgmma_mxfp4),
       cmocka_unit_test(test_layer_gpt_oss_20b_bf16),
       cmocka_unit_test(test_layer_gpt_oss_120b_f16),
       cmocka_unit_test(test_layer_small_f32_dense),

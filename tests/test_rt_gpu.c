@@ -1104,6 +1104,48 @@ static const char *const mxfp4_configs[] = {NULL,
                                             "mxfp4_m32n256k32s4w2x4",
                                             "mxfp4_m16n64k32s3w1x4"};
 
+/* The wgmma GEMMs on MXFP4 weights (sm_90a; named configurations, not in the MXFP4 table):
+ * every MXFP4 golden case through each (top-k/i32 and dense/i64), then gpt-oss-20b at 300 tokens
+ * with y and the workspace poisoned. Its own filter word (wgmx) so that a first device call can
+ * run it alone, under a timeout. */
+static void test_wgmx(void **state) {
+  (void)state;
+  NEED_GPU();
+  if (!mj_tune_arch_wgmma(g_ctx->arch))
+    skip();
+  static const char *const configs[] = {"wg_m64n128s3c2", "wg_m64n128s3c1", "wg_m128n128s5pp",
+                                        "wg_m128n192s4c1", "wg_m128n240s4c1"};
+  enum { N = sizeof configs / sizeof configs[0] };
+  const char *root = mj_golden_mxfp4_root();
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= 6);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    for (int c = 0; c < N; c++) {
+      const double e1 = run_golden_with(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, 1, configs[c]);
+      const double e2 = run_golden_with(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, 1, configs[c]);
+      print_message("golden %-9s mxfp4 %-18s topk/i32 %.3g  dense/i64 %.3g\n", names[i], configs[c],
+                    e1, e2);
+      assert_true(e1 <= mj_tolerance(g.dtype));
+      assert_true(e2 <= mj_tolerance(g.dtype));
+    }
+    mj_golden_free(&g);
+  }
+  moejit_layer_desc d = gpt_oss(32, 300);
+  d.weight_format = MOEJIT_WEIGHTS_MXFP4;
+  mj_gemm_config cfg[N];
+  mj_math math;
+  for (int c = 0; c < N; c++)
+    assert_int_equal(mj_tune_config_parse(configs[c], &cfg[c], &math), 0);
+  moejit_plan *plan = NULL;
+  if (mj_rt_plan_create_with(g_ctx, &d, cfg, N, &plan, NULL) != MOEJIT_OK)
+    fail_msg("plan: %s", moejit_last_error(g_ctx));
+  plan_configs(plan, d, 300, "wgmma mxfp4");
+}
+
 /* Every MXFP4 golden case, on its blocks and scales, through every path above (top-k ids in int32
  * and dense weights with int64 ids), and on its dequantised bf16 weights through the bf16 table:
  * each within the tolerance of the float64 answer. */
@@ -2111,6 +2153,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_cases),
       cmocka_unit_test(test_mxfp4_golden_cases),
+      cmocka_unit_test(test_wgmx),
       cmocka_unit_test(test_mxfp4_special_scales),
       cmocka_unit_test(test_mxfp4_options),
       cmocka_unit_test(test_act_golden_cases),

@@ -93,8 +93,8 @@ mj_math mj_tune_math(moejit_dtype dtype, int exact_f32, moejit_weight_format wei
 const char *mj_tune_math_name(mj_math math) { return math_names[math]; }
 
 int mj_tune_math_takes(mj_math layer, mj_math parsed, const mj_gemm_config *c) {
-  return layer == parsed ||
-         (c->kind == MJ_GEMM_STREAM && (layer == MJ_MATH_MMA || layer == MJ_MATH_MXFP4));
+  return layer == parsed || (layer == MJ_MATH_MXFP4 && c->kind != MJ_GEMM_SYNC) ||
+         (layer == MJ_MATH_MMA && c->kind == MJ_GEMM_STREAM);
 }
 
 int mj_tune_arch_wgmma(const char *arch) { return arch && !strcmp(arch, "sm_90a"); }

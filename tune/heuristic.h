@@ -61,7 +61,8 @@ typedef struct mj_gemm_config {
 mj_math mj_tune_math(moejit_dtype dtype, int exact_f32, moejit_weight_format weights);
 const char *mj_tune_math_name(mj_math math); /* "mma", "tf32", "ffma", "mxfp4" */
 /* Whether a configuration named as math `parsed` (mj_tune_config_parse) serves a layer of math
- * `layer`: the same path, or a streamed tile, which f16/bf16 and MXFP4 layers both take. */
+ * `layer`: the same path, a streamed tile (f16/bf16 and MXFP4 layers both take them), or for an
+ * MXFP4 layer a wgmma tile (decoded into its weight stages, sm_90a; named, not in its table). */
 int mj_tune_math_takes(mj_math layer, mj_math parsed, const mj_gemm_config *c);
 /* Whether an arch ("sm_90a") runs the wgmma template: Hopper's arch-specific target only. */
 int mj_tune_arch_wgmma(const char *arch);

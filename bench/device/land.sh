@@ -15,16 +15,17 @@
 # device calls of under 10 minutes each; all = checks and figures. Parts of one piece of work
 # each, for a first device call after it: new (the GPU tests of MXFP4 weights, then memcheck and
 # racecheck on the MXFP4 golden cases and the special scales), new2 (those of the activations and
-# batch invariance, memcheck on the activation golden cases), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
+# batch invariance, memcheck on the activation golden cases), wgmx (the wgmma GEMMs on MXFP4
+# weights, under a timeout, then racecheck), mxfp4 (bench rows of both gpt-oss models with MXFP4 and bf16 weights in one
 # run, $OUT/mxfp4.jsonl), invariant (bench rows with --batch-invariant off and on, alternating,
 # $OUT/invariant.jsonl), mixtral (the mixtral-8x7b preset on normal data, $OUT/mixtral.jsonl),
 # soak (test_soak for 240 s: four threads, three plans, bitwise the sequential results).
 set -u
 export MOEJIT_CACHE_DIR=/tmp/mjland MOEJIT_COMMIT=${1:?usage: land.sh COMMIT [checks|figures]}
 PART=${2:-all}
-case $PART in all | checks | figures | python | new | new2 | mxfp4 | invariant | mixtral | soak) ;;
-*) echo "land.sh: PART is checks, figures, python, new, new2, mxfp4, invariant, mixtral or soak," \
-     "got $PART" >&2
+case $PART in all | checks | figures | python | new | new2 | wgmx | mxfp4 | invariant | mixtral | soak) ;;
+*) echo "land.sh: PART is checks, figures, python, new, new2, wgmx, mxfp4, invariant, mixtral or" \
+     "soak, got $PART" >&2
    exit 2 ;; esac
 OUT=${OUT:-/tmp/land-out}
 mkdir -p "$OUT"
@@ -47,6 +48,14 @@ new)
     ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
   MOEJIT_TEST_FILTER=mxfp4_golden,special_scales compute-sanitizer --tool racecheck \
     ./tests/test_rt_gpu 2>&1 | grep -E "RACECHECK SUMMARY|PASSED|FAILED"
+  exit 0 ;;
+wgmx)
+  # the wgmma GEMMs on MXFP4 weights, never run before: a hang ends at 240 s, not the call's limit
+  MOEJIT_TEST_FILTER=wgmx timeout 240 ./tests/test_rt_gpu >"$OUT/gpu-wgmx.txt" 2>&1
+  echo "exit $?"
+  grep -E "golden|wgmma|FAIL|ERROR|LINE|PASSED" "$OUT/gpu-wgmx.txt" | tail -12
+  MOEJIT_TEST_FILTER=wgmx timeout 300 compute-sanitizer --tool racecheck ./tests/test_rt_gpu 2>&1 |
+    grep -E "RACECHECK SUMMARY|PASSED|FAILED"
   exit 0 ;;
 new2)
   MOEJIT_TEST_FILTER=act,batch_invariance ./tests/test_rt_gpu >"$OUT/gpu-new2.txt" 2>&1
@@ -81,7 +90,7 @@ mixtral)
 esac
 if [ "$PART" != figures ]; then
 # the tests of the part `new` run in a call of their own
-MOEJIT_TEST_SKIP=mxfp4,act,batch_invariance ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
+MOEJIT_TEST_SKIP=mxfp4,act,batch_invariance,wgmx ./tests/test_rt_gpu > "$OUT/gpu.txt" 2>&1
 grep -E "FAIL|ERROR|LINE|PASSED" "$OUT/gpu.txt" | tail -5
 MOEJIT_TEST_FILTER=golden,cuda_graph,bad_expert_ids,decode,every_config,device_tokens,self_routed compute-sanitizer --tool memcheck \
   ./tests/test_rt_gpu 2>&1 | grep -E "ERROR SUMMARY|PASSED|FAILED"
