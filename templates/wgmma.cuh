@@ -40,8 +40,10 @@
 // 0 does and, for each k block, wait for its stage to be free, decode the slab's weights into it in
 // the layout TMA gives (64-column boxes of 64 k rows, 128-byte rows with their 16-byte chunks
 // swizzled by k % 8; zeros past kN and kK), fence the generic proxy's writes for the async one and
-// arrive on the stage's full barrier, which thread 0's A copy completes. No weights are loaded
-// before the PDL wait (they are not the kernel ahead's, but the decoders keep to one order).
+// arrive on the stage's full barrier, which thread 0's A copy completes. The decoders make no PDL
+// wait: they read the caller's weights and routing's tile list (which thread 0 reads before its
+// wait too), never what the kernel ahead writes. No stage is filled ahead of the ring (no
+// load_early). Slow yet: 64 threads, loads used at once, the producer's 40 registers.
 #pragma once
 
 #ifndef MJ_PDL
@@ -560,12 +562,14 @@ __device__ __forceinline__ void decode_b(unsigned char *smem_b, int s, const Ite
     const int box = (8 * g) / 64, chunk = g % 8;
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      const int k = q * 8 + kk;  // the row within the k block
+      // the rows in an order rotated by q: the 8 lanes of a quarter warp (one g, q = 0 .. 7) then
+      // store to 8 different swizzled chunks, not all to one (an 8-way bank conflict)
+      const int kr = (kk + q) & 7, k = q * 8 + kr;  // the row within the k block
       mj_u32 out[4];
 #pragma unroll
       for (int i = 0; i < 8; i += 2) {
-        const T lo = mj_from_f32<T>(mj_e2m1(code[i] >> (4 * kk)) * scale[i]);
-        const T hi = mj_from_f32<T>(mj_e2m1(code[i + 1] >> (4 * kk)) * scale[i + 1]);
+        const T lo = mj_from_f32<T>(mj_e2m1(code[i] >> (4 * kr)) * scale[i]);
+        const T hi = mj_from_f32<T>(mj_e2m1(code[i + 1] >> (4 * kr)) * scale[i + 1]);
         out[i / 2] = (mj_u32)lo.bits | ((mj_u32)hi.bits << 16);
       }
       *(uint4 *)(stage + box * kBK * 128 + k * 128 + ((chunk ^ (k & 7)) * 16)) =

@@ -1113,7 +1113,7 @@ static void test_wgmx(void **state) {
   NEED_GPU();
   if (!mj_tune_arch_wgmma(g_ctx->arch))
     skip();
-  static const char *const configs[] = {"wg_m64n128s3c2", "wg_m64n128s3c1", "wg_m128n128s5pp",
+  static const char *const configs[] = {"wg_m64n128s3c2", "wg_m64n128s3c2ch", "wg_m128n128s5pp",
                                         "wg_m128n192s4c1", "wg_m128n240s4c1"};
   enum { N = sizeof configs / sizeof configs[0] };
   const char *root = mj_golden_mxfp4_root();
@@ -1125,6 +1125,8 @@ static void test_wgmx(void **state) {
     char err[512];
     assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
     for (int c = 0; c < N; c++) {
+      printf("golden %s through %s ...\n", names[i], configs[c]); /* a hang names its case */
+      fflush(stdout);
       const double e1 = run_golden_with(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, 1, configs[c]);
       const double e2 = run_golden_with(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, 1, configs[c]);
       print_message("golden %-9s mxfp4 %-18s topk/i32 %.3g  dense/i64 %.3g\n", names[i], configs[c],
