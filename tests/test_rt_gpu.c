@@ -1044,8 +1044,8 @@ static double run_layer(host_layer *L, int64_t samples, int64_t *bad_slots) {
 /* One golden case through the GPU in one routing form and id type (an MXFP4 case on its blocks
  * and scales when mxfp4, else on its dense weights), with the table's configurations or the one
  * named; the error against expected. */
-static double run_golden_with(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype,
-                              int mxfp4, const char *config) {
+static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype,
+                         int mxfp4, const char *config) {
   host_layer L;
   memset(&L, 0, sizeof L);
   moejit_layer_desc_init(&L.d);
@@ -1087,8 +1087,35 @@ static double run_golden_with(const mj_golden *g, moejit_routing routing, moejit
   return rel;
 }
 
-static double run_golden(const mj_golden *g, moejit_routing routing, moejit_dtype ids_dtype) {
-  return run_golden_with(g, routing, ids_dtype, 0, NULL);
+/* Every case under root (at least min_cases of them) through the GPU on each configuration of the
+ * list (configs NULL, or a NULL entry: the table's), top-k with int32 ids and dense weights with
+ * int64 ids, each within its dtype's tolerance of the float64 answer; mxfp4: the MXFP4 cases on
+ * their blocks and scales, else every case on its dense weights. Each run is named before it
+ * starts (flushed: a hang names its case). */
+static void golden_cases(const char *root, int min_cases, int mxfp4, const char *const *configs,
+                         int nconfigs) {
+  char names[32][64];
+  int n = mj_golden_list(root, names, 32);
+  assert_true(n >= min_cases);
+  for (int i = 0; i < n; i++) {
+    mj_golden g;
+    char err[512];
+    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
+    assert_true(!mxfp4 || g.mxfp4);
+    const double tol = mj_tolerance(g.dtype);
+    for (int c = 0; c < nconfigs; c++) {
+      const char *config = configs ? configs[c] : NULL, *what = config ? config : "(the table)";
+      printf("golden %s%s through %s ...\n", names[i], mxfp4 ? " mxfp4" : "", what);
+      fflush(stdout);
+      const double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, mxfp4, config);
+      const double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, mxfp4, config);
+      print_message("golden %-24s %-5s %-24s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n",
+                    names[i], mxfp4 ? "mxfp4" : "", what, e1, e2, tol);
+      assert_true(e1 <= tol);
+      assert_true(e2 <= tol);
+    }
+    mj_golden_free(&g);
+  }
 }
 
 /* The MXFP4 configurations every MXFP4 golden case runs through: the table's (streamed, then
@@ -1116,26 +1143,7 @@ static void test_wgmx(void **state) {
   static const char *const configs[] = {"wg_m64n128s3c2", "wg_m64n128s3c2ch", "wg_m128n128s5pp",
                                         "wg_m128n192s4c1", "wg_m128n240s4c1"};
   enum { N = sizeof configs / sizeof configs[0] };
-  const char *root = mj_golden_mxfp4_root();
-  char names[32][64];
-  int n = mj_golden_list(root, names, 32);
-  assert_true(n >= 6);
-  for (int i = 0; i < n; i++) {
-    mj_golden g;
-    char err[512];
-    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
-    for (int c = 0; c < N; c++) {
-      printf("golden %s through %s ...\n", names[i], configs[c]); /* a hang names its case */
-      fflush(stdout);
-      const double e1 = run_golden_with(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, 1, configs[c]);
-      const double e2 = run_golden_with(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, 1, configs[c]);
-      print_message("golden %-9s mxfp4 %-18s topk/i32 %.3g  dense/i64 %.3g\n", names[i], configs[c],
-                    e1, e2);
-      assert_true(e1 <= mj_tolerance(g.dtype));
-      assert_true(e2 <= mj_tolerance(g.dtype));
-    }
-    mj_golden_free(&g);
-  }
+  golden_cases(mj_golden_mxfp4_root(), 6, 1, configs, N);
   moejit_layer_desc d = gpt_oss(32, 300);
   d.weight_format = MOEJIT_WEIGHTS_MXFP4;
   mj_gemm_config cfg[N];
@@ -1154,51 +1162,15 @@ static void test_wgmx(void **state) {
 static void test_mxfp4_golden_cases(void **state) {
   (void)state;
   NEED_GPU();
-  const char *root = mj_golden_mxfp4_root();
-  char names[32][64];
-  int n = mj_golden_list(root, names, 32);
-  assert_true(n >= 6);
-  for (int i = 0; i < n; i++) {
-    mj_golden g;
-    char err[512];
-    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
-    assert_true(g.mxfp4);
-    const double tol = mj_tolerance(g.dtype);
-    const double dense = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
-    print_message("golden %-9s dequantised bf16: %.3g (tolerance %.0e)\n", names[i], dense, tol);
-    assert_true(dense <= tol);
-    for (size_t c = 0; c < sizeof mxfp4_configs / sizeof mxfp4_configs[0]; c++) {
-      const double e1 = run_golden_with(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32, 1, mxfp4_configs[c]);
-      const double e2 = run_golden_with(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64, 1, mxfp4_configs[c]);
-      print_message("golden %-9s mxfp4 %-24s topk/i32 %.3g  dense/i64 %.3g\n", names[i],
-                    mxfp4_configs[c] ? mxfp4_configs[c] : "(the table)", e1, e2);
-      assert_true(e1 <= tol);
-      assert_true(e2 <= tol);
-    }
-    mj_golden_free(&g);
-  }
+  golden_cases(mj_golden_mxfp4_root(), 6, 0, NULL, 1); /* the dequantised bf16 weights */
+  golden_cases(mj_golden_mxfp4_root(), 6, 1, mxfp4_configs,
+               (int)(sizeof mxfp4_configs / sizeof mxfp4_configs[0]));
 }
 
 static void test_golden_cases(void **state) {
   (void)state;
   NEED_GPU();
-  const char *root = mj_golden_root();
-  char names[32][64];
-  int n = mj_golden_list(root, names, 32);
-  assert_true(n >= 7);
-  for (int i = 0; i < n; i++) {
-    mj_golden g;
-    char err[512];
-    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
-    double tol = mj_tolerance(g.dtype);
-    double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
-    double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
-    print_message("golden %-10s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1,
-                  e2, tol);
-    assert_true(e1 <= tol);
-    assert_true(e2 <= tol);
-    mj_golden_free(&g);
-  }
+  golden_cases(mj_golden_root(), 7, 0, NULL, 1);
 }
 
 /* The tolerance of a layer: its dtype's, and f16's for f32 on TF32 (10 mantissa bits, as f16). */
@@ -1859,23 +1831,7 @@ static void test_activations(void **state) {
 static void test_act_golden_cases(void **state) {
   (void)state;
   NEED_GPU();
-  const char *root = mj_golden_act_root();
-  char names[32][64];
-  int n = mj_golden_list(root, names, 32);
-  assert_true(n >= 9);
-  for (int i = 0; i < n; i++) {
-    mj_golden g;
-    char err[512];
-    assert_int_equal(mj_golden_load(root, names[i], &g, err, sizeof err), 0);
-    const double tol = mj_tolerance(g.dtype);
-    const double e1 = run_golden(&g, MOEJIT_ROUTING_TOPK, MOEJIT_I32);
-    const double e2 = run_golden(&g, MOEJIT_ROUTING_DENSE, MOEJIT_I64);
-    print_message("golden %-24s topk/i32 %.3g  dense/i64 %.3g  (tolerance %.0e)\n", names[i], e1,
-                  e2, tol);
-    assert_true(e1 <= tol);
-    assert_true(e2 <= tol);
-    mj_golden_free(&g);
-  }
+  golden_cases(mj_golden_act_root(), 9, 0, NULL, 1);
 }
 
 /* Decode batch sizes with MXFP4 weights: one CUDA graph per token count, replayed out of order,
