@@ -20,6 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_helpers import compile_recording, make_routing, make_x, rel_error  # noqa: E402
 import moejit  # noqa: E402  (after the torch check)
 from moejit import Activation, DType, GateUpLayout, MoejitError, Routing, Status, \
     WeightFormat  # noqa: E402
@@ -437,14 +438,7 @@ def test_compile_fullgraph_traces_a_mixtral_layer() -> None:
     and no biases: one graph, the op in it once, with None biases and the C values 1 and 1."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    graphs = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(_mixtral, fullgraph=True, backend=record)
+    compiled, graphs = compile_recording(_mixtral)
     with FakeTensorMode():
         a = _dense_args(activation=Activation.SILU_MUL, bias=False)
         y = compiled(a["hidden_states"], a["router_indices"], a["routing_weights"],
@@ -463,18 +457,11 @@ def test_compile_module_without_biases() -> None:
     """A GptOssExperts without biases, SiLU in halves, batch-invariant: one graph, one op."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    graphs = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
     with FakeTensorMode():
         layer = moejit.GptOssExperts(num_local_experts=4, hidden_size=64, intermediate_size=96,
                                      dtype=torch.bfloat16, device="cuda", activation="silu",
                                      gate_up_layout="halves", bias=False, batch_invariant=True)
-        compiled = torch.compile(layer, fullgraph=True, backend=record)
+        compiled, graphs = compile_recording(layer)
         a = _dense_args(tokens=6)
         y = compiled(a["hidden_states"].view(2, 3, 64), a["router_indices"], a["routing_weights"])
     assert y.shape == (2, 3, 64)
@@ -589,12 +576,6 @@ def reference(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w1: tor
     return out
 
 
-def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """max|got - ref| / max|ref| (NaN when got has a non-finite value)."""
-    got = got.reshape(ref.shape).double()
-    if not torch.isfinite(got).all():
-        return float("nan")
-    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
 def make_layer(hidden: int, inter: int, n_experts: int, activation: Activation, bias: bool,
@@ -615,19 +596,8 @@ def make_layer(hidden: int, inter: int, n_experts: int, activation: Activation, 
     }
 
 
-def make_routing(tokens: int, n_experts: int, top_k: int,
-                 seed: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ids int32 [T, K] (distinct experts per token) and softmax weights f32 [T, K]."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    ids = torch.rand(tokens, n_experts, generator=g, device="cuda").argsort(dim=1)[:, :top_k]
-    logits = torch.randn(tokens, top_k, generator=g, device="cuda")
-    return ids.to(torch.int32).contiguous(), torch.softmax(logits, dim=-1)
 
 
-def make_x(tokens: int, hidden: int, dtype: torch.dtype = torch.bfloat16,
-           seed: int = 2) -> torch.Tensor:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(tokens, hidden, generator=g, device="cuda").to(dtype)
 
 
 SMALL = (64, 96, 5, 2)  # H, I, E, K

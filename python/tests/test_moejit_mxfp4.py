@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_helpers import compile_recording, make_routing, make_x, rel_error  # noqa: E402
 import moejit  # noqa: E402  (after the torch check)
 from moejit import DType, MoejitError, Status, WeightFormat  # noqa: E402
 
@@ -81,12 +82,6 @@ def reference(w: Dict[str, torch.Tensor], x: torch.Tensor, ids: torch.Tensor,
     return out
 
 
-def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """max|got - ref| / max|ref| (NaN when got has a non-finite value)."""
-    got = got.reshape(ref.shape).double()
-    if not torch.isfinite(got).all():
-        return float("nan")
-    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
 def _scale_byte(std: float) -> int:
@@ -516,14 +511,7 @@ def test_compile_fullgraph_traces_one_op() -> None:
     graph, the custom op in it once with the scales as its inputs (fake tensors: no GPU)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    graphs = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(_in_a_layer, fullgraph=True, backend=record)
+    compiled, graphs = compile_recording(_in_a_layer)
     with FakeTensorMode():
         y = compiled(*_fake_args().values())
     assert y.shape == (5, 64) and y.dtype == torch.bfloat16
@@ -552,17 +540,10 @@ def test_compile_module_fullgraph() -> None:
     """The MXFP4 GptOssExperts module compiles to one graph with one moejit op (fake tensors)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    graphs = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
     with FakeTensorMode():
         layer = moejit.GptOssExperts(num_local_experts=4, hidden_size=64, intermediate_size=96,
                                      weight_format="mxfp4", dtype=torch.bfloat16, device="cuda")
-        compiled = torch.compile(layer, fullgraph=True, backend=record)
+        compiled, graphs = compile_recording(layer)
         a = _fake_args(lead=(2,))
         y = compiled(a["hidden_states"], a["router_indices"].view(10, 2),
                      torch.empty(10, 4, device="cuda"))  # [T, E]: dense routing
@@ -596,19 +577,8 @@ def test_cpu_layer_is_refused_by_name_for_a_gpu_forward() -> None:
 
 
 
-def make_routing(tokens: int, n_experts: int, top_k: int, *, dense: bool,
-                 weights_dtype: torch.dtype = torch.float32,
-                 seed: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ids int32 [T, K] (distinct experts per token) and softmax weights [T, K] or [T, E]."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    ids = torch.rand(tokens, n_experts, generator=g, device="cuda").argsort(dim=1)[:, :top_k]
-    logits = torch.randn(tokens, n_experts if dense else top_k, generator=g, device="cuda")
-    return ids.to(torch.int32).contiguous(), torch.softmax(logits, dim=-1).to(weights_dtype)
 
 
-def make_x(tokens: int, hidden: int, dtype: torch.dtype, seed: int = 2) -> torch.Tensor:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(tokens, hidden, generator=g, device="cuda").to(dtype)
 
 
 _LAYERS: Dict[Tuple[int, int, int, torch.dtype], Dict[str, torch.Tensor]] = {}

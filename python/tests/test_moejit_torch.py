@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch_helpers import compile_recording, make_routing, make_x, rel_error  # noqa: E402
 import moejit  # noqa: E402  (after the torch check)
 from moejit import MoejitError, Status  # noqa: E402
 
@@ -73,12 +74,6 @@ class RefGptOssExperts(torch.nn.Module):
         return out
 
 
-def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """max|got - ref| / max|ref| over all elements (NaN when got has a non-finite value)."""
-    got = got.reshape(ref.shape).double()
-    if not torch.isfinite(got).all():
-        return float("nan")
-    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
 # ---- layers and routing ---------------------------------------------------------------------------
@@ -103,27 +98,8 @@ def make_module(hidden: int, inter: int, n_experts: int, dtype: torch.dtype,
     return m
 
 
-def make_routing(tokens: int, n_experts: int, top_k: int, *, dense: bool, ids_dtype: torch.dtype,
-                 weights_dtype: torch.dtype, repeats: bool = False,
-                 seed: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ids [T, K] (distinct experts per token, or drawn with repeats) and weights: softmax over K
-    ([T, K]) or over all E ([T, E], nonzero everywhere, as kernels-benchmarks makes them)."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    if repeats:
-        ids = torch.randint(0, n_experts, (tokens, top_k), generator=g, device="cuda")
-    else:
-        ids = torch.rand(tokens, n_experts, generator=g, device="cuda").argsort(dim=1)[:, :top_k]
-    width = n_experts if dense else top_k
-    logits = torch.randn(tokens, width, generator=g, device="cuda")
-    return ids.to(ids_dtype).contiguous(), torch.softmax(logits, dim=-1).to(weights_dtype)
 
 
-def make_x(tokens: int, hidden: int, dtype: torch.dtype, batch: Optional[int] = None,
-           seed: int = 2) -> torch.Tensor:
-    """hidden_states [T, H], or [batch, T / batch, H]."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(tokens, hidden, generator=g, device="cuda").to(dtype)
-    return x.view(batch, tokens // batch, hidden) if batch else x
 
 
 
@@ -572,14 +548,7 @@ def test_compile_fullgraph_traces_one_op() -> None:
     in it once, no break (traced on fake tensors: no GPU, nothing launched)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    graphs = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(_in_a_layer, fullgraph=True, backend=record)
+    compiled, graphs = compile_recording(_in_a_layer)
     with FakeTensorMode():
         y = compiled(*_fake_args())
     assert y.shape == (5, 64)
